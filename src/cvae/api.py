@@ -1,0 +1,39 @@
+"""The Python API: what the command-line tool calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import TrainConfig, read_yaml
+from .model import CVAE
+from .plots import run_pictures
+from .runs import load_model
+from .train import TrainResult, fit
+
+
+def train(config: TrainConfig | dict | str | Path | None = None, *, resume: bool = False, overwrite: bool = False,
+          pictures: bool = True, **settings) -> TrainResult:
+    """Train a model and write its run folder (weights, metrics, pictures).
+
+    ``config`` is a :class:`TrainConfig`, a mapping of settings, or a YAML file; keyword settings
+    override it, e.g. ``cvae.train(data="mnist", epochs=10, out="runs/mnist")``.
+    """
+    if isinstance(config, (str, Path)):
+        config = read_yaml(config)
+    if isinstance(config, TrainConfig):
+        base = config.to_dict()
+    else:
+        base = dict(config or {})
+    explicit = set(base) | set(settings)
+    base.update(settings)
+    cfg = TrainConfig.from_dict(base)
+    result = fit(cfg, resume=resume, overwrite=overwrite, explicit=explicit if resume else None)
+    if pictures:
+        result.summary["pictures"] = {k: str(v) for k, v in run_pictures(result.model, result.data, result.run_dir,
+                                                                       seed=result.config.seed).items()}
+    return result
+
+
+def load(run: str | Path, *, device: str = "cpu") -> CVAE:
+    """The trained model of a run folder, with ``encode``, ``decode``, ``sample`` and ``reconstruct``."""
+    return load_model(run, device=device)

@@ -1,0 +1,120 @@
+"""Reading user inputs for a trained model and writing outputs in the format the name asks for."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.core import read_source
+from ..data.sources import IMAGE_SUFFIXES
+from ..errors import CvaeError
+from ..model import CVAE
+
+
+@dataclass
+class Inputs:
+    x: torch.Tensor  # (N, *data_shape) in data units
+    y: torch.Tensor | None  # (N, A) raw condition codes, or None when the input has no conditions
+    ids: list
+
+
+def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None, split: str = "test") -> Inputs:
+    """Examples for ``model`` from a named data set (its test split, else train), a .npz/.npy/.csv file,
+    an image folder or a single image file. Condition columns named like the model's are read too."""
+    path = Path(source)
+    shape = model.config.data_shape
+    schema = model.schema
+    if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+        x = _read_image(path, shape)
+        return Inputs(x[None], None, [path.name])
+    info = getattr(model, "run_config", {}).get("data", {})
+    layout = "signal" if info.get("kind") == "signal" else "auto"
+    condition = ",".join(a.name for a in schema.attributes if _has_column(path, a.name)) or "none"
+    raw = read_source(source, data_dir=data_dir, condition=condition if path.suffix.lower() == ".csv" else None,
+                      data_layout=layout)
+    part = split if split in raw.splits else "train"
+    x, columns = raw.splits[part]
+    ids = raw.meta.get("ids") if part == "train" else None
+    if n is not None:
+        x = x[:n]
+        columns = {k: v[:n] for k, v in columns.items()}
+    x = np.asarray(x, np.float32)
+    features = info.get("features")
+    if features and raw.meta.get("features") and raw.meta["features"] != features:
+        missing = [f for f in features if f not in raw.meta["features"]]
+        if missing:
+            raise CvaeError(f"{source} lacks the feature column(s) {', '.join(missing)} the model was trained on")
+        order = [raw.meta["features"].index(f) for f in features]
+        x = x[..., order]
+    if tuple(x.shape[1:]) != shape:
+        raise CvaeError(f"{source} has examples of shape {tuple(x.shape[1:])}; this model expects {shape}")
+    y = None
+    if schema and all(a.name in columns for a in schema.attributes):
+        cols = []
+        for a in schema.attributes:
+            vals = columns[a.name]
+            if a.name in raw.class_names:
+                vals = [raw.class_names[a.name][int(v)] for v in vals]
+            cols.append([a.code(_plain(v)) for v in vals])
+        y = torch.tensor(np.array(cols, np.float32).T.reshape(len(x), len(cols)))
+    return Inputs(torch.from_numpy(np.ascontiguousarray(x)), y, list(ids) if ids else list(range(len(x))))
+
+
+def _plain(v):
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return v.item() if hasattr(v, "item") else v
+
+
+def _has_column(path: Path, name: str) -> bool:
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return True
+    from ..data.sources import read_csv_table
+
+    return name in read_csv_table(path)[0]
+
+
+def _read_image(path: Path, shape) -> torch.Tensor:
+    from PIL import Image
+
+    if len(shape) != 3:
+        raise CvaeError(f"{path} is an image but this model was trained on data of shape {shape}")
+    with Image.open(path) as im:
+        im = im.convert("L" if shape[0] == 1 else "RGB")
+        if im.size != (shape[2], shape[1]):
+            im = im.resize((shape[2], shape[1]))
+        a = np.asarray(im, np.float32) / 255.0
+    return torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy())
+
+
+def write_array_output(path: str | Path, model: CVAE, x: torch.Tensor, y: torch.Tensor | None, *,
+                       extra: dict[str, np.ndarray] | None = None) -> Path:
+    """``.npz`` (``x`` plus the conditions by name) or ``.csv`` (feature columns plus conditions)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = x.detach().cpu().float().numpy()
+    schema = model.schema
+    conds = {}
+    if y is not None and schema:
+        for j, a in enumerate(schema.attributes):
+            col = y[:, j].cpu().numpy()
+            conds[a.name] = np.array([a.classes[int(v)] for v in col]) if a.kind == "categorical" else col
+    if path.suffix.lower() == ".npz":
+        np.savez_compressed(path, x=x.astype(np.float32), **conds, **(extra or {}))
+    elif path.suffix.lower() == ".csv":
+        flat = x.reshape(len(x), -1)
+        names = getattr(model, "run_config", {}).get("data", {}).get("features") or [f"x{i}" for i in range(flat.shape[1])]
+        if len(names) != flat.shape[1]:
+            names = [f"x{i}" for i in range(flat.shape[1])]
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(list(names) + list(conds))
+            for i in range(len(flat)):
+                w.writerow([f"{v:.6g}" for v in flat[i]] + [conds[k][i] for k in conds])
+    else:
+        raise CvaeError(f"cannot write {path}: use a .png, .npz or .csv file name")
+    return path

@@ -1,0 +1,63 @@
+"""The ``cvae`` command-line tool (also ``python -m cvae``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+import warnings
+
+from .errors import CvaeError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors read like the tool's other errors (one line, what to do)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .commands import MODULES
+
+    parser = _Parser(prog="cvae", description=__doc__.strip().splitlines()[0] + " Conditional, beta- and plain VAEs.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"cvae {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in MODULES:
+        importlib.import_module(name).add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("CVAE_DEBUG") == "1"
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    if not debug:
+        warnings.filterwarnings("ignore", category=UserWarning)
+    try:
+        result = args.func(args)
+        return int(result or 0)
+    except CvaeError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the run folder keeps the last finished epoch (continue with --resume)", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory; lower --batch-size or use --limit", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""Sub-commands of the ``cvae`` tool. Each module defines ``add_parsers(subparsers)``; every parser
+sets ``func`` to a function taking the parsed arguments. Add a module here to add commands."""
+
+MODULES = [
+    "cvae.commands.core",  # train, sample, reconstruct
+]

@@ -1,0 +1,130 @@
+"""cvae train | sample | reconstruct."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+from ..config import TrainConfig
+
+HELP = {
+    "data": "a named data set (digits, mnist, fashion-mnist, binarized-mnist) or a path: .npz/.npy, image folder, .csv",
+    "data_dir": "where data files are looked up first (then $CVAE_DATA, then ~/.cache/cvae)",
+    "condition": "condition column(s): label (default when labelled), none (a plain VAE), or a,b:continuous",
+    "data_layout": "auto | signal (each CSV row is a 1-D signal) | table",
+    "image_size": "HxW: resize the images of an image folder",
+    "binarize": "none | static (0/1 once) | dynamic (0/1 resampled every epoch)",
+    "val_fraction": "share of training examples held out for validation when the data has no validation split",
+    "limit": "train on this many examples only",
+    "preset": "mlp-400 | textbook | conv | burda",
+    "arch": "mlp | conv (override the preset)",
+    "hidden": "hidden widths, e.g. 512,256",
+    "channels": "conv channels, e.g. 32,64",
+    "latent_dim": "size of z",
+    "activation": "relu | tanh | elu | gelu | softplus | leaky_relu | silu",
+    "condition_at": "MLP layer at which the condition joins (0 = input)",
+    "likelihood": "bernoulli | gaussian | gaussian-learned (default: bernoulli for images, gaussian-learned otherwise)",
+    "sigma": "decoder standard deviation (gaussian) or its initial value (gaussian-learned)",
+    "prior": "standard (N(0, I)) | conditional (a learned Gaussian per condition)",
+    "beta": "weight of the KL term: 1 is the VAE, >1 the beta-VAE (Higgins et al., 2017), 0 an autoencoder",
+    "kl_warmup": "epochs of linear KL annealing from 0 to 1 (Bowman et al., 2016)",
+    "epochs": "epochs to train", "batch_size": "examples per step", "lr": "Adam learning rate",
+    "weight_decay": "Adam weight decay", "grad_clip": "clip the gradient norm to this value",
+    "patience": "stop after this many epochs without validation improvement (and keep the best weights)",
+    "seed": "random seed (data split, initialisation, sampling)",
+    "device": "auto | cpu | cuda | cuda:N", "precision": "float32 | bfloat16 (autocast)",
+    "compile": "use torch.compile", "out": "the run folder (default runs/DATA-PRESET)",
+    "tensorboard": "write TensorBoard scalars to RUN/tb", "progress": "show a progress bar",
+}
+
+
+def _flag_type(type_text: str):
+    t = str(type_text)
+    if t.startswith("int"):
+        return int
+    if t.startswith("float"):
+        return float
+    return str
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("train", help="train a VAE, beta-VAE or conditional VAE", argument_default=argparse.SUPPRESS,
+                       description="Train a model. Settings come from --config FILE (YAML), then the flags.")
+    p.add_argument("--config", help="a YAML file of settings (flags override it)")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if str(f.type).startswith("bool"):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=HELP.get(f.name))
+        else:
+            p.add_argument(flag, type=_flag_type(f.type), metavar=f.name.upper(), help=HELP.get(f.name))
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--no-pictures", dest="pictures", action="store_false", help="skip the pictures at the end")
+    p.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="generate examples for chosen conditions")
+    s.add_argument("run", help="the run folder")
+    s.add_argument("--condition", help="e.g. label=7 or color=red,size=10; left out, a categorical condition cycles")
+    s.add_argument("--n", type=int, default=64, help="how many examples (default 64)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--draw", action="store_true", help="draw x ~ p(x | z, c) instead of taking its mean")
+    s.add_argument("-o", "--output", required=True, help="a .png grid, an .npz (x plus conditions) or a .csv")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_sample)
+
+    r = sub.add_parser("reconstruct", help="encode and decode inputs")
+    r.add_argument("run", help="the run folder")
+    r.add_argument("--input", required=True, help="a named data set (its test split), .npz/.npy/.csv, image folder or image file")
+    r.add_argument("--condition", help="use this condition instead of the input's own")
+    r.add_argument("--n", type=int, help="only the first N examples (default: 16 for a .png, all otherwise)")
+    r.add_argument("--data-dir")
+    r.add_argument("-o", "--output", required=True, help="a .png (inputs above reconstructions), .npz or .csv")
+    r.add_argument("--device", default="cpu")
+    r.set_defaults(func=cmd_reconstruct)
+
+
+def cmd_train(args) -> int:
+    from ..api import train
+    from ..config import read_yaml
+
+    given = {k: v for k, v in vars(args).items() if k in TrainConfig.keys()}
+    settings = read_yaml(args.config) if getattr(args, "config", None) else {}
+    result = train(settings, resume=getattr(args, "resume", False), overwrite=getattr(args, "overwrite", False),
+                   pictures=getattr(args, "pictures", True), **given)
+    s = result.summary
+    print(f"run folder: {result.run_dir}  ({s['epochs']} epochs, {s['seconds_per_epoch']:.2f} s per epoch"
+          f"{', stopped early' if s['stopped_early'] else ''})")
+    for split in ("train", "val", "test"):
+        if split in s:
+            v = s[split]
+            print(f"  {split:5s} negative ELBO {v['loss']:9.3f} nats per example"
+                  f"  (reconstruction {v['reconstruction']:.3f} + KL {v['kl']:.3f})")
+    if "pictures" in s:
+        print("  pictures: " + ", ".join(str(p) for p in s["pictures"].values()))
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from ..api import load
+    from ..apps import sample_to_file
+
+    model = load(args.run, device=args.device)
+    path = sample_to_file(model, args.output, n=args.n, condition=args.condition, seed=args.seed, mean=not args.draw)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_reconstruct(args) -> int:
+    from ..api import load
+    from ..apps import reconstruct_file
+
+    model = load(args.run, device=args.device)
+    path = reconstruct_file(model, args.input, args.output, condition=args.condition, n=args.n, data_dir=args.data_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+def _dump(obj) -> None:
+    json.dump(obj, sys.stdout, indent=2)

@@ -1,0 +1,208 @@
+"""Condition schemas: zero or more attributes, each categorical (named classes) or continuous.
+
+Raw conditions are stored as a float tensor ``y`` of shape (N, A), one column per attribute: the
+class index for a categorical attribute, the value in original units for a continuous one. The
+model sees ``c = schema.encode(y)``: one-hot blocks and standardised values, shape (N, schema.dim).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import CvaeError
+
+
+@dataclass
+class Attribute:
+    name: str
+    kind: str  # "categorical" | "continuous"
+    classes: list[str] = field(default_factory=list)
+    mean: float = 0.0
+    std: float = 1.0
+
+    @property
+    def dim(self) -> int:
+        return len(self.classes) if self.kind == "categorical" else 1
+
+    def code(self, value) -> float:
+        """The raw code of one user-given value: a class index, or a float."""
+        if self.kind == "continuous":
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                raise CvaeError(f"condition {self.name!r} is continuous; {value!r} is not a number") from None
+            if not np.isfinite(v):
+                raise CvaeError(f"condition {self.name!r} must be a finite number, got {value!r}")
+            return v
+        text = str(value)
+        if text in self.classes:
+            return float(self.classes.index(text))
+        if isinstance(value, (int, np.integer)) or text.lstrip("-").isdigit():
+            i = int(text)
+            if 0 <= i < len(self.classes):
+                return float(i)
+        shown = ", ".join(self.classes[:20]) + (" ..." if len(self.classes) > 20 else "")
+        raise CvaeError(f"unknown value {text!r} for condition {self.name!r}; known values: {shown}")
+
+
+@dataclass
+class ConditionSchema:
+    attributes: list[Attribute] = field(default_factory=list)
+
+    @property
+    def dim(self) -> int:
+        return sum(a.dim for a in self.attributes)
+
+    @property
+    def names(self) -> list[str]:
+        return [a.name for a in self.attributes]
+
+    def __len__(self) -> int:
+        return len(self.attributes)
+
+    def __bool__(self) -> bool:
+        return bool(self.attributes)
+
+    def attribute(self, name: str) -> Attribute:
+        for a in self.attributes:
+            if a.name == name:
+                return a
+        raise CvaeError(
+            f"unknown condition {name!r}; this model is conditioned on "
+            + (", ".join(self.names) if self.attributes else "nothing (a plain VAE)")
+        )
+
+    # -- serialisation -----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"attributes": [asdict(a) for a in self.attributes]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping | None) -> ConditionSchema:
+        return cls([Attribute(**a) for a in (d or {}).get("attributes", [])])
+
+    # -- encoding ----------------------------------------------------------------------------
+    def encode(self, y: torch.Tensor) -> torch.Tensor:
+        """Raw codes (N, A) -> model input c (N, dim): one-hot and standardised blocks."""
+        if not self.attributes:
+            return y.new_zeros((y.shape[0], 0))
+        parts = []
+        for j, a in enumerate(self.attributes):
+            col = y[:, j]
+            if a.kind == "categorical":
+                parts.append(F.one_hot(col.long(), len(a.classes)).to(y.dtype))
+            else:
+                parts.append(((col - a.mean) / a.std).unsqueeze(1))
+        return torch.cat(parts, dim=1)
+
+    def parse(self, spec, n: int | None = None) -> torch.Tensor:
+        """User-given conditions -> raw codes (N, A).
+
+        ``spec`` may be a string ``"label=7"`` / ``"color=red,size=10"``, a mapping of attribute name
+        to one value or a sequence of values, or an (N, A) array of raw codes. Attributes left out
+        take, for a categorical one, every class in turn; for a continuous one, its training mean.
+        """
+        if isinstance(spec, torch.Tensor) or isinstance(spec, np.ndarray):
+            y = torch.as_tensor(spec, dtype=torch.float32)
+            if y.ndim != 2 or y.shape[1] != len(self.attributes):
+                raise CvaeError(f"conditions must have shape (N, {len(self.attributes)}), got {tuple(y.shape)}")
+            return y
+        if spec is None or spec == "" or spec == "none":
+            spec = {}
+        if isinstance(spec, str):
+            spec = parse_assignments(spec)
+        if not isinstance(spec, Mapping):
+            raise CvaeError(f"cannot read conditions from {spec!r}; use e.g. 'label=7' or {{'label': 7}}")
+        for name in spec:
+            self.attribute(name)  # raises for an unknown name
+        columns, lengths = [], set()
+        for a in self.attributes:
+            if a.name in spec:
+                v = spec[a.name]
+                vals = list(v) if isinstance(v, (list, tuple, np.ndarray, torch.Tensor)) else [v]
+                col = [a.code(x) for x in vals]
+                if len(col) > 1:
+                    lengths.add(len(col))
+            else:
+                col = None
+            columns.append(col)
+        if len(lengths) > 1:
+            raise CvaeError(f"conditions given as lists must all have the same length, got {sorted(lengths)}")
+        if n is None:
+            n = lengths.pop() if lengths else None
+            if n is None:
+                free = [a for a, col in zip(self.attributes, columns) if col is None and a.kind == "categorical"]
+                n = int(np.prod([len(a.classes) for a in free])) if free else 1
+        out = torch.empty((n, len(self.attributes)))
+        free = [j for j, (a, col) in enumerate(zip(self.attributes, columns)) if col is None and a.kind == "categorical"]
+        # Free categorical attributes take every combination of classes in turn, rows of one
+        # combination adjacent: row i gets combination floor(i * P / n), read in mixed radix.
+        combo = torch.div(torch.arange(n) * int(np.prod([len(self.attributes[j].classes) for j in free] or [1])), n, rounding_mode="floor")
+        for j in reversed(free):
+            k = len(self.attributes[j].classes)
+            out[:, j] = (combo % k).float()
+            combo = combo // k
+        for j, (a, col) in enumerate(zip(self.attributes, columns)):
+            if col is None and a.kind != "categorical":
+                out[:, j] = a.mean
+            elif col is not None:
+                if len(col) not in (1, n):
+                    raise CvaeError(f"condition {a.name!r} has {len(col)} values but {n} samples were asked for")
+                out[:, j] = torch.tensor(col, dtype=torch.float32)
+        return out
+
+    def describe(self, y_row) -> str:
+        """A short label such as ``label=7`` for one row of raw codes."""
+        parts = []
+        for a, v in zip(self.attributes, list(y_row)):
+            v = float(v)
+            parts.append(f"{a.name}={a.classes[int(v)]}" if a.kind == "categorical" else f"{a.name}={v:g}")
+        return ",".join(parts)
+
+
+def parse_assignments(text: str) -> dict[str, str]:
+    """``"color=red,size=10"`` -> ``{"color": "red", "size": "10"}``."""
+    out: dict[str, str] = {}
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise CvaeError(f"cannot read condition {part!r}: write NAME=VALUE, e.g. label=7 or color=red,size=10")
+        k, v = part.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def categorical_from_values(name: str, values: Sequence) -> tuple[Attribute, np.ndarray]:
+    """Build a categorical attribute from raw values (strings or numbers) and return their codes."""
+    arr = np.asarray(values)
+    if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+        raise CvaeError(f"condition column {name!r} has missing or non-finite values; fill or drop those rows")
+    if arr.dtype.kind in "iub" or (arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
+        uniq = np.unique(arr.astype(np.int64))
+        classes = [str(u) for u in uniq]
+        codes = np.searchsorted(uniq, arr.astype(np.int64))
+    else:
+        strs = np.array([str(v) for v in arr])
+        if np.any((strs == "") | (strs == "nan")):
+            raise CvaeError(f"condition column {name!r} has empty values; fill or drop those rows")
+        uniq = np.unique(strs)
+        classes = [str(u) for u in uniq]
+        codes = np.searchsorted(uniq, strs)
+    return Attribute(name, "categorical", classes), codes.astype(np.float32)
+
+
+def continuous_from_values(name: str, values: Sequence) -> tuple[Attribute, np.ndarray]:
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise CvaeError(f"condition column {name!r} was declared continuous but holds non-numeric values") from None
+    if not np.all(np.isfinite(arr)):
+        raise CvaeError(f"condition column {name!r} has missing or non-finite values; fill or drop those rows")
+    std = float(arr.std()) or 1.0
+    return Attribute(name, "continuous", mean=float(arr.mean()), std=std), arr.astype(np.float32)

@@ -1,0 +1,224 @@
+"""From a source name or path to train / validation / test tensors and a condition schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..conditions import Attribute, ConditionSchema, categorical_from_values, continuous_from_values
+from ..errors import CvaeError
+from .sources import NAMED_SOURCES, RawData, load_array_file, load_csv, load_image_folder
+
+
+@dataclass
+class Dataset:
+    """``x``: (N, *shape) float32 in model units; ``y``: (N, A) raw condition codes."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    ids: list | None = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def to(self, device) -> Dataset:
+        return Dataset(self.x.to(device), self.y.to(device), self.ids)
+
+
+@dataclass
+class DataSplits:
+    name: str
+    kind: str  # "image" | "table" | "signal"
+    schema: ConditionSchema
+    train: Dataset
+    val: Dataset | None
+    test: Dataset | None
+    binary: bool = False
+    standardize: bool = False
+    loc: np.ndarray | None = None  # feature means (standardize)
+    scale: np.ndarray | None = None  # feature standard deviations (standardize)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def default_likelihood(self) -> str:
+        return "gaussian-learned" if self.standardize else "bernoulli"
+
+
+def parse_condition_spec(spec, available: list[str]) -> list[tuple[str, str | None]]:
+    """``None`` -> ``label`` when there is one, else none; ``"none"``; ``"a,b:continuous"``."""
+    if spec is None:
+        return [("label", None)] if "label" in available else []
+    if isinstance(spec, (list, tuple)):
+        spec = ",".join(spec)
+    spec = str(spec).strip()
+    if spec in ("", "none"):
+        return []
+    out = []
+    for part in spec.split(","):
+        name, _, kind = part.strip().partition(":")
+        kind = kind.strip() or None
+        if kind not in (None, "categorical", "continuous"):
+            raise CvaeError(f"condition {part!r}: the kind after ':' must be categorical or continuous")
+        if name not in available:
+            raise CvaeError(
+                f"the data has no condition column {name!r}; "
+                + (f"available: {', '.join(available)}" if available else "it has no labels (use --condition none)")
+            )
+        out.append((name, kind))
+    return out
+
+
+def _infer_kind(values: np.ndarray) -> str:
+    if values.dtype.kind not in "fiub":
+        return "categorical"
+    uniq = np.unique(values[np.isfinite(values)] if values.dtype.kind == "f" else values)
+    integral = bool(np.all(uniq == np.round(uniq)))
+    return "categorical" if integral and len(uniq) <= 50 else "continuous"
+
+
+def build_schema(raw: RawData, spec) -> tuple[ConditionSchema, dict[str, np.ndarray]]:
+    """Fit the condition schema on the training split; return it and the codes for every split."""
+    wanted = parse_condition_spec(spec, raw.columns)
+    attrs: list[Attribute] = []
+    codes = {split: [] for split in raw.splits}
+    for name, kind in wanted:
+        train_vals = raw.splits["train"][1][name]
+        kind = kind or _infer_kind(train_vals)
+        if kind == "categorical" and name in raw.class_names:
+            attr = Attribute(name, "categorical", list(raw.class_names[name]))
+        elif kind == "categorical":
+            attr, _ = categorical_from_values(name, train_vals)
+        else:
+            attr, _ = continuous_from_values(name, train_vals)
+        attrs.append(attr)
+        for split, (_, cols) in raw.splits.items():
+            vals = cols[name]
+            if kind == "categorical" and name in raw.class_names:
+                codes[split].append(vals.astype(np.float32))
+            elif kind == "categorical":
+                text = [str(int(v)) if isinstance(v, (float, np.floating)) and float(v).is_integer() else str(v) for v in vals]
+                unknown = sorted(set(text) - set(attr.classes))
+                if unknown:
+                    raise CvaeError(f"{split} split: condition {name!r} has value(s) {unknown[:5]} not seen in training")
+                lookup = {c: i for i, c in enumerate(attr.classes)}
+                codes[split].append(np.array([lookup[t] for t in text], np.float32))
+            else:
+                codes[split].append(continuous_from_values(name, vals)[1])
+    out = {}
+    for split, (x, _) in raw.splits.items():
+        out[split] = np.stack(codes[split], axis=1) if codes[split] else np.zeros((len(x), 0), np.float32)
+    return ConditionSchema(attrs), out
+
+
+def read_source(source: str, *, data_dir=None, condition=None, data_layout: str = "auto",
+                image_size=None) -> RawData:
+    if source in NAMED_SOURCES:
+        return NAMED_SOURCES[source](data_dir)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise CvaeError(
+            f"no data set or file {source!r}: use one of {', '.join(NAMED_SOURCES)}, "
+            "or a path to a .npz/.npy file, an image folder (one subfolder per class) or a .csv file"
+        )
+    if path.is_dir():
+        return load_image_folder(path, image_size)
+    suffix = path.suffix.lower()
+    if suffix in (".npz", ".npy"):
+        return load_array_file(path)
+    if suffix in (".csv", ".tsv", ".txt"):
+        names = [n for n, _ in parse_condition_spec(condition, _csv_header(path))]
+        return load_csv(path, names, layout="signal" if data_layout == "signal" else "table")
+    raise CvaeError(f"cannot read {path}: expected a .npz, .npy or .csv file or an image folder")
+
+
+def _csv_header(path: Path) -> list[str]:
+    from .sources import read_csv_table
+
+    return read_csv_table(path)[0]
+
+
+def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float = 0.1, seed: int = 0,
+              binarize: str = "none", limit: int | None = None, data_layout: str = "auto",
+              image_size=None) -> DataSplits:
+    """Read a data set and make its splits.
+
+    The validation split is the data set's own where it has one, else ``val_fraction`` of the training
+    examples drawn with ``seed``. ``binarize="static"`` samples 0/1 pixels once (fixed seed);
+    ``"dynamic"`` is applied by the trainer every epoch. ``limit`` keeps that many training examples.
+    """
+    if binarize not in ("none", "static", "dynamic"):
+        raise CvaeError(f"--binarize must be none, static or dynamic, not {binarize!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise CvaeError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    raw = read_source(source, data_dir=data_dir, condition=condition, data_layout=data_layout, image_size=image_size)
+    schema, codes = build_schema(raw, condition)
+    rng = np.random.default_rng(seed)
+    x_train, y_train = raw.splits["train"][0], codes["train"]
+    ids_train = raw.meta.get("ids") or list(range(len(x_train)))
+    order = rng.permutation(len(x_train))
+    if "val" in raw.splits:
+        x_val, y_val = raw.splits["val"][0], codes["val"]
+        val_ids = None
+    else:
+        n_val = int(round(val_fraction * len(x_train)))
+        if val_fraction > 0 and len(x_train) > 1:
+            n_val = max(n_val, 1)
+        val_idx, order = order[:n_val], order[n_val:]
+        val_idx.sort()
+        x_val, y_val = x_train[val_idx], y_train[val_idx]
+        val_ids = [ids_train[i] for i in val_idx]
+    if limit is not None:
+        if limit < 1:
+            raise CvaeError(f"--limit must be a positive number of examples, got {limit}")
+        order = order[:limit]
+    order = np.sort(order)
+    x_train, y_train = np.asarray(x_train[order]), y_train[order]
+    train_ids = [ids_train[i] for i in order]
+    if len(x_train) == 0:
+        raise CvaeError(f"no training examples left in {source!r} (after the validation split)")
+
+    standardize = not raw.unit_range
+    loc = scale = None
+    if standardize:
+        loc = x_train.mean(axis=0).astype(np.float32)
+        scale = x_train.std(axis=0).astype(np.float32)
+        scale[scale < 1e-6] = 1.0
+
+    def tensor(x):
+        x = np.asarray(x, np.float32)
+        if standardize:
+            x = (x - loc) / scale
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+    def dataset(x, y, ids=None):
+        if x is None or len(x) == 0:
+            return None
+        return Dataset(tensor(x), torch.from_numpy(np.ascontiguousarray(y, np.float32)), ids)
+
+    splits = DataSplits(
+        name=raw.name,
+        kind=raw.kind,
+        schema=schema,
+        train=dataset(x_train, y_train, train_ids),
+        val=dataset(x_val, y_val, val_ids),
+        test=dataset(*raw.splits["test"][:1], codes["test"]) if "test" in raw.splits else None,
+        binary=raw.binary,
+        standardize=standardize,
+        loc=loc,
+        scale=scale,
+        meta=dict(raw.meta, source=source),
+    )
+    if binarize == "static":
+        g = torch.Generator().manual_seed(seed)
+        for part in (splits.train, splits.val, splits.test):
+            if part is not None:
+                part.x = torch.bernoulli(part.x, generator=g)
+        splits.binary = True
+    return splits

@@ -1,0 +1,12 @@
+"""Errors meant for the user: each says what was wrong and what to do."""
+
+from __future__ import annotations
+
+
+class CvaeError(Exception):
+    """A problem with the user's input, files or flags.
+
+    The command-line tool prints the message on one line (the traceback only with ``--debug``)
+    and exits with status 2. The message must name the file, column, flag or value at fault and
+    say what to do about it.
+    """

@@ -1,0 +1,70 @@
+"""Objectives: maths on the model's distributions, returning named results.
+
+- :func:`elbo`: loss = E_q[-log p(x|z,c)] + beta * kl_weight * KL(q(z|x,c) || p(z|c)), one
+  reparameterised sample, averaged over the batch (Kingma & Welling 2014; Higgins et al. 2017).
+- :func:`iwae_log_weights` / :func:`iwae_bound`: the importance-weighted bound of Burda et al. (2015),
+  log (1/k) sum_i p(x, z_i | c) / q(z_i | x, c); with k = 1 it is the ELBO in expectation.
+- :func:`kl_warmup`: the KL weight schedule, a pure function of progress (kept out of the model).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .model import CVAE
+
+
+@dataclass
+class LossOutput:
+    """Per-batch results. ``loss`` is what is minimised; the rest are means per example, in nats."""
+
+    loss: torch.Tensor  # scalar
+    reconstruction: torch.Tensor  # scalar, E_q[-log p(x | z, c)]
+    kl: torch.Tensor  # scalar, KL(q || p) (unweighted)
+
+    @property
+    def neg_elbo(self) -> torch.Tensor:
+        return self.reconstruction + self.kl
+
+
+def elbo(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None, *, beta: float = 1.0,
+         kl_weight: float = 1.0) -> LossOutput:
+    out = model(x, c)
+    rec = -out.px.log_prob(x)  # (B,)
+    kl = out.qz.kl(out.pz)  # (B,)
+    rec, kl = rec.mean(), kl.float().mean()
+    return LossOutput(loss=rec + (beta * kl_weight) * kl, reconstruction=rec, kl=kl)
+
+
+def iwae_log_weights(model: CVAE, x: torch.Tensor, c: torch.Tensor | None, k: int) -> torch.Tensor:
+    """log p(x, z_i | c) - log q(z_i | x, c) for k samples per example: shape (k, B)."""
+    qz = model.q_z(x, c)
+    z = qz.rsample((k,))  # (k, B, D)
+    log_px = model.p_x(z, c).log_prob(x)  # (k, B): x broadcasts over the sample dimension
+    return log_px + model.log_prior(z, c) - qz.log_prob(z)
+
+
+def iwae_bound(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None, *, k: int = 5000,
+               chunk: int = 500) -> torch.Tensor:
+    """Importance-sampled log p(x | c) per example (shape (B,)), drawing k samples in chunks.
+
+    Memory is bounded by ``chunk`` samples at a time; the log-sum-exp is accumulated stably.
+    """
+    total = None
+    done = 0
+    while done < k:
+        m = min(chunk, k - done)
+        lse = torch.logsumexp(iwae_log_weights(model, x, c, m).double(), dim=0)  # (B,)
+        total = lse if total is None else torch.logaddexp(total, lse)
+        done += m
+    return (total - math.log(k)).float()
+
+
+def kl_warmup(epoch: float, warmup_epochs: float) -> float:
+    """Linear KL annealing from 0 to 1 over ``warmup_epochs`` (Bowman et al. 2016); 1 when 0."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return float(min(1.0, max(0.0, epoch / warmup_epochs)))

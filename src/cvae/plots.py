@@ -1,0 +1,276 @@
+"""Pictures a person can open: sample grids, reconstructions, latent maps, loss curves.
+
+Images are drawn as grids (grey or RGB), 1-D signals as line plots, table rows as histograms per
+feature. Every function writes one PNG and returns its path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import CvaeError
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def to_display(images: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) -> (N, H, W) grey or (N, H, W, 3) RGB, clipped to [0, 1]."""
+    a = images.detach().cpu().float().numpy() if torch.is_tensor(images) else np.asarray(images, np.float32)
+    if a.ndim == 3:
+        return np.clip(a, 0, 1)
+    if a.shape[1] == 3:
+        return np.clip(a.transpose(0, 2, 3, 1), 0, 1)
+    return np.clip(a[:, 0], 0, 1)
+
+
+def image_grid(images, ncol: int, pad: int = 1) -> np.ndarray:
+    """Tile images (N, C, H, W) into one array, row by row, with ``pad`` white pixels between."""
+    a = to_display(images)
+    n = len(a)
+    nrow = max(1, -(-n // ncol))
+    h, w = a.shape[1:3]
+    shape = (nrow * (h + pad) + pad, ncol * (w + pad) + pad) + a.shape[3:]
+    grid = np.ones(shape, np.float32)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = a[i]
+    return grid
+
+
+def save_image_grid(path, images, ncol: int, *, row_labels: list[str] | None = None, title: str | None = None,
+                    col_labels: list[str] | None = None) -> Path:
+    plt = _plt()
+    grid = image_grid(images, ncol)
+    nrow = max(1, -(-len(images) // ncol))
+    h, w = to_display(images[:1]).shape[1:3]
+    scale = max(0.35, min(1.2, 28 / max(h, w)))
+    fig_w = max(3.0, ncol * w * scale / 28 * 0.9 + (1.2 if row_labels else 0.2))
+    fig_h = max(2.0, nrow * h * scale / 28 * 0.9 + (0.6 if title else 0.2) + (0.4 if col_labels else 0))
+    fig, ax = plt.subplots(figsize=(fig_w, fig_h))
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if row_labels:
+        ax.set_yticks([1 + r * (h + 1) + h / 2 for r in range(len(row_labels))])
+        ax.set_yticklabels(row_labels, fontsize=8)
+    if col_labels:
+        ax.set_xticks([1 + c * (w + 1) + w / 2 for c in range(len(col_labels))])
+        ax.set_xticklabels(col_labels, fontsize=7, rotation=45 if max(len(s) for s in col_labels) > 3 else 0)
+        ax.xaxis.tick_top()
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def save_signals(path, rows: list[np.ndarray], row_labels: list[str] | None = None, title: str | None = None,
+                 reference: list[np.ndarray] | None = None) -> Path:
+    """Rows of 1-D signals (each (n, C, L) or (n, L)): one panel per row, the signals overlaid."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(rows), 1, figsize=(7, 1.3 * len(rows) + 0.6), squeeze=False, sharex=True)
+    for i, (ax, sig) in enumerate(zip(axes[:, 0], rows)):
+        s = np.asarray(sig)
+        s = s[:, 0] if s.ndim == 3 else s
+        if reference is not None:
+            r = np.asarray(reference[i])
+            r = r[:, 0] if r.ndim == 3 else r
+            for line in r:
+                ax.plot(line, color="black", lw=0.8, alpha=0.6)
+        for line in s:
+            ax.plot(line, lw=0.8, alpha=0.7)
+        if row_labels:
+            ax.set_ylabel(row_labels[i], fontsize=8, rotation=0, ha="right", va="center")
+        ax.tick_params(labelsize=7)
+    if title:
+        axes[0, 0].set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def save_feature_histograms(path, generated: np.ndarray, real: np.ndarray | None, names: list[str],
+                            title: str | None = None) -> Path:
+    """Per-feature histograms of generated rows (and real rows, for comparison), up to 12 features."""
+    plt = _plt()
+    k = min(12, generated.shape[1])
+    ncol = min(4, k)
+    nrow = -(-k // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 1.9 * nrow + 0.5), squeeze=False)
+    for j in range(nrow * ncol):
+        ax = axes.flat[j]
+        if j >= k:
+            ax.axis("off")
+            continue
+        lo = np.nanmin(np.concatenate([generated[:, j], real[:, j]]) if real is not None else generated[:, j])
+        hi = np.nanmax(np.concatenate([generated[:, j], real[:, j]]) if real is not None else generated[:, j])
+        bins = np.linspace(lo, hi if hi > lo else lo + 1, 25)
+        if real is not None:
+            ax.hist(real[:, j], bins=bins, density=True, alpha=0.5, color="gray", label="real")
+        ax.hist(generated[:, j], bins=bins, density=True, alpha=0.6, color="C0", label="generated")
+        ax.set_title(names[j] if j < len(names) else f"feature {j}", fontsize=8)
+        ax.tick_params(labelsize=6)
+    axes.flat[0].legend(fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def save_latent_map(path, mu: np.ndarray, labels: np.ndarray | None, class_names: list[str] | None,
+                    title: str = "latent space") -> Path:
+    """The 2-D latent itself, else its first two principal components, coloured by a label."""
+    plt = _plt()
+    mu = np.asarray(mu, np.float64)
+    if mu.shape[1] == 1:
+        pts, axis_names = np.concatenate([mu, np.zeros_like(mu)], 1), ("z1", "")
+    elif mu.shape[1] == 2:
+        pts, axis_names = mu, ("z1", "z2")
+    else:
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=2).fit(mu)
+        pts = pca.transform(mu)
+        ev = pca.explained_variance_ratio_
+        axis_names = (f"PC1 ({ev[0]:.0%} of variance)", f"PC2 ({ev[1]:.0%})")
+        title += f" (PCA of {mu.shape[1]}-D means)"
+    fig, ax = plt.subplots(figsize=(6.2, 5.2))
+    if labels is not None and class_names is not None:
+        cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+        for k, name in enumerate(class_names):
+            sel = labels == k
+            if sel.any():
+                ax.scatter(pts[sel, 0], pts[sel, 1], s=4, alpha=0.6, color=cmap(k % cmap.N), label=name)
+        ax.legend(markerscale=3, fontsize=7, loc="best", ncol=1 + len(class_names) // 12)
+    elif labels is not None:
+        sc = ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.6, c=labels, cmap="viridis")
+        fig.colorbar(sc, ax=ax)
+    else:
+        ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.5)
+    ax.set_xlabel(axis_names[0])
+    ax.set_ylabel(axis_names[1])
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def save_loss_curves(path, metrics_path) -> Path:
+    plt = _plt()
+    rows = [json.loads(r) for r in Path(metrics_path).read_text().splitlines() if r.strip()]
+    if not rows:
+        raise CvaeError(f"{metrics_path} has no epochs yet")
+    ep = [r["epoch"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, key, name in zip(axes, ("loss", "reconstruction", "kl"), ("negative ELBO", "reconstruction", "KL")):
+        ax.plot(ep, [r[f"train_{key}"] for r in rows], marker="o", ms=3, label="train")
+        if f"val_{key}" in rows[0]:
+            ax.plot(ep, [r[f"val_{key}"] for r in rows], marker="o", ms=3, label="validation")
+        ax.set_title(f"{name} (nats per example)", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+# -- the pictures of a finished run ---------------------------------------------------------------
+
+def condition_rows(model) -> tuple[list[str], torch.Tensor | None]:
+    """One row per class of the first categorical attribute (others at their first class / mean)."""
+    schema = model.schema
+    if not schema:
+        return [""], None
+    cat = [a for a in schema.attributes if a.kind == "categorical"]
+    if not cat:
+        y = schema.parse({}, 1)
+        return [schema.describe(y[0])], y
+    first = cat[0]
+    classes = first.classes[:20]
+    y = schema.parse({first.name: classes}, len(classes))
+    for a in cat[1:]:
+        y[:, schema.names.index(a.name)] = 0.0
+    return [schema.describe(row) for row in y], y
+
+
+def run_pictures(model, data, run_dir, *, seed: int = 0) -> dict[str, Path]:
+    """samples.png, reconstructions.png, latent.png, loss.png for a trained run."""
+    run_dir = Path(run_dir)
+    out: dict[str, Path] = {}
+    g = torch.Generator().manual_seed(seed)
+    kind = data.kind
+    labels, y_rows = condition_rows(model)
+    per_row = 10
+    if y_rows is None:
+        samples = model.sample(64 if kind == "image" else 200, generator=g).cpu()
+    else:
+        y = y_rows.repeat_interleave(per_row if kind == "image" else 20, dim=0)
+        samples = model.sample(len(y), y, generator=g).cpu()
+    show = data.test or data.val or data.train
+    if kind == "image":
+        ncol = 8 if y_rows is None else per_row
+        out["samples"] = save_image_grid(run_dir / "samples.png", samples, ncol,
+                                         row_labels=None if y_rows is None else labels, title="samples from p(x | z, c)")
+    elif kind == "signal":
+        rows = [samples] if y_rows is None else list(samples.split(20))
+        out["samples"] = save_signals(run_dir / "samples.png", [r[:8].numpy() for r in rows],
+                                      None if y_rows is None else labels, title="generated signals")
+    else:
+        real = model.to_data_units(show.x[:2000].to(model.device)).cpu().numpy()
+        out["samples"] = save_feature_histograms(run_dir / "samples.png", samples.numpy(), real,
+                                                 data.meta.get("features", []), title="generated vs real rows")
+    # reconstructions: originals on odd rows, reconstructions below them
+    x = show.x[:32].to(model.device)
+    y = show.y[:32]
+    rec = model.reconstruct(model.to_data_units(x), y if model.schema else None).cpu()
+    x_units = model.to_data_units(x).cpu()
+    if kind == "image":
+        k = min(len(x), 32)
+        pairs = torch.cat([torch.stack([x_units[i:i + 8], rec[i:i + 8]]) for i in range(0, k - k % 8 or k, 8)])
+        pairs = pairs.reshape(-1, *x_units.shape[1:])
+        ncol = min(8, k)
+        n_pairs = len(pairs) // (2 * ncol)
+        out["reconstructions"] = save_image_grid(run_dir / "reconstructions.png", pairs, ncol,
+                                                 row_labels=["input", "recon."] * n_pairs,
+                                                 title="inputs and their reconstructions")
+    elif kind == "signal":
+        out["reconstructions"] = save_signals(run_dir / "reconstructions.png", [rec[i:i + 1].numpy() for i in range(4)],
+                                              [f"#{i}" for i in range(4)], title="input (black) and reconstruction",
+                                              reference=[x_units[i:i + 1].numpy() for i in range(4)])
+    else:
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(4.5, 4.5))
+        xs, rs = show.x[:500].numpy().ravel(), model.reconstruct(model.to_data_units(show.x[:500].to(model.device)),
+                                                                show.y[:500] if model.schema else None)
+        rs = ((rs.cpu() - model.x_loc.cpu()) / model.x_scale.cpu()).numpy().ravel()
+        ax.scatter(xs, rs, s=2, alpha=0.3)
+        lim = [min(xs.min(), rs.min()), max(xs.max(), rs.max())]
+        ax.plot(lim, lim, color="black", lw=0.8)
+        ax.set_xlabel("input (standardised)")
+        ax.set_ylabel("reconstruction")
+        ax.set_title("reconstructions of every feature", fontsize=10)
+        out["reconstructions"] = _save(fig, run_dir / "reconstructions.png")
+    # latent map of up to 5000 held-out examples
+    n = min(5000, len(show))
+    qz = model.encode(model.to_data_units(show.x[:n].to(model.device)), show.y[:n] if model.schema else None)
+    first_cat = next((j for j, a in enumerate(model.schema.attributes) if a.kind == "categorical"), None)
+    lab = show.y[:n, first_cat].long().numpy() if first_cat is not None else None
+    names = model.schema.attributes[first_cat].classes if first_cat is not None else None
+    out["latent"] = save_latent_map(run_dir / "latent.png", qz.mu.cpu().numpy(), lab, names,
+                                    title="posterior means of held-out examples")
+    if (run_dir / "metrics.jsonl").exists():
+        out["loss"] = save_loss_curves(run_dir / "loss.png", run_dir / "metrics.jsonl")
+    return out
