@@ -51,7 +51,7 @@ class DataSplits:
         return "gaussian-learned" if self.standardize else "bernoulli"
 
 
-def parse_condition_spec(spec, available: list[str]) -> list[tuple[str, str | None]]:
+def parse_condition_spec(spec, available: list[str], where: str = "the data") -> list[tuple[str, str | None]]:
     """``None`` -> ``label`` when there is one, else none; ``"none"``; ``"a,b:continuous"``."""
     if spec is None:
         return [("label", None)] if "label" in available else []
@@ -68,7 +68,7 @@ def parse_condition_spec(spec, available: list[str]) -> list[tuple[str, str | No
             raise CvaeError(f"condition {part!r}: the kind after ':' must be categorical or continuous")
         if name not in available:
             raise CvaeError(
-                f"the data has no condition column {name!r}; "
+                f"{where} has no condition column {name!r}; "
                 + (f"available: {', '.join(available)}" if available else "it has no labels (use --condition none)")
             )
         out.append((name, kind))
@@ -133,7 +133,7 @@ def read_source(source: str, *, data_dir=None, condition=None, data_layout: str 
     if suffix in (".npz", ".npy"):
         return load_array_file(path)
     if suffix in (".csv", ".tsv", ".txt"):
-        names = [n for n, _ in parse_condition_spec(condition, _csv_header(path))]
+        names = [n for n, _ in parse_condition_spec(condition, _csv_header(path), str(path))]
         return load_csv(path, names, layout="signal" if data_layout == "signal" else "table")
     raise CvaeError(f"cannot read {path}: expected a .npz, .npy or .csv file or an image folder")
 

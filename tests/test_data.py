@@ -1,0 +1,218 @@
+"""Every reader, on the shared files and on tiny files the tests write; every bad input's message."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from cvae.data import load_data
+from cvae.data.sources import read_amat, read_idx
+from cvae.errors import CvaeError
+
+
+def write_idx(path, array: np.ndarray, compress=True):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(path, "wb") as f:
+            f.write(raw)
+    else:
+        path.write_bytes(raw)
+
+
+def fake_mnist(root, n_train=30, n_test=10, subdir="mnist"):
+    d = root / subdir
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(d / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(d / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return root
+
+
+# -- named data sets on the shared, verified files ------------------------------------------------
+
+def test_mnist_from_shared(shared_data):
+    d = load_data("mnist", data_dir=shared_data, val_fraction=0.1)
+    assert d.data_shape == (1, 28, 28) and d.kind == "image"
+    assert len(d.train) + len(d.val) == 60000 and len(d.test) == 10000
+    assert d.schema.names == ["label"] and d.schema.attributes[0].classes == [str(i) for i in range(10)]
+    counts = torch.bincount(d.test.y[:, 0].long(), minlength=10).tolist()
+    assert counts == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert 0.0 <= float(d.train.x.min()) and float(d.train.x.max()) <= 1.0
+
+
+def test_fashion_mnist_from_shared(shared_data):
+    d = load_data("fashion-mnist", data_dir=shared_data, condition="none", val_fraction=0.0)
+    assert len(d.train) == 60000 and len(d.test) == 10000 and d.val is None
+    assert not d.schema
+    d = load_data("fashion-mnist", data_dir=shared_data, limit=100)
+    assert d.schema.attributes[0].classes[9] == "Ankle boot" and len(d.train) == 100
+
+
+def test_binarized_mnist_from_shared(shared_data):
+    x = read_amat(shared_data / "binarized-mnist" / "binarized_mnist_valid.amat.gz")
+    assert x.shape == (10000, 784) and set(np.unique(x)) == {0.0, 1.0}
+    d = load_data("binarized-mnist", data_dir=shared_data, limit=500)
+    assert (len(d.train), len(d.val), len(d.test)) == (500, 10000, 10000) and d.binary
+    with pytest.raises(CvaeError, match="no labels"):
+        load_data("binarized-mnist", data_dir=shared_data, condition="label")
+
+
+def test_digits_is_offline_and_labelled():
+    d = load_data("digits")
+    assert d.data_shape == (1, 8, 8) and len(d.train) + len(d.val) == 1797 and d.test is None
+
+
+# -- files the tests write -----------------------------------------------------------------------
+
+def test_idx_gz_and_plain_and_env_lookup(tmp_path, monkeypatch):
+    fake_mnist(tmp_path)
+    d = load_data("mnist", data_dir=tmp_path, val_fraction=0.2)
+    assert (len(d.train), len(d.val), len(d.test)) == (24, 6, 10)
+    monkeypatch.setenv("CVAE_DATA", str(tmp_path))
+    assert len(load_data("mnist").test) == 10
+    plain = tmp_path / "plain"
+    write_idx(plain / "x.idx", np.zeros((2, 3)), compress=False) if plain.mkdir() is None else None
+    assert read_idx(plain / "x.idx").shape == (2, 3)
+
+
+def test_missing_files_say_where_to_put_them(tmp_path):
+    with pytest.raises(CvaeError, match=r"missing file\(s\) .*train-images-idx3-ubyte.gz.*--data-dir"):
+        load_data("fashion-mnist", data_dir=tmp_path)
+
+
+def test_corrupt_and_truncated_idx(tmp_path):
+    fake_mnist(tmp_path)
+    f = tmp_path / "mnist" / "train-images-idx3-ubyte.gz"
+    f.write_bytes(f.read_bytes()[:40])
+    with pytest.raises(CvaeError, match="damaged"):
+        load_data("mnist", data_dir=tmp_path)
+    write_idx(f, np.zeros((30, 28, 28)))
+    raw = gzip.decompress(f.read_bytes())[:-100]
+    f.write_bytes(gzip.compress(raw))
+    with pytest.raises(CvaeError, match="truncated or corrupt"):
+        load_data("mnist", data_dir=tmp_path)
+
+
+def test_amat_plain_and_malformed(tmp_path):
+    rows = np.random.default_rng(0).integers(0, 2, (3, 784))
+    p = tmp_path / "a.amat"
+    p.write_text("\n".join(" ".join(map(str, r)) for r in rows) + "\n")
+    assert np.array_equal(read_amat(p), rows)
+    p.write_text("0 1 2\n")
+    with pytest.raises(CvaeError, match="784"):
+        read_amat(p)
+
+
+def test_npz_with_labels_and_npy(tmp_path):
+    x = np.random.default_rng(0).random((40, 12, 12)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.arange(40) % 3, size=np.linspace(0, 1, 40))
+    d = load_data(str(tmp_path / "d.npz"), val_fraction=0.25)
+    assert d.data_shape == (1, 12, 12) and d.schema.attributes[0].classes == ["0", "1", "2"]
+    d = load_data(str(tmp_path / "d.npz"), condition="label,size:continuous")
+    assert [a.kind for a in d.schema.attributes] == ["categorical", "continuous"]
+    np.save(tmp_path / "t.npy", np.random.default_rng(1).normal(size=(20, 5)))
+    d = load_data(str(tmp_path / "t.npy"))
+    assert d.kind == "table" and d.standardize and not d.schema
+    assert abs(float(d.train.x.mean())) < 0.5
+
+
+def test_npz_errors(tmp_path):
+    np.savez(tmp_path / "two.npz", a=np.zeros((3, 4)), b=np.zeros((3, 4)))
+    with pytest.raises(CvaeError, match="name the examples 'x'"):
+        load_data(str(tmp_path / "two.npz"))
+    x = np.zeros((10, 4))
+    x[3, 2] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x)
+    with pytest.raises(CvaeError, match="NaN or infinite values .*example 3"):
+        load_data(str(tmp_path / "nan.npz"))
+    np.savez(tmp_path / "len.npz", x=np.zeros((10, 4)), y=np.zeros(9))
+    with pytest.raises(CvaeError, match="9 entries"):
+        load_data(str(tmp_path / "len.npz"))
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(CvaeError, match="cannot read"):
+        load_data(str(tmp_path / "bad.npz"))
+    np.savez(tmp_path / "ok.npz", x=np.zeros((10, 4)), y=np.arange(10) % 2)
+    with pytest.raises(CvaeError, match="no condition column 'color'"):
+        load_data(str(tmp_path / "ok.npz"), condition="color")
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (10, 14), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    d = load_data(str(tmp_path / "imgs"), val_fraction=0.0)
+    assert d.data_shape == (1, 10, 14) and d.schema.attributes[0].classes == ["cat", "dog"] and len(d.train) == 12
+    Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "imgs" / "dog" / "big.png")
+    with pytest.raises(CvaeError, match="--image-size"):
+        load_data(str(tmp_path / "imgs"))
+    d = load_data(str(tmp_path / "imgs"), image_size=(8, 8))
+    assert d.data_shape == (3, 8, 8)
+    (tmp_path / "imgs" / "dog" / "broken.png").write_bytes(b"garbage")
+    with pytest.raises(CvaeError, match="broken.png"):
+        load_data(str(tmp_path / "imgs"), image_size=(8, 8))
+
+
+def write_csv(path, header, rows):
+    path.write_text(",".join(header) + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
+    return str(path)
+
+
+def test_csv_table_with_conditions(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [[f"{rng.normal():.3f}", f"{rng.normal() * 10 + 50:.3f}", ["red", "blue"][i % 2], 8 + i % 5 + 0.5 * (i % 3)]
+            for i in range(40)]
+    path = write_csv(tmp_path / "t.csv", ["a", "b", "color", "size"], rows)
+    d = load_data(path, condition="color,size")
+    assert d.kind == "table" and d.data_shape == (2,) and d.standardize
+    assert [a.kind for a in d.schema.attributes] == ["categorical", "continuous"]
+    assert d.schema.attributes[0].classes == ["blue", "red"] and d.meta["features"] == ["a", "b"]
+    with pytest.raises(CvaeError, match="column 'color': text 'red'.*pass --condition color"):
+        load_data(path, condition="none")  # 'color' holds text, so it cannot be a feature
+
+
+def test_csv_errors(tmp_path):
+    ok = write_csv(tmp_path / "ok.csv", ["a", "b", "label"], [[1, 2, "x"], [3, 4, "y"], [5, 6, "x"]])
+    with pytest.raises(CvaeError, match="ok.csv has no condition column 'color'; available: a, b, label"):
+        load_data(ok, condition="color")
+    with pytest.raises(CvaeError, match=r"line 2, column 'label': text 'x' where a number was expected.*--condition label"):
+        load_data(ok, condition="none")
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("a,b,label\n1,2,x\n3,x\n")
+    with pytest.raises(CvaeError, match="line 3: 2 values but the header has 3 columns"):
+        load_data(str(ragged), condition="label")
+    text = write_csv(tmp_path / "text.csv", ["a", "b", "label"], [[1, 2, "x"], ["oops", 4, "y"]])
+    with pytest.raises(CvaeError, match="line 3, column 'a': text 'oops'"):
+        load_data(text, condition="label")
+    empty = write_csv(tmp_path / "empty.csv", ["a", "b", "label"], [[1, "", "x"], [3, 4, "y"]])
+    with pytest.raises(CvaeError, match="empty cell"):
+        load_data(empty, condition="label")
+    nan = write_csv(tmp_path / "nan.csv", ["a", "label"], [["nan", "x"], [3, "y"]])
+    with pytest.raises(CvaeError, match="NaN"):
+        load_data(nan, condition="label")
+
+
+def test_csv_signals(tmp_path):
+    t = np.linspace(0, 1, 32)
+    rows = [[*np.round(np.sin(6 * t + i), 4), i % 2] for i in range(20)]
+    path = write_csv(tmp_path / "s.csv", [f"t{i}" for i in range(32)] + ["label"], rows)
+    d = load_data(path, data_layout="signal")
+    assert d.kind == "signal" and d.data_shape == (1, 32) and d.schema.names == ["label"]
+
+
+def test_static_binarization_and_unknown_source(tmp_path):
+    d = load_data("digits", binarize="static")
+    assert set(torch.unique(d.train.x).tolist()) <= {0.0, 1.0} and d.binary
+    with pytest.raises(CvaeError, match="no data set or file"):
+        load_data("nope")
+    with pytest.raises(CvaeError, match="--binarize"):
+        load_data("digits", binarize="sometimes")

@@ -1,0 +1,173 @@
+"""One conformance suite over every preset, plus numerics against closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cvae.conditions import Attribute, ConditionSchema
+from cvae.distributions import Bernoulli, DiagonalGaussian, Gaussian
+from cvae.errors import CvaeError
+from cvae.model import CVAE, PRESETS, ModelConfig
+from cvae.objectives import elbo, iwae_bound
+from cvae.runs import load_tensors, save_tensors
+
+SCHEMA = ConditionSchema([Attribute("label", "categorical", [str(i) for i in range(4)])])
+SHAPES = [(1, 28, 28), (3, 13, 9), (1, 8, 8)]
+
+
+def make(preset: str, shape=(1, 28, 28), schema=SCHEMA, **over) -> CVAE:
+    torch.manual_seed(0)
+    return CVAE(ModelConfig(data_shape=shape, schema=schema.to_dict(), **{**PRESETS[preset], **over}))
+
+
+def batch(shape, n=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((n, *shape), generator=g)
+    y = torch.arange(n).remainder(4).float().unsqueeze(1)
+    return x, y, SCHEMA.encode(y)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_shapes(preset, shape):
+    model = make(preset, shape)
+    x, y, c = batch(shape)
+    out = model(x, c)
+    latent = model.config.latent_dim
+    assert out.qz.mu.shape == (16, latent) and out.z.shape == (16, latent)
+    assert out.px.mean.shape == x.shape
+    assert model.sample(5, "label=2").shape == (5, *shape)
+    assert model.reconstruct(x, y).shape == x.shape
+    assert model.encode(x, y).mu.shape == (16, latent)
+    assert model.decode(torch.zeros(3, latent), "label=1").shape == (3, *shape)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_training_steps_lower_the_loss(preset):
+    model = make(preset)
+    x, _, c = batch((1, 28, 28), n=64)
+    x = (x > 0.7).float()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    torch.manual_seed(1)
+    first = elbo(model, x, c).loss.item()
+    for _ in range(20):
+        opt.zero_grad()
+        elbo(model, x, c).loss.backward()
+        opt.step()
+    torch.manual_seed(1)
+    assert elbo(model, x, c).loss.item() < first - 1.0
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_save_load_round_trip_is_exact(preset, tmp_path):
+    model = make(preset, prior="conditional", likelihood="gaussian-learned")
+    save_tensors(tmp_path / "m.safetensors", model.state_dict())
+    again = CVAE(ModelConfig.from_dict(model.config.to_dict()))
+    again.load_state_dict(load_tensors(tmp_path / "m.safetensors"))
+    x, _, c = batch((1, 28, 28))
+    for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    torch.manual_seed(3)
+    l1 = elbo(model, x, c).loss
+    torch.manual_seed(3)
+    assert torch.equal(l1, elbo(again, x, c).loss)
+
+
+def test_analytic_kl_matches_monte_carlo():
+    torch.manual_seed(0)
+    q = DiagonalGaussian(torch.randn(4, 6), torch.randn(4, 6) * 0.5)
+    p = DiagonalGaussian(torch.randn(4, 6), torch.randn(4, 6) * 0.5)
+    z = q.rsample((200_000,))
+    mc = (q.log_prob(z) - p.log_prob(z)).mean(0)
+    assert torch.allclose(q.kl(p), mc, atol=0.03)
+    mc0 = (q.log_prob(z) - DiagonalGaussian(torch.zeros(6), torch.zeros(6)).log_prob(z)).mean(0)
+    assert torch.allclose(q.kl(None), mc0, atol=0.03)
+    assert torch.allclose(q.kl_per_dim(p).sum(-1), q.kl(p), atol=1e-5)
+
+
+def test_log_probs_match_torch_distributions():
+    torch.manual_seed(0)
+    mu, logvar, z = torch.randn(5, 3), torch.randn(5, 3), torch.randn(5, 3)
+    ref = torch.distributions.Normal(mu, (0.5 * logvar).exp()).log_prob(z).sum(-1)
+    assert torch.allclose(DiagonalGaussian(mu, logvar).log_prob(z), ref, atol=1e-5)
+    logits, x = torch.randn(5, 1, 4, 4), torch.randint(0, 2, (5, 1, 4, 4)).float()
+    ref = torch.distributions.Bernoulli(logits=logits).log_prob(x).sum((1, 2, 3))
+    assert torch.allclose(Bernoulli(logits, 3).log_prob(x), ref, atol=1e-5)
+    loc, ls, x = torch.randn(5, 7), torch.randn(7) * 0.3, torch.randn(5, 7)
+    ref = torch.distributions.Normal(loc, ls.exp()).log_prob(x).sum(-1)
+    assert torch.allclose(Gaussian(loc, ls, 1).log_prob(x), ref, atol=1e-5)
+
+
+def test_beta_zero_is_the_autoencoder_objective():
+    model = make("mlp-400")
+    x, _, c = batch((1, 28, 28))
+    torch.manual_seed(5)
+    out = elbo(model, x, c, beta=0.0)
+    assert out.kl.item() > 0
+    assert torch.allclose(out.loss, out.reconstruction)
+    # the gradient then reaches no KL term: the encoder's log-variance head gets only reconstruction gradients
+    torch.manual_seed(5)
+    full = elbo(model, x, c, beta=1.0)
+    assert full.loss.item() > out.loss.item()
+
+
+def test_beta_scales_the_kl_term():
+    model = make("mlp-400")
+    x, _, c = batch((1, 28, 28))
+    torch.manual_seed(2)
+    a = elbo(model, x, c, beta=4.0)
+    assert torch.allclose(a.loss, a.reconstruction + 4.0 * a.kl)
+
+
+def test_condition_changes_the_output():
+    model = make("textbook")
+    z = torch.randn(3, model.config.latent_dim)
+    assert not torch.allclose(model.decode(z, "label=0"), model.decode(z, "label=3"))
+    conv = make("conv")
+    z = torch.randn(3, conv.config.latent_dim)
+    assert not torch.allclose(conv.decode(z, "label=0"), conv.decode(z, "label=3"))
+
+
+def test_plain_vae_has_no_condition():
+    model = make("mlp-400", schema=ConditionSchema())
+    x = torch.rand(4, 1, 28, 28)
+    assert model.reconstruct(x).shape == x.shape
+    with pytest.raises(CvaeError, match="plain VAE"):
+        model.sample(2, "label=3")
+
+
+def test_conditional_prior_starts_standard_and_is_used():
+    model = make("mlp-400", prior="conditional")
+    _, _, c = batch((1, 28, 28))
+    pz = model.p_z(c)
+    assert torch.equal(pz.mu, torch.zeros_like(pz.mu))
+    with torch.no_grad():
+        model.prior_net.bias[:model.config.latent_dim] = 5.0
+    pz = model.p_z(c)
+    assert torch.allclose(pz.mu, torch.full_like(pz.mu, 5.0))
+
+
+def test_iwae_with_one_sample_is_the_elbo_in_expectation():
+    model = make("mlp-400")
+    x, _, c = batch((1, 28, 28), n=4)
+    torch.manual_seed(0)
+    k1 = torch.stack([iwae_bound(model, x, c, k=1) for _ in range(400)]).mean(0)
+    torch.manual_seed(1)
+    neg = torch.stack([elbo(model, x[i:i + 1], c[i:i + 1]).neg_elbo for i in range(4) for _ in range(400)])
+    assert torch.allclose(k1, -neg.reshape(4, 400).mean(1), atol=0.6)
+
+
+def test_bad_settings_are_errors():
+    with pytest.raises(CvaeError, match="unknown likelihood"):
+        ModelConfig(data_shape=(4,), likelihood="poisson")
+    with pytest.raises(CvaeError, match="conv network needs images"):
+        CVAE(ModelConfig(data_shape=(10,), arch="conv"))
+    with pytest.raises(CvaeError, match="unknown value"):
+        make("mlp-400").sample(2, "label=9")
+    with pytest.raises(CvaeError, match="expects"):
+        make("mlp-400").reconstruct(torch.rand(2, 30), "label=1")
+    with pytest.raises(CvaeError, match="NaN"):
+        make("mlp-400").reconstruct(torch.full((2, 1, 28, 28), math.nan), "label=1")
