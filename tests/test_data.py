@@ -66,6 +66,9 @@ def test_binarized_mnist_from_shared(shared_data):
 def test_digits_is_offline_and_labelled():
     d = load_data("digits")
     assert d.data_shape == (1, 8, 8) and len(d.train) + len(d.val) == 1797 and d.test is None
+    plain = load_data("digits", condition="none")  # no condition, but the labels still colour the pictures
+    assert not plain.schema and plain.label_classes == [str(i) for i in range(10)]
+    assert np.array_equal(plain.val.labels, d.val.y[:, 0].numpy().astype(int))
 
 
 # -- files the tests write -----------------------------------------------------------------------

@@ -20,12 +20,13 @@ class Dataset:
     x: torch.Tensor
     y: torch.Tensor
     ids: list | None = None
+    labels: np.ndarray | None = None  # class indices of the data's 'label' column, condition or not (for pictures)
 
     def __len__(self) -> int:
         return len(self.x)
 
     def to(self, device) -> Dataset:
-        return Dataset(self.x.to(device), self.y.to(device), self.ids)
+        return Dataset(self.x.to(device), self.y.to(device), self.ids, self.labels)
 
 
 @dataclass
@@ -41,6 +42,7 @@ class DataSplits:
     loc: np.ndarray | None = None  # feature means (standardize)
     scale: np.ndarray | None = None  # feature standard deviations (standardize)
     meta: dict = field(default_factory=dict)
+    label_classes: list[str] | None = None  # names of the classes in Dataset.labels
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -159,13 +161,15 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
         raise CvaeError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     raw = read_source(source, data_dir=data_dir, condition=condition, data_layout=data_layout, image_size=image_size)
     schema, codes = build_schema(raw, condition)
+    label_schema, label_codes = build_schema(raw, "label:categorical") if "label" in raw.columns else (None, None)
+    labels_of = {split: label_codes[split][:, 0].astype(np.int64) for split in raw.splits} if label_codes else {}
     rng = np.random.default_rng(seed)
     x_train, y_train = raw.splits["train"][0], codes["train"]
     ids_train = raw.meta.get("ids") or list(range(len(x_train)))
     order = rng.permutation(len(x_train))
     if "val" in raw.splits:
         x_val, y_val = raw.splits["val"][0], codes["val"]
-        val_ids = None
+        val_ids, val_labels = None, labels_of.get("val")
     else:
         n_val = int(round(val_fraction * len(x_train)))
         if val_fraction > 0 and len(x_train) > 1:
@@ -174,6 +178,7 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
         val_idx.sort()
         x_val, y_val = x_train[val_idx], y_train[val_idx]
         val_ids = [ids_train[i] for i in val_idx]
+        val_labels = labels_of["train"][val_idx] if labels_of else None
     if limit is not None:
         if limit < 1:
             raise CvaeError(f"--limit must be a positive number of examples, got {limit}")
@@ -181,6 +186,7 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
     order = np.sort(order)
     x_train, y_train = np.asarray(x_train[order]), y_train[order]
     train_ids = [ids_train[i] for i in order]
+    train_labels = labels_of["train"][order] if labels_of else None
     if len(x_train) == 0:
         raise CvaeError(f"no training examples left in {source!r} (after the validation split)")
 
@@ -197,23 +203,24 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
             x = (x - loc) / scale
         return torch.from_numpy(np.ascontiguousarray(x))
 
-    def dataset(x, y, ids=None):
+    def dataset(x, y, ids=None, labels=None):
         if x is None or len(x) == 0:
             return None
-        return Dataset(tensor(x), torch.from_numpy(np.ascontiguousarray(y, np.float32)), ids)
+        return Dataset(tensor(x), torch.from_numpy(np.ascontiguousarray(y, np.float32)), ids, labels)
 
     splits = DataSplits(
         name=raw.name,
         kind=raw.kind,
         schema=schema,
-        train=dataset(x_train, y_train, train_ids),
-        val=dataset(x_val, y_val, val_ids),
-        test=dataset(*raw.splits["test"][:1], codes["test"]) if "test" in raw.splits else None,
+        train=dataset(x_train, y_train, train_ids, train_labels),
+        val=dataset(x_val, y_val, val_ids, val_labels),
+        test=dataset(raw.splits["test"][0], codes["test"], None, labels_of.get("test")) if "test" in raw.splits else None,
         binary=raw.binary,
         standardize=standardize,
         loc=loc,
         scale=scale,
         meta=dict(raw.meta, source=source),
+        label_classes=label_schema.attributes[0].classes if label_schema else None,
     )
     if binarize == "static":
         g = torch.Generator().manual_seed(seed)
