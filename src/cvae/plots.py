@@ -85,8 +85,11 @@ def _save(fig, path) -> Path:
 
 
 def save_signals(path, rows: list[np.ndarray], row_labels: list[str] | None = None, title: str | None = None,
-                 reference: list[np.ndarray] | None = None) -> Path:
-    """Rows of 1-D signals (each (n, C, L) or (n, L)): one panel per row, the signals overlaid."""
+                 reference: list[np.ndarray] | None = None, cmap: str | None = None) -> Path:
+    """Rows of 1-D signals (each (n, C, L) or (n, L)): one panel per row, the signals overlaid.
+
+    With ``cmap`` (a matplotlib colour map name) the signals of a panel run through its colours in
+    order, which shows a path (an interpolation, a traversal) as a gradient."""
     plt = _plt()
     fig, axes = plt.subplots(len(rows), 1, figsize=(7, 1.3 * len(rows) + 0.6), squeeze=False, sharex=True)
     for i, (ax, sig) in enumerate(zip(axes[:, 0], rows)):
@@ -97,8 +100,9 @@ def save_signals(path, rows: list[np.ndarray], row_labels: list[str] | None = No
             r = r[:, 0] if r.ndim == 3 else r
             for line in r:
                 ax.plot(line, color="black", lw=0.8, alpha=0.6)
-        for line in s:
-            ax.plot(line, lw=0.8, alpha=0.7)
+        colors = plt.get_cmap(cmap)(np.linspace(0, 1, len(s))) if cmap else [None] * len(s)
+        for line, color in zip(s, colors):
+            ax.plot(line, lw=0.8, alpha=0.7, color=color)
         if row_labels:
             ax.set_ylabel(row_labels[i], fontsize=8, rotation=0, ha="right", va="center")
         ax.tick_params(labelsize=7)
@@ -166,6 +170,28 @@ def save_latent_map(path, mu: np.ndarray, labels: np.ndarray | None, class_names
         ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.5)
     ax.set_xlabel(axis_names[0])
     ax.set_ylabel(axis_names[1])
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def save_score_histogram(path, groups: dict[str, np.ndarray], threshold: float | None = None,
+                         title: str = "anomaly scores", xlabel: str = "score") -> Path:
+    """Overlaid histograms of scores per group (e.g. normal / anomaly), with the threshold as a line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    values = np.concatenate([np.asarray(v, np.float64) for v in groups.values() if len(v)])
+    lo, hi = np.quantile(values, [0.0, 0.995]) if len(values) else (0.0, 1.0)
+    if threshold is not None:
+        hi = max(hi, threshold)
+    bins = np.linspace(lo, hi if hi > lo else lo + 1, 50)
+    for name, v in groups.items():
+        if len(v):
+            ax.hist(np.clip(v, lo, hi), bins=bins, density=True, alpha=0.55, label=f"{name} (n={len(v)})")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", lw=1, ls="--", label=f"threshold {threshold:.4g}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7)
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
@@ -269,6 +295,8 @@ def run_pictures(model, data, run_dir, *, seed: int = 0) -> dict[str, Path]:
     first_cat = next((j for j, a in enumerate(model.schema.attributes) if a.kind == "categorical"), None)
     lab = show.y[:n, first_cat].long().numpy() if first_cat is not None else None
     names = model.schema.attributes[first_cat].classes if first_cat is not None else None
+    if lab is None and show.labels is not None:  # a plain VAE on labelled data: colour by the label anyway
+        lab, names = show.labels[:n], data.label_classes
     out["latent"] = save_latent_map(run_dir / "latent.png", qz.mu.cpu().numpy(), lab, names,
                                     title="posterior means of held-out examples")
     if (run_dir / "metrics.jsonl").exists():

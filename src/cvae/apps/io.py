@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,16 @@ class Inputs:
     x: torch.Tensor  # (N, *data_shape) in data units
     y: torch.Tensor | None  # (N, A) raw condition codes, or None when the input has no conditions
     ids: list
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # extra columns asked for (class names decoded)
 
 
-def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None, split: str = "test") -> Inputs:
+def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None, split: str = "test",
+                columns: Sequence[str] = ()) -> Inputs:
     """Examples for ``model`` from a named data set (its test split, else train), a .npz/.npy/.csv file,
-    an image folder or a single image file. Condition columns named like the model's are read too."""
+    an image folder or a single image file. Condition columns named like the model's are read too;
+    ``columns`` names further columns to read into ``Inputs.columns`` (and to keep out of the features)."""
     path = Path(source)
+    columns = [c for c in columns if c not in schema_names(model)]
     shape = model.config.data_shape
     schema = model.schema
     if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
@@ -33,15 +38,34 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
         return Inputs(x[None], None, [path.name])
     info = getattr(model, "run_config", {}).get("data", {})
     layout = "signal" if info.get("kind") == "signal" else "auto"
-    condition = ",".join(a.name for a in schema.attributes if _has_column(path, a.name)) or "none"
+    if path.suffix.lower() == ".csv" and path.is_file():
+        missing = [c for c in columns if not _has_column(path, c)]
+        if missing:
+            from ..data.sources import read_csv_table
+
+            raise CvaeError(f"{source} has no column(s) {', '.join(missing)}; its columns are: "
+                            + ", ".join(read_csv_table(path)[0]))
+    wanted = [a.name for a in schema.attributes if _has_column(path, a.name)] + list(columns)
+    condition = ",".join(wanted) or "none"
     raw = read_source(source, data_dir=data_dir, condition=condition if path.suffix.lower() == ".csv" else None,
                       data_layout=layout)
     part = split if split in raw.splits else "train"
-    x, columns = raw.splits[part]
+    x, raw_columns = raw.splits[part]
     ids = raw.meta.get("ids") if part == "train" else None
     if n is not None:
         x = x[:n]
-        columns = {k: v[:n] for k, v in columns.items()}
+        raw_columns = {k: v[:n] for k, v in raw_columns.items()}
+        ids = ids[:n] if ids else ids
+    extra = {}
+    for c in columns:
+        if c not in raw_columns:
+            have = ", ".join(raw_columns) or "none"
+            raise CvaeError(f"{source} has no column {c!r} (its label/condition columns: {have})")
+        vals = np.asarray(raw_columns[c])
+        if c in raw.class_names:
+            vals = np.array([raw.class_names[c][int(v)] for v in vals])
+        extra[c] = vals
+    columns = raw_columns
     x = np.asarray(x, np.float32)
     features = info.get("features")
     if features and raw.meta.get("features") and raw.meta["features"] != features:
@@ -61,7 +85,26 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
                 vals = [raw.class_names[a.name][int(v)] for v in vals]
             cols.append([a.code(_plain(v)) for v in vals])
         y = torch.tensor(np.array(cols, np.float32).T.reshape(len(x), len(cols)))
-    return Inputs(torch.from_numpy(np.ascontiguousarray(x)), y, list(ids) if ids else list(range(len(x))))
+    return Inputs(torch.from_numpy(np.ascontiguousarray(x)), y, list(ids) if ids else list(range(len(x))), extra)
+
+
+def schema_names(model: CVAE) -> list[str]:
+    return model.schema.names if model.schema else []
+
+
+def conditions_of(model: CVAE, inputs: Inputs, condition=None, *, source: str = "the input") -> torch.Tensor | None:
+    """The raw condition codes to encode ``inputs`` with: ``condition`` when given (it overrides the
+    inputs' own), else the inputs' own; ``None`` for a plain VAE. A conditional model needs one of them."""
+    if not model.schema:
+        if condition not in (None, "", "none"):
+            raise CvaeError("this model is a plain VAE (no condition); leave --condition out")
+        return None
+    if condition not in (None, ""):
+        return model.schema.parse(condition, len(inputs.x))
+    if inputs.y is None:
+        names = ", ".join(model.schema.names)
+        raise CvaeError(f"{source} has no condition column(s) {names}; pass --condition (e.g. {model.schema.names[0]}=...)")
+    return inputs.y
 
 
 def _plain(v):
@@ -93,7 +136,8 @@ def _read_image(path: Path, shape) -> torch.Tensor:
 
 def write_array_output(path: str | Path, model: CVAE, x: torch.Tensor, y: torch.Tensor | None, *,
                        extra: dict[str, np.ndarray] | None = None) -> Path:
-    """``.npz`` (``x`` plus the conditions by name) or ``.csv`` (feature columns plus conditions)."""
+    """``.npz`` (``x`` plus the conditions by name, plus ``extra`` arrays) or ``.csv`` (the one-value-per-row
+    arrays of ``extra`` first, then the feature columns, then the conditions)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = x.detach().cpu().float().numpy()
@@ -110,11 +154,18 @@ def write_array_output(path: str | Path, model: CVAE, x: torch.Tensor, y: torch.
         names = getattr(model, "run_config", {}).get("data", {}).get("features") or [f"x{i}" for i in range(flat.shape[1])]
         if len(names) != flat.shape[1]:
             names = [f"x{i}" for i in range(flat.shape[1])]
+        lead = {k: np.asarray(v) for k, v in (extra or {}).items() if np.ndim(v) == 1 and len(v) == len(flat)}
         with open(path, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(list(names) + list(conds))
+            w.writerow(list(lead) + list(names) + list(conds))
             for i in range(len(flat)):
-                w.writerow([f"{v:.6g}" for v in flat[i]] + [conds[k][i] for k in conds])
+                w.writerow([_cell(lead[k][i]) for k in lead] + [f"{v:.6g}" for v in flat[i]] + [conds[k][i] for k in conds])
     else:
         raise CvaeError(f"cannot write {path}: use a .png, .npz or .csv file name")
     return path
+
+
+def _cell(v):
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.6g}"
+    return v.item() if hasattr(v, "item") else v

@@ -3,4 +3,5 @@ sets ``func`` to a function taking the parsed arguments. Add a module here to ad
 
 MODULES = [
     "cvae.commands.core",  # train, sample, reconstruct
+    "cvae.commands.apps",  # interpolate, traverse, transfer, anomaly, augment, embed
 ]

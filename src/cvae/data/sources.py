@@ -281,14 +281,26 @@ def read_csv_table(path: Path) -> tuple[list[str], list[list[str]]]:
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     if len(rows) < 2:
         raise CvaeError(f"{path} needs a header line and at least one data row")
-    header = [h.strip() for h in rows[0]]
+    header, data, first = [h.strip() for h in rows[0]], rows[1:], 2
+    if all(_is_number(h) for h in header):
+        # No header line (e.g. the heartbeat CSVs of MIT-BIH / PTB): every line is data and the
+        # columns are named x0, x1, ... in order.
+        header, data, first = [f"x{i}" for i in range(len(header))], rows, 1
     if len(set(header)) != len(header):
         dup = sorted({h for h in header if header.count(h) > 1})
         raise CvaeError(f"{path}: duplicate column name(s) {', '.join(dup)}")
-    for i, r in enumerate(rows[1:], start=2):
+    for i, r in enumerate(data, start=first):
         if len(r) != len(header):
             raise CvaeError(f"{path}, line {i}: {len(r)} values but the header has {len(header)} columns (ragged row)")
-    return header, rows[1:]
+    return header, data
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_csv(path: Path, condition_columns: list[str], *, layout: str = "table",

@@ -1,0 +1,363 @@
+"""What people use a CVAE for: interpolation, traversal, transfer, anomaly detection, augmentation and
+latent export, through the Python functions and the command line, on images and 1-D signals."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import cvae
+from cvae.apps import (
+    anomaly_metrics,
+    augment,
+    embed,
+    interpolate_conditions,
+    interpolate_inputs,
+    kl_per_dimension,
+    lerp,
+    read_inputs,
+    slerp,
+    transfer,
+    traverse,
+)
+from cvae.cli import main
+from cvae.data import load_data
+
+QUIET = ["--no-progress", "--no-tensorboard"]
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A small conditional model of the 8x8 digits (a few seconds)."""
+    out = tmp_path_factory.mktemp("apps") / "digits"
+    assert main(["train", "--data", "digits", "--epochs", "4", "--batch-size", "64", "--latent-dim", "4",
+                 "--no-pictures", *QUIET, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(digits_run):
+    return cvae.load(digits_run)
+
+
+@pytest.fixture(scope="module")
+def digits(model):
+    return read_inputs(model, "digits", n=40)
+
+
+# -- latent paths ---------------------------------------------------------------------------------
+
+def test_lerp_and_slerp_hit_the_ends_and_slerp_keeps_the_norm():
+    g = torch.Generator().manual_seed(0)
+    z0, z1 = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    z1 = z1 / z1.norm(dim=1, keepdim=True) * z0.norm(dim=1, keepdim=True)  # equal norms
+    t = torch.linspace(0, 1, 7)
+    for path in (lerp(z0, z1, t), slerp(z0, z1, t)):
+        assert path.shape == (3, 7, 5)
+        torch.testing.assert_close(path[:, 0], z0)
+        torch.testing.assert_close(path[:, -1], z1)
+    torch.testing.assert_close(lerp(z0, z1, t)[:, 3], (z0 + z1) / 2)
+    norms = slerp(z0, z1, t).norm(dim=-1)
+    torch.testing.assert_close(norms, z0.norm(dim=1, keepdim=True).expand(-1, 7))
+    assert (lerp(z0, z1, t).norm(dim=-1)[:, 3] < norms[:, 3] - 1e-3).all()  # the chord cuts inside the sphere
+    same = slerp(z0, z0.clone(), t)  # zero angle: no division by zero
+    assert torch.isfinite(same).all()
+
+
+def test_interpolation_between_inputs_starts_and_ends_at_their_reconstructions(model, digits):
+    x, y = digits.x, digits.y
+    for method in ("linear", "spherical"):
+        res = interpolate_inputs(model, x[:3], x[3:6], y_from=y[:3], y_to=y[3:6], steps=5, method=method)
+        assert res.x.shape == (3, 5, 1, 8, 8)
+        torch.testing.assert_close(res.x[:, 0], model.reconstruct(x[:3], y[:3]), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(res.x[:, -1], model.reconstruct(x[3:6], y[3:6]), atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(res.x[:, 2], res.x[:, 0])
+    both = interpolate_inputs(model, x[:2], x[2:4], y_from=y[:2], y_to=y[2:4], steps=4, method="both")
+    assert both.x.shape[0] == 4 and both.row_labels[0].endswith("lin.") and both.row_labels[1].endswith("sph.")
+
+
+def test_interpolation_between_conditions_holds_the_code(model):
+    res = interpolate_conditions(model, "label=3", "label=8", steps=6, n=2, seed=1)
+    assert res.x.shape == (2, 6, 1, 8, 8)
+    z = res.z[:, 0]
+    torch.testing.assert_close(res.x[:, 0], model.decode(z, "label=3").cpu(), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(res.x[:, -1], model.decode(z, "label=8").cpu(), atol=1e-5, rtol=1e-4)
+    with pytest.raises(cvae.CvaeError, match="unknown value"):
+        interpolate_conditions(model, "label=3", "label=eleven")
+
+
+def test_kl_per_dimension_sums_to_the_kl_and_orders_the_traversal(model, digits):
+    kl = kl_per_dimension(model, digits.x, digits.y)
+    qz = model.encode(digits.x, digits.y)
+    assert kl.shape == (4,)
+    assert float(kl.sum()) == pytest.approx(float(qz.kl().mean()), rel=1e-4)
+    res = traverse(model, kl=kl, top=3, low=-2, high=2, steps=5, x=digits.x[:2], y=digits.y[:2])
+    assert res.x.shape == (3, 2, 5, 1, 8, 8)
+    assert [float(kl[d]) for d in res.dims] == sorted((float(kl[d]) for d in res.dims), reverse=True)
+    assert res.dims == torch.argsort(kl, descending=True)[:3].tolist()
+    # one dimension moves, the others stay at the input's posterior mean
+    d = res.dims[0]
+    z = qz.mu[:2].clone()
+    z[:, d] = 2.0
+    torch.testing.assert_close(res.x[0, :, -1], model.decode(z, digits.y[:2]).cpu(), atol=1e-5, rtol=1e-4)
+    with pytest.raises(cvae.CvaeError, match="out of range"):
+        traverse(model, kl=kl, dims=[7])
+
+
+def test_transfer_to_its_own_class_is_the_reconstruction(model, digits):
+    x, y = digits.x[:4], digits.y[:4]
+    res = transfer(model, x, y, ["label=all"])
+    assert res.x.shape == (4, 10, 1, 8, 8) and res.target_labels[3] == "label=3"
+    own = torch.stack([res.x[i, int(y[i, 0])] for i in range(4)])
+    torch.testing.assert_close(own, model.reconstruct(x, y), atol=1e-5, rtol=1e-4)
+    res = transfer(model, x, y, ["label=1", "label=7"])
+    assert res.target_labels == ["label=1", "label=7"] and res.y_target[:, 1, 0].tolist() == [7.0] * 4
+    with pytest.raises(cvae.CvaeError, match="unknown value '12'"):
+        transfer(model, x, y, ["label=12"])
+
+
+def test_latent_commands_write_pictures_and_tables(digits_run, tmp_path, capsys):
+    out = tmp_path
+    assert main(["interpolate", str(digits_run), "--method", "both", "--n", "2", "-o", str(out / "i.png")]) == 0
+    assert main(["interpolate", str(digits_run), "--from", "label=3", "--to", "label=8", "-o", str(out / "c.png")]) == 0
+    assert main(["interpolate", str(digits_run), "--input", "digits", "--from", "0,2", "--to", "1,3", "--steps", "4",
+                 "-o", str(out / "i.csv")]) == 0
+    rows = _rows(out / "i.csv")
+    assert len(rows) == 2 * 4 and list(rows[0])[:5] == ["row", "step", "t", "start", "end"]
+    assert rows[0]["start"].startswith("#0") and rows[4]["start"].startswith("#2")
+    assert main(["traverse", str(digits_run), "--top", "3", "-o", str(out / "t.png")]) == 0
+    assert "KL per dimension" in capsys.readouterr().out
+    assert main(["traverse", str(digits_run), "--input", "digits", "--index", "5", "--dims", "0,1", "--steps", "3",
+                 "-o", str(out / "t.npz")]) == 0
+    with np.load(out / "t.npz") as z:
+        assert z["x"].shape == (2 * 3, 1, 8, 8) and sorted(set(z["dim"].tolist())) == [0, 1]
+    assert main(["transfer", str(digits_run), "--n", "3", "-o", str(out / "tr.png")]) == 0
+    assert main(["transfer", str(digits_run), "--n", "2", "--to", "label=4", "--to", "label=9", "-o", str(out / "tr.csv")]) == 0
+    rows = _rows(out / "tr.csv")
+    assert [r["target"] for r in rows] == ["label=4", "label=9"] * 2 and [r["label"] for r in rows] == ["4", "9"] * 2
+    for name in ("i.png", "c.png", "t.png", "tr.png"):
+        assert (out / name).stat().st_size > 1000
+    # a single image file as an end point, with the condition it lacks
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(0).random((8, 8)) * 255).astype(np.uint8)).save(out / "one.png")
+    assert main(["interpolate", str(digits_run), "--input", "digits", "--from", str(out / "one.png"), "--to", "3",
+                 "--condition", "label=2", "-o", str(out / "f.png")]) == 0
+    assert main(["interpolate", str(digits_run), "--from", "label=3", "--to", "7", "-o", str(out / "x.png")]) == 2
+    assert "both be conditions" in capsys.readouterr().err
+
+
+# -- latent export --------------------------------------------------------------------------------
+
+def test_embed_exports_means_variances_ids_and_conditions(model, digits_run, digits, tmp_path):
+    emb = embed(model, "digits", n=40)
+    qz = model.encode(digits.x, digits.y)
+    np.testing.assert_allclose(emb.mu, qz.mu.cpu().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(emb.var, qz.variance.cpu().numpy(), rtol=1e-5, atol=1e-7)
+    assert emb.conditions["label"][:5].tolist() == [str(int(v)) for v in digits.y[:5, 0]]
+    assert main(["embed", str(digits_run), "--data", "digits", "--n", "50", "-o", str(tmp_path / "z.csv"),
+                 "--map", str(tmp_path / "map.png")]) == 0
+    rows = _rows(tmp_path / "z.csv")
+    assert len(rows) == 50
+    assert list(rows[0]) == ["id", "label", "mu_0", "mu_1", "mu_2", "mu_3", "var_0", "var_1", "var_2", "var_3"]
+    assert [r["id"] for r in rows[:3]] == ["0", "1", "2"] and float(rows[0]["var_0"]) > 0
+    assert (tmp_path / "map.png").stat().st_size > 1000
+    assert main(["embed", str(digits_run), "--data", "digits", "--n", "30", "-o", str(tmp_path / "z.npz")]) == 0
+    with np.load(tmp_path / "z.npz") as z:
+        assert z["mu"].shape == (30, 4) and z["var"].shape == (30, 4) and z["ids"].shape == (30,)
+        assert z["label"].shape == (30,)
+    assert main(["embed", str(digits_run), "--data", "digits", "--n", "30", "--color-by", "size",
+                 "-o", str(tmp_path / "m.png")]) == 2
+
+
+# -- augmentation -----------------------------------------------------------------------------------
+
+def test_augment_per_class_and_balanced_merge(model, digits_run, tmp_path):
+    aug = augment(model, per_class=3, seed=0)
+    assert len(aug.x) == 30 and aug.synthetic.all()
+    assert np.bincount(aug.y[:, 0].long().numpy(), minlength=10).tolist() == [3] * 10
+    real = read_inputs(model, "digits")
+    keep = np.r_[np.flatnonzero(real.y[:, 0] != 2), np.flatnonzero(real.y[:, 0] == 2)[:20]]
+    real.x, real.y, real.ids = real.x[keep], real.y[keep], [real.ids[i] for i in keep]
+    aug = augment(model, balance=True, real=real, merge=True)
+    counts = np.bincount(aug.y[:, 0].long().numpy(), minlength=10)
+    assert len(set(counts.tolist())) == 1  # every class as large as the largest
+    assert aug.generated["2"] == counts[0] - 20 and int(aug.synthetic.sum()) == sum(aug.generated.values())
+    assert torch.equal(aug.x[: len(real.x)], real.x)
+    # codes from the posterior of real examples: variations of them, closer to the class than prior draws
+    few = read_inputs(model, "digits", n=200)
+    near = {}
+    for codes in ("prior", "posterior"):
+        aug = augment(model, per_class=20, real=few, codes=codes, seed=0)
+        gap = torch.cdist(aug.x.flatten(1), few.x.flatten(1))  # (synthetic, real)
+        same = aug.y[:, 0][:, None] == few.y[:, 0][None, :]
+        near[codes] = float(gap.masked_fill(~same, float("inf")).min(1).values.mean())
+    assert near["posterior"] < near["prior"]
+    with pytest.raises(cvae.CvaeError, match="need the real data"):
+        augment(model, per_class=2, codes="posterior")
+    # the three output formats, each readable as training data again
+    assert main(["augment", str(digits_run), "--per-class", "4", "-o", str(tmp_path / "a.npz")]) == 0
+    d = load_data(str(tmp_path / "a.npz"), val_fraction=0)
+    assert len(d.train) == 40 and d.kind == "image" and d.schema.names == ["label"]
+    assert main(["augment", str(digits_run), "--per-class", "2", "-o", str(tmp_path / "folder")]) == 0
+    d = load_data(str(tmp_path / "folder"), val_fraction=0)
+    assert len(d.train) == 20 and d.schema.attributes[0].classes == [str(i) for i in range(10)]
+    assert main(["augment", str(digits_run), "--per-class", "2", "--merge", "-o", str(tmp_path / "m.csv")]) == 0
+    rows = _rows(tmp_path / "m.csv")
+    assert len(rows) == 1797 + 20 and rows[0]["id"].startswith("real-") and rows[-1]["id"].startswith("synthetic-")
+    d = load_data(str(tmp_path / "m.csv"), condition="label", val_fraction=0)
+    assert d.data_shape == (64,) and len(d.train) == 1817
+
+
+# -- anomaly detection --------------------------------------------------------------------------------
+
+def heartbeats(n_normal: int, n_abnormal: int, *, length: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Heartbeat-like signals: P wave, QRS complex and T wave with jitter and noise; the abnormal ones
+    have an inverted T wave, a wide QRS complex, or no P wave and an elevated ST segment."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, length)
+
+    def beat(kind):
+        shift, amp = 0.01 * rng.standard_normal(), 1 + 0.08 * rng.standard_normal()
+
+        def g(mu, sd, a):
+            return a * np.exp(-0.5 * ((t - mu - shift) / sd) ** 2)
+
+        p, q, r, s, tw = g(0.2, 0.03, 0.15), g(0.33, 0.012, -0.12), g(0.36, 0.014, amp), g(0.39, 0.012, -0.2), g(0.65, 0.05, 0.3)
+        if kind == 1:
+            tw = -tw
+        elif kind == 2:
+            q, r, s = 0 * q, g(0.37, 0.04, 0.8 * amp), g(0.44, 0.02, -0.3)
+        elif kind == 3:
+            p, tw = 0 * p, tw + 0.2 * ((t > 0.4) & (t < 0.6))
+        x = p + q + r + s + tw + 0.02 * rng.standard_normal(length)
+        return (x - x.min()) / (x.max() - x.min())
+
+    kinds = np.r_[np.zeros(n_normal, int), rng.integers(1, 4, n_abnormal)]
+    rng.shuffle(kinds)
+    return np.stack([beat(k) for k in kinds]), (kinds > 0).astype(int)
+
+
+def write_beats(path, x, label, *, header=True):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        if header:
+            w.writerow([f"t{i}" for i in range(x.shape[1])] + ["label"])
+        for row, lab in zip(x, label):
+            w.writerow([f"{v:.5f}" for v in row] + [lab])
+
+
+@pytest.fixture(scope="module")
+def beats(tmp_path_factory):
+    d = tmp_path_factory.mktemp("beats")
+    x, y = heartbeats(500, 60, seed=0)
+    write_beats(d / "train.csv", x, y)
+    x, y = heartbeats(200, 100, seed=1)
+    write_beats(d / "test.csv", x, y)
+    return d
+
+
+@pytest.mark.parametrize("backbone", [["--hidden", "64", "--latent-dim", "8"], ["--preset", "conv", "--latent-dim", "8"]],
+                         ids=["mlp", "conv1d"])
+def test_anomaly_on_heartbeat_signals(beats, tmp_path, capsys, backbone):
+    run = tmp_path / "detector"
+    argv = ["anomaly", "fit", "--data", str(beats / "train.csv"), "--data-layout", "signal", "--out", str(run),
+            "--epochs", "25", "--batch-size", "32", "--lr", "2e-3", "--fpr", "0.05", *backbone, *QUIET]
+    assert main(argv) == 2
+    assert "--normal" in capsys.readouterr().err  # two label values: say which is normal
+    assert main([*argv, "--normal", "0", "--no-pictures"]) == 0
+    det = json.loads((run / "anomaly.json").read_text())
+    assert det["label_column"] == "label" and det["normal"] == ["0"] and set(det["thresholds"]) == {"elbo", "iwae", "recon"}
+    assert det["n_train"] + det["n_val"] == 500
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data"]["kind"] == "signal" and cfg["model"]["data_shape"] == [1, 64]
+    assert cfg["model"]["arch"] == ("conv" if "conv" in backbone else "mlp")
+    assert main(["anomaly", "score", str(run), "--data", str(beats / "test.csv"), "-o", str(tmp_path / "s.csv"),
+                 "--plot", str(tmp_path / "s.png")]) == 0
+    printed = capsys.readouterr().out
+    rows = _rows(tmp_path / "s.csv")
+    assert list(rows[0]) == ["id", "score", "flag"] and [r["id"] for r in rows] == [str(i) for i in range(300)]
+    metrics = json.loads((tmp_path / "s.metrics.json").read_text())
+    assert metrics["auroc"] > 0.95, metrics
+    assert metrics["n_anomaly"] == 100 and np.sum(metrics["confusion_matrix"]) == 300
+    assert "AUROC" in printed and "confusion matrix" in printed
+    truth = np.array([int(r["label"]) for r in _rows(beats / "test.csv")])
+    flags = np.array([int(r["flag"]) for r in rows])
+    assert flags[truth == 0].mean() < 0.2 and flags[truth == 1].mean() > 0.8
+    scores = np.array([float(r["score"]) for r in rows])
+    assert metrics["auroc"] == pytest.approx(anomaly_metrics(truth == 1, scores, flags == 1)["auroc"], abs=1e-3)
+
+
+def test_anomaly_threshold_matches_the_false_positive_rate_and_the_scores_are_right(beats, tmp_path):
+    from cvae.apps import anomaly_scores, fit_anomaly, score_anomalies
+    from cvae.objectives import iwae_bound
+
+    fit = fit_anomaly(str(beats / "train.csv"), out=tmp_path / "d", normal="0", fpr=0.1, data_layout="signal",
+                      epochs=5, batch_size=32, hidden=[32], latent_dim=4, progress=False, tensorboard=False,
+                      pictures=False, score="iwae", k=50)
+    for name, v in fit.val_scores.items():
+        assert (v > fit.detector.thresholds[name]).mean() <= 0.1 + 1e-9
+        assert (v >= fit.detector.thresholds[name]).mean() >= 0.1 - 1e-9
+    res = score_anomalies(tmp_path / "d", str(beats / "test.csv"), n=20)
+    assert len(res.scores) == 20 and res.score == "iwae" and res.flags.dtype == bool
+    # the scores are what they say: the negative ELBO is above the importance-sampled NLL, which
+    # matches the objective's own estimate
+    model = fit.model
+    x = read_inputs(model, str(beats / "test.csv"), n=20).x
+    elbo = anomaly_scores(model, x, method="elbo", samples=200)
+    iwae = anomaly_scores(model, x, method="iwae", k=500)
+    assert (elbo > iwae - 0.05).all()
+    xm = (x - model.x_loc) / model.x_scale  # model units: standardised time points
+    torch.manual_seed(0)  # the same random stream as anomaly_scores(seed=0): the same estimate
+    with torch.no_grad():
+        direct = -iwae_bound(model, xm, None, k=500, chunk=100).numpy()
+        mean = model.p_x(model.q_z(xm).mu).mean
+    np.testing.assert_allclose(iwae, direct, rtol=1e-5)
+    recon = anomaly_scores(model, x, method="recon")
+    np.testing.assert_allclose(recon, ((mean - xm) ** 2).flatten(1).sum(1).numpy(), rtol=1e-5)
+
+
+def test_anomaly_metrics_by_hand():
+    truth = np.array([0, 0, 0, 1, 1], bool)
+    scores = np.array([0.1, 0.4, 0.35, 0.8, 0.3])
+    flags = scores > 0.32
+    m = anomaly_metrics(truth, scores, flags)
+    assert m["auroc"] == pytest.approx(4 / 6)  # pairs (anomaly > normal): 0.8 beats 3, 0.3 beats 1
+    assert m["confusion_matrix"] == [[1, 2], [1, 1]]
+    assert m["true_positive_rate"] == 0.5 and m["false_positive_rate"] == pytest.approx(2 / 3)
+    assert "note" in anomaly_metrics(np.zeros(3, bool), scores[:3], flags[:3])
+
+
+def test_anomaly_on_images_one_class_digits(tmp_path, capsys):
+    run = tmp_path / "zero"
+    assert main(["anomaly", "fit", "--data", "digits", "--normal", "0", "--out", str(run), "--epochs", "15",
+                 "--batch-size", "32", "--latent-dim", "4", "--hidden", "64", *QUIET]) == 0
+    assert (run / "anomaly_val_scores.png").is_file() and (run / "normal_data.npz").is_file()
+    assert main(["anomaly", "score", str(run), "--data", "digits", "-o", str(tmp_path / "s.csv")]) == 0
+    metrics = json.loads((tmp_path / "s.metrics.json").read_text())
+    assert metrics["n"] == 1797 and metrics["n_normal"] == 178
+    assert metrics["auroc"] > 0.9
+
+
+def test_headerless_heartbeats_with_the_label_last(tmp_path, capsys):
+    x, y = heartbeats(150, 20, seed=3)
+    write_beats(tmp_path / "b.csv", x, y, header=False)
+    argv = ["anomaly", "fit", "--data", str(tmp_path / "b.csv"), "--data-layout", "signal", "--out", str(tmp_path / "r"),
+            "--epochs", "2", "--hidden", "16", "--latent-dim", "2", "--no-pictures", *QUIET]
+    assert main(argv) == 2
+    assert "--label-column last" in capsys.readouterr().err
+    assert main([*argv, "--label-column", "last", "--normal", "0"]) == 0
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["model"]["data_shape"] == [1, 64] and cfg["data"]["n_train"] + cfg["data"]["n_val"] == 150
+    assert main(["anomaly", "score", str(tmp_path / "r"), "--data", str(tmp_path / "b.csv"), "-o", str(tmp_path / "s.csv")]) == 0
+    assert len(_rows(tmp_path / "s.csv")) == 170
+    assert json.loads((tmp_path / "s.metrics.json").read_text())["n_anomaly"] == 20

@@ -1,0 +1,185 @@
+"""Tables with several conditions: a CSV with numeric feature columns, a categorical and a continuous
+condition column (built from scikit-learn's bundled wine data), trained with standardised features and
+a Gaussian likelihood; samples come back in original units with the column names. Bad input through
+the command line gets a clear one-line error."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_wine
+
+import cvae
+from cvae.cli import main
+
+CULTIVARS = ["barolo", "grignolino", "barbera"]
+QUIET = ["--no-progress", "--no-tensorboard"]
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_wine(path, *, drop=None, rows=None):
+    """wine.csv: id, 12 chemistry features, alcohol (a continuous condition), cultivar (categorical)."""
+    d = load_wine()
+    names = list(d.feature_names)
+    header = ["id", *[n for n in names if n != drop], "cultivar"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for i, (x, t) in enumerate(zip(d.data, d.target)):
+            if rows is not None and i not in rows:
+                continue
+            w.writerow([f"w{i:03d}", *[f"{v:g}" for n, v in zip(names, x) if n != drop], CULTIVARS[t]])
+    return d
+
+
+@pytest.fixture(scope="module")
+def wine(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("wine")
+    d = write_wine(folder / "wine.csv")
+    run = folder / "run"
+    assert main(["train", "--data", str(folder / "wine.csv"), "--condition", "cultivar,alcohol:continuous",
+                 "--epochs", "60", "--batch-size", "32", "--hidden", "64", "--latent-dim", "4", "--no-pictures",
+                 *QUIET, "--out", str(run)]) == 0
+    return folder, run, d
+
+
+def test_the_table_trains_standardised_with_a_gaussian_likelihood(wine):
+    _, run, d = wine
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["likelihood"] == "gaussian-learned" and cfg["model"]["standardize"] is True
+    attrs = cfg["model"]["schema"]["attributes"]
+    assert [(a["name"], a["kind"]) for a in attrs] == [("cultivar", "categorical"), ("alcohol", "continuous")]
+    assert attrs[0]["classes"] == sorted(CULTIVARS)
+    features = [n for n in d.feature_names if n != "alcohol"]
+    assert cfg["data"]["features"] == features
+    model = cvae.load(run)
+    # the model keeps the features' training mean and spread, in original units
+    proline = features.index("proline")
+    assert 600 < float(model.x_loc[proline]) < 900 and 200 < float(model.x_scale[proline]) < 400
+
+
+def test_sample_gives_rows_in_original_units_with_column_names(wine, tmp_path, capsys):
+    _, run, d = wine
+    features = [n for n in d.feature_names if n != "alcohol"]
+    means = {}
+    for cultivar in ("barolo", "grignolino"):
+        out = tmp_path / f"{cultivar}.csv"
+        assert main(["sample", str(run), "--condition", f"cultivar={cultivar},alcohol=13.5", "--n", "200",
+                     "-o", str(out)]) == 0
+        rows = _rows(out)
+        assert len(rows) == 200
+        assert list(rows[0]) == [*features, "cultivar", "alcohol"]
+        assert {r["cultivar"] for r in rows} == {cultivar} and {float(r["alcohol"]) for r in rows} == {13.5}
+        means[cultivar] = {k: np.mean([float(r[k]) for r in rows]) for k in features}
+    real = {c: d.data[d.target == k].mean(0) for k, c in enumerate(CULTIVARS)}
+    j = list(d.feature_names).index("proline")
+    # proline: barolo about 1116, grignolino about 520 in the data; the samples follow, in those units
+    assert abs(means["barolo"]["proline"] - real["barolo"][j]) < 200
+    assert abs(means["grignolino"]["proline"] - real["grignolino"][j]) < 200
+    assert means["barolo"]["proline"] - means["grignolino"]["proline"] > 300
+    # draws from p(x | z, c) spread like the data; leaving a condition out uses its mean / every class
+    assert main(["sample", str(run), "--n", "30", "--draw", "-o", str(tmp_path / "all.npz")]) == 0
+    with np.load(tmp_path / "all.npz") as z:
+        assert z["x"].shape == (30, 12) and sorted(set(z["cultivar"].tolist())) == sorted(CULTIVARS)
+        assert np.allclose(z["alcohol"], d.data[:, 0].mean(), atol=0.2)
+
+
+def test_table_applications(wine, tmp_path):
+    folder, run, d = wine
+    # transfer: a target names what changes, the continuous condition keeps each row's own value
+    assert main(["transfer", str(run), "--input", str(folder / "wine.csv"), "--n", "3", "--to", "cultivar=all",
+                 "-o", str(tmp_path / "t.csv")]) == 0
+    rows = _rows(tmp_path / "t.csv")
+    assert len(rows) == 9 and [r["cultivar"] for r in rows[:3]] == sorted(CULTIVARS)
+    assert [float(r["alcohol"]) for r in rows[::3]] == pytest.approx(d.data[:3, 0].tolist())
+    assert [r["input"] for r in rows[::3]] == ["w000", "w001", "w002"]
+    # latent export with the ids and both conditions, and a map coloured by the continuous one
+    assert main(["embed", str(run), "--data", str(folder / "wine.csv"), "-o", str(tmp_path / "z.csv"),
+                 "--map", str(tmp_path / "map.png"), "--color-by", "alcohol"]) == 0
+    rows = _rows(tmp_path / "z.csv")
+    assert len(rows) == 178 and list(rows[0])[:3] == ["id", "cultivar", "alcohol"] and rows[5]["id"] == "w005"
+    # a balanced synthetic table, merged with the real rows, that trains again
+    assert main(["augment", str(run), "--balance", "--merge", "-o", str(tmp_path / "bal.csv")]) == 0
+    rows = _rows(tmp_path / "bal.csv")
+    counts = {c: sum(r["cultivar"] == c for r in rows) for c in CULTIVARS}
+    assert set(counts.values()) == {max(np.bincount(d.target))}
+    assert main(["train", "--data", str(tmp_path / "bal.csv"), "--condition", "cultivar,alcohol:continuous",
+                 "--epochs", "1", "--no-pictures", *QUIET, "--out", str(tmp_path / "again")]) == 0
+    # interpolation and traversal of a table are written as rows
+    assert main(["interpolate", str(run), "--input", str(folder / "wine.csv"), "--from", "w000", "--to", "w100",
+                 "--steps", "5", "-o", str(tmp_path / "i.csv")]) == 0
+    rows = _rows(tmp_path / "i.csv")
+    assert len(rows) == 5 and rows[0]["start"].startswith("#w000")
+    assert main(["traverse", str(run), "--data", str(folder / "wine.csv"), "--top", "2", "--steps", "3",
+                 "-o", str(tmp_path / "tr.csv")]) == 0
+    assert len(_rows(tmp_path / "tr.csv")) == 6
+
+
+# -- bad input: one clear line, exit status 2 ------------------------------------------------------
+
+def _error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_a_missing_column(wine, tmp_path, capsys):
+    folder, run, _ = wine
+    err = _error(["train", "--data", str(folder / "wine.csv"), "--condition", "color", *QUIET,
+                  "--out", str(tmp_path / "r")], capsys)
+    assert "no condition column 'color'" in err and "cultivar" in err
+    write_wine(tmp_path / "no_proline.csv", drop="proline")
+    err = _error(["embed", str(run), "--data", str(tmp_path / "no_proline.csv"), "-o", str(tmp_path / "z.csv")], capsys)
+    assert "lacks the feature column(s) proline" in err
+    err = _error(["anomaly", "fit", "--data", str(folder / "wine.csv"), "--label-column", "quality", *QUIET,
+                  "--out", str(tmp_path / "a")], capsys)
+    assert "no column 'quality'" in err
+
+
+def test_text_in_a_numeric_column(tmp_path, capsys):
+    path = tmp_path / "text.csv"
+    write_wine(path)
+    lines = path.read_text().splitlines()
+    cells = lines[3].split(",")
+    cells[2] = "n/a"
+    lines[3] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    err = _error(["train", "--data", str(path), "--condition", "cultivar", *QUIET, "--out", str(tmp_path / "r")], capsys)
+    assert "line 4" in err and "'malic_acid'" in err and "'n/a'" in err and "number" in err
+
+
+def test_ragged_rows(tmp_path, capsys):
+    path = tmp_path / "ragged.csv"
+    write_wine(path)
+    lines = path.read_text().splitlines()
+    lines[6] = lines[6] + ",0.5"
+    path.write_text("\n".join(lines) + "\n")
+    err = _error(["train", "--data", str(path), "--condition", "cultivar", *QUIET, "--out", str(tmp_path / "r")], capsys)
+    assert "line 7" in err and "ragged" in err
+
+
+def test_an_unknown_condition_value(wine, tmp_path, capsys):
+    folder, run, _ = wine
+    err = _error(["sample", str(run), "--condition", "cultivar=merlot", "-o", str(tmp_path / "s.csv")], capsys)
+    assert "unknown value 'merlot' for condition 'cultivar'" in err and "barolo" in err
+    err = _error(["sample", str(run), "--condition", "alcohol=strong", "-o", str(tmp_path / "s.csv")], capsys)
+    assert "'alcohol' is continuous" in err
+    err = _error(["sample", str(run), "--condition", "colour=red", "-o", str(tmp_path / "s.csv")], capsys)
+    assert "unknown condition 'colour'" in err
+    # an input file whose rows hold a value the model never saw
+    path = tmp_path / "merlot.csv"
+    write_wine(path, rows=range(5))
+    path.write_text(path.read_text().replace("barolo", "merlot", 1))
+    err = _error(["transfer", str(run), "--input", str(path), "--to", "cultivar=barbera", "-o", str(tmp_path / "t.csv")], capsys)
+    assert "unknown value 'merlot'" in err
+    err = _error(["transfer", str(run), "--input", str(folder / "wine.csv"), "--to", "cultivar=merlot",
+                  "-o", str(tmp_path / "t.csv")], capsys)
+    assert "unknown value 'merlot'" in err
