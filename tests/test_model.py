@@ -171,3 +171,9 @@ def test_bad_settings_are_errors():
         make("mlp-400").reconstruct(torch.rand(2, 30), "label=1")
     with pytest.raises(CvaeError, match="NaN"):
         make("mlp-400").reconstruct(torch.full((2, 1, 28, 28), math.nan), "label=1")
+
+
+def test_prior_auto_is_conditional_only_with_a_condition():
+    assert ModelConfig(data_shape=(4,), schema=SCHEMA.to_dict()).prior == "conditional"
+    assert ModelConfig(data_shape=(4,)).prior == "standard"
+    assert ModelConfig.from_dict(ModelConfig(data_shape=(4,), schema=SCHEMA.to_dict()).to_dict()).prior == "conditional"

@@ -23,7 +23,7 @@ from .errors import CvaeError
 from .nn import ACTIVATIONS, DECODERS, ENCODERS
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian-learned")
-PRIORS = ("standard", "conditional")
+PRIORS = ("auto", "standard", "conditional")
 
 
 @dataclass
@@ -40,7 +40,9 @@ class ModelConfig:
     condition_at: int = 0  # layer at which c joins the MLP (0 = input; textbook: 1)
     likelihood: Literal["bernoulli", "gaussian", "gaussian-learned"] = "bernoulli"
     sigma: float = 1.0  # fixed decoder standard deviation (likelihood="gaussian"), also the init of a learned one
-    prior: Literal["standard", "conditional"] = "standard"
+    # p(z | c) learned per condition (the textbook CVAE objective KL(q(z|x,y) || p(z|y))) or N(0, I);
+    # "auto": conditional when the model has a condition, else standard. Saved configs hold the resolved value.
+    prior: Literal["auto", "standard", "conditional"] = "auto"
     standardize: bool = False  # features are standardised; the model keeps their mean/std as buffers
 
     def __post_init__(self):
@@ -59,6 +61,8 @@ class ModelConfig:
         for ok, message in checks:
             if not ok:
                 raise CvaeError(message)
+        if self.prior == "auto":
+            self.prior = "conditional" if ConditionSchema.from_dict(self.schema) else "standard"
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -27,7 +27,7 @@ HELP = {
     "condition_at": "MLP layer at which the condition joins (0 = input)",
     "likelihood": "bernoulli | gaussian | gaussian-learned (default: bernoulli for images, gaussian-learned otherwise)",
     "sigma": "decoder standard deviation (gaussian) or its initial value (gaussian-learned)",
-    "prior": "standard (N(0, I)) | conditional (a learned Gaussian per condition)",
+    "prior": "auto (default: conditional when the model has a condition, else standard) | standard (N(0, I)) | conditional (a learned Gaussian p(z | c))",
     "beta": "weight of the KL term: 1 is the VAE, >1 the beta-VAE (Higgins et al., 2017), 0 an autoencoder",
     "kl_warmup": "epochs of linear KL annealing from 0 to 1 (Bowman et al., 2016)",
     "epochs": "epochs to train", "batch_size": "examples per step", "lr": "Adam learning rate",
