@@ -3,5 +3,6 @@ sets ``func`` to a function taking the parsed arguments. Add a module here to ad
 
 MODULES = [
     "cvae.commands.core",  # train, sample, reconstruct
+    "cvae.commands.evaluate",  # evaluate, evaluator train
     "cvae.commands.apps",  # interpolate, traverse, transfer, anomaly, augment, embed
 ]

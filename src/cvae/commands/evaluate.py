@@ -1,0 +1,153 @@
+"""cvae evaluate | cvae evaluator train."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parsers(sub) -> None:
+    e = sub.add_parser(
+        "evaluate", help="measure a trained run: likelihood, posterior health, sample quality",
+        description="Measure a trained run and write RUN/eval.json: the negative ELBO (reconstruction + KL), the "
+                    "importance-sampled negative log-likelihood with k samples, KL per latent dimension, active "
+                    "units and I(x; z), and for images conditional accuracy, Fréchet distance, precision and recall "
+                    "in the feature space of an evaluator classifier (see `cvae evaluator train`). Every figure is "
+                    "per example, with its standard error.")
+    e.add_argument("run", help="the run folder")
+    e.add_argument("--split", choices=["test", "val", "train"],
+                   help="which examples (default: test, or val when the data has no test split)")
+    e.add_argument("--k", type=int, default=5000, help="importance samples per example for the NLL (default 5000)")
+    e.add_argument("--metrics", default="all",
+                   help="comma-separated: elbo, nll, posterior, samples (default all; samples are skipped with a "
+                        "note when no evaluator exists, unless asked for by name)")
+    e.add_argument("--evaluator", help="an evaluator .safetensors file (default ~/.cache/cvae/evaluators/DATA.safetensors)")
+    e.add_argument("--n", type=int, help="only the first N examples of the split (default all)")
+    e.add_argument("--per-class", type=int, default=1000, help="images generated per class for conditional accuracy")
+    e.add_argument("--batch-size", type=int, default=4096,
+                   help="(example, sample) pairs decoded at once in importance sampling; bounds the memory "
+                        "(about batch-size x pixels x 8 bytes)")
+    e.add_argument("--data-dir", help="where data files are looked up first (default: the run's)")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--seed", type=int, default=0, help="seed of the importance samples and generated images")
+    e.add_argument("--json", action="store_true", help="print eval.json instead of the table")
+    e.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    e.set_defaults(func=cmd_evaluate)
+
+    ev = sub.add_parser("evaluator", help="the classifier that scores generated images (train it once per data set)",
+                        description="The evaluator is a small CNN trained on a labelled image data set; "
+                                    "`cvae evaluate` uses its predictions and features to score generated images.")
+    ev_sub = ev.add_subparsers(dest="evaluator_command", metavar="ACTION", parser_class=type(ev))
+    t = ev_sub.add_parser("train", help="train the evaluator of a data set",
+                          description="Train the evaluator classifier on a labelled image data set and store it as "
+                                      "safetensors + JSON (default ~/.cache/cvae/evaluators/DATA.safetensors).")
+    t.add_argument("--data", required=True, help="mnist, fashion-mnist, digits, an image folder or a .npz with labels")
+    t.add_argument("--epochs", type=int, default=10, help="passes over the training images (default 10)")
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of the one-cycle schedule")
+    t.add_argument("--limit", type=int, help="train on this many examples only")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="no random shifts of up to 2 pixels during training")
+    t.add_argument("--out", help="the .safetensors file to write (a .json with the same name goes beside it)")
+    t.add_argument("--data-dir", help="where data files are looked up first")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    t.set_defaults(func=cmd_evaluator_train)
+    ev.set_defaults(func=lambda args, p=ev: p.print_help() or 2)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from ..evaluate import evaluate_run
+
+    result = evaluate_run(args.run, split=args.split, k=args.k, metrics=args.metrics, evaluator=args.evaluator,
+                          n=args.n, per_class=args.per_class, rows=args.batch_size, data_dir=args.data_dir,
+                          device=args.device, seed=args.seed, progress=args.progress)
+    if args.json:
+        print(json.dumps(result.results, indent=2))
+    else:
+        print(format_table(result.results))
+        print(f"wrote {result.path}")
+    return 0
+
+
+def cmd_evaluator_train(args: argparse.Namespace) -> int:
+    from ..evaluator import train_evaluator
+
+    res = train_evaluator(args.data, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
+                          lr=args.lr, seed=args.seed, limit=args.limit, out=args.out, device=args.device,
+                          augment=args.augment, progress=args.progress)
+    acc = ", ".join(f"{split} accuracy {v:.4f}" for split, v in res.accuracy.items())
+    print(f"evaluator for {res.evaluator.config.data}: {acc} ({res.epochs} epochs, {res.seconds:.0f} s)")
+    print(f"wrote {res.path} and {res.path.with_suffix('.json')}")
+    return 0
+
+
+# -- the table ---------------------------------------------------------------------------------------
+
+def _row(name: str, fig: dict, width: int) -> str:
+    value = fig.get("value")
+    if isinstance(value, float):
+        text = f"{value:12.4f}" if abs(value) < 1e5 else f"{value:12.4g}"
+    else:
+        text = f"{value:>7}     " if isinstance(value, int) else f"{value!s:>12}"
+    se = fig.get("stderr")
+    se_text = f"± {se:<9.3g}" if se is not None else " " * 11
+    return f"  {name:<{width}} {text} {se_text} {fig.get('unit', '')}"
+
+
+def format_table(results: dict) -> str:
+    """The printed summary of eval.json: one line per figure, value ± standard error, unit."""
+    lines = [f"cvae evaluate {results.get('run', '')}"]
+    lik, post, samples = results.get("likelihood"), results.get("posterior"), results.get("samples")
+    width = 0
+    figs = []
+    for sec in (lik, post, samples):
+        if sec:
+            figs += [v for v in sec.values() if isinstance(v, dict) and "value" in v and "name" in v
+                     and not isinstance(v["value"], list)]
+    width = min(max((len(f["name"]) for f in figs), default=40), 64)
+
+    def name(f):
+        return f["name"] if len(f["name"]) <= width else f["name"][:width - 3] + "..."
+
+    if lik:
+        p = lik["protocol"]
+        lines.append(f"likelihood: {p.get('data')} {p.get('split')} split, {p.get('n_examples')} examples, "
+                     f"k = {p.get('k')}, {p.get('likelihood')} decoder")
+        for key in ("binarization", "caution", "units"):
+            if key in p:
+                lines.append(f"  {key}: {p[key]}")
+        for key in ("negative_elbo", "reconstruction", "kl", "importance_sampled_nll", "elbo_gap",
+                    "effective_sample_size"):
+            if key in lik:
+                lines.append(_row(name(lik[key]), lik[key], width))
+    if post:
+        lines.append(f"posterior health ({post['protocol']['n_examples']} examples)")
+        for key in ("kl_total", "active_units", "mutual_information"):
+            if key in post and not (key == "kl_total" and lik):
+                lines.append(_row(name(post[key]), post[key], width))
+        kl = post.get("kl_per_dim", {}).get("value", [])
+        if kl:
+            lines.append("  KL per latent dimension (nats): " + " ".join(f"{v:.2f}" for v in kl))
+    if samples:
+        if "skipped" in samples:
+            lines.append(f"sample quality: skipped ({samples['skipped']})")
+        else:
+            ev = samples.get("evaluator", {})
+            acc = ", ".join(f"{k} {v:.4f}" for k, v in ev.get("accuracy", {}).items())
+            lines.append(f"sample quality in the evaluator's feature space, NOT the Inception FID (evaluator: "
+                         f"{ev.get('path', '')}; its held-out accuracy: {acc or 'unknown'})")
+            for fig in samples.values():
+                if isinstance(fig, dict) and "value" in fig and "name" in fig:
+                    lines.append(_row(name(fig), fig, width))
+            cond = samples.get("conditional_accuracy")
+            if cond:
+                lines.append(f"  conditional accuracy per class of {cond['attribute']!r} "
+                             f"({cond['n_per_class']} images each):")
+                lines.append("    " + "  ".join(f"{c}: {v['value']:.3f}" for c, v in cond["per_class"].items()))
+                lines.append(_row(name(cond["mean"]), cond["mean"], width))
+            for note in samples.get("notes", []):
+                lines.append(f"  note: {note}")
+    return "\n".join(lines)

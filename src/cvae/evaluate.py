@@ -1,0 +1,609 @@
+"""Honest numbers for a trained model: likelihood bounds and posterior health.
+
+Every figure is per example, in nats, with its standard error where it is an estimate, and carries
+a name that says exactly what it is (:class:`Figure`).
+
+Likelihood (Burda, Grosse & Salakhutdinov 2015, "Importance Weighted Autoencoders", eq. 8):
+
+    log p(x | c)  ~  log (1/k) sum_i p(x | z_i, c) p(z_i | c) / q(z_i | x, c),   z_i ~ q(z | x, c)
+
+The estimate is a lower bound on log p(x | c) in expectation and tightens as k grows; with k = 1
+it is the ELBO. :func:`importance_sampled` draws the k samples in chunks of at most ``rows`` decoder
+rows (memory stays bounded for any k), runs the encoder once per example, and accumulates the
+log-sum-exp across chunks in float64. For a Bernoulli decoder it evaluates
+log p(x | z) = x . l - sum softplus(l) on the decoder logits l (one matrix product and one fused
+pass), which is about twice as fast as a per-pixel cross-entropy and gives the same numbers.
+
+Posterior health (the numbers that show posterior collapse):
+
+- KL per latent dimension, E_x KL(q(z_d | x, c) || p(z_d | c)), analytic;
+- active units: dimension d is active when Cov_x(E_q[z_d | x, c]) > 0.01 (Burda et al. 2015, sec. 5.2);
+- mutual information I(x; z) under the aggregate posterior q(z) = (1/N) sum_n q(z | x_n, c_n)
+  (Hoffman & Johnson 2016, "ELBO surgery"; the estimator of He et al. 2019): it cannot exceed log N.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .distributions import LOG_2PI, Bernoulli, DiagonalGaussian
+from .errors import CvaeError
+from .model import CVAE
+
+NATS = "nats per example"
+
+
+@dataclass
+class Figure:
+    """One reported number: ``value`` (a mean over examples) and its standard error."""
+
+    name: str  # exactly what the number is
+    value: float
+    stderr: float | None = None  # standard error of ``value``; None when it is exact (not an estimate)
+    unit: str = NATS
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v not in ("", None)}
+
+
+def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
+    """The mean of per-example values and its standard error, std / sqrt(N) (0 for one value)."""
+    v = values.detach().double().flatten()
+    if v.numel() == 0:
+        raise CvaeError("no examples to evaluate")
+    se = v.std(unbiased=True).item() / math.sqrt(v.numel()) if v.numel() > 1 else 0.0
+    return v.mean().item(), se
+
+
+def figure(name: str, values: torch.Tensor, *, unit: str = NATS, note: str = "") -> Figure:
+    mean, se = mean_and_stderr(values)
+    return Figure(name, mean, se, unit, note)
+
+
+# -- importance sampling ------------------------------------------------------------------------
+
+@dataclass
+class PerExample:
+    """Per-example results of :func:`importance_sampled` (all shape (N,), float64, nats)."""
+
+    log_likelihood: torch.Tensor  # log (1/k) sum_i w_i, the importance-sampled log p(x | c)
+    reconstruction: torch.Tensor  # (1/k) sum_i -log p(x | z_i, c): the reconstruction term of -ELBO
+    kl: torch.Tensor  # KL(q(z | x, c) || p(z | c)), analytic
+    ess: torch.Tensor  # effective sample size (sum w)^2 / sum w^2 of the k importance weights
+    k: int
+
+    @property
+    def negative_elbo(self) -> torch.Tensor:
+        return self.reconstruction + self.kl
+
+    @property
+    def mc_variance(self) -> torch.Tensor:
+        """Delta-method variance of each log-likelihood estimate from the sampling alone:
+        Var[log mean w] ~ Var[w] / (k E[w]^2) ~ 1 / ESS - 1 / k (unreliable when the ESS is tiny)."""
+        return (1.0 / self.ess - 1.0 / self.k).clamp_min(0.0)
+
+
+def _log_px(model: CVAE, z: torch.Tensor, c: torch.Tensor | None, x: torch.Tensor, s: int) -> torch.Tensor:
+    """log p(x | z, c) for ``z`` of shape (B * s, D) holding s samples per example, example-major;
+    ``x`` is (B, *shape), ``c`` is (B * s, C) or None. Returns (B, s). Works for any decoder."""
+    b = x.shape[0]
+    px = model.p_x(z, c)
+    if isinstance(px, Bernoulli):
+        # log p(x | l) = sum_j x_j l_j - softplus(l_j), exact for targets in [0, 1]
+        logits = px.logits.float().reshape(b, s, -1)  # (B, s, P)
+        xf = x.float().reshape(b, -1, 1)  # (B, P, 1)
+        return torch.bmm(logits, xf).squeeze(-1) - F.softplus(logits).sum(-1)
+    x_rep = x.unsqueeze(1).expand(b, s, *x.shape[1:]).reshape(b * s, *x.shape[1:])
+    return px.log_prob(x_rep).reshape(b, s)
+
+
+def sum_softplus_(logits: torch.Tensor) -> torch.Tensor:
+    """sum_j softplus(l_j) over the last dimension of a 2-D tensor, overwriting it (float32).
+
+    softplus(l) = relu(l) - log sigmoid(|l|), sum_j relu(l_j) = (sum_j l_j + sum_j |l_j|) / 2, and
+    the logarithm is taken of products of g factors sigmoid(|l|), each in [1/2, 1), so a product
+    stays above 2^-g (g <= 49, far inside float32) and one logarithm serves g elements. On a CPU,
+    where the per-element logarithm is the cost, this is about 1.6 times as fast as
+    ``softplus(l).sum(-1)``; the two agree to float32 rounding (about 1e-6 relative).
+    """
+    p = logits.shape[-1]
+    g = max(d for d in range(1, 50) if p % d == 0)
+    total = logits.sum(-1)
+    logits.abs_()
+    total += logits.sum(-1)
+    total *= 0.5  # sum relu(l)
+    logits.sigmoid_()
+    return total - logits.view(-1, p // g, g).prod(-1).log_().sum(-1)
+
+
+_INPLACE_ACTIVATIONS = {
+    torch.nn.ReLU: torch.relu_,
+    torch.nn.Tanh: torch.tanh_,
+    torch.nn.ELU: lambda t: F.elu_(t),
+    torch.nn.SiLU: lambda t: F.silu(t, inplace=True),
+    torch.nn.LeakyReLU: lambda t: F.leaky_relu_(t),
+}
+
+
+class _BernoulliMLPKernel:
+    """log p(x | z, c) of an MLP decoder with Bernoulli outputs, in buffers allocated once.
+
+    The same maths as :func:`_log_px` (the tests hold the two together), arranged for speed on
+    a CPU: matrix products write into reused buffers (no allocation, so no page faults, per chunk),
+    the activation and the softplus run in place, the condition enters each layer as a per-example
+    bias (b + W_c c) instead of being concatenated to every sample, and x . l is computed as
+    h . (W^T x) + b . x on the last hidden layer h, which is narrower than the output.
+    """
+
+    def __init__(self, model: CVAE, max_rows: int):
+        from .nn import MLP, MLPDecoder
+
+        net = model.decoder.net
+        if not (isinstance(model.decoder, MLPDecoder) and type(net) is MLP and model.config.likelihood == "bernoulli"):
+            raise ValueError("not a Bernoulli MLP decoder")
+        self.cond_at = net.cond_at if net.cond_dim else None
+        self.cond_dim = net.cond_dim
+        self.act = _INPLACE_ACTIVATIONS.get(type(net.act))
+        self.act_module = net.act
+        self.weights, self.cond_weights, self.biases = [], [], []
+        for i, layer in enumerate(net.layers):
+            w = layer.weight.detach().float()  # (out, in [+ C])
+            if i == self.cond_at:
+                self.cond_weights.append(w[:, w.shape[1] - self.cond_dim:])
+                w = w[:, :w.shape[1] - self.cond_dim]
+            else:
+                self.cond_weights.append(None)
+            self.weights.append(w)
+            self.biases.append(layer.bias.detach().float())
+        device = self.weights[0].device
+        self.buffers = [torch.empty((max_rows, w.shape[0]), device=device) for w in self.weights]
+
+    def prepare(self, x: torch.Tensor, c: torch.Tensor | None) -> None:
+        """Per-example terms of a block of examples: x (B, *shape), c (B, C) or None."""
+        b = len(x)
+        self.x = x.float().reshape(b, -1)  # (B, P)
+        self.bias = []
+        for w_c, bias in zip(self.cond_weights, self.biases):
+            self.bias.append(bias.expand(b, -1) if w_c is None else bias + c.float() @ w_c.T)  # (B, out)
+        w_last = self.weights[-1]  # (P, K)
+        self.x_w = self.x @ w_last  # (B, K)
+        self.x_b = (self.x * self.bias[-1]).sum(-1)  # (B,)
+
+    def __call__(self, z: torch.Tensor, b: int, s: int) -> torch.Tensor:
+        """z: (b * s, D) example-major -> log p(x | z, c), shape (b, s)."""
+        h = z
+        last = len(self.weights) - 1
+        for i, (w, bias) in enumerate(zip(self.weights, self.bias)):
+            if i == last:
+                x_l = torch.bmm(h.view(b, s, -1), self.x_w[:b].unsqueeze(-1)).squeeze(-1) + self.x_b[:b, None]
+            out = self.buffers[i][:b * s]
+            torch.mm(h, w.T, out=out)
+            out.view(b, s, -1).add_(bias[:b].unsqueeze(1))
+            if i < last:
+                if self.act is not None:
+                    self.act(out)
+                else:
+                    out = self.act_module(out)
+            h = out
+        return x_l - sum_softplus_(h).view(b, s)
+
+
+@torch.no_grad()
+def importance_sampled(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None, *, k: int = 5000,
+                       rows: int = 4096, generator: torch.Generator | None = None, fast: bool = True,
+                       progress: bool = False) -> PerExample:
+    """The importance-sampled log p(x | c) per example with k samples from q(z | x, c), plus the
+    k-sample reconstruction term, the analytic KL and the effective sample size.
+
+    Parameters
+    ----------
+    x, c : (N, *shape) inputs in model units and (N, C) encoded conditions (None for a plain VAE).
+    k : samples per example, any size: they are drawn in chunks.
+    rows : at most this many (example, sample) pairs go through the decoder at once; the memory used
+        is about ``rows * prod(shape) * 4`` bytes per decoder layer whatever k and N are.
+    generator : a CPU ``torch.Generator`` for reproducible draws.
+    fast : use the buffered kernel for MLP decoders with Bernoulli outputs (same numbers, faster).
+    """
+    if k < 1:
+        raise CvaeError(f"k must be at least 1 importance sample, got {k}")
+    if rows < 1:
+        raise CvaeError(f"rows must be at least 1, got {rows}")
+    was_training = model.training
+    model.eval()
+    n = len(x)
+    n_chunks = math.ceil(k / rows)
+    s_chunk = math.ceil(k / n_chunks)  # samples per decoder call and example (chunks of equal size)
+    per_call = max(1, rows // s_chunk)  # examples per decoder call
+    kernel = None
+    if fast:
+        try:
+            kernel = _BernoulliMLPKernel(model, per_call * s_chunk)
+        except ValueError:
+            kernel = None
+    out = {key: torch.empty(n, dtype=torch.float64) for key in ("lse", "lse2", "rec", "kl")}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, unit="ex", desc=f"importance sampling, k={k}", leave=False)
+    device = x.device
+    for start in range(0, n, per_call):
+        xb = x[start:start + per_call]
+        cb = None if c is None else c[start:start + per_call]
+        b = len(xb)
+        qz = model.q_z(xb, cb)
+        pz = model.p_z(cb)
+        out["kl"][start:start + b] = qz.kl(pz).double().cpu()
+        mu, std, logvar = qz.mu.float(), qz.std.float(), qz.logvar.float()
+        d = mu.shape[-1]
+        log_q_const = -0.5 * (logvar.sum(-1) + d * LOG_2PI)  # (B,)
+        prior = None if pz is None else DiagonalGaussian(pz.mu.unsqueeze(1).float(), pz.logvar.unsqueeze(1).float())
+        if kernel is not None:
+            kernel.prepare(xb, cb)
+        lse = torch.full((b,), -math.inf, dtype=torch.float64, device=device)
+        lse2 = lse.clone()
+        rec = torch.zeros(b, dtype=torch.float64, device=device)
+        done = 0
+        while done < k:
+            s = min(s_chunk, k - done)
+            eps = torch.randn((b, s, d), generator=generator).to(device)  # (B, s, D)
+            z = torch.addcmul(mu.unsqueeze(1), std.unsqueeze(1), eps)  # (B, s, D)
+            log_q = log_q_const.unsqueeze(1) - 0.5 * (eps * eps).sum(-1)  # (B, s)
+            log_p = -0.5 * ((z * z).sum(-1) + d * LOG_2PI) if prior is None else prior.log_prob(z)  # (B, s)
+            if kernel is not None:
+                log_px = kernel(z.view(b * s, d), b, s)
+            else:
+                c_rep = None if cb is None else cb.unsqueeze(1).expand(b, s, cb.shape[-1]).reshape(b * s, -1)
+                log_px = _log_px(model, z.view(b * s, d), c_rep, xb, s)  # (B, s)
+            log_w = (log_px + log_p - log_q).double()
+            lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=1))
+            lse2 = torch.logaddexp(lse2, torch.logsumexp(2.0 * log_w, dim=1))
+            rec -= log_px.double().sum(1)
+            done += s
+        out["lse"][start:start + b] = lse.cpu()
+        out["lse2"][start:start + b] = lse2.cpu()
+        out["rec"][start:start + b] = (rec / k).cpu()
+        if bar is not None:
+            bar.update(b)
+    if bar is not None:
+        bar.close()
+    model.train(was_training)
+    return PerExample(log_likelihood=out["lse"] - math.log(k), reconstruction=out["rec"], kl=out["kl"],
+                      ess=torch.exp(2.0 * out["lse"] - out["lse2"]), k=k)
+
+
+# -- the likelihood report ----------------------------------------------------------------------
+
+@dataclass
+class LikelihoodReport:
+    """Negative ELBO (reconstruction + KL) and, with k > 1, the importance-sampled -log p(x | c)."""
+
+    protocol: dict
+    figures: dict[str, Figure]
+    per_example: PerExample = field(repr=False)
+
+    def to_dict(self) -> dict:
+        return {"protocol": self.protocol, **{k: f.to_dict() for k, f in self.figures.items()}}
+
+
+def log_jacobian(model: CVAE) -> float:
+    """sum_j log x_scale_j: log p(x in data units) = log p(x in model units) - this."""
+    return float(model.x_scale.double().log().sum()) if model.config.standardize else 0.0
+
+
+def likelihood(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None, *, k: int = 5000,
+               rows: int = 4096, seed: int = 0, protocol: dict | None = None,
+               progress: bool = False) -> LikelihoodReport:
+    """Negative ELBO and the importance-sampled negative log-likelihood, per example, in nats.
+
+    With ``k == 1`` only the negative ELBO is reported (the k = 1 importance-sampled value is the
+    ELBO itself). ``x`` is in model units; for standardised features the figures are converted to
+    the data's own units (the log-Jacobian of the standardisation is added).
+    """
+    g = torch.Generator().manual_seed(seed)
+    res = importance_sampled(model, x, c, k=k, rows=rows, generator=g, progress=progress)
+    jac = log_jacobian(model)
+    xc, zc, qc, px = ("x|c", "z|c", "z|x,c", "p(x|z,c)") if c is not None else ("x", "z", "z|x", "p(x|z)")
+    samples = f"averaged over k = {k} samples z ~ q({qc})" if k > 1 else f"one sample z ~ q({qc})"
+    figures = {
+        "negative_elbo": figure(f"negative ELBO, E_q[-log p(x,{zc}) + log q({qc})]", res.negative_elbo + jac,
+                                note=f"reconstruction + KL; an upper bound on -log p({xc})"),
+        "reconstruction": figure(f"reconstruction, E_q[-log {px}]", res.reconstruction + jac, note=samples),
+        "kl": figure(f"KL(q({qc}) || p({zc}))", res.kl, note="analytic"),
+    }
+    if k > 1:
+        nll = -res.log_likelihood + jac
+        mean, se = mean_and_stderr(nll)
+        mc_se = math.sqrt(res.mc_variance.sum().item()) / len(nll)
+        figures["importance_sampled_nll"] = Figure(
+            f"-log p({xc}), importance-sampled, k = {k}", mean, se,
+            note=f"-log (1/k) sum_i p(x,z_i{'|c' if c is not None else ''}) / q(z_i|x{',c' if c is not None else ''}); "
+                 f"stderr over examples, of which the sampling alone contributes about {mc_se:.2g} (delta method); "
+                 "in expectation an upper bound on the true -log p, tightening as k grows (Burda et al. 2015)")
+        figures["elbo_gap"] = figure("negative ELBO - importance-sampled NLL", res.negative_elbo + jac - nll,
+                                     note="how much tighter the importance-sampled bound is than the ELBO")
+        figures["effective_sample_size"] = figure(
+            "effective sample size of the importance weights", res.ess, unit=f"of k = {k} samples",
+            note="(sum w)^2 / sum w^2 per example; small values mean q is a poor proposal and the NLL less reliable")
+    return LikelihoodReport(protocol=dict(protocol or {}, k=k, n_examples=len(x), seed=seed), figures=figures,
+                            per_example=res)
+
+
+# -- posterior health ---------------------------------------------------------------------------
+
+@dataclass
+class PosteriorReport:
+    """KL per latent dimension, active units and the mutual information I(x; z)."""
+
+    kl_per_dim: list[float]
+    kl_per_dim_stderr: list[float]
+    mean_variance_per_dim: list[float]  # Cov_x(E_q[z_d | x, c]) per dimension
+    active_units: int
+    threshold: float
+    figures: dict[str, Figure]
+
+    def to_dict(self) -> dict:
+        return {
+            **{k: f.to_dict() for k, f in self.figures.items()},
+            "kl_per_dim": {"name": "E_x KL(q(z_d|x) || p(z_d)) per latent dimension d, analytic",
+                           "unit": NATS, "value": self.kl_per_dim, "stderr": self.kl_per_dim_stderr},
+            "posterior_mean_variance_per_dim": {
+                "name": "Cov_x(E_q[z_d|x]) per latent dimension d (Burda et al.'s activity statistic)",
+                "value": self.mean_variance_per_dim},
+        }
+
+
+def active_units(mu: torch.Tensor, threshold: float = 0.01) -> tuple[int, torch.Tensor]:
+    """Burda et al. (2015): dimension d is active when Cov_x(E_q[z_d | x]) > threshold.
+    ``mu`` is (N, D), the posterior means; returns the count and the variance per dimension."""
+    if len(mu) < 2:
+        raise CvaeError("active units need at least 2 examples")
+    var = mu.double().var(dim=0, unbiased=True)
+    return int((var > threshold).sum()), var
+
+
+@torch.no_grad()
+def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, *, generator: torch.Generator | None = None,
+                       block: int = 1024) -> torch.Tensor:
+    """Per-example terms of I(x; z) under the aggregate posterior: log q(z_n | x_n) - log q(z_n),
+    with z_n ~ q(z | x_n) and q(z) = (1/N) sum_m q(z | x_m); their mean is the estimate, which is
+    at most log N. Cost: N x N x D, done in blocks of rows in float64."""
+    mu, logvar = mu.double().cpu(), logvar.double().cpu()
+    n, d = mu.shape
+    eps = torch.randn((n, d), generator=generator).double()
+    z = mu + torch.exp(0.5 * logvar) * eps
+    log_q_own = -0.5 * (eps * eps + logvar + LOG_2PI).sum(-1)  # (N,)
+    prec = torch.exp(-logvar)  # (N, D)
+    const = -0.5 * ((mu * mu * prec).sum(-1) + logvar.sum(-1) + d * LOG_2PI)  # (N,)
+    mu_prec = mu * prec
+    log_q_agg = torch.empty(n, dtype=torch.float64)
+    for i in range(0, n, block):
+        zb = z[i:i + block]
+        # log q(z_b | x_m) = -0.5 sum_d (z - mu_m)^2 / var_m + const_m, expanded into matrix products
+        lq = -0.5 * (zb * zb) @ prec.T + zb @ mu_prec.T + const  # (b, N)
+        log_q_agg[i:i + block] = torch.logsumexp(lq, dim=1) - math.log(n)
+    return log_q_own - log_q_agg
+
+
+@torch.no_grad()
+def posterior_health(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None, *, threshold: float = 0.01,
+                     seed: int = 0, batch_size: int = 1000, mi_examples: int = 10000) -> PosteriorReport:
+    """KL per latent dimension, active units (Burda et al.'s covariance criterion) and I(x; z)."""
+    was_training = model.training
+    model.eval()
+    mus, logvars, kls = [], [], []
+    for i in range(0, len(x), batch_size):
+        cb = None if c is None else c[i:i + batch_size]
+        qz = model.q_z(x[i:i + batch_size], cb)
+        mus.append(qz.mu.float().cpu())
+        logvars.append(qz.logvar.float().cpu())
+        kls.append(qz.kl_per_dim(model.p_z(cb)).double().cpu())
+    model.train(was_training)
+    mu, logvar, kl = torch.cat(mus), torch.cat(logvars), torch.cat(kls)  # (N, D) each
+    n_au, var = active_units(mu, threshold)
+    m = min(len(mu), mi_examples)
+    mi_terms = mutual_information(mu[:m], logvar[:m], generator=torch.Generator().manual_seed(seed))
+    xc, zc, qc = ("x,c", "z|c", "z|x,c") if c is not None else ("x", "z", "z|x")
+    d = mu.shape[1]
+    figures = {
+        "active_units": Figure(f"active units, Cov_x(E_q[z_d|{xc}]) > {threshold}", n_au, None,
+                               unit=f"of {d} latent dimensions", note="Burda et al. (2015), sec. 5.2"),
+        "kl_total": figure(f"KL(q({qc}) || p({zc}))", kl.sum(1), note="analytic, the sum over dimensions"),
+        "mutual_information": figure(
+            f"I({xc}; z) under the aggregate posterior", mi_terms, unit="nats",
+            note=f"q(z) = mean of q({qc}) over {m} examples, one z per example; cannot exceed log N = "
+                 f"{math.log(m):.3f}; stderr over examples"),
+    }
+    kl_mean = kl.mean(0)
+    kl_se = kl.std(0, unbiased=True) / math.sqrt(len(kl)) if len(kl) > 1 else torch.zeros_like(kl_mean)
+    return PosteriorReport(kl_per_dim=kl_mean.tolist(), kl_per_dim_stderr=kl_se.tolist(),
+                           mean_variance_per_dim=var.tolist(), active_units=n_au, threshold=threshold,
+                           figures=figures)
+
+
+# -- a whole run ----------------------------------------------------------------------------------
+
+METRICS = ("elbo", "nll", "posterior", "samples")
+EVALUATION_SEED = 1234  # the fixed binarization of held-out images (as in training's validation/test)
+
+
+@dataclass
+class RunEvaluation:
+    """What :func:`evaluate_run` measured (``results`` is what ``eval.json`` holds)."""
+
+    path: Path | None  # eval.json, when written
+    results: dict
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_metrics(spec: str | list[str] | None) -> tuple[list[str], bool]:
+    """``"all"``/None -> every metric (those that cannot run are skipped with a note); otherwise the
+    named ones, which must run. Returns the list and whether it was explicit."""
+    if spec is None or spec == "all" or spec == ["all"]:
+        return list(METRICS), False
+    names = [m.strip() for m in (spec.split(",") if isinstance(spec, str) else spec) if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise CvaeError(f"unknown metric(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(METRICS)} or all")
+    return names, True
+
+
+def protocol_text(run_config: dict, model: CVAE) -> dict:
+    """How the evaluation images were made and what the likelihood means, in words."""
+    train = run_config.get("train", {})
+    data = run_config.get("data", {})
+    binarize = train.get("binarize", "none")
+    lik = model.config.likelihood
+    out = {"data": data.get("name", train.get("data", "?")), "likelihood": lik}
+    if binarize == "dynamic":
+        out["binarization"] = ("dynamic: training resampled x ~ Bernoulli(grey level) every epoch; the evaluation "
+                               f"images are binarized once with torch.bernoulli and seed {EVALUATION_SEED}")
+    elif binarize == "static":
+        out["binarization"] = f"static: every image binarized once at loading with seed {train.get('seed', 0)}"
+    elif data.get("binary"):
+        out["binarization"] = "the data set's own 0/1 values (e.g. Larochelle's fixed binarization)"
+    elif lik == "bernoulli":
+        out["binarization"] = "none"
+        out["caution"] = ("grey levels in [0, 1] are scored as Bernoulli targets (a continuous cross-entropy): "
+                          "not a normalised likelihood, so the NLL is not comparable with papers on binarized MNIST")
+    if model.config.standardize:
+        out["units"] = "densities of the features in their own units (the standardisation's log-Jacobian is included)"
+    return out
+
+
+def load_run_data(model: CVAE, *, data_dir=None):
+    """The data splits of a trained run, rebuilt from its config.json exactly as training made them."""
+    from .data import load_data
+    from .train import _image_size
+
+    cfg = model.run_config.get("train", {})
+    data = load_data(cfg.get("data", "digits"), data_dir=data_dir or cfg.get("data_dir"),
+                     condition=cfg.get("condition"), val_fraction=cfg.get("val_fraction", 0.1),
+                     seed=cfg.get("seed", 0), binarize=cfg.get("binarize", "none"), limit=cfg.get("limit"),
+                     data_layout=cfg.get("data_layout", "auto"), image_size=_image_size(cfg.get("image_size")))
+    if data.schema.to_dict() != model.schema.to_dict():
+        raise CvaeError(f"the data {cfg.get('data')!r} now gives conditions {data.schema.names} that differ from "
+                        f"the run's ({model.schema.names}); evaluate with the data the model was trained on")
+    return data
+
+
+def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, evaluator: str | Path | None = None,
+                 n: int | None = None, per_class: int = 1000, rows: int = 4096, data_dir=None,
+                 device: str = "cpu", seed: int = 0, progress: bool = False, write: bool = True) -> RunEvaluation:
+    """Everything ``cvae evaluate`` measures on one run folder; writes ``RUN/eval.json``.
+
+    ``metrics``: any of elbo, nll, posterior, samples (default all; then samples are skipped with a
+    note where they cannot run: not images, or no evaluator trained). ``n`` keeps the first N
+    examples of the split; ``per_class`` images are generated per class for conditional accuracy.
+    """
+    import time
+    from datetime import datetime, timezone
+
+    from . import __version__
+    from .runs import load_model, write_json
+    from .train import _fixed_binarization
+
+    wanted, explicit = parse_metrics(metrics)
+    if k < 1:
+        raise CvaeError(f"--k must be at least 1, got {k}")
+    if n is not None and n < 2:
+        raise CvaeError(f"--n must be at least 2 examples, got {n}")
+    run = Path(run)
+    model = load_model(run, device=device)
+    data = load_run_data(model, data_dir=data_dir)
+    available = [s for s in ("test", "val", "train") if getattr(data, s) is not None]
+    if split is None:
+        split = "test" if data.test is not None else "val" if data.val is not None else "train"
+    if split not in ("test", "val", "train"):
+        raise CvaeError(f"--split must be test, val or train, not {split!r}")
+    part = getattr(data, split)
+    if part is None:
+        raise CvaeError(f"{data.name!r} has no {split} split in this run; choose one of {', '.join(available)}")
+    x_raw = part.x[:n] if n else part.x
+    y = part.y[:len(x_raw)]
+    binarize = model.run_config.get("train", {}).get("binarize", "none")
+    x = _fixed_binarization(x_raw, EVALUATION_SEED) if binarize == "dynamic" else x_raw
+    x = x.to(model.device)
+    c = model.schema.encode(y).to(model.device) if model.schema else None
+    protocol = {**protocol_text(model.run_config, model), "split": split, "n_examples": len(x)}
+
+    weights = run / "model.safetensors"
+    results: dict = {}
+    previous = run / "eval.json"
+    digest = _sha256(weights)
+    if previous.is_file():
+        try:
+            old = json.loads(previous.read_text())
+            if old.get("model_sha256") == digest:
+                results = old
+        except (json.JSONDecodeError, OSError):
+            results = {}
+    results.update({"run": str(run), "model_sha256": digest, "cvae_version": __version__,
+                    "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "epochs": model.run_config.get("summary", {}).get("epochs")})
+
+    if "elbo" in wanted or "nll" in wanted:
+        t0 = time.perf_counter()
+        kk = k if "nll" in wanted else 1
+        rep = likelihood(model, x, c, k=kk, rows=rows, seed=seed, protocol=protocol, progress=progress)
+        results["likelihood"] = {**rep.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}
+    if "posterior" in wanted:
+        t0 = time.perf_counter()
+        post = posterior_health(model, x, c, seed=seed)
+        results["posterior"] = {"protocol": {"split": split, "n_examples": len(x)}, **post.to_dict(),
+                                "seconds": round(time.perf_counter() - t0, 1)}
+    if "samples" in wanted:
+        t0 = time.perf_counter()
+        section = _samples_section(model, data, part, evaluator, explicit=explicit and "samples" in wanted,
+                                   n=len(x_raw), per_class=per_class, seed=seed)
+        if section is not None:
+            section["seconds"] = round(time.perf_counter() - t0, 1)
+            results["samples"] = section
+    path = None
+    if write:
+        path = run / "eval.json"
+        write_json(path, results)
+    return RunEvaluation(path=path, results=results)
+
+
+def _samples_section(model: CVAE, data, part, evaluator, *, explicit: bool, n: int, per_class: int,
+                     seed: int) -> dict | None:
+    from .evaluator import find_evaluator, load_evaluator, sample_quality
+
+    def skip(reason: str) -> dict:
+        if explicit:
+            raise CvaeError(reason)
+        return {"skipped": reason}
+
+    if data.kind != "image" or model.config.standardize:
+        return skip(f"sample quality needs images with values in [0, 1]; {data.name!r} holds {data.kind} data")
+    path = Path(evaluator) if evaluator else find_evaluator(data.name)
+    if path is None:
+        return skip(f"no evaluator for {data.name!r}: train one with `cvae evaluator train --data "
+                    f"{model.run_config.get('train', {}).get('data', data.name)}` (or pass --evaluator PATH)")
+    ev = load_evaluator(path, device="cpu")
+    if tuple(ev.config.image_shape) != tuple(model.config.data_shape):
+        return skip(f"the evaluator {path} takes images of shape {tuple(ev.config.image_shape)}, but this model "
+                    f"makes {tuple(model.config.data_shape)}; pass --evaluator for this data")
+    real_x = model.to_data_units(part.x[:n].to(model.device)).cpu()
+    ref = data.train.x if data.train is not None and part is not data.train else None
+    report = sample_quality(model, ev, real_x, part.y[:n] if model.schema else None,
+                            reference_x=None if ref is None else model.to_data_units(ref[:n].to(model.device)).cpu(),
+                            per_class=per_class, seed=seed)
+    return report.to_dict()
