@@ -28,7 +28,7 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, resume: bool
     base.update(settings)
     cfg = TrainConfig.from_dict(base)
     result = fit(cfg, resume=resume, overwrite=overwrite, explicit=explicit if resume else None)
-    if pictures:
+    if pictures and result.rank == 0:  # under torchrun only rank 0 writes the run folder
         result.summary["pictures"] = {k: str(v) for k, v in run_pictures(result.model, result.data, result.run_dir,
                                                                        seed=result.config.seed).items()}
     return result

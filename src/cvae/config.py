@@ -49,8 +49,12 @@ class TrainConfig:
     seed: int = 0
     # execution
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "float32"  # float32 | bfloat16 (autocast; the loss stays float32)
-    compile: bool = False
+    # auto: bfloat16 where the hardware multiplies it natively (AMX/AVX512-BF16 CPUs, recent GPUs),
+    # else float32; the run's config.json records the precision used. bfloat16 is autocast: the
+    # loss and log-likelihoods stay float32.
+    precision: str = "auto"  # auto | float32 | bfloat16
+    compile: bool = False  # torch.compile the model (measured: see benchmarks/speed.py)
+    stream: bool = False  # read a .npy data set from its memory map a chunk at a time (automatic when it does not fit)
     # output
     out: str | None = None  # the run folder; default runs/DATA-PRESET (numbered if taken)
     tensorboard: bool = True

@@ -34,8 +34,9 @@ HELP = {
     "weight_decay": "Adam weight decay", "grad_clip": "clip the gradient norm to this value",
     "patience": "stop after this many epochs without validation improvement (and keep the best weights)",
     "seed": "random seed (data split, initialisation, sampling)",
-    "device": "auto | cpu | cuda | cuda:N", "precision": "float32 | bfloat16 (autocast)",
-    "compile": "use torch.compile", "out": "the run folder (default runs/DATA-PRESET)",
+    "device": "auto | cpu | cuda | cuda:N", "precision": "auto (bfloat16 where native, else float32) | float32 | bfloat16 (autocast)",
+    "compile": "use torch.compile", "stream": "read a .npy data set from its memory map in chunks (automatic when it does not fit in memory)",
+    "out": "the run folder (default runs/DATA-PRESET)",
     "tensorboard": "write TensorBoard scalars to RUN/tb", "progress": "show a progress bar",
 }
 
@@ -93,6 +94,8 @@ def cmd_train(args) -> int:
     settings = read_yaml(args.config) if getattr(args, "config", None) else {}
     result = train(settings, resume=getattr(args, "resume", False), overwrite=getattr(args, "overwrite", False),
                    pictures=getattr(args, "pictures", True), **given)
+    if result.rank:  # under torchrun only rank 0 reports
+        return 0
     s = result.summary
     print(f"run folder: {result.run_dir}  ({s['epochs']} epochs, {s['seconds_per_epoch']:.2f} s per epoch"
           f"{', stopped early' if s['stopped_early'] else ''})")

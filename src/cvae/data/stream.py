@@ -1,0 +1,163 @@
+"""Data larger than memory: a ``.npy`` file read through its memory map, a chunk of rows at a time.
+
+``load_npy_stream(path, ...)`` returns the same :class:`DataSplits` as ``load_data`` (the same split
+of the same rows, the same model units), except that each split's ``x`` is an :class:`ArrayRows`:
+indexing it with a slice or an array of positions reads just those rows from the file and returns
+a float32 tensor. Nothing reads the whole file into memory; the statistics the loader needs (value
+range, finiteness, feature means and standard deviations) are gathered in one pass over it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..conditions import ConditionSchema
+from ..errors import CvaeError
+from .core import Dataset, DataSplits, parse_condition_spec
+
+CHUNK_BYTES = 64 * 2**20  # rows are read and converted this many bytes (as float32) at a time
+
+
+class ArrayRows:
+    """Rows ``rows`` of a (memory-mapped) array, read on demand in model units.
+
+    ``x[i:j]`` and ``x[positions]`` return float32 tensors (N, *shape) of just those rows; uint8
+    values are scaled to [0, 1] and, with ``loc``/``scale``, features are standardised.
+    """
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray, *, loc: np.ndarray | None = None,
+                 scale: np.ndarray | None = None):
+        self.array = array
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.loc, self.scale = loc, scale
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.array.shape[1:])
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one row as float32 (what a batch of it takes in memory)."""
+        return 4 * math.prod(self.array.shape[1:])
+
+    def to(self, device) -> ArrayRows:
+        return self  # the rows stay in the file; batches are moved to the device as they are read
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, torch.Tensor):
+            key = key.cpu().numpy()
+        rows = self.rows[key]
+        return self.read(rows)[0] if np.ndim(rows) == 0 else self.read(rows)
+
+    def read(self, file_rows: np.ndarray) -> torch.Tensor:
+        """These rows of the file (in this order) as a float32 tensor in model units."""
+        file_rows = np.atleast_1d(file_rows)
+        order = np.argsort(file_rows, kind="stable")  # read in file order, then put back
+        block = np.empty((len(file_rows), *self.array.shape[1:]), np.float32)
+        block[order] = self.array[file_rows[order]]
+        if self.array.dtype == np.uint8:
+            block /= 255.0  # as the in-memory loader does, to the last bit
+        if self.loc is not None:
+            block -= self.loc
+            block /= self.scale
+        return torch.from_numpy(block)
+
+
+def npy_float32_bytes(path: str | Path) -> int | None:
+    """How many bytes the examples of a ``.npy`` file take as float32 (None when it is not one)."""
+    path = Path(path)
+    if path.suffix.lower() != ".npy" or not path.is_file():
+        return None
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    return 4 * int(np.prod(x.shape))
+
+
+def _chunks(n: int, row_bytes: int):
+    step = max(1, CHUNK_BYTES // max(row_bytes, 1))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
+
+
+def split_rows(n: int, *, val_fraction: float, seed: int, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The training and validation rows, exactly as :func:`cvae.data.load_data` draws them."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    n_val = int(round(val_fraction * n))
+    if val_fraction > 0 and n > 1:
+        n_val = max(n_val, 1)
+    val_rows, order = np.sort(order[:n_val]), order[n_val:]
+    if limit is not None:
+        if limit < 1:
+            raise CvaeError(f"--limit must be a positive number of examples, got {limit}")
+        order = order[:limit]
+    return np.sort(order), val_rows
+
+
+def load_npy_stream(path: str | Path, *, condition=None, val_fraction: float = 0.1, seed: int = 0,
+                    limit: int | None = None) -> DataSplits:
+    """A ``.npy`` file of examples (N, features), (N, C, L) or (N, C, H, W), read by rows on demand."""
+    path = Path(path).expanduser()
+    if path.suffix.lower() != ".npy" or not path.is_file():
+        raise CvaeError(f"--stream reads a .npy file of examples through its memory map; {str(path)!r} is not one "
+                        "(save the examples with numpy.save, or drop --stream to load the data in memory)")
+    parse_condition_spec(condition, [])  # a .npy file has no condition columns: only None/'none' pass
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise CvaeError(f"cannot read {path}: {e}. Save arrays with numpy.save (no pickled objects)") from None
+    if x.ndim < 2 or x.ndim > 4 or len(x) == 0:
+        raise CvaeError(f"{path}: the examples have shape {x.shape}; expected (N, features), (N, C, L) or (N, C, H, W) with N > 0")
+    if x.dtype.kind not in "fiub":
+        raise CvaeError(f"{path} holds {x.dtype} values; expected numbers")
+    kind = {2: "table", 3: "signal", 4: "image"}[x.ndim]
+    train_rows, val_rows = split_rows(len(x), val_fraction=val_fraction, seed=seed, limit=limit)
+    if len(train_rows) == 0:
+        raise CvaeError(f"no training examples left in {str(path)!r} (after the validation split)")
+
+    # One pass over the file: range and finiteness of every row, mean and variance of the training rows.
+    plain = ArrayRows(x, np.arange(len(x)))
+    is_train = np.zeros(len(x), bool)
+    is_train[train_rows] = True
+    lo, hi, count = math.inf, -math.inf, 0
+    mean = m2 = None
+    for part in _chunks(len(x), plain.row_bytes):
+        block = plain[part].numpy()
+        if not np.all(np.isfinite(block)):
+            bad = part.start + int(np.argwhere(~np.isfinite(block.reshape(len(block), -1)))[0][0])
+            raise CvaeError(f"{path} contains NaN or infinite values (first at example {bad}); clean or drop those examples")
+        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+        rows = block[is_train[part]].astype(np.float64)
+        if len(rows):  # merge the chunk's mean and squared deviations (Chan et al., 1979)
+            m, d2, k = rows.mean(0), ((rows - rows.mean(0)) ** 2).sum(0), len(rows)
+            if mean is None:
+                mean, m2, count = m, d2, k
+            else:
+                delta, total = m - mean, count + k
+                mean = mean + delta * (k / total)
+                m2 = m2 + d2 + delta**2 * (count * k / total)
+                count = total
+    unit_range = kind == "image" and (x.dtype == np.uint8 or (lo >= 0.0 and hi <= 1.0))
+    loc = scale = None
+    if not unit_range:
+        loc = mean.astype(np.float32)
+        scale = np.sqrt(m2 / count).astype(np.float32)
+        scale[scale < 1e-6] = 1.0
+
+    def part(rows):
+        if len(rows) == 0:
+            return None
+        return Dataset(ArrayRows(x, rows, loc=loc, scale=scale), torch.zeros((len(rows), 0)), None)
+
+    return DataSplits(name=path.stem, kind=kind, schema=ConditionSchema([]), train=part(train_rows),
+                      val=part(val_rows), test=None, binary=False, standardize=not unit_range, loc=loc,
+                      scale=scale, meta={"source": str(path), "stream": True})
