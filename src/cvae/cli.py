@@ -22,7 +22,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .commands import MODULES
 
-    parser = _Parser(prog="cvae", description=__doc__.strip().splitlines()[0] + " Conditional, beta- and plain VAEs.")
+    parser = _Parser(prog="cvae", description="Conditional, beta- and plain variational autoencoders: train on "
+                     "images, tables or signals, then sample, reconstruct, explore, evaluate.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     from . import __version__
 
