@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .data.files import sha256
 from .distributions import LOG_2PI, Bernoulli, DiagonalGaussian
 from .errors import CvaeError
 from .model import CVAE
@@ -442,16 +443,6 @@ class RunEvaluation:
     results: dict
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def parse_metrics(spec: str | list[str] | None) -> tuple[list[str], bool]:
     """``"all"``/None -> every metric (those that cannot run are skipped with a note); otherwise the
     named ones, which must run. Returns the list and whether it was explicit."""
@@ -546,7 +537,7 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
     weights = run / "model.safetensors"
     results: dict = {}
     previous = run / "eval.json"
-    digest = _sha256(weights)
+    digest = sha256(weights)
     if previous.is_file():
         try:
             old = json.loads(previous.read_text())
