@@ -76,19 +76,50 @@ def test_unknown_config_key_and_flag(tmp_path, capsys):
     assert "--epochs must be a positive" in capsys.readouterr().err
 
 
-def test_resume_is_exact(tmp_path):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    common = [*FAST, "--no-pictures", "--seed", "3"]
-    assert main(["train", *common, "--epochs", "3", "--out", str(straight)]) == 0
-    assert main(["train", *common, "--epochs", "2", "--out", str(resumed)]) == 0
-    assert main(["train", "--resume", "--epochs", "3", "--out", str(resumed), "--no-progress"]) == 0
+def _same_run(straight, resumed, epochs):
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = (resumed / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3]
-    assert rows == (straight / "metrics.jsonl").read_text().splitlines() or all(
-        json.loads(x)["train_loss"] == json.loads(y)["train_loss"]
-        for x, y in zip(rows, (straight / "metrics.jsonl").read_text().splitlines(), strict=True))
+    assert [json.loads(r)["epoch"] for r in rows] == list(range(1, epochs + 1))
+    assert all(json.loads(x)["train_loss"] == json.loads(y)["train_loss"]
+               for x, y in zip(rows, (straight / "metrics.jsonl").read_text().splitlines(), strict=True))
+
+
+def test_resume_after_an_interruption_is_exact(tmp_path):
+    """A run stopped after epoch 2 of 3 (a crash, Ctrl-C) and resumed ends bit for bit where the
+    uninterrupted run ends, cosine learning-rate schedule included."""
+    from cvae.config import TrainConfig
+    from cvae.train import fit
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = [*FAST, "--no-pictures", "--seed", "3", "--epochs", "3"]
+    assert main(["train", *common, "--out", str(straight)]) == 0
+    cfg = TrainConfig(data="digits", batch_size=64, progress=False, tensorboard=False, seed=3, epochs=3, out=str(resumed))
+    fit(cfg, on_epoch=lambda epoch, model, row: epoch == 2)  # stops after epoch 2
+    assert len((resumed / "metrics.jsonl").read_text().splitlines()) == 2
+    assert main(["train", "--resume", "--out", str(resumed), "--no-progress"]) == 0
+    _same_run(straight, resumed, 3)
+
+
+def test_extending_a_constant_rate_run_is_exact(tmp_path):
+    """With a constant learning rate, training 2 epochs and then resuming to 3 equals training 3."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = [*FAST, "--no-pictures", "--seed", "3", "--lr-schedule", "constant"]
+    assert main(["train", *common, "--epochs", "3", "--out", str(straight)]) == 0
+    assert main(["train", *common, "--epochs", "2", "--out", str(resumed)]) == 0
+    assert main(["train", "--resume", "--epochs", "3", "--out", str(resumed), "--no-progress"]) == 0
+    _same_run(straight, resumed, 3)
+
+
+def test_cosine_schedule_runs_from_lr_to_zero():
+    from cvae.train import burda_lr, cosine_lr
+
+    assert cosine_lr(3e-3, 0.0) == 3e-3 and cosine_lr(3e-3, 0.5) == pytest.approx(1.5e-3)
+    assert cosine_lr(3e-3, 1.0) == pytest.approx(0.0, abs=1e-18)
+    # Burda et al. (2015): 3^i epochs at 1e-3 * 10^(-i/7), i = 0..7
+    stages = [burda_lr(1e-3, e) for e in (0, 1, 3, 4, 12, 13, 39, 40, 120, 121, 363, 364, 1092, 1093, 3279, 4000)]
+    want = [1e-3 * 10 ** (-i / 7) for i in (0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 7)]
+    assert stages == pytest.approx(want)
 
 
 def test_existing_run_is_not_overwritten(run, capsys):

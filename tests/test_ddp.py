@@ -14,8 +14,10 @@ import sys
 
 import pytest
 
+# a constant learning rate, so that 2 epochs then --resume to 3 is the same run as 3 epochs straight
+# (a cosine schedule spans --epochs, so extending a run stretches it)
 ARGS = ["train", "--data", "digits", "--limit", "384", "--batch-size", "64", "--device", "cpu", "--no-progress",
-        "--no-pictures", "--no-tensorboard"]
+        "--no-pictures", "--no-tensorboard", "--lr-schedule", "constant"]
 
 
 def _torchrun(*args, processes=2):

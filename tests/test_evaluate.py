@@ -175,7 +175,7 @@ def test_likelihood_report_names_and_orders_its_figures():
 # -- the fast kernel equals the model's distributions ------------------------------------------------
 
 @pytest.mark.parametrize("activation,cond_at,prior", [("relu", 0, "standard"), ("tanh", 1, "conditional"),
-                                                      ("gelu", 2, "conditional")])
+                                                      ("gelu", 2, "conditional"), ("relu", -1, "conditional")])
 def test_fast_kernel_equals_the_models_own_log_weights(activation, cond_at, prior):
     torch.manual_seed(0)
     schema = {"attributes": [{"name": "label", "kind": "categorical", "classes": ["a", "b", "c"]}]}

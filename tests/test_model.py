@@ -131,6 +131,21 @@ def test_condition_changes_the_output():
     assert not torch.allclose(conv.decode(z, "label=0"), conv.decode(z, "label=3"))
 
 
+def test_condition_at_every_layer():
+    """--condition-at -1: each linear layer of encoder and decoder reads the condition."""
+    model = make("mlp-400", condition_at=-1, hidden=[32, 16])
+    for net in (model.encoder.net, model.decoder.net):
+        cond = net.cond_dim
+        assert cond > 0 and all(net.joins)
+        inputs = [layer.in_features for layer in net.layers]
+        plain = [net.layers[0].in_features - cond] + [layer.out_features for layer in net.layers[:-1]]
+        assert inputs == [p + cond for p in plain]
+    z = torch.randn(3, model.config.latent_dim)
+    assert not torch.allclose(model.decode(z, "label=0"), model.decode(z, "label=3"))
+    x = torch.rand(4, 1, 28, 28)
+    assert model.reconstruct(x, "label=1").shape == x.shape
+
+
 def test_plain_vae_has_no_condition():
     model = make("mlp-400", schema=ConditionSchema())
     x = torch.rand(4, 1, 28, 28)

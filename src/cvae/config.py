@@ -42,7 +42,10 @@ class TrainConfig:
     # optimisation
     epochs: int = 10
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 3e-3
+    # cosine: from --lr down to 0 over --epochs, step by step (Loshchilov & Hutter, 2017);
+    # burda: stage i = 0..7 of 3^i epochs at lr * 10^(-i/7) (Burda et al., 2015); constant
+    lr_schedule: str = "cosine"
     weight_decay: float = 0.0
     grad_clip: float | None = None  # max gradient norm
     patience: int | None = None  # early stopping: epochs without validation improvement
@@ -74,6 +77,8 @@ class TrainConfig:
         need(isinstance(self.epochs, int) and self.epochs >= 1, f"--epochs must be a positive whole number, got {self.epochs}")
         need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"--batch-size must be a positive whole number, got {self.batch_size}")
         need(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        need(self.lr_schedule in ("cosine", "constant", "burda"),
+             f"--lr-schedule must be cosine, constant or burda, not {self.lr_schedule!r}")
         need(self.beta >= 0, f"--beta must be zero or positive, got {self.beta}")
         need(self.kl_warmup >= 0, f"--kl-warmup must be zero or positive, got {self.kl_warmup}")
         need(self.latent_dim is None or self.latent_dim >= 1, f"--latent-dim must be at least 1, got {self.latent_dim}")

@@ -149,14 +149,13 @@ class _BernoulliMLPKernel:
         net = model.decoder.net
         if not (isinstance(model.decoder, MLPDecoder) and type(net) is MLP and model.config.likelihood == "bernoulli"):
             raise ValueError("not a Bernoulli MLP decoder")
-        self.cond_at = net.cond_at if net.cond_dim else None
         self.cond_dim = net.cond_dim
         self.act = _INPLACE_ACTIVATIONS.get(type(net.act))
         self.act_module = net.act
         self.weights, self.cond_weights, self.biases = [], [], []
         for i, layer in enumerate(net.layers):
             w = layer.weight.detach().float()  # (out, in [+ C])
-            if i == self.cond_at:
+            if net.joins[i]:
                 self.cond_weights.append(w[:, w.shape[1] - self.cond_dim:])
                 w = w[:, :w.shape[1] - self.cond_dim]
             else:

@@ -37,7 +37,7 @@ class ModelConfig:
     channels: list[int] = field(default_factory=lambda: [32])
     latent_dim: int = 20
     activation: str = "relu"
-    condition_at: int = 0  # layer at which c joins the MLP (0 = input; textbook: 1)
+    condition_at: int = 0  # layer at which c joins the MLP (0 = input; textbook: 1; -1 = every layer)
     likelihood: Literal["bernoulli", "gaussian", "gaussian-learned"] = "bernoulli"
     sigma: float = 1.0  # fixed decoder standard deviation (likelihood="gaussian"), also the init of a learned one
     # p(z | c) learned per condition (the textbook CVAE objective KL(q(z|x,y) || p(z|y))) or N(0, I);

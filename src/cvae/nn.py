@@ -3,7 +3,8 @@
 Two families, looked up by name in :data:`ENCODERS` / :data:`DECODERS`:
 
 - ``mlp``: fully connected, for any data shape (flattened); the condition vector is concatenated at
-  layer ``cond_at`` (0 = with the input, 1 = after the first hidden layer as in the textbook CVAE).
+  layer ``cond_at`` (0 = with the input, 1 = after the first hidden layer as in the textbook CVAE,
+  -1 = at the input of every layer).
 - ``conv``: strided convolutions for images ``(C, H, W)`` or 1-D signals ``(C, L)`` of any size,
   followed by fully connected layers; the condition joins the flattened features (encoder) or the
   latent code (decoder). The decoder mirrors the encoder and reproduces the exact input size.
@@ -42,7 +43,8 @@ def activation(name: str) -> nn.Module:
 class MLP(nn.Module):
     """Linear layers ``in_dim -> widths... -> out_dim`` with an activation between them.
 
-    When ``cond_dim > 0`` the condition vector is concatenated to the input of layer ``cond_at``.
+    When ``cond_dim > 0`` the condition vector is concatenated to the input of layer ``cond_at``,
+    or of every layer when ``cond_at`` is -1.
     """
 
     def __init__(
@@ -57,14 +59,15 @@ class MLP(nn.Module):
     ):
         super().__init__()
         dims = [in_dim, *widths, out_dim]
-        if not 0 <= cond_at < len(dims) - 1:
+        if not -1 <= cond_at < len(dims) - 1:
             raise CvaeError(
                 f"condition_at={cond_at} is out of range: this network has {len(dims) - 1} layers "
-                f"(use 0 to {len(dims) - 2})"
+                f"(use 0 to {len(dims) - 2}, or -1 for every layer)"
             )
         self.cond_dim, self.cond_at = cond_dim, cond_at
+        self.joins = [bool(cond_dim) and cond_at in (i, -1) for i in range(len(dims) - 1)]
         self.layers = nn.ModuleList(
-            nn.Linear(dims[i] + (cond_dim if i == cond_at else 0), dims[i + 1])
+            nn.Linear(dims[i] + (cond_dim if self.joins[i] else 0), dims[i + 1])
             for i in range(len(dims) - 1)
         )
         self.act = activation(act)
@@ -72,7 +75,7 @@ class MLP(nn.Module):
     def forward(self, h: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            if i == self.cond_at and self.cond_dim:
+            if self.joins[i]:
                 h = torch.cat([h, c.to(h.dtype)], dim=-1)
             h = layer(h)
             if i < last:
@@ -106,7 +109,7 @@ class MLPDecoder(nn.Module):
         super().__init__()
         self.data_shape = tuple(data_shape)
         widths = list(reversed(hidden))
-        cond_at_dec = min(cond_at, len(widths))
+        cond_at_dec = cond_at if cond_at < 0 else min(cond_at, len(widths))
         self.net = MLP(latent_dim, widths, math.prod(data_shape), cond_dim=cond_dim, cond_at=cond_at_dec, act=act)
 
     def forward(self, z, c=None):

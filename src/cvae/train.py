@@ -147,6 +147,21 @@ def _fixed_binarization(x: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.bernoulli(x.cpu(), generator=g).to(x.device)
 
 
+def cosine_lr(lr: float, progress: float) -> float:
+    """Cosine annealing (Loshchilov & Hutter, 2017) from ``lr`` at progress 0 to 0 at progress 1."""
+    return 0.5 * lr * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def burda_lr(lr: float, epoch: int) -> float:
+    """Burda et al. (2015): stage i = 0..7 lasts 3^i epochs at ``lr * 10^(-i/7)`` (3,280 epochs in
+    all; the last rate holds after them). ``epoch`` counts from 0."""
+    stage, end = 0, 1
+    while epoch >= end and stage < 7:
+        stage += 1
+        end += 3 ** stage
+    return lr * 10.0 ** (-stage / 7)
+
+
 def _optimizer(model: CVAE, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     kw = dict(lr=config.lr, weight_decay=config.weight_decay)
     try:
@@ -282,7 +297,11 @@ def _fit(config: TrainConfig, ranks: Ranks, device: torch.device, *, resume: boo
     chunk = n_used if isinstance(x_train, torch.Tensor) else max(batch, CHUNK_BYTES // x_train.row_bytes // batch * batch)
     bar = _progress(config, steps) if ranks.main else None
     stopped_early = False
+    cosine = config.lr_schedule == "cosine"
     for epoch in range(start_epoch, config.epochs):
+        if config.lr_schedule == "burda":
+            for group in opt.param_groups:
+                group["lr"] = burda_lr(config.lr, epoch)
         t0 = time.perf_counter()
         model.train()
         order = _epoch_order(n, config.seed, epoch)[:n_used][ranks.rank::ranks.world]
@@ -292,6 +311,9 @@ def _fit(config: TrainConfig, ranks: Ranks, device: torch.device, *, resume: boo
             bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
         for step, (xb, cb) in enumerate(_batches(x_train, c_train, order, batch, chunk, device, dynamic)):
             kl_w = kl_warmup(epoch + step / steps, config.kl_warmup)
+            if cosine:
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(config.lr, (epoch * steps + step) / (config.epochs * steps))
             with _autocast(device, config.precision):
                 out = elbo(step_model, xb, cb, beta=config.beta, kl_weight=kl_w)
             opt.zero_grad(set_to_none=True)
