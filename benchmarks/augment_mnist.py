@@ -69,6 +69,9 @@ def main(argv=None) -> int:
     p.add_argument("--rare-count", type=int, default=20, help="training images kept of each rare digit (default 20)")
     p.add_argument("--preset", default="mlp-400", help="the CVAE's preset (default mlp-400)")
     p.add_argument("--cvae-epochs", type=int, default=15)
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="the CVAE's Adam learning rate (1e-3 constant: the setting of the README's figures)")
+    p.add_argument("--lr-schedule", default="constant", help="constant (the README's figures) or cosine")
     p.add_argument("--cvae-repeat", type=int, default=0,
                    help="repeat each rare class's images to this many in the CVAE's training data (default 0: "
                    "train it on the imbalanced set as it is)")
@@ -109,7 +112,7 @@ def main(argv=None) -> int:
     # 1. the conditional VAE on the imbalanced set, and its synthetic rare images
     t0 = time.perf_counter()
     result = cvae.train(data=str(cvae_data), out=str(work / "cvae"), overwrite=True, preset=args.preset,
-                        epochs=args.cvae_epochs, pictures=False, progress=False, tensorboard=False, val_fraction=0.05)
+                        epochs=args.cvae_epochs, lr=args.lr, lr_schedule=args.lr_schedule, pictures=False, progress=False, tensorboard=False, val_fraction=0.05)
     model = result.model
     classes = model.schema.attributes[0].classes
     real = read_inputs(model, str(subset), split="train")

@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("--run", help="an mlp-400 run on MNIST (default: train one for --epochs into --out)")
     p.add_argument("--out", default="runs/bench-mnist-mlp-400")
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--condition", default="none", help="none (a plain VAE, as PyTorch's example) or label (a CVAE)")
     p.add_argument("--data-dir", default=os.environ.get("CVAE_DATA"))
     p.add_argument("--n", type=int, default=10000, help="test images to evaluate (10000: all)")
     p.add_argument("--k", type=int, default=5000)
@@ -45,7 +46,8 @@ def main(argv=None) -> int:
         if Path(args.out, "model.safetensors").is_file():
             model = cvae.load(args.out)
         else:
-            model = cvae.train(data="mnist", data_dir=args.data_dir, preset="mlp-400", binarize="dynamic",
+            model = cvae.train(data="mnist", data_dir=args.data_dir, condition=args.condition, preset="mlp-400",
+                               binarize="dynamic",
                                epochs=args.epochs, batch_size=128, out=args.out, progress=False, tensorboard=False,
                                pictures=False).model
     data = load_run_data(model, data_dir=args.data_dir)

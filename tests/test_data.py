@@ -196,6 +196,10 @@ def test_csv_errors(tmp_path):
     text = write_csv(tmp_path / "text.csv", ["a", "b", "label"], [[1, 2, "x"], ["oops", 4, "y"]])
     with pytest.raises(CvaeError, match="line 3, column 'a': text 'oops'"):
         load_data(text, condition="label")
+    headerless = tmp_path / "headerless.csv"  # line numbers are the file's: no header, a blank line
+    headerless.write_text("1,2,3\n4,5,6\n\n7,oops,9\n")
+    with pytest.raises(CvaeError, match="line 4, column 'x1': text 'oops'"):
+        load_data(str(headerless), condition="none")
     empty = write_csv(tmp_path / "empty.csv", ["a", "b", "label"], [[1, "", "x"], [3, 4, "y"]])
     with pytest.raises(CvaeError, match="empty cell"):
         load_data(empty, condition="label")

@@ -275,24 +275,36 @@ def read_csv_table(path: Path) -> tuple[list[str], list[list[str]]]:
                 dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
             except csv.Error:
                 dialect = csv.excel
-            rows = list(csv.reader(f, dialect))
+            reader = csv.reader(f, dialect)
+            rows, lines = [], []
+            for r in reader:
+                if any(cell.strip() for cell in r):  # blank lines are skipped
+                    rows.append(r)
+                    lines.append(reader.line_num)
     except (OSError, UnicodeDecodeError) as e:
         raise CvaeError(f"cannot read {path}: {e}") from None
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
     if len(rows) < 2:
         raise CvaeError(f"{path} needs a header line and at least one data row")
-    header, data, first = [h.strip() for h in rows[0]], rows[1:], 2
+    header, data = [h.strip() for h in rows[0]], CsvRows(rows[1:], lines[1:])
     if all(_is_number(h) for h in header):
         # No header line (e.g. the heartbeat CSVs of MIT-BIH / PTB): every line is data and the
         # columns are named x0, x1, ... in order.
-        header, data, first = [f"x{i}" for i in range(len(header))], rows, 1
+        header, data = [f"x{i}" for i in range(len(header))], CsvRows(rows, lines)
     if len(set(header)) != len(header):
         dup = sorted({h for h in header if header.count(h) > 1})
         raise CvaeError(f"{path}: duplicate column name(s) {', '.join(dup)}")
-    for i, r in enumerate(data, start=first):
+    for line, r in zip(data.lines, data):
         if len(r) != len(header):
-            raise CvaeError(f"{path}, line {i}: {len(r)} values but the header has {len(header)} columns (ragged row)")
+            raise CvaeError(f"{path}, line {line}: {len(r)} values but the header has {len(header)} columns (ragged row)")
     return header, data
+
+
+class CsvRows(list):
+    """The data rows of a CSV file, with ``lines``: the file's line number of each (for messages)."""
+
+    def __init__(self, rows, lines):
+        super().__init__(rows)
+        self.lines = list(lines)
 
 
 def _is_number(text: str) -> bool:
@@ -329,7 +341,8 @@ def load_csv(path: Path, condition_columns: list[str], *, layout: str = "table",
             except ValueError:
                 what = "an empty cell" if not cell else f"text {cell!r}"
                 hint = "" if feature_columns else f" (if {features[j]!r} is a condition, pass --condition {features[j]})"
-                raise CvaeError(f"{path}, line {i + 2}, column {features[j]!r}: {what} where a number was expected{hint}") from None
+                raise CvaeError(f"{path}, line {rows.lines[i]}, column {features[j]!r}: {what} where a number was "
+                                f"expected{hint}") from None
     _check_finite(x, str(path))
     columns = {}
     for c in condition_columns:
