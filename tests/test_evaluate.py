@@ -364,6 +364,9 @@ def test_cli_evaluate_a_conditional_run(digits_runs, digits_evaluator, capsys):
     cond = samples["conditional_accuracy"]
     assert cond["attribute"] == "label" and list(cond["per_class"]) == [str(i) for i in range(10)]
     assert 0 <= cond["mean"]["value"] <= 1 and cond["n_per_class"] == 50
+    counts = cond["confusion"]["counts"]  # requested class x class read: rows hold every image once
+    assert cond["confusion"]["classes"] == list(cond["per_class"]) and all(sum(row) == 50 for row in counts)
+    assert all(row[i] / 50 == cond["per_class"][str(i)]["value"] for i, row in enumerate(counts))
     assert samples["frechet_distance"]["value"] >= 0 and "Inception" in samples["frechet_distance"]["note"]
     assert 0 <= samples["precision"]["value"] <= 1 and 0 <= samples["recall"]["value"] <= 1
     # a second call with other metrics keeps the first's sections (same weights)

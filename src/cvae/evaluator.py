@@ -386,6 +386,7 @@ class ConditionalAccuracy:
     per_class_stderr: list[float]
     n_per_class: int
     mean: Figure
+    confusion: list[list[int]] | None = None  # confusion[i][j]: images generated for class i read as class j
 
     def to_dict(self) -> dict:
         return {
@@ -396,6 +397,8 @@ class ConditionalAccuracy:
             "per_class": {c: {"value": a, "stderr": s} for c, a, s in zip(self.classes, self.per_class,
                                                                        self.per_class_stderr)},
             "mean": self.mean.to_dict(),
+            "confusion": {"rows": "requested class", "columns": "class read by the evaluator",
+                          "classes": list(self.classes), "counts": self.confusion},
         }
 
 
@@ -406,20 +409,22 @@ def conditional_accuracy(model: CVAE, evaluator: Evaluator, attribute: int, *, p
     (decoder means; the other conditions cycle / sit at their means) and classify them."""
     attr = model.schema.attributes[attribute]
     g = torch.Generator().manual_seed(seed)
-    acc, se = [], []
+    acc, se, confusion = [], [], []
+    n_classes = len(attr.classes)
     for ci, cls in enumerate(attr.classes):
-        hits = 0
+        counts = torch.zeros(n_classes, dtype=torch.long)
         for i in range(0, per_class, batch_size):
             m = min(batch_size, per_class - i)
             x = model.sample(m, {attr.name: [cls] * m}, generator=g).cpu()
-            hits += int((evaluator.predict(x) == ci).sum())
-        p = hits / per_class
+            counts += torch.bincount(evaluator.predict(x).cpu().long(), minlength=n_classes)[:n_classes]
+        confusion.append(counts.tolist())
+        p = int(counts[ci]) / per_class
         acc.append(p)
         se.append(math.sqrt(p * (1 - p) / per_class))
     mean_se = math.sqrt(sum(s * s for s in se)) / len(se)
     mean = Figure(f"conditional accuracy, mean over {len(acc)} classes", sum(acc) / len(acc), mean_se,
                   unit="fraction", note=f"chance level {1 / len(acc):.3f}; binomial stderr")
-    return ConditionalAccuracy(attr.name, list(attr.classes), acc, se, per_class, mean)
+    return ConditionalAccuracy(attr.name, list(attr.classes), acc, se, per_class, mean, confusion)
 
 
 @torch.no_grad()

@@ -148,6 +148,27 @@ def format_table(results: dict) -> str:
                              f"({cond['n_per_class']} images each):")
                 lines.append("    " + "  ".join(f"{c}: {v['value']:.3f}" for c, v in cond["per_class"].items()))
                 lines.append(_row(name(cond["mean"]), cond["mean"], width))
+                mistaken = _most_confused(cond)
+                if mistaken:
+                    lines.append("  most often read as another class (share of that class's images):")
+                    lines.append("    " + "  ".join(f"{c} -> {o} {share:.3f}" for c, (o, share) in mistaken.items()))
             for note in samples.get("notes", []):
                 lines.append(f"  note: {note}")
     return "\n".join(lines)
+
+
+def _most_confused(cond: dict, threshold: float = 0.02) -> dict:
+    """For each class whose samples are read as one other class at least ``threshold`` of the time:
+    that class and its share (from the confusion counts in eval.json)."""
+    confusion = cond.get("confusion") or {}
+    classes, counts = confusion.get("classes"), confusion.get("counts")
+    if not classes or not counts:
+        return {}
+    out = {}
+    for i, row in enumerate(counts):
+        others = [(row[j], classes[j]) for j in range(len(row)) if j != i]
+        if others:
+            n, other = max(others)
+            if n / cond["n_per_class"] >= threshold:
+                out[classes[i]] = (other, n / cond["n_per_class"])
+    return out
