@@ -184,7 +184,9 @@ class CVAE(nn.Module):
             return None
         return self.schema.encode(self.schema.parse(condition, n)).to(self.device)
 
-    def _inputs(self, x) -> torch.Tensor:
+    def to_model_units(self, x) -> torch.Tensor:
+        """Data-unit inputs (any array, shape checked, NaN refused) -> the model's units (standardised
+        where the model standardises), the inverse of :meth:`to_data_units`."""
         x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
         shape = self.config.data_shape
         if tuple(x.shape[1:]) != shape:
@@ -202,7 +204,7 @@ class CVAE(nn.Module):
     @torch.no_grad()
     def encode(self, x, condition=None) -> DiagonalGaussian:
         """q(z | x, c) for a batch of inputs (in the model's data units)."""
-        x = self._inputs(x)
+        x = self.to_model_units(x)
         return self.q_z(x, self.condition_vector(condition, len(x)))
 
     @torch.no_grad()
@@ -227,7 +229,7 @@ class CVAE(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x, condition=None, *, sample_z: bool = False) -> torch.Tensor:
         """Encode then decode (the posterior mean by default): the mean of p(x | z, c)."""
-        x = self._inputs(x)
+        x = self.to_model_units(x)
         c = self.condition_vector(condition, len(x))
         qz = self.q_z(x, c)
         return self.to_data_units(self.p_x(qz.rsample() if sample_z else qz.mu, c).mean)

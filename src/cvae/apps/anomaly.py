@@ -82,7 +82,7 @@ def anomaly_scores(model: CVAE, x, y=None, *, method: str = "elbo", k: int = 100
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].to(model.device)
-        xb = xb if model_units else model._inputs(xb)
+        xb = xb if model_units else model.to_model_units(xb)
         cb = None
         if model.schema:
             cb = model.schema.encode(torch.as_tensor(y[i:i + batch_size], dtype=torch.float32)).to(model.device)
