@@ -111,6 +111,21 @@ def test_extending_a_constant_rate_run_is_exact(tmp_path):
     _same_run(straight, resumed, 3)
 
 
+def test_train_with_the_iwae_objective(tmp_path, capsys):
+    run = tmp_path / "iwae"
+    assert main(["train", *FAST, "--condition", "none", "--epochs", "3", "--objective", "iwae", "--iwae-k", "4",
+                 "--no-pictures", "--out", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["objective"] == "iwae" and saved["train"]["iwae_k"] == 4
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]  # the ELBO it reports improves too
+    capsys.readouterr()
+    assert main(["train", *FAST, "--objective", "iwae", "--beta", "4", "--out", str(tmp_path / "bad")]) == 2
+    assert "the IWAE objective has none" in capsys.readouterr().err
+    assert main(["train", *FAST, "--objective", "vimco", "--out", str(tmp_path / "bad")]) == 2
+    assert "--objective must be elbo or iwae" in capsys.readouterr().err
+
+
 def test_cosine_schedule_runs_from_lr_to_zero():
     from cvae.train import burda_lr, cosine_lr
 

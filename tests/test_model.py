@@ -11,7 +11,7 @@ from cvae.conditions import Attribute, ConditionSchema
 from cvae.distributions import Bernoulli, DiagonalGaussian, Gaussian
 from cvae.errors import CvaeError
 from cvae.model import CVAE, PRESETS, ModelConfig
-from cvae.objectives import elbo, iwae_bound
+from cvae.objectives import elbo, iwae, iwae_bound
 from cvae.runs import load_tensors, save_tensors
 
 SCHEMA = ConditionSchema([Attribute("label", "categorical", [str(i) for i in range(4)])])
@@ -173,6 +173,31 @@ def test_iwae_with_one_sample_is_the_elbo_in_expectation():
     torch.manual_seed(1)
     neg = torch.stack([elbo(model, x[i:i + 1], c[i:i + 1]).neg_elbo for i in range(4) for _ in range(400)])
     assert torch.allclose(k1, -neg.reshape(4, 400).mean(1), atol=0.6)
+
+
+@pytest.mark.parametrize("prior", ["standard", "conditional"])
+def test_iwae_objective_is_the_importance_weighted_bound(prior):
+    """The training objective equals -iwae_bound on the same draws; with k = 1 it is the ELBO's loss."""
+    model = make("mlp-400", prior=prior)
+    with torch.no_grad():
+        if prior == "conditional":
+            model.prior_net.bias.normal_()
+    x, _, c = batch((1, 28, 28), n=6)
+    torch.manual_seed(3)
+    loss = iwae(model, x, c, k=7)
+    torch.manual_seed(3)
+    bound = iwae_bound(model, x, c, k=7, chunk=7)
+    assert torch.allclose(loss.loss, -bound.mean(), rtol=1e-5)
+    xr, cr = x.repeat(300, 1, 1, 1), c.repeat(300, 1)
+    torch.manual_seed(4)
+    one = iwae(model, xr, cr, k=1)
+    torch.manual_seed(4)
+    ref = elbo(model, xr, cr)
+    assert torch.allclose(one.reconstruction, ref.reconstruction) and torch.allclose(one.kl, ref.kl)
+    # with k = 1 the loss's KL part is the one-sample Monte Carlo KL: the analytic KL in expectation
+    assert abs(float(one.loss - one.reconstruction) - float(ref.kl)) < 0.03 * float(ref.kl) + 0.1
+    loss.loss.backward()  # gradients reach encoder, decoder and prior
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_bad_settings_are_errors():

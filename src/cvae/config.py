@@ -37,6 +37,8 @@ class TrainConfig:
     sigma: float | None = None
     prior: str | None = None
     # objective
+    objective: str = "elbo"  # elbo | iwae (Burda et al., 2015: the k-sample importance-weighted bound)
+    iwae_k: int = 5  # samples per example of the IWAE objective
     beta: float = 1.0  # beta-VAE weight on the KL term (Higgins et al., 2017)
     kl_warmup: float = 0.0  # epochs of linear KL annealing (Bowman et al., 2016)
     # optimisation
@@ -79,6 +81,11 @@ class TrainConfig:
         need(self.lr > 0, f"--lr must be positive, got {self.lr}")
         need(self.lr_schedule in ("cosine", "constant", "burda"),
              f"--lr-schedule must be cosine, constant or burda, not {self.lr_schedule!r}")
+        need(self.objective in ("elbo", "iwae"), f"--objective must be elbo or iwae, not {self.objective!r}")
+        need(isinstance(self.iwae_k, int) and self.iwae_k >= 1, f"--iwae-k must be a positive whole number, got {self.iwae_k}")
+        need(self.objective == "elbo" or (self.beta == 1.0 and self.kl_warmup == 0),
+             "--beta and --kl-warmup weight the ELBO's KL term; the IWAE objective has none (leave them out, "
+             "or use --objective elbo)")
         need(self.beta >= 0, f"--beta must be zero or positive, got {self.beta}")
         need(self.kl_warmup >= 0, f"--kl-warmup must be zero or positive, got {self.kl_warmup}")
         need(self.latent_dim is None or self.latent_dim >= 1, f"--latent-dim must be at least 1, got {self.latent_dim}")

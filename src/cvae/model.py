@@ -162,9 +162,10 @@ class CVAE(nn.Module):
             return Bernoulli(params, self.event_dims)
         return Gaussian(params, self.log_sigma, self.event_dims)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> ModelOutput:
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, samples: int | None = None) -> ModelOutput:
+        """One reparameterised z per example, or ``samples`` of them (z: (samples, B, latent))."""
         qz = self.q_z(x, c)
-        z = qz.rsample()
+        z = qz.rsample() if samples is None else qz.rsample((samples,))
         return ModelOutput(qz=qz, pz=self.p_z(c), px=self.p_x(z, c), z=z)
 
     def log_prior(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 - :func:`elbo`: loss = E_q[-log p(x|z,c)] + beta * kl_weight * KL(q(z|x,c) || p(z|c)), one
   reparameterised sample, averaged over the batch (Kingma & Welling 2014; Higgins et al. 2017).
+- :func:`iwae`: the same bound as a training objective (``--objective iwae --iwae-k K``).
 - :func:`iwae_log_weights` / :func:`iwae_bound`: the importance-weighted bound of Burda et al. (2015),
   log (1/k) sum_i p(x, z_i | c) / q(z_i | x, c); with k = 1 it is the ELBO in expectation.
 - :func:`kl_warmup`: the KL weight schedule, a pure function of progress (kept out of the model).
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .distributions import standard_normal_like
 from .model import CVAE
 
 
@@ -37,6 +39,19 @@ def elbo(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None, *, beta: f
     kl = out.qz.kl(out.pz)  # (B,)
     rec, kl = rec.mean(), kl.float().mean()
     return LossOutput(loss=rec + (beta * kl_weight) * kl, reconstruction=rec, kl=kl)
+
+
+def iwae(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None, *, k: int = 5) -> LossOutput:
+    """The IWAE objective (Burda et al., 2015): loss = -log (1/k) sum_i p(x, z_i | c) / q(z_i | x, c)
+    with k reparameterised samples per example, averaged over the batch. ``reconstruction`` and
+    ``kl`` report the ELBO's parts (over the k samples), so that runs of either objective log the
+    same figures; with k = 1 the loss is the ELBO's."""
+    out = model(x, c, samples=k)
+    log_px = out.px.log_prob(x).float()  # (k, B): x broadcasts over the samples
+    prior = out.pz if out.pz is not None else standard_normal_like(out.z)  # (the model may be wrapped: DDP)
+    log_w = log_px + prior.log_prob(out.z).float() - out.qz.log_prob(out.z).float()
+    bound = torch.logsumexp(log_w, dim=0) - math.log(k)
+    return LossOutput(loss=-bound.mean(), reconstruction=-log_px.mean(), kl=out.qz.kl(out.pz).float().mean())
 
 
 def iwae_log_weights(model: CVAE, x: torch.Tensor, c: torch.Tensor | None, k: int) -> torch.Tensor:

@@ -35,7 +35,7 @@ from .data import DataSplits, load_data
 from .data.stream import CHUNK_BYTES, ArrayRows, load_npy_stream, npy_float32_bytes
 from .errors import CvaeError
 from .model import CVAE, PRESETS, ModelConfig
-from .objectives import elbo, kl_warmup
+from .objectives import elbo, iwae, kl_warmup
 from .runs import FORMAT, FORMAT_VERSION, load_tensors, read_config, save_tensors, write_json
 
 REFRESH_STEPS = 50
@@ -315,7 +315,10 @@ def _fit(config: TrainConfig, ranks: Ranks, device: torch.device, *, resume: boo
                 for group in opt.param_groups:
                     group["lr"] = cosine_lr(config.lr, (epoch * steps + step) / (config.epochs * steps))
             with _autocast(device, config.precision):
-                out = elbo(step_model, xb, cb, beta=config.beta, kl_weight=kl_w)
+                if config.objective == "iwae":
+                    out = iwae(step_model, xb, cb, k=config.iwae_k)
+                else:
+                    out = elbo(step_model, xb, cb, beta=config.beta, kl_weight=kl_w)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             if config.grad_clip:

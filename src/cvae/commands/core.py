@@ -29,6 +29,8 @@ HELP = {
     "sigma": "decoder standard deviation (gaussian) or its initial value (gaussian-learned)",
     "prior": "auto (default: conditional when the model has a condition, else standard) | standard (N(0, I)) | conditional (a learned Gaussian p(z | c))",
     "beta": "weight of the KL term: 1 is the VAE, >1 the beta-VAE (Higgins et al., 2017), 0 an autoencoder",
+    "objective": "elbo (default) | iwae: the importance-weighted bound of Burda et al. (2015) with --iwae-k samples",
+    "iwae_k": "samples per example of --objective iwae (default 5)",
     "kl_warmup": "epochs of linear KL annealing from 0 to 1 (Bowman et al., 2016)",
     "epochs": "epochs to train", "batch_size": "examples per step", "lr": "Adam learning rate (the peak of the schedule)",
     "lr_schedule": "cosine (default: from --lr down to 0 over --epochs, step by step) | constant | "
