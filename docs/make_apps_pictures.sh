@@ -8,8 +8,9 @@ data_dir=${1:-../shared/data}
 work=$(mktemp -d)
 img=docs/images
 
-# A conditional VAE of MNIST with an 8-D latent.
-cvae train --data mnist --data-dir "$data_dir" --epochs 10 --latent-dim 8 --out "$work/mnist" --no-progress --no-pictures
+# The README's MNIST conditional VAE: an 8-D latent, beta 3, the condition at every layer.
+cvae train --data mnist --data-dir "$data_dir" --epochs 20 --latent-dim 8 --beta 3 --condition-at -1 \
+    --out "$work/mnist" --no-progress --no-pictures
 cvae transfer "$work/mnist" --input mnist --n 6 -o $img/apps-transfer.png
 cvae interpolate "$work/mnist" --input mnist --n 2 --method both --steps 10 -o $img/apps-interpolate.png
 cvae traverse "$work/mnist" --input mnist --index 0 --top 6 -o $img/apps-traverse.png
