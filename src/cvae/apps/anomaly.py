@@ -19,7 +19,6 @@ With labels, :func:`anomaly_metrics` gives AUROC, average precision and the conf
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections import Counter
@@ -36,7 +35,7 @@ from ..model import CVAE
 from ..objectives import iwae_bound
 from ..plots import save_score_histogram
 from ..runs import load_model, write_json
-from .io import conditions_of, read_inputs
+from .io import conditions_of, read_inputs, write_csv
 
 SCORES = ("elbo", "iwae", "recon")
 DETECTOR_FILE = "anomaly.json"
@@ -251,10 +250,7 @@ def _write_normal_subset(data: str, out: Path, *, label_column: str | None, norm
             keep = [r for r, m in zip(rows, mask) if m]
             header, keep = [h for i, h in enumerate(header) if i != j], [[v for i, v in enumerate(r) if i != j] for r in keep]
         target = out / "normal_data.csv"
-        with open(target, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(keep)
+        write_csv(target, header, keep)
         return target, column, kept, len(keep)
     raw = read_source(data, data_dir=data_dir, data_layout=data_layout)
     x, columns = raw.splits["train"]
@@ -425,11 +421,8 @@ def write_scores(path: str | Path, result: AnomalyScores) -> Path:
     if path.suffix.lower() != ".csv":
         raise CvaeError(f"anomaly scores are written as a .csv file, not {path.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "score", "flag"])
-        for i, s, flag in zip(result.ids, result.scores, result.flags):
-            w.writerow([i, f"{float(s):.6g}", int(flag)])
+    write_csv(path, ["id", "score", "flag"],
+              ([i, f"{float(s):.6g}", int(flag)] for i, s, flag in zip(result.ids, result.scores, result.flags)))
     return path
 
 

@@ -8,7 +8,6 @@ the conditions, ``mu_0..``, ``var_0..``) or ``.npz``; :func:`save_embedding_map`
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 from ..errors import CvaeError
 from ..model import CVAE
 from ..plots import save_latent_map
-from .io import Inputs, conditions_of, read_inputs
+from .io import Inputs, conditions_of, csv_cell, read_inputs, write_csv
 
 
 @dataclass
@@ -75,21 +74,12 @@ def write_embedding(path: str | Path, emb: Embedding) -> Path:
         np.savez_compressed(path, ids=np.array([str(i) for i in emb.ids]), mu=emb.mu.astype(np.float32),
                             var=emb.var.astype(np.float32), **{k: np.asarray(v) for k, v in named.items()})
     elif path.suffix.lower() == ".csv":
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", *named, *(f"mu_{j}" for j in range(d)), *(f"var_{j}" for j in range(d))])
-            for i in range(len(emb)):
-                w.writerow([emb.ids[i], *(_cell(v[i]) for v in named.values()),
-                            *(f"{v:.6g}" for v in emb.mu[i]), *(f"{v:.6g}" for v in emb.var[i])])
+        write_csv(path, ["id", *named, *(f"mu_{j}" for j in range(d)), *(f"var_{j}" for j in range(d))],
+                  ([emb.ids[i], *(csv_cell(v[i]) for v in named.values()),
+                    *(f"{v:.6g}" for v in emb.mu[i]), *(f"{v:.6g}" for v in emb.var[i])] for i in range(len(emb))))
     else:
         raise CvaeError(f"cannot write {path}: latents are written as .csv or .npz (and a map as --map FILE.png)")
     return path
-
-
-def _cell(v):
-    if isinstance(v, (float, np.floating)):
-        return f"{float(v):.6g}"
-    return v.item() if hasattr(v, "item") else v
 
 
 def save_embedding_map(path: str | Path, emb: Embedding, color_by: str | None = None, *,

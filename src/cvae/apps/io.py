@@ -155,17 +155,24 @@ def write_array_output(path: str | Path, model: CVAE, x: torch.Tensor, y: torch.
         if len(names) != flat.shape[1]:
             names = [f"x{i}" for i in range(flat.shape[1])]
         lead = {k: np.asarray(v) for k, v in (extra or {}).items() if np.ndim(v) == 1 and len(v) == len(flat)}
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(list(lead) + list(names) + list(conds))
-            for i in range(len(flat)):
-                w.writerow([_cell(lead[k][i]) for k in lead] + [f"{v:.6g}" for v in flat[i]] + [conds[k][i] for k in conds])
+        write_csv(path, list(lead) + list(names) + list(conds),
+                  ([csv_cell(lead[k][i]) for k in lead] + [f"{v:.6g}" for v in flat[i]] + [conds[k][i] for k in conds]
+                   for i in range(len(flat))))
     else:
         raise CvaeError(f"cannot write {path}: use a .png, .npz or .csv file name")
     return path
 
 
-def _cell(v):
+def csv_cell(v):
+    """A value as a CSV cell: floats with 6 significant digits, numpy scalars as Python values."""
     if isinstance(v, (float, np.floating)):
         return f"{float(v):.6g}"
     return v.item() if hasattr(v, "item") else v
+
+
+def write_csv(path: Path, header: Sequence[str], rows) -> None:
+    """A header line, then the rows (an iterable of lists of cells)."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
