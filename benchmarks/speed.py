@@ -115,12 +115,19 @@ class Clock:
 
 
 class Turns:
-    """Trainers in threads that take turns, one epoch each, so that a machine whose load drifts
-    (other jobs starting and stopping) slows them alike. Only one thread runs at a time, so the
-    process CPU time of a span is that trainer's own.
+    """Trainers that run one after the other in the main thread (``sequential``, the default: what a
+    user's script does), or in threads that take turns, one epoch each, so that a machine whose
+    load drifts (other jobs starting and stopping) slows them alike. Only one runs at a time, so
+    the process CPU time of a span is that trainer's own.
+
+    Taking turns costs the trainers themselves: each thread keeps its own OpenMP team, and measured
+    here (2 threads, idle machine) cvae's epoch took 4.7-5.3 s beside any second trainer against
+    2.6 s alone in the same harness. Use it on a machine whose load drifts.
 
     A trainer is ``train(pause)``: it calls ``pause()`` after each epoch (after its test evaluation).
     """
+
+    sequential = True
 
     def __init__(self):
         self.players = []
@@ -144,11 +151,18 @@ class Turns:
                 player["done"].release()
 
         player["thread"] = threading.Thread(target=body, daemon=True)
+        player["train"] = train
         self.players.append(player)
 
     def play(self):
-        """Round after round until every trainer has finished."""
+        """Round after round until every trainer has finished (or each in turn, whole, when sequential)."""
         default = torch.get_num_threads()
+        if self.sequential:
+            for player in self.players:
+                torch.set_num_threads(player["threads"] or default)
+                player["train"](lambda: None)
+            torch.set_num_threads(default)
+            return
         for player in self.players:
             player["thread"].start()
         while not all(p["finished"] for p in self.players):
@@ -465,6 +479,9 @@ def main(argv=None) -> int:
                    help="trainers go on past --epochs (up to this) until the test loss reaches the target")
     p.add_argument("--limit", type=int, help="train on this many images only (a quick run)")
     p.add_argument("--threads", type=int, help="torch threads for every trainer (default: torch's)")
+    p.add_argument("--turns", action="store_true",
+                   help="trainers take turns, one epoch each, in threads (for a machine whose load drifts; it slows "
+                        "them: see Turns); default: one after the other in the main thread")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", default="", help="comma-separated: example, pythae, ttq, extras, stream, sample")
     p.add_argument("--ttq", default="128:1e-3,128:2e-3,64:1e-3,128:3e-3:cos8,128:4e-3:cos7",
@@ -474,6 +491,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a smoke test: short extras, small sampling and likelihood runs")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
+    Turns.sequential = not args.turns
     args.max_epochs = max(args.epochs, args.max_epochs if not args.quick else args.epochs)
     if args.threads:
         torch.set_num_threads(args.threads)
