@@ -30,7 +30,7 @@ from pathlib import Path
 
 import cvae
 from cvae.evaluate import evaluate_run
-from cvae.train import burda_lr
+from cvae.train import burda_lr, burda_stage
 
 PAPER_NLL = 86.76
 
@@ -70,8 +70,7 @@ def main(argv=None) -> int:
         cvae.train(out=str(out), epochs=done + more, data_dir=args.data_dir, progress=False, tensorboard=False,
                    resume=True, pictures=False)
     epochs = _epochs_done(out)
-    last_lr = burda_lr(args.lr, epochs - 1)
-    stage = round(-7 * math.log10(last_lr / args.lr))
+    last_lr, stage = burda_lr(args.lr, epochs - 1), burda_stage(epochs - 1)
     print(f"trained {epochs} epochs: {_seconds_spent(out) / 60:.1f} min of epochs (median "
           f"{_seconds_per_epoch(out):.1f} s per epoch); {(time.perf_counter() - t0) / 60:.1f} min wall in this call; "
           f"schedule stage {stage} of 7 (learning rate {last_lr:.2e})")

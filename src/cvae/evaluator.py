@@ -105,26 +105,23 @@ class Evaluator(nn.Module):
         return x
 
     @torch.no_grad()
-    def embed(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-        """Features of images in [0, 1], shape (N, feature_dim), on the CPU."""
+    def _batched(self, fn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """``fn`` over checked images in eval mode, ``batch_size`` at a time, the results on the CPU."""
         x = self._check(x)
         was = self.training
         self.eval()
         dev = next(self.parameters()).device
-        out = torch.cat([self.features(x[i:i + batch_size].to(dev)).cpu() for i in range(0, len(x), batch_size)])
+        out = torch.cat([fn(x[i:i + batch_size].to(dev)).cpu() for i in range(0, len(x), batch_size)])
         self.train(was)
         return out
 
-    @torch.no_grad()
+    def embed(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """Features of images in [0, 1], shape (N, feature_dim), on the CPU."""
+        return self._batched(self.features, x, batch_size)
+
     def predict(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """Class indices of images in [0, 1], shape (N,)."""
-        x = self._check(x)
-        was = self.training
-        self.eval()
-        dev = next(self.parameters()).device
-        out = torch.cat([self(x[i:i + batch_size].to(dev)).argmax(-1).cpu() for i in range(0, len(x), batch_size)])
-        self.train(was)
-        return out
+        return self._batched(lambda xb: self(xb).argmax(-1), x, batch_size)
 
 
 # -- files ------------------------------------------------------------------------------------------

@@ -152,14 +152,19 @@ def cosine_lr(lr: float, progress: float) -> float:
     return 0.5 * lr * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def burda_lr(lr: float, epoch: int) -> float:
-    """Burda et al. (2015): stage i = 0..7 lasts 3^i epochs at ``lr * 10^(-i/7)`` (3,280 epochs in
-    all; the last rate holds after them). ``epoch`` counts from 0."""
+def burda_stage(epoch: int) -> int:
+    """Burda et al. (2015): stage i = 0..7 lasts 3^i epochs (3,280 in all; the last stage holds after
+    them). ``epoch`` counts from 0."""
     stage, end = 0, 1
     while epoch >= end and stage < 7:
         stage += 1
         end += 3 ** stage
-    return lr * 10.0 ** (-stage / 7)
+    return stage
+
+
+def burda_lr(lr: float, epoch: int) -> float:
+    """The learning rate of Burda et al.'s schedule: ``lr * 10^(-i/7)`` in stage i."""
+    return lr * 10.0 ** (-burda_stage(epoch) / 7)
 
 
 def _optimizer(model: CVAE, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import CvaeError
-from .core import HELP, _flag_type
+from .core import HELP, add_train_flags
 
 INPUT_HELP = "a named data set (its test split), .npz/.npy/.csv, image folder or image file (default: the run's own data)"
 
@@ -81,14 +80,7 @@ def add_parsers(sub) -> None:
     f = asub.add_parser("fit", help="train a detector on the normal rows of a data set", argument_default=argparse.SUPPRESS,
                         description="Keep the normal rows (--label-column, --normal), train a model on them "
                         "(every `cvae train` flag works), and set the threshold on its validation split.")
-    for fl in fields(TrainConfig):
-        if fl.name == "condition":
-            continue
-        flag = "--" + fl.name.replace("_", "-")
-        if str(fl.type).startswith("bool"):
-            f.add_argument(flag, action=argparse.BooleanOptionalAction, help=HELP.get(fl.name))
-        else:
-            f.add_argument(flag, type=_flag_type(fl.type), metavar=fl.name.upper(), help=HELP.get(fl.name))
+    add_train_flags(f, skip=("condition",))
     f.add_argument("--condition", default="none", help="condition column(s) for a conditional detector (default none)")
     f.add_argument("--label-column", default="auto", help="the column that says what is normal: auto (label, class, "
                    "target, ...), a name, last, or none (every row is normal)")

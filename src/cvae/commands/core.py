@@ -54,16 +54,23 @@ def _flag_type(type_text: str):
     return str
 
 
-def add_parsers(sub) -> None:
-    p = sub.add_parser("train", help="train a VAE, beta-VAE or conditional VAE", argument_default=argparse.SUPPRESS,
-                       description="Train a model. Settings come from --config FILE (YAML), then the flags.")
-    p.add_argument("--config", help="a YAML file of settings (flags override it)")
+def add_train_flags(p, *, skip: tuple[str, ...] = ()) -> None:
+    """One flag per TrainConfig setting (``--batch-size``, ``--no-progress``, ...), its help from HELP."""
     for f in fields(TrainConfig):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         if str(f.type).startswith("bool"):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, help=HELP.get(f.name))
         else:
             p.add_argument(flag, type=_flag_type(f.type), metavar=f.name.upper(), help=HELP.get(f.name))
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("train", help="train a VAE, beta-VAE or conditional VAE", argument_default=argparse.SUPPRESS,
+                       description="Train a model. Settings come from --config FILE (YAML), then the flags.")
+    p.add_argument("--config", help="a YAML file of settings (flags override it)")
+    add_train_flags(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     p.add_argument("--no-pictures", dest="pictures", action="store_false", help="skip the pictures at the end")
