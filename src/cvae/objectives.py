@@ -47,19 +47,22 @@ def iwae(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None, *, k: int 
     ``kl`` report the ELBO's parts (over the k samples), so that runs of either objective log the
     same figures; with k = 1 the loss is the ELBO's."""
     out = model(x, c, samples=k)
-    log_px = out.px.log_prob(x).float()  # (k, B): x broadcasts over the samples
-    prior = out.pz if out.pz is not None else standard_normal_like(out.z)  # (the model may be wrapped: DDP)
-    log_w = log_px + prior.log_prob(out.z).float() - out.qz.log_prob(out.z).float()
+    log_w, log_px = _log_weights(out, x)
     bound = torch.logsumexp(log_w, dim=0) - math.log(k)
     return LossOutput(loss=-bound.mean(), reconstruction=-log_px.mean(), kl=out.qz.kl(out.pz).float().mean())
 
 
+def _log_weights(out, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log w = log p(x | z) + log p(z | c) - log q(z | x, c) and log p(x | z), both (k, B), from a
+    forward pass with k samples. Only the pass's distributions are used, so a wrapped model (DDP) works."""
+    log_px = out.px.log_prob(x).float()  # x broadcasts over the samples
+    prior = out.pz if out.pz is not None else standard_normal_like(out.z)
+    return log_px + prior.log_prob(out.z).float() - out.qz.log_prob(out.z).float(), log_px
+
+
 def iwae_log_weights(model: CVAE, x: torch.Tensor, c: torch.Tensor | None, k: int) -> torch.Tensor:
     """log p(x, z_i | c) - log q(z_i | x, c) for k samples per example: shape (k, B)."""
-    qz = model.q_z(x, c)
-    z = qz.rsample((k,))  # (k, B, D)
-    log_px = model.p_x(z, c).log_prob(x)  # (k, B): x broadcasts over the sample dimension
-    return log_px + model.log_prior(z, c) - qz.log_prob(z)
+    return _log_weights(model(x, c, samples=k), x)[0]
 
 
 def iwae_bound(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None, *, k: int = 5000,
