@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 import cvae
-from cvae.evaluate import EVALUATION_SEED, importance_sampled, load_run_data, mean_and_stderr
+from cvae.data import EVALUATION_SEED, fixed_binarization
+from cvae.evaluate import importance_sampled, load_run_data, mean_and_stderr
 from cvae.objectives import iwae_bound
-from cvae.train import _fixed_binarization
 
 
 def main(argv=None) -> int:
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     data = load_run_data(model, data_dir=args.data_dir)
     x = data.test.x[:args.n]
     if model.run_config["train"].get("binarize") == "dynamic":
-        x = _fixed_binarization(x, EVALUATION_SEED)
+        x = fixed_binarization(x, EVALUATION_SEED)
     c = model.schema.encode(data.test.y[:args.n]) if model.schema else None
     print(f"model {model.run_dir} ({model.config.arch} {model.config.hidden} latent {model.config.latent_dim}, "
           f"{model.config.activation}), {len(x)} test images, k = {args.k}, {torch.get_num_threads()} threads")

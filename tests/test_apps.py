@@ -91,9 +91,9 @@ def test_interpolation_between_conditions_holds_the_code(model):
     # with the learned prior p(z | c) the standard-normal draw is held: z = mu(c) + sigma(c) * eps
     torch.testing.assert_close(res.x[:, 0], model.decode(res.z[:, 0], "label=3").cpu(), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(res.x[:, -1], model.decode(res.z[:, -1], "label=8").cpu(), atol=1e-5, rtol=1e-4)
-    p3, p8 = model.p_z(model.condition_vector("label=3", 1)), model.p_z(model.condition_vector("label=8", 1))
-    eps = (res.z[:, 0] - p3.mu.cpu()) / p3.std.cpu()
-    torch.testing.assert_close(res.z[:, -1], p8.mu.cpu() + p8.std.cpu() * eps, atol=1e-5, rtol=1e-4)
+    (m3, s3), (m8, s8) = (model.prior.spread(model.condition_vector(f"label={d}", 1), 1) for d in (3, 8))
+    eps = (res.z[:, 0] - m3.cpu()) / s3.cpu()
+    torch.testing.assert_close(res.z[:, -1], m8.cpu() + s8.cpu() * eps, atol=1e-5, rtol=1e-4)
     with pytest.raises(cvae.CvaeError, match="unknown value"):
         interpolate_conditions(model, "label=3", "label=eleven")
 
@@ -102,8 +102,9 @@ def test_kl_per_dimension_sums_to_the_kl_and_orders_the_traversal(model, digits)
     kl = kl_per_dimension(model, digits.x, digits.y)
     qz = model.encode(digits.x, digits.y)
     assert kl.shape == (4,)
-    pz = model.p_z(model.condition_vector(digits.y, len(digits.y)))
-    assert float(kl.sum()) == pytest.approx(float(qz.kl(pz).mean()), rel=1e-4)
+    with torch.no_grad():
+        analytic = model.prior.kl(qz, qz.mu, model.condition_vector(digits.y, len(digits.y)))
+    assert float(kl.sum()) == pytest.approx(float(analytic.mean()), rel=1e-4)
     res = traverse(model, kl=kl, top=3, low=-2, high=2, steps=5, x=digits.x[:2], y=digits.y[:2])
     assert res.x.shape == (3, 2, 5, 1, 8, 8)
     assert [float(kl[d]) for d in res.dims] == sorted((float(kl[d]) for d in res.dims), reverse=True)
@@ -111,7 +112,8 @@ def test_kl_per_dimension_sums_to_the_kl_and_orders_the_traversal(model, digits)
     # one dimension moves, the others stay at the input's posterior mean
     d = res.dims[0]
     z = qz.mu[:2].clone()
-    z[:, d] = pz.mu[:2, d] + pz.std[:2, d] * 2.0  # +2 prior standard deviations, in p(z | c)'s own units
+    mean, std = model.prior.spread(model.condition_vector(digits.y[:2], 2), 2)
+    z[:, d] = mean[:, d] + std[:, d] * 2.0  # +2 prior standard deviations, in p(z | c)'s own units
     torch.testing.assert_close(res.x[0, :, -1], model.decode(z, digits.y[:2]).cpu(), atol=1e-5, rtol=1e-4)
     with pytest.raises(cvae.CvaeError, match="out of range"):
         traverse(model, kl=kl, dims=[7])

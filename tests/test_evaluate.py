@@ -20,13 +20,11 @@ import torch.nn.functional as F
 import cvae
 from cvae.cli import main
 from cvae.evaluate import (
-    _BernoulliMLPKernel,
     _log_px,
     active_units,
     importance_sampled,
     likelihood,
     mutual_information,
-    sum_softplus_,
 )
 from cvae.evaluator import (
     Evaluator,
@@ -36,7 +34,8 @@ from cvae.evaluator import (
     load_evaluator,
     precision_recall,
 )
-from cvae.model import CVAE, ModelConfig
+from cvae.kernels import BernoulliMLPKernel, sum_softplus_
+from cvae.models import CVAE, ModelConfig
 from cvae.objectives import iwae_bound
 
 LOG_2PI = math.log(2 * math.pi)
@@ -77,8 +76,8 @@ class LinearGaussian:
             enc.weight.copy_(torch.cat([w_mu, w_lv]).float())
             enc.bias.copy_(torch.cat([offset, self.q_var.log()]).float())
             if classes:
-                self.model.prior_net.weight.copy_(torch.cat([self.M, self.s.log()[:, None].expand(d, classes)]).float())
-                self.model.prior_net.bias.zero_()
+                self.model.prior.net.weight.copy_(torch.cat([self.M, self.s.log()[:, None].expand(d, classes)]).float())
+                self.model.prior.net.bias.zero_()
 
     def sample(self, n, seed=1):
         g = torch.Generator().manual_seed(seed)
@@ -193,7 +192,7 @@ def test_fast_kernel_equals_the_models_own_log_weights(activation, cond_at, prio
     with torch.no_grad():
         reference = model.p_x(z, c_rep).log_prob(x.repeat_interleave(s, 0)).view(6, s)  # cvae.distributions
         generic = _log_px(model, z, c_rep, x, s)
-        kernel = _BernoulliMLPKernel(model, 6 * s)
+        kernel = BernoulliMLPKernel(model, 6 * s)
         kernel.prepare(x, c)
         fast = kernel(z.clone(), 6, s)
     assert torch.allclose(generic, reference, atol=1e-4)
@@ -211,7 +210,7 @@ def test_log_weights_are_those_of_the_objectives_module():
     schema = {"attributes": [{"name": "label", "kind": "categorical", "classes": ["a", "b"]}]}
     model = CVAE(ModelConfig(data_shape=(1, 4, 4), schema=schema, hidden=[8], latent_dim=3, prior="conditional")).eval()
     with torch.no_grad():
-        model.prior_net.weight.normal_()
+        model.prior.net.weight.normal_()
     x = torch.rand(5, 1, 4, 4).round()
     c = F.one_hot(torch.tensor([0, 1, 1, 0, 1]), 2).float()
     res = importance_sampled(model, x, c, k=1, generator=torch.Generator().manual_seed(7))
@@ -219,7 +218,7 @@ def test_log_weights_are_those_of_the_objectives_module():
     with torch.no_grad():
         qz = model.q_z(x, c)
         z = qz.mu + qz.std * eps
-        log_w = model.p_x(z, c).log_prob(x) + model.log_prior(z, c) - qz.log_prob(z)
+        log_w = model.p_x(z, c).log_prob(x) + model.prior.log_prob(z, c) - qz.log_prob(z)
     assert torch.allclose(res.log_likelihood.float(), log_w, atol=1e-4)
 
 
@@ -269,12 +268,12 @@ def test_analytic_kl_of_the_learned_conditional_prior_matches_monte_carlo(digits
     x = result.data.val.x[:16]
     c = model.schema.encode(result.data.val.y[:16])
     with torch.no_grad():
-        model.prior_net.bias.add_(torch.linspace(-0.5, 0.5, model.prior_net.bias.numel()))  # far from N(0, I)
-        qz, pz = model.q_z(x, c), model.p_z(c)
+        model.prior.net.bias.add_(torch.linspace(-0.5, 0.5, model.prior.net.bias.numel()))  # far from N(0, I)
+        qz, pz = model.q_z(x, c), model.prior.distribution(c)
         analytic = qz.kl(pz)
         torch.manual_seed(0)
         z = qz.rsample((20000,))  # (S, B, D)
-        mc = qz.log_prob(z) - model.log_prior(z, c)
+        mc = qz.log_prob(z) - model.prior.log_prob(z, c)
     se = mc.std(0) / math.sqrt(len(mc))
     assert ((mc.mean(0) - analytic).abs() < 4 * se + 1e-4).all()
     assert torch.allclose(qz.kl_per_dim(pz).sum(-1), analytic, atol=1e-5)

@@ -10,7 +10,7 @@ import torch
 from cvae.conditions import Attribute, ConditionSchema
 from cvae.distributions import Bernoulli, DiagonalGaussian, Gaussian
 from cvae.errors import CvaeError
-from cvae.model import CVAE, PRESETS, ModelConfig
+from cvae.models import CVAE, PRESETS, ModelConfig
 from cvae.objectives import elbo, iwae, iwae_bound
 from cvae.runs import load_tensors, save_tensors
 
@@ -157,12 +157,12 @@ def test_plain_vae_has_no_condition():
 def test_conditional_prior_starts_standard_and_is_used():
     model = make("mlp-400", prior="conditional")
     _, _, c = batch((1, 28, 28))
-    pz = model.p_z(c)
-    assert torch.equal(pz.mu, torch.zeros_like(pz.mu))
+    mean, _ = model.prior.spread(c, len(c))
+    assert torch.equal(mean, torch.zeros_like(mean))
     with torch.no_grad():
-        model.prior_net.bias[:model.config.latent_dim] = 5.0
-    pz = model.p_z(c)
-    assert torch.allclose(pz.mu, torch.full_like(pz.mu, 5.0))
+        model.prior.net.bias[:model.config.latent_dim] = 5.0
+    mean, _ = model.prior.spread(c, len(c))
+    assert torch.allclose(mean, torch.full_like(mean, 5.0))
 
 
 def test_iwae_with_one_sample_is_the_elbo_in_expectation():
@@ -181,7 +181,7 @@ def test_iwae_objective_is_the_importance_weighted_bound(prior):
     model = make("mlp-400", prior=prior)
     with torch.no_grad():
         if prior == "conditional":
-            model.prior_net.bias.normal_()
+            model.prior.net.bias.normal_()
     x, _, c = batch((1, 28, 28), n=6)
     torch.manual_seed(3)
     loss = iwae(model, x, c, k=7)

@@ -41,7 +41,7 @@ def test_conditional_prior_and_learned_sigma(tmp_path):
     res = cvae.train(data="digits", epochs=2, prior="conditional", likelihood="gaussian-learned",
                      out=str(tmp_path / "r"), **QUIET)
     model = cvae.load(res.run_dir)
-    assert model.config.prior == "conditional" and model.log_sigma.shape == (1, 8, 8)
+    assert model.config.prior == "conditional" and model.likelihood.log_sigma.shape == (1, 8, 8)
     assert model.sample(4, "label=2").shape == (4, 1, 8, 8)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import TrainConfig, read_yaml
-from .model import CVAE
+from .models import VAEModel
 from .plots import run_pictures
 from .runs import load_model
 from .train import TrainResult, fit
@@ -34,6 +34,6 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, resume: bool
     return result
 
 
-def load(run: str | Path, *, device: str = "cpu") -> CVAE:
+def load(run: str | Path, *, device: str = "cpu") -> VAEModel:
     """The trained model of a run folder, with ``encode``, ``decode``, ``sample`` and ``reconstruct``."""
     return load_model(run, device=device)

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CvaeError
-from .model import PRESETS
+from .models import PRESETS
+from .objectives import OBJECTIVES
+from .priors import PRIORS
 
 
 @dataclass
@@ -36,11 +38,13 @@ class TrainConfig:
     likelihood: str | None = None
     sigma: float | None = None
     prior: str | None = None
-    # objective
-    objective: str = "elbo"  # elbo | iwae (Burda et al., 2015: the k-sample importance-weighted bound)
-    iwae_k: int = 5  # samples per example of the IWAE objective
+    prior_components: int | None = None  # K of a mixture prior (mog: 10, vamp: 500 by default)
+    # objective: a registered one (cvae.objectives.OBJECTIVES): elbo | iwae | dreg
+    objective: str = "elbo"
+    iwae_k: int = 5  # samples per example of the iwae and dreg objectives
     beta: float = 1.0  # beta-VAE weight on the KL term (Higgins et al., 2017)
     kl_warmup: float = 0.0  # epochs of linear KL annealing (Bowman et al., 2016)
+    free_bits: float = 0.0  # nats per latent dimension below which the KL is not pressed (Kingma et al., 2016)
     # optimisation
     epochs: int = 10
     batch_size: int = 128
@@ -66,6 +70,8 @@ class TrainConfig:
     progress: bool = True
 
     MODEL_KEYS = ("arch", "hidden", "channels", "latent_dim", "activation", "condition_at", "likelihood", "sigma", "prior")
+    # settings that become a part's options in the ModelConfig: setting -> (ModelConfig field, option)
+    PART_OPTIONS = {"prior_components": ("prior_options", "components")}
 
     def __post_init__(self):
         self.validate()
@@ -81,12 +87,14 @@ class TrainConfig:
         need(self.lr > 0, f"--lr must be positive, got {self.lr}")
         need(self.lr_schedule in ("cosine", "constant", "burda"),
              f"--lr-schedule must be cosine, constant or burda, not {self.lr_schedule!r}")
-        need(self.objective in ("elbo", "iwae"), f"--objective must be elbo or iwae, not {self.objective!r}")
         need(isinstance(self.iwae_k, int) and self.iwae_k >= 1, f"--iwae-k must be a positive whole number, got {self.iwae_k}")
-        need(self.objective == "elbo" or (self.beta == 1.0 and self.kl_warmup == 0),
-             "--beta and --kl-warmup weight the ELBO's KL term; the IWAE objective has none (leave them out, "
-             "or use --objective elbo)")
         need(self.beta >= 0, f"--beta must be zero or positive, got {self.beta}")
+        need(self.free_bits >= 0, f"--free-bits must be zero or positive (nats per latent dimension), got {self.free_bits}")
+        need(self.prior in (None, "auto") or self.prior in PRIORS,
+             f"unknown prior {self.prior!r} (--prior); choose one of auto, {', '.join(PRIORS.names())}")
+        need(self.prior_components is None or self.prior_components >= 1,
+             f"--prior-components must be a positive whole number, got {self.prior_components}")
+        OBJECTIVES.get(self.objective).from_config(self)  # an unknown objective, or a flag it does not read
         need(self.kl_warmup >= 0, f"--kl-warmup must be zero or positive, got {self.kl_warmup}")
         need(self.latent_dim is None or self.latent_dim >= 1, f"--latent-dim must be at least 1, got {self.latent_dim}")
         need(self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, got {self.grad_clip}")
@@ -97,7 +105,11 @@ class TrainConfig:
         need(0.0 <= self.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {self.val_fraction}")
 
     def model_overrides(self) -> dict:
-        return {k: getattr(self, k) for k in self.MODEL_KEYS if getattr(self, k) is not None}
+        out = {k: getattr(self, k) for k in self.MODEL_KEYS if getattr(self, k) is not None}
+        for key, (field_name, option) in self.PART_OPTIONS.items():
+            if getattr(self, key) is not None:
+                out.setdefault(field_name, {})[option] = getattr(self, key)
+        return out
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -48,6 +48,20 @@ class DiagonalGaussian:
 
     sample = rsample
 
+    def draw(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws (n, D), the noise taken from ``generator`` on the CPU (reproducible anywhere).
+        A batch of distributions (B, D) gives one draw each and needs n == B."""
+        eps = torch.randn((n, self.mu.shape[-1]), generator=generator).to(self.mu.device, self.mu.dtype)
+        return self.mu + self.std * eps
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation per dimension."""
+        return self.mu, self.std
+
+    def marginal_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log N(z_d; mu_d, sigma_d^2) per dimension, not summed: shape ``z.shape``."""
+        return -0.5 * ((z - self.mu) ** 2 * torch.exp(-self.logvar) + self.logvar + LOG_2PI)
+
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         lp = -0.5 * ((z - self.mu) ** 2 * torch.exp(-self.logvar) + self.logvar + LOG_2PI)
         return _sum_event(lp, self.event_dims)
@@ -77,6 +91,69 @@ def standard_normal_like(mu: torch.Tensor, event_dims: int = 1) -> DiagonalGauss
     return DiagonalGaussian(zeros, zeros, event_dims)
 
 
+class GaussianMixture:
+    """sum_k pi_k N(mu_k, diag(exp(logvar_k))) over the last dimension.
+
+    Components are shared, ``mu``/``logvar`` (K, D) and ``logits`` (K,), or one set per example,
+    (B, K, D) and (B, K). :meth:`log_prob` takes z of shape (..., D) (shared) or (..., B, D) (per
+    example) and works by matrix products, so that thousands of samples against hundreds of
+    components cost no (samples x components x D) tensor; it runs in float32 outside autocast.
+    """
+
+    def __init__(self, mu: torch.Tensor, logvar: torch.Tensor, logits: torch.Tensor):
+        self.mu, self.logvar, self.logits = mu.float(), logvar.float(), logits.float()
+
+    @property
+    def shared(self) -> bool:
+        return self.mu.dim() == 2
+
+    def _log_pi(self) -> torch.Tensor:
+        return torch.log_softmax(self.logits, dim=-1)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(z.device.type, enabled=False):
+            z = z.float()
+            prec = torch.exp(-self.logvar)  # (.., K, D)
+            const = -0.5 * ((self.mu * self.mu * prec).sum(-1) + self.logvar.sum(-1)
+                            + self.mu.shape[-1] * LOG_2PI) + self._log_pi()  # (.., K)
+            if self.shared:
+                zf = z.reshape(-1, z.shape[-1])
+                lp = -0.5 * (zf * zf) @ prec.T + zf @ (self.mu * prec).T + const  # (N, K)
+                return torch.logsumexp(lp, dim=-1).reshape(z.shape[:-1])
+            b, d = self.mu.shape[0], self.mu.shape[-1]
+            lead = z.shape[:-2]
+            zb = z.reshape(-1, b, d).transpose(0, 1)  # (B, S, D)
+            lp = (-0.5 * torch.bmm(zb * zb, prec.transpose(1, 2)) + torch.bmm(zb, (self.mu * prec).transpose(1, 2))
+                  + const.unsqueeze(1))  # (B, S, K)
+            return torch.logsumexp(lp, dim=-1).transpose(0, 1).reshape(*lead, b)
+
+    def marginal_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log of the mixture's marginal density in each dimension d: shape ``z.shape``."""
+        z = z.float().unsqueeze(-2)  # (..., 1, D) against (.., K, D)
+        lp = -0.5 * ((z - self.mu) ** 2 * torch.exp(-self.logvar) + self.logvar + LOG_2PI)
+        return torch.logsumexp(lp + self._log_pi().unsqueeze(-1), dim=-2)
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mixture's mean and standard deviation per dimension."""
+        pi = torch.softmax(self.logits, dim=-1).unsqueeze(-1)  # (.., K, 1)
+        mean = (pi * self.mu).sum(-2)
+        second = (pi * (self.logvar.exp() + self.mu ** 2)).sum(-2)
+        return mean, (second - mean ** 2).clamp_min(1e-12).sqrt()
+
+    def draw(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws (n, D): a component, then a Gaussian draw from it (noise from ``generator``)."""
+        probs = torch.softmax(self.logits, dim=-1).detach().cpu()
+        if self.shared:
+            comp = torch.multinomial(probs, n, replacement=True, generator=generator)  # (n,)
+            mu, logvar = self.mu[comp.to(self.mu.device)], self.logvar[comp.to(self.mu.device)]
+        else:
+            comp = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(self.mu.device)  # (B,)
+            rows = torch.arange(len(comp), device=self.mu.device)
+            mu, logvar = self.mu[rows, comp], self.logvar[rows, comp]
+        eps = torch.randn(mu.shape, generator=generator).to(mu.device)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+
 class Bernoulli:
     """Independent Bernoulli pixels/features with the given logits; targets may be grey levels in [0, 1]
     (the continuous-target cross-entropy used for grey-level MNIST in PyTorch's VAE example)."""
@@ -97,6 +174,13 @@ class Bernoulli:
         logits = self.logits.float()
         nll = F.binary_cross_entropy_with_logits(logits, x.float().expand_as(logits), reduction="none")
         return -_sum_event(nll, self.event_dims)
+
+    def log_prob_grouped(self, x: torch.Tensor, s: int) -> torch.Tensor:
+        """log p(x_b | z_bj) for logits of (B * s) rows, s samples per example, example-major:
+        x . l - sum softplus(l), one matrix product and one fused pass; shape (B, s)."""
+        b = x.shape[0]
+        logits = self.logits.float().reshape(b, s, -1)  # (B, s, P)
+        return torch.bmm(logits, x.float().reshape(b, -1, 1)).squeeze(-1) - F.softplus(logits).sum(-1)
 
 
 class Gaussian:

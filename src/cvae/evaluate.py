@@ -10,13 +10,16 @@ Likelihood (Burda, Grosse & Salakhutdinov 2015, "Importance Weighted Autoencoder
 The estimate is a lower bound on log p(x | c) in expectation and tightens as k grows; with k = 1
 it is the ELBO. :func:`importance_sampled` draws the k samples in chunks of at most ``rows`` decoder
 rows (memory stays bounded for any k), runs the encoder once per example, and accumulates the
-log-sum-exp across chunks in float64. For a Bernoulli decoder it evaluates
-log p(x | z) = x . l - sum softplus(l) on the decoder logits l (one matrix product and one fused
-pass), which is about twice as fast as a per-pixel cross-entropy and gives the same numbers.
+log-sum-exp across chunks in float64. Models that a registered fast kernel covers
+(:mod:`cvae.kernels`: MLP decoders with Bernoulli outputs) are decoded by it, about twice as fast
+with the same numbers; every other model goes through its own ``p_x`` and likelihood. The prior
+enters only through its ``distribution(c)``, built once per block of examples; its KL is analytic
+where the prior has a closed form, else the average of log q - log p over the same k samples.
 
 Posterior health (the numbers that show posterior collapse):
 
-- KL per latent dimension, E_x KL(q(z_d | x, c) || p(z_d | c)), analytic;
+- KL per latent dimension, E_x KL(q(z_d | x, c) || p(z_d | c)), analytic for a Gaussian prior (for a
+  mixture prior, a one-sample estimate against the prior's marginal in each dimension);
 - active units: dimension d is active when Cov_x(E_q[z_d | x, c]) > 0.01 (Burda et al. 2015, sec. 5.2);
 - mutual information I(x; z) under the aggregate posterior q(z) = (1/N) sum_n q(z | x_n, c_n)
   (Hoffman & Johnson 2016, "ELBO surgery"; the estimator of He et al. 2019): it cannot exceed log N.
@@ -26,47 +29,18 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from .data import EVALUATION_SEED, fixed_binarization, parse_image_size
 from .data.files import sha256
-from .distributions import LOG_2PI, Bernoulli, DiagonalGaussian
+from .distributions import LOG_2PI
 from .errors import CvaeError
-from .model import CVAE
-
-NATS = "nats per example"
-
-
-@dataclass
-class Figure:
-    """One reported number: ``value`` (a mean over examples) and its standard error."""
-
-    name: str  # exactly what the number is
-    value: float
-    stderr: float | None = None  # standard error of ``value``; None when it is exact (not an estimate)
-    unit: str = NATS
-    note: str = ""
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v not in ("", None)}
-
-
-def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
-    """The mean of per-example values and its standard error, std / sqrt(N) (0 for one value)."""
-    v = values.detach().double().flatten()
-    if v.numel() == 0:
-        raise CvaeError("no examples to evaluate")
-    se = v.std(unbiased=True).item() / math.sqrt(v.numel()) if v.numel() > 1 else 0.0
-    return v.mean().item(), se
-
-
-def figure(name: str, values: torch.Tensor, *, unit: str = NATS, note: str = "") -> Figure:
-    mean, se = mean_and_stderr(values)
-    return Figure(name, mean, se, unit, note)
-
+from .figures import NATS, Figure, figure, mean_and_stderr  # noqa: F401  (re-exported)
+from .kernels import kernel_for
+from .models import CVAE
 
 # -- importance sampling ------------------------------------------------------------------------
 
@@ -76,7 +50,7 @@ class PerExample:
 
     log_likelihood: torch.Tensor  # log (1/k) sum_i w_i, the importance-sampled log p(x | c)
     reconstruction: torch.Tensor  # (1/k) sum_i -log p(x | z_i, c): the reconstruction term of -ELBO
-    kl: torch.Tensor  # KL(q(z | x, c) || p(z | c)), analytic
+    kl: torch.Tensor  # KL(q(z | x, c) || p(z | c)): analytic, or the k-sample estimate for priors without one
     ess: torch.Tensor  # effective sample size (sum w)^2 / sum w^2 of the k importance weights
     k: int
 
@@ -96,103 +70,10 @@ def _log_px(model: CVAE, z: torch.Tensor, c: torch.Tensor | None, x: torch.Tenso
     ``x`` is (B, *shape), ``c`` is (B * s, C) or None. Returns (B, s). Works for any decoder."""
     b = x.shape[0]
     px = model.p_x(z, c)
-    if isinstance(px, Bernoulli):
-        # log p(x | l) = sum_j x_j l_j - softplus(l_j), exact for targets in [0, 1]
-        logits = px.logits.float().reshape(b, s, -1)  # (B, s, P)
-        xf = x.float().reshape(b, -1, 1)  # (B, P, 1)
-        return torch.bmm(logits, xf).squeeze(-1) - F.softplus(logits).sum(-1)
+    if hasattr(px, "log_prob_grouped"):  # a likelihood may score s samples per example without copying x
+        return px.log_prob_grouped(x, s).float()
     x_rep = x.unsqueeze(1).expand(b, s, *x.shape[1:]).reshape(b * s, *x.shape[1:])
     return px.log_prob(x_rep).reshape(b, s)
-
-
-def sum_softplus_(logits: torch.Tensor) -> torch.Tensor:
-    """sum_j softplus(l_j) over the last dimension of a 2-D tensor, overwriting it (float32).
-
-    softplus(l) = relu(l) - log sigmoid(|l|), sum_j relu(l_j) = (sum_j l_j + sum_j |l_j|) / 2, and
-    the logarithm is taken of products of g factors sigmoid(|l|), each in [1/2, 1), so a product
-    stays above 2^-g (g <= 49, far inside float32) and one logarithm serves g elements. On a CPU,
-    where the per-element logarithm is the cost, this is about 1.6 times as fast as
-    ``softplus(l).sum(-1)``; the two agree to float32 rounding (about 1e-6 relative).
-    """
-    p = logits.shape[-1]
-    g = max(d for d in range(1, 50) if p % d == 0)
-    total = logits.sum(-1)
-    logits.abs_()
-    total += logits.sum(-1)
-    total *= 0.5  # sum relu(l)
-    logits.sigmoid_()
-    return total - logits.view(-1, p // g, g).prod(-1).log_().sum(-1)
-
-
-_INPLACE_ACTIVATIONS = {
-    torch.nn.ReLU: torch.relu_,
-    torch.nn.Tanh: torch.tanh_,
-    torch.nn.ELU: lambda t: F.elu_(t),
-    torch.nn.SiLU: lambda t: F.silu(t, inplace=True),
-    torch.nn.LeakyReLU: lambda t: F.leaky_relu_(t),
-}
-
-
-class _BernoulliMLPKernel:
-    """log p(x | z, c) of an MLP decoder with Bernoulli outputs, in buffers allocated once.
-
-    The same maths as :func:`_log_px` (the tests hold the two together), arranged for speed on
-    a CPU: matrix products write into reused buffers (no allocation, so no page faults, per chunk),
-    the activation and the softplus run in place, the condition enters each layer as a per-example
-    bias (b + W_c c) instead of being concatenated to every sample, and x . l is computed as
-    h . (W^T x) + b . x on the last hidden layer h, which is narrower than the output.
-    """
-
-    def __init__(self, model: CVAE, max_rows: int):
-        from .nn import MLP, MLPDecoder
-
-        net = model.decoder.net
-        if not (isinstance(model.decoder, MLPDecoder) and type(net) is MLP and model.config.likelihood == "bernoulli"):
-            raise ValueError("not a Bernoulli MLP decoder")
-        self.cond_dim = net.cond_dim
-        self.act = _INPLACE_ACTIVATIONS.get(type(net.act))
-        self.act_module = net.act
-        self.weights, self.cond_weights, self.biases = [], [], []
-        for i, layer in enumerate(net.layers):
-            w = layer.weight.detach().float()  # (out, in [+ C])
-            if net.joins[i]:
-                self.cond_weights.append(w[:, w.shape[1] - self.cond_dim:])
-                w = w[:, :w.shape[1] - self.cond_dim]
-            else:
-                self.cond_weights.append(None)
-            self.weights.append(w)
-            self.biases.append(layer.bias.detach().float())
-        device = self.weights[0].device
-        self.buffers = [torch.empty((max_rows, w.shape[0]), device=device) for w in self.weights]
-
-    def prepare(self, x: torch.Tensor, c: torch.Tensor | None) -> None:
-        """Per-example terms of a block of examples: x (B, *shape), c (B, C) or None."""
-        b = len(x)
-        self.x = x.float().reshape(b, -1)  # (B, P)
-        self.bias = []
-        for w_c, bias in zip(self.cond_weights, self.biases):
-            self.bias.append(bias.expand(b, -1) if w_c is None else bias + c.float() @ w_c.T)  # (B, out)
-        w_last = self.weights[-1]  # (P, K)
-        self.x_w = self.x @ w_last  # (B, K)
-        self.x_b = (self.x * self.bias[-1]).sum(-1)  # (B,)
-
-    def __call__(self, z: torch.Tensor, b: int, s: int) -> torch.Tensor:
-        """z: (b * s, D) example-major -> log p(x | z, c), shape (b, s)."""
-        h = z
-        last = len(self.weights) - 1
-        for i, (w, bias) in enumerate(zip(self.weights, self.bias)):
-            if i == last:
-                x_l = torch.bmm(h.view(b, s, -1), self.x_w[:b].unsqueeze(-1)).squeeze(-1) + self.x_b[:b, None]
-            out = self.buffers[i][:b * s]
-            torch.mm(h, w.T, out=out)
-            out.view(b, s, -1).add_(bias[:b].unsqueeze(1))
-            if i < last:
-                if self.act is not None:
-                    self.act(out)
-                else:
-                    out = self.act_module(out)
-            h = out
-        return x_l - sum_softplus_(h).view(b, s)
 
 
 @torch.no_grad()
@@ -209,7 +90,7 @@ def importance_sampled(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = No
     rows : at most this many (example, sample) pairs go through the decoder at once; the memory used
         is about ``rows * prod(shape) * 4`` bytes per decoder layer whatever k and N are.
     generator : a CPU ``torch.Generator`` for reproducible draws.
-    fast : use the buffered kernel for MLP decoders with Bernoulli outputs (same numbers, faster).
+    fast : use a registered fast kernel where one covers the model (:mod:`cvae.kernels`; same numbers).
     """
     if k < 1:
         raise CvaeError(f"k must be at least 1 importance sample, got {k}")
@@ -221,12 +102,8 @@ def importance_sampled(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = No
     n_chunks = math.ceil(k / rows)
     s_chunk = math.ceil(k / n_chunks)  # samples per decoder call and example (chunks of equal size)
     per_call = max(1, rows // s_chunk)  # examples per decoder call
-    kernel = None
-    if fast:
-        try:
-            kernel = _BernoulliMLPKernel(model, per_call * s_chunk)
-        except ValueError:
-            kernel = None
+    kernel = kernel_for(model, per_call * s_chunk) if fast else None
+    prior = model.prior
     out = {key: torch.empty(n, dtype=torch.float64) for key in ("lse", "lse2", "rec", "kl")}
     bar = None
     if progress:
@@ -239,24 +116,23 @@ def importance_sampled(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = No
         cb = None if c is None else c[start:start + per_call]
         b = len(xb)
         qz = model.q_z(xb, cb)
-        pz = model.p_z(cb)
-        out["kl"][start:start + b] = qz.kl(pz).double().cpu()
+        p_dist = prior.distribution(cb)  # p(z | c) for this block, built once
         mu, std, logvar = qz.mu.float(), qz.std.float(), qz.logvar.float()
         d = mu.shape[-1]
         log_q_const = -0.5 * (logvar.sum(-1) + d * LOG_2PI)  # (B,)
-        prior = None if pz is None else DiagonalGaussian(pz.mu.unsqueeze(1).float(), pz.logvar.unsqueeze(1).float())
         if kernel is not None:
             kernel.prepare(xb, cb)
         lse = torch.full((b,), -math.inf, dtype=torch.float64, device=device)
         lse2 = lse.clone()
         rec = torch.zeros(b, dtype=torch.float64, device=device)
+        kl = torch.zeros(b, dtype=torch.float64, device=device)
         done = 0
         while done < k:
             s = min(s_chunk, k - done)
             eps = torch.randn((b, s, d), generator=generator).to(device)  # (B, s, D)
             z = torch.addcmul(mu.unsqueeze(1), std.unsqueeze(1), eps)  # (B, s, D)
             log_q = log_q_const.unsqueeze(1) - 0.5 * (eps * eps).sum(-1)  # (B, s)
-            log_p = -0.5 * ((z * z).sum(-1) + d * LOG_2PI) if prior is None else prior.log_prob(z)  # (B, s)
+            log_p = p_dist.log_prob(z.transpose(0, 1)).transpose(0, 1).float()  # (B, s)
             if kernel is not None:
                 log_px = kernel(z.view(b * s, d), b, s)
             else:
@@ -266,10 +142,14 @@ def importance_sampled(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = No
             lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=1))
             lse2 = torch.logaddexp(lse2, torch.logsumexp(2.0 * log_w, dim=1))
             rec -= log_px.double().sum(1)
+            kl += (log_q - log_p).double().sum(1)
             done += s
         out["lse"][start:start + b] = lse.cpu()
         out["lse2"][start:start + b] = lse2.cpu()
         out["rec"][start:start + b] = (rec / k).cpu()
+        if prior.analytic_kl:
+            kl = prior.kl(qz, qz.mu, cb).double() * k
+        out["kl"][start:start + b] = (kl / k).cpu()
         if bar is not None:
             bar.update(b)
     if bar is not None:
@@ -316,7 +196,8 @@ def likelihood(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None, *, k
         "negative_elbo": figure(f"negative ELBO, E_q[-log p(x,{zc}) + log q({qc})]", res.negative_elbo + jac,
                                 note=f"reconstruction + KL; an upper bound on -log p({xc})"),
         "reconstruction": figure(f"reconstruction, E_q[-log {px}]", res.reconstruction + jac, note=samples),
-        "kl": figure(f"KL(q({qc}) || p({zc}))", res.kl, note="analytic"),
+        "kl": figure(f"KL(q({qc}) || p({zc}))", res.kl,
+                     note="analytic" if model.prior.analytic_kl else f"Monte Carlo, the mean of log q - log p over k = {k} samples"),
     }
     if k > 1:
         nll = -res.log_likelihood + jac
@@ -352,7 +233,8 @@ class PosteriorReport:
     def to_dict(self) -> dict:
         return {
             **{k: f.to_dict() for k, f in self.figures.items()},
-            "kl_per_dim": {"name": "E_x KL(q(z_d|x) || p(z_d)) per latent dimension d, analytic",
+            "kl_per_dim": {"name": "E_x KL(q(z_d|x) || p(z_d)) per latent dimension d (analytic for a Gaussian "
+                                   "prior; for a mixture, one sample against its marginal in dimension d)",
                            "unit": NATS, "value": self.kl_per_dim, "stderr": self.kl_per_dim_stderr},
             "posterior_mean_variance_per_dim": {
                 "name": "Cov_x(E_q[z_d|x]) per latent dimension d (Burda et al.'s activity statistic)",
@@ -398,15 +280,19 @@ def posterior_health(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None
     """KL per latent dimension, active units (Burda et al.'s covariance criterion) and I(x; z)."""
     was_training = model.training
     model.eval()
-    mus, logvars, kls = [], [], []
+    mus, logvars, kls, totals = [], [], [], []
+    g = torch.Generator().manual_seed(seed)
     for i in range(0, len(x), batch_size):
         cb = None if c is None else c[i:i + batch_size]
         qz = model.q_z(x[i:i + batch_size], cb)
+        z = qz.mu + qz.std * torch.randn(qz.mu.shape, generator=g).to(qz.mu.device)
         mus.append(qz.mu.float().cpu())
         logvars.append(qz.logvar.float().cpu())
-        kls.append(qz.kl_per_dim(model.p_z(cb)).double().cpu())
+        kls.append(model.prior.kl_per_dim(qz, z, cb).double().cpu())
+        totals.append(model.prior.kl(qz, z, cb).double().cpu())
     model.train(was_training)
     mu, logvar, kl = torch.cat(mus), torch.cat(logvars), torch.cat(kls)  # (N, D) each
+    kl_total = torch.cat(totals)  # (N,)
     n_au, var = active_units(mu, threshold)
     m = min(len(mu), mi_examples)
     mi_terms = mutual_information(mu[:m], logvar[:m], generator=torch.Generator().manual_seed(seed))
@@ -415,7 +301,8 @@ def posterior_health(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None
     figures = {
         "active_units": Figure(f"active units, Cov_x(E_q[z_d|{xc}]) > {threshold}", n_au, None,
                                unit=f"of {d} latent dimensions", note="Burda et al. (2015), sec. 5.2"),
-        "kl_total": figure(f"KL(q({qc}) || p({zc}))", kl.sum(1), note="analytic, the sum over dimensions"),
+        "kl_total": figure(f"KL(q({qc}) || p({zc}))", kl_total,
+                           note="analytic" if model.prior.analytic_kl else "Monte Carlo, one sample per example"),
         "mutual_information": figure(
             f"I({xc}; z) under the aggregate posterior", mi_terms, unit="nats",
             note=f"q(z) = mean of q({qc}) over {m} examples, one z per example; cannot exceed log N = "
@@ -431,7 +318,6 @@ def posterior_health(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None
 # -- a whole run ----------------------------------------------------------------------------------
 
 METRICS = ("elbo", "nll", "posterior", "samples")
-EVALUATION_SEED = 1234  # the fixed binarization of held-out images (as in training's validation/test)
 
 
 @dataclass
@@ -480,13 +366,12 @@ def protocol_text(run_config: dict, model: CVAE) -> dict:
 def load_run_data(model: CVAE, *, data_dir=None):
     """The data splits of a trained run, rebuilt from its config.json exactly as training made them."""
     from .data import load_data
-    from .train import _image_size
 
     cfg = model.run_config.get("train", {})
     data = load_data(cfg.get("data", "digits"), data_dir=data_dir or cfg.get("data_dir"),
                      condition=cfg.get("condition"), val_fraction=cfg.get("val_fraction", 0.1),
                      seed=cfg.get("seed", 0), binarize=cfg.get("binarize", "none"), limit=cfg.get("limit"),
-                     data_layout=cfg.get("data_layout", "auto"), image_size=_image_size(cfg.get("image_size")))
+                     data_layout=cfg.get("data_layout", "auto"), image_size=parse_image_size(cfg.get("image_size")))
     if data.schema.to_dict() != model.schema.to_dict():
         raise CvaeError(f"the data {cfg.get('data')!r} now gives conditions {data.schema.names} that differ from "
                         f"the run's ({model.schema.names}); evaluate with the data the model was trained on")
@@ -507,7 +392,6 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
 
     from . import __version__
     from .runs import load_model, write_json
-    from .train import _fixed_binarization
 
     wanted, explicit = parse_metrics(metrics)
     if k < 1:
@@ -528,7 +412,7 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
     x_raw = part.x[:n] if n else part.x
     y = part.y[:len(x_raw)]
     binarize = model.run_config.get("train", {}).get("binarize", "none")
-    x = _fixed_binarization(x_raw, EVALUATION_SEED) if binarize == "dynamic" else x_raw
+    x = fixed_binarization(x_raw, EVALUATION_SEED) if binarize == "dynamic" else x_raw
     x = x.to(model.device)
     c = model.schema.encode(y).to(model.device) if model.schema else None
     protocol = {**protocol_text(model.run_config, model), "split": split, "n_examples": len(x)}

@@ -31,8 +31,8 @@ from torch import nn
 
 from .data.files import cache_dir
 from .errors import CvaeError
-from .evaluate import Figure
-from .model import CVAE
+from .figures import Figure
+from .models import CVAE
 
 FORMAT = "cvae-evaluator"
 FORMAT_VERSION = 1

@@ -103,17 +103,22 @@ class MLPEncoder(nn.Module):
 
 
 class MLPDecoder(nn.Module):
-    """Map ``(z, c)`` to the decoder's parameters, shaped like the data."""
+    """Map ``(z, c)`` to the decoder's parameters, shaped like the data, (P, *data_shape) when the
+    likelihood needs P > 1 parameters per element."""
 
-    def __init__(self, data_shape, latent_dim, *, hidden, cond_dim, cond_at, act, **_):
+    def __init__(self, data_shape, latent_dim, *, hidden, cond_dim, cond_at, act, params_per_element=1, **_):
         super().__init__()
-        self.data_shape = tuple(data_shape)
+        self.out_shape = _out_shape(data_shape, params_per_element)
         widths = list(reversed(hidden))
         cond_at_dec = cond_at if cond_at < 0 else min(cond_at, len(widths))
-        self.net = MLP(latent_dim, widths, math.prod(data_shape), cond_dim=cond_dim, cond_at=cond_at_dec, act=act)
+        self.net = MLP(latent_dim, widths, math.prod(self.out_shape), cond_dim=cond_dim, cond_at=cond_at_dec, act=act)
 
     def forward(self, z, c=None):
-        return self.net(z, c).unflatten(-1, self.data_shape)
+        return self.net(z, c).unflatten(-1, self.out_shape)
+
+
+def _out_shape(data_shape, params_per_element: int) -> tuple[int, ...]:
+    return tuple(data_shape) if params_per_element == 1 else (params_per_element, *data_shape)
 
 
 def _conv_classes(data_shape):
@@ -149,9 +154,10 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """Dense layers from ``(z, c)``, then transposed convolutions back to exactly ``data_shape``."""
 
-    def __init__(self, data_shape, latent_dim, *, channels, hidden, cond_dim, act, **_):
+    def __init__(self, data_shape, latent_dim, *, channels, hidden, cond_dim, act, params_per_element=1, **_):
         super().__init__()
         _, ConvT = _conv_classes(data_shape)
+        self.out_shape = _out_shape(data_shape, params_per_element)
         shapes = _conv_shapes(data_shape[1:], len(channels))
         chans = [data_shape[0], *channels]
         self.start = (chans[-1], *shapes[-1])
@@ -160,7 +166,8 @@ class ConvDecoder(nn.Module):
         for i in reversed(range(len(channels))):
             # output size = 2 * in - 1 + output_padding; choose the padding that restores shapes[i].
             pad = tuple(o - (2 * s - 1) for o, s in zip(shapes[i], shapes[i + 1]))
-            self.deconvs.append(ConvT(chans[i + 1], chans[i], 3, stride=2, padding=1, output_padding=pad))
+            out = chans[i] * (params_per_element if i == 0 else 1)
+            self.deconvs.append(ConvT(chans[i + 1], out, 3, stride=2, padding=1, output_padding=pad))
         self.act = activation(act)
 
     def forward(self, z, c=None):
@@ -170,7 +177,7 @@ class ConvDecoder(nn.Module):
             h = deconv(h)
             if i < last:
                 h = self.act(h)
-        return h
+        return h.reshape(len(h), *self.out_shape)
 
 
 ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder, "conv": ConvEncoder}

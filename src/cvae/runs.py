@@ -19,10 +19,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import CvaeError
-from .model import CVAE, ModelConfig
+from .models import RunInfo, VAEModel, build_model
 
 FORMAT = "cvae-run"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Weight names that moved when the prior and the likelihood became parts of their own (version 1 -> 2).
+RENAMED_V1 = {"prior_net.weight": "prior.net.weight", "prior_net.bias": "prior.net.bias",
+              "log_sigma": "likelihood.log_sigma"}
 
 
 def atomic_write(path: Path, write) -> None:
@@ -83,18 +86,21 @@ def read_config(run: str | Path) -> dict:
     return cfg
 
 
-def load_model(run: str | Path, *, device: str | torch.device = "cpu", weights: str = "model.safetensors") -> CVAE:
-    """Rebuild the model of a run folder and load its weights."""
+def load_model(run: str | Path, *, device: str | torch.device = "cpu", weights: str = "model.safetensors") -> VAEModel:
+    """Rebuild the model of a run folder (whatever registered class its config.json names) and load
+    its weights."""
     run = Path(run)
     cfg = read_config(run)
-    model = CVAE(ModelConfig.from_dict(cfg["model"]))
+    if not isinstance(cfg.get("model"), dict):
+        raise CvaeError(f"{run / 'config.json'} has no 'model' settings; the run folder is damaged")
+    model = build_model(cfg["model"], run=RunInfo(run, cfg))
     path = run / weights
     if not path.is_file():
         raise CvaeError(f"{run} has no {weights} yet (training has not finished an epoch)")
     state = load_tensors(path)
+    if cfg.get("format_version", 1) < 2:
+        state = {RENAMED_V1.get(k, k): v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CvaeError(f"{path} does not match the model in config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.run_dir = run
-    model.run_config = cfg
     return model.to(device).eval()

@@ -31,11 +31,11 @@ import torch
 import torch.distributed as dist
 
 from .config import TrainConfig
-from .data import DataSplits, load_data
+from .data import EVALUATION_SEED, DataSplits, fixed_binarization, load_data, parse_image_size
 from .data.stream import CHUNK_BYTES, ArrayRows, load_npy_stream, npy_float32_bytes
 from .errors import CvaeError
-from .model import CVAE, PRESETS, ModelConfig
-from .objectives import elbo, iwae, kl_warmup
+from .models import CVAE, PRESETS, ModelConfig, RunInfo, build_model
+from .objectives import build_objective, elbo
 from .runs import FORMAT, FORMAT_VERSION, load_tensors, read_config, save_tensors, write_json
 
 REFRESH_STEPS = 50
@@ -142,11 +142,6 @@ def evaluate_elbo(model: CVAE, x, c: torch.Tensor | None, *, batch_size: int = 1
     return {"loss": loss, "reconstruction": rec, "kl": kl}
 
 
-def _fixed_binarization(x: torch.Tensor, seed: int) -> torch.Tensor:
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.bernoulli(x.cpu(), generator=g).to(x.device)
-
-
 def cosine_lr(lr: float, progress: float) -> float:
     """Cosine annealing (Loshchilov & Hutter, 2017) from ``lr`` at progress 0 to 0 at progress 1."""
     return 0.5 * lr * (1.0 + math.cos(math.pi * min(progress, 1.0)))
@@ -205,14 +200,219 @@ def fit(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, e
     there (a sweep pruning the run, a target loss reached).
 
     Under ``torchrun`` this joins the other processes (and leaves the process group at the end).
+    The global random-number state is seeded for the run and restored afterwards.
     """
-    with _processes(config.device) as (ranks, device), _flushed_denormals():
-        return _fit(config, ranks, device, resume=resume, overwrite=overwrite, explicit=explicit, on_epoch=on_epoch)
+    with _processes(config.device) as (ranks, device), _flushed_denormals(), _own_rng(device):
+        trainer = Trainer.prepare(config, ranks, device, resume=resume, overwrite=overwrite, explicit=explicit)
+        stopped_early = trainer.train(on_epoch)
+        return trainer.finish(stopped_early)
 
 
-def _fit(config: TrainConfig, ranks: Ranks, device: torch.device, *, resume: bool, overwrite: bool,
-         explicit: set[str] | None, on_epoch) -> TrainResult:
-    # -- the settings and the data -------------------------------------------------------------------
+class Trainer:
+    """One training run in three steps: :meth:`prepare` (settings, data, run folder, model and, on
+    --resume, its saved state), :meth:`train` (the epochs) and :meth:`finish` (the final figures)."""
+
+    def __init__(self, config: TrainConfig, ranks: Ranks, device: torch.device, data: DataSplits, run_dir: Path,
+                 resume: bool):
+        self.config, self.ranks, self.device, self.data, self.run_dir = config, ranks, device, data, run_dir
+        self.model_config = model_config_for(config, data)
+        self.info = self._run_info()
+        self.model = build_model(self.model_config, run=RunInfo(run_dir, self.info)).to(device)
+        if data.standardize:
+            self.model.set_units(torch.from_numpy(data.loc), torch.from_numpy(data.scale))
+        self.opt = _optimizer(self.model, config, device)
+        self.objective = build_objective(config.objective, config)
+        self.start_epoch, self.best_val, self.bad_epochs, self.best_state = 0, math.inf, 0, None
+        if resume:
+            self._restore()
+        elif ranks.rank:
+            torch.manual_seed(config.seed + ranks.rank)  # its own noise; the weights come from rank 0
+        self.step_model = self._wrapped_model()
+        self._place_data()
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.writer = self._open_logs()
+
+    @classmethod
+    def prepare(cls, config: TrainConfig, ranks: Ranks, device: torch.device, *, resume: bool, overwrite: bool,
+                explicit: set[str] | None) -> Trainer:
+        config = _settings(config, ranks, device, resume, explicit)
+        torch.manual_seed(config.seed)
+        data = _load(config)
+        run_dir = _on_main(ranks, _run_folder, config, data.name, resume, overwrite)
+        return cls(config.replace(out=str(run_dir)), ranks, device, data, run_dir, resume)
+
+    # -- preparing -----------------------------------------------------------------------------------
+    def _run_info(self) -> dict:
+        data, config = self.data, self.config
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": self.model_config.to_dict(),
+            "train": config.to_dict(),
+            "data": {
+                "name": data.name, "kind": data.kind, "source": config.data, "data_shape": list(data.data_shape),
+                "binary": data.binary, "standardize": data.standardize, "n_train": len(data.train),
+                "n_val": len(data.val) if data.val else 0, "n_test": len(data.test) if data.test else 0,
+                **{k: v for k, v in data.meta.items() if k in ("features",)},
+            },
+            "execution": {"processes": self.ranks.world, "device": str(self.device),
+                          "threads": torch.get_num_threads(), "native_bfloat16": native_bfloat16(self.device)},
+            "status": "running",
+        }
+
+    def _restore(self) -> None:
+        state = _on_main(self.ranks, _read_trainer_state, self.run_dir)
+        self.start_epoch, self.best_val, self.bad_epochs = _restore(state, self.model, self.opt, self.ranks.rank)
+        if self.start_epoch >= self.config.epochs:
+            raise CvaeError(f"{self.run_dir} has already trained {self.start_epoch} epochs; pass --epochs N with "
+                            f"N > {self.start_epoch} to go on")
+
+    def _wrapped_model(self):
+        step_model = self.model
+        if self.ranks.world > 1:
+            ddp = torch.nn.parallel.DistributedDataParallel
+            constant_buffers = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters
+                                else "broadcast_buffers": False}  # x_loc, x_scale never change: sync them once
+            step_model = ddp(self.model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                             **constant_buffers)
+        return torch.compile(step_model) if self.config.compile else step_model
+
+    def _place_data(self) -> None:
+        """The data on the device once, or read from its memory map a chunk at a time."""
+        data, schema, device, ranks = self.data, self.data.schema, self.device, self.ranks
+        self.x_train = data.train.x.to(device)
+        self.c_train = schema.encode(data.train.y).to(device) if schema else None
+        self.dynamic = self.config.binarize == "dynamic"
+        self.evals = {}
+        for name, part in (("val", data.val), ("test", data.test)):
+            if part is not None and ranks.main:
+                x = fixed_binarization(part.x, EVALUATION_SEED) if self.dynamic else part.x
+                self.evals[name] = (x.to(device), schema.encode(part.y).to(device) if schema else None)
+        # each process takes every world-th example of the epoch's order
+        self.n, self.batch = len(self.x_train), self.config.batch_size // ranks.world
+        self.n_used = self.n - self.n % ranks.world  # the same number of examples for every process
+        self.steps = math.ceil(self.n_used / self.config.batch_size)
+        rows = self.x_train.row_bytes if isinstance(self.x_train, ArrayRows) else 0
+        self.chunk = self.n_used if not rows else max(self.batch, CHUNK_BYTES // rows // self.batch * self.batch)
+
+    def _open_logs(self):
+        if not self.ranks.main:
+            return None
+        write_json(self.run_dir / "config.json", self.info)
+        _truncate_metrics(self.metrics_path, self.start_epoch)
+        return _tensorboard(self.run_dir) if self.config.tensorboard else None
+
+    # -- training ------------------------------------------------------------------------------------
+    def train(self, on_epoch=None) -> bool:
+        """Every epoch: train, validate, write the run folder; True when stopped early."""
+        self.bar = _progress(self.config, self.steps) if self.ranks.main else None
+        try:
+            for epoch in range(self.start_epoch, self.config.epochs):
+                row = self.train_epoch(epoch)
+                row = _on_main(self.ranks, _with_validation, row, self.model, self.evals, self.config.precision)
+                if self.bar is not None:
+                    self.bar.set_postfix(loss=f"{row['train_loss']:.2f}",
+                                         **({"val": f"{row['val_loss']:.2f}"} if "val_loss" in row else {}))
+                patience_out = self._early_stopping(row)
+                rng = _gather(self.ranks, _rng_states())
+                if self.ranks.main:
+                    _save_epoch(self.run_dir, self.model, self.opt, epoch + 1, self.best_val, self.bad_epochs, row,
+                                self.metrics_path, self.writer, rng)
+                if on_epoch is not None and _on_main(self.ranks, on_epoch, epoch + 1, self.model, row):
+                    return True  # the caller asked to stop (a sweep pruning this run, a target reached)
+                if patience_out:
+                    self._keep_best()
+                    return True
+            return False
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            if self.writer is not None:
+                self.writer.close()
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the training data; the metrics row (losses are means per example)."""
+        config, opt, bar = self.config, self.opt, self.bar
+        if config.lr_schedule == "burda":
+            _set_lr(opt, burda_lr(config.lr, epoch))
+        t0 = time.perf_counter()
+        self.model.train()
+        order = _epoch_order(self.n, config.seed, epoch)[:self.n_used][self.ranks.rank::self.ranks.world]
+        sums, names = None, []  # reconstruction, KL and the objective's terms, summed on the device
+        if bar is not None:
+            bar.reset(total=self.steps)
+            bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
+        batches = _batches(self.x_train, self.c_train, order, self.batch, self.chunk, self.device, self.dynamic)
+        for step, (xb, cb) in enumerate(batches):
+            if config.lr_schedule == "cosine":
+                _set_lr(opt, cosine_lr(config.lr, (epoch * self.steps + step) / (config.epochs * self.steps)))
+            with _autocast(self.device, config.precision):
+                out = self.objective(self.step_model, xb, cb, progress=epoch + step / self.steps)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            opt.step()
+            figures = torch.stack([t.detach().float() for t in (out.reconstruction, out.kl, *out.terms.values())])
+            if sums is None:
+                sums, names = torch.zeros_like(figures), list(out.terms)
+            sums.add_(figures, alpha=len(xb))
+            if bar is not None:
+                bar.update()
+                if step % REFRESH_STEPS == 0:
+                    bar.set_postfix(loss=f"{out.loss.item():.2f}", **{k: f"{v.item():.3g}" for k, v in out.terms.items()})
+        if self.ranks.world > 1:
+            dist.all_reduce(sums)
+        rec, kl, *terms = (sums / self.n_used).tolist()
+        if not math.isfinite(rec + kl):
+            raise CvaeError(f"training diverged in epoch {epoch + 1} (the loss is {rec + kl}); the run folder keeps "
+                            f"epoch {epoch}. Lower --lr, set --grad-clip 1.0, or check the data for extreme values")
+        return {"epoch": epoch + 1, "train_loss": rec + kl, "train_reconstruction": rec, "train_kl": kl,
+                **{f"train_{k}": v for k, v in zip(names, terms)}, **self.objective.schedule(epoch + 1),
+                "seconds": time.perf_counter() - t0}
+
+    def _early_stopping(self, row: dict) -> bool:
+        """Track the best validation loss (the negative ELBO); True when patience has run out."""
+        if "val_loss" not in row or not self.config.patience:
+            return False
+        if row["val_loss"] < self.best_val:
+            self.best_val, self.bad_epochs = row["val_loss"], 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.config.patience
+
+    def _keep_best(self) -> None:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+            if self.ranks.main:
+                save_tensors(self.run_dir / "model.safetensors", self.model.state_dict(), {"format": FORMAT})
+
+    # -- finishing -----------------------------------------------------------------------------------
+    def finish(self, stopped_early: bool) -> TrainResult:
+        summary = _on_main(self.ranks, self._final_figures, stopped_early)
+        self.info["summary"] = summary
+        self.model.eval()
+        return TrainResult(self.run_dir, self.model, self.data, self.config, summary, self.ranks.rank)
+
+    def _final_figures(self, stopped_early: bool) -> dict:
+        summary = {"epochs": _epochs_done(self.metrics_path), "stopped_early": stopped_early,
+                   "precision": self.config.precision}
+        for name, (x, c) in self.evals.items():
+            summary[name] = evaluate_elbo(self.model, x, c, precision="float32")
+        c_train = self.c_train[:10000] if self.c_train is not None else None
+        summary["train"] = evaluate_elbo(self.model, self.x_train[:10000], c_train)
+        summary["seconds_per_epoch"] = _median_seconds(self.metrics_path)
+        write_json(self.run_dir / "summary.json", summary)
+        self.info["status"] = "stopped early" if stopped_early else "finished"
+        self.info["summary"] = summary
+        write_json(self.run_dir / "config.json", self.info)
+        return summary
+
+
+def _settings(config: TrainConfig, ranks: Ranks, device: torch.device, resume: bool,
+              explicit: set[str] | None) -> TrainConfig:
+    """The settings the run trains with: the saved ones on --resume, precision and streaming resolved."""
     if resume:
         if not config.out:
             raise CvaeError("--resume needs --out RUN, the run folder to continue")
@@ -224,172 +424,24 @@ def _fit(config: TrainConfig, ranks: Ranks, device: torch.device, *, resume: boo
     if config.batch_size % ranks.world:
         raise CvaeError(f"--batch-size {config.batch_size} is the batch of all {ranks.world} processes together; "
                         f"make it a multiple of {ranks.world}")
-    torch.manual_seed(config.seed)
+    return config
 
+
+def _load(config: TrainConfig) -> DataSplits:
     if config.stream:
         if config.binarize != "none":
             raise CvaeError("--binarize needs the data in memory; binarize the .npy file beforehand or drop --stream")
-        data = load_npy_stream(config.data, condition=config.condition, val_fraction=config.val_fraction,
+        return load_npy_stream(config.data, condition=config.condition, val_fraction=config.val_fraction,
                                seed=config.seed, limit=config.limit)
-    else:
-        data = load_data(config.data, data_dir=config.data_dir, condition=config.condition,
-                         val_fraction=config.val_fraction, seed=config.seed, binarize=config.binarize,
-                         limit=config.limit, data_layout=config.data_layout, image_size=_image_size(config.image_size))
-    model_config = model_config_for(config, data)
-    run_dir = _on_main(ranks, _run_folder, config, data.name, resume, overwrite)
-    config = config.replace(out=str(run_dir))
+    return load_data(config.data, data_dir=config.data_dir, condition=config.condition,
+                     val_fraction=config.val_fraction, seed=config.seed, binarize=config.binarize,
+                     limit=config.limit, data_layout=config.data_layout,
+                     image_size=parse_image_size(config.image_size))
 
-    # -- the model, the optimizer and, on --resume, their saved state ---------------------------------
-    model = CVAE(model_config).to(device)
-    if data.standardize:
-        model.x_loc.copy_(torch.from_numpy(data.loc))
-        model.x_scale.copy_(torch.from_numpy(data.scale))
-    opt = _optimizer(model, config, device)
-    start_epoch, best_val, bad_epochs, best_state = 0, math.inf, 0, None
-    if resume:
-        state = _on_main(ranks, _read_trainer_state, run_dir)
-        start_epoch, best_val, bad_epochs = _restore(state, model, opt, ranks.rank)
-        if start_epoch >= config.epochs:
-            raise CvaeError(f"{run_dir} has already trained {start_epoch} epochs; pass --epochs N with N > {start_epoch} to go on")
-    elif ranks.rank:
-        torch.manual_seed(config.seed + ranks.rank)  # its own noise; the weights come from rank 0
-    step_model = model
-    if ranks.world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel
-        constant_buffers = {"forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters
-                            else "broadcast_buffers": False}  # x_loc, x_scale never change: sync them once
-        step_model = ddp(model, device_ids=[device] if device.type == "cuda" else None, **constant_buffers)
-    if config.compile:
-        step_model = torch.compile(step_model)
 
-    # -- the data: on the device once, or read from its memory map a chunk at a time -----------------
-    schema = data.schema
-    x_train = data.train.x.to(device)
-    c_train = schema.encode(data.train.y).to(device) if schema else None
-    dynamic = config.binarize == "dynamic"
-    evals = {}
-    for name, part in (("val", data.val), ("test", data.test)):
-        if part is not None and ranks.main:
-            x = _fixed_binarization(part.x, 1234) if dynamic else part.x
-            evals[name] = (x.to(device), schema.encode(part.y).to(device) if schema else None)
-
-    info = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model": model_config.to_dict(),
-        "train": config.to_dict(),
-        "data": {
-            "name": data.name, "kind": data.kind, "source": config.data, "data_shape": list(data.data_shape),
-            "binary": data.binary, "standardize": data.standardize, "n_train": len(data.train),
-            "n_val": len(data.val) if data.val else 0, "n_test": len(data.test) if data.test else 0,
-            **{k: v for k, v in data.meta.items() if k in ("features",)},
-        },
-        "execution": {"processes": ranks.world, "device": str(device), "threads": torch.get_num_threads(),
-                      "native_bfloat16": native_bfloat16(device)},
-        "status": "running",
-    }
-    metrics_path = run_dir / "metrics.jsonl"
-    writer = None
-    if ranks.main:
-        write_json(run_dir / "config.json", info)
-        _truncate_metrics(metrics_path, start_epoch)
-        writer = _tensorboard(run_dir) if config.tensorboard else None
-
-    # -- the loop: each process takes every world-th example of the epoch's order --------------------
-    n, batch = len(x_train), config.batch_size // ranks.world
-    n_used = n - n % ranks.world  # the same number of examples for every process
-    steps = math.ceil(n_used / config.batch_size)
-    chunk = n_used if isinstance(x_train, torch.Tensor) else max(batch, CHUNK_BYTES // x_train.row_bytes // batch * batch)
-    bar = _progress(config, steps) if ranks.main else None
-    stopped_early = False
-    cosine = config.lr_schedule == "cosine"
-    for epoch in range(start_epoch, config.epochs):
-        if config.lr_schedule == "burda":
-            for group in opt.param_groups:
-                group["lr"] = burda_lr(config.lr, epoch)
-        t0 = time.perf_counter()
-        model.train()
-        order = _epoch_order(n, config.seed, epoch)[:n_used][ranks.rank::ranks.world]
-        sums = torch.zeros(2, device=device)  # reconstruction, KL: summed over examples on the device
-        if bar is not None:
-            bar.reset(total=steps)
-            bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
-        for step, (xb, cb) in enumerate(_batches(x_train, c_train, order, batch, chunk, device, dynamic)):
-            kl_w = kl_warmup(epoch + step / steps, config.kl_warmup)
-            if cosine:
-                for group in opt.param_groups:
-                    group["lr"] = cosine_lr(config.lr, (epoch * steps + step) / (config.epochs * steps))
-            with _autocast(device, config.precision):
-                if config.objective == "iwae":
-                    out = iwae(step_model, xb, cb, k=config.iwae_k)
-                else:
-                    out = elbo(step_model, xb, cb, beta=config.beta, kl_weight=kl_w)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            opt.step()
-            sums.add_(torch.stack([out.reconstruction, out.kl]).detach(), alpha=len(xb))
-            if bar is not None:
-                bar.update()
-                if step % REFRESH_STEPS == 0:
-                    bar.set_postfix(loss=f"{out.loss.item():.2f}")
-        if ranks.world > 1:
-            dist.all_reduce(sums)
-        train_rec, train_kl = (sums / n_used).tolist()
-        train_loss = train_rec + train_kl
-        if not math.isfinite(train_loss):
-            raise CvaeError(f"training diverged in epoch {epoch + 1} (the loss is {train_loss}); the run folder keeps "
-                            f"epoch {epoch}. Lower --lr, set --grad-clip 1.0, or check the data for extreme values")
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "train_reconstruction": train_rec, "train_kl": train_kl,
-               "kl_weight": kl_warmup(epoch + 1, config.kl_warmup), "seconds": seconds}
-        row = _on_main(ranks, _with_validation, row, model, evals, config.precision)
-        if bar is not None:
-            bar.set_postfix(loss=f"{train_loss:.2f}", **({"val": f"{row['val_loss']:.2f}"} if "val_loss" in row else {}))
-        # early stopping on the validation loss (the negative ELBO)
-        if "val_loss" in row and config.patience:
-            if row["val_loss"] < best_val:
-                best_val, bad_epochs = row["val_loss"], 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad_epochs += 1
-        rng = _gather(ranks, _rng_states())
-        if ranks.main:
-            _save_epoch(run_dir, model, opt, epoch + 1, best_val, bad_epochs, row, metrics_path, writer, rng)
-        if on_epoch is not None and _on_main(ranks, on_epoch, epoch + 1, model, row):
-            stopped_early = True  # the caller asked to stop (a sweep pruning this run, a target reached)
-            break
-        if config.patience and bad_epochs >= config.patience:
-            stopped_early = True
-            if best_state is not None:
-                model.load_state_dict(best_state)
-                if ranks.main:
-                    save_tensors(run_dir / "model.safetensors", model.state_dict(), {"format": FORMAT})
-            break
-    if bar is not None:
-        bar.close()
-    if writer is not None:
-        writer.close()
-
-    # -- the final figures ---------------------------------------------------------------------------
-    def final_figures() -> dict:
-        summary = {"epochs": _epochs_done(metrics_path), "stopped_early": stopped_early, "precision": config.precision}
-        for name, (x, c) in evals.items():
-            summary[name] = evaluate_elbo(model, x, c, precision="float32")
-        summary["train"] = evaluate_elbo(model, x_train[:10000], c_train[:10000] if c_train is not None else None)
-        summary["seconds_per_epoch"] = _median_seconds(metrics_path)
-        write_json(run_dir / "summary.json", summary)
-        info["status"] = "stopped early" if stopped_early else "finished"
-        info["summary"] = summary
-        write_json(run_dir / "config.json", info)
-        return summary
-
-    summary = _on_main(ranks, final_figures)
-    info["summary"] = summary
-    model.eval()
-    model.run_dir, model.run_config = run_dir, info
-    return TrainResult(run_dir, model, data, config, summary, ranks.rank)
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -416,18 +468,6 @@ def _with_validation(row: dict, model: CVAE, evals: dict, precision: str) -> dic
         v = evaluate_elbo(model, *evals["val"], precision=precision)
         row = dict(row, val_loss=v["loss"], val_reconstruction=v["reconstruction"], val_kl=v["kl"])
     return row
-
-
-def _image_size(text):
-    if not text:
-        return None
-    try:
-        h, w = (int(v) for v in str(text).lower().split("x"))
-        if h < 1 or w < 1:
-            raise ValueError
-        return h, w
-    except ValueError:
-        raise CvaeError(f"--image-size must look like 28x28 (height x width), not {text!r}") from None
 
 
 def _too_big_for_memory(source: str, device: torch.device) -> bool:
@@ -620,6 +660,14 @@ def _gather(ranks: Ranks, obj) -> list:
     out = [None] * ranks.world
     dist.all_gather_object(out, obj)
     return out
+
+
+@contextmanager
+def _own_rng(device: torch.device):
+    """Seed and use the global random-number generators inside, restore them afterwards: training
+    leaves no process-wide trace on the caller's random state."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        yield
 
 
 @contextmanager

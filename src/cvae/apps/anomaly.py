@@ -31,7 +31,7 @@ import torch
 from ..data.core import read_source
 from ..data.sources import read_csv_table
 from ..errors import CvaeError
-from ..model import CVAE
+from ..models import CVAE
 from ..objectives import iwae_bound
 from ..plots import save_score_histogram
 from ..runs import load_model, write_json
@@ -55,7 +55,7 @@ def _scores_model_units(model: CVAE, x: torch.Tensor, c: torch.Tensor | None, me
         return -iwae_bound(model, x, c, k=k, chunk=min(k, 100))
     z = qz.rsample((samples,))  # (S, B, D)
     rec = -model.p_x(z, c).log_prob(x).mean(0)  # (B,)
-    return rec + qz.kl(model.p_z(c))
+    return rec + model.prior.kl(qz, z, c).mean(0)
 
 
 def anomaly_scores(model: CVAE, x, y=None, *, method: str = "elbo", k: int = 100, samples: int = 10,

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import CvaeError
-from ..model import CVAE
+from ..models import CVAE
 from .io import Inputs, write_array_output
 
 

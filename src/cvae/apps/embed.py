@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import CvaeError
-from ..model import CVAE
+from ..models import CVAE
 from ..plots import save_latent_map
 from .io import Inputs, conditions_of, csv_cell, read_inputs, write_csv
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CvaeError
-from ..model import CVAE
+from ..models import CVAE
 from ..plots import save_feature_histograms, save_image_grid, save_signals
 from .io import read_inputs, write_array_output
 

@@ -13,7 +13,7 @@ import torch
 from ..data.core import read_source
 from ..data.sources import IMAGE_SUFFIXES
 from ..errors import CvaeError
-from ..model import CVAE
+from ..models import CVAE
 
 
 @dataclass

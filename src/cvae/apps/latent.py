@@ -23,7 +23,7 @@ import torch
 
 from ..conditions import parse_assignments
 from ..errors import CvaeError
-from ..model import CVAE
+from ..models import CVAE
 from ..plots import save_image_grid, save_signals
 from .io import write_array_output
 
@@ -170,9 +170,10 @@ def interpolate_conditions(model: CVAE, condition_from, condition_to, *, steps: 
     """Keep the code z and move the condition from ``condition_from`` to ``condition_to``.
 
     The codes are the posterior means of the inputs ``x`` (encoded with their conditions ``y``) when
-    given, else ``n`` draws from the prior (with a learned prior p(z | c): the same standard-normal
-    draw eps, z = mu(c) + sigma(c) * eps, as the condition moves). The condition vector moves
-    linearly (one-hot blocks blend).
+    given, else ``n`` draws in the prior's own units: the same standard-normal draw eps at every
+    step, z = centre(c) + spread(c) * eps, with the centre and spread that the prior defines
+    (``Prior.spread``: its mean and standard deviation), as the condition moves. The condition
+    vector moves linearly (one-hot blocks blend).
     """
     if not model.schema:
         raise CvaeError("this model is a plain VAE (no condition); interpolate between two inputs instead")
@@ -191,11 +192,8 @@ def interpolate_conditions(model: CVAE, condition_from, condition_to, *, steps: 
             raise CvaeError(f"--n must be at least 1, got {n}")
         g = torch.Generator().manual_seed(seed)
         eps = torch.randn((n, model.config.latent_dim), generator=g)
-        pz = model.p_z(c.to(model.device))
-        if pz is None:
-            z = eps[:, None].expand(-1, len(t), -1)
-        else:
-            z = pz.mu.cpu()[None] + pz.std.cpu()[None] * eps[:, None]
+        centre, spread = model.prior.spread(c.to(model.device), len(t))  # (S, D) each
+        z = centre.cpu()[None] + spread.cpu()[None] * eps[:, None]
         labels = [f"z{i}" for i in range(n)]
     xs = _decode(model, z, c[None])
     a, b = model.schema.describe(ya[0]), model.schema.describe(yb[0])
@@ -237,11 +235,12 @@ def kl_per_dimension(model: CVAE, x, y=None, *, batch_size: int = 500) -> torch.
     if model.schema and y is None:
         raise CvaeError("the examples' conditions are needed to measure the KL of a conditional model")
     total = torch.zeros(model.config.latent_dim, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)  # the draws of a prior without a per-dimension closed form
     for i in range(0, len(x), batch_size):
         yb = None if y is None else y[i:i + batch_size]
         qz = model.encode(x[i:i + batch_size], yb)
-        pz = model.p_z(_c(model, yb)) if model.schema else None
-        total += qz.kl_per_dim(pz).double().sum(0).cpu()
+        z = qz.mu + qz.std * torch.randn(qz.mu.shape, generator=g).to(qz.mu.device)
+        total += model.prior.kl_per_dim(qz, z, _c(model, yb) if model.schema else None).double().sum(0).cpu()
     return (total / len(x)).float()
 
 
@@ -300,9 +299,7 @@ def traverse(model: CVAE, *, kl: torch.Tensor, dims: Sequence[int] | None = None
         base = torch.zeros((n, d_all)) if n == 1 else torch.randn((n, d_all), generator=torch.Generator().manual_seed(seed))
         labels = ["prior mean"] if n == 1 else [f"z{i}" for i in range(n)]
     c = _c(model, y_dec)
-    pz = model.p_z(c) if c is not None else None
-    mu_p = pz.mu.cpu() if pz is not None else torch.zeros_like(base)
-    sd_p = pz.std.cpu() if pz is not None else torch.ones_like(base)
+    mu_p, sd_p = (t.cpu() for t in model.prior.spread(c, len(base)))  # the prior's centre and spread
     if x is None:
         base = mu_p + sd_p * base  # prior mean / draws in the prior's own units
     b = len(base)

@@ -27,10 +27,15 @@ HELP = {
     "condition_at": "MLP layer at which the condition joins (0 = input, 1 = after the first hidden layer, -1 = every layer)",
     "likelihood": "bernoulli | gaussian | gaussian-learned (default: bernoulli for images, gaussian-learned otherwise)",
     "sigma": "decoder standard deviation (gaussian) or its initial value (gaussian-learned)",
-    "prior": "auto (default: conditional when the model has a condition, else standard) | standard (N(0, I)) | conditional (a learned Gaussian p(z | c))",
+    "prior": "auto (default: conditional when the model has a condition, else standard) | standard (N(0, I)) | "
+             "conditional (a learned Gaussian p(z | c)) | mog (a learned mixture of Gaussians) | vamp (VampPrior, "
+             "Tomczak & Welling 2018), or any registered prior",
+    "prior_components": "components K of a mixture prior (default: mog 10, vamp 500 pseudo-inputs)",
+    "free_bits": "free bits (Kingma et al., 2016): nats per latent dimension below which the ELBO's KL is not pressed",
     "beta": "weight of the KL term: 1 is the VAE, >1 the beta-VAE (Higgins et al., 2017), 0 an autoencoder",
-    "objective": "elbo (default) | iwae: the importance-weighted bound of Burda et al. (2015) with --iwae-k samples",
-    "iwae_k": "samples per example of --objective iwae (default 5)",
+    "objective": "elbo (default) | iwae: the importance-weighted bound of Burda et al. (2015) with --iwae-k samples "
+                 "| dreg: the same bound with doubly reparameterised encoder gradients (Tucker et al., 2019)",
+    "iwae_k": "samples per example of --objective iwae or dreg (default 5)",
     "kl_warmup": "epochs of linear KL annealing from 0 to 1 (Bowman et al., 2016)",
     "epochs": "epochs to train", "batch_size": "examples per step", "lr": "Adam learning rate (the peak of the schedule)",
     "lr_schedule": "cosine (default: from --lr down to 0 over --epochs, step by step) | constant | "

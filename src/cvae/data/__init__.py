@@ -5,7 +5,14 @@ condition codes ``y`` (N, A) for train / validation / test, with the schema, the
 the settings the model needs (likelihood, standardisation).
 """
 
-from .core import Dataset, DataSplits, load_data
+from .core import (
+    EVALUATION_SEED,
+    Dataset,
+    DataSplits,
+    fixed_binarization,
+    load_data,
+    parse_image_size,
+)
 from .sources import NAMED_SOURCES
 
-__all__ = ["DataSplits", "Dataset", "load_data", "NAMED_SOURCES"]
+__all__ = ["EVALUATION_SEED", "DataSplits", "Dataset", "fixed_binarization", "load_data", "parse_image_size", "NAMED_SOURCES"]

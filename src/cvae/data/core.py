@@ -229,3 +229,26 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
                 part.x = torch.bernoulli(part.x, generator=g)
         splits.binary = True
     return splits
+
+
+EVALUATION_SEED = 1234  # the fixed binarization of held-out images of a dynamically binarized run
+
+
+def fixed_binarization(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """0/1 images drawn once from grey levels with a fixed seed (held-out images of a run trained
+    with dynamic binarization are scored on one such draw)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.bernoulli(x.cpu(), generator=g).to(x.device)
+
+
+def parse_image_size(text) -> tuple[int, int] | None:
+    """``"28x28"`` -> (28, 28); None or empty -> None."""
+    if not text:
+        return None
+    try:
+        h, w = (int(v) for v in str(text).lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+        return h, w
+    except ValueError:
+        raise CvaeError(f"--image-size must look like 28x28 (height x width), not {text!r}") from None

@@ -1,0 +1,162 @@
+"""The user-facing layer shared by every model class, and the registry of model classes.
+
+A model class implements the maths: ``q_z(x, c)`` (the encoder's posterior), ``p_x(z, c)`` (the
+decoder's likelihood), a ``prior`` module (:mod:`cvae.priors`) and ``forward(x, c, samples)``
+returning a :class:`ModelOutput`. Everything a user calls (friendly conditions such as
+``"label=7"``, data units, ``encode``, ``decode``, ``sample``, ``reconstruct``) lives here once,
+over every class. Register a class with ``@MODELS.register("name")``; ``config.json`` names it
+(``model.model_class``) and ``cvae.load`` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..conditions import ConditionSchema
+from ..errors import CvaeError
+from ..registry import Registry
+from .config import ModelConfig
+
+MODELS = Registry("model class")
+
+
+@dataclass
+class RunInfo:
+    """Where a model came from: its run folder and the contents of its ``config.json``."""
+
+    dir: Path | None = None
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
+class ModelOutput:
+    """One forward pass: q(z | x, c), the sampled code(s) z, p(x | z, c), and the prior at c."""
+
+    qz: object  # q(z | x, c): a DiagonalGaussian
+    z: torch.Tensor  # (B, latent) or (S, B, latent)
+    px: object  # p(x | z, c)
+    c: torch.Tensor | None
+    prior: nn.Module
+
+    def kl(self) -> torch.Tensor:
+        """KL(q(z | x, c) || p(z | c)) per example (and sample): the prior decides how."""
+        return self.prior.kl(self.qz, self.z, self.c)
+
+    def log_prior(self) -> torch.Tensor:
+        """log p(z | c) at the sampled code(s)."""
+        return self.prior.log_prob(self.z, self.c)
+
+
+class VAEModel(nn.Module):
+    """Base of every model class: the user's interface over the class's maths."""
+
+    config_class = ModelConfig
+    name = "?"
+
+    def __init__(self, config: ModelConfig, *, run: RunInfo | None = None):
+        super().__init__()
+        self.config = config
+        self.schema = ConditionSchema.from_dict(config.schema)
+        self.run = run or RunInfo()
+        # Data units <-> model units: x_model = (x - x_loc) / x_scale (identity unless standardize).
+        self.register_buffer("x_loc", torch.zeros(config.data_shape), persistent=config.standardize)
+        self.register_buffer("x_scale", torch.ones(config.data_shape), persistent=config.standardize)
+
+    # -- what a model class implements ------------------------------------------------------------
+    def q_z(self, x: torch.Tensor, c: torch.Tensor | None = None):
+        raise NotImplementedError
+
+    def p_x(self, z: torch.Tensor, c: torch.Tensor | None = None):
+        raise NotImplementedError
+
+    def sample_z(self, n: int, c: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n codes from the prior p(z | c)."""
+        return self.prior.sample(n, c, generator)
+
+    # -- where the model came from ----------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path | None:
+        return self.run.dir
+
+    @property
+    def run_config(self) -> dict:
+        return self.run.config
+
+    # -- the user's interface ---------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.x_loc.device
+
+    def condition_vector(self, condition=None, n: int | None = None) -> torch.Tensor | None:
+        """Friendly conditions -> the encoded vector c (N, schema.dim) on the model's device."""
+        if not self.schema:
+            if condition not in (None, "", "none", {}):
+                raise CvaeError("this model is a plain VAE (no condition); leave the condition out")
+            return None
+        return self.schema.encode(self.schema.parse(condition, n)).to(self.device)
+
+    def to_model_units(self, x) -> torch.Tensor:
+        """Data-unit inputs (any array, shape checked, NaN refused) -> the model's units (standardised
+        where the model standardises), the inverse of :meth:`to_data_units`."""
+        x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+        shape = self.config.data_shape
+        if tuple(x.shape[1:]) != shape:
+            if x.shape[1:].numel() == math.prod(shape):
+                x = x.reshape(-1, *shape)
+            else:
+                raise CvaeError(f"inputs have shape {tuple(x.shape[1:])} per example; this model expects {shape}")
+        if not torch.isfinite(x).all():
+            raise CvaeError("inputs contain NaN or infinite values; clean or drop those examples")
+        return (x - self.x_loc) / self.x_scale if self.config.standardize else x
+
+    def set_units(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
+        """The data's feature means and deviations (a standardising model keeps them with its weights)."""
+        self.x_loc.copy_(loc)
+        self.x_scale.copy_(scale)
+
+    def to_data_units(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.x_scale + self.x_loc if self.config.standardize else x
+
+    @torch.no_grad()
+    def encode(self, x, condition=None):
+        """q(z | x, c) for a batch of inputs (in the model's data units)."""
+        x = self.to_model_units(x)
+        return self.q_z(x, self.condition_vector(condition, len(x)))
+
+    @torch.no_grad()
+    def decode(self, z, condition=None, *, mean: bool = True) -> torch.Tensor:
+        """Decode latent codes: the mean of p(x | z, c) (or a draw from it with ``mean=False``)."""
+        z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
+        px = self.p_x(z, self.condition_vector(condition, len(z)))
+        return self.to_data_units(px.mean if mean else px.sample())
+
+    @torch.no_grad()
+    def sample(self, n: int | None = None, condition=None, *, mean: bool = True,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw z ~ p(z | c) and decode. Leaving a categorical condition out cycles through its classes."""
+        c = self.condition_vector(condition, n)
+        n = len(c) if c is not None and n is None else (n or 1)
+        px = self.p_x(self.sample_z(n, c, generator), c)
+        return self.to_data_units(px.mean if mean else px.sample())
+
+    @torch.no_grad()
+    def reconstruct(self, x, condition=None, *, sample_z: bool = False) -> torch.Tensor:
+        """Encode then decode (the posterior mean by default): the mean of p(x | z, c)."""
+        x = self.to_model_units(x)
+        c = self.condition_vector(condition, len(x))
+        qz = self.q_z(x, c)
+        return self.to_data_units(self.p_x(qz.rsample() if sample_z else qz.mu, c).mean)
+
+
+def build_model(config: ModelConfig | dict, *, run: RunInfo | None = None) -> VAEModel:
+    """The registered class that ``config`` names, built from it."""
+    name = config.get("model_class", "cvae") if isinstance(config, dict) else config.model_class
+    cls = MODELS.get(name)
+    if isinstance(config, dict):
+        config = cls.config_class.from_dict(config)
+    return cls(config, run=run)

@@ -1,0 +1,74 @@
+"""Objectives: registered parts that turn a forward pass into a loss and named figures.
+
+An objective is built from the training settings (``Objective.from_config``) and called as
+``objective(model, x, c, progress=epochs_done)``; it returns one :class:`ObjectiveOutput`: the loss
+to minimise, the ELBO's two parts (so that runs of every objective report comparable figures) and
+a dict of named extra terms. The training loop logs every term to ``metrics.jsonl``, TensorBoard
+and the progress bar without knowing what they are; :meth:`Objective.schedule` gives the values of
+the objective's schedules (a KL weight) at the end of each epoch for the same logs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import CvaeError
+from ..registry import Registry
+
+OBJECTIVES = Registry("objective", flag="--objective")
+
+# Training settings that belong to some objectives only: (setting, its neutral value, flag).
+OBJECTIVE_SETTINGS = (("beta", 1.0, "--beta"), ("kl_warmup", 0.0, "--kl-warmup"),
+                      ("free_bits", 0.0, "--free-bits"), ("iwae_k", 5, "--iwae-k"))
+
+
+@dataclass
+class ObjectiveOutput:
+    """Per-batch results. ``loss`` is what is minimised; the rest are means per example, in nats."""
+
+    loss: torch.Tensor  # scalar
+    reconstruction: torch.Tensor  # scalar, E_q[-log p(x | z, c)]
+    kl: torch.Tensor  # scalar, KL(q || p) (unweighted)
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # named extra scalars, logged
+
+    @property
+    def neg_elbo(self) -> torch.Tensor:
+        return self.reconstruction + self.kl
+
+
+class Objective:
+    """Base class. ``uses`` names the training settings (of :data:`OBJECTIVE_SETTINGS`) it reads."""
+
+    name: str = "?"
+    uses: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config) -> Objective:
+        """Build from a TrainConfig (or anything with its attributes); a setting the objective does
+        not read must keep its neutral value, so that a flag is never silently ignored."""
+        for key, neutral, flag in OBJECTIVE_SETTINGS:
+            if key not in cls.uses and getattr(config, key, neutral) != neutral:
+                users = [n for n, o in OBJECTIVES.items() if key in o.uses]
+                raise CvaeError(f"{flag} does not apply to --objective {cls.name} (it is read by "
+                                f"{', '.join(users) or 'no objective'}); leave it out or change the objective")
+        return cls(**{key: getattr(config, key) for key in cls.uses})
+
+    def __call__(self, model, x: torch.Tensor, c: torch.Tensor | None, *, progress: float = 0.0) -> ObjectiveOutput:
+        raise NotImplementedError
+
+    def schedule(self, progress: float) -> dict[str, float]:
+        """Scheduled values at ``progress`` epochs (logged once per epoch)."""
+        return {}
+
+
+def build_objective(name: str, config) -> Objective:
+    return OBJECTIVES.get(name).from_config(config)
+
+
+def kl_warmup(epoch: float, warmup_epochs: float) -> float:
+    """Linear KL annealing from 0 to 1 over ``warmup_epochs`` (Bowman et al. 2016); 1 when 0."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return float(min(1.0, max(0.0, epoch / warmup_epochs)))
