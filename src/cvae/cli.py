@@ -42,10 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if not debug:
-        warnings.filterwarnings("ignore", category=UserWarning)
     try:
-        result = args.func(args)
+        with warnings.catch_warnings():  # scoped to the command: the caller's filters come back afterwards
+            if not debug:
+                warnings.simplefilter("ignore", category=UserWarning)
+            result = args.func(args)
         return int(result or 0)
     except CvaeError as e:
         if debug:

@@ -39,7 +39,7 @@ class Prior(nn.Module):
     name: str = "?"
     options: dict = {}
     analytic_kl: bool = False
-    factorized: bool = False  # kl_per_dim sums to kl
+    factorized: bool = False  # kl_per_dim sums to kl; both are shaped like the draws z they are given
     needs_condition: bool = False
 
     def __init__(self, latent_dim: int, cond_dim: int, context=None, **options):
@@ -87,7 +87,7 @@ class GaussianPrior(Prior):
         return qz.kl(self.distribution(c)).float().expand(z.shape[:-1])
 
     def kl_per_dim(self, qz, z, c=None):
-        return qz.kl_per_dim(self.distribution(c)).float()
+        return qz.kl_per_dim(self.distribution(c)).float().expand(z.shape)
 
 
 def build_prior(name: str, latent_dim: int, cond_dim: int, context=None, options: dict | None = None) -> Prior:

@@ -1,0 +1,228 @@
+"""The shared conformance suite over every registered part: each prior x likelihood x objective that
+fits together trains a step, keeps its gradients finite, samples, scores, saves and reloads, and each
+prior's KL agrees with its Monte-Carlo estimate. A part that a user registers (examples/) runs here
+like a built-in one."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import cvae
+from cvae.cli import main
+from cvae.conditions import Attribute, ConditionSchema
+from cvae.distributions import DiagonalGaussian, GaussianMixture
+from cvae.evaluate import importance_sampled
+from cvae.likelihoods import LIKELIHOODS
+from cvae.models import MODELS, ModelConfig, build_model
+from cvae.objectives import OBJECTIVES, build_objective
+from cvae.priors import PRIORS
+from cvae.runs import load_tensors, save_tensors
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("laplace_prior", ROOT / "examples" / "laplace_prior.py")
+laplace_prior = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(laplace_prior)  # registers --prior laplace, as a user's own module would
+
+SCHEMA = ConditionSchema([Attribute("label", "categorical", ["a", "b", "c"])])
+SHAPE = (1, 4, 4)
+
+
+class Settings:
+    beta, kl_warmup, free_bits, iwae_k = 1.0, 0.0, 0.0, 5
+
+    def __init__(self, objective):
+        if "iwae_k" in OBJECTIVES.get(objective).uses:
+            self.iwae_k = 3
+
+
+def make(prior, likelihood, conditioned, **over):
+    torch.manual_seed(0)
+    schema = SCHEMA if conditioned else ConditionSchema()
+    options = {"components": 4} if "components" in PRIORS.get(prior).options else {}
+    over = {"prior_options": options, **over}
+    config = ModelConfig(data_shape=SHAPE, schema=schema.to_dict(), hidden=[16], latent_dim=3, prior=prior,
+                         likelihood=likelihood, **over)
+    return build_model(config)
+
+
+def batch(n=6, conditioned=True):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((n, *SHAPE), generator=g).round()
+    c = SCHEMA.encode(torch.arange(n).remainder(3).float().unsqueeze(1)) if conditioned else None
+    return x, c
+
+
+COMBOS = [(p, lik, obj, cond) for p in PRIORS for lik in LIKELIHOODS for obj in OBJECTIVES for cond in (True, False)
+          if cond or not PRIORS.get(p).needs_condition]
+
+
+@pytest.mark.parametrize("prior,likelihood,objective,conditioned", COMBOS)
+def test_every_compatible_combination_trains_samples_scores_and_reloads(prior, likelihood, objective, conditioned,
+                                                                       tmp_path):
+    model = make(prior, likelihood, conditioned)
+    x, c = batch(conditioned=conditioned)
+    obj = build_objective(objective, Settings(objective))
+    out = obj(model, x, c, progress=0.5)
+    assert math.isfinite(out.loss.item()) and math.isfinite(out.neg_elbo.item())
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    cond = "label=b" if conditioned else None
+    assert model.sample(5, cond, generator=torch.Generator().manual_seed(1)).shape == (5, *SHAPE)
+    res = importance_sampled(model, x, c, k=8, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(res.log_likelihood).all() and torch.isfinite(res.kl).all()
+    mean, std = model.prior.spread(c, len(x))
+    assert mean.shape == std.shape == (len(x), 3) and (std > 0).all()
+    save_tensors(tmp_path / "m.safetensors", model.state_dict())
+    again = build_model(model.config.to_dict())
+    again.load_state_dict(load_tensors(tmp_path / "m.safetensors"))
+    assert type(again) is type(model)
+    torch.manual_seed(4)
+    a = obj(model, x, c).neg_elbo
+    torch.manual_seed(4)
+    assert torch.equal(a, obj(again, x, c).neg_elbo)
+
+
+@pytest.mark.parametrize("prior", sorted(PRIORS))
+@pytest.mark.parametrize("conditioned", [True, False])
+def test_prior_kl_agrees_with_its_monte_carlo_estimate(prior, conditioned):
+    if conditioned is False and PRIORS.get(prior).needs_condition:
+        pytest.skip("this prior needs a condition")
+    model = make(prior, "bernoulli", conditioned)
+    with torch.no_grad():
+        for p in model.prior.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x, c = batch(conditioned=conditioned)
+    with torch.no_grad():
+        qz = model.q_z(x, c)
+        z = qz.rsample((20000,))
+        mc = model.prior.kl_monte_carlo(qz, z, c)  # (S, B)
+        kl = model.prior.kl(qz, z, c)  # analytic, or the same estimate
+        se = mc.std(0) / math.sqrt(len(mc))
+        assert ((kl.mean(0) - mc.mean(0)).abs() < 4 * se + 1e-3).all()
+        per_dim = model.prior.kl_per_dim(qz, z, c)
+        if model.prior.factorized:
+            assert torch.allclose(per_dim.sum(-1).mean(0), kl.mean(0), atol=4 * float(se.max()) + 1e-3)
+        drawn = model.prior.sample(4000, None if c is None else c[:1].expand(4000, -1),
+                                   torch.Generator().manual_seed(0))
+        mean, std = model.prior.spread(None if c is None else c[:1], 1)
+        assert torch.allclose(drawn.mean(0), mean[0], atol=0.15) and torch.allclose(drawn.std(0), std[0], rtol=0.1)
+
+
+def test_gaussian_mixture_matches_torch_distributions():
+    torch.manual_seed(0)
+    k, d = 5, 3
+    mu, logvar, logits = torch.randn(k, d), torch.randn(k, d) * 0.3, torch.randn(k)
+    ref = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=logits),
+                                                torch.distributions.Independent(torch.distributions.Normal(
+                                                    mu, (0.5 * logvar).exp()), 1))
+    z = torch.randn(7, 2, d)
+    assert torch.allclose(GaussianMixture(mu, logvar, logits).log_prob(z), ref.log_prob(z), atol=1e-4)
+    # one mixture per example (B = 2) against z of (S, B, D)
+    mu2, lv2, lg2 = torch.randn(2, k, d), torch.randn(2, k, d) * 0.3, torch.randn(2, k)
+    mix = GaussianMixture(mu2, lv2, lg2)
+    for b in range(2):
+        ref = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=lg2[b]),
+                                                    torch.distributions.Independent(torch.distributions.Normal(
+                                                        mu2[b], (0.5 * lv2[b]).exp()), 1))
+        assert torch.allclose(mix.log_prob(z)[:, b], ref.log_prob(z[:, b]), atol=1e-4)
+    one = GaussianMixture(mu[:1], logvar[:1], logits[:1])
+    assert torch.allclose(one.log_prob(z), DiagonalGaussian(mu[0], logvar[0]).log_prob(z), atol=1e-4)
+
+
+def test_dreg_has_the_iwae_value_and_decoder_gradient_and_its_own_encoder_gradient():
+    model = make("standard", "bernoulli", True)
+    x, c = batch()
+
+    def grads(name, k):
+        model.zero_grad()
+        torch.manual_seed(7)
+        out = OBJECTIVES.get(name)(k)(model, x, c)
+        out.loss.backward()
+        return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    for k in (1, 5):
+        iw_loss, iw = grads("iwae", k)
+        dr_loss, dr = grads("dreg", k)
+        assert torch.allclose(iw_loss, dr_loss, atol=1e-5)
+        for n in iw:
+            if n.startswith("decoder"):
+                assert torch.allclose(iw[n], dr[n], atol=1e-5), n
+        assert not torch.allclose(iw["encoder.net.layers.0.weight"], dr["encoder.net.layers.0.weight"])
+    # k = 1: w = 1, so DReG's encoder gradient is that of log p(x, z) - log q(z) with q's parameters held
+    # fixed in the density (the 'sticking the landing' estimator of Roeder et al. 2017)
+    model.zero_grad()
+    torch.manual_seed(7)
+    out = model(x, c, samples=1)
+    qz = out.qz
+    held = DiagonalGaussian(qz.mu.detach(), qz.logvar.detach())
+    (-(out.px.log_prob(x) + out.log_prior() - held.log_prob(out.z)).mean()).backward()
+    stl = {n: p.grad.clone() for n, p in model.named_parameters()}
+    _, dr1 = grads("dreg", 1)
+    for n in stl:
+        assert torch.allclose(stl[n], dr1[n], atol=1e-5), n
+
+
+def test_free_bits_hold_the_kl_term_at_lambda_per_dimension():
+    model = make("conditional", "bernoulli", True)
+    x, c = batch()
+    elbo_fb = OBJECTIVES.get("elbo")(free_bits=50.0)
+    torch.manual_seed(0)
+    out = elbo_fb(model, x, c)
+    assert out.terms["kl_free_bits"].item() == pytest.approx(50.0 * 3)
+    assert out.loss.item() == pytest.approx(out.reconstruction.item() + 150.0, rel=1e-5)
+    mog = make("mog", "bernoulli", True)
+    torch.manual_seed(0)
+    out = elbo_fb(mog, x, c)  # a mixture: all dimensions form one group
+    assert out.terms["kl_free_bits"].item() == pytest.approx(150.0)
+    torch.manual_seed(0)
+    small = OBJECTIVES.get("elbo")(free_bits=1e-6)(model, x, c)
+    assert small.loss.item() == pytest.approx((small.reconstruction + small.kl).item(), rel=1e-5)
+
+
+def test_registries_refuse_unknown_names_and_options():
+    with pytest.raises(cvae.CvaeError, match="unknown prior 'gamma'.*standard"):
+        ModelConfig(data_shape=SHAPE, prior="gamma")
+    with pytest.raises(cvae.CvaeError, match="prior 'standard' has no option"):
+        make("standard", "bernoulli", False, prior_options={"components": 3})
+    with pytest.raises(cvae.CvaeError, match="unknown model class"):
+        build_model({"model_class": "nvae", "data_shape": [1, 4, 4]})
+    assert "cvae" in MODELS
+
+
+FAST = ["--data", "digits", "--limit", "300", "--batch-size", "64", "--latent-dim", "4", "--hidden", "32",
+        "--no-progress", "--no-tensorboard", "--lr-schedule", "constant", "--lr", "1e-3"]
+
+
+@pytest.mark.parametrize("flags", [["--prior", "vamp", "--prior-components", "20"], ["--prior", "mog"],
+                                   ["--objective", "dreg", "--iwae-k", "3"], ["--free-bits", "0.5"],
+                                   ["--prior", "laplace", "--condition", "none"]])
+def test_a_user_trains_resumes_reloads_samples_and_evaluates_each_part(flags, tmp_path, capsys):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["train", *FAST, *flags, "--epochs", "2", "--no-pictures", "--out", str(straight)]) == 0
+    assert main(["train", *FAST, *flags, "--epochs", "1", "--no-pictures", "--out", str(split)]) == 0
+    assert main(["train", "--resume", "--epochs", "2", "--no-pictures", "--out", str(split)]) == 0
+    a, b = (load_tensors(r / "model.safetensors") for r in (straight, split))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # resumed exactly
+    rows = [json.loads(r) for r in (split / "metrics.jsonl").read_text().splitlines()]
+    if "--free-bits" in flags:
+        assert "train_kl_free_bits" in rows[-1]
+    if "dreg" in flags:
+        assert 1 <= rows[-1]["train_ess"] <= 3
+    model = cvae.load(split)
+    assert model.config.prior == flags[1] if flags[0] == "--prior" else True
+    cond = None if "none" in flags else "label=7"
+    assert torch.isfinite(model.sample(4, cond)).all()
+    capsys.readouterr()
+    assert main(["sample", str(split), *(["--condition", cond] if cond else []), "--n", "8",
+                 "-o", str(tmp_path / "s.png")]) == 0
+    assert main(["evaluate", str(split), "--metrics", "elbo,nll,posterior", "--k", "20", "--n", "50"]) == 0
+    ev = json.loads((split / "eval.json").read_text())
+    assert math.isfinite(ev["likelihood"]["importance_sampled_nll"]["value"])
+    assert math.isfinite(ev["posterior"]["kl_total"]["value"])
