@@ -30,6 +30,8 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
     an image folder or a single image file. Condition columns named like the model's are read too;
     ``columns`` names further columns to read into ``Inputs.columns`` (and to keep out of the features)."""
     path = Path(source)
+    if data_dir is None:  # a named data set is looked for where the run found its own, as the CLI does
+        data_dir = (getattr(model, "run_config", None) or {}).get("train", {}).get("data_dir")
     columns = [c for c in columns if c not in schema_names(model)]
     shape = model.config.data_shape
     schema = model.schema
@@ -122,16 +124,12 @@ def _has_column(path: Path, name: str) -> bool:
 
 
 def _read_image(path: Path, shape) -> torch.Tensor:
-    from PIL import Image
+    from ..data.sources import read_image
 
     if len(shape) != 3:
         raise CvaeError(f"{path} is an image but this model was trained on data of shape {shape}")
-    with Image.open(path) as im:
-        im = im.convert("L" if shape[0] == 1 else "RGB")
-        if im.size != (shape[2], shape[1]):
-            im = im.resize((shape[2], shape[1]))
-        a = np.asarray(im, np.float32) / 255.0
-    return torch.from_numpy(a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy())
+    # the reader (and the resampling) that training's image folders use; a bad file is one clear line
+    return torch.from_numpy(read_image(path, shape[0], (shape[1], shape[2])))
 
 
 def write_array_output(path: str | Path, model: CVAE, x: torch.Tensor, y: torch.Tensor | None, *,

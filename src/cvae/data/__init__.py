@@ -13,6 +13,7 @@ from .core import (
     load_data,
     parse_image_size,
 )
-from .sources import NAMED_SOURCES
+from .sources import NAMED_SOURCES, read_image
 
-__all__ = ["EVALUATION_SEED", "DataSplits", "Dataset", "fixed_binarization", "load_data", "parse_image_size", "NAMED_SOURCES"]
+__all__ = ["EVALUATION_SEED", "DataSplits", "Dataset", "fixed_binarization", "load_data", "parse_image_size", "NAMED_SOURCES",
+           "read_image"]

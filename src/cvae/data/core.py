@@ -10,7 +10,7 @@ import torch
 
 from ..conditions import Attribute, ConditionSchema, categorical_from_values, continuous_from_values
 from ..errors import CvaeError
-from .sources import NAMED_SOURCES, RawData, load_array_file, load_csv, load_image_folder
+from .sources import MAX_ABS, NAMED_SOURCES, RawData, load_array_file, load_csv, load_image_folder
 
 
 @dataclass
@@ -85,12 +85,27 @@ def _infer_kind(values: np.ndarray) -> str:
     return "categorical" if integral and len(uniq) <= 50 else "continuous"
 
 
-def build_schema(raw: RawData, spec) -> tuple[ConditionSchema, dict[str, np.ndarray]]:
-    """Fit the condition schema on the training split; return it and the codes for every split."""
+def _check_condition_values(name: str, split: str, values: np.ndarray, source: str) -> None:
+    """Numbers beyond ``MAX_ABS`` would wrap in the integer class codes or overflow float32: refused."""
+    values = np.asarray(values)
+    if values.dtype.kind not in "iuf" or values.size == 0:
+        return
+    big = (values > MAX_ABS) | (values < -MAX_ABS)
+    if big.any():
+        i = int(np.argmax(big))
+        raise CvaeError(f"{source}: condition {name!r} has the value {float(values[i]):.3g} (example {i} of the {split} "
+                        f"split); condition values must lie within ±{MAX_ABS:.0e}: rescale or recode that column")
+
+
+def build_schema(raw: RawData, spec, source: str | None = None) -> tuple[ConditionSchema, dict[str, np.ndarray]]:
+    """Fit the condition schema on the training split; return it and the codes for every split.
+    ``source`` names the data in messages."""
     wanted = parse_condition_spec(spec, raw.columns)
     attrs: list[Attribute] = []
     codes = {split: [] for split in raw.splits}
     for name, kind in wanted:
+        for split, (_, cols) in raw.splits.items():
+            _check_condition_values(name, split, cols[name], source or raw.name)
         train_vals = raw.splits["train"][1][name]
         kind = kind or _infer_kind(train_vals)
         if kind == "categorical" and name in raw.class_names:
@@ -117,6 +132,17 @@ def build_schema(raw: RawData, spec) -> tuple[ConditionSchema, dict[str, np.ndar
     for split, (x, _) in raw.splits.items():
         out[split] = np.stack(codes[split], axis=1) if codes[split] else np.zeros((len(x), 0), np.float32)
     return ConditionSchema(attrs), out
+
+
+def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Feature means and standard deviations in float64 (float32 squares of large values overflow),
+    a block of rows at a time (no float64 copy of the whole array)."""
+    mean = x.mean(axis=0, dtype=np.float64)
+    m2 = np.zeros_like(mean)
+    step = max(1, 2**22 // max(1, int(np.prod(x.shape[1:]))))
+    for first in range(0, len(x), step):
+        m2 += ((x[first:first + step].astype(np.float64) - mean) ** 2).sum(axis=0)
+    return mean, np.sqrt(m2 / len(x))
 
 
 def read_source(source: str, *, data_dir=None, condition=None, data_layout: str = "auto",
@@ -160,8 +186,8 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
     if not 0.0 <= val_fraction < 1.0:
         raise CvaeError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     raw = read_source(source, data_dir=data_dir, condition=condition, data_layout=data_layout, image_size=image_size)
-    schema, codes = build_schema(raw, condition)
-    label_schema, label_codes = build_schema(raw, "label:categorical") if "label" in raw.columns else (None, None)
+    schema, codes = build_schema(raw, condition, source)
+    label_schema, label_codes = build_schema(raw, "label:categorical", source) if "label" in raw.columns else (None, None)
     labels_of = {split: label_codes[split][:, 0].astype(np.int64) for split in raw.splits} if label_codes else {}
     rng = np.random.default_rng(seed)
     x_train, y_train = raw.splits["train"][0], codes["train"]
@@ -193,8 +219,11 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
     standardize = not raw.unit_range
     loc = scale = None
     if standardize:
-        loc = x_train.mean(axis=0).astype(np.float32)
-        scale = x_train.std(axis=0).astype(np.float32)
+        loc64, scale64 = _mean_std(x_train)
+        if not (np.all(np.isfinite(loc64)) and np.all(np.isfinite(scale64))):
+            raise CvaeError(f"{source!r}: the feature means or standard deviations are not finite; "
+                            "rescale the data (change its units or take logarithms)")
+        loc, scale = loc64.astype(np.float32), scale64.astype(np.float32)
         scale[scale < 1e-6] = 1.0
 
     def tensor(x):

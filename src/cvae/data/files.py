@@ -67,7 +67,7 @@ def require(subdir: str, files: dict[str, tuple[str, str]], data_dir, dataset: s
     ``files`` maps a file name to ``(url, sha256)``. Uncompressed twins (``X`` for ``X.gz``) are accepted.
     """
     found: dict[str, Path] = {}
-    missing = []
+    missing, errors = [], []
     for name in files:
         alt = [name, name[:-3]] if name.endswith(".gz") else [name, name + ".gz"]
         p = find_file(subdir, alt, data_dir)
@@ -77,7 +77,6 @@ def require(subdir: str, files: dict[str, tuple[str, str]], data_dir, dataset: s
             found[name] = p
     if missing and os.environ.get("CVAE_OFFLINE", "") not in ("1", "true", "yes"):
         target = cache_dir() / subdir
-        errors = []
         for name in list(missing):
             url, digest = files[name]
             try:
@@ -91,8 +90,9 @@ def require(subdir: str, files: dict[str, tuple[str, str]], data_dir, dataset: s
                 break
     if missing:
         where = [str(d / subdir) for d in search_dirs(data_dir)]
+        why = f" ({' '.join(errors[0].split())[:200]})" if errors else ""
         raise CvaeError(
-            f"data set {dataset!r}: missing file(s) {', '.join(missing)} and could not download them. "
+            f"data set {dataset!r}: missing file(s) {', '.join(missing)} and could not download them{why}. "
             f"Put them in one of: {'; '.join(where)} (or pass --data-dir DIR holding a {subdir}/ folder)"
         )
     return found

@@ -10,7 +10,12 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import math
+import re
+import struct
+import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,8 +50,8 @@ def _open_maybe_gz(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise CvaeError(f"cannot read {path}: {e}. The file is damaged: delete it and put a fresh copy there") from None
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as e:
+        raise CvaeError(f"cannot read {path}: {_reason(e)}. The file is damaged: delete it and put a fresh copy there") from None
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -55,9 +60,11 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise CvaeError(f"{path} is not an IDX file of unsigned bytes (bad magic number); replace it with a fresh copy")
     ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     offset = 4 + 4 * ndim
-    expected = int(np.prod(dims))
+    if ndim == 0 or len(raw) < offset:
+        raise CvaeError(f"{path} is truncated or corrupt: its header names {ndim} dimensions; replace it with a fresh copy")
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = math.prod(dims)  # Python integers: a corrupt header cannot overflow the count
     if len(raw) - offset != expected:
         raise CvaeError(
             f"{path} is truncated or corrupt: header says {dims} ({expected} bytes) but it holds {len(raw) - offset}; "
@@ -87,10 +94,18 @@ def _idx_source(name, subdir, files, url, class_names, data_dir) -> RawData:
     paths = require(subdir, {f: (url + f, h) for f, h in files.items()}, data_dir, name)
     splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = read_idx(paths[f"{prefix}-images-idx3-ubyte.gz"])
-        labels = read_idx(paths[f"{prefix}-labels-idx1-ubyte.gz"])
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise CvaeError(f"{name}: {split} images {images.shape} and labels {labels.shape} do not match")
+        image_file, label_file = paths[f"{prefix}-images-idx3-ubyte.gz"], paths[f"{prefix}-labels-idx1-ubyte.gz"]
+        images, labels = read_idx(image_file), read_idx(label_file)
+        if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) == 0:
+            raise CvaeError(f"{image_file} holds an array of shape {images.shape}; {name} images are (N, 28, 28) "
+                            "with N > 0: replace the file with a fresh copy")
+        if labels.ndim != 1 or len(images) != len(labels):
+            raise CvaeError(f"{name}: {split} images {images.shape} ({image_file.name}) and labels {labels.shape} "
+                            f"({label_file.name}) do not match; replace both with fresh copies")
+        if labels.max() >= len(class_names):
+            bad = int(np.argmax(labels >= len(class_names)))
+            raise CvaeError(f"{label_file}: label {int(labels[bad])} of example {bad} is not a {name} class "
+                            f"(0-{len(class_names) - 1}); replace the file with a fresh copy")
         x = images.astype(np.float32)[:, None] / 255.0
         splits[split] = (x, {"label": labels.astype(np.int64)})
     return RawData(name, "image", splits, {"label": class_names})
@@ -127,9 +142,14 @@ def read_amat(path: Path, width: int = 784) -> np.ndarray:
     try:  # a differently formatted file: slower general parser
         arr = np.loadtxt(io.BytesIO(raw), dtype=np.float32, ndmin=2)
     except ValueError as e:
-        raise CvaeError(f"cannot parse {path}: {e}; replace it with a fresh copy") from None
+        raise CvaeError(f"cannot parse {path}: {_reason(e)}; replace it with a fresh copy") from None
+    if arr.size == 0:
+        raise CvaeError(f"{path} holds no rows; replace it with a fresh copy")
     if arr.shape[1] != width:
         raise CvaeError(f"{path} has rows of {arr.shape[1]} values; expected {width}")
+    if not np.all((arr == 0) | (arr == 1)):
+        row = int(np.argwhere((arr != 0) & (arr != 1))[0][0])
+        raise CvaeError(f"{path}, row {row + 1}: values other than 0 and 1; replace the file with a fresh copy")
     return arr
 
 
@@ -164,14 +184,58 @@ NAMED_SOURCES = {
 
 # -- generic sources ---------------------------------------------------------------------------
 
-def _check_finite(x: np.ndarray, where: str) -> None:
-    if not np.all(np.isfinite(x)):
-        bad = np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0][0]
-        raise CvaeError(f"{where} contains NaN or infinite values (first at example {bad}); clean or drop those examples")
+# Larger magnitudes overflow the float32 statistics the model is fitted with (a square beyond 3.4e38
+# makes the standard deviation infinite and every standardised value NaN): such values are refused.
+MAX_ABS = 1e18
+
+
+def _reason(e: BaseException) -> str:
+    """An exception's message on one line (its type when it has none)."""
+    text = str(e.args[0]) if isinstance(e, tokenize.TokenError) and e.args else str(e)
+    text = re.sub(r" (object )?at 0x[0-9a-fA-F]+", "", " ".join(text.split()))
+    return (text[:200] + "...") if len(text) > 200 else (text or type(e).__name__)
+
+
+def check_values(x: np.ndarray, where: str, *, start: int = 0) -> None:
+    """Refuse NaN, infinite and huge (|x| > MAX_ABS) values, naming the first: example and position.
+
+    Runs on the array as read (before any cast to float32, which would turn huge values into inf).
+    ``start`` is the file's example number of ``x[0]`` (for a chunk of a larger array).
+    """
+    if x.dtype == np.uint8 or x.dtype.kind == "b" or x.size == 0:
+        return
+    flat = x.reshape(len(x), -1)
+    step = max(1, 2**22 // flat.shape[1])  # rows at a time: the temporaries stay small
+    for first in range(0, len(flat), step):
+        block = flat[first:first + step]
+        if block.dtype.kind == "f":
+            bad = ~(np.abs(block) <= MAX_ABS)  # NaN compares False: caught too
+        else:
+            bad = (block > MAX_ABS) | (block < -MAX_ABS)
+        if bad.any():
+            break
+    else:
+        return
+    i, j = (int(v) for v in np.argwhere(bad)[0])
+    i += first
+    value = flat[i, j]
+    position = f"feature {j}" if x.ndim == 2 else f"position {tuple(int(v) for v in np.unravel_index(j, x.shape[1:]))}"
+    if not np.isfinite(value):
+        raise CvaeError(f"{where} contains NaN or infinite values (first at example {start + i}, {position}: {value}); "
+                        "clean or drop those examples")
+    raise CvaeError(f"{where} holds a value too large to standardise ({float(value):.3g} at example {start + i}, "
+                    f"{position}; |x| must be at most {MAX_ABS:.0e}); rescale the data (change its units or take logarithms)")
 
 
 def _array_kind(x: np.ndarray) -> str:
     return {2: "table", 3: "signal", 4: "image"}.get(x.ndim, "")
+
+
+def check_examples_shape(shape: tuple[int, ...], where: str) -> None:
+    """Examples are (N, features), (N, C, L) or (N, C, H, W) with N > 0 and no empty dimension."""
+    if not 2 <= len(shape) <= 4 or shape[0] == 0 or 0 in shape[1:]:
+        raise CvaeError(f"{where} has shape {tuple(shape)}; expected (N, features), (N, C, L) or (N, C, H, W) "
+                        "with N > 0 and every other dimension at least 1")
 
 
 def _as_float(x: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
@@ -179,87 +243,222 @@ def _as_float(x: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
     if x.dtype == np.uint8:
         return x.astype(np.float32) / 255.0, True
     if x.dtype.kind not in "fiub":
-        raise CvaeError(f"{where} holds {x.dtype} values; expected numbers")
+        raise CvaeError(f"{where} holds {x.dtype} values; expected real numbers (save them as float32)")
+    check_values(x, where)
     x = x.astype(np.float32)
-    _check_finite(x, where)
     return x, bool(x.size and x.min() >= 0.0 and x.max() <= 1.0)
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+# What numpy's header parser raises on a damaged header (tokenize and ast errors among them).
+_HEADER_ERRORS = (ValueError, SyntaxError, tokenize.TokenError, TypeError, KeyError, IndexError, OverflowError,
+                  RecursionError, MemoryError, EOFError, OSError, struct.error)
+_SAVE_HINT = "save the arrays again with numpy.save / numpy.savez"
+
+
+def npy_header(f, nbytes: int, where: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of the ``.npy`` data in ``f`` (``nbytes`` long), checked: a numeric array, and
+    exactly the bytes its header describes after the header. Leaves ``f`` past the header."""
+    if nbytes == 0:
+        raise CvaeError(f"{where} is empty (0 bytes); {_SAVE_HINT}")
+    head = f.read(8)
+    if head[:6] != _NPY_MAGIC or len(head) < 8:
+        raise CvaeError(f"{where} is not a NumPy .npy array (its first bytes are not a .npy header); {_SAVE_HINT}")
+    version = (head[6], head[7])
+    if version not in ((1, 0), (2, 0)):
+        raise CvaeError(f"{where} has a .npy header of version {version[0]}.{version[1]} (a damaged file, or an array of "
+                        f"named fields); cvae reads plain numeric arrays: {_SAVE_HINT}")
+    try:
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        offset = f.tell()
+    except _HEADER_ERRORS as e:
+        raise CvaeError(f"{where} has a damaged .npy header ({_reason(e)}); {_SAVE_HINT}") from None
+    if dtype.hasobject:
+        raise CvaeError(f"{where} holds Python objects (dtype {dtype}); cvae reads only numeric arrays: save the data "
+                        "as numbers (e.g. x.astype('float32')) with numpy.save / numpy.savez")
+    if any(d < 0 for d in shape):
+        raise CvaeError(f"{where} has a damaged .npy header (shape {shape}); {_SAVE_HINT}")
+    data = math.prod(shape) * dtype.itemsize
+    if nbytes - offset != data:
+        what = "truncated" if nbytes - offset < data else "damaged (extra bytes after the array)"
+        raise CvaeError(f"{where} is {what}: its header says shape {shape} of {dtype} ({data} bytes) but "
+                        f"{nbytes - offset} bytes follow it; {_SAVE_HINT}")
+    return tuple(shape), dtype
+
+
+def load_npy(path: Path, *, mmap: bool = True) -> np.ndarray:
+    """The array of a ``.npy`` file (memory-mapped by default), after :func:`npy_header`'s checks."""
+    try:
+        with open(path, "rb") as f:
+            npy_header(f, path.stat().st_size, str(path))
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except CvaeError:
+        raise
+    except (OSError, ValueError, EOFError) as e:
+        raise CvaeError(f"cannot read {path}: {_reason(e)}; {_SAVE_HINT}") from None
+
+
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError, RuntimeError,
+               struct.error, KeyError, UnicodeDecodeError)
+
+
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a ``.npz`` file by name, each checked like a ``.npy`` file."""
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if not info.filename.endswith(".npy") or info.is_dir():
+                    continue
+                where = f"{path} (array {info.filename[:-4]!r})"
+                with z.open(info) as f:
+                    npy_header(f, info.file_size, where)
+                with z.open(info) as f:
+                    arrays[info.filename[:-4]] = np.lib.format.read_array(f, allow_pickle=False)
+    except CvaeError:
+        raise
+    except _ZIP_ERRORS as e:
+        raise CvaeError(f"cannot read {path}: {_reason(e)} (not a .npz file, or a damaged one); {_SAVE_HINT}") from None
+    if not arrays:
+        raise CvaeError(f"{path} holds no arrays; {_SAVE_HINT}")
+    return arrays
+
+
+LABEL_ARRAYS = ("y", "labels", "targets")  # .npz arrays read as the 'label' column
 
 
 def load_array_file(path: Path) -> RawData:
     """``.npy``: the examples. ``.npz``: an array ``x`` (or the only array) plus condition arrays
-    of the same length (``y``/``labels`` are read as ``label``)."""
-    try:
-        if path.suffix == ".npy":
-            arrays = {"x": np.load(path, allow_pickle=False, mmap_mode="r")}
-        else:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise CvaeError(f"cannot read {path}: {e}. Save arrays with numpy.save / numpy.savez (no pickled objects)") from None
+    of the same length (``y``/``labels`` are read as ``label``; (N, 1) columns count as (N,))."""
+    if path.suffix.lower() == ".npy":
+        arrays = {"x": load_npy(path)}
+    else:
+        arrays = load_npz(path)
     if "x" not in arrays:
         if len(arrays) == 1:
             arrays = {"x": next(iter(arrays.values()))}
         else:
             raise CvaeError(f"{path} holds arrays {', '.join(arrays)}; name the examples 'x' (and labels 'y')")
     x = np.asarray(arrays.pop("x"))
-    if x.ndim == 1 or len(x) == 0:
-        raise CvaeError(f"{path}: 'x' has shape {x.shape}; expected (N, features), (N, C, L) or (N, C, H, W) with N > 0")
-    if x.ndim == 3 and path.suffix == ".npz" and x.shape[-1] == x.shape[-2]:
+    if x.ndim == 3 and path.suffix.lower() == ".npz" and x.shape[-1] == x.shape[-2]:
         x = x[:, None]  # (N, H, W) square images -> (N, 1, H, W)
-    if x.ndim > 4:
-        raise CvaeError(f"{path}: 'x' has shape {x.shape}; at most 4 dimensions (N, C, H, W) are supported")
+    check_examples_shape(x.shape, f"{path} (array 'x')")
     x, unit = _as_float(x, f"{path} (array 'x')")
     columns = {}
     for k, v in arrays.items():
+        name = "label" if k in LABEL_ARRAYS else k
+        if v.ndim == 2 and v.shape[1] == 1:
+            v = v[:, 0]  # a column vector: one value per example
         if v.ndim != 1:
-            continue
+            if name == "label":
+                raise CvaeError(f"{path}: array {k!r} has shape {v.shape}; expected one label per example, shape "
+                                f"({len(x)},) (for one-hot labels save y.argmax(1))")
+            continue  # not a per-example column
+        if v.dtype.kind not in "biufUS":
+            if name == "label":
+                raise CvaeError(f"{path}: array {k!r} holds {v.dtype} values; labels must be numbers or text")
+            continue  # dates, complex numbers, records: not a condition
         if len(v) != len(x):
             raise CvaeError(f"{path}: array {k!r} has {len(v)} entries but 'x' has {len(x)} examples")
-        columns["label" if k in ("y", "labels", "targets") else k] = v
+        if name in columns:
+            raise CvaeError(f"{path} holds more than one label array ({', '.join(a for a in LABEL_ARRAYS if a in arrays)}); "
+                            "keep one, named 'y'")
+        columns[name] = v
     kind = _array_kind(x)
     return RawData(path.stem, kind, {"train": (x, columns)}, unit_range=unit and kind == "image", binary=False)
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+_GREY_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def open_image(path: Path):
+    """The decoded PIL image of ``path``. Whatever a damaged, truncated, foreign or oversized file
+    makes Pillow raise becomes one CvaeError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except Image.DecompressionBombError as e:
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(pixels.group(1)):,} pixels" if pixels else "too many pixels"
+        raise CvaeError(f"{path} is too large to decode ({size}; the limit is {2 * Image.MAX_IMAGE_PIXELS:,}); "
+                        "shrink the image or remove it") from None
+    except UnidentifiedImageError:
+        raise CvaeError(f"{path} is not an image cvae can read (unknown format or a damaged header); "
+                        "remove or replace it") from None
+    except Exception as e:  # Pillow's decoders raise many types on a damaged file (OSError, SyntaxError, ...)
+        raise CvaeError(f"cannot read image {path} ({_reason(e)}): the file is damaged; remove or replace it") from None
+
+
+def image_array(im, path: Path, mode: str, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A decoded image as float32 (C, H, W) in [0, 1], ``mode`` "L" (C=1) or "RGB" (C=3), resized to
+    ``size`` (width, height) when given. 8-bit values are divided by 255, 16-bit ones by 65535; 32-bit
+    pixels are read when they lie in 0..255 and refused otherwise (never clipped)."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        a = np.asarray(im).astype(np.float64)
+        if im.mode.startswith("I;16"):
+            a /= 65535.0
+        elif not (np.all(np.isfinite(a)) and a.min() >= 0 and a.max() <= 255):
+            raise CvaeError(f"{path} has 32-bit ({im.mode}) pixels outside 0..255; cvae reads 8- and 16-bit images: "
+                            "save it as an 8- or 16-bit PNG")
+        else:
+            a /= 255.0
+        a = a.astype(np.float32)
+        if size is not None and (a.shape[1], a.shape[0]) != size:
+            a = np.asarray(Image.fromarray(a, "F").resize(size, Image.BILINEAR), np.float32).clip(0.0, 1.0)
+        return np.repeat(a[None], 3, axis=0) if mode == "RGB" else a[None]
+    im = im.convert(mode)
+    if size is not None and im.size != size:
+        im = im.resize(size, Image.BILINEAR)
+    a = np.asarray(im, dtype=np.float32) / 255.0
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def read_image(path: Path, channels: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One image file as float32 (C, H, W) in [0, 1]: ``channels`` 1 (grey) or 3 (RGB), by default the
+    image's own; resized to ``size`` (height, width) when given. Bad files raise CvaeError."""
+    path = Path(path)
+    if channels not in (None, 1, 3):
+        raise CvaeError(f"{path}: images have 1 (grey) or 3 (RGB) channels, not {channels}")
+    im = open_image(path)
+    mode = {1: "L", 3: "RGB"}.get(channels) or ("L" if im.mode in _GREY_MODES else "RGB")
+    return image_array(im, path, mode, (size[1], size[0]) if size else None)
 
 
 def load_image_folder(root: Path, image_size: tuple[int, int] | None = None) -> RawData:
     """``root/CLASS/*.png``: one subfolder per class; grey or RGB, all of one size (or resized)."""
-    from PIL import Image, UnidentifiedImageError
-
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        files, labels = [], []
+        for i, cname in enumerate(classes):
+            found = sorted(p for p in (root / cname).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            files += found
+            labels += [i] * len(found)
+    except OSError as e:
+        raise CvaeError(f"cannot list the images in {root}: {_reason(e)}") from None
     if not classes:
         raise CvaeError(f"{root} has no class subfolders; put images in {root}/CLASS_NAME/*.png")
-    files, labels = [], []
-    for i, cname in enumerate(classes):
-        found = sorted(p for p in (root / cname).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        files += found
-        labels += [i] * len(found)
     if not files:
         raise CvaeError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under the class folders of {root}")
-    images, modes = [], set()
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                modes.add("L" if im.mode in ("1", "L", "I;16", "I", "F") else "RGB")
-                images.append(im.copy())
-        except (UnidentifiedImageError, OSError) as e:
-            raise CvaeError(f"cannot read image {f}: {e}; remove or replace it") from None
-    mode = "RGB" if "RGB" in modes else "L"
+    images = [open_image(f) for f in files]
+    mode = "L" if all(im.mode in _GREY_MODES for im in images) else "RGB"
     size = (image_size[1], image_size[0]) if image_size else images[0].size
     arrays = []
     for f, im in zip(files, images):
-        im = im.convert(mode)
-        if im.size != size:
-            if image_size is None:
-                raise CvaeError(
-                    f"{f} is {im.size[0]}x{im.size[1]} but {files[0]} is {size[0]}x{size[1]}; "
-                    "make all images one size or pass --image-size HxW to resize them"
-                )
-            im = im.resize(size, Image.BILINEAR)
-        a = np.asarray(im, dtype=np.float32) / 255.0
-        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+        if im.size != size and image_size is None:
+            raise CvaeError(
+                f"{f} is {im.size[0]}x{im.size[1]} but {files[0]} is {size[0]}x{size[1]}; "
+                "make all images one size or pass --image-size HxW to resize them"
+            )
+        arrays.append(image_array(im, f, mode, size))
     x = np.stack(arrays)
     return RawData(root.name, "image", {"train": (x, {"label": np.array(labels)})}, {"label": classes},
                    meta={"files": [str(f.relative_to(root)) for f in files]})
@@ -267,6 +466,7 @@ def load_image_folder(root: Path, image_size: tuple[int, int] | None = None) -> 
 
 def read_csv_table(path: Path) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a CSV file; ragged rows are an error naming the line."""
+    rows, lines, reader = [], [], None
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             sample = f.read(4096)
@@ -276,13 +476,17 @@ def read_csv_table(path: Path) -> tuple[list[str], list[list[str]]]:
             except csv.Error:
                 dialect = csv.excel
             reader = csv.reader(f, dialect)
-            rows, lines = [], []
             for r in reader:
                 if any(cell.strip() for cell in r):  # blank lines are skipped
                     rows.append(r)
                     lines.append(reader.line_num)
-    except (OSError, UnicodeDecodeError) as e:
-        raise CvaeError(f"cannot read {path}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise CvaeError(f"cannot read {path}: it is not UTF-8 text ({_reason(e)}); save it as a UTF-8 CSV file") from None
+    except OSError as e:
+        raise CvaeError(f"cannot read {path}: {_reason(e)}") from None
+    except csv.Error as e:
+        line = reader.line_num if reader is not None else 1
+        raise CvaeError(f"{path}, line {line}: not valid CSV ({_reason(e)}); fix or remove that line") from None
     if len(rows) < 2:
         raise CvaeError(f"{path} needs a header line and at least one data row")
     header, data = [h.strip() for h in rows[0]], CsvRows(rows[1:], lines[1:])
@@ -332,7 +536,7 @@ def load_csv(path: Path, condition_columns: list[str], *, layout: str = "table",
     if not features:
         raise CvaeError(f"{path}: no feature columns left after the condition columns {condition_columns}")
     idx = [header.index(h) for h in features]
-    x = np.empty((len(rows), len(features)), np.float32)
+    x = np.empty((len(rows), len(features)), np.float64)  # float64 first: 1e300 must not become inf unseen
     for i, r in enumerate(rows):
         for j, k in enumerate(idx):
             cell = r[k].strip()
@@ -343,7 +547,16 @@ def load_csv(path: Path, condition_columns: list[str], *, layout: str = "table",
                 hint = "" if feature_columns else f" (if {features[j]!r} is a condition, pass --condition {features[j]})"
                 raise CvaeError(f"{path}, line {rows.lines[i]}, column {features[j]!r}: {what} where a number was "
                                 f"expected{hint}") from None
-    _check_finite(x, str(path))
+    bad = ~(np.abs(x) <= MAX_ABS)  # NaN and inf too
+    if bad.any():
+        i, j = (int(v) for v in np.argwhere(bad)[0])
+        cell = rows[i][idx[j]].strip()
+        where = f"{path}, line {rows.lines[i]}, column {features[j]!r}"
+        if not np.isfinite(x[i, j]):
+            raise CvaeError(f"{where}: {cell!r} is NaN or infinite; put a number there or drop that row")
+        raise CvaeError(f"{where}: {cell!r} is too large to standardise (|x| must be at most {MAX_ABS:.0e}); "
+                        "rescale that column (change its units or take logarithms)")
+    x = x.astype(np.float32)
     columns = {}
     for c in condition_columns:
         vals = [r[header.index(c)].strip() for r in rows]

@@ -18,6 +18,7 @@ import torch
 from ..conditions import ConditionSchema
 from ..errors import CvaeError
 from .core import Dataset, DataSplits, parse_condition_spec
+from .sources import check_examples_shape, check_values, load_npy
 
 CHUNK_BYTES = 64 * 2**20  # rows are read and converted this many bytes (as float32) at a time
 
@@ -71,15 +72,12 @@ class ArrayRows:
 
 
 def npy_float32_bytes(path: str | Path) -> int | None:
-    """How many bytes the examples of a ``.npy`` file take as float32 (None when it is not one)."""
+    """How many bytes the examples of a ``.npy`` file take as float32 (None when it is not one).
+    A damaged ``.npy`` file is a CvaeError saying what is wrong with it."""
     path = Path(path)
     if path.suffix.lower() != ".npy" or not path.is_file():
         return None
-    try:
-        x = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError):
-        return None
-    return 4 * int(np.prod(x.shape))
+    return 4 * math.prod(load_npy(path).shape)
 
 
 def _chunks(n: int, row_bytes: int):
@@ -111,14 +109,10 @@ def load_npy_stream(path: str | Path, *, condition=None, val_fraction: float = 0
         raise CvaeError(f"--stream reads a .npy file of examples through its memory map; {str(path)!r} is not one "
                         "(save the examples with numpy.save, or drop --stream to load the data in memory)")
     parse_condition_spec(condition, [])  # a .npy file has no condition columns: only None/'none' pass
-    try:
-        x = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise CvaeError(f"cannot read {path}: {e}. Save arrays with numpy.save (no pickled objects)") from None
-    if x.ndim < 2 or x.ndim > 4 or len(x) == 0:
-        raise CvaeError(f"{path}: the examples have shape {x.shape}; expected (N, features), (N, C, L) or (N, C, H, W) with N > 0")
+    x = load_npy(path)
+    check_examples_shape(x.shape, str(path))
     if x.dtype.kind not in "fiub":
-        raise CvaeError(f"{path} holds {x.dtype} values; expected numbers")
+        raise CvaeError(f"{path} holds {x.dtype} values; expected real numbers (save them as float32)")
     kind = {2: "table", 3: "signal", 4: "image"}[x.ndim]
     train_rows, val_rows = split_rows(len(x), val_fraction=val_fraction, seed=seed, limit=limit)
     if len(train_rows) == 0:
@@ -131,10 +125,8 @@ def load_npy_stream(path: str | Path, *, condition=None, val_fraction: float = 0
     lo, hi, count = math.inf, -math.inf, 0
     mean = m2 = None
     for part in _chunks(len(x), plain.row_bytes):
+        check_values(np.asarray(x[part]), str(path), start=part.start)  # as stored: before float32 turns 1e300 into inf
         block = plain[part].numpy()
-        if not np.all(np.isfinite(block)):
-            bad = part.start + int(np.argwhere(~np.isfinite(block.reshape(len(block), -1)))[0][0])
-            raise CvaeError(f"{path} contains NaN or infinite values (first at example {bad}); clean or drop those examples")
         lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
         rows = block[is_train[part]].astype(np.float64)
         if len(rows):  # merge the chunk's mean and squared deviations (Chan et al., 1979)
@@ -149,8 +141,11 @@ def load_npy_stream(path: str | Path, *, condition=None, val_fraction: float = 0
     unit_range = kind == "image" and (x.dtype == np.uint8 or (lo >= 0.0 and hi <= 1.0))
     loc = scale = None
     if not unit_range:
-        loc = mean.astype(np.float32)
-        scale = np.sqrt(m2 / count).astype(np.float32)
+        std = np.sqrt(m2 / count)
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
+            raise CvaeError(f"{path}: the feature means or standard deviations are not finite; "
+                            "rescale the data (change its units or take logarithms)")
+        loc, scale = mean.astype(np.float32), std.astype(np.float32)
         scale[scale < 1e-6] = 1.0
 
     def part(rows):
