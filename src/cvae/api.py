@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import TrainConfig, read_yaml
+from .errors import CvaeError
 from .models import VAEModel
 from .plots import run_pictures
-from .runs import load_model
+from .runs import check_resumable, load_model
 from .train import TrainResult, fit
 
 
@@ -27,11 +28,24 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, resume: bool
     explicit = set(base) | set(settings)
     base.update(settings)
     cfg = TrainConfig.from_dict(base)
+    _check_out(cfg, resume)
     result = fit(cfg, resume=resume, overwrite=overwrite, explicit=explicit if resume else None)
     if pictures and result.rank == 0:  # under torchrun only rank 0 writes the run folder
         result.summary["pictures"] = {k: str(v) for k, v in run_pictures(result.model, result.data, result.run_dir,
                                                                        seed=result.config.seed).items()}
     return result
+
+
+def _check_out(cfg: TrainConfig, resume: bool) -> None:
+    """The run folder, checked before any data is read: not a file; on --resume, everything resuming
+    reads from it (config.json, the weights against it, metrics.jsonl)."""
+    if not cfg.out:
+        return
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise CvaeError(f"--out {out} is a file, not a folder; choose a folder name for the run")
+    if resume:
+        check_resumable(out)
 
 
 def load(run: str | Path, *, device: str = "cpu") -> VAEModel:

@@ -9,6 +9,7 @@ import sys
 import traceback
 import warnings
 
+from .commands.checks import check_args
 from .errors import CvaeError
 
 
@@ -46,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():  # scoped to the command: the caller's filters come back afterwards
             if not debug:
                 warnings.simplefilter("ignore", category=UserWarning)
+            from .errors import CvaeWarning
+
+            warnings.simplefilter("always", category=CvaeWarning)
+            warnings.showwarning = _show_warning(warnings.showwarning, CvaeWarning)
+            check_args(args)
             result = args.func(args)
         return int(result or 0)
     except CvaeError as e:
@@ -59,6 +65,41 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("error: out of memory; lower --batch-size or use --limit", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # torch's allocators: "can't allocate memory", "CUDA out of memory"
+        if not _out_of_memory(e):
+            raise
+        if debug:
+            traceback.print_exc()
+        print(f"error: out of memory{_asked(e)}; lower the size: --batch-size, --n, --hidden, --latent-dim or "
+              "--image-size (or use a machine with more memory)", file=sys.stderr)
+        return 2
+
+
+def _show_warning(show, own: type[Warning]):
+    """cvae's own warnings (``own``) as one ``warning:`` line; others as Python shows them."""
+
+    def shown(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, own):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return shown
+
+
+def _out_of_memory(e: RuntimeError) -> bool:
+    text = str(e).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
+
+
+def _asked(e: RuntimeError) -> str:
+    import re
+
+    m = re.search(r"allocate (\d+) bytes", str(e)) or re.search(r"allocate ([\d.]+ [KMGT]iB)", str(e))
+    if not m:
+        return ""
+    size = m.group(1)
+    return f" (it asked for {int(size) / 1e9:,.1f} GB)" if size.isdigit() else f" (it asked for {size})"
 
 
 if __name__ == "__main__":

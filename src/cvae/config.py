@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import CvaeError
-from .models import PRESETS
+from .likelihoods import LIKELIHOODS
+from .models import PRESETS, ModelConfig
+from .models.config import ModelTooLarge
+from .nn import ACTIVATIONS, ENCODERS
 from .objectives import OBJECTIVES
 from .priors import PRIORS
 
@@ -77,32 +82,77 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
+        """Every setting's type and range, and the least size of the model they make: all before any
+        data is read or any weight allocated."""
         def need(ok, message):
             if not ok:
                 raise CvaeError(message)
 
         need(self.preset in PRESETS, f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        need(isinstance(self.epochs, int) and self.epochs >= 1, f"--epochs must be a positive whole number, got {self.epochs}")
-        need(isinstance(self.batch_size, int) and self.batch_size >= 1, f"--batch-size must be a positive whole number, got {self.batch_size}")
-        need(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        need(_whole(self.epochs) and self.epochs >= 1, f"--epochs must be a positive whole number, got {self.epochs}")
+        need(_whole(self.batch_size) and self.batch_size >= 1, f"--batch-size must be a positive whole number, got {self.batch_size}")
+        need(_whole(self.seed) and 0 <= self.seed < 2**63,
+             f"--seed must be a whole number from 0 to 2**63 - 1 ({2**63 - 1}), got {self.seed}")
+        need(_finite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
+        need(_finite(self.weight_decay) and self.weight_decay >= 0,
+             f"--weight-decay must be zero or a positive number, got {self.weight_decay}")
         need(self.lr_schedule in ("cosine", "constant", "burda"),
              f"--lr-schedule must be cosine, constant or burda, not {self.lr_schedule!r}")
-        need(isinstance(self.iwae_k, int) and self.iwae_k >= 1, f"--iwae-k must be a positive whole number, got {self.iwae_k}")
-        need(self.beta >= 0, f"--beta must be zero or positive, got {self.beta}")
-        need(self.free_bits >= 0, f"--free-bits must be zero or positive (nats per latent dimension), got {self.free_bits}")
+        need(_whole(self.iwae_k) and self.iwae_k >= 1, f"--iwae-k must be a positive whole number, got {self.iwae_k}")
+        need(_finite(self.beta) and self.beta >= 0, f"--beta must be zero or positive, got {self.beta}")
+        need(_finite(self.free_bits) and self.free_bits >= 0,
+             f"--free-bits must be zero or positive (nats per latent dimension), got {self.free_bits}")
         need(self.prior in (None, "auto") or self.prior in PRIORS,
              f"unknown prior {self.prior!r} (--prior); choose one of auto, {', '.join(PRIORS.names())}")
-        need(self.prior_components is None or self.prior_components >= 1,
+        need(self.prior_components is None or (_whole(self.prior_components) and self.prior_components >= 1),
              f"--prior-components must be a positive whole number, got {self.prior_components}")
         OBJECTIVES.get(self.objective).from_config(self)  # an unknown objective, or a flag it does not read
-        need(self.kl_warmup >= 0, f"--kl-warmup must be zero or positive, got {self.kl_warmup}")
-        need(self.latent_dim is None or self.latent_dim >= 1, f"--latent-dim must be at least 1, got {self.latent_dim}")
-        need(self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, got {self.grad_clip}")
-        need(self.patience is None or self.patience >= 1, f"--patience must be at least 1, got {self.patience}")
+        need(_finite(self.kl_warmup) and self.kl_warmup >= 0, f"--kl-warmup must be zero or positive, got {self.kl_warmup}")
+        need(self.latent_dim is None or (_whole(self.latent_dim) and self.latent_dim >= 1),
+             f"--latent-dim must be a whole number of at least 1, got {self.latent_dim}")
+        for name in ("hidden", "channels"):
+            widths = getattr(self, name)
+            need(widths is None or (isinstance(widths, (list, tuple)) and all(_whole(w) and w >= 1 for w in widths)),
+                 f"--{name} must be positive whole numbers separated by commas (e.g. 512,256), got {widths}")
+        need(self.condition_at is None or (_whole(self.condition_at) and self.condition_at >= -1),
+             f"--condition-at must be -1 (every layer) or a layer number from 0, got {self.condition_at}")
+        need(self.sigma is None or (_finite(self.sigma) and self.sigma > 0), f"--sigma must be a positive number, got {self.sigma}")
+        need(self.arch is None or self.arch in ENCODERS, f"unknown architecture {self.arch!r} (--arch); choose one of {', '.join(ENCODERS)}")
+        need(self.activation is None or self.activation in ACTIVATIONS,
+             f"unknown activation {self.activation!r} (--activation); choose one of {', '.join(ACTIVATIONS)}")
+        if self.likelihood is not None:
+            LIKELIHOODS.get(self.likelihood)
+        need(self.grad_clip is None or (_finite(self.grad_clip) and self.grad_clip > 0),
+             f"--grad-clip must be a positive number, got {self.grad_clip}")
+        need(self.patience is None or (_whole(self.patience) and self.patience >= 1), f"--patience must be at least 1, got {self.patience}")
+        need(self.limit is None or (_whole(self.limit) and self.limit >= 1), f"--limit must be a positive whole number, got {self.limit}")
         need(self.precision in ("float32", "bfloat16", "auto"), f"--precision must be float32, bfloat16 or auto, not {self.precision!r}")
         need(self.binarize in ("none", "static", "dynamic"), f"--binarize must be none, static or dynamic, not {self.binarize!r}")
         need(self.data_layout in ("auto", "signal", "table"), f"--data-layout must be auto, signal or table, not {self.data_layout!r}")
-        need(0.0 <= self.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        need(_finite(self.val_fraction) and 0.0 <= self.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        self._check_model_size()
+
+    def _check_model_size(self) -> None:
+        """Refuse, before the data is read, settings whose model is too large even for the smallest
+        data (one feature, or one channel of --image-size): the real model is at least as large."""
+        from .data.core import parse_image_size
+
+        size = parse_image_size(self.image_size)
+        settings = {**PRESETS[self.preset], **self.model_overrides()}
+        conv = settings.get("arch") == "conv"
+        shape = (1, *size) if size else ((1, 1, 1) if conv else (1,))
+        prior = settings.get("prior")
+        if prior in (None, "auto") or getattr(PRIORS.get(prior), "needs_condition", False):
+            settings["prior"] = "standard"  # this stand-in has no condition; a conditional prior is no larger
+            settings.pop("prior_options", None)
+        try:
+            ModelConfig(data_shape=shape, **settings)
+        except ModelTooLarge as e:
+            if e.setting == "data_shape":
+                raise CvaeError(f"{e.head}; lower --image-size ({self.image_size})") from None
+            raise CvaeError(str(e)) from None
+        except CvaeError:
+            pass  # any other problem is reported with the real data's shape, as before
 
     def model_overrides(self) -> dict:
         out = {k: getattr(self, k) for k in self.MODEL_KEYS if getattr(self, k) is not None}
@@ -130,7 +180,7 @@ class TrainConfig:
         types = {f.name: f.type for f in fields(cls)}
         clean = {}
         for k, v in d.items():
-            clean[k] = _coerce(k, v, types[k])
+            clean[k] = _coerce(k, v, types[k], where)
         try:
             return cls(**clean)
         except TypeError as e:
@@ -140,7 +190,15 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _coerce(key: str, value, type_text: str):
+def _whole(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _coerce(key: str, value, type_text: str, where: str = "config"):
     """Check a YAML value against the field type written in the dataclass."""
     if value is None:
         return None
@@ -151,6 +209,8 @@ def _coerce(key: str, value, type_text: str):
                 raise ValueError
             return int(value)
         if t.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError
             return float(value)
         if t.startswith("bool"):
             if isinstance(value, bool):
@@ -163,13 +223,17 @@ def _coerce(key: str, value, type_text: str):
         if t.startswith("list[int]"):
             if isinstance(value, str):
                 value = [v for v in value.replace(" ", "").split(",") if v]
-            return [int(v) for v in value]
+            elif not isinstance(value, (list, tuple)):
+                value = [value]
+            return [_coerce(key, v, "int", where) for v in value]
         if t.startswith("str"):
             if isinstance(value, (list, tuple)):
                 return ",".join(str(v) for v in value)
             return str(value)
-    except (TypeError, ValueError):
-        raise CvaeError(f"setting {key!r}: {value!r} is not a valid {t.split(' |')[0]}") from None
+    except (TypeError, ValueError, OverflowError):
+        kind = {"int": "a whole number", "float": "a number", "bool": "true or false",
+                "list[int]": "whole numbers separated by commas (e.g. 512,256)"}.get(t.split(" |")[0], t.split(" |")[0])
+        raise CvaeError(f"setting {key!r} (--{key.replace('_', '-')}) in {where}: {value!r} is not {kind}") from None
     return value
 
 

@@ -10,3 +10,8 @@ class CvaeError(Exception):
     and exits with status 2. The message must name the file, column, flag or value at fault and
     say what to do about it.
     """
+
+
+class CvaeWarning(Warning):
+    """Something cvae repaired or worked around and the user should know of (shown by the CLI as
+    one ``warning:`` line, also without --debug)."""

@@ -7,6 +7,13 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import CvaeError
+from .checks import (
+    check_condition_args,
+    check_rows,
+    condition_hint,
+    guard_outputs,
+    largest_class_count,
+)
 from .core import HELP, add_train_flags
 
 INPUT_HELP = "a named data set (its test split), .npz/.npy/.csv, image folder or image file (default: the run's own data)"
@@ -148,12 +155,24 @@ def _need_sub(parser) -> int:
 # -- helpers ------------------------------------------------------------------------------------
 
 def _load(args):
+    """The run's model, with the command's conditions checked and its outputs guarded (never NaN)."""
     from ..api import load
 
     model = load(args.run, device=args.device)
     if not getattr(args, "data_dir", None):
         args.data_dir = model.run_config.get("train", {}).get("data_dir")
+    names = ("condition", "to", "start", "end")
+    check_condition_args(model, args, *names)
+    specs = []
+    for name in names:
+        value = getattr(args, name, None)
+        specs += value if isinstance(value, list) else [value]
+    guard_outputs(model, condition_hint(model, *specs))
     return model
+
+
+def _rows(model, rows: int, what: str, lower: str) -> None:
+    check_rows(model.config, rows, what, lower)
 
 
 def _own_source(model, given: str | None) -> str:
@@ -217,6 +236,7 @@ def cmd_interpolate(args) -> int:
 
     model = _load(args)
     start_cond, end_cond = _is_condition(args.start), _is_condition(args.end)
+    per_path = args.steps * (2 if args.method == "both" else 1)
     if start_cond != end_cond:
         raise CvaeError("--from and --to must both be conditions (label=3 --to label=8) or both inputs")
     if start_cond:
@@ -225,6 +245,8 @@ def cmd_interpolate(args) -> int:
             inputs = read_inputs(model, args.input, data_dir=args.data_dir, n=args.n, split=args.split)
             x, ids = inputs.x, inputs.ids
             y = conditions_of(model, inputs, args.condition, source=args.input)
+        paths = len(x) if x is not None else args.n
+        _rows(model, paths * per_path, f"{paths} path(s) x --steps {args.steps}", "--steps or --n")
         result = interpolate_conditions(model, args.start, args.end, steps=args.steps, n=args.n, x=x, y=y, ids=ids,
                                         seed=args.seed)
     else:
@@ -244,6 +266,7 @@ def cmd_interpolate(args) -> int:
             a, b = _endpoint(model, args.start, source, args), _endpoint(model, args.end, source, args)
             if len(a.x) != len(b.x):
                 raise CvaeError(f"--from gives {len(a.x)} example(s) and --to {len(b.x)}; give as many of each")
+        _rows(model, len(a.x) * per_path, f"{len(a.x)} path(s) x --steps {args.steps}", "--steps")
         fixed = args.condition if args.condition not in (None, "") else None
         ya = conditions_of(model, a, None if a.y is not None else fixed, source=args.start or source)
         yb = conditions_of(model, b, None if b.y is not None else fixed, source=args.end or source)
@@ -259,6 +282,10 @@ def cmd_traverse(args) -> int:
     from ..apps.latent import kl_per_dimension, traverse, write_traversal
 
     model = _load(args)
+    dims = len(_keys(args.dims)) if args.dims else min(args.top, model.config.latent_dim)
+    codes = len(_keys(args.index)) if args.input else args.n
+    _rows(model, dims * args.steps * codes, f"{dims} dimension(s) x --steps {args.steps} x {codes} code(s)",
+          "--steps, --top (--dims) or --n")
     kl_source = _own_source(model, args.data or args.input)
     kl_inputs = read_inputs(model, kl_source, data_dir=args.data_dir, n=args.kl_examples, split=args.split)
     kl = kl_per_dimension(model, kl_inputs.x, conditions_of(model, kl_inputs, None, source=kl_source))
@@ -276,7 +303,8 @@ def cmd_traverse(args) -> int:
     active = int((kl > 0.01).sum())
     print(f"wrote {path}")
     print(f"  KL per dimension (nats, averaged over {len(kl_inputs.x)} examples of {kl_source}): {shown}")
-    print(f"  {active} of {len(kl)} dimensions have KL above 0.01")
+    print(f"  {active} of {len(kl)} dimensions have KL above 0.01 nats (averaged over these inputs; `cvae evaluate`'s "
+          "active units count dimensions whose posterior mean varies across the test set, Burda et al.'s test)")
     return 0
 
 
@@ -287,6 +315,9 @@ def cmd_transfer(args) -> int:
     model = _load(args)
     source = _own_source(model, args.input)
     inputs = read_inputs(model, source, data_dir=args.data_dir, n=args.n, split=args.split)
+    classes = largest_class_count(model.schema)
+    targets = sum(classes if t.strip().endswith("=all") else 1 for t in args.to) if args.to else classes
+    _rows(model, len(inputs.x) * targets, f"{len(inputs.x)} input(s) x {targets} target(s)", "--n (or give fewer --to)")
     y = conditions_of(model, inputs, args.condition if inputs.y is None else None, source=source)
     result = transfer(model, inputs.x, y, args.to, ids=inputs.ids)
     path = write_transfer(args.output, model, result)
@@ -359,6 +390,9 @@ def cmd_augment(args) -> int:
     from ..apps.io import read_inputs
 
     model = _load(args)
+    if args.per_class is not None:
+        classes = largest_class_count(model.schema, args.attribute)
+        _rows(model, args.per_class * classes, f"--per-class {args.per_class} x {classes} classes", "--per-class")
     real = None
     if args.balance or args.merge or args.data or args.codes == "posterior":
         source = _own_source(model, args.data)
@@ -370,7 +404,8 @@ def cmd_augment(args) -> int:
     print(f"wrote {path}  ({n_syn} synthetic" + (f" + {len(aug.x) - n_syn} real" if args.merge else "") + " examples)")
     for cls, n in aug.generated.items():
         real_n = aug.real.get(cls)
-        print(f"  {aug.attribute}={cls}: {n} synthetic" + (f", {real_n} real" if real_n is not None else ""))
+        print(f"  {aug.attribute}={cls}: {n} synthetic" + (f" ({real_n} real in the data" + ("" if args.merge else
+              ", not written: --merge writes them too") + ")" if real_n is not None else ""))
     return 0
 
 

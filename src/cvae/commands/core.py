@@ -8,6 +8,7 @@ import sys
 from dataclasses import fields
 
 from ..config import TrainConfig
+from .checks import check_condition_args, check_rows, condition_hint, guard_outputs
 
 HELP = {
     "data": "a named data set (digits, mnist, fashion-mnist, binarized-mnist) or a path: .npz/.npy, image folder, .csv",
@@ -130,6 +131,9 @@ def cmd_sample(args) -> int:
     from ..apps import sample_to_file
 
     model = load(args.run, device=args.device)
+    check_condition_args(model, args, "condition")
+    check_rows(model.config, args.n, f"--n {args.n}", "--n", hint=" (or write several files, each with its own --seed)")
+    guard_outputs(model, condition_hint(model, args.condition))
     path = sample_to_file(model, args.output, n=args.n, condition=args.condition, seed=args.seed, mean=not args.draw)
     print(f"wrote {path}")
     return 0
@@ -140,6 +144,8 @@ def cmd_reconstruct(args) -> int:
     from ..apps import reconstruct_file
 
     model = load(args.run, device=args.device)
+    check_condition_args(model, args, "condition")
+    guard_outputs(model, condition_hint(model, args.condition))
     path = reconstruct_file(model, args.input, args.output, condition=args.condition, n=args.n, data_dir=args.data_dir)
     print(f"wrote {path}")
     return 0

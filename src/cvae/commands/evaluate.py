@@ -61,6 +61,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from ..evaluate import evaluate_run
 
+    _check_sizes(args)
     result = evaluate_run(args.run, split=args.split, k=args.k, metrics=args.metrics, evaluator=args.evaluator,
                           n=args.n, per_class=args.per_class, rows=args.batch_size, data_dir=args.data_dir,
                           device=args.device, seed=args.seed, progress=args.progress)
@@ -70,6 +71,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(format_table(result.results))
         print(f"wrote {result.path}")
     return 0
+
+
+def _check_sizes(args: argparse.Namespace) -> None:
+    """--batch-size (decoder rows at once) and --per-class (images generated per class) within memory."""
+    from ..conditions import ConditionSchema
+    from ..errors import CvaeError
+    from ..models import ModelConfig
+    from ..runs import read_config
+    from .checks import check_rows, largest_class_count
+
+    try:
+        config = ModelConfig.from_dict(read_config(args.run)["model"])
+    except (CvaeError, KeyError, TypeError):
+        return  # evaluate_run says what is wrong with the run
+    check_rows(config, args.batch_size, f"--batch-size {args.batch_size}", "--batch-size")
+    classes = largest_class_count(ConditionSchema.from_dict(config.schema))
+    check_rows(config, args.per_class * classes, f"--per-class {args.per_class} x {classes} classes", "--per-class")
 
 
 def cmd_evaluator_train(args: argparse.Namespace) -> int:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import math
+import numbers
+import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
@@ -35,15 +40,31 @@ class ModelConfig:
     standardize: bool = False  # features are standardised; the model keeps their mean/std as buffers
 
     def __post_init__(self):
-        self.data_shape = tuple(int(s) for s in self.data_shape)
-        self.hidden = [int(h) for h in self.hidden]
-        self.channels = [int(c) for c in self.channels]
+        """Check every setting's type and range, then the size of the model it makes, before any
+        weight is allocated (a hand-edited config.json, a flag such as --latent-dim 100000000)."""
+        self.data_shape = tuple(_whole_list("data_shape", self.data_shape, low=1, empty=False))
+        self.hidden = _whole_list("hidden", self.hidden, low=1)
+        self.channels = _whole_list("channels", self.channels, low=1)
+        self.latent_dim = _whole("latent_dim", self.latent_dim, low=1)
+        self.condition_at = _whole("condition_at", self.condition_at, low=-1)
+        for name in ("model_class", "arch", "activation", "likelihood", "prior"):
+            if not isinstance(getattr(self, name), str):
+                raise CvaeError(f"model setting {name} must be a name (a string), got {getattr(self, name)!r}")
+        for name in ("schema", "likelihood_options", "prior_options"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise CvaeError(f"model setting {name} must be a mapping (a JSON object), got {getattr(self, name)!r}")
+        if not isinstance(self.standardize, bool):
+            raise CvaeError(f"model setting standardize must be true or false, got {self.standardize!r}")
+        if isinstance(self.sigma, bool) or not isinstance(self.sigma, numbers.Real):
+            raise CvaeError(f"model setting sigma must be a number, got {self.sigma!r}")
+        self.sigma = float(self.sigma)
+        _check_schema(self.schema)
+        if "components" in self.prior_options:
+            _whole("prior_options.components (--prior-components)", self.prior_options["components"], low=1)
         checks = [
             (self.arch in ENCODERS, f"unknown architecture {self.arch!r}; choose one of {', '.join(ENCODERS)}"),
             (self.activation in ACTIVATIONS, f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}"),
-            (self.latent_dim >= 1, f"latent_dim must be at least 1, got {self.latent_dim}"),
-            (all(h >= 1 for h in self.hidden + self.channels), "hidden and channel widths must be positive"),
-            (self.sigma > 0, f"sigma must be positive, got {self.sigma}"),
+            (math.isfinite(self.sigma) and self.sigma > 0, f"sigma must be a positive number, got {self.sigma}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -52,6 +73,48 @@ class ModelConfig:
         if self.prior == "auto":
             self.prior = "conditional" if ConditionSchema.from_dict(self.schema) else "standard"
         PRIORS.get(self.prior)
+        self.check_size()
+
+    # -- size -------------------------------------------------------------------------------------
+    def parameter_count(self) -> int | None:
+        """The number of parameters of the model these settings build, counted on the meta device
+        (nothing is allocated); None when the model class cannot be built there."""
+        return _meta_count(self)
+
+    def check_size(self) -> None:
+        """Refuse settings whose model would not fit: more than :func:`max_parameters` parameters.
+        The error names the setting that makes it large."""
+        count = self.parameter_count()
+        limit = max_parameters()
+        if count is None or count <= limit:
+            return
+        name, value = self._largest_setting(count)
+        memory = machine_memory()
+        where = f", with the float32 weights in at most half of this machine's {memory / 1e9:,.1f} GB" if memory else ""
+        head = (f"this model would have {count:,} parameters ({4 * count / 1e9:,.1f} GB of float32 weights), more "
+                f"than cvae builds (at most {limit:,} parameters{where})")
+        shown = "prior_options.components" if name == "prior_options" else name
+        raise ModelTooLarge(f"{head}; lower {SIZE_FLAGS[name]} ({shown} = {value})", head=head, setting=name,
+                            parameters=count)
+
+    def _largest_setting(self, count: int) -> tuple[str, object]:
+        """The size setting whose reduction to its smallest value shrinks the model most."""
+        smallest = {"latent_dim": 1, "hidden": [1] * len(self.hidden), "channels": [1] * len(self.channels),
+                    "data_shape": (1,) * len(self.data_shape)}
+        if "components" in getattr(PRIORS.get(self.prior), "options", {}):
+            smallest["prior_options"] = {**self.prior_options, "components": 1}
+        best, best_cut = "latent_dim", -1
+        for name, small in smallest.items():
+            trial = copy.copy(self)
+            setattr(trial, name, small)
+            try:
+                cut = count - (_meta_count(trial) or count)
+            except CvaeError:
+                continue
+            if cut > best_cut:
+                best, best_cut = name, cut
+        value = self.prior_options.get("components", "default") if best == "prior_options" else getattr(self, best)
+        return best, list(value) if isinstance(value, tuple) else value
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -60,11 +123,135 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
+        if not isinstance(d, Mapping):
+            raise CvaeError(f"the model settings must be a mapping (a JSON object), got {d!r}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise CvaeError(f"unknown model setting(s) {', '.join(unknown)} in config")
         return cls(**d)
+
+    @classmethod
+    def from_saved(cls, d: dict) -> ModelConfig:
+        """The settings of a run's config.json: every key a saved config has held since format 1
+        must be there (a missing one would silently take its default)."""
+        if not isinstance(d, Mapping):
+            raise CvaeError(f"the model settings must be a mapping (a JSON object), got {d!r}")
+        missing = [k for k in SAVED_KEYS if k not in d]
+        if missing:
+            raise CvaeError(f"model setting(s) {', '.join(missing)} are missing")
+        return cls.from_dict(d)
+
+
+# Every config.json since format 1 holds these model settings (later ones have defaults).
+SAVED_KEYS = ("data_shape", "schema", "arch", "hidden", "channels", "latent_dim", "activation", "condition_at",
+              "likelihood", "sigma", "prior", "standardize")
+# The settings that set a model's size, and how a user changes them.
+SIZE_FLAGS = {"latent_dim": "--latent-dim", "hidden": "--hidden", "channels": "--channels",
+              "data_shape": "the size of the data (--image-size for an image folder)",
+              "prior_options": "--prior-components"}
+MAX_PARAMETERS = 2_000_000_000
+MEMORY_SHARE = 0.5  # the float32 weights must fit in this share of the machine's memory
+
+
+class ModelTooLarge(CvaeError):
+    """Settings whose model exceeds :func:`max_parameters`; ``setting`` names the culprit."""
+
+    def __init__(self, message: str, *, head: str, setting: str, parameters: int):
+        super().__init__(message)
+        self.head, self.setting, self.parameters = head, setting, parameters
+
+
+def machine_memory() -> int | None:
+    """Bytes of memory this process may use: the machine's, or its container's limit when lower."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        total = None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            text = f.read().strip()
+        if text.isdigit():
+            total = min(total or int(text), int(text))
+    except OSError:
+        pass
+    return total
+
+
+def max_parameters() -> int:
+    """The most parameters cvae builds a model with: 2e9, and the float32 weights within half the memory."""
+    memory = machine_memory()
+    return min(MAX_PARAMETERS, int(memory * MEMORY_SHARE / 4)) if memory else MAX_PARAMETERS
+
+
+def _meta_count(config: ModelConfig) -> int | None:
+    """Parameters of the model ``config`` builds, built on the meta device (no memory, no random draws)."""
+    import torch
+
+    from .base import MODELS
+
+    cls = MODELS.get(config.model_class)
+    try:
+        with torch.device("meta"):
+            model = cls(config)
+    except CvaeError:
+        raise
+    except Exception:  # a model class that cannot be built on the meta device: its size is not checked
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
+def _whole(name: str, value, *, low: int | None = None) -> int:
+    """A whole number (an integral float from JSON, such as 1e3, counts), at least ``low``."""
+    if isinstance(value, bool) or not (isinstance(value, numbers.Integral)
+                                       or (isinstance(value, float) and value.is_integer())):
+        raise CvaeError(f"model setting {name} must be a whole number, got {value!r}")
+    value = int(value)
+    if low is not None and value < low:
+        raise CvaeError(f"model setting {name} must be at least {low}, got {value}")
+    return value
+
+
+def _whole_list(name: str, values, *, low: int, empty: bool = True) -> list[int]:
+    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__iter__"):
+        raise CvaeError(f"model setting {name} must be a list of whole numbers, got {values!r}")
+    out = [_whole(name, v) for v in values]
+    if not empty and not out:
+        raise CvaeError(f"model setting {name} must not be empty")
+    if any(v < low for v in out):
+        raise CvaeError(f"model setting {name} must hold whole numbers of at least {low}, got {out}")
+    return out
+
+
+def _check_schema(schema: Mapping) -> None:
+    """The condition schema: a list of attributes, each categorical (classes) or continuous (mean, std)."""
+    attributes = schema.get("attributes", [])
+    if not isinstance(attributes, list):
+        raise CvaeError(f"model setting schema.attributes must be a list, got {attributes!r}")
+    names = set()
+    for i, a in enumerate(attributes):
+        where = f"schema.attributes[{i}]"
+        if not isinstance(a, Mapping):
+            raise CvaeError(f"model setting {where} must be a mapping (a JSON object), got {a!r}")
+        unknown = sorted(set(a) - {"name", "kind", "classes", "mean", "std"})
+        if unknown:
+            raise CvaeError(f"model setting {where} has unknown key(s) {', '.join(unknown)}")
+        name, kind = a.get("name"), a.get("kind")
+        if not isinstance(name, str) or not name or name in names:
+            raise CvaeError(f"model setting {where}.name must be a distinct, non-empty name, got {name!r}")
+        names.add(name)
+        if kind not in ("categorical", "continuous"):
+            raise CvaeError(f"model setting {where}.kind must be categorical or continuous, got {kind!r}")
+        classes = a.get("classes", [])
+        if not isinstance(classes, list) or not all(isinstance(c, (str, int)) for c in classes) or \
+                (kind == "categorical" and not classes):
+            raise CvaeError(f"model setting {where}.classes must be a list of class names"
+                            f"{' (at least one)' if kind == 'categorical' else ''}, got {classes!r}")
+        for key, positive in (("mean", False), ("std", True)):
+            v = a.get(key, 1.0 if positive else 0.0)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or (positive and v <= 0):
+                raise CvaeError(f"model setting {where}.{key} must be a finite number{' above 0' if positive else ''}, "
+                                f"got {v!r}")
 
 
 # Published settings. Each is a partial ModelConfig; data shape and conditions come from the data.

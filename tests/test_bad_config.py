@@ -1,0 +1,288 @@
+"""Bad flags and hand-edited run folders end in one clear line, before anything large is allocated
+or anything saved is touched; nothing written holds NaN.
+
+Every case is met the way a user meets it: through the command-line tool (exit status 2, one line
+on stderr that names the flag or field, no traceback) or through ``cvae.load``. The run they use is
+tiny: a 4-feature table with a continuous and a categorical condition, trained for one epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import cvae
+from cvae.cli import main
+from cvae.config import TrainConfig
+from cvae.errors import CvaeError
+
+QUIET = ["--no-progress", "--no-tensorboard", "--no-pictures"]
+
+
+def _table(path, rows=60):
+    rng = np.random.default_rng(0)
+    lines = ["a,b,c,d,alcohol,label"]
+    for i in range(rows):
+        a, b, c, d = rng.normal(size=4).round(3)
+        lines.append(f"{a},{b},{c},{d},{10 + rng.normal():.2f},{i % 3}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return _table(tmp_path_factory.mktemp("data") / "wine.csv")
+
+
+def _train_flags(data):
+    return ["--data", str(data), "--condition", "alcohol:continuous,label", "--hidden", "8", "--latent-dim", "2",
+            "--batch-size", "16", *QUIET]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data):
+    out = tmp_path_factory.mktemp("runs") / "wine"
+    assert main(["train", *_train_flags(data), "--epochs", "1", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def copy(run, tmp_path):
+    """A fresh copy of the trained run, to damage."""
+    def make(name="copy"):
+        return shutil.copytree(run, tmp_path / name)
+
+    return make
+
+
+def _cli(argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as e:  # argparse's own errors
+        return e.code
+
+
+def _fails(argv, capsys, *fragments):
+    """The command fails with one line that holds every fragment, and no traceback."""
+    code = _cli(argv)
+    err = capsys.readouterr().err
+    assert code == 2, (argv, err)
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    return err
+
+
+def _edit(run, change):
+    path = run / "config.json"
+    cfg = json.loads(path.read_text())
+    change(cfg)
+    path.write_text(json.dumps(cfg, indent=2))
+
+
+def _files(run) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file()}
+
+
+# -- flags ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--seed", "-1"], ["--seed", "got -1"]),
+    (["--seed", "9" * 20], ["--seed", "2**63"]),
+    (["--weight-decay", "-1"], ["--weight-decay"]),
+    (["--lr", "inf"], ["--lr"]),
+    (["--latent-dim", "100000000"], ["--latent-dim", "parameters"]),
+    (["--hidden", "100000000"], ["--hidden", "parameters"]),
+    (["--hidden", "1e8"], ["--hidden"]),
+    (["--hidden", "400", "--image-size", "3000x3000"], ["--image-size", "3000x3000", "parameters"]),
+    (["--prior", "vamp", "--prior-components", "100000000", "--image-size", "28x28"], ["--prior-components"]),
+    (["--latent-dim", "1e8"], ["--latent-dim"]),  # argparse: not a whole number
+])
+def test_bad_train_flags_are_one_line_and_touch_nothing(data, tmp_path, capsys, flags, fragments):
+    out = tmp_path / "out"
+    _fails(["train", *_train_flags(data), *flags, "--out", str(out)], capsys, *fragments)
+    assert not (out / "config.json").exists() and not (out / "model.safetensors").exists()  # nothing written
+
+
+def test_yaml_and_api_settings_are_checked_the_same_way(data, tmp_path):
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text(f"data: {data}\nlatent_dim: 1e8\n")
+    with pytest.raises(CvaeError, match="--latent-dim"):
+        cvae.train(yaml_file, out=str(tmp_path / "r"))
+    with pytest.raises(CvaeError, match="--seed"):
+        TrainConfig(seed=2**63)
+    with pytest.raises(CvaeError, match="--weight-decay"):
+        cvae.train(data=str(data), weight_decay=-0.5, out=str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_out_naming_a_file_is_refused(data, tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("keep me\n")
+    _fails(["train", *_train_flags(data), "--out", str(target)], capsys, "--out", "is a file")
+    assert target.read_text() == "keep me\n"
+
+
+def test_counts_and_seeds_of_the_other_commands(run, data, tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    _fails(["sample", str(run), "--n", str(10**12), "-o", str(out)], capsys, "--n", "memory")
+    _fails(["sample", str(run), "--n", "1e8", "-o", str(out)], capsys, "--n")
+    _fails(["sample", str(run), "--n", "0", "-o", str(out)], capsys, "--n must be a positive")
+    _fails(["sample", str(run), "--seed", "-1", "-o", str(out)], capsys, "--seed")
+    _fails(["sample", str(run), "--seed", "9" * 20, "-o", str(out)], capsys, "--seed")
+    _fails(["traverse", str(run), "--steps", str(10**12), "-o", str(out)], capsys, "--steps", "memory")
+    _fails(["augment", str(run), "--per-class", str(10**12), "-o", str(out)], capsys, "--per-class", "memory")
+    _fails(["interpolate", str(run), "--input", str(data), "--steps", str(10**12), "-o", str(out)], capsys,
+           "--steps", "memory")
+    _fails(["evaluate", str(run), "--batch-size", str(10**12)], capsys, "--batch-size", "memory")
+    _fails(["embed", str(run), "--n", "-5", "-o", str(out)], capsys, "--n must be a positive")
+    assert not out.exists()
+
+
+def test_out_of_memory_in_torch_is_one_line(run, tmp_path, capsys, monkeypatch):
+    import cvae.apps
+
+    def allocate(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 320000000000 bytes. Error code 12")
+
+    monkeypatch.setattr(cvae.apps, "sample_to_file", allocate)
+    _fails(["sample", str(run), "-o", str(tmp_path / "s.csv")], capsys, "out of memory", "320.0 GB", "--n")
+
+
+# -- conditions and outputs ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, fragment", [("1e300", "too far outside the training range"),
+                                             ("inf", "finite"), ("nan", "finite")])
+def test_a_condition_the_model_cannot_compute_with_is_refused(run, tmp_path, capsys, value, fragment):
+    out = tmp_path / "s.csv"
+    _fails(["sample", str(run), "--condition", f"alcohol={value}", "--n", "3", "-o", str(out)], capsys,
+           "--condition", "alcohol", fragment)
+    assert not out.exists()
+
+
+def test_a_far_condition_warns_and_writes_finite_numbers(run, tmp_path, capsys):
+    out = tmp_path / "s.csv"
+    assert main(["sample", str(run), "--condition", "alcohol=1000", "--n", "3", "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: --condition alcohol=1000") and "standard deviations" in err
+    rows = out.read_text().splitlines()[1:]
+    assert len(rows) == 3 and all(math.isfinite(float(v)) for r in rows for v in r.split(",")[:4])
+
+
+def test_nan_outputs_are_never_written(copy, data, tmp_path, capsys):
+    broken = copy()
+    weights = load_file(str(broken / "model.safetensors"))
+    bias = next(k for k in weights if k.startswith("decoder.") and k.endswith("bias"))
+    weights[bias] = torch.full_like(weights[bias], math.nan)
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "cvae-run"})
+    for argv in (["sample", str(broken), "--n", "3"], ["reconstruct", str(broken), "--input", str(data)],
+                 ["interpolate", str(broken), "--input", str(data), "--n", "1"]):
+        out = tmp_path / "x.csv"
+        _fails([*argv, "-o", str(out)], capsys, "NaN or infinite", "nothing was written")
+        assert not out.exists()
+
+
+# -- hand-edited config.json ---------------------------------------------------------------------------
+
+def _set(key, value):
+    return lambda cfg: cfg["model"].__setitem__(key, value)
+
+
+EDITS = {
+    "latent_dim changed": (_set("latent_dim", 3), ["does not match", "latent_dim"]),
+    "latent_dim 1e9": (_set("latent_dim", 1e9), ["does not match", "latent_dim", "1000000000"]),
+    "hidden changed": (_set("hidden", [16]), ["does not match", "hidden"]),
+    "data_shape changed": (_set("data_shape", [5]), ["does not match", "data_shape"]),
+    "data_shape negative": (_set("data_shape", [-4]), ["data_shape", "at least 1"]),
+    "a string for a number": (_set("latent_dim", "2"), ["latent_dim", "whole number"]),
+    "a missing key": (lambda cfg: cfg["model"].pop("hidden"), ["hidden", "missing"]),
+    "a newer format": (lambda cfg: cfg.__setitem__("format_version", 99), ["newer cvae", "upgrade cvae"]),
+    "likelihood changed": (_set("likelihood", "bernoulli"), ["does not match", "likelihood"]),
+    "standardize changed": (_set("standardize", False), ["does not match", "standardize"]),
+    "prior changed": (_set("prior", "standard"), ["does not match", "prior"]),
+    "a class added": (lambda cfg: cfg["model"]["schema"]["attributes"][1]["classes"].append("3"),
+                      ["does not match", "schema"]),
+    "a section not an object": (lambda cfg: cfg.__setitem__("data", "wine"), ["'data' must be a JSON object"]),
+}
+
+
+@pytest.mark.parametrize("name", list(EDITS))
+def test_hand_edited_config_is_one_line(copy, tmp_path, capsys, name):
+    change, fragments = EDITS[name]
+    broken = copy()
+    _edit(broken, change)
+    out = tmp_path / "s.csv"
+    _fails(["sample", str(broken), "-o", str(out)], capsys, *fragments)
+    assert not out.exists()
+    with pytest.raises(CvaeError) as e:
+        cvae.load(broken)
+    assert all(f in str(e.value) for f in fragments), str(e.value)
+
+
+@pytest.mark.parametrize("raw, fragment", [(b'{"format": "cvae-run", "model": "\xff\xfe"}', "not UTF-8"),
+                                           (b'{"format": "cvae-run", "model": {', "not valid JSON")])
+def test_unreadable_config_is_one_line(copy, tmp_path, capsys, raw, fragment):
+    broken = copy()
+    (broken / "config.json").write_bytes(raw)
+    _fails(["sample", str(broken), "-o", str(tmp_path / "s.csv")], capsys, "config.json", fragment)
+    with pytest.raises(CvaeError, match=fragment):
+        cvae.load(broken)
+
+
+def test_version_1_runs_still_load(run, copy):
+    """A run written by format 1 (weights named prior_net.*, log_sigma; no part options) loads as before."""
+    old = copy("v1")
+    _edit(old, lambda cfg: (cfg.__setitem__("format_version", 1),
+                            [cfg["model"].pop(k) for k in ("model_class", "likelihood_options", "prior_options")]))
+    names = {"prior.net.weight": "prior_net.weight", "prior.net.bias": "prior_net.bias",
+             "likelihood.log_sigma": "log_sigma"}
+    weights = load_file(str(old / "model.safetensors"))
+    assert set(names) <= set(weights)
+    save_file({names.get(k, k): v for k, v in weights.items()}, str(old / "model.safetensors"))
+    now, then = cvae.load(run), cvae.load(old)
+    assert now.state_dict().keys() == then.state_dict().keys()
+    assert all(torch.equal(v, then.state_dict()[k]) for k, v in now.state_dict().items())
+    a, b = (m.sample(4, "alcohol=10", generator=torch.Generator().manual_seed(0)) for m in (now, then))
+    assert torch.equal(a, b) and torch.isfinite(a).all()
+
+
+# -- --resume ------------------------------------------------------------------------------------------
+
+def test_resume_drops_a_cut_off_last_metrics_line_with_a_warning(copy, capsys):
+    run = copy()
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "train_lo')  # a crash while the row was written
+    assert main(["train", "--resume", "--epochs", "2", "--out", str(run), *QUIET]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("warning: ") and "metrics.jsonl" in err and "cut off" in err and "Traceback" not in err
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_resume_refuses_a_damaged_middle_metrics_line_and_touches_nothing(copy, capsys):
+    run = copy()
+    (run / "metrics.jsonl").write_text("not json\n" + (run / "metrics.jsonl").read_text())
+    before = _files(run)
+    _fails(["train", "--resume", "--epochs", "2", "--out", str(run), *QUIET], capsys, "metrics.jsonl", "line 1")
+    assert _files(run) == before
+
+
+@pytest.mark.parametrize("change, fragments", [
+    (lambda cfg: cfg["train"].__setitem__("latent_dim", 5), ["train.latent_dim", "model.latent_dim"]),
+    (lambda cfg: cfg["train"].__setitem__("seed", "x"), ["'train' settings", "seed"]),
+    (lambda cfg: cfg["model"].__setitem__("latent_dim", 1e9), ["does not match", "latent_dim"]),
+    (lambda cfg: cfg.__setitem__("format_version", 99), ["upgrade cvae"]),
+])
+def test_resume_checks_config_json_before_touching_the_run(copy, capsys, change, fragments):
+    run = copy()
+    _edit(run, change)
+    before = _files(run)
+    _fails(["train", "--resume", "--epochs", "2", "--out", str(run), *QUIET], capsys, *fragments)
+    assert _files(run) == before
