@@ -367,3 +367,17 @@ def test_headerless_heartbeats_with_the_label_last(tmp_path, capsys):
     assert main(["anomaly", "score", str(tmp_path / "r"), "--data", str(tmp_path / "b.csv"), "-o", str(tmp_path / "s.csv")]) == 0
     assert len(_rows(tmp_path / "s.csv")) == 170
     assert json.loads((tmp_path / "s.metrics.json").read_text())["n_anomaly"] == 20
+
+
+def test_read_inputs_and_embed_find_a_named_data_set_where_the_run_found_it(tmp_path, shared_data):
+    """The README's "From Python" snippet as written: no data_dir, the run's own data folder is used."""
+    import cvae
+    from cvae.apps import embed, read_inputs
+
+    run = tmp_path / "mnist"
+    cvae.train(data="mnist", data_dir=str(shared_data), limit=300, epochs=1, out=str(run), progress=False,
+               tensorboard=False, pictures=False)
+    model = cvae.load(run)
+    test = read_inputs(model, "mnist", n=5)
+    assert test.x.shape == (5, 1, 28, 28) and test.y.shape[0] == 5
+    assert embed(model, "mnist", n=5).mu.shape == (5, model.config.latent_dim)

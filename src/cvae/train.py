@@ -20,6 +20,7 @@ import inspect
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -34,9 +35,18 @@ from .config import TrainConfig
 from .data import EVALUATION_SEED, DataSplits, fixed_binarization, load_data, parse_image_size
 from .data.stream import CHUNK_BYTES, ArrayRows, load_npy_stream, npy_float32_bytes
 from .errors import CvaeError
+from .lock import LOCK_NAME, hold, let_go, remove_orphans
 from .models import CVAE, PRESETS, ModelConfig, RunInfo, build_model
 from .objectives import build_objective, elbo
-from .runs import FORMAT, FORMAT_VERSION, load_tensors, read_config, save_tensors, write_json
+from .runs import (
+    FORMAT,
+    FORMAT_VERSION,
+    atomic_write,
+    load_tensors,
+    read_config,
+    save_tensors,
+    write_json,
+)
 
 REFRESH_STEPS = 50
 
@@ -49,6 +59,10 @@ class TrainResult:
     config: TrainConfig
     summary: dict
     rank: int = 0  # this process's rank under torchrun; only rank 0 writes the run folder
+
+    def __repr__(self) -> str:  # not the tensors of the model and the data
+        figures = {k: self.summary.get(k) for k in ("epochs", "test", "val") if k in self.summary}
+        return f"TrainResult(run_dir={str(self.run_dir)!r}, model={type(self.model).__name__}, summary={figures})"
 
 
 @dataclass
@@ -204,8 +218,12 @@ def fit(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, e
     """
     with _processes(config.device) as (ranks, device), _flushed_denormals(), _own_rng(device):
         trainer = Trainer.prepare(config, ranks, device, resume=resume, overwrite=overwrite, explicit=explicit)
-        stopped_early = trainer.train(on_epoch)
-        return trainer.finish(stopped_early)
+        try:
+            stopped_early = trainer.train(on_epoch)
+            return trainer.finish(stopped_early)
+        finally:
+            if ranks.main:
+                let_go(trainer.run_dir)
 
 
 class Trainer:
@@ -213,8 +231,10 @@ class Trainer:
     --resume, its saved state), :meth:`train` (the epochs) and :meth:`finish` (the final figures)."""
 
     def __init__(self, config: TrainConfig, ranks: Ranks, device: torch.device, data: DataSplits, run_dir: Path,
-                 resume: bool):
+                 resume: bool, replacing: bool = False):
         self.config, self.ranks, self.device, self.data, self.run_dir = config, ranks, device, data, run_dir
+        # --overwrite of a trained run: the old run stays whole until the new one has a finite first epoch
+        self.replacing = replacing
         self.model_config = model_config_for(config, data)
         self.info = self._run_info()
         self.model = build_model(self.model_config, run=RunInfo(run_dir, self.info)).to(device)
@@ -223,7 +243,7 @@ class Trainer:
         self.opt = _optimizer(self.model, config, device)
         self.objective = build_objective(config.objective, config)
         self.start_epoch, self.best_val, self.bad_epochs, self.best_state = 0, math.inf, 0, None
-        if resume:
+        if resume and _on_main(ranks, _has_epochs, run_dir):
             self._restore()
         elif ranks.rank:
             torch.manual_seed(config.seed + ranks.rank)  # its own noise; the weights come from rank 0
@@ -238,8 +258,15 @@ class Trainer:
         config = _settings(config, ranks, device, resume, explicit)
         torch.manual_seed(config.seed)
         data = _load(config)
-        run_dir = _on_main(ranks, _run_folder, config, data.name, resume, overwrite)
-        return cls(config.replace(out=str(run_dir)), ranks, device, data, run_dir, resume)
+        run_dir, replacing, created = _on_main(ranks, _run_folder, config, data.name, resume, overwrite)
+        try:
+            return cls(config.replace(out=str(run_dir)), ranks, device, data, run_dir, resume, replacing)
+        except BaseException:
+            if ranks.main:
+                let_go(run_dir)
+                if created and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
+                    shutil.rmtree(run_dir)  # refused before anything was written: leave no empty folder
+            raise
 
     # -- preparing -----------------------------------------------------------------------------------
     def _run_info(self) -> dict:
@@ -296,11 +323,22 @@ class Trainer:
         self.chunk = self.n_used if not rows else max(self.batch, CHUNK_BYTES // rows // self.batch * self.batch)
 
     def _open_logs(self):
-        if not self.ranks.main:
+        if not self.ranks.main or self.replacing:
             return None
         write_json(self.run_dir / "config.json", self.info)
         _truncate_metrics(self.metrics_path, self.start_epoch)
         return _tensorboard(self.run_dir) if self.config.tensorboard else None
+
+    def _replace_old_run(self) -> None:
+        """--overwrite: the new run's first epoch is finite, so the old run's files go now."""
+        for name in RUN_FILES:
+            path = self.run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        self.replacing = False
+        self.writer = self._open_logs()
 
     # -- training ------------------------------------------------------------------------------------
     def train(self, on_epoch=None) -> bool:
@@ -313,6 +351,9 @@ class Trainer:
                 if self.bar is not None:
                     self.bar.set_postfix(loss=f"{row['train_loss']:.2f}",
                                          **({"val": f"{row['val_loss']:.2f}"} if "val_loss" in row else {}))
+                _on_main(self.ranks, self._check_finite, row)
+                if self.replacing and self.ranks.main:
+                    self._replace_old_run()
                 patience_out = self._early_stopping(row)
                 rng = _gather(self.ranks, _rng_states())
                 if self.ranks.main:
@@ -364,12 +405,29 @@ class Trainer:
         if self.ranks.world > 1:
             dist.all_reduce(sums)
         rec, kl, *terms = (sums / self.n_used).tolist()
-        if not math.isfinite(rec + kl):
-            raise CvaeError(f"training diverged in epoch {epoch + 1} (the loss is {rec + kl}); the run folder keeps "
-                            f"epoch {epoch}. Lower --lr, set --grad-clip 1.0, or check the data for extreme values")
         return {"epoch": epoch + 1, "train_loss": rec + kl, "train_reconstruction": rec, "train_kl": kl,
                 **{f"train_{k}": v for k, v in zip(names, terms)}, **self.objective.schedule(epoch + 1),
                 "seconds": time.perf_counter() - t0}
+
+    def _check_finite(self, row: dict) -> None:
+        """A diverged epoch (a loss or a weight not finite) is never saved: the run keeps its last good one."""
+        epoch = row["epoch"]
+        bad = [k for k in ("train_loss", "val_loss") if k in row and not math.isfinite(row[k])]
+        if not bad and not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            bad = ["the weights"]
+        if not bad:
+            return
+        what = ", ".join(f"{k} = {row[k]}" if k in row else k for k in bad)
+        if self.replacing:
+            kept = f"the previous run in {self.run_dir} is left as it was"
+        elif epoch > 1:
+            kept = f"{self.run_dir} keeps epoch {epoch - 1}, the last good one"
+            self.info["status"] = f"diverged in epoch {epoch}; the weights are those of epoch {epoch - 1}"
+            write_json(self.run_dir / "config.json", self.info)
+        else:
+            kept = "nothing was saved"
+        raise CvaeError(f"training diverged in epoch {epoch} ({what} is not finite); {kept}. Lower --lr, set "
+                        "--grad-clip 1.0, or check the data for extreme values")
 
     def _early_stopping(self, row: dict) -> bool:
         """Track the best validation loss (the negative ELBO); True when patience has run out."""
@@ -488,13 +546,35 @@ def _free_memory(device: torch.device) -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _run_folder(config: TrainConfig, data_name: str, resume: bool, overwrite: bool) -> Path:
+# What a training run writes into its folder (and --overwrite replaces), besides pictures of its own.
+RUN_FILES = ("config.json", "metrics.jsonl", "model.safetensors", "trainer_state.safetensors", "summary.json",
+             "eval.json", "tb", "samples.png", "reconstructions.png", "latent.png", "loss.png")
+
+
+def _run_folder(config: TrainConfig, data_name: str, resume: bool, overwrite: bool) -> tuple[Path, bool, bool]:
+    """The run folder, locked for this process; whether an old trained run in it is to be replaced;
+    whether this call created it."""
     run_dir = Path(config.out) if config.out else default_out(config, data_name)
-    if not resume and (run_dir / "config.json").exists() and not overwrite:
-        raise CvaeError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                        "or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CvaeError(f"--out {run_dir} is a file, not a folder; choose a folder name for the run")
+    created = not run_dir.exists()
+    hold(run_dir)
+    try:
+        remove_orphans(run_dir, RUN_FILES)
+        trained = _has_epochs(run_dir)
+        if not resume and trained and not overwrite:
+            raise CvaeError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace "
+                            "it, or choose another --out")
+        # a folder whose run never finished an epoch holds nothing to lose: train and --resume both start it
+        return run_dir, bool(overwrite and trained and not resume), created
+    except BaseException:
+        let_go(run_dir)
+        raise
+
+
+def _has_epochs(run_dir: Path) -> bool:
+    """Whether the folder holds a trained epoch (what --resume goes on from)."""
+    return (run_dir / "trainer_state.safetensors").is_file()
 
 
 RESUMABLE = {"epochs", "patience", "progress", "tensorboard", "device", "data_dir", "precision", "compile", "stream"}
@@ -540,8 +620,14 @@ def _read_trainer_state(run_dir: Path) -> dict:
 
 def _restore(state: dict, model: CVAE, opt: torch.optim.Optimizer, rank: int) -> tuple[int, float, int]:
     tensors, meta = state["tensors"], state["meta"]
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    _load_optimizer(opt, tensors, meta["param_groups"])
+    try:
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        _load_optimizer(opt, tensors, meta["param_groups"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = str(e).strip().splitlines()[-1][:200]
+        raise CvaeError("trainer_state.safetensors does not fit the model that config.json and the data describe "
+                        f"({first}); was config.json edited, or the data changed? Restore them, or start a new run "
+                        "with --overwrite") from None
     suffix = f".{rank}" if rank else ""  # rank 0's states keep the names of a single-process run
     if f"rng.cpu{suffix}" in tensors:
         torch.set_rng_state(tensors[f"rng.cpu{suffix}"])
@@ -574,11 +660,24 @@ def _save_epoch(run_dir, model, opt, epoch, best_val, bad_epochs, row, metrics_p
 
 
 def _truncate_metrics(path: Path, epochs: int) -> None:
+    """Keep the rows of the first ``epochs`` epochs. Each row is appended (and fsynced) after the
+    epoch's weights are saved, so a crash can leave at most a partial last line: it is dropped."""
     if not path.exists():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip()]
-    keep = [r for r in rows if json.loads(r).get("epoch", 0) <= epochs]
-    path.write_text("".join(r + "\n" for r in keep))
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    keep = []
+    for i, line in enumerate(lines):
+        try:
+            row = json.loads(line)
+            epoch = int(row["epoch"])
+        except (ValueError, TypeError, KeyError):
+            if i == len(lines) - 1:
+                break  # the partial row of an interrupted write
+            raise CvaeError(f"{path} line {i + 1} is not a metrics row; remove that line (or the file, losing the "
+                            "loss curve but not the model) and run again") from None
+        if epoch <= epochs:
+            keep.append(line)
+    write_text_atomic(path, "".join(r + "\n" for r in keep))
 
 
 def _epochs_done(path: Path) -> int:
@@ -680,3 +779,11 @@ def _flushed_denormals():
     finally:
         if supported:
             torch.set_flush_denormal(False)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    def w(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+
+    atomic_write(path, w)
