@@ -286,3 +286,12 @@ def test_resume_checks_config_json_before_touching_the_run(copy, capsys, change,
     before = _files(run)
     _fails(["train", "--resume", "--epochs", "2", "--out", str(run), *QUIET], capsys, *fragments)
     assert _files(run) == before
+
+
+def test_the_python_api_refuses_a_condition_it_cannot_compute_with(run):
+    model = cvae.load(run)
+    with pytest.raises(CvaeError, match="not finite once standardised"):
+        model.sample(3, "alcohol=1e300,label=1")
+    with pytest.raises(CvaeError, match="finite"):
+        model.sample(3, "alcohol=nan,label=1")
+    assert torch.isfinite(model.sample(3, "alcohol=11,label=1")).all()

@@ -98,7 +98,11 @@ class VAEModel(nn.Module):
             if condition not in (None, "", "none", {}):
                 raise CvaeError("this model is a plain VAE (no condition); leave the condition out")
             return None
-        return self.schema.encode(self.schema.parse(condition, n)).to(self.device)
+        c = self.schema.encode(self.schema.parse(condition, n)).to(self.device)
+        if not torch.isfinite(c).all():
+            raise CvaeError(f"the condition {condition!r} holds a value that is not finite once standardised; "
+                            "give values near the training data's range")
+        return c
 
     def to_model_units(self, x) -> torch.Tensor:
         """Data-unit inputs (any array, shape checked, NaN refused) -> the model's units (standardised
