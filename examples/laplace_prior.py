@@ -25,9 +25,9 @@ class Laplace:
     def log_prob(self, z):
         return self.marginal_log_prob(z).sum(-1)
 
-    def draw(self, n, generator=None):
+    def draw(self, n, generator=None, temperature=1.0):  # temperature scales the spread (cvae sample)
         u = torch.rand((n, self.log_b.numel()), generator=generator).to(self.log_b.device) - 0.5
-        return -self.log_b.exp() * u.sign() * torch.log1p(-2 * u.abs())
+        return -temperature * self.log_b.exp() * u.sign() * torch.log1p(-2 * u.abs())
 
     def moments(self):
         b = self.log_b.exp()

@@ -48,11 +48,12 @@ class DiagonalGaussian:
 
     sample = rsample
 
-    def draw(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` draws (n, D), the noise taken from ``generator`` on the CPU (reproducible anywhere).
-        A batch of distributions (B, D) gives one draw each and needs n == B."""
+    def draw(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """``n`` draws (n, D), the noise taken from ``generator`` on the CPU (reproducible anywhere),
+        scaled by ``temperature`` (1: exact draws). A batch of distributions (B, D) gives one draw
+        each and needs n == B."""
         eps = torch.randn((n, self.mu.shape[-1]), generator=generator).to(self.mu.device, self.mu.dtype)
-        return self.mu + self.std * eps
+        return self.mu + (self.std * temperature) * eps
 
     def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and standard deviation per dimension."""
@@ -140,8 +141,9 @@ class GaussianMixture:
         second = (pi * (self.logvar.exp() + self.mu ** 2)).sum(-2)
         return mean, (second - mean ** 2).clamp_min(1e-12).sqrt()
 
-    def draw(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` draws (n, D): a component, then a Gaussian draw from it (noise from ``generator``)."""
+    def draw(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """``n`` draws (n, D): a component, then a Gaussian draw from it (noise from ``generator``,
+        scaled by ``temperature``)."""
         probs = torch.softmax(self.logits, dim=-1).detach().cpu()
         if self.shared:
             comp = torch.multinomial(probs, n, replacement=True, generator=generator)  # (n,)
@@ -151,7 +153,7 @@ class GaussianMixture:
             rows = torch.arange(len(comp), device=self.mu.device)
             mu, logvar = self.mu[rows, comp], self.logvar[rows, comp]
         eps = torch.randn(mu.shape, generator=generator).to(mu.device)
-        return mu + torch.exp(0.5 * logvar) * eps
+        return mu + (torch.exp(0.5 * logvar) * temperature) * eps
 
 
 class Bernoulli:

@@ -33,6 +33,7 @@ from .data.files import cache_dir
 from .errors import CvaeError
 from .figures import Figure
 from .models import CVAE
+from .models.base import SAMPLING_TEMPERATURE
 
 FORMAT = "cvae-evaluator"
 FORMAT_VERSION = 1
@@ -387,8 +388,8 @@ class ConditionalAccuracy:
 
     def to_dict(self) -> dict:
         return {
-            "name": f"conditional accuracy: share of images generated for {self.attribute}=C that the evaluator "
-                    "classifies as C",
+            "name": f"conditional accuracy: share of images generated for {self.attribute}=C (at temperature "
+                    f"{SAMPLING_TEMPERATURE}) that the evaluator classifies as C",
             "attribute": self.attribute,
             "n_per_class": self.n_per_class,
             "per_class": {c: {"value": a, "stderr": s} for c, a, s in zip(self.classes, self.per_class,
@@ -401,7 +402,8 @@ class ConditionalAccuracy:
 
 @torch.no_grad()
 def conditional_accuracy(model: CVAE, evaluator: Evaluator, attribute: int, *, per_class: int = 1000,
-                         seed: int = 0, batch_size: int = 1000) -> ConditionalAccuracy:
+                         seed: int = 0, batch_size: int = 1000,
+                         temperature: float = SAMPLING_TEMPERATURE) -> ConditionalAccuracy:
     """Generate ``per_class`` images for each class of the model's categorical ``attribute``
     (decoder means; the other conditions cycle / sit at their means) and classify them."""
     attr = model.schema.attributes[attribute]
@@ -412,7 +414,7 @@ def conditional_accuracy(model: CVAE, evaluator: Evaluator, attribute: int, *, p
         counts = torch.zeros(n_classes, dtype=torch.long)
         for i in range(0, per_class, batch_size):
             m = min(batch_size, per_class - i)
-            x = model.sample(m, {attr.name: [cls] * m}, generator=g).cpu()
+            x = model.sample(m, {attr.name: [cls] * m}, generator=g, temperature=temperature).cpu()
             counts += torch.bincount(evaluator.predict(x).cpu().long(), minlength=n_classes)[:n_classes]
         confusion.append(counts.tolist())
         p = int(counts[ci]) / per_class
@@ -479,7 +481,8 @@ def sample_quality(model: CVAE, evaluator: Evaluator, real_x: torch.Tensor, real
              f"{evaluator.config.data or 'this data'}")
     notes = [f"Fréchet distance, precision and recall are measured in {space}: NOT the Inception FID, "
              "not comparable with published FIDs; compare models with the same evaluator and the same number of images",
-             "generated images are decoder means E[x | z, c] with z ~ p(z | c)"
+             "generated images are decoder means E[x | z, c] with z ~ p(z | c) at cvae sample's default temperature "
+             f"{SAMPLING_TEMPERATURE} (the prior's standard deviations scaled by it), as a user gets them"
              + ("; conditions as in the real images" if model.schema else "")]
     info = {"path": evaluator.info.get("path", ""), "data": evaluator.config.data,
             "accuracy": evaluator.info.get("accuracy", {}), "classes": evaluator.config.classes}

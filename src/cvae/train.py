@@ -107,8 +107,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bfloat16" if native_bfloat16(device) else "float32"
 
 
+# The default network of a conditional model: the condition at every layer and 8 latents, so that
+# samples are of the class asked for (benchmarks/defaults.py: 94.7% of MNIST samples read as the
+# requested digit after 10 epochs at temperature 1, 96.7% at the default 0.9, against 86.5% and
+# 90.7% with the plain VAE's 20 latents and the condition at the input). Flags override it.
+CONDITIONED_DEFAULTS = {"mlp-400": {"latent_dim": 8, "condition_at": -1}}
+
+
 def model_config_for(config: TrainConfig, data: DataSplits) -> ModelConfig:
     settings = dict(PRESETS[config.preset])
+    if data.schema:
+        settings.update(CONDITIONED_DEFAULTS.get(config.preset, {}))
     settings.update(likelihood=data.default_likelihood)
     if data.binary and not data.standardize:
         settings["likelihood"] = "bernoulli"

@@ -8,12 +8,13 @@ import torch
 
 from ..errors import CvaeError
 from ..models import CVAE
+from ..models.base import SAMPLING_TEMPERATURE
 from ..plots import save_feature_histograms, save_image_grid, save_signals
 from .io import read_inputs, write_array_output
 
 
 def sample_to_file(model: CVAE, out: str | Path, *, n: int = 64, condition=None, seed: int = 0,
-                   mean: bool = True) -> Path:
+                   mean: bool = True, temperature: float = SAMPLING_TEMPERATURE) -> Path:
     """Generate ``n`` examples (cycling through the classes when a categorical condition is left out)
     and write a ``.png`` grid, an ``.npz`` (``x`` plus conditions) or a ``.csv`` table."""
     if n < 1:
@@ -24,7 +25,7 @@ def sample_to_file(model: CVAE, out: str | Path, *, n: int = 64, condition=None,
     if y is None and condition not in (None, "", "none"):
         raise CvaeError("this model is a plain VAE (no condition); leave --condition out")
     g = torch.Generator().manual_seed(seed)
-    x = model.sample(n, y, mean=mean, generator=g).cpu()
+    x = model.sample(n, y, mean=mean, generator=g, temperature=temperature).cpu()
     if out.suffix.lower() == ".png":
         kind = len(model.config.data_shape)
         labels = [schema.describe(r) for r in y] if y is not None else None

@@ -88,6 +88,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--n", type=int, default=64, help="how many examples (default 64)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--draw", action="store_true", help="draw x ~ p(x | z, c) instead of taking its mean")
+    s.add_argument("--temperature", type=float, default=0.9,
+                   help="scale of the prior's standard deviations: 1 samples the model exactly; the default 0.9 "
+                        "gives samples more typical of their condition")
     s.add_argument("-o", "--output", required=True, help="a .png grid, an .npz (x plus conditions) or a .csv")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_sample)
@@ -134,7 +137,8 @@ def cmd_sample(args) -> int:
     check_condition_args(model, args, "condition")
     check_rows(model.config, args.n, f"--n {args.n}", "--n", hint=" (or write several files, each with its own --seed)")
     guard_outputs(model, condition_hint(model, args.condition))
-    path = sample_to_file(model, args.output, n=args.n, condition=args.condition, seed=args.seed, mean=not args.draw)
+    path = sample_to_file(model, args.output, n=args.n, condition=args.condition, seed=args.seed, mean=not args.draw,
+                          temperature=args.temperature)
     print(f"wrote {path}")
     return 0
 

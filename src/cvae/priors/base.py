@@ -58,8 +58,13 @@ class Prior(nn.Module):
     def log_prob(self, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         return self.distribution(c).log_prob(z)
 
-    def sample(self, n: int, c: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.distribution(c).draw(n, generator)
+    def sample(self, n: int, c: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               temperature: float = 1.0) -> torch.Tensor:
+        """n codes; ``temperature`` scales each (component's) standard deviation (1: exact draws).
+        A distribution's ``draw(n, generator, temperature)`` implements it; one without a temperature
+        argument serves exact draws only."""
+        dist = self.distribution(c)
+        return dist.draw(n, generator) if temperature == 1.0 else dist.draw(n, generator, temperature)
 
     def kl(self, qz: DiagonalGaussian, z: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         return self.kl_monte_carlo(qz, z, c)
