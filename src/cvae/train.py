@@ -44,6 +44,7 @@ from .runs import (
     atomic_write,
     load_tensors,
     read_config,
+    read_metrics,
     save_tensors,
     write_json,
 )
@@ -669,33 +670,19 @@ def _save_epoch(run_dir, model, opt, epoch, best_val, bad_epochs, row, metrics_p
 
 
 def _truncate_metrics(path: Path, epochs: int) -> None:
-    """Keep the rows of the first ``epochs`` epochs. Each row is appended (and fsynced) after the
-    epoch's weights are saved, so a crash can leave at most a partial last line: it is dropped."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    keep = []
-    for i, line in enumerate(lines):
-        try:
-            row = json.loads(line)
-            epoch = int(row["epoch"])
-        except (ValueError, TypeError, KeyError):
-            if i == len(lines) - 1:
-                break  # the partial row of an interrupted write
-            raise CvaeError(f"{path} line {i + 1} is not a metrics row; remove that line (or the file, losing the "
-                            "loss curve but not the model) and run again") from None
-        if epoch <= epochs:
-            keep.append(line)
-    write_text_atomic(path, "".join(r + "\n" for r in keep))
+    """Keep the rows of the first ``epochs`` epochs (a cut-off last line is dropped: runs.read_metrics)."""
+    if path.exists():
+        rows = [row for row in read_metrics(path) if int(row["epoch"]) <= epochs]
+        write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _epochs_done(path: Path) -> int:
-    rows = [json.loads(r) for r in path.read_text().splitlines() if r.strip()] if path.exists() else []
+    rows = read_metrics(path)
     return rows[-1]["epoch"] if rows else 0
 
 
 def _median_seconds(path: Path) -> float | None:
-    rows = [json.loads(r) for r in path.read_text().splitlines() if r.strip()]
+    rows = read_metrics(path)
     secs = sorted(r["seconds"] for r in rows[1:] or rows)
     return secs[len(secs) // 2] if secs else None
 
