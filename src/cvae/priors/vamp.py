@@ -6,7 +6,8 @@ encoder runs on (u_k, c)), so one set of pseudo-inputs serves every condition, c
 continuous; a batch costs one encoder pass of K rows per distinct condition in it.
 
 Pseudo-inputs of data in [0, 1] (a Bernoulli decoder on unstandardised data) are kept in [0, 1]
-by a hard tanh and start near 0.05 (+- 0.01), as in the paper's code; elsewhere they start as
+by a hard tanh and start near 0.05 (+- 0.01: the reference code's scale; its default mean, -0.05,
+would put every pseudo-input at 0 after the hard tanh); elsewhere they start as
 N(0, 1) draws in the model's (standardised) units. The KL against q is the single-sample
 Monte-Carlo estimate. The encoder is the model's: the prior holds it by reference, so its weights
 are stored once.
