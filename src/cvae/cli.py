@@ -9,14 +9,8 @@ import sys
 import traceback
 import warnings
 
-# OpenMP threads that spin while they wait for each other collapse throughput when another process
-# holds a core (measured: benchmarks/busy.py). Sleeping waits keep the tool usable on a shared
-# machine; a user's own setting wins. PyTorch is not loaded yet (cvae/__init__ is lazy), so this
-# reaches its OpenMP runtime.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from .commands.checks import check_args  # noqa: E402
-from .errors import CvaeError  # noqa: E402
+from .commands.checks import check_args
+from .errors import CvaeError
 
 
 class _Parser(argparse.ArgumentParser):
