@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from .errors import CvaeError
 from .figures import NATS, Figure, figure, mean_and_stderr  # noqa: F401  (re-exported)
 from .kernels import kernel_for
 from .models import CVAE
+from .threads import ThreadGovernor
 
 # -- importance sampling ------------------------------------------------------------------------
 
@@ -74,6 +76,9 @@ def _log_px(model: CVAE, z: torch.Tensor, c: torch.Tensor | None, x: torch.Tenso
         return px.log_prob_grouped(x, s).float()
     x_rep = x.unsqueeze(1).expand(b, s, *x.shape[1:]).reshape(b * s, *x.shape[1:])
     return px.log_prob(x_rep).reshape(b, s)
+
+
+GOVERNOR_SECONDS = 2.0  # how often the importance sampler re-reads the machine's load
 
 
 @torch.no_grad()
@@ -111,49 +116,57 @@ def importance_sampled(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = No
 
         bar = tqdm(total=n, unit="ex", desc=f"importance sampling, k={k}", leave=False)
     device = x.device
-    for start in range(0, n, per_call):
-        xb = x[start:start + per_call]
-        cb = None if c is None else c[start:start + per_call]
-        b = len(xb)
-        qz = model.q_z(xb, cb)
-        p_dist = prior.distribution(cb)  # p(z | c) for this block, built once
-        mu, std, logvar = qz.mu.float(), qz.std.float(), qz.logvar.float()
-        d = mu.shape[-1]
-        log_q_const = -0.5 * (logvar.sum(-1) + d * LOG_2PI)  # (B,)
-        if kernel is not None:
-            kernel.prepare(xb, cb)
-        lse = torch.full((b,), -math.inf, dtype=torch.float64, device=device)
-        lse2 = lse.clone()
-        rec = torch.zeros(b, dtype=torch.float64, device=device)
-        kl = torch.zeros(b, dtype=torch.float64, device=device)
-        done = 0
-        while done < k:
-            s = min(s_chunk, k - done)
-            eps = torch.randn((b, s, d), generator=generator).to(device)  # (B, s, D)
-            z = torch.addcmul(mu.unsqueeze(1), std.unsqueeze(1), eps)  # (B, s, D)
-            log_q = log_q_const.unsqueeze(1) - 0.5 * (eps * eps).sum(-1)  # (B, s)
-            log_p = p_dist.log_prob(z.transpose(0, 1)).transpose(0, 1).float()  # (B, s)
+    # one CPU thread per core the other processes leave free, looked at every few seconds
+    governor, threads = (ThreadGovernor(), torch.get_num_threads()) if device.type == "cpu" else (None, None)
+    try:
+        for start in range(0, n, per_call):
+            if governor is not None and time.monotonic() - governor.wall > GOVERNOR_SECONDS:
+                governor.update()
+            xb = x[start:start + per_call]
+            cb = None if c is None else c[start:start + per_call]
+            b = len(xb)
+            qz = model.q_z(xb, cb)
+            p_dist = prior.distribution(cb)  # p(z | c) for this block, built once
+            mu, std, logvar = qz.mu.float(), qz.std.float(), qz.logvar.float()
+            d = mu.shape[-1]
+            log_q_const = -0.5 * (logvar.sum(-1) + d * LOG_2PI)  # (B,)
             if kernel is not None:
-                log_px = kernel(z.view(b * s, d), b, s)
-            else:
-                c_rep = None if cb is None else cb.unsqueeze(1).expand(b, s, cb.shape[-1]).reshape(b * s, -1)
-                log_px = _log_px(model, z.view(b * s, d), c_rep, xb, s)  # (B, s)
-            log_w = (log_px + log_p - log_q).double()
-            lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=1))
-            lse2 = torch.logaddexp(lse2, torch.logsumexp(2.0 * log_w, dim=1))
-            rec -= log_px.double().sum(1)
-            kl += (log_q - log_p).double().sum(1)
-            done += s
-        out["lse"][start:start + b] = lse.cpu()
-        out["lse2"][start:start + b] = lse2.cpu()
-        out["rec"][start:start + b] = (rec / k).cpu()
-        if prior.analytic_kl:
-            kl = prior.kl(qz, qz.mu, cb).double() * k
-        out["kl"][start:start + b] = (kl / k).cpu()
+                kernel.prepare(xb, cb)
+            lse = torch.full((b,), -math.inf, dtype=torch.float64, device=device)
+            lse2 = lse.clone()
+            rec = torch.zeros(b, dtype=torch.float64, device=device)
+            kl = torch.zeros(b, dtype=torch.float64, device=device)
+            done = 0
+            while done < k:
+                s = min(s_chunk, k - done)
+                eps = torch.randn((b, s, d), generator=generator).to(device)  # (B, s, D)
+                z = torch.addcmul(mu.unsqueeze(1), std.unsqueeze(1), eps)  # (B, s, D)
+                log_q = log_q_const.unsqueeze(1) - 0.5 * (eps * eps).sum(-1)  # (B, s)
+                log_p = p_dist.log_prob(z.transpose(0, 1)).transpose(0, 1).float()  # (B, s)
+                if kernel is not None:
+                    log_px = kernel(z.view(b * s, d), b, s)
+                else:
+                    c_rep = None if cb is None else cb.unsqueeze(1).expand(b, s, cb.shape[-1]).reshape(b * s, -1)
+                    log_px = _log_px(model, z.view(b * s, d), c_rep, xb, s)  # (B, s)
+                log_w = (log_px + log_p - log_q).double()
+                lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=1))
+                lse2 = torch.logaddexp(lse2, torch.logsumexp(2.0 * log_w, dim=1))
+                rec -= log_px.double().sum(1)
+                kl += (log_q - log_p).double().sum(1)
+                done += s
+            out["lse"][start:start + b] = lse.cpu()
+            out["lse2"][start:start + b] = lse2.cpu()
+            out["rec"][start:start + b] = (rec / k).cpu()
+            if prior.analytic_kl:
+                kl = prior.kl(qz, qz.mu, cb).double() * k
+            out["kl"][start:start + b] = (kl / k).cpu()
+            if bar is not None:
+                bar.update(b)
         if bar is not None:
-            bar.update(b)
-    if bar is not None:
-        bar.close()
+            bar.close()
+    finally:
+        if threads is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)  # the caller's count back
     model.train(was_training)
     return PerExample(log_likelihood=out["lse"] - math.log(k), reconstruction=out["rec"], kl=out["kl"],
                       ess=torch.exp(2.0 * out["lse"] - out["lse2"]), k=k)

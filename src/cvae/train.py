@@ -48,6 +48,7 @@ from .runs import (
     save_tensors,
     write_json,
 )
+from .threads import ThreadGovernor
 
 REFRESH_STEPS = 50
 
@@ -226,7 +227,7 @@ def fit(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, e
     Under ``torchrun`` this joins the other processes (and leaves the process group at the end).
     The global random-number state is seeded for the run and restored afterwards.
     """
-    with _processes(config.device) as (ranks, device), _flushed_denormals(), _own_rng(device):
+    with _processes(config.device) as (ranks, device), _flushed_denormals(), _own_rng(device), _own_threads():
         trainer = Trainer.prepare(config, ranks, device, resume=resume, overwrite=overwrite, explicit=explicit)
         try:
             stopped_early = trainer.train(on_epoch)
@@ -241,8 +242,9 @@ class Trainer:
     --resume, its saved state), :meth:`train` (the epochs) and :meth:`finish` (the final figures)."""
 
     def __init__(self, config: TrainConfig, ranks: Ranks, device: torch.device, data: DataSplits, run_dir: Path,
-                 resume: bool, replacing: bool = False):
+                 resume: bool, replacing: bool = False, governor: ThreadGovernor | None = None):
         self.config, self.ranks, self.device, self.data, self.run_dir = config, ranks, device, data, run_dir
+        self.governor = governor  # one CPU thread per core the other processes leave free, set before each epoch
         # --overwrite of a trained run: the old run stays whole until the new one has a finite first epoch
         self.replacing = replacing
         self.model_config = model_config_for(config, data)
@@ -265,12 +267,14 @@ class Trainer:
     @classmethod
     def prepare(cls, config: TrainConfig, ranks: Ranks, device: torch.device, *, resume: bool, overwrite: bool,
                 explicit: set[str] | None) -> Trainer:
+        # it looks at the machine from here on (loading the data is the first window)
+        governor = ThreadGovernor() if ranks.world == 1 and device.type == "cpu" else None
         config = _settings(config, ranks, device, resume, explicit)
         torch.manual_seed(config.seed)
         data = _load(config)
         run_dir, replacing, created = _on_main(ranks, _run_folder, config, data.name, resume, overwrite)
         try:
-            return cls(config.replace(out=str(run_dir)), ranks, device, data, run_dir, resume, replacing)
+            return cls(config.replace(out=str(run_dir)), ranks, device, data, run_dir, resume, replacing, governor)
         except BaseException:
             if ranks.main:
                 let_go(run_dir)
@@ -356,6 +360,8 @@ class Trainer:
         self.bar = _progress(self.config, self.steps) if self.ranks.main else None
         try:
             for epoch in range(self.start_epoch, self.config.epochs):
+                if self.governor is not None:
+                    self.governor.update()
                 row = self.train_epoch(epoch)
                 row = _on_main(self.ranks, _with_validation, row, self.model, self.evals, self.config.precision)
                 if self.bar is not None:
@@ -763,6 +769,17 @@ def _own_rng(device: torch.device):
     leaves no process-wide trace on the caller's random state."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         yield
+
+
+@contextmanager
+def _own_threads():
+    """The caller's thread count comes back after training (the trainer follows the machine's load)."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 @contextmanager
