@@ -441,7 +441,7 @@ class Trainer:
             self.info["status"] = f"diverged in epoch {epoch}; the weights are those of epoch {epoch - 1}"
             write_json(self.run_dir / "config.json", self.info)
         else:
-            kept = "no epoch was saved (train again with a lower --lr: the folder holds no trained run)"
+            kept = "no epoch was saved, so the command can simply be run again"
         raise CvaeError(f"training diverged in epoch {epoch} ({what} is not finite); {kept}. Lower --lr, set "
                         "--grad-clip 1.0, or check the data for extreme values")
 
