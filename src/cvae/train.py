@@ -732,9 +732,13 @@ def _processes(device_name: str):
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         yield Ranks(dist.get_rank(), dist.get_world_size()), device
-    finally:
+    except BaseException:
         if started:
             dist.destroy_process_group()
+        raise
+    if started:  # every process reaches the teardown before any leaves: gloo aborts a process whose peer left first
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _on_main(ranks: Ranks, fn, *args):
