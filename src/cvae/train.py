@@ -37,6 +37,7 @@ from .data.stream import CHUNK_BYTES, ArrayRows, load_npy_stream, npy_float32_by
 from .errors import CvaeError
 from .lock import LOCK_NAME, hold, let_go, remove_orphans
 from .models import CVAE, PRESETS, ModelConfig, RunInfo, build_model
+from .models.config import free_memory
 from .objectives import build_objective, elbo
 from .runs import (
     FORMAT,
@@ -550,16 +551,12 @@ def _too_big_for_memory(source: str, device: torch.device) -> bool:
     return size is not None and size > _free_memory(device) / 2
 
 
-def _free_memory(device: torch.device) -> int:
+def _free_memory(device: torch.device) -> float:
     """Bytes free on the device: the GPU's free memory, or the host's available memory."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo") as f:
-            fields = dict(line.split(":", 1) for line in f)
-        return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    free = free_memory()
+    return free if free is not None else math.inf  # unknown: do not stream on its account
 
 
 # What a training run writes into its folder (and --overwrite replaces), besides pictures of its own.

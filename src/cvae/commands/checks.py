@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 
 from ..errors import CvaeError
+from ..models.config import free_memory
 
 # Count flags of the commands (attribute -> flag): each must be a positive whole number when given.
 COUNTS = {"n": "--n", "steps": "--steps", "top": "--top", "kl_examples": "--kl-examples", "per_class": "--per-class",
@@ -32,18 +33,6 @@ def check_args(args) -> None:
 
 
 # -- memory --------------------------------------------------------------------------------------------
-
-def free_memory() -> int | None:
-    """Bytes of memory free now (MemAvailable), or the machine's when that cannot be read."""
-    try:
-        with open("/proc/meminfo") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        from ..models.config import machine_memory
-
-        return machine_memory()
-
 
 def check_rows(config, rows: int, what: str, lower: str, *, hint: str = "") -> None:
     """Refuse a command that would hold ``rows`` examples of a model's data at once (decoded outputs,

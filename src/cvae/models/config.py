@@ -162,6 +162,16 @@ class ModelTooLarge(CvaeError):
         self.head, self.setting, self.parameters = head, setting, parameters
 
 
+def free_memory() -> int | None:
+    """Bytes of host memory available now (MemAvailable), else the machine's (or its container's)."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return machine_memory()
+
+
 def machine_memory() -> int | None:
     """Bytes of memory this process may use: the machine's, or its container's limit when lower."""
     try:
