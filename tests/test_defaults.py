@@ -54,3 +54,15 @@ def test_cli_temperature(runs, tmp_path, capsys):
     assert main(["sample", str(runs["conditional"]), "--n", "4", "--temperature", "-1", "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "temperature must be a number from 0 to 10" in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_takes_the_temperature_of_its_sample_figures(runs, tmp_path, capsys):
+    from cvae.evaluator import conditional_accuracy, train_evaluator
+
+    evaluator = train_evaluator("digits", epochs=1, out=tmp_path / "ev.safetensors", progress=False).evaluator
+    model = cvae.load(runs["conditional"])
+    exact = conditional_accuracy(model, evaluator, 0, per_class=20, temperature=1.0)
+    assert exact.temperature == 1.0 and "(at temperature 1.0)" in exact.to_dict()["name"]
+    assert "(at temperature 0.9)" in conditional_accuracy(model, evaluator, 0, per_class=20).to_dict()["name"]
+    assert main(["evaluate", str(runs["conditional"]), "--metrics", "samples", "--temperature", "-2"]) == 2
+    assert "--temperature must be a number from 0 to 10" in capsys.readouterr().err

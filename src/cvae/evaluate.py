@@ -42,6 +42,7 @@ from .errors import CvaeError
 from .figures import NATS, Figure, figure, mean_and_stderr  # noqa: F401  (re-exported)
 from .kernels import kernel_for
 from .models import CVAE
+from .models.base import SAMPLING_TEMPERATURE
 from .threads import ThreadGovernor
 
 # -- importance sampling ------------------------------------------------------------------------
@@ -393,7 +394,8 @@ def load_run_data(model: CVAE, *, data_dir=None):
 
 def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, evaluator: str | Path | None = None,
                  n: int | None = None, per_class: int = 1000, rows: int = 4096, data_dir=None,
-                 device: str = "cpu", seed: int = 0, progress: bool = False, write: bool = True) -> RunEvaluation:
+                 device: str = "cpu", seed: int = 0, progress: bool = False, write: bool = True,
+                 temperature: float = SAMPLING_TEMPERATURE) -> RunEvaluation:
     """Everything ``cvae evaluate`` measures on one run folder; writes ``RUN/eval.json``.
 
     ``metrics``: any of elbo, nll, posterior, samples (default all; then samples are skipped with a
@@ -458,7 +460,7 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
     if "samples" in wanted:
         t0 = time.perf_counter()
         section = _samples_section(model, data, part, evaluator, explicit=explicit and "samples" in wanted,
-                                   n=len(x_raw), per_class=per_class, seed=seed)
+                                   n=len(x_raw), per_class=per_class, seed=seed, temperature=temperature)
         if section is not None:
             section["seconds"] = round(time.perf_counter() - t0, 1)
             results["samples"] = section
@@ -470,7 +472,7 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
 
 
 def _samples_section(model: CVAE, data, part, evaluator, *, explicit: bool, n: int, per_class: int,
-                     seed: int) -> dict | None:
+                     seed: int, temperature: float) -> dict | None:
     from .evaluator import find_evaluator, load_evaluator, sample_quality
 
     def skip(reason: str) -> dict:
@@ -492,5 +494,5 @@ def _samples_section(model: CVAE, data, part, evaluator, *, explicit: bool, n: i
     ref = data.train.x if data.train is not None and part is not data.train else None
     report = sample_quality(model, ev, real_x, part.y[:n] if model.schema else None,
                             reference_x=None if ref is None else model.to_data_units(ref[:n].to(model.device)).cpu(),
-                            per_class=per_class, seed=seed)
+                            per_class=per_class, seed=seed, temperature=temperature)
     return report.to_dict()

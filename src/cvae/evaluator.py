@@ -385,11 +385,12 @@ class ConditionalAccuracy:
     n_per_class: int
     mean: Figure
     confusion: list[list[int]] | None = None  # confusion[i][j]: images generated for class i read as class j
+    temperature: float = SAMPLING_TEMPERATURE  # of the prior draws
 
     def to_dict(self) -> dict:
         return {
             "name": f"conditional accuracy: share of images generated for {self.attribute}=C (at temperature "
-                    f"{SAMPLING_TEMPERATURE}) that the evaluator classifies as C",
+                    f"{self.temperature}) that the evaluator classifies as C",
             "attribute": self.attribute,
             "n_per_class": self.n_per_class,
             "per_class": {c: {"value": a, "stderr": s} for c, a, s in zip(self.classes, self.per_class,
@@ -423,18 +424,19 @@ def conditional_accuracy(model: CVAE, evaluator: Evaluator, attribute: int, *, p
     mean_se = math.sqrt(sum(s * s for s in se)) / len(se)
     mean = Figure(f"conditional accuracy, mean over {len(acc)} classes", sum(acc) / len(acc), mean_se,
                   unit="fraction", note=f"chance level {1 / len(acc):.3f}; binomial stderr")
-    return ConditionalAccuracy(attr.name, list(attr.classes), acc, se, per_class, mean, confusion)
+    return ConditionalAccuracy(attr.name, list(attr.classes), acc, se, per_class, mean, confusion, temperature)
 
 
 @torch.no_grad()
-def generate(model: CVAE, n: int, y: torch.Tensor | None, *, seed: int = 0, batch_size: int = 1000) -> torch.Tensor:
+def generate(model: CVAE, n: int, y: torch.Tensor | None, *, seed: int = 0, batch_size: int = 1000,
+             temperature: float = SAMPLING_TEMPERATURE) -> torch.Tensor:
     """n images from the model (decoder means), with the raw conditions ``y`` (N, A) when it has any."""
     g = torch.Generator().manual_seed(seed)
     parts = []
     for i in range(0, n, batch_size):
         m = min(batch_size, n - i)
         cond = None if y is None or not model.schema else y[i:i + m]
-        parts.append(model.sample(m, cond, generator=g).cpu())
+        parts.append(model.sample(m, cond, generator=g, temperature=temperature).cpu())
     return torch.cat(parts)
 
 
@@ -465,7 +467,7 @@ class SampleQualityReport:
 
 def sample_quality(model: CVAE, evaluator: Evaluator, real_x: torch.Tensor, real_y: torch.Tensor | None, *,
                    reference_x: torch.Tensor | None = None, n: int | None = None, per_class: int = 1000,
-                   k: int = 3, seed: int = 0) -> SampleQualityReport:
+                   k: int = 3, seed: int = 0, temperature: float = SAMPLING_TEMPERATURE) -> SampleQualityReport:
     """Conditional accuracy, Fréchet distance, precision and recall of generated images against
     ``real_x`` (N, C, H, W) in [0, 1]. ``reference_x`` (other real images, e.g. training images)
     gives the real-vs-real figures that a perfect model would reach with this many images."""
@@ -481,13 +483,13 @@ def sample_quality(model: CVAE, evaluator: Evaluator, real_x: torch.Tensor, real
              f"{evaluator.config.data or 'this data'}")
     notes = [f"Fréchet distance, precision and recall are measured in {space}: NOT the Inception FID, "
              "not comparable with published FIDs; compare models with the same evaluator and the same number of images",
-             "generated images are decoder means E[x | z, c] with z ~ p(z | c) at cvae sample's default temperature "
-             f"{SAMPLING_TEMPERATURE} (the prior's standard deviations scaled by it), as a user gets them"
+             f"generated images are decoder means E[x | z, c] with z ~ p(z | c) at temperature {temperature} (the "
+             f"prior's standard deviations scaled by it; cvae sample's default is {SAMPLING_TEMPERATURE})"
              + ("; conditions as in the real images" if model.schema else "")]
     info = {"path": evaluator.info.get("path", ""), "data": evaluator.config.data,
             "accuracy": evaluator.info.get("accuracy", {}), "classes": evaluator.config.classes}
     figures: dict[str, Figure] = {}
-    fake = generate(model, n, real_y, seed=seed)
+    fake = generate(model, n, real_y, seed=seed, temperature=temperature)
     f_real, f_fake = evaluator.embed(real_x), evaluator.embed(fake)
     if real_y is not None and model.schema:
         j, _ = matching_attribute(model, evaluator)
@@ -521,7 +523,7 @@ def sample_quality(model: CVAE, evaluator: Evaluator, real_x: torch.Tensor, real
     cond = None
     j, why = matching_attribute(model, evaluator)
     if j is not None:
-        cond = conditional_accuracy(model, evaluator, j, per_class=per_class, seed=seed)
+        cond = conditional_accuracy(model, evaluator, j, per_class=per_class, seed=seed, temperature=temperature)
     else:
         notes.append(why)
     return SampleQualityReport(evaluator=info, figures=figures, conditional_accuracy=cond, notes=notes)

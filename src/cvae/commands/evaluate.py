@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import CvaeError
+
 
 def add_parsers(sub) -> None:
     e = sub.add_parser(
@@ -29,6 +31,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--data-dir", help="where data files are looked up first (default: the run's)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--seed", type=int, default=0, help="seed of the importance samples and generated images")
+    e.add_argument("--temperature", type=float, default=0.9,
+                   help="of the prior draws behind the sample figures (default 0.9, as cvae sample; 1: exact)")
     e.add_argument("--json", action="store_true", help="print eval.json instead of the table")
     e.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     e.set_defaults(func=cmd_evaluate)
@@ -62,9 +66,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_run
 
     _check_sizes(args)
+    if not 0 <= args.temperature <= 10:  # before minutes of likelihood estimates, not after
+        raise CvaeError(f"--temperature must be a number from 0 to 10, got {args.temperature}")
     result = evaluate_run(args.run, split=args.split, k=args.k, metrics=args.metrics, evaluator=args.evaluator,
                           n=args.n, per_class=args.per_class, rows=args.batch_size, data_dir=args.data_dir,
-                          device=args.device, seed=args.seed, progress=args.progress)
+                          device=args.device, seed=args.seed, progress=args.progress, temperature=args.temperature)
     if args.json:
         print(json.dumps(result.results, indent=2))
     else:
