@@ -132,7 +132,9 @@ def augment(model: CVAE, *, per_class: int | None = None, balance: bool = False,
             parts.append(model.decode(z, yb, mean=mean).cpu())
         x_syn = torch.cat(parts)
     else:
-        x_syn = torch.cat([model.sample(len(yb), yb, mean=mean, generator=g).cpu() for yb in y_syn.split(batch_size)])
+        # exact prior draws (temperature 1): an augmented set wants the model's whole variety
+        x_syn = torch.cat([model.sample(len(yb), yb, mean=mean, generator=g, temperature=1.0).cpu()
+                           for yb in y_syn.split(batch_size)])
     generated = {c: max(0, n) for c, n in wanted.items()}
     syn_ids = [f"synthetic-{i}" for i in range(len(x_syn))]
     if merge:
