@@ -295,3 +295,18 @@ def test_the_python_api_refuses_a_condition_it_cannot_compute_with(run):
     with pytest.raises(CvaeError, match="finite"):
         model.sample(3, "alcohol=nan,label=1")
     assert torch.isfinite(model.sample(3, "alcohol=11,label=1")).all()
+
+
+def test_anomaly_scores_that_are_not_finite_are_never_written(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rows = ["a,b,c,label"] + [f"{x:.3f},{y:.3f},{z:.3f},{i % 2}" for i, (x, y, z) in enumerate(rng.normal(size=(120, 3)))]
+    (tmp_path / "n.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "bad.csv").write_text("a,b,c,label\n0.1,0.2,0.3,0\n1e17,0.2,0.3,0\n")
+    run, out = tmp_path / "an", tmp_path / "s.csv"
+    assert main(["anomaly", "fit", "--data", str(tmp_path / "n.csv"), "--normal", "0", "--epochs", "1", "--out", str(run),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["anomaly", "score", str(run), "--data", str(tmp_path / "bad.csv"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "score of 1 input(s) is not finite" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

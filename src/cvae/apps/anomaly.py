@@ -399,6 +399,10 @@ def score_anomalies(run: str | Path | CVAE, source: str, *, data_dir=None, split
     inputs = read_inputs(model, source, data_dir=data_dir, n=n, split=split, columns=[column] if column else [])
     y = conditions_of(model, inputs, condition, source=source)
     scores = anomaly_scores(model, inputs.x, y, method=method, k=detector.k, samples=detector.samples, seed=seed)
+    bad = (~torch.isfinite(torch.as_tensor(scores))).nonzero().flatten().tolist()
+    if bad:
+        raise CvaeError(f"the {method} score of {len(bad)} input(s) is not finite (first: {inputs.ids[bad[0]]}): "
+                        "their values are far outside what the model was trained on; nothing was written")
     threshold = detector.thresholds[method]
     result = AnomalyScores(list(inputs.ids), scores, scores > threshold, method, threshold)
     if column:
