@@ -117,15 +117,18 @@ class GaussianMixture:
             prec = torch.exp(-self.logvar)  # (.., K, D)
             const = -0.5 * ((self.mu * self.mu * prec).sum(-1) + self.logvar.sum(-1)
                             + self.mu.shape[-1] * LOG_2PI) + self._log_pi()  # (.., K)
+            # one matrix product gives every log N(z; mu_k, sigma_k) + log pi_k at once:
+            # [z^2, z, 1] . [-prec / 2, mu * prec, const]
+            w = torch.cat([-0.5 * prec, self.mu * prec, const.unsqueeze(-1)], -1)  # (.., K, 2D + 1)
             if self.shared:
                 zf = z.reshape(-1, z.shape[-1])
-                lp = -0.5 * (zf * zf) @ prec.T + zf @ (self.mu * prec).T + const  # (N, K)
-                return torch.logsumexp(lp, dim=-1).reshape(z.shape[:-1])
+                a = torch.cat([zf * zf, zf, zf.new_ones(len(zf), 1)], -1)  # (N, 2D + 1)
+                return torch.logsumexp(a @ w.T, dim=-1).reshape(z.shape[:-1])
             b, d = self.mu.shape[0], self.mu.shape[-1]
             lead = z.shape[:-2]
             zb = z.reshape(-1, b, d).transpose(0, 1)  # (B, S, D)
-            lp = (-0.5 * torch.bmm(zb * zb, prec.transpose(1, 2)) + torch.bmm(zb, (self.mu * prec).transpose(1, 2))
-                  + const.unsqueeze(1))  # (B, S, K)
+            a = torch.cat([zb * zb, zb, zb.new_ones(*zb.shape[:2], 1)], -1)  # (B, S, 2D + 1)
+            lp = torch.bmm(a, w.transpose(1, 2))  # (B, S, K)
             return torch.logsumexp(lp, dim=-1).transpose(0, 1).reshape(*lead, b)
 
     def marginal_log_prob(self, z: torch.Tensor) -> torch.Tensor:
