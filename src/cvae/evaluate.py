@@ -119,6 +119,9 @@ def importance_sampled(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = No
     device = x.device
     # one CPU thread per core the other processes leave free, looked at every few seconds
     governor, threads = (ThreadGovernor(), torch.get_num_threads()) if device.type == "cpu" else (None, None)
+    # without a condition the prior is one distribution for every block (a VampPrior's costs an encoder
+    # pass over its pseudo-inputs): built once
+    p_shared = prior.distribution(None) if c is None else None
     try:
         for start in range(0, n, per_call):
             if governor is not None and time.monotonic() - governor.wall > GOVERNOR_SECONDS:
@@ -127,7 +130,7 @@ def importance_sampled(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = No
             cb = None if c is None else c[start:start + per_call]
             b = len(xb)
             qz = model.q_z(xb, cb)
-            p_dist = prior.distribution(cb)  # p(z | c) for this block, built once
+            p_dist = p_shared or prior.distribution(cb)  # p(z | c) for this block, built once
             mu, std, logvar = qz.mu.float(), qz.std.float(), qz.logvar.float()
             d = mu.shape[-1]
             log_q_const = -0.5 * (logvar.sum(-1) + d * LOG_2PI)  # (B,)
