@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import CvaeError, CvaeWarning
 from .models import MODELS, RunInfo, VAEModel, build_model
-from .models.config import ModelTooLarge
+from .models.config import ModelTooLarge, build_on_meta
 
 FORMAT = "cvae-run"
 FORMAT_VERSION = 2
@@ -203,15 +203,8 @@ def _shown(d: dict, setting: str):
 def _meta_shapes(config) -> dict[str, tuple[int, ...]] | None:
     """The shape of every saved tensor of the model ``config`` builds, built on the meta device; None
     when the model class cannot be built there."""
-    cls = MODELS.get(config.model_class)
-    try:
-        with torch.device("meta"):
-            model = cls(config)
-    except CvaeError:
-        raise
-    except Exception:
-        return None
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model = build_on_meta(config)
+    return None if model is None else {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _differences(a: dict, b: dict) -> set:

@@ -194,8 +194,9 @@ def max_parameters() -> int:
     return min(MAX_PARAMETERS, int(memory * MEMORY_SHARE / 4)) if memory else MAX_PARAMETERS
 
 
-def _meta_count(config: ModelConfig) -> int | None:
-    """Parameters of the model ``config`` builds, built on the meta device (no memory, no random draws)."""
+def build_on_meta(config: ModelConfig):
+    """The model ``config`` builds, on the meta device (no memory, no random draws): for its size and
+    its tensors' shapes. None when the model class cannot be built there (then neither is checked)."""
     import torch
 
     from .base import MODELS
@@ -203,12 +204,17 @@ def _meta_count(config: ModelConfig) -> int | None:
     cls = MODELS.get(config.model_class)
     try:
         with torch.device("meta"):
-            model = cls(config)
+            return cls(config)
     except CvaeError:
         raise
-    except Exception:  # a model class that cannot be built on the meta device: its size is not checked
+    except Exception:
         return None
-    return sum(p.numel() for p in model.parameters())
+
+
+def _meta_count(config: ModelConfig) -> int | None:
+    """Parameters of the model ``config`` builds."""
+    model = build_on_meta(config)
+    return None if model is None else sum(p.numel() for p in model.parameters())
 
 
 def _whole(name: str, value, *, low: int | None = None) -> int:
