@@ -36,6 +36,10 @@ import time
 from pathlib import Path
 
 import torch
+from burda import (  # the same run-folder figures (benchmarks/ is on the path)
+    _epochs_done,
+    _seconds_spent,
+)
 
 import cvae
 from cvae.evaluate import evaluate_run
@@ -85,7 +89,7 @@ def main(argv=None) -> int:
                         val_fraction=0.0, batch_size=args.batch_size, lr=args.lr, lr_schedule="cosine",
                         epochs=args.epochs, seed=args.seed, device=args.device, out=str(run), progress=False,
                         tensorboard=False, activation=args.activation, **table[name])
-        done = _epochs(run)
+        done = _epochs_done(run)
         if done >= args.epochs and (run / "parts.json").is_file():
             print(f"{name}: done already ({run / 'parts.json'})")
             continue
@@ -98,8 +102,8 @@ def main(argv=None) -> int:
         ev = evaluate_run(run, k=args.eval_k, n=args.n, metrics="elbo,nll,posterior", data_dir=args.data_dir,
                           device="cpu" if args.device == "auto" else args.device, progress=False)
         lik, post = ev.results["likelihood"], ev.results["posterior"]
-        summary = dict(row=name, settings=table[name], activation=args.activation, epochs=_epochs(run), batch_size=args.batch_size, lr=args.lr,
-                       train_minutes=round(_seconds(run) / 60, 1), eval_minutes=round((time.perf_counter() - t0) / 60, 1),
+        summary = dict(row=name, settings=table[name], activation=args.activation, epochs=_epochs_done(run), batch_size=args.batch_size, lr=args.lr,
+                       train_minutes=round(_seconds_spent(run) / 60, 1), eval_minutes=round((time.perf_counter() - t0) / 60, 1),
                        test_nll=lik["importance_sampled_nll"], test_negative_elbo=lik["negative_elbo"],
                        active_units=post["active_units"]["value"], eval_k=args.eval_k,
                        n_test=lik["protocol"]["n_examples"], machine=machine)
@@ -126,15 +130,6 @@ def report(out: Path) -> int:
               f"{s['active_units']} of 50 | {s['train_minutes']} |")
     print(f"\nmachine: {json.loads(found[0].read_text())['machine']}")
     return 0
-
-
-def _epochs(run: Path) -> int:
-    path = run / "metrics.jsonl"
-    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.is_file() else 0
-
-
-def _seconds(run: Path) -> float:
-    return sum(json.loads(line)["seconds"] for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip())
 
 
 if __name__ == "__main__":
