@@ -26,7 +26,8 @@ LOCK_NAME = ".lock"
 
 
 class RunLock:
-    """``with RunLock(run_dir):`` holds the folder for this process (re-entrant within it)."""
+    """The folder's lock for this process (re-entrant within it): taken by :func:`hold`, given back by
+    :func:`let_go`."""
 
     _held: dict[str, RunLock] = {}
 
@@ -69,12 +70,6 @@ class RunLock:
         finally:
             os.close(self.fd)  # closing drops the flock
             self.fd = None
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        (RunLock._held.get(str(self.path.resolve())) or self).release()
 
 
 def hold(run_dir: str | os.PathLike) -> None:
