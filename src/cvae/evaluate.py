@@ -43,7 +43,7 @@ from .figures import NATS, Figure, figure, mean_and_stderr  # noqa: F401  (re-ex
 from .kernels import kernel_for
 from .models import CVAE
 from .models.base import SAMPLING_TEMPERATURE
-from .threads import ThreadGovernor
+from .threads import ThreadGovernor, kept_thread_count
 
 # -- importance sampling ------------------------------------------------------------------------
 
@@ -118,11 +118,11 @@ def importance_sampled(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = No
         bar = tqdm(total=n, unit="ex", desc=f"importance sampling, k={k}", leave=False)
     device = x.device
     # one CPU thread per core the other processes leave free, looked at every few seconds
-    governor, threads = (ThreadGovernor(), torch.get_num_threads()) if device.type == "cpu" else (None, None)
+    governor = ThreadGovernor() if device.type == "cpu" else None
     # without a condition the prior is one distribution for every block (a VampPrior's costs an encoder
     # pass over its pseudo-inputs): built once
     p_shared = prior.distribution(None) if c is None else None
-    try:
+    with kept_thread_count():  # the caller's count comes back
         for start in range(0, n, per_call):
             if governor is not None and time.monotonic() - governor.wall > GOVERNOR_SECONDS:
                 governor.update()
@@ -168,9 +168,6 @@ def importance_sampled(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = No
                 bar.update(b)
         if bar is not None:
             bar.close()
-    finally:
-        if threads is not None and torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)  # the caller's count back
     model.train(was_training)
     return PerExample(log_likelihood=out["lse"] - math.log(k), reconstruction=out["rec"], kl=out["kl"],
                       ess=torch.exp(2.0 * out["lse"] - out["lse2"]), k=k)

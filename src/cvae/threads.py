@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -67,3 +68,14 @@ class ThreadGovernor:
         self._mark()
         time.sleep(seconds)
         return self.update()
+
+
+@contextmanager
+def kept_thread_count():
+    """The caller's thread count comes back afterwards, whatever a governor set inside."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)

@@ -49,7 +49,7 @@ from .runs import (
     save_tensors,
     write_json,
 )
-from .threads import ThreadGovernor
+from .threads import ThreadGovernor, kept_thread_count
 
 REFRESH_STEPS = 50
 
@@ -228,7 +228,7 @@ def fit(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, e
     Under ``torchrun`` this joins the other processes (and leaves the process group at the end).
     The global random-number state is seeded for the run and restored afterwards.
     """
-    with _processes(config.device) as (ranks, device), _flushed_denormals(), _own_rng(device), _own_threads():
+    with _processes(config.device) as (ranks, device), _flushed_denormals(), _own_rng(device), kept_thread_count():
         trainer = Trainer.prepare(config, ranks, device, resume=resume, overwrite=overwrite, explicit=explicit)
         try:
             stopped_early = trainer.train(on_epoch)
@@ -770,17 +770,6 @@ def _own_rng(device: torch.device):
     leaves no process-wide trace on the caller's random state."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         yield
-
-
-@contextmanager
-def _own_threads():
-    """The caller's thread count comes back after training (the trainer follows the machine's load)."""
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
 
 
 @contextmanager
