@@ -34,21 +34,26 @@ SHAPE = (1, 4, 4)
 
 
 class Settings:
-    beta, kl_warmup, free_bits, iwae_k = 1.0, 0.0, 0.0, 5
+    beta, kl_warmup, free_bits, iwae_k, alpha, consistency = 1.0, 0.0, 0.0, 5, None, None
 
     def __init__(self, objective):
         if "iwae_k" in OBJECTIVES.get(objective).uses:
             self.iwae_k = 3
 
 
-def make(prior, likelihood, conditioned, **over):
+def make(prior, likelihood, conditioned, model_class="cvae", **over):
     torch.manual_seed(0)
     schema = SCHEMA if conditioned else ConditionSchema()
     options = {"components": 4} if "components" in PRIORS.get(prior).options else {}
     over = {"prior_options": options, **over}
-    config = ModelConfig(data_shape=SHAPE, schema=schema.to_dict(), hidden=[16], latent_dim=3, prior=prior,
-                         likelihood=likelihood, **over)
+    config = MODELS.get(model_class).config_class(data_shape=SHAPE, schema=schema.to_dict(), hidden=[16], latent_dim=3,
+                                                  prior=prior, likelihood=likelihood, model_class=model_class, **over)
     return build_model(config)
+
+
+def model_class_of(objective: str) -> str:
+    """The model class an objective trains: its own (m2: the semi-supervised model), else the CVAE."""
+    return OBJECTIVES.get(objective).model_class or "cvae"
 
 
 def batch(n=6, conditioned=True):
@@ -59,14 +64,17 @@ def batch(n=6, conditioned=True):
 
 
 COMBOS = [(p, lik, obj, cond) for p in PRIORS for lik in LIKELIHOODS for obj in OBJECTIVES for cond in (True, False)
-          if cond or not PRIORS.get(p).needs_condition]
+          if cond or not (PRIORS.get(p).needs_condition or OBJECTIVES.get(obj).model_class)]
 
 
 @pytest.mark.parametrize("prior,likelihood,objective,conditioned", COMBOS)
 def test_every_compatible_combination_trains_samples_scores_and_reloads(prior, likelihood, objective, conditioned,
                                                                        tmp_path):
-    model = make(prior, likelihood, conditioned)
+    model = make(prior, likelihood, conditioned, model_class_of(objective))
     x, c = batch(conditioned=conditioned)
+    if OBJECTIVES.get(objective).labelled_batches:
+        c = c.clone()
+        c[::2] = 0  # every other label missing: a semi-supervised batch
     obj = build_objective(objective, Settings(objective))
     out = obj(model, x, c, progress=0.5)
     assert math.isfinite(out.loss.item()) and math.isfinite(out.neg_elbo.item())

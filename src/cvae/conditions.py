@@ -3,10 +3,15 @@
 Raw conditions are stored as a float tensor ``y`` of shape (N, A), one column per attribute: the
 class index for a categorical attribute, the value in original units for a continuous one. The
 model sees ``c = schema.encode(y)``: one-hot blocks and standardised values, shape (N, schema.dim).
+
+A categorical value may be missing (semi-supervised data: an empty CSV cell, ``-1`` or NaN in an
+``.npz`` label array, an image in ``unlabelled/``): its raw code is NaN and its one-hot block is all
+zeros. Only a model that treats the label as a latent variable (``cvae.models.M2``) accepts it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -29,8 +34,14 @@ class Attribute:
     def dim(self) -> int:
         return len(self.classes) if self.kind == "categorical" else 1
 
-    def code(self, value) -> float:
-        """The raw code of one user-given value: a class index, or a float."""
+    def code(self, value, *, missing_ok: bool = False) -> float:
+        """The raw code of one user-given value: a class index, or a float; NaN for a missing
+        categorical value when ``missing_ok`` (else a missing value is an error)."""
+        if self.kind == "categorical" and is_missing(value):
+            if missing_ok:
+                return math.nan
+            raise CvaeError(f"condition {self.name!r} has a missing value; give one of its classes "
+                            f"({', '.join(self.classes[:20])}{' ...' if len(self.classes) > 20 else ''})")
         if self.kind == "continuous":
             try:
                 v = float(value)
@@ -94,7 +105,9 @@ class ConditionSchema:
         for j, a in enumerate(self.attributes):
             col = y[:, j]
             if a.kind == "categorical":
-                parts.append(F.one_hot(col.long(), len(a.classes)).to(y.dtype))
+                known = ~torch.isnan(col)
+                hot = F.one_hot(torch.where(known, col, 0.0).long(), len(a.classes)).to(y.dtype)
+                parts.append(hot * known.unsqueeze(1).to(y.dtype))  # a missing value: all zeros
             else:
                 parts.append(((col - a.mean) / a.std).unsqueeze(1))
         return torch.cat(parts, dim=1)
@@ -155,11 +168,29 @@ class ConditionSchema:
                 out[:, j] = torch.tensor(col, dtype=torch.float32)
         return out
 
+    def categorical_blocks(self) -> list[tuple[Attribute, int, int]]:
+        """(attribute, start, end) of each categorical attribute's one-hot block in ``encode``'s output."""
+        out, start = [], 0
+        for a in self.attributes:
+            if a.kind == "categorical":
+                out.append((a, start, start + a.dim))
+            start += a.dim
+        return out
+
+    def missing(self, y: torch.Tensor) -> torch.Tensor:
+        """(N,) True where a row of raw codes lacks a categorical value."""
+        if not self.attributes:
+            return torch.zeros(len(y), dtype=torch.bool)
+        return torch.isnan(y).any(dim=1)
+
     def describe(self, y_row) -> str:
-        """A short label such as ``label=7`` for one row of raw codes."""
+        """A short label such as ``label=7`` for one row of raw codes (``label=?`` when missing)."""
         parts = []
         for a, v in zip(self.attributes, list(y_row)):
             v = float(v)
+            if math.isnan(v):
+                parts.append(f"{a.name}=?")
+                continue
             parts.append(f"{a.name}={a.classes[int(v)]}" if a.kind == "categorical" else f"{a.name}={v:g}")
         return ",".join(parts)
 
@@ -178,23 +209,48 @@ def parse_assignments(text: str) -> dict[str, str]:
     return out
 
 
-def categorical_from_values(name: str, values: Sequence) -> tuple[Attribute, np.ndarray]:
-    """Build a categorical attribute from raw values (strings or numbers) and return their codes."""
+MISSING_TEXT = ("", "nan", "NaN")  # a categorical cell that says "no value" (numbers: NaN)
+
+
+def is_missing(value) -> bool:
+    """Whether one raw categorical value is missing: None, NaN or an empty cell."""
+    if value is None:
+        return True
+    if isinstance(value, (float, np.floating)):
+        return bool(np.isnan(value))
+    return isinstance(value, (str, np.str_)) and value.strip() in MISSING_TEXT
+
+
+def missing_mask(values: Sequence) -> np.ndarray:
+    """(N,) True where a raw categorical value is missing."""
     arr = np.asarray(values)
-    if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
-        raise CvaeError(f"condition column {name!r} has missing or non-finite values; fill or drop those rows")
-    if arr.dtype.kind in "iub" or (arr.dtype.kind == "f" and np.all(arr == np.round(arr))):
-        uniq = np.unique(arr.astype(np.int64))
-        classes = [str(u) for u in uniq]
-        codes = np.searchsorted(uniq, arr.astype(np.int64))
+    if arr.dtype.kind in "fc":
+        return ~np.isfinite(arr)
+    if arr.dtype.kind in "iub":
+        return np.zeros(arr.shape, bool)
+    return np.array([is_missing(v) for v in arr.tolist()], bool).reshape(arr.shape)
+
+
+def categorical_from_values(name: str, values: Sequence) -> tuple[Attribute, np.ndarray]:
+    """Build a categorical attribute from raw values (strings or numbers) and return their codes;
+    a missing value (empty, NaN) gets the code NaN. A column with no value at all is an error."""
+    arr = np.asarray(values)
+    gone = missing_mask(arr)
+    if gone.all():
+        raise CvaeError(f"condition column {name!r} has no values at all (every row is empty); fill in some labels, "
+                        "or train without it (--condition none)")
+    if arr.dtype.kind in "fc" and np.isinf(arr).any():
+        raise CvaeError(f"condition column {name!r} has infinite values; fix or drop those rows")
+    known = arr[~gone]
+    codes = np.full(arr.shape, np.nan, np.float32)
+    if known.dtype.kind in "iub" or (known.dtype.kind == "f" and np.all(known == np.round(known))):
+        uniq = np.unique(known.astype(np.int64))
+        codes[~gone] = np.searchsorted(uniq, known.astype(np.int64))
     else:
-        strs = np.array([str(v) for v in arr])
-        if np.any((strs == "") | (strs == "nan")):
-            raise CvaeError(f"condition column {name!r} has empty values; fill or drop those rows")
+        strs = np.array([str(v) for v in known])
         uniq = np.unique(strs)
-        classes = [str(u) for u in uniq]
-        codes = np.searchsorted(uniq, strs)
-    return Attribute(name, "categorical", classes), codes.astype(np.float32)
+        codes[~gone] = np.searchsorted(uniq, strs)
+    return Attribute(name, "categorical", [str(u) for u in uniq]), codes
 
 
 def continuous_from_values(name: str, values: Sequence) -> tuple[Attribute, np.ndarray]:

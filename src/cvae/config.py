@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import CvaeError
 from .likelihoods import LIKELIHOODS
-from .models import PRESETS, ModelConfig
+from .models import MODELS, PRESETS, ModelConfig
 from .models.config import ModelTooLarge
 from .nn import ACTIVATIONS, ENCODERS
 from .objectives import OBJECTIVES
@@ -32,8 +32,12 @@ class TrainConfig:
     binarize: str = "none"  # none | static | dynamic
     val_fraction: float = 0.1
     limit: int | None = None  # keep this many training examples
+    labelled: int | None = None  # keep this many labels (balanced per class, by --seed), hide the rest: semi-supervised
     # model (None: from the preset / the data)
     preset: str = "mlp-400"
+    # a registered model class (cvae.models.MODELS); None: m2 (semi-supervised) when some training
+    # examples lack a label, else cvae
+    model: str | None = None
     arch: str | None = None
     hidden: list[int] | None = None
     channels: list[int] | None = None
@@ -44,8 +48,11 @@ class TrainConfig:
     sigma: float | None = None
     prior: str | None = None
     prior_components: int | None = None  # K of a mixture prior (mog: 10, vamp: 500 by default)
-    # objective: a registered one (cvae.objectives.OBJECTIVES): elbo | iwae | dreg
-    objective: str = "elbo"
+    # objective: a registered one (cvae.objectives.OBJECTIVES): elbo | iwae | dreg | m2; None: the
+    # model class's own (m2 for the semi-supervised model, else elbo)
+    objective: str | None = None
+    alpha: float | None = None  # m2: weight of q(y | x)'s cross-entropy on the labels (default 0.1 * labels)
+    consistency: float | None = None  # m2: weight of the FixMatch consistency term (default 1; 0 is M2 exactly)
     iwae_k: int = 5  # samples per example of the iwae and dreg objectives
     beta: float = 1.0  # beta-VAE weight on the KL term (Higgins et al., 2017)
     kl_warmup: float = 0.0  # epochs of linear KL annealing (Bowman et al., 2016)
@@ -106,7 +113,15 @@ class TrainConfig:
              f"unknown prior {self.prior!r} (--prior); choose one of auto, {', '.join(PRIORS.names())}")
         need(self.prior_components is None or (_whole(self.prior_components) and self.prior_components >= 1),
              f"--prior-components must be a positive whole number, got {self.prior_components}")
-        OBJECTIVES.get(self.objective).from_config(self)  # an unknown objective, or a flag it does not read
+        need(self.model is None or self.model in MODELS,
+             f"unknown model class {self.model!r} (--model); choose one of {', '.join(MODELS.names())}")
+        need(self.labelled is None or (_whole(self.labelled) and self.labelled >= 1),
+             f"--labelled must be a positive whole number of labels to keep, got {self.labelled}")
+        need(self.alpha is None or (_finite(self.alpha) and self.alpha >= 0), f"--alpha must be zero or positive, got {self.alpha}")
+        need(self.consistency is None or (_finite(self.consistency) and self.consistency >= 0),
+             f"--consistency must be zero or positive, got {self.consistency}")
+        if self.objective is not None:  # an unknown objective, or a flag it does not read
+            OBJECTIVES.get(self.objective).from_config(self)
         need(_finite(self.kl_warmup) and self.kl_warmup >= 0, f"--kl-warmup must be zero or positive, got {self.kl_warmup}")
         need(self.latent_dim is None or (_whole(self.latent_dim) and self.latent_dim >= 1),
              f"--latent-dim must be a whole number of at least 1, got {self.latent_dim}")

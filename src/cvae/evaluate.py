@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .data import EVALUATION_SEED, fixed_binarization, parse_image_size
@@ -331,7 +332,7 @@ def posterior_health(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None
 
 # -- a whole run ----------------------------------------------------------------------------------
 
-METRICS = ("elbo", "nll", "posterior", "samples")
+METRICS = ("elbo", "nll", "posterior", "samples", "classification")
 
 
 @dataclass
@@ -385,7 +386,8 @@ def load_run_data(model: CVAE, *, data_dir=None):
     data = load_data(cfg.get("data", "digits"), data_dir=data_dir or cfg.get("data_dir"),
                      condition=cfg.get("condition"), val_fraction=cfg.get("val_fraction", 0.1),
                      seed=cfg.get("seed", 0), binarize=cfg.get("binarize", "none"), limit=cfg.get("limit"),
-                     data_layout=cfg.get("data_layout", "auto"), image_size=parse_image_size(cfg.get("image_size")))
+                     data_layout=cfg.get("data_layout", "auto"), image_size=parse_image_size(cfg.get("image_size")),
+                     labelled=cfg.get("labelled"))
     if data.schema.to_dict() != model.schema.to_dict():
         raise CvaeError(f"the data {cfg.get('data')!r} now gives conditions {data.schema.names} that differ from "
                         f"the run's ({model.schema.names}); evaluate with the data the model was trained on")
@@ -464,11 +466,51 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
         if section is not None:
             section["seconds"] = round(time.perf_counter() - t0, 1)
             results["samples"] = section
+    if "classification" in wanted:
+        t0 = time.perf_counter()
+        section = _classification_section(model, part, n=len(x_raw), explicit=explicit and "classification" in wanted,
+                                           split=split)
+        if section is not None:
+            section["seconds"] = round(time.perf_counter() - t0, 1)
+            results["classification"] = section
     path = None
     if write:
         path = run / "eval.json"
         write_json(path, results)
     return RunEvaluation(path=path, results=results)
+
+
+def _classification_section(model: CVAE, part, *, n: int, explicit: bool, split: str) -> dict | None:
+    """The classifier's figures on the split's labelled examples, for each categorical condition: from
+    q(y | x) for a semi-supervised model; by Bayes' rule over the classes (a generative classifier)
+    for a model with one categorical condition when asked by name; else skipped with a note."""
+    blocks = model.schema.categorical_blocks() if model.schema else []
+    reason = None
+    if not blocks:
+        reason = "classification needs a categorical condition (a label); this model has none"
+    elif not model.fills_missing and not explicit:
+        reason = ("this model has no classifier q(y | x); `--metrics classification` classifies by Bayes' rule over "
+                  "the classes (K passes per example)")
+    if reason:
+        if explicit and not blocks:
+            raise CvaeError(reason)
+        return {"skipped": reason}
+    x = model.to_data_units(part.x[:n].to(model.device))
+    out = {"protocol": {"split": split, "n_examples": n,
+                        "classifier": "q(y | x)" if model.fills_missing else "Bayes' rule, p(y) uniform, 16 samples"}}
+    for j, a in enumerate(model.schema.attributes):
+        if a.kind != "categorical":
+            continue
+        truth = part.y[:n, j].numpy()
+        if not np.isfinite(truth).any():
+            reason = (f"the {split} split has no known {a.name!r} labels in this run (--labelled hides them); "
+                      f"choose another --split, or score a labelled file with `cvae classify RUN --data FILE`")
+            if explicit:
+                raise CvaeError(reason)
+            return {"skipped": reason}
+        probs = model.classify(x, a.name).cpu().numpy()
+        out[a.name] = classification_metrics(probs, truth, a.classes)
+    return out
 
 
 def _samples_section(model: CVAE, data, part, evaluator, *, explicit: bool, n: int, per_class: int,
@@ -496,3 +538,47 @@ def _samples_section(model: CVAE, data, part, evaluator, *, explicit: bool, n: i
                             reference_x=None if ref is None else model.to_data_units(ref[:n].to(model.device)).cpu(),
                             per_class=per_class, seed=seed, temperature=temperature)
     return report.to_dict()
+
+
+def classification_metrics(probs, truth, classes: list[str], *, bins: int = 15) -> dict:
+    """How well class probabilities ``probs`` (N, K) predict the labels ``truth`` (N,) of class indices:
+    error and accuracy with their standard errors, accuracy per class, the mean negative log-likelihood
+    of the true class (nats), the Brier score and the expected calibration error (``bins`` equal-width
+    confidence bins, Guo et al. 2017). Rows whose label is missing (NaN or negative) are left out."""
+    p = np.asarray(probs, dtype=np.float64)
+    t = np.asarray(truth, dtype=np.float64)
+    keep = np.isfinite(t) & (t >= 0)
+    p, t = p[keep], t[keep].astype(np.int64)
+    n = len(t)
+    if n == 0:
+        raise CvaeError("no example with a known label to score the classification against")
+    if not np.isfinite(p).all():
+        raise CvaeError("the class probabilities are not finite; the model's classifier has diverged")
+    pred = p.argmax(1)
+    right = (pred == t).astype(np.float64)
+    acc = float(right.mean())
+    se = float(np.sqrt(acc * (1 - acc) / n))
+    per_class = {}
+    for k, name in enumerate(classes):
+        rows = t == k
+        if rows.any():
+            per_class[name] = {"accuracy": float(right[rows].mean()), "n": int(rows.sum())}
+    nll = -np.log(np.clip(p[np.arange(n), t], 1e-12, 1.0))
+    onehot = np.eye(p.shape[1])[t]
+    brier = ((p - onehot) ** 2).sum(1)
+    conf = p.max(1)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        rows = (conf > lo) & (conf <= hi)
+        if rows.any():
+            ece += rows.mean() * abs(right[rows].mean() - conf[rows].mean())
+    return {
+        "n_examples": n,
+        "error": {"value": 1 - acc, "stderr": se},
+        "accuracy": {"value": acc, "stderr": se},
+        "nll": {"value": float(nll.mean()), "stderr": float(nll.std(ddof=1) / np.sqrt(n)) if n > 1 else None},
+        "brier": {"value": float(brier.mean()), "stderr": float(brier.std(ddof=1) / np.sqrt(n)) if n > 1 else None},
+        "ece": {"value": float(ece), "bins": bins},
+        "per_class_accuracy": per_class,
+    }

@@ -182,3 +182,40 @@ class ConvDecoder(nn.Module):
 
 ENCODERS: dict[str, type[nn.Module]] = {"mlp": MLPEncoder, "conv": ConvEncoder}
 DECODERS: dict[str, type[nn.Module]] = {"mlp": MLPDecoder, "conv": ConvDecoder}
+
+
+class MLPClassifier(nn.Module):
+    """Flatten ``x`` and map it to ``n_out`` logits (the q(y | x) of a semi-supervised model)."""
+
+    def __init__(self, data_shape, n_out, *, hidden, act, dropout=0.0, **_):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.net = MLP(math.prod(data_shape), hidden, n_out, act=act)
+
+    def forward(self, x):
+        return self.net(self.drop(x.flatten(1)))
+
+
+class ConvClassifier(nn.Module):
+    """Convolutions for images ``(C, H, W)`` or signals ``(C, L)`` of any size, then dense layers to
+    ``n_out`` logits. The first convolution keeps the resolution; each further one halves it."""
+
+    def __init__(self, data_shape, n_out, *, channels, hidden, act, dropout=0.0, **_):
+        super().__init__()
+        Conv, _ = _conv_classes(data_shape)
+        chans = [data_shape[0], *channels]
+        self.convs = nn.ModuleList(Conv(chans[i], chans[i + 1], 3, stride=1 if i == 0 else 2, padding=1)
+                                   for i in range(len(channels)))
+        last = _conv_shapes(data_shape[1:], max(0, len(channels) - 1))[-1]
+        self.act = activation(act)
+        self.drop = nn.Dropout(dropout)
+        self.head = MLP(chans[-1] * math.prod(last), hidden, n_out, act=act)
+
+    def forward(self, x):
+        h = x
+        for conv in self.convs:
+            h = self.act(conv(h))
+        return self.head(self.drop(h.flatten(1)))
+
+
+CLASSIFIERS: dict[str, type[nn.Module]] = {"mlp": MLPClassifier, "conv": ConvClassifier}

@@ -36,7 +36,7 @@ from .data import EVALUATION_SEED, DataSplits, fixed_binarization, load_data, pa
 from .data.stream import CHUNK_BYTES, ArrayRows, load_npy_stream, npy_float32_bytes
 from .errors import CvaeError
 from .lock import LOCK_NAME, hold, let_go, remove_orphans
-from .models import CVAE, PRESETS, ModelConfig, RunInfo, build_model
+from .models import CVAE, MODELS, PRESETS, ModelConfig, RunInfo, build_model
 from .models.config import free_memory
 from .objectives import build_objective, elbo
 from .runs import (
@@ -117,7 +117,25 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 CONDITIONED_DEFAULTS = {"mlp-400": {"latent_dim": 8, "condition_at": -1}}
 
 
+def model_class_for(config: TrainConfig, data: DataSplits) -> str:
+    """The model class a run trains: --model, else m2 (semi-supervised) when some training examples
+    lack a label, else the CVAE. A class that cannot infer a missing label refuses such data."""
+    name = config.model or ("m2" if data.semi_supervised else "cvae")
+    if data.semi_supervised and not getattr(MODELS.get(name), "fills_missing", False):
+        missing = int(data.schema.missing(data.train.y).sum())
+        raise CvaeError(f"{missing:,} of the {len(data.train):,} training examples lack a label, which the {name} model "
+                        "needs for every example; train the semi-supervised model (leave --model out, or --model m2), "
+                        "or drop those examples")
+    return name
+
+
+def objective_for(config: TrainConfig, model_class: str) -> str:
+    """--objective, else the model class's own (``default_objective``), else the ELBO."""
+    return config.objective or getattr(MODELS.get(model_class), "default_objective", "elbo")
+
+
 def model_config_for(config: TrainConfig, data: DataSplits) -> ModelConfig:
+    config_class = MODELS.get(model_class_for(config, data)).config_class
     settings = dict(PRESETS[config.preset])
     if data.schema:
         settings.update(CONDITIONED_DEFAULTS.get(config.preset, {}))
@@ -130,7 +148,8 @@ def model_config_for(config: TrainConfig, data: DataSplits) -> ModelConfig:
             f"the conv network needs images or signals, but {data.name!r} is a table of {data.data_shape[0]} "
             "features; use --preset mlp-400 (or --data-layout signal for rows that are 1-D signals)"
         )
-    return ModelConfig(data_shape=data.data_shape, schema=data.schema.to_dict(), standardize=data.standardize, **settings)
+    return config_class(data_shape=data.data_shape, schema=data.schema.to_dict(), standardize=data.standardize,
+                        model_class=model_class_for(config, data), **settings)
 
 
 def default_out(config: TrainConfig, data_name: str) -> Path:
@@ -149,11 +168,13 @@ def _autocast(device: torch.device, precision: str):
 
 @torch.no_grad()
 def evaluate_elbo(model: CVAE, x, c: torch.Tensor | None, *, batch_size: int = 1000,
-                  precision: str = "float32") -> dict[str, float]:
-    """Negative ELBO (one sample), reconstruction and KL in nats per example.
+                  precision: str = "float32", objective=None) -> dict[str, float]:
+    """Negative ELBO (one sample), reconstruction and KL in nats per example: the bound that
+    ``objective`` reports for held-out data (:meth:`~cvae.objectives.Objective.bound`; the ELBO).
 
     ``x`` is a tensor on any device or the :class:`~cvae.data.stream.ArrayRows` of a streamed file.
     """
+    bound = objective.bound if objective is not None else elbo
     device = next(model.parameters()).device
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)
@@ -161,7 +182,7 @@ def evaluate_elbo(model: CVAE, x, c: torch.Tensor | None, *, batch_size: int = 1
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size].to(device)
             cb = None if c is None else c[i:i + batch_size].to(device)
-            out = elbo(model, xb, cb)
+            out = bound(model, xb, cb)
             sums += torch.stack([out.neg_elbo, out.reconstruction, out.kl]).double() * len(xb)
     model.train()
     loss, rec, kl = (sums / len(x)).tolist()
@@ -254,7 +275,12 @@ class Trainer:
         if data.standardize:
             self.model.set_units(torch.from_numpy(data.loc), torch.from_numpy(data.scale))
         self.opt = _optimizer(self.model, config, device)
-        self.objective = build_objective(config.objective, config)
+        self.objective = build_objective(objective_for(config, self.model_config.model_class), config)
+        if (data.semi_supervised or self.model.fills_missing) and not self.objective.labelled_batches:
+            raise CvaeError(f"--objective {self.objective.name} cannot train the semi-supervised model (labels missing, "
+                            "a classifier q(y | x) to train); leave --objective out (it is m2 for this model)")
+        labelled = len(data.train) - int(data.schema.missing(data.train.y).sum()) if data.schema else len(data.train)
+        self.info["objective"] = {"name": self.objective.name, **self.objective.attach(len(data.train), labelled)}
         self.start_epoch, self.best_val, self.bad_epochs, self.best_state = 0, math.inf, 0, None
         if resume and _on_main(ranks, _has_epochs, run_dir):
             self._restore()
@@ -295,6 +321,7 @@ class Trainer:
                 "name": data.name, "kind": data.kind, "source": config.data, "data_shape": list(data.data_shape),
                 "binary": data.binary, "standardize": data.standardize, "n_train": len(data.train),
                 "n_val": len(data.val) if data.val else 0, "n_test": len(data.test) if data.test else 0,
+                **({"labelled": data.labels_seen()} if data.schema.categorical_blocks() else {}),
                 **{k: v for k, v in data.meta.items() if k in ("features",)},
             },
             "execution": {"processes": self.ranks.world, "device": str(self.device),
@@ -336,6 +363,12 @@ class Trainer:
         self.steps = math.ceil(self.n_used / self.config.batch_size)
         rows = self.x_train.row_bytes if isinstance(self.x_train, ArrayRows) else 0
         self.chunk = self.n_used if not rows else max(self.batch, CHUNK_BYTES // rows // self.batch * self.batch)
+        # semi-supervised data: every batch also gets labelled rows (a few labels among many examples
+        # would otherwise be met once an epoch), up to a batch of them, drawn in rounds of all of them
+        self.labelled_rows = None
+        if self.objective.labelled_batches and data.semi_supervised:
+            self.labelled_rows = torch.nonzero(~schema.missing(data.train.y)).flatten()
+            self.labelled_batch = min(len(self.labelled_rows), self.batch)
 
     def _open_logs(self):
         if not self.ranks.main or self.replacing:
@@ -364,7 +397,8 @@ class Trainer:
                 if self.governor is not None:
                     self.governor.update()
                 row = self.train_epoch(epoch)
-                row = _on_main(self.ranks, _with_validation, row, self.model, self.evals, self.config.precision)
+                row = _on_main(self.ranks, _with_validation, row, self.model, self.evals, self.config.precision,
+                               self.objective)
                 if self.bar is not None:
                     self.bar.set_postfix(loss=f"{row['train_loss']:.2f}",
                                          **({"val": f"{row['val_loss']:.2f}"} if "val_loss" in row else {}))
@@ -401,6 +435,10 @@ class Trainer:
             bar.reset(total=self.steps)
             bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
         batches = _batches(self.x_train, self.c_train, order, self.batch, self.chunk, self.device, self.dynamic)
+        if self.labelled_rows is not None:
+            batches = _with_labelled(batches, self.x_train, self.c_train, self.labelled_rows, self.labelled_batch,
+                                     (config.seed, epoch, 1 + self.ranks.rank), self.device, self.dynamic)
+        rows_seen = 0
         for step, (xb, cb) in enumerate(batches):
             if config.lr_schedule == "cosine":
                 _set_lr(opt, cosine_lr(config.lr, (epoch * self.steps + step) / (config.epochs * self.steps)))
@@ -415,13 +453,14 @@ class Trainer:
             if sums is None:
                 sums, names = torch.zeros_like(figures), list(out.terms)
             sums.add_(figures, alpha=len(xb))
+            rows_seen += len(xb)
             if bar is not None:
                 bar.update()
                 if step % REFRESH_STEPS == 0:
                     bar.set_postfix(loss=f"{out.loss.item():.2f}", **{k: f"{v.item():.3g}" for k, v in out.terms.items()})
         if self.ranks.world > 1:
             dist.all_reduce(sums)
-        rec, kl, *terms = (sums / self.n_used).tolist()
+        rec, kl, *terms = (sums / (rows_seen * self.ranks.world)).tolist()
         return {"epoch": epoch + 1, "train_loss": rec + kl, "train_reconstruction": rec, "train_kl": kl,
                 **{f"train_{k}": v for k, v in zip(names, terms)}, **self.objective.schedule(epoch + 1),
                 "seconds": time.perf_counter() - t0}
@@ -474,9 +513,9 @@ class Trainer:
         summary = {"epochs": _epochs_done(self.metrics_path), "stopped_early": stopped_early,
                    "precision": self.config.precision}
         for name, (x, c) in self.evals.items():
-            summary[name] = evaluate_elbo(self.model, x, c, precision="float32")
+            summary[name] = evaluate_elbo(self.model, x, c, precision="float32", objective=self.objective)
         c_train = self.c_train[:10000] if self.c_train is not None else None
-        summary["train"] = evaluate_elbo(self.model, self.x_train[:10000], c_train)
+        summary["train"] = evaluate_elbo(self.model, self.x_train[:10000], c_train, objective=self.objective)
         summary["seconds_per_epoch"] = _median_seconds(self.metrics_path)
         write_json(self.run_dir / "summary.json", summary)
         self.info["status"] = "stopped early" if stopped_early else "finished"
@@ -506,11 +545,13 @@ def _load(config: TrainConfig) -> DataSplits:
     if config.stream:
         if config.binarize != "none":
             raise CvaeError("--binarize needs the data in memory; binarize the .npy file beforehand or drop --stream")
+        if config.labelled is not None:
+            raise CvaeError("--labelled needs labels, which a streamed .npy file does not have; drop --stream")
         return load_npy_stream(config.data, condition=config.condition, val_fraction=config.val_fraction,
                                seed=config.seed, limit=config.limit)
     return load_data(config.data, data_dir=config.data_dir, condition=config.condition,
                      val_fraction=config.val_fraction, seed=config.seed, binarize=config.binarize,
-                     limit=config.limit, data_layout=config.data_layout,
+                     limit=config.limit, data_layout=config.data_layout, labelled=config.labelled,
                      image_size=parse_image_size(config.image_size))
 
 
@@ -538,9 +579,24 @@ def _batches(x, c, order: torch.Tensor, batch: int, chunk: int, device: torch.de
             yield xs[i:i + batch], (cs[i:i + batch] if cs is not None else None)
 
 
-def _with_validation(row: dict, model: CVAE, evals: dict, precision: str) -> dict:
+def _with_labelled(batches, x, c, rows: torch.Tensor, size: int, seed: tuple, device: torch.device, binarize: bool):
+    """``batches`` with ``size`` labelled rows appended to each, taken from ``rows`` in rounds of
+    random permutations (the same on --resume: seeded by the run's seed, the epoch and the rank)."""
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence(list(seed)).generate_state(1)[0]))
+    pool = rows[:0]
+    for xb, cb in batches:
+        while len(pool) < size:
+            pool = torch.cat([pool, rows[torch.randperm(len(rows), generator=g)]])
+        idx, pool = pool[:size], pool[size:]
+        xl = x[idx if isinstance(x, ArrayRows) else idx.to(x.device)].to(device, non_blocking=True)
+        if binarize:
+            xl = torch.bernoulli(xl)
+        yield torch.cat([xb, xl]), torch.cat([cb, c[idx.to(c.device)]])
+
+
+def _with_validation(row: dict, model: CVAE, evals: dict, precision: str, objective=None) -> dict:
     if "val" in evals:
-        v = evaluate_elbo(model, *evals["val"], precision=precision)
+        v = evaluate_elbo(model, *evals["val"], precision=precision, objective=objective)
         row = dict(row, val_loss=v["loss"], val_reconstruction=v["reconstruction"], val_kl=v["kl"])
     return row
 

@@ -48,7 +48,7 @@ def embed_inputs(model: CVAE, inputs: Inputs, *, condition=None, batch_size: int
     if y is not None:
         for j, a in enumerate(model.schema.attributes):
             col = y[:, j].numpy()
-            conds[a.name] = np.array([a.classes[int(v)] for v in col]) if a.kind == "categorical" else col.astype(np.float64)
+            conds[a.name] = np.array(["" if np.isnan(v) else a.classes[int(v)] for v in col]) if a.kind == "categorical" else col.astype(np.float64)
     return Embedding(list(inputs.ids), torch.cat(mus).numpy(), torch.cat(variances).numpy(), conds, dict(inputs.columns))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,8 +85,8 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
         for a in schema.attributes:
             vals = columns[a.name]
             if a.name in raw.class_names:
-                vals = [raw.class_names[a.name][int(v)] for v in vals]
-            cols.append([a.code(_plain(v)) for v in vals])
+                vals = [math.nan if np.isnan(v) else raw.class_names[a.name][int(v)] for v in np.asarray(vals, float)]
+            cols.append([a.code(_plain(v), missing_ok=model.fills_missing) for v in vals])
         y = torch.tensor(np.array(cols, np.float32).T.reshape(len(x), len(cols)))
     return Inputs(torch.from_numpy(np.ascontiguousarray(x)), y, list(ids) if ids else list(range(len(x))), extra)
 
@@ -144,7 +145,7 @@ def write_array_output(path: str | Path, model: CVAE, x: torch.Tensor, y: torch.
     if y is not None and schema:
         for j, a in enumerate(schema.attributes):
             col = y[:, j].cpu().numpy()
-            conds[a.name] = np.array([a.classes[int(v)] for v in col]) if a.kind == "categorical" else col
+            conds[a.name] = np.array(["" if np.isnan(v) else a.classes[int(v)] for v in col]) if a.kind == "categorical" else col
     if path.suffix.lower() == ".npz":
         np.savez_compressed(path, x=x.astype(np.float32), **conds, **(extra or {}))
     elif path.suffix.lower() == ".csv":

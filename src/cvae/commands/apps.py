@@ -1,4 +1,4 @@
-"""cvae interpolate | traverse | transfer | anomaly fit/score | augment | embed."""
+"""cvae interpolate | traverse | transfer | anomaly fit/score | augment | embed | classify."""
 
 from __future__ import annotations
 
@@ -145,6 +145,19 @@ def add_parsers(sub) -> None:
     e.add_argument("--map", help="also draw the 2-D map (the latent, or its first two principal components) here")
     e.add_argument("--color-by", help="the condition or column to colour the map by (default: the first categorical)")
     e.set_defaults(func=cmd_embed)
+
+    c = sub.add_parser("classify", help="class probabilities per example (semi-supervised runs: q(y | x))",
+                       description="Classify examples: the probability of every class of a categorical condition, "
+                       "per example, with its id. A semi-supervised run (trained with missing labels) answers "
+                       "from its classifier q(y | x); a model with one categorical condition by Bayes' rule over "
+                       "the classes. When the input has labels, the error is printed too.")
+    _common(c, output_help="predictions as .csv (id, predicted class, its probability, p_CLASS per class, the "
+            "input's own label) or .npz")
+    c.add_argument("--data", help=INPUT_HELP)
+    c.add_argument("--split", default="test", help="split of a named data set (default test)")
+    c.add_argument("--n", type=int, help="only the first N examples")
+    c.add_argument("--attribute", help="the categorical condition to classify (default: the first)")
+    c.set_defaults(func=cmd_classify)
 
 
 def _need_sub(parser) -> int:
@@ -426,4 +439,22 @@ def cmd_embed(args) -> int:
     print(f"wrote {write_embedding(out, emb)}  ({len(emb)} examples, {emb.mu.shape[1]} latent dimensions)")
     if args.map:
         print(f"  map: {save_embedding_map(args.map, emb, args.color_by)}")
+    return 0
+
+
+def cmd_classify(args) -> int:
+    from ..apps.classify import classify_inputs, write_predictions
+
+    if args.n is not None and args.n < 1:
+        raise CvaeError(f"--n must be a positive number of examples, got {args.n}")
+    model = _load(args)
+    source = _own_source(model, args.data)
+    result = classify_inputs(model, source, attribute=args.attribute, data_dir=args.data_dir, n=args.n,
+                             split=args.split)
+    path = write_predictions(args.output, result)
+    print(f"wrote {path}  ({len(result.ids)} examples, {len(result.classes)} classes of {result.attribute!r})")
+    m = result.metrics()
+    if m is not None:
+        print(f"  error {100 * m['error']['value']:.2f}% ± {100 * m['error']['stderr']:.2f} on the {m['n_examples']} "
+              f"examples with a label; expected calibration error {m['ece']['value']:.3f}")
     return 0

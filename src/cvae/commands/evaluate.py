@@ -20,8 +20,9 @@ def add_parsers(sub) -> None:
                    help="which examples (default: test, or val when the data has no test split)")
     e.add_argument("--k", type=int, default=5000, help="importance samples per example for the NLL (default 5000)")
     e.add_argument("--metrics", default="all",
-                   help="comma-separated: elbo, nll, posterior, samples (default all; samples are skipped with a "
-                        "note when no evaluator exists, unless asked for by name)")
+                   help="comma-separated: elbo, nll, posterior, samples, classification (default all; samples are "
+                        "skipped with a note when no evaluator exists, classification when the model has no "
+                        "classifier q(y | x), unless asked for by name)")
     e.add_argument("--evaluator", help="an evaluator .safetensors file (default ~/.cache/cvae/evaluators/DATA.safetensors)")
     e.add_argument("--n", type=int, help="only the first N examples of the split (default all)")
     e.add_argument("--per-class", type=int, default=1000, help="images generated per class for conditional accuracy")
@@ -178,6 +179,22 @@ def format_table(results: dict) -> str:
                     lines.append("    " + "  ".join(f"{c} -> {o} {share:.3f}" for c, (o, share) in mistaken.items()))
             for note in samples.get("notes", []):
                 lines.append(f"  note: {note}")
+    cls = results.get("classification")
+    if cls:
+        if "skipped" in cls:
+            lines.append(f"classification: skipped ({cls['skipped']})")
+        else:
+            p = cls["protocol"]
+            for attr, fig in cls.items():
+                if not isinstance(fig, dict) or "error" not in fig:
+                    continue
+                lines.append(f"classification of {attr!r} by {p['classifier']} ({p['split']} split, "
+                             f"{fig['n_examples']} labelled examples)")
+                for key, label in (("error", "error"), ("nll", "negative log-likelihood of the true class (nats)"),
+                                   ("brier", "Brier score"), ("ece", "expected calibration error (15 bins)")):
+                    lines.append(_row(label, fig[key], width))
+                lines.append("  accuracy per class: " + "  ".join(f"{c}: {v['accuracy']:.3f}"
+                                                                  for c, v in fig["per_class_accuracy"].items()))
     return "\n".join(lines)
 
 

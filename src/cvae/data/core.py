@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..conditions import Attribute, ConditionSchema, categorical_from_values, continuous_from_values
+from ..conditions import (
+    Attribute,
+    ConditionSchema,
+    categorical_from_values,
+    continuous_from_values,
+    missing_mask,
+)
 from ..errors import CvaeError
 from .sources import MAX_ABS, NAMED_SOURCES, RawData, load_array_file, load_csv, load_image_folder
 
@@ -47,6 +54,22 @@ class DataSplits:
     @property
     def data_shape(self) -> tuple[int, ...]:
         return tuple(self.train.x.shape[1:])
+
+    @property
+    def semi_supervised(self) -> bool:
+        """Whether some training examples lack a categorical condition (a label to be inferred)."""
+        return bool(self.schema) and bool(torch.isnan(self.train.y).any())
+
+    def labels_seen(self) -> dict[str, dict[str, int]]:
+        """Labelled training examples per class of each categorical condition."""
+        out = {}
+        for j, a in enumerate(self.schema.attributes):
+            if a.kind == "categorical":
+                col = self.train.y[:, j]
+                col = col[~torch.isnan(col)].long()
+                counts = torch.bincount(col, minlength=len(a.classes)).tolist()
+                out[a.name] = dict(zip(a.classes, counts))
+        return out
 
     @property
     def default_likelihood(self) -> str:
@@ -120,12 +143,14 @@ def build_schema(raw: RawData, spec, source: str | None = None) -> tuple[Conditi
             if kind == "categorical" and name in raw.class_names:
                 codes[split].append(vals.astype(np.float32))
             elif kind == "categorical":
+                gone = missing_mask(vals)
                 text = [str(int(v)) if isinstance(v, (float, np.floating)) and float(v).is_integer() else str(v) for v in vals]
-                unknown = sorted(set(text) - set(attr.classes))
+                unknown = sorted({t for t, g in zip(text, gone) if not g} - set(attr.classes))
                 if unknown:
-                    raise CvaeError(f"{split} split: condition {name!r} has value(s) {unknown[:5]} not seen in training")
+                    raise CvaeError(f"{split} split: condition {name!r} has value(s) {unknown[:5]} not seen in training"
+                                    + (" among the labelled examples" if gone.any() else ""))
                 lookup = {c: i for i, c in enumerate(attr.classes)}
-                codes[split].append(np.array([lookup[t] for t in text], np.float32))
+                codes[split].append(np.array([math.nan if g else lookup[t] for t, g in zip(text, gone)], np.float32))
             else:
                 codes[split].append(continuous_from_values(name, vals)[1])
     out = {}
@@ -174,12 +199,15 @@ def _csv_header(path: Path) -> list[str]:
 
 def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float = 0.1, seed: int = 0,
               binarize: str = "none", limit: int | None = None, data_layout: str = "auto",
-              image_size=None) -> DataSplits:
+              image_size=None, labelled: int | None = None) -> DataSplits:
     """Read a data set and make its splits.
 
     The validation split is the data set's own where it has one, else ``val_fraction`` of the training
     examples drawn with ``seed``. ``binarize="static"`` samples 0/1 pixels once (fixed seed);
     ``"dynamic"`` is applied by the trainer every epoch. ``limit`` keeps that many training examples.
+    ``labelled`` keeps the labels of that many training examples, the same number per class of the
+    first categorical condition, drawn with ``seed``, and hides the others' and the validation
+    split's (an experiment in semi-supervised learning; the test split keeps its labels).
     """
     if binarize not in ("none", "static", "dynamic"):
         raise CvaeError(f"--binarize must be none, static or dynamic, not {binarize!r}")
@@ -188,7 +216,8 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
     raw = read_source(source, data_dir=data_dir, condition=condition, data_layout=data_layout, image_size=image_size)
     schema, codes = build_schema(raw, condition, source)
     label_schema, label_codes = build_schema(raw, "label:categorical", source) if "label" in raw.columns else (None, None)
-    labels_of = {split: label_codes[split][:, 0].astype(np.int64) for split in raw.splits} if label_codes else {}
+    labels_of = ({split: np.nan_to_num(label_codes[split][:, 0], nan=-1).astype(np.int64) for split in raw.splits}
+                 if label_codes else {})  # -1: no label
     rng = np.random.default_rng(seed)
     x_train, y_train = raw.splits["train"][0], codes["train"]
     ids_train = raw.meta.get("ids") or list(range(len(x_train)))
@@ -215,6 +244,9 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
     train_labels = labels_of["train"][order] if labels_of else None
     if len(x_train) == 0:
         raise CvaeError(f"no training examples left in {source!r} (after the validation split)")
+    if labelled is not None:
+        y_train, y_val = hide_labels(schema, y_train, y_val, labelled, seed)
+    _check_labelled(schema, y_train, source)
 
     standardize = not raw.unit_range
     loc = scale = None
@@ -258,6 +290,58 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
                 part.x = torch.bernoulli(part.x, generator=g)
         splits.binary = True
     return splits
+
+
+def hide_labels(schema: ConditionSchema, y_train: np.ndarray, y_val: np.ndarray | None, labelled: int,
+                seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Keep the categorical conditions of ``labelled`` training rows, balanced over the classes of the
+    first categorical condition (the remainder to randomly chosen classes), and hide the rest (NaN)."""
+    cats = [j for j, a in enumerate(schema.attributes) if a.kind == "categorical"]
+    if not cats:
+        raise CvaeError("--labelled needs a categorical condition (a label) to keep some of; this data has "
+                        + ("only continuous ones" if schema else "none"))
+    a = schema.attributes[cats[0]]
+    k = len(a.classes)
+    if not isinstance(labelled, int) or labelled < k:
+        raise CvaeError(f"--labelled {labelled} keeps fewer labels than the {k} classes of {a.name!r}; every class "
+                        f"needs at least one labelled example: use --labelled {k} or more")
+    rng = np.random.default_rng([seed, 7])
+    col = y_train[:, cats[0]]
+    per_class = np.full(k, labelled // k)
+    per_class[rng.permutation(k)[:labelled % k]] += 1
+    keep = []
+    for c in range(k):
+        rows = np.flatnonzero(col == c)
+        if len(rows) < per_class[c]:
+            raise CvaeError(f"--labelled {labelled} asks for {per_class[c]} labelled examples of {a.name}={a.classes[c]} "
+                            f"but the training split has {len(rows)}; ask for fewer")
+        keep.append(rng.choice(rows, per_class[c], replace=False))
+    hidden = np.ones(len(y_train), bool)
+    hidden[np.concatenate(keep)] = False
+    y_train = y_train.copy()
+    y_train[np.ix_(hidden, cats)] = np.nan
+    if y_val is not None and len(y_val):
+        y_val = y_val.copy()
+        y_val[:, cats] = np.nan
+    return y_train, y_val
+
+
+def _check_labelled(schema: ConditionSchema, y_train: np.ndarray, source: str) -> None:
+    """Semi-supervised data needs a labelled example of every class (of every categorical condition)."""
+    if not schema or not np.isnan(y_train).any():
+        return
+    for j, a in enumerate(schema.attributes):
+        if a.kind != "categorical":
+            if np.isnan(y_train[:, j]).any():
+                raise CvaeError(f"{source}: the continuous condition {a.name!r} has missing values; only categorical "
+                                "conditions may be missing: fill them in or drop those rows")
+            continue
+        col = y_train[:, j]
+        counts = np.bincount(col[~np.isnan(col)].astype(np.int64), minlength=len(a.classes))
+        empty = [a.classes[i] for i in np.flatnonzero(counts == 0)]
+        if empty:
+            raise CvaeError(f"{source}: no labelled training example of {a.name}={', '.join(empty[:5])}; a class "
+                            "needs at least one (label some, or remove that class)")
 
 
 EVALUATION_SEED = 1234  # the fixed binarization of held-out images of a dynamically binarized run

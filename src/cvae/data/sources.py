@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..conditions import MISSING_TEXT
 from ..errors import CvaeError
 from .files import require
 
@@ -363,6 +364,8 @@ def load_array_file(path: Path) -> RawData:
             continue  # dates, complex numbers, records: not a condition
         if len(v) != len(x):
             raise CvaeError(f"{path}: array {k!r} has {len(v)} entries but 'x' has {len(x)} examples")
+        if name == "label" and v.dtype.kind in "iu" and (v == -1).any():
+            v = np.where(v == -1, np.nan, v.astype(np.float64))  # -1: no label (semi-supervised)
         if name in columns:
             raise CvaeError(f"{path} holds more than one label array ({', '.join(a for a in LABEL_ARRAYS if a in arrays)}); "
                             "keep one, named 'y'")
@@ -371,6 +374,7 @@ def load_array_file(path: Path) -> RawData:
     return RawData(path.stem, kind, {"train": (x, columns)}, unit_range=unit and kind == "image", binary=False)
 
 
+UNLABELLED_FOLDER = "unlabelled"  # an image folder's subfolder of images without a label
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 _GREY_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 
@@ -434,18 +438,21 @@ def read_image(path: Path, channels: int | None = None, size: tuple[int, int] | 
 
 
 def load_image_folder(root: Path, image_size: tuple[int, int] | None = None) -> RawData:
-    """``root/CLASS/*.png``: one subfolder per class; grey or RGB, all of one size (or resized)."""
+    """``root/CLASS/*.png``: one subfolder per class; grey or RGB, all of one size (or resized).
+    Images in ``root/unlabelled/`` have no label (semi-supervised training)."""
     try:
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        classes = [c for c in folders if c != UNLABELLED_FOLDER]
         files, labels = [], []
-        for i, cname in enumerate(classes):
+        for cname in folders:
             found = sorted(p for p in (root / cname).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             files += found
-            labels += [i] * len(found)
+            labels += [classes.index(cname) if cname in classes else math.nan] * len(found)
     except OSError as e:
         raise CvaeError(f"cannot list the images in {root}: {_reason(e)}") from None
     if not classes:
-        raise CvaeError(f"{root} has no class subfolders; put images in {root}/CLASS_NAME/*.png")
+        raise CvaeError(f"{root} has no class subfolders; put images in {root}/CLASS_NAME/*.png"
+                        + (f" (images in {UNLABELLED_FOLDER}/ need labelled ones beside them)" if folders else ""))
     if not files:
         raise CvaeError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under the class folders of {root}")
     images = [open_image(f) for f in files]
@@ -460,7 +467,8 @@ def load_image_folder(root: Path, image_size: tuple[int, int] | None = None) -> 
             )
         arrays.append(image_array(im, f, mode, size))
     x = np.stack(arrays)
-    return RawData(root.name, "image", {"train": (x, {"label": np.array(labels)})}, {"label": classes},
+    labels = np.array(labels, np.float64) if UNLABELLED_FOLDER in folders else np.array(labels)
+    return RawData(root.name, "image", {"train": (x, {"label": labels})}, {"label": classes},
                    meta={"files": [str(f.relative_to(root)) for f in files]})
 
 
@@ -560,8 +568,10 @@ def load_csv(path: Path, condition_columns: list[str], *, layout: str = "table",
     columns = {}
     for c in condition_columns:
         vals = [r[header.index(c)].strip() for r in rows]
-        try:
-            columns[c] = np.array([float(v) for v in vals])
+        try:  # numbers, with empty cells as NaN (a missing label), else text
+            columns[c] = np.array([math.nan if v in MISSING_TEXT else float(v) for v in vals])
+            if np.isnan(columns[c]).all():
+                columns[c] = np.array(vals)
         except ValueError:
             columns[c] = np.array(vals)
     meta = {"features": features}

@@ -3,5 +3,6 @@
 from .base import MODELS, ModelOutput, RunInfo, VAEModel, build_model
 from .config import PRESETS, ModelConfig
 from .cvae import CVAE
+from .m2 import M2, M2Config
 
-__all__ = ["CVAE", "MODELS", "ModelConfig", "ModelOutput", "PRESETS", "RunInfo", "VAEModel", "build_model"]
+__all__ = ["CVAE", "M2", "M2Config", "MODELS", "ModelConfig", "ModelOutput", "PRESETS", "RunInfo", "VAEModel", "build_model"]

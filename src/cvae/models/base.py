@@ -59,6 +59,8 @@ class VAEModel(nn.Module):
 
     config_class = ModelConfig
     name = "?"
+    fills_missing = False  # whether inputs may lack a categorical condition (a model with q(y | x) infers it)
+    default_objective = "elbo"
 
     def __init__(self, config: ModelConfig, *, run: RunInfo | None = None):
         super().__init__()
@@ -101,7 +103,11 @@ class VAEModel(nn.Module):
             if condition not in (None, "", "none", {}):
                 raise CvaeError("this model is a plain VAE (no condition); leave the condition out")
             return None
-        c = self.schema.encode(self.schema.parse(condition, n)).to(self.device)
+        y = self.schema.parse(condition, n)
+        if not self.fills_missing and bool(torch.isnan(y).any()):
+            raise CvaeError("a condition value is missing (NaN); this model needs every condition (only a "
+                            "semi-supervised model, --model m2, infers a missing label)")
+        c = self.schema.encode(y).to(self.device)
         if not torch.isfinite(c).all():
             raise CvaeError(f"the condition {condition!r} holds a value that is not finite once standardised; "
                             "give values near the training data's range")
@@ -164,6 +170,33 @@ class VAEModel(nn.Module):
         c = self.condition_vector(condition, len(x))
         qz = self.q_z(x, c)
         return self.to_data_units(self.p_x(qz.rsample() if sample_z else qz.mu, c).mean)
+
+
+    @torch.no_grad()
+    def classify(self, x, attribute: str | None = None, *, samples: int = 16, batch_size: int = 250) -> torch.Tensor:
+        """p(y | x) of the categorical condition by Bayes' rule with p(y) uniform: log p(x | y) from the
+        importance-weighted bound with ``samples`` draws of q(z | x, y) per class (a generative
+        classifier). Class probabilities (N, classes). A semi-supervised model answers from q(y | x)."""
+        blocks = self.schema.categorical_blocks()
+        if not blocks or len(self.schema.attributes) != 1 or attribute not in (None, blocks[0][0].name):
+            raise CvaeError("this model classifies only when its one condition is categorical; train the "
+                            "semi-supervised model (--model m2) to classify with several conditions")
+        a = blocks[0][0]
+        x = self.to_model_units(x)
+        g = torch.Generator(device=self.device).manual_seed(0)
+        out = []
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size]
+            ll = torch.empty((len(xb), a.dim), device=self.device)
+            for k in range(a.dim):
+                c = torch.nn.functional.one_hot(torch.full((len(xb),), k, device=self.device), a.dim).float()
+                qz = self.q_z(xb, c)
+                eps = torch.randn((samples, *qz.mu.shape), generator=g, device=self.device)
+                z = qz.mu + eps * qz.std
+                lw = self.p_x(z, c).log_prob(xb).float() + self.prior.log_prob(z, c).float() - qz.log_prob(z).float()
+                ll[:, k] = torch.logsumexp(lw, 0) - math.log(samples)
+            out.append(ll.softmax(1))
+        return torch.cat(out) if out else torch.zeros((0, a.dim))
 
 
 def build_model(config: ModelConfig | dict, *, run: RunInfo | None = None) -> VAEModel:

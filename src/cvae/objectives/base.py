@@ -21,7 +21,8 @@ OBJECTIVES = Registry("objective", flag="--objective")
 
 # Training settings that belong to some objectives only: (setting, its neutral value, flag).
 OBJECTIVE_SETTINGS = (("beta", 1.0, "--beta"), ("kl_warmup", 0.0, "--kl-warmup"),
-                      ("free_bits", 0.0, "--free-bits"), ("iwae_k", 5, "--iwae-k"))
+                      ("free_bits", 0.0, "--free-bits"), ("iwae_k", 5, "--iwae-k"),
+                      ("alpha", None, "--alpha"), ("consistency", None, "--consistency"))
 
 
 @dataclass
@@ -43,6 +44,9 @@ class Objective:
 
     name: str = "?"
     uses: tuple[str, ...] = ()
+    # True: the trainer adds labelled rows to every batch of data with missing labels (semi-supervised)
+    labelled_batches: bool = False
+    model_class: str | None = None  # the model class the objective trains (None: any)
 
     @classmethod
     def from_config(cls, config) -> Objective:
@@ -61,6 +65,19 @@ class Objective:
     def schedule(self, progress: float) -> dict[str, float]:
         """Scheduled values at ``progress`` epochs (logged once per epoch)."""
         return {}
+
+    def attach(self, n_train: int, n_labelled: int) -> dict:
+        """Called once before training with the number of training examples and of those with every
+        label; an objective whose weights depend on them sets them here. Returns the settings it
+        resolved (recorded in config.json)."""
+        return {}
+
+    def bound(self, model, x: torch.Tensor, c: torch.Tensor | None) -> ObjectiveOutput:
+        """The figures reported for held-out data: the negative ELBO and its parts."""
+        from .evidence import elbo
+
+        with torch.no_grad():
+            return elbo(model, x, c)
 
 
 def build_objective(name: str, config) -> Objective:

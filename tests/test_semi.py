@@ -1,0 +1,305 @@
+"""Semi-supervised training as a user meets it: labels missing in every input form, the M2 bound,
+classifying from the shell and Python, every other command on the run, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import cvae
+from cvae.cli import main
+from cvae.data import load_data
+from cvae.errors import CvaeError
+
+QUIET = dict(progress=False, tensorboard=False, pictures=False, batch_size=64)
+
+
+def _config(run):
+    return json.loads((run / "config.json").read_text())
+
+
+def _digits_npz(path, missing, *, seed=0):
+    """scikit-learn's digits as an .npz whose label array marks unlabelled examples with ``missing``."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    y = d.target.astype(np.float64 if isinstance(missing, float) else np.int64)
+    rng = np.random.default_rng(seed)
+    hidden = np.ones(len(y), bool)
+    for k in range(10):  # 8 labels per class stay
+        hidden[rng.choice(np.flatnonzero(d.target == k), 8, replace=False)] = False
+    y[hidden] = missing
+    np.savez(path, x=x, y=y)
+    return d.target, hidden
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A semi-supervised run on the digits with 50 labels (`cvae train --labelled 50`)."""
+    out = tmp_path_factory.mktemp("semi") / "run"
+    assert main(["train", "--data", "digits", "--labelled", "50", "--epochs", "12", "--batch-size", "64",
+                 "--no-progress", "--no-tensorboard", "--out", str(out)]) == 0
+    return out
+
+
+def test_labelled_keeps_a_balanced_draw_of_labels_and_the_run_records_them(digits_run):
+    cfg = _config(digits_run)
+    assert cfg["model"]["model_class"] == "m2" and cfg["objective"]["name"] == "m2"
+    assert cfg["data"]["labelled"] == {"label": {str(k): 5 for k in range(10)}}
+    assert cfg["objective"]["alpha"] == pytest.approx(5.0)  # 0.1 x 50 labels, the paper's 0.1 N
+    data = load_data("digits", labelled=50, seed=0)
+    assert int((~torch.isnan(data.train.y[:, 0])).sum()) == 50
+    assert torch.isnan(data.val.y).all()  # the validation labels are hidden too
+    other = load_data("digits", labelled=50, seed=1)
+    assert not torch.equal(torch.isnan(data.train.y), torch.isnan(other.train.y))  # --seed draws other labels
+
+
+def test_semi_supervised_classifier_beats_the_same_network_on_the_labels_alone(digits_run):
+    """q(y | x) learns from the unlabelled examples: its error is well below that of the same
+    classifier network trained on the same 50 labels only."""
+    from sklearn.datasets import load_digits
+
+    model = cvae.load(digits_run)
+    d = load_digits()
+    x = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None]
+    semi_error = (model.classify(x).argmax(1).numpy() != d.target).mean()
+
+    data = load_data("digits", labelled=50, seed=0)
+    known = ~torch.isnan(data.train.y[:, 0])
+    xl, yl = data.train.x[known], data.train.y[known, 0].long()
+    torch.manual_seed(0)
+    net = type(model.classifier)(model.config.data_shape, 10, channels=model.config.classifier_channels,
+                                 hidden=model.config.classifier_hidden, act=model.config.activation)
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    for _ in range(300):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(xl), yl).backward()
+        opt.step()
+    with torch.no_grad():
+        supervised_error = (net(x).argmax(1).numpy() != d.target).mean()
+    assert semi_error < 0.75 * supervised_error, (semi_error, supervised_error)
+
+
+def test_classify_command_writes_probabilities_with_ids_and_reports_the_error(digits_run, tmp_path, capsys):
+    out = tmp_path / "predictions.csv"
+    assert main(["classify", str(digits_run), "--data", "digits", "--split", "train", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "error" in printed and "1797 examples" in printed
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1797 and rows[0]["id"] == "0"
+    p = np.array([[float(r[f"p_{k}"]) for k in range(10)] for r in rows])
+    assert np.allclose(p.sum(1), 1, atol=1e-4)
+    pred = np.array([int(r["label"]) for r in rows])
+    assert (pred == p.argmax(1)).all()
+    truth = np.array([int(r["true_label"]) for r in rows])
+    error = (pred != truth).mean()
+    assert f"{100 * error:.2f}%" in printed
+
+
+def test_every_command_works_on_a_semi_supervised_run(digits_run, tmp_path):
+    run = str(digits_run)
+    assert main(["sample", run, "--condition", "label=3", "--n", "8", "-o", str(tmp_path / "s.npz")]) == 0
+    assert np.load(tmp_path / "s.npz")["label"].tolist() == ["3"] * 8
+    assert main(["sample", run, "--n", "20", "-o", str(tmp_path / "s.png")]) == 0
+    assert main(["reconstruct", run, "--input", "digits", "--n", "16", "-o", str(tmp_path / "r.png")]) == 0
+    assert main(["transfer", run, "--input", "digits", "--n", "4", "-o", str(tmp_path / "t.png")]) == 0
+    assert main(["augment", run, "--per-class", "3", "-o", str(tmp_path / "a.npz")]) == 0
+    assert main(["embed", run, "--data", "digits", "--n", "50", "-o", str(tmp_path / "e.csv")]) == 0
+    assert main(["traverse", run, "--top", "2", "-o", str(tmp_path / "tr.png")]) == 0
+    for name in ("s.png", "r.png", "t.png", "tr.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_inputs_without_labels_are_encoded_with_the_class_the_classifier_gives(digits_run, tmp_path):
+    model = cvae.load(digits_run)
+    target, hidden = _digits_npz(tmp_path / "u.npz", -1)
+    x = torch.tensor(np.load(tmp_path / "u.npz")["x"][:20])
+    guessed = model.classify(x).argmax(1)
+    recon = model.reconstruct(x)  # no condition given: q(y | x) fills it
+    by_hand = model.reconstruct(x, {"label": guessed.tolist()})
+    assert torch.allclose(recon, by_hand)
+    # the file's -1 labels are read as missing, not as a class
+    assert main(["reconstruct", str(digits_run), "--input", str(tmp_path / "u.npz"), "--n", "8",
+                 "-o", str(tmp_path / "r.npz")]) == 0
+
+
+def test_evaluate_reports_error_per_class_accuracy_and_calibration(tmp_path):
+    target, hidden = _digits_npz(tmp_path / "d.npz", -1)
+    out = tmp_path / "run"
+    cvae.train(data=str(tmp_path / "d.npz"), epochs=2, out=str(out), **QUIET)
+    assert main(["evaluate", str(out), "--metrics", "classification", "--split", "train", "--json"]) == 0
+    ev = json.loads((out / "eval.json").read_text())["classification"]["label"]
+    assert 0 <= ev["error"]["value"] <= 1 and 0 <= ev["ece"]["value"] <= 1
+    assert set(ev["per_class_accuracy"]) == {str(k) for k in range(10)}
+    assert ev["n_examples"] < 1797  # scored on the examples whose label is known
+
+
+@pytest.mark.parametrize("missing", [-1, float("nan")])
+def test_npz_labels_of_minus_one_or_nan_are_missing(tmp_path, missing):
+    _digits_npz(tmp_path / "d.npz", missing)
+    res = cvae.train(data=str(tmp_path / "d.npz"), epochs=1, out=str(tmp_path / "r"), **QUIET)
+    cfg = _config(tmp_path / "r")
+    assert cfg["model"]["model_class"] == "m2"
+    assert res.model.schema.attributes[0].classes == [str(k) for k in range(10)]  # -1 is no class
+    assert sum(cfg["data"]["labelled"]["label"].values()) < 80  # the validation split took some of the 80
+
+
+def test_image_folder_with_an_unlabelled_subfolder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, n in (("bright", 4), ("dark", 4), ("unlabelled", 20)):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(n):
+            level = 200 if name == "bright" else 40 if name == "dark" else rng.choice([40, 200])
+            pixels = np.clip(rng.normal(level, 20, (12, 12)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "imgs" / name / f"{i}.png")
+    res = cvae.train(data=str(tmp_path / "imgs"), epochs=2, val_fraction=0.0, out=str(tmp_path / "r"), **QUIET)
+    assert res.model.schema.attributes[0].classes == ["bright", "dark"]
+    assert _config(tmp_path / "r")["data"]["labelled"] == {"label": {"bright": 4, "dark": 4}}
+    assert res.model.config.classifier_arch == "conv"
+
+
+def _table(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerows(rows)
+
+
+def test_csv_with_empty_cells_in_two_categorical_conditions_and_a_continuous_one(tmp_path):
+    """Several categorical conditions, each missing in some rows, beside a continuous one always given:
+    a table model (MLP classifier) that classifies each and generates any combination."""
+    rng = np.random.default_rng(0)
+    rows = [["a", "b", "shape", "color", "size"]]
+    for i in range(240):
+        shape, color = rng.integers(2), rng.integers(3)
+        size = rng.uniform(1, 2)
+        a = 3 * shape - 1.5 + rng.normal(0, 0.3)
+        b = 2 * color - 2 + size + rng.normal(0, 0.3)
+        rows.append([f"{a:.4f}", f"{b:.4f}", ["round", "square"][shape] if i % 3 == 0 else "",
+                     ["red", "green", "blue"][color] if i % 4 < 2 else "", f"{size:.3f}"])
+    _table(tmp_path / "t.csv", rows)
+    res = cvae.train(data=str(tmp_path / "t.csv"), condition="shape,color,size:continuous", epochs=3,
+                     out=str(tmp_path / "r"), **QUIET)
+    model = res.model
+    assert model.config.model_class == "m2" and model.config.classifier_arch == "mlp"
+    x = torch.tensor([[1.5, 0.0], [-1.5, 0.0]])
+    assert model.classify(x, "shape").shape == (2, 2) and model.classify(x, "color").shape == (2, 3)
+    s = model.sample(6, {"shape": "square", "color": ["red", "green", "blue"] * 2, "size": 1.5})
+    assert s.shape == (6, 2) and torch.isfinite(s).all()
+    out = tmp_path / "p.csv"
+    assert main(["classify", str(tmp_path / "r"), "--data", str(tmp_path / "t.csv"), "--attribute", "color",
+                 "-o", str(out)]) == 0
+    header = out.read_text().splitlines()[0].split(",")
+    assert header[:3] == ["id", "color", "probability"] and "p_blue" in header
+
+
+def test_the_unlabelled_bound_sums_the_elbo_over_the_classes_under_q(digits_run):
+    """U(x) = sum_y q(y|x) L(x, y) - H(q(y|x)), computed here term by term with one shared draw of eps."""
+    from cvae.objectives.semi import SemiSupervised
+
+    model = cvae.load(digits_run)
+    x = load_data("digits").train.x[:5]
+    c_missing = torch.zeros((5, 10))
+    obj = SemiSupervised(alpha=0.0, consistency=0.0)
+    torch.manual_seed(1)
+    out = obj(model, x, c_missing)
+    torch.manual_seed(1)
+    q = model.class_logits(x)[0].float().softmax(1)  # (5, 10)
+    xs = x.unsqueeze(0).expand(10, *x.shape).reshape(50, *x.shape[1:])
+    cs = torch.eye(10).repeat_interleave(5, dim=0)
+    o = model(xs, cs)
+    L = (-o.px.log_prob(xs) + o.kl()).view(10, 5).T + math.log(10)  # (5, 10)
+    U = (q * L).sum(1) + (q * q.log()).sum(1)
+    assert out.neg_elbo.item() == pytest.approx(U.mean().item(), rel=1e-5)
+    assert (U >= -math.log(1)).all()  # a bound on -log p(x): positive for these images
+
+
+def test_resuming_a_semi_supervised_run_is_exact(tmp_path):
+    from cvae.config import TrainConfig
+    from cvae.train import fit
+
+    common = dict(data="digits", labelled=30, batch_size=64, progress=False, tensorboard=False, seed=2, epochs=3)
+    fit(TrainConfig(**common, out=str(tmp_path / "straight")))
+    fit(TrainConfig(**common, out=str(tmp_path / "resumed")), on_epoch=lambda epoch, model, row: epoch == 2)
+    assert main(["train", "--resume", "--out", str(tmp_path / "resumed"), "--no-progress"]) == 0
+    a = (tmp_path / "straight" / "model.safetensors").read_bytes()
+    b = (tmp_path / "resumed" / "model.safetensors").read_bytes()
+    assert a == b
+
+
+def test_conv_networks_train_semi_supervised(tmp_path):
+    res = cvae.train(data="digits", labelled=20, preset="conv", epochs=1, out=str(tmp_path / "r"), **QUIET)
+    assert res.model.config.arch == "conv" and res.model.config.model_class == "m2"
+    assert torch.isfinite(res.model.sample(10)).all()
+
+
+# -- bad input: one clear line each -------------------------------------------------------------------
+
+def _error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+def test_a_label_column_that_is_entirely_missing(tmp_path, capsys):
+    _table(tmp_path / "t.csv", [["a", "b", "label"]] + [[str(i), str(i * 2), ""] for i in range(20)])
+    err = _error(capsys, ["train", "--data", str(tmp_path / "t.csv"), "--condition", "label:categorical",
+                          "--out", str(tmp_path / "r")])
+    assert "no values at all" in err and not (tmp_path / "r").exists()
+
+
+def test_a_class_with_no_labelled_example(tmp_path, capsys):
+    from PIL import Image
+
+    for name, n in (("cat", 3), ("dog", 0), ("unlabelled", 5)):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8), 30 * i, np.uint8)).save(tmp_path / "imgs" / name / f"{i}.png")
+    err = _error(capsys, ["train", "--data", str(tmp_path / "imgs"), "--val-fraction", "0", "--out", str(tmp_path / "r")])
+    assert "no labelled training example of label=dog" in err
+
+
+def test_fewer_labels_than_classes_and_labels_for_a_plain_cvae(tmp_path, capsys):
+    err = _error(capsys, ["train", "--data", "digits", "--labelled", "5", "--out", str(tmp_path / "r")])
+    assert "--labelled 5" in err and "10 classes" in err
+    err = _error(capsys, ["train", "--data", "digits", "--labelled", "50", "--model", "cvae", "--out", str(tmp_path / "r")])
+    assert "lack a label" in err and "--model m2" in err
+    err = _error(capsys, ["train", "--data", "digits", "--condition", "none", "--labelled", "50", "--out", str(tmp_path / "r")])
+    assert "categorical condition" in err
+    err = _error(capsys, ["train", "--data", "digits", "--labelled", "50", "--objective", "iwae", "--out", str(tmp_path / "r")])
+    assert "m2" in err
+
+
+def test_a_label_outside_the_known_classes(digits_run, tmp_path, capsys):
+    err = _error(capsys, ["sample", str(digits_run), "--condition", "label=12", "-o", str(tmp_path / "s.png")])
+    assert "unknown value '12'" in err
+    err = _error(capsys, ["classify", str(digits_run), "--data", "digits", "--attribute", "colour", "-o", str(tmp_path / "p.csv")])
+    assert "colour" in err
+    # a validation/test value never seen among the labelled training examples
+    x = np.random.default_rng(0).random((40, 3)).astype(np.float32)
+    y = np.array([0, 1] * 20)
+    y[:30:3] = -1
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    rows = [["a", "b", "label"]] + [[f"{v[0]:.3f}", f"{v[1]:.3f}", lab] for v, lab in
+                                    zip(x, ["x", "y", ""] * 13 + ["x"])]
+    _table(tmp_path / "t.csv", rows)
+    model = cvae.train(data=str(tmp_path / "t.csv"), epochs=1, out=str(tmp_path / "r"), **QUIET).model
+    with pytest.raises(CvaeError, match="unknown value 'z'"):
+        model.sample(2, "label=z")
+
+
+def test_a_missing_continuous_condition_is_refused(tmp_path, capsys):
+    rows = [["a", "label", "size"]] + [[str(i), "x" if i % 2 else "", "" if i == 3 else str(i)] for i in range(30)]
+    _table(tmp_path / "t.csv", rows)
+    err = _error(capsys, ["train", "--data", str(tmp_path / "t.csv"), "--condition", "label,size:continuous",
+                          "--out", str(tmp_path / "r")])
+    assert "size" in err
