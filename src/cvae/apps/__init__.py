@@ -13,12 +13,13 @@ from .anomaly import (
 )
 from .augment import Augmented, augment, write_augmented
 from .embed import Embedding, embed, embed_inputs, save_embedding_map, write_embedding
-from .generate import reconstruct_file, sample_to_file
+from .generate import generate, reconstruct_file, reconstruct_inputs, sample_to_file
 from .io import Inputs, conditions_of, read_inputs, write_array_output
 from .latent import (
     Interpolation,
     Transfer,
     Traversal,
+    decode_at,
     interpolate_conditions,
     interpolate_inputs,
     kl_per_dimension,
@@ -33,9 +34,9 @@ from .latent import (
 
 __all__ = [
     "AnomalyFit", "AnomalyScores", "Augmented", "Detector", "Embedding", "Inputs", "Interpolation", "Transfer",
-    "Traversal", "anomaly_metrics", "anomaly_scores", "augment", "conditions_of", "embed", "embed_inputs",
-    "fit_anomaly", "interpolate_conditions", "interpolate_inputs", "kl_per_dimension", "lerp", "load_detector",
-    "read_inputs", "reconstruct_file", "sample_to_file", "save_embedding_map", "score_anomalies", "slerp",
+    "Traversal", "anomaly_metrics", "decode_at", "anomaly_scores", "augment", "conditions_of", "embed", "embed_inputs",
+    "fit_anomaly", "generate", "interpolate_conditions", "interpolate_inputs", "kl_per_dimension", "lerp", "load_detector",
+    "read_inputs", "reconstruct_file", "reconstruct_inputs", "sample_to_file", "save_embedding_map", "score_anomalies", "slerp",
     "transfer", "traverse", "write_array_output", "write_augmented", "write_embedding", "write_interpolation",
     "write_scores", "write_transfer", "write_traversal",
 ]
