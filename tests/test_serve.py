@@ -378,6 +378,8 @@ def test_the_page_in_a_headless_browser(server, browser, runs, tmp_path):
                      json={"condition": {"label": "3"}, "n": 16, "seed": 0, "temperature": 0.9, "draw": False})
     assert shown == "data:image/png;base64," + api.json()["png"]  # the page shows what the API answers
     # a latent slider: the one with the most KL, four steps to the right
+    b.wait("document.querySelector('#decoded img') !== null && document.body.dataset.pending === '0'",
+           what="the sliders' example")
     v = _version(b, "decoded")
     before = b.evaluate("document.querySelector('#decoded img').src")
     b.focus("#sliders input")

@@ -170,9 +170,17 @@ function oneClass(condition) {
 
 // -- the sections -----------------------------------------------------------------------------
 
+// Calls fn once the calls stop for ms; a call waiting its turn counts as pending work.
 function debounce(fn, ms = 120) {
   let timer = null;
-  return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
+  return (...args) => {
+    if (timer === null) busy(+1);
+    else clearTimeout(timer);
+    timer = setTimeout(async () => {
+      timer = null;
+      try { await fn(...args); } finally { busy(-1); }
+    }, ms);
+  };
 }
 
 async function generate() {
