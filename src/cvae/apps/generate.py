@@ -10,22 +10,30 @@ from ..errors import CvaeError
 from ..models import CVAE
 from ..models.base import SAMPLING_TEMPERATURE
 from ..plots import save_feature_histograms, save_image_grid, save_signals
-from .io import read_inputs, write_array_output
+from .io import Inputs, read_inputs, write_array_output
+
+
+def generate(model: CVAE, *, n: int = 64, condition=None, seed: int = 0, mean: bool = True,
+             temperature: float = SAMPLING_TEMPERATURE) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``n`` examples (data units, on the CPU) and their raw condition codes (N, A), or None for a
+    plain VAE. A categorical condition left out cycles through its classes; the same ``seed`` gives
+    the same examples."""
+    if n < 1:
+        raise CvaeError(f"--n must be at least 1, got {n}")
+    y = model.schema.parse(condition, n) if model.schema else None
+    if y is None and condition not in (None, "", "none", {}):
+        raise CvaeError("this model is a plain VAE (no condition); leave --condition out")
+    g = torch.Generator().manual_seed(seed)
+    return model.sample(n, y, mean=mean, generator=g, temperature=temperature).cpu(), y
 
 
 def sample_to_file(model: CVAE, out: str | Path, *, n: int = 64, condition=None, seed: int = 0,
                    mean: bool = True, temperature: float = SAMPLING_TEMPERATURE) -> Path:
     """Generate ``n`` examples (cycling through the classes when a categorical condition is left out)
     and write a ``.png`` grid, an ``.npz`` (``x`` plus conditions) or a ``.csv`` table."""
-    if n < 1:
-        raise CvaeError(f"--n must be at least 1, got {n}")
     out = Path(out)
     schema = model.schema
-    y = schema.parse(condition, n) if schema else None
-    if y is None and condition not in (None, "", "none"):
-        raise CvaeError("this model is a plain VAE (no condition); leave --condition out")
-    g = torch.Generator().manual_seed(seed)
-    x = model.sample(n, y, mean=mean, generator=g, temperature=temperature).cpu()
+    x, y = generate(model, n=n, condition=condition, seed=seed, mean=mean, temperature=temperature)
     if out.suffix.lower() == ".png":
         kind = len(model.config.data_shape)
         labels = [schema.describe(r) for r in y] if y is not None else None
@@ -50,19 +58,26 @@ def _row_length(labels, n: int) -> int:
     return min(8, n) if n < 64 else int(n**0.5 + 0.999)
 
 
-def reconstruct_file(model: CVAE, source: str, out: str | Path, *, condition=None, n: int | None = None,
-                     data_dir=None) -> Path:
-    """Reconstruct the examples of ``source`` and write a picture (inputs above reconstructions) or
-    an ``.npz`` / ``.csv`` of the reconstructions."""
-    out = Path(out)
-    inputs = read_inputs(model, source, data_dir=data_dir, n=n if n is not None else (16 if out.suffix == ".png" else None))
+def reconstruct_inputs(model: CVAE, inputs: Inputs, *, condition=None,
+                       source: str = "the input") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Reconstructions of ``inputs`` (data units, on the CPU), each encoded and decoded with its own
+    condition or with ``condition`` when given; returns them with the raw condition codes used."""
     y = inputs.y
     if condition not in (None, ""):
         y = model.schema.parse(condition, len(inputs.x)) if model.schema else None
     if model.schema and y is None:
         names = ", ".join(model.schema.names)
         raise CvaeError(f"{source} has no condition column(s) {names}; pass --condition (e.g. {model.schema.names[0]}=...)")
-    rec = model.reconstruct(inputs.x, y).cpu()
+    return model.reconstruct(inputs.x, y).cpu(), y
+
+
+def reconstruct_file(model: CVAE, source: str, out: str | Path, *, condition=None, n: int | None = None,
+                     data_dir=None) -> Path:
+    """Reconstruct the examples of ``source`` and write a picture (inputs above reconstructions) or
+    an ``.npz`` / ``.csv`` of the reconstructions."""
+    out = Path(out)
+    inputs = read_inputs(model, source, data_dir=data_dir, n=n if n is not None else (16 if out.suffix == ".png" else None))
+    rec, y = reconstruct_inputs(model, inputs, condition=condition, source=source)
     if out.suffix.lower() == ".png":
         kind = len(model.config.data_shape)
         if kind == 3:

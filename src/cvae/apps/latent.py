@@ -312,6 +312,28 @@ def traverse(model: CVAE, *, kl: torch.Tensor, dims: Sequence[int] | None = None
     return Traversal(xs, dims, kl, values, labels[:b])
 
 
+@torch.no_grad()
+def decode_at(model: CVAE, values: Mapping[int, float], *, condition=None) -> torch.Tensor:
+    """Decode one code: the prior's centre for ``condition`` with each dimension ``d`` of ``values``
+    moved to ``values[d]`` prior standard deviations, as a traversal does (all of them at once: the
+    point that a page's latent sliders show). Returns (1, *data_shape) in data units."""
+    d_all = model.config.latent_dim
+    bad = [d for d in values if not 0 <= int(d) < d_all]
+    if bad:
+        raise CvaeError(f"latent dimension(s) {bad} out of range: this model has {d_all} (0 to {d_all - 1})")
+    if not all(np.isfinite(float(v)) for v in values.values()):
+        raise CvaeError("latent values must be finite numbers (prior standard deviations, e.g. -3 to 3)")
+    y = model.schema.parse(condition, 1) if model.schema else None
+    if y is None and condition not in (None, "", "none", {}):
+        raise CvaeError("this model is a plain VAE (no condition); leave the condition out")
+    c = _c(model, y)
+    mu_p, sd_p = (t.cpu() for t in model.prior.spread(c, 1))  # (1, D) each
+    z = mu_p.clone()
+    for d, v in values.items():
+        z[0, int(d)] = mu_p[0, int(d)] + sd_p[0, int(d)] * float(v)
+    return _decode(model, z, None if c is None else c.cpu())
+
+
 def write_traversal(path: str | Path, model: CVAE, result: Traversal) -> Path:
     """A ``.png`` grid (one row per dimension and base code, KL in the label) or a ``.csv`` / ``.npz``
     with columns dim, kl, base, value and the decoded features."""

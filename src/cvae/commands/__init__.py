@@ -5,4 +5,5 @@ MODULES = [
     "cvae.commands.core",  # train, sample, reconstruct
     "cvae.commands.evaluate",  # evaluate, evaluator train
     "cvae.commands.apps",  # interpolate, traverse, transfer, anomaly, augment, embed
+    "cvae.commands.serve",  # serve (the web page and JSON API; the extra cvae[serve])
 ]

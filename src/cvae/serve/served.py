@@ -1,0 +1,335 @@
+"""One trained run as the web page and the JSON API see it: what it is (conditions, latent
+dimensions by KL, detector, pictures, metrics) and what it does, each operation a call to the same
+``cvae.apps`` function the command line uses, its result turned into JSON (PNG grids for images,
+numbers for tables and signals).
+
+Nothing here imports the web stack: :mod:`cvae.serve.app` puts these methods behind HTTP.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..apps import (
+    conditions_of,
+    decode_at,
+    embed_inputs,
+    generate,
+    kl_per_dimension,
+    load_detector,
+    read_inputs,
+    reconstruct_inputs,
+    score_anomalies,
+    transfer,
+    traverse,
+)
+from ..apps.anomaly import DETECTOR_FILE
+from ..errors import CvaeError
+from ..plots import image_grid
+from ..runs import load_model, read_metrics
+
+KL_EXAMPLES = 1000  # examples of the run's own data that the KL per dimension is averaged over
+SLIDERS = 6  # latent sliders on the page: the dimensions with the most KL
+
+
+class UploadError(CvaeError):
+    """An upload of a type this run cannot read (answered 415, not 422)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for: the bounds that keep a shared server's memory and time in check."""
+
+    max_n: int = 64  # examples generated per request
+    max_rows: int = 64  # rows of an upload that are read
+    max_upload_bytes: int = 5 * 2**20  # an uploaded file
+    max_targets: int = 32  # transfer targets per request
+
+
+# Uploads are recognised by their first bytes, never by a name the client gives.
+SIGNATURES = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"\x93NUMPY", ".npy"), (b"PK\x03\x04", ".npz"))
+
+
+def upload_suffix(data: bytes) -> str:
+    """The file type of an upload from its content: .png, .jpg, .npy, .npz or .csv (UTF-8 text)."""
+    if not data:
+        raise UploadError("the uploaded file is empty")
+    for magic, suffix in SIGNATURES:
+        if data.startswith(magic):
+            return suffix
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UploadError("the upload is neither a PNG or JPEG image, a .npy/.npz array nor a UTF-8 CSV file; "
+                          "upload one of those") from None
+    if "\x00" in text:
+        raise UploadError("the upload is binary data of an unknown type; upload a PNG/JPEG image, .npy/.npz or CSV")
+    return ".csv"
+
+
+def png_bytes(grid: np.ndarray) -> bytes:
+    """A (H, W) grey or (H, W, 3) RGB array in [0, 1] as PNG bytes (the same array, the same bytes)."""
+    from PIL import Image
+
+    a = np.clip(np.round(np.asarray(grid, np.float64) * 255.0), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a, mode="L" if a.ndim == 2 else "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _numbers(a) -> list:
+    """An array as nested lists of floats rounded to float32's precision (7 significant digits)."""
+    a = np.asarray(a, np.float64)
+    return np.array([float(f"{v:.7g}") for v in a.ravel().tolist()]).reshape(a.shape).tolist()
+
+
+def _finite(x: torch.Tensor, what: str = "outputs") -> torch.Tensor:
+    if not bool(torch.isfinite(x).all()):
+        raise CvaeError(f"the model's {what} hold NaN or infinite values; give conditions near the training "
+                        "data's range (or the run's weights may be damaged: train it again)")
+    return x
+
+
+class ServedRun:
+    """A run folder named when the server started, loaded once, with its facts computed once."""
+
+    def __init__(self, name: str, run: str | Path, *, device: str = "cpu", limits: Limits | None = None):
+        self.name = name
+        self.dir = Path(run)
+        self.limits = limits or Limits()
+        self.model = load_model(self.dir, device=device)
+        self.model.eval()
+        data = self.model.run_config.get("data", {})
+        shape = tuple(self.model.config.data_shape)
+        self.kind = data.get("kind") or ("image" if len(shape) == 3 else "signal" if len(shape) == 2 else "table")
+        self.features = list(data.get("features") or [])
+        self.detector = load_detector(self.dir) if (self.dir / DETECTOR_FILE).is_file() else None
+        self.pictures = {p.name: p for p in sorted(self.dir.glob("*.png"))}
+        self.kl, self.kl_note = self._kl()
+
+    # -- facts --------------------------------------------------------------------------------
+    def _kl(self) -> tuple[torch.Tensor | None, str]:
+        """KL per latent dimension on up to KL_EXAMPLES examples of the run's own data (the order of
+        the sliders); None with the reason when the data cannot be read here."""
+        source = self.model.run_config.get("data", {}).get("source")
+        if not source:
+            return None, "the run does not record its data"
+        try:
+            inputs = read_inputs(self.model, source, n=KL_EXAMPLES)
+            kl = kl_per_dimension(self.model, inputs.x, conditions_of(self.model, inputs, None, source=source))
+        except CvaeError as e:
+            return None, f"the run's data could not be read ({e}); dimensions are in their own order"
+        return kl, f"averaged over {len(inputs.x)} examples of {Path(str(source)).name}"
+
+    def conditions(self) -> list[dict]:
+        out = []
+        for a in self.model.schema.attributes if self.model.schema else []:
+            if a.kind == "categorical":
+                out.append({"name": a.name, "kind": a.kind, "classes": list(a.classes)})
+            else:
+                out.append({"name": a.name, "kind": a.kind, "mean": a.mean, "std": a.std,
+                            "min": a.mean - 3 * a.std, "max": a.mean + 3 * a.std})
+        return out
+
+    def top_dims(self) -> list[int]:
+        d = self.model.config.latent_dim
+        if self.kl is None:
+            return list(range(min(SLIDERS, d)))
+        return torch.argsort(self.kl, descending=True)[:SLIDERS].tolist()
+
+    def metrics(self) -> dict:
+        """What the run folder says about itself: its summary, its evaluation, its last epoch."""
+        out: dict = {}
+        for name in ("summary.json", "eval.json"):
+            path = self.dir / name
+            if path.is_file():
+                try:
+                    out[name.removesuffix(".json")] = json.loads(path.read_text())
+                except json.JSONDecodeError:
+                    out[name.removesuffix(".json")] = {"error": f"{name} is damaged"}
+        rows = read_metrics(self.dir / "metrics.jsonl") if (self.dir / "metrics.jsonl").is_file() else []
+        if rows:
+            out["last_epoch"] = rows[-1]
+        return out
+
+    def info(self) -> dict:
+        d = self.detector
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "model": self.model.name,
+            "data": self.model.run_config.get("data", {}).get("name"),
+            "data_shape": list(self.model.config.data_shape),
+            "features": self.features,
+            "latent_dim": self.model.config.latent_dim,
+            "conditions": self.conditions(),
+            "kl_per_dimension": None if self.kl is None else _numbers(self.kl),
+            "kl_note": self.kl_note,
+            "sliders": self.top_dims(),
+            "detector": None if d is None else {"score": d.score, "threshold": d.threshold, "fpr": d.fpr,
+                                                "label_column": d.label_column, "normal": d.normal},
+            "pictures": list(self.pictures),
+            "metrics": self.metrics(),
+            "limits": {"max_n": self.limits.max_n, "max_rows": self.limits.max_rows,
+                       "max_upload_bytes": self.limits.max_upload_bytes},
+        }
+
+    # -- rendering ----------------------------------------------------------------------------
+    def _describe(self, y) -> list[str]:
+        if y is None or not self.model.schema:
+            return []
+        return [self.model.schema.describe(row) for row in y]
+
+    def render(self, x: torch.Tensor, ncol: int | None = None) -> dict:
+        """Examples (N, *data_shape) as the page draws them: a PNG grid for images (``ncol`` a row),
+        numbers for signals (N, C, L) and table rows (N, F) with the feature names."""
+        x = _finite(x.detach().cpu().float())
+        n = len(x)
+        if self.kind == "image" and x.ndim == 4:
+            ncol = ncol or min(8, n)
+            return {"kind": "image", "n": n, "ncol": ncol, "shape": list(x.shape[1:]),
+                    "png": base64.b64encode(png_bytes(image_grid(x, ncol))).decode("ascii")}
+        if x.ndim == 3:
+            return {"kind": "signal", "n": n, "shape": list(x.shape[1:]), "values": _numbers(x)}
+        names = self.features if len(self.features) == x.shape[1] else [f"x{i}" for i in range(x.shape[1])]
+        return {"kind": "table", "n": n, "features": names, "values": _numbers(x.reshape(n, -1))}
+
+    # -- operations (each the apps function the CLI calls) -------------------------------------
+    def generate(self, *, condition=None, n: int = 16, seed: int = 0, temperature: float = 0.9,
+                 draw: bool = False) -> tuple[dict, torch.Tensor]:
+        """``cvae sample``: n examples for the condition; the same seed, the same examples."""
+        self._check_count(n, self.limits.max_n, "n")
+        x, y = generate(self.model, n=n, condition=condition or None, seed=seed, mean=not draw,
+                        temperature=temperature)
+        return {**self.render(x), "conditions": self._describe(y), "seed": seed, "temperature": temperature}, x
+
+    def decode(self, *, values: dict[int, float], condition=None) -> dict:
+        """The latent sliders: the prior's centre with the given dimensions moved (prior std units)."""
+        x = decode_at(self.model, values, condition=condition or None)
+        y = self.model.schema.parse(condition or None, 1) if self.model.schema else None
+        return {**self.render(x, 1), "conditions": self._describe(y), "latent_sd": {str(k): v for k, v in values.items()}}
+
+    def traverse(self, *, condition=None, dims: list[int] | None = None, top: int = 5, steps: int = 9,
+                 low: float = -3.0, high: float = 3.0) -> dict:
+        """``cvae traverse``: one latent dimension at a time, highest KL first, from the prior mean."""
+        if self.kl is None:
+            kl = torch.zeros(self.model.config.latent_dim)
+        else:
+            kl = self.kl
+        result = traverse(self.model, kl=kl, dims=dims, top=top, low=low, high=high, steps=steps,
+                          condition=condition or None)
+        k, b, s = result.x.shape[:3]
+        x = result.x.reshape(k * b * s, *result.x.shape[3:])
+        return {**self.render(x, s), "dims": result.dims, "kl": [float(result.kl[d]) for d in result.dims],
+                "steps_sd": _numbers(result.values), "row_labels": [f"z{d}" for d in result.dims],
+                "base": result.base_labels[0] if result.base_labels else ""}
+
+    @contextmanager
+    def upload(self, data: bytes):
+        """The examples of an uploaded file (at most ``max_rows``) and the file itself, written under a
+        name the server chooses in a temporary folder of its own (removed afterwards) and read by the
+        readers the CLI uses; their errors name "the upload", not the temporary file."""
+        with tempfile.TemporaryDirectory(prefix="cvae-serve-") as tmp:
+            try:
+                yield self.read_upload(data, tmp)
+            except CvaeError as e:
+                text = str(e).replace(str(Path(tmp) / "upload"), "the upload").replace(tmp, "the upload's folder")
+                text = re.sub(r"the upload\.(png|jpg|npy|npz|csv)", r"the upload (.\1)", text)
+                raise type(e)(text) from None
+
+    def read_upload(self, data: bytes, directory: str | Path):
+        if len(data) > self.limits.max_upload_bytes:
+            raise UploadError(f"the upload is {len(data):,} bytes; the limit is {self.limits.max_upload_bytes:,}")
+        suffix = upload_suffix(data)
+        if suffix in (".png", ".jpg") and self.kind != "image":
+            raise UploadError(f"this run models {self.kind} data: upload a CSV file (one example a row, the "
+                              f"columns of the training data) or a .npy/.npz array, not an image")
+        path = Path(directory) / f"upload{suffix}"
+        path.write_bytes(data)
+        inputs = read_inputs(self.model, str(path), n=self.limits.max_rows)
+        if len(inputs.x) == 0:
+            raise CvaeError("the upload holds no examples")
+        return inputs, path
+
+    def reconstruct(self, data: bytes, *, condition=None) -> dict:
+        """``cvae reconstruct``: the inputs encoded and decoded, each with its own condition."""
+        with self.upload(data) as (inputs, _):
+            rec, y = reconstruct_inputs(self.model, inputs, condition=condition or None, source="the upload")
+        return {"input": self.render(inputs.x), "reconstruction": self.render(rec), "ids": _ids(inputs.ids),
+                "conditions": self._describe(y)}
+
+    def transfer(self, data: bytes, *, condition=None, targets: list[str] | None = None) -> dict:
+        """``cvae transfer``: each input decoded with every target condition (default: every class)."""
+        if not self.model.schema:
+            raise CvaeError("this run is a plain VAE (no condition): there is no condition to transfer to")
+        with self.upload(data) as (inputs, _):
+            y = conditions_of(self.model, inputs, condition if inputs.y is None else None, source="the upload")
+            result = transfer(self.model, inputs.x, y, targets or None, ids=inputs.ids)
+        n, t = result.x.shape[:2]
+        self._check_count(t, self.limits.max_targets, "targets")
+        grid = torch.cat([result.inputs[:, None], result.x], dim=1) if self.kind == "image" else result.x
+        cols = grid.shape[1]
+        out = self.render(grid.reshape(n * cols, *grid.shape[2:]), cols)
+        return {**out, "inputs": n, "targets": result.target_labels, "first_column_is_input": self.kind == "image",
+                "ids": _ids(result.ids), "conditions": self._describe(result.y_source)}
+
+    def score(self, data: bytes, *, condition=None) -> dict:
+        """``cvae anomaly score``: the detector's score of each input against the run's threshold."""
+        if self.detector is None:
+            raise CvaeError(f"run {self.name!r} is not an anomaly detector (it has no {DETECTOR_FILE}); "
+                            "fit one with `cvae anomaly fit`")
+        with self.upload(data) as (_, path):
+            result = score_anomalies(self.model, str(path), n=self.limits.max_rows, condition=condition or None)
+        out = {"score": result.score, "threshold": result.threshold, "fpr": self.detector.fpr,
+               "scores": _numbers(result.scores), "flags": [bool(f) for f in result.flags], "ids": _ids(result.ids)}
+        if result.metrics and "auroc" in result.metrics:
+            out["auroc"] = result.metrics["auroc"]
+        return out
+
+    def encode(self, data: bytes, *, condition=None) -> dict:
+        """``cvae embed``: the posterior mean and variance of each input, encoded with its own condition."""
+        with self.upload(data) as (inputs, _):
+            emb = embed_inputs(self.model, inputs, condition=condition or None, source="the upload")
+        if not (np.isfinite(emb.mu).all() and np.isfinite(emb.var).all()):
+            raise CvaeError("the model's latent codes hold NaN or infinite values for this upload")
+        return {"ids": _ids(emb.ids), "mu": _numbers(emb.mu), "var": _numbers(emb.var),
+                "conditions": {k: [v.item() if hasattr(v, "item") else v for v in vals]
+                               for k, vals in emb.conditions.items()}}
+
+    @staticmethod
+    def _check_count(value: int, limit: int, what: str) -> None:
+        if not 1 <= value <= limit:
+            raise CvaeError(f"{what} must be from 1 to {limit}, got {value}")
+
+
+def _ids(ids) -> list:
+    return [i.item() if hasattr(i, "item") else i for i in ids]
+
+
+def run_names(runs: list[str | Path]) -> dict[str, Path]:
+    """A short unique name per run folder (its folder name, then parent/name where two clash)."""
+    paths = [Path(r).expanduser() for r in runs]
+    for p in paths:
+        if not (p / "config.json").is_file():
+            raise CvaeError(f"{p} is not a run folder (no config.json); train one with `cvae train --out {p}`")
+    names: dict[str, Path] = {}
+    for p in paths:
+        name = p.resolve().name
+        if name in names and names[name].resolve() != p.resolve():
+            name = f"{p.resolve().parent.name}-{name}"
+        k = 2
+        base = name
+        while name in names and names[name].resolve() != p.resolve():
+            name, k = f"{base}-{k}", k + 1
+        names[name] = p
+    return names

@@ -1,0 +1,429 @@
+"""cvae serve: the JSON API (the same functions as the CLI, deterministic for a seed, clear 4xx answers
+to bad requests), the command itself, a burst of concurrent requests against a live server, and the
+page in a headless Chromium, used as a person uses it.
+
+The browser test needs Debian's ``chromium`` (``apt-get install -y chromium``): it is skipped where no
+browser exists, except under CI (CI=true), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import importlib.util
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+if importlib.util.find_spec("fastapi") is None:  # the extra is part of cvae[test]: CI has it
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        raise ImportError('cvae serve\'s tests need its extra under CI: pip install -e ".[test]"')
+    pytest.skip('cvae serve needs its extra: pip install "cvae[serve]"', allow_module_level=True)
+
+from _cdp import Browser, find_chromium  # noqa: E402
+from test_apps import heartbeats, write_beats  # noqa: E402
+from test_tables import write_wine  # noqa: E402
+
+import cvae  # noqa: E402
+from cvae.apps import fit_anomaly  # noqa: E402
+from cvae.cli import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = {"progress": False, "tensorboard": False}
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# CVAE_SERVE_SCREENSHOT=docs/images/serve.png saves the browser test's screenshot for the README, of a
+# digits model trained long enough to show digits (150 epochs, about 10 s) instead of 3 epochs.
+DIGITS_EPOCHS = 150 if os.environ.get("CVAE_SERVE_SCREENSHOT") else 3
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Three small runs: a conditional model of the 8x8 digits (images), a table with a categorical and
+    a continuous condition (wine), and an anomaly detector of heartbeat signals."""
+    d = tmp_path_factory.mktemp("serve")
+    cvae.train(data="digits", epochs=DIGITS_EPOCHS, batch_size=64, latent_dim=4, out=d / "digits", **QUIET)
+    write_wine(d / "wine.csv")
+    cvae.train(data=str(d / "wine.csv"), condition="cultivar,alcohol:continuous", epochs=20, batch_size=32,
+               hidden=[64], latent_dim=4, out=d / "wine", pictures=False, **QUIET)
+    x, y = heartbeats(300, 40, seed=0)
+    write_beats(d / "beats.csv", x, y)
+    x, y = heartbeats(6, 6, seed=1)
+    write_beats(d / "beats-test.csv", x, y)
+    fit_anomaly(str(d / "beats.csv"), out=d / "beats", normal="0", data_layout="signal", epochs=5, batch_size=32,
+                hidden=[32], latent_dim=4, pictures=False, **QUIET)
+    return d
+
+
+@pytest.fixture(scope="module")
+def client(runs):
+    from fastapi.testclient import TestClient
+
+    from cvae.serve import create_app
+    from cvae.serve.served import Limits
+
+    app = create_app([runs / "digits", runs / "wine", runs / "beats"], limits=Limits(max_upload_bytes=200_000))
+    with TestClient(app) as c:
+        yield c
+
+
+def digit_png(index: int = 3, size: int = 8) -> bytes:
+    """One of scikit-learn's digits as a PNG (grey levels 0-255), optionally scaled up."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    img = Image.fromarray((load_digits().images[index] / 16 * 255).round().astype(np.uint8))
+    if size != 8:
+        img = img.resize((size, size), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def png_array(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- the API ----------------------------------------------------------------------------------------
+
+def test_each_run_is_described(client):
+    info = {r["name"]: r for r in client.get("/v1/runs").json()["runs"]}
+    assert set(info) == {"digits", "wine", "beats"}
+    assert [info[n]["kind"] for n in ("digits", "wine", "beats")] == ["image", "table", "signal"]
+    assert info["digits"]["conditions"] == [{"name": "label", "kind": "categorical", "classes": [str(i) for i in range(10)]}]
+    alcohol = info["wine"]["conditions"][1]
+    assert alcohol["kind"] == "continuous" and alcohol["min"] < alcohol["mean"] < alcohol["max"]
+    assert info["beats"]["detector"]["score"] == "elbo" and info["digits"]["detector"] is None
+    kl = info["digits"]["kl_per_dimension"]
+    assert info["digits"]["sliders"] == sorted(range(4), key=lambda d: -kl[d])  # highest KL first
+    assert "samples.png" in info["digits"]["pictures"]
+    assert client.get("/v1/runs/digits/pictures/samples.png").content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert info["digits"]["metrics"]["summary"]["epochs"] == DIGITS_EPOCHS
+    paths = client.get("/openapi.json").json()["paths"]
+    for op in ("generate", "reconstruct", "transfer", "score", "encode", "traverse", "decode"):
+        assert f"/v1/runs/{{run}}/{op}" in paths
+
+
+def test_generate_is_deterministic_and_is_what_cvae_sample_makes(client, runs, tmp_path):
+    body = {"condition": {"label": "3"}, "n": 8, "seed": 5}
+    a = client.post("/v1/runs/digits/generate", json=body)
+    b = client.post("/v1/runs/digits/generate", json=body)
+    assert a.status_code == 200 and a.content == b.content  # the same request, the same bytes
+    other = client.post("/v1/runs/digits/generate", json={**body, "seed": 6})
+    assert other.json()["png"] != a.json()["png"]
+    raw = client.post("/v1/runs/digits/generate", json={**body, "format": "png"})
+    assert raw.headers["content-type"] == "image/png" and raw.content == base64.b64decode(a.json()["png"])
+    assert a.json()["conditions"] == ["label=3"] * 8
+    # the CLI's samples for the same condition and seed are the pixels of the served grid
+    assert main(["sample", str(runs / "digits"), "--condition", "label=3", "--n", "8", "--seed", "5",
+                 "-o", str(tmp_path / "s.npz")]) == 0
+    x = np.load(tmp_path / "s.npz")["x"]  # (8, 1, 8, 8)
+    grid = png_array(raw.content)
+    assert grid.shape == (10, 73)  # one row of 8 with 1-pixel borders
+    tiles = np.stack([grid[1:9, 1 + 9 * i: 9 + 9 * i] for i in range(8)])
+    np.testing.assert_array_equal(tiles, np.clip(np.round(x[:, 0] * 255), 0, 255).astype(np.uint8))
+
+
+def test_a_table_comes_back_as_numbers_under_its_column_names(client, runs, tmp_path):
+    out = client.post("/v1/runs/wine/generate", json={"condition": {"cultivar": "barolo", "alcohol": 14}, "n": 3,
+                                                      "seed": 2}).json()
+    assert out["kind"] == "table" and "png" not in out and "proline" in out["features"]
+    assert main(["sample", str(runs / "wine"), "--condition", "cultivar=barolo,alcohol=14", "--n", "3", "--seed", "2",
+                 "-o", str(tmp_path / "rows.csv")]) == 0
+    rows = _rows(tmp_path / "rows.csv")
+    cli = np.array([[float(r[f]) for f in out["features"]] for r in rows])
+    np.testing.assert_allclose(np.array(out["values"]), cli, rtol=1e-5)
+    t = client.post("/v1/runs/wine/traverse", json={"top": 2, "steps": 3}).json()
+    assert t["kind"] == "table" and len(t["values"]) == 6 and t["values"][0] != t["values"][2]
+
+
+def test_uploads_are_reconstructed_transferred_and_encoded_as_the_cli_does(client, runs, tmp_path):
+    png = digit_png(3, size=32)  # resized to 8x8 as the CLI's image reader does
+    files = {"file": ("mine.png", png, "image/png")}
+    rec = client.post("/v1/runs/digits/reconstruct", files=files, data={"condition": "label=3"}).json()
+    assert rec["input"]["kind"] == "image" and rec["conditions"] == ["label=3"]
+    moved = client.post("/v1/runs/digits/transfer", files=files, data={"condition": "label=3"}).json()
+    assert moved["targets"] == [f"label={i}" for i in range(10)] and moved["ncol"] == 11
+    assert png_array(base64.b64decode(moved["png"])).shape == (10, 100)
+    code = client.post("/v1/runs/digits/encode", files=files, data={"condition": "label=3"}).json()
+    (tmp_path / "mine.png").write_bytes(png)
+    assert main(["embed", str(runs / "digits"), "--data", str(tmp_path / "mine.png"), "--condition", "label=3",
+                 "-o", str(tmp_path / "z.csv")]) == 0
+    row = _rows(tmp_path / "z.csv")[0]
+    np.testing.assert_allclose(code["mu"][0], [float(row[f"mu_{j}"]) for j in range(4)], rtol=1e-5, atol=1e-6)
+    # a table upload carries its own conditions; the reconstruction is in the original units
+    wine = (runs / "wine.csv").read_text().splitlines()
+    up = {"file": ("w.csv", ("\n".join(wine[:4]) + "\n").encode(), "text/csv")}
+    rec = client.post("/v1/runs/wine/reconstruct", files=up).json()
+    assert rec["ids"] == ["w000", "w001", "w002"] and rec["conditions"][0].startswith("cultivar=barolo,alcohol=14.2")
+    assert rec["reconstruction"]["kind"] == "table" and len(rec["reconstruction"]["values"]) == 3
+
+
+def test_anomaly_scores_are_the_cli_scores_against_the_run_threshold(client, runs, tmp_path):
+    data = (runs / "beats-test.csv").read_bytes()
+    out = client.post("/v1/runs/beats/score", files={"file": ("b.csv", data, "text/csv")}).json()
+    assert main(["anomaly", "score", str(runs / "beats"), "--data", str(runs / "beats-test.csv"),
+                 "-o", str(tmp_path / "s.csv")]) == 0
+    rows = _rows(tmp_path / "s.csv")
+    np.testing.assert_allclose(out["scores"], [float(r["score"]) for r in rows], rtol=1e-5)
+    assert out["flags"] == [r["flag"] == "1" for r in rows]
+    threshold = json.loads((runs / "beats" / "anomaly.json").read_text())["threshold"]
+    assert out["threshold"] == pytest.approx(threshold) and out["auroc"] > 0.8
+    rec = client.post("/v1/runs/beats/reconstruct", files={"file": ("b.csv", data, "text/csv")}).json()
+    assert rec["input"]["kind"] == "signal" and np.array(rec["reconstruction"]["values"]).shape == (12, 1, 64)
+
+
+BAD = [  # (path, request, status, what the answer says)
+    ("/v1/runs/digits/generate", {"json": {"condition": {"label": "11"}}}, 422, "unknown value '11' for condition 'label'"),
+    ("/v1/runs/digits/generate", {"json": {"condition": "colour=red"}}, 422, "unknown condition 'colour'"),
+    ("/v1/runs/digits/generate", {"json": {"n": 100}}, 422, "n must be from 1 to 64"),
+    ("/v1/runs/digits/generate", {"json": {"n": 0}}, 422, "n: Input should be greater than or equal to 1"),
+    ("/v1/runs/digits/generate", {"json": {"temperature": -1}}, 422, "temperature"),
+    ("/v1/runs/digits/generate", {"json": {"seed": 2**63}}, 422, "seed"),
+    ("/v1/runs/digits/generate", {"json": {"nn": 3}}, 422, "nn: Extra inputs are not permitted"),
+    ("/v1/runs/digits/generate", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422,
+     "not valid JSON"),
+    ("/v1/runs/digits/generate", {"content": b"n=3", "headers": {"content-type": "text/plain"}}, 415,
+     "takes application/json"),
+    ("/v1/runs/digits/generate", {"content": b"{" + b" " * 70_000 + b"}", "headers": {"content-type": "application/json"}},
+     413, "the limit is 64 KB"),
+    ("/v1/runs/wine/generate", {"json": {"format": "png"}}, 422, "format 'png' is for image runs"),
+    ("/v1/runs/wine/generate", {"json": {"condition": {"alcohol": "strong"}}}, 422, "'strong' is not a number"),
+    ("/v1/runs/nope/generate", {"json": {}}, 404, "no run named 'nope'"),
+    ("/v1/runs/digits/decode", {"json": {"values": {"9": 1.0}}}, 422, "out of range: this model has 4"),
+    ("/v1/runs/digits/traverse", {"json": {"low": 2, "high": 1}}, 422, "LOW < HIGH"),
+    ("/v1/runs/digits/reconstruct", {"files": {"file": ("x.png", b"\xff\xfe\x00" * 50, "image/png")}}, 415,
+     "neither a PNG or JPEG image"),
+    ("/v1/runs/digits/reconstruct", {"files": {"file": ("x.png", b"\x89PNG\r\n\x1a\n" + b"0" * 100, "image/png")},
+                                     "data": {"condition": "label=1"}}, 422, "the upload (.png)"),
+    ("/v1/runs/digits/reconstruct", {"files": {"file": ("x.png", b"\x89PNG" + b"0" * 300_000, "image/png")}}, 413,
+     "the limit is 0.190735 MB"),
+    ("/v1/runs/digits/reconstruct", {"files": {"file": ("x.png", b"", "image/png")}}, 415, "empty"),
+    ("/v1/runs/digits/reconstruct", {"files": {"other": ("x.png", b"abc", "image/png")}}, 422, "file: Field required"),
+    ("/v1/runs/digits/reconstruct", {"json": {"file": "x"}}, 415, "takes multipart/form-data"),
+    ("/v1/runs/digits/reconstruct", {"files": {"file": ("x.png", digit_png(), "image/png")}}, 422,
+     "the upload has no condition column(s) label; pass 'condition'"),
+    ("/v1/runs/wine/reconstruct", {"files": {"file": ("x.png", digit_png(), "image/png")}}, 415,
+     "this run models table data: upload a CSV"),
+    ("/v1/runs/wine/reconstruct", {"files": {"file": ("x.csv", b"a,b\n1,2\n", "text/csv")}}, 422, "the upload (.csv)"),
+    ("/v1/runs/wine/score", {"files": {"file": ("x.csv", b"a,b\n1,2\n", "text/csv")}}, 422, "not an anomaly detector"),
+    ("/v1/runs/beats/transfer", {"files": {"file": ("x.csv", b"a,b\n1,2\n", "text/csv")}}, 422, "plain VAE"),
+]
+
+
+@pytest.mark.parametrize("path,request_,status,says", BAD, ids=[f"{i}-{b[2]}" for i, b in enumerate(BAD)])
+def test_a_bad_request_gets_a_clear_4xx(client, path, request_, status, says):
+    r = client.post(path, **request_)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert says in detail and "Traceback" not in detail and "/tmp" not in detail, detail
+
+
+def test_an_unbounded_body_is_cut_at_the_limit(client):
+    def chunks():  # no content-length: the server counts what arrives
+        for _ in range(40):
+            yield b"x" * 8192
+
+    r = client.post("/v1/runs/digits/generate", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "64 KB" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/v1/runs/digits/pictures/config.json", "/v1/runs/digits/pictures/..%2Fconfig.json",
+                                  "/v1/runs/..%2F..%2Fetc/pictures/passwd", "/static/..%2F__init__.py",
+                                  "/static/../served.py", "/v1/runs/digits/pictures/%2Fetc%2Fpasswd"])
+def test_no_file_outside_the_named_runs_is_served(client, path):
+    r = client.get(path)
+    assert r.status_code == 404 and b"import" not in r.content and b"root:" not in r.content
+
+
+def test_the_page_is_served_with_a_policy_that_forbids_other_origins(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "default-src 'self'" in r.headers["content-security-policy"]
+    for name in ("index.html", "app.js", "style.css"):
+        text = (ROOT / "src" / "cvae" / "serve" / "static" / name).read_text()
+        names_only = text.replace('"http://www.w3.org/2000/svg"', "")  # SVG's namespace is a name, never fetched
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", names_only, re.I), f"{name} names another site"
+        assert client.get("/" if name == "index.html" else f"/static/{name}").text == text
+
+
+def test_cvae_serve_says_which_extra_to_install_when_the_web_stack_is_missing(runs, monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    assert main(["serve", str(runs / "digits")]) == 2
+    assert 'error: cvae serve needs uvicorn: pip install "cvae[serve]"' in capsys.readouterr().err
+
+
+def test_cvae_serve_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["serve", str(tmp_path), "--port", "0"]) == 2
+    assert "is not a run folder (no config.json)" in capsys.readouterr().err
+
+
+# -- a live server ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(runs):
+    """`cvae serve` as a user starts it, on a free port of 127.0.0.1."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.Popen([sys.executable, "-m", "cvae", "serve", str(runs / "digits"), str(runs / "wine"),
+                             str(runs / "beats"), "--port", "0", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"at (http://127\.0\.0\.1:\d+)/", line)
+        assert m, f"cvae serve printed {line!r}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}"
+        base = m.group(1)
+        import httpx
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/v1/runs", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "the server did not answer"
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_burst_of_concurrent_requests_all_succeed_and_stay_deterministic(server):
+    import httpx
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=server, timeout=60,
+                                     limits=httpx.Limits(max_connections=50)) as c:
+            bodies = [{"condition": {"label": str(i % 10)}, "n": 16, "seed": i % 5} for i in range(50)]
+            return bodies, await asyncio.gather(*(c.post("/v1/runs/digits/generate", json=b) for b in bodies))
+
+    bodies, answers = asyncio.run(burst())
+    assert [a.status_code for a in answers] == [200] * 50
+    seen: dict[str, bytes] = {}
+    for b, a in zip(bodies, answers):
+        key = json.dumps(b, sort_keys=True)
+        assert seen.setdefault(key, a.content) == a.content  # one answer per distinct request
+
+
+# -- the page in a browser --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    binary = find_chromium()
+    if binary is None:
+        message = "no chromium to drive (apt-get install -y chromium, or set CVAE_CHROMIUM)"
+        if CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    b = Browser(binary, tmp_path_factory.mktemp("chromium") / "profile")
+    yield b
+    b.close()
+
+
+def _settled(b: Browser) -> None:
+    b.wait("document.body.dataset.ready === '1' && document.body.dataset.pending === '0'", what="the page to settle")
+
+
+def _version(b: Browser, element: str) -> int:
+    return int(b.evaluate(f"Number(document.getElementById('{element}').dataset.version || 0)"))
+
+
+def _wait_newer(b: Browser, element: str, than: int) -> None:
+    b.wait(f"Number(document.getElementById('{element}').dataset.version || 0) > {than} && "
+           "document.body.dataset.pending === '0'", what=f"#{element} to change")
+
+
+def test_the_page_in_a_headless_browser(server, browser, runs, tmp_path):
+    b = browser
+    b.goto(f"{server}/?run=digits")
+    _settled(b)
+    img = "document.querySelector('#samples img').src"
+    first = b.evaluate(img)
+    assert first.startswith("data:image/png;base64,")
+    assert "label=0" in b.evaluate("document.getElementById('samples-caption').textContent")
+    # a condition: the label menu, by keyboard, from 0 to 3
+    v = _version(b, "samples")
+    b.focus("#gen-label")
+    b.press("ArrowDown", 3)
+    _wait_newer(b, "samples", v)
+    assert b.evaluate("document.getElementById('gen-label').value") == "3"
+    assert "label=3" in b.evaluate("document.getElementById('samples-caption').textContent")
+    shown = b.evaluate(img)
+    assert shown != first
+    import httpx
+
+    api = httpx.post(f"{server}/v1/runs/digits/generate",
+                     json={"condition": {"label": "3"}, "n": 16, "seed": 0, "temperature": 0.9, "draw": False})
+    assert shown == "data:image/png;base64," + api.json()["png"]  # the page shows what the API answers
+    # a latent slider: the one with the most KL, four steps to the right
+    b.wait("document.querySelector('#decoded img') !== null && document.body.dataset.pending === '0'",
+           what="the sliders' example")
+    v = _version(b, "decoded")
+    before = b.evaluate("document.querySelector('#decoded img').src")
+    b.focus("#sliders input")
+    b.press("ArrowRight", 4)
+    _wait_newer(b, "decoded", v)
+    assert b.evaluate("document.querySelector('#sliders input').value") == "1"
+    assert b.evaluate("document.querySelector('#decoded img').src") != before
+    assert b.evaluate("document.querySelectorAll('#traversal img').length") == 1
+    # an upload: a 3, drawn at 32x32, with its own condition set to 3
+    (tmp_path / "three.png").write_bytes(digit_png(3, size=32))
+    b.focus("#own-label")
+    b.press("ArrowDown", 3)
+    b.choose_files("#file", [tmp_path / "three.png"])
+    b.wait("!document.getElementById('transfer-panel').hidden && !document.getElementById('encode-panel').hidden && "
+           "!document.getElementById('reconstruction-panel').hidden && document.body.dataset.pending === '0'",
+           what="the upload's results")
+    assert "label=9" in b.evaluate("document.querySelector('#transfer .caption').textContent")
+    assert b.evaluate("document.querySelectorAll('#reconstruction img').length") == 2
+    assert b.evaluate("document.querySelectorAll('#encode th').length") == 1 + 4
+    assert b.evaluate("document.querySelectorAll('#pictures img').length") >= 4
+    shot = b.screenshot(tmp_path / "serve.png")
+    assert png_array(shot.read_bytes()).shape[1] >= 1000
+    if os.environ.get("CVAE_SERVE_SCREENSHOT"):
+        shutil.copyfile(shot, os.environ["CVAE_SERVE_SCREENSHOT"])
+    # the table run: the run menu, then samples and the traversal are tables, not pictures
+    b.focus("#run")
+    b.press("ArrowDown")
+    b.wait("document.getElementById('run').value === 'wine' && document.querySelector('#samples table') !== null && "
+           "document.body.dataset.pending === '0'", what="the wine run's table")
+    headers = b.evaluate("[...document.querySelectorAll('#samples th')].map(e => e.textContent)")
+    assert headers[0] == "condition" and "proline" in headers
+    assert b.evaluate("document.querySelectorAll('#samples img, #traversal img').length") == 0
+    assert b.evaluate("document.querySelectorAll('#traversal table').length") == 1
+    # the detector of signals: an upload is scored against the threshold and drawn as line plots
+    b.focus("#run")
+    b.press("ArrowDown")
+    b.wait("document.getElementById('run').value === 'beats' && document.body.dataset.pending === '0' && "
+           "document.querySelector('#samples svg') !== null", what="the beats run's plots")
+    b.choose_files("#file", [runs / "beats-test.csv"])
+    b.wait("!document.getElementById('score').hidden && document.body.dataset.pending === '0'", what="the score")
+    text = b.evaluate("document.getElementById('score').textContent")
+    assert "flagged" in text and "threshold" in text
+    assert b.evaluate("document.querySelectorAll('#reconstruction svg polyline').length") == 2 * 12
+    assert b.evaluate("document.getElementById('error').hidden")
+    # offline: every request went to this server (or was a data: URL), and the console stayed clean
+    outside = [u for u in b.requested_urls() if not (u.startswith(server) or u.startswith("data:"))]
+    assert outside == [] and b.console_errors() == [], [e[:300] for e in b.console_errors()]
