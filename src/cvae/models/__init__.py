@@ -3,5 +3,7 @@
 from .base import MODELS, ModelOutput, RunInfo, VAEModel, build_model
 from .config import PRESETS, ModelConfig
 from .cvae import CVAE
+from .multvae import MULTVAE_DEFAULTS, MultVAE, MultVAEConfig
 
-__all__ = ["CVAE", "MODELS", "ModelConfig", "ModelOutput", "PRESETS", "RunInfo", "VAEModel", "build_model"]
+__all__ = ["CVAE", "MODELS", "MULTVAE_DEFAULTS", "ModelConfig", "ModelOutput", "MultVAE", "MultVAEConfig", "PRESETS",
+           "RunInfo", "VAEModel", "build_model"]
