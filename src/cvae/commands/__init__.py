@@ -5,4 +5,5 @@ MODULES = [
     "cvae.commands.core",  # train, sample, reconstruct
     "cvae.commands.evaluate",  # evaluate, evaluator train
     "cvae.commands.apps",  # interpolate, traverse, transfer, anomaly, augment, embed
+    "cvae.commands.recommend",  # recommend train, recommend RUN
 ]

@@ -382,11 +382,10 @@ def split(data: Interactions, *, condition: str | None = None, heldout_users: fl
     train_full = matrix[train_rows]
     item_cols = np.flatnonzero(np.asarray(train_full.sum(0)).ravel() > 0)
     train = train_full[:, item_cols].tocsr()
-    y = (lambda rows: None if codes is None else codes[rows])
     held = {}
     dropped = 0
     for name, rows in (("val", val_rows), ("test", test_rows)):
-        part, lost = _fold_in_split(matrix[rows][:, item_cols].tocsr(), heldout_fraction, rng)
+        part, _ = _fold_in_split(matrix[rows][:, item_cols].tocsr(), heldout_fraction, rng)
         keep = np.flatnonzero(part[1].getnnz(axis=1) > 0)  # users with nothing to score are not evaluated
         dropped += len(rows) - len(keep)
         held[name] = HeldOut(data.users[rows][keep], part[0][keep], part[1][keep], None if codes is None
@@ -395,7 +394,8 @@ def split(data: Interactions, *, condition: str | None = None, heldout_users: fl
             "users_kept": n, "train_users": len(train_rows), "val_users": len(held["val"]),
             "test_users": len(held["test"]), "model_items": len(item_cols),
             "heldout_users_not_evaluated": dropped, "notes": list(data.notes)}
-    return Splits(data.name, data.items[item_cols], data.users[train_rows], train, y(train_rows), held["val"],
+    return Splits(data.name, data.items[item_cols], data.users[train_rows], train,
+                  None if codes is None else codes[train_rows], held["val"],
                   held["test"], schema, meta)
 
 
