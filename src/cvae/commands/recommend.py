@@ -47,7 +47,7 @@ class _Dispatch:
 
 
 def add_parsers(sub) -> None:
-    from ..recommend.train import RecommenderConfig
+    from ..recommend.config import RecommenderConfig
 
     use = sub.add_parser(
         "recommend", help="recommend items with a Mult-VAE run; `cvae recommend train` trains one",
@@ -91,7 +91,8 @@ def _widths(text: str) -> list[int]:
 
 
 def cmd_train(args) -> int:
-    from ..recommend.train import RecommenderConfig, train_recommender
+    from ..recommend.config import RecommenderConfig
+    from ..recommend.train import train_recommender
 
     given = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(RecommenderConfig)}}
     result = train_recommender(**given)

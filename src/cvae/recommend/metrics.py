@@ -58,8 +58,8 @@ class Figure:
         return {"mean": self.mean, "se": self.se, "users": self.users}
 
 
-def evaluate_scorer(score: Scorer, part: HeldOut, *, batch_size: int = 500, metrics=METRICS) -> dict[str, Figure]:
-    """Mean and standard error of each metric over the users of ``part``."""
+def per_user_scores(score: Scorer, part: HeldOut, *, batch_size: int = 500, metrics=METRICS) -> dict[str, np.ndarray]:
+    """Each metric for each user of ``part`` (in its order)."""
     values: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(part), batch_size):
         rows = np.arange(start, min(start + batch_size, len(part)))
@@ -68,11 +68,18 @@ def evaluate_scorer(score: Scorer, part: HeldOut, *, batch_size: int = 500, metr
         s = score(x, y).cpu()
         for k, v in per_user_metrics(s, x, part.scored[rows], metrics).items():
             values.setdefault(k, []).append(v)
-    out = {}
-    for k, parts in values.items():
-        v = np.concatenate(parts)
-        out[k] = Figure(float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan, len(v))
-    return out
+    return {k: np.concatenate(v) for k, v in values.items()}
+
+
+def summarise(values: np.ndarray) -> Figure:
+    """Mean and standard error over users."""
+    n = len(values)
+    return Figure(float(values.mean()), float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan, n)
+
+
+def evaluate_scorer(score: Scorer, part: HeldOut, *, batch_size: int = 500, metrics=METRICS) -> dict[str, Figure]:
+    """Mean and standard error of each metric over the users of ``part``."""
+    return {k: summarise(v) for k, v in per_user_scores(score, part, batch_size=batch_size, metrics=metrics).items()}
 
 
 # -- baselines ------------------------------------------------------------------------------------
