@@ -216,3 +216,38 @@ class Gaussian:
         loc, log_sigma = self.loc.float(), self.log_sigma.float()
         lp = -0.5 * (((x.float() - loc) * torch.exp(-log_sigma)) ** 2 + LOG_2PI) - log_sigma
         return _sum_event(lp.expand_as(loc) if lp.shape != loc.shape else lp, self.event_dims)
+
+
+
+class Multinomial:
+    """Counts over the elements of the last ``event_dims`` dimensions (items, for Mult-VAE) with
+    probabilities pi = softmax(logits) over all of them: the likelihood of Mult-VAE (Liang et al.
+    2018). ``log_prob(x) = sum_i x_i log pi_i``, one value per example; the multinomial coefficient,
+    constant in the model's parameters, is left out as in the paper (so ``log_prob`` is the
+    log-likelihood up to a term that depends on x alone)."""
+
+    def __init__(self, logits: torch.Tensor, event_dims: int = 1):
+        self.logits = logits
+        self.event_dims = event_dims
+
+    def _flat(self, t: torch.Tensor) -> torch.Tensor:
+        return t.flatten(-self.event_dims) if self.event_dims > 1 else t
+
+    def _log_pi(self) -> torch.Tensor:
+        return torch.log_softmax(self._flat(self.logits.float()), dim=-1)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """The probability of each element, pi (the expected share of a user's interactions)."""
+        return self._log_pi().exp().reshape(self.logits.shape)
+
+    def sample(self, total: int = 1) -> torch.Tensor:
+        """Counts of ``total`` draws per example."""
+        probs = self._log_pi().exp()
+        flat = probs.reshape(-1, probs.shape[-1])
+        draws = torch.multinomial(flat, total, replacement=True)
+        counts = torch.zeros_like(flat).scatter_add_(1, draws, torch.ones_like(draws, dtype=flat.dtype))
+        return counts.reshape(self.logits.shape)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return (self._log_pi() * self._flat(x.float())).sum(-1)

@@ -6,4 +6,5 @@ MODULES = [
     "cvae.commands.evaluate",  # evaluate, evaluator train
     "cvae.commands.apps",  # interpolate, traverse, transfer, anomaly, augment, embed
     "cvae.commands.serve",  # serve (the web page and JSON API; the extra cvae[serve])
+    "cvae.commands.recommend",  # recommend train, recommend RUN
 ]

@@ -4,5 +4,7 @@ from .base import MODELS, ModelOutput, RunInfo, VAEModel, build_model
 from .config import PRESETS, ModelConfig
 from .cvae import CVAE
 from .m2 import M2, M2Config
+from .multvae import MULTVAE_DEFAULTS, MultVAE, MultVAEConfig
 
-__all__ = ["CVAE", "M2", "M2Config", "MODELS", "ModelConfig", "ModelOutput", "PRESETS", "RunInfo", "VAEModel", "build_model"]
+__all__ = ["CVAE", "M2", "M2Config", "MODELS", "MULTVAE_DEFAULTS", "ModelConfig", "ModelOutput", "MultVAE",
+           "MultVAEConfig", "PRESETS", "RunInfo", "VAEModel", "build_model"]

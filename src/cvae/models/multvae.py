@@ -1,0 +1,129 @@
+"""Mult-VAE and Mult-DAE (Liang, Krishnan, Hoffman & Jebara 2018, "Variational autoencoders for
+collaborative filtering"), conditioned on what is known about the user when the schema is not empty.
+
+    x        a user's interactions with the items, counts (N, items)
+    encoder  (dropout(x / ||x||_2), c) -> q(z | x, c)          tanh MLP, items -> 600 -> 2 x 200
+    decoder  (z, c) -> logits of a multinomial over the items   tanh MLP, 200 -> 600 -> items
+    prior    p(z | c), a registered part (standard N(0, I) as in the paper)
+
+Mult-DAE is the same class with ``variational: false``: the encoder gives a point z (its output is
+``latent_dim`` wide, not twice), and the KL term is zero. The dropout on the normalised input is
+part of the model (active in training mode only), as in the paper's code (github.com/dawenl/vae_cf).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..distributions import DiagonalGaussian
+from ..errors import CvaeError
+from ..likelihoods import LIKELIHOODS
+from ..nn import MLP
+from ..priors import build_prior
+from .base import MODELS, ModelOutput, VAEModel
+from .config import ModelConfig
+
+# The paper's network: [items -> 600 -> 200 -> 600 -> items], tanh, a multinomial decoder, N(0, I).
+MULTVAE_DEFAULTS = dict(model_class="multvae", hidden=[600], latent_dim=200, activation="tanh",
+                        likelihood="multinomial", prior="standard", condition_at=-1)
+
+
+@dataclass
+class MultVAEConfig(ModelConfig):
+    """:class:`ModelConfig` plus the input dropout and whether the encoder is variational."""
+
+    dropout: float = 0.5  # on the L2-normalised input, training mode only (the paper: keep probability 0.5)
+    variational: bool = True  # False: Mult-DAE, a point z and no KL term
+
+    def __post_init__(self):
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or \
+                not 0 <= self.dropout < 1:
+            raise CvaeError(f"model setting dropout must be a number from 0 to below 1, got {self.dropout!r}")
+        self.dropout = float(self.dropout)
+        if not isinstance(self.variational, bool):
+            raise CvaeError(f"model setting variational must be true or false, got {self.variational!r}")
+        if self.arch != "mlp":
+            raise CvaeError(f"the multvae model class is an MLP over the items; model setting arch must be mlp, "
+                            f"got {self.arch!r}")
+        super().__post_init__()
+
+
+@dataclass
+class PointOutput(ModelOutput):
+    """The forward pass of a deterministic encoder (Mult-DAE): z is a point, and there is no KL."""
+
+    def kl(self) -> torch.Tensor:
+        return self.z.new_zeros(self.z.shape[:-1])
+
+
+@MODELS.register("multvae")
+class MultVAE(VAEModel):
+    """Mult-VAE (``variational: true``) or Mult-DAE (``false``), with or without a user condition."""
+
+    config_class = MultVAEConfig
+
+    def __init__(self, config: MultVAEConfig, *, run=None):
+        super().__init__(config, run=run)
+        items, cond_dim = math.prod(config.data_shape), self.schema.dim
+        kw = dict(cond_dim=cond_dim, cond_at=config.condition_at, act=config.activation)
+        self.drop = nn.Dropout(config.dropout)
+        width = config.latent_dim * (2 if config.variational else 1)
+        self.encoder = MLP(items, config.hidden, width, **kw)
+        widths = list(reversed(config.hidden))
+        cond_at = config.condition_at if config.condition_at < 0 else min(config.condition_at, len(widths))
+        self.decoder = MLP(config.latent_dim, widths, items, cond_dim=cond_dim, cond_at=cond_at, act=config.activation)
+        self.likelihood = LIKELIHOODS.get(config.likelihood)(config.data_shape, **config.likelihood_options)
+        self.prior = build_prior(config.prior, config.latent_dim, cond_dim, self, config.prior_options)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """As the paper's code: Glorot-uniform weights, biases from N(0, 0.001^2)."""
+        if any(p.is_meta for p in self.parameters()):
+            return
+        for net in (self.encoder, self.decoder):
+            for layer in net.layers:
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.normal_(layer.bias, std=0.001)
+
+    def q_z(self, x: torch.Tensor, c: torch.Tensor | None = None) -> DiagonalGaussian:
+        h = self.drop(F.normalize(x.flatten(1).float(), dim=-1))
+        out = self.encoder(h, c)
+        if self.config.variational:
+            mu, logvar = out.chunk(2, dim=-1)
+            return DiagonalGaussian(mu, logvar)
+        return DiagonalGaussian(out, torch.full_like(out, -math.inf))  # a point mass at mu (std 0)
+
+    def p_x(self, z: torch.Tensor, c: torch.Tensor | None = None):
+        """The multinomial over the items. ``z`` may carry leading sample dimensions (S, B, latent)."""
+        lead = z.shape[:-1]
+        if z.ndim > 2:
+            z = z.reshape(-1, z.shape[-1])
+            if c is not None:
+                c = c.expand(*lead, c.shape[-1]).reshape(-1, c.shape[-1])
+        logits = self.decoder(z, c)
+        return self.likelihood(logits.reshape(*lead, *self.config.data_shape))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, samples: int | None = None) -> ModelOutput:
+        qz = self.q_z(x, c)
+        if not self.config.variational:
+            z = qz.mu if samples is None else qz.mu.expand(samples, *qz.mu.shape)
+            return PointOutput(qz=qz, z=z, px=self.p_x(z, c), c=c, prior=self.prior)
+        z = qz.rsample() if samples is None else qz.rsample((samples,))
+        return ModelOutput(qz=qz, z=z, px=self.p_x(z, c), c=c, prior=self.prior)
+
+    @torch.no_grad()
+    def item_scores(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """log pi: the log-probability of every item for users with interactions ``x`` (N, items),
+        z at its posterior mean (no dropout, whatever the mode): the paper's ranking scores."""
+        was = self.training
+        self.eval()
+        try:
+            px = self.p_x(self.q_z(x, c).mu, c)
+            return torch.log_softmax(px.logits.float(), dim=-1)
+        finally:
+            self.train(was)

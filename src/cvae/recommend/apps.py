@@ -1,0 +1,151 @@
+"""Recommend items with a trained Mult-VAE / Mult-DAE run: the top items for users given their
+histories (and their attributes, for a conditioned model), the items they have seen excluded.
+
+Rules for what a history holds: duplicate (user, item) rows count once; items the model does not know
+are dropped with one warning line naming a few; a user left with no known item is an error naming the
+user and the items (the model has nothing to start from); with a rating column, rows below the run's
+``min_rating`` are dropped, as in training.
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ..errors import CvaeError, CvaeWarning
+from ..runs import atomic_write
+from .data import dense_rows, read_rows, read_user_attributes, user_codes
+from .train import read_items
+
+
+def _load(run):
+    from ..api import load
+
+    model = load(run) if isinstance(run, (str, Path)) else run
+    if getattr(model, "item_scores", None) is None or model.run_dir is None:
+        raise CvaeError(f"{run} is not a recommender run (train one with `cvae recommend train`)")
+    return model
+
+
+def recommend(run, histories: dict[str, list[str]], *, top: int = 20,
+              attributes: dict[str, dict[str, str]] | None = None, batch_size: int = 500) -> list[tuple]:
+    """Rows (user, rank, item, score) of the ``top`` items for each user of ``histories`` (user -> the
+    item ids they interacted with), best first; ``score`` is the model's probability of the item.
+    ``attributes`` (user -> {attribute: value}) is needed by a conditioned model."""
+    model = _load(run)
+    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+        raise CvaeError(f"--top must be a whole number of at least 1, got {top!r}")
+    items, _ = read_items(model.run_dir)
+    index = {item: j for j, item in enumerate(items)}
+    users = list(histories)
+    if not users:
+        raise CvaeError("the history holds no users; give at least one (user, item) row")
+    unknown: dict[str, list[str]] = {}
+    rows, cols = [], []
+    for r, user in enumerate(users):
+        known = sorted({index[i] for i in histories[user] if i in index})
+        missing = sorted({i for i in histories[user] if i not in index})
+        if missing:
+            unknown[user] = missing
+        if not known:
+            shown = ", ".join(map(repr, missing[:5])) + (" ..." if len(missing) > 5 else "")
+            raise CvaeError(f"user {user!r} has no item this model knows (unknown: {shown or 'none given'}); the "
+                            f"model recommends from items of its training data ({len(items):,} items, listed in "
+                            f"{model.run_dir / 'items.csv'}): give the user at least one of them")
+        rows.extend([r] * len(known))
+        cols.extend(known)
+    if unknown:
+        n = sum(len(v) for v in unknown.values())
+        first = next(iter(unknown.items()))
+        warnings.warn(f"{n:,} item(s) of {len(unknown):,} user(s) are unknown to the model and dropped (e.g. user "
+                      f"{first[0]!r}: {', '.join(map(repr, first[1][:3]))})", CvaeWarning, stacklevel=2)
+    x = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(users), len(items)))
+    codes = _codes(model, users, attributes)
+    top = min(top, len(items))
+    out = []
+    for start in range(0, len(users), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(users)))
+        xb = dense_rows(x, idx, model.device)
+        c = None if codes is None else model.schema.encode(torch.from_numpy(codes[idx])).to(model.device)
+        log_pi = model.item_scores(xb, c).masked_fill(xb > 0, -np.inf)
+        values, best = torch.topk(log_pi, top, dim=1)
+        for b, r in enumerate(idx):
+            ranked = [(j, v) for j, v in zip(best[b].tolist(), values[b].tolist()) if np.isfinite(v)]  # not seen
+            out.extend((users[r], rank, str(items[j]), float(np.exp(v))) for rank, (j, v) in enumerate(ranked, 1))
+    return out
+
+
+def _codes(model, users: list[str], attributes: dict | None) -> np.ndarray | None:
+    if not model.schema:
+        return None
+    names = ", ".join(model.schema.names)
+    if not attributes:
+        raise CvaeError(f"this model is conditioned on the user's {names}: pass --user-attributes FILE, a CSV with "
+                        f"a user column and the columns {names}")
+    missing = [u for u in users if u not in attributes]
+    if missing:
+        raise CvaeError(f"the user attributes have no row for user(s) {', '.join(map(repr, missing[:5]))}; this model "
+                        f"is conditioned on {names}: add a row for each user")
+    columns = {a: np.array([str(attributes[u].get(a, "")) for u in users]) for a in model.schema.names}
+    return user_codes(model.schema, columns)
+
+
+def read_histories(path, *, min_rating: float | None = None) -> tuple[dict[str, list[str]], list[str]]:
+    """user -> items of a CSV of (user, item[, rating]) rows, and notes on what was dropped."""
+    users, items, ratings = read_rows(path, what="history file")
+    notes = []
+    if ratings is not None and min_rating is not None:
+        keep = ratings >= min_rating
+        if (~keep).any():
+            notes.append(f"{int((~keep).sum()):,} row(s) rated below {min_rating:g} (the run's --min-rating) dropped")
+        users, items = users[keep], items[keep]
+    pairs = set()
+    out: dict[str, list[str]] = {}
+    duplicates = 0
+    for u, i in zip(users.tolist(), items.tolist()):
+        if (u, i) in pairs:
+            duplicates += 1
+            continue
+        pairs.add((u, i))
+        out.setdefault(u, []).append(i)
+    if duplicates:
+        notes.append(f"{duplicates:,} duplicate (user, item) row(s) counted once")
+    if not out:
+        raise CvaeError(f"{path}: no interaction is left (every row was rated below {min_rating:g}); the model needs "
+                        "at least one item per user")
+    return out, notes
+
+
+def recommend_file(run, history: str | Path, output: str | Path, *, top: int = 20,
+                   user_attributes: str | Path | None = None) -> tuple[Path, int, list[str]]:
+    """``cvae recommend RUN --user-history FILE --top K -o recs.csv``: writes user, rank, item, score."""
+    model = _load(run)
+    if model.schema and not user_attributes:
+        _codes(model, [], None)  # the error that says which attributes to give, before anything is read
+    min_rating = model.run_config.get("recommend", {}).get("min_rating")
+    histories, notes = read_histories(history, min_rating=min_rating)
+    for note in notes:
+        warnings.warn(f"{history}: {note}", CvaeWarning, stacklevel=2)
+    attributes = None
+    if user_attributes:
+        ids, columns = read_user_attributes(user_attributes)
+        attributes = {u: {k: v[j] for k, v in columns.items()} for j, u in enumerate(ids)}
+    recs = recommend(model, histories, top=top, attributes=attributes)
+    output = Path(output)
+    if output.suffix.lower() != ".csv":
+        raise CvaeError(f"-o {output}: recommendations are written as a .csv file (user, rank, item, score)")
+
+    def w(tmp):
+        with open(tmp, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["user", "rank", "item", "score"])
+            out.writerows((u, r, i, f"{s:.6g}") for u, r, i, s in recs)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(output, w)
+    return output, len(histories), notes

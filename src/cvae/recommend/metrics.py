@@ -1,0 +1,126 @@
+"""Ranking metrics of Liang et al. (2018) and the scorers they are measured on.
+
+For each held-out user the scorer ranks every item from the folded-in ones; the folded-in items are
+excluded (score -inf), and the scored items are the relevant ones:
+
+    NDCG@k    = sum_{r <= k} [item at rank r is relevant] / log2(r + 1), divided by its largest value,
+                sum_{r <= min(k, n)} 1 / log2(r + 1), n the user's number of scored items
+    Recall@k  = (relevant items in the top k) / min(k, n)   (the paper's normalisation, not / n)
+
+Each is averaged over users, with its standard error (standard deviation / sqrt(users)).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .data import HeldOut, dense_rows
+
+# A scorer maps a batch of fold-in rows (B, items) and their attribute codes (B, A) or None to scores.
+Scorer = Callable[[torch.Tensor, "np.ndarray | None"], torch.Tensor]
+METRICS = (("ndcg", 100), ("recall", 20), ("recall", 50))
+
+
+def per_user_metrics(scores: torch.Tensor, fold_in: torch.Tensor, scored: sp.csr_matrix,
+                     metrics=METRICS) -> dict[str, np.ndarray]:
+    """NDCG@k / Recall@k of each user (row) of a batch; the fold-in items are excluded."""
+    scores = scores.float().masked_fill(fold_in > 0, -math.inf)
+    kmax = min(max(k for _, k in metrics), scores.shape[1])
+    top = torch.topk(scores, kmax, dim=1).indices.numpy()  # (B, kmax), best first
+    relevant = np.take_along_axis(scored.toarray() > 0, top, axis=1)  # (B, kmax); a batch is dense anyway
+    n = scored.getnnz(axis=1)
+    discount = 1.0 / np.log2(np.arange(2, kmax + 2))
+    out = {}
+    for name, k in metrics:
+        k_eff = min(k, kmax)
+        if name == "ndcg":
+            dcg = (relevant[:, :k_eff] * discount[:k_eff]).sum(1)
+            ideal = np.array([discount[:min(m, k_eff)].sum() for m in n])
+            out[f"ndcg@{k}"] = dcg / ideal
+        else:
+            out[f"recall@{k}"] = relevant[:, :k_eff].sum(1) / np.minimum(k, n)
+    return out
+
+
+@dataclass
+class Figure:
+    mean: float
+    se: float
+    users: int
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "se": self.se, "users": self.users}
+
+
+def per_user_scores(score: Scorer, part: HeldOut, *, batch_size: int = 500, metrics=METRICS) -> dict[str, np.ndarray]:
+    """Each metric for each user of ``part`` (in its order)."""
+    values: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(part), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(part)))
+        x = dense_rows(part.fold_in, rows)
+        y = None if part.y is None else part.y[rows]
+        s = score(x, y).cpu()
+        for k, v in per_user_metrics(s, x, part.scored[rows], metrics).items():
+            values.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in values.items()}
+
+
+def summarise(values: np.ndarray) -> Figure:
+    """Mean and standard error over users."""
+    n = len(values)
+    return Figure(float(values.mean()), float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan, n)
+
+
+def evaluate_scorer(score: Scorer, part: HeldOut, *, batch_size: int = 500, metrics=METRICS) -> dict[str, Figure]:
+    """Mean and standard error of each metric over the users of ``part``."""
+    return {k: summarise(v) for k, v in per_user_scores(score, part, batch_size=batch_size, metrics=metrics).items()}
+
+
+# -- baselines ------------------------------------------------------------------------------------
+
+def popularity_scorer(train: sp.csr_matrix) -> Scorer:
+    """Every user gets the items ranked by how many training users interacted with them."""
+    counts = torch.from_numpy(np.asarray(train.sum(0), dtype=np.float32).ravel())
+
+    def score(x, y=None):
+        return counts.expand(len(x), -1)
+
+    return score
+
+
+def ease_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:
+    """EASE (Steck 2019): the item-item weights B = argmin ||X - XB||^2 + lam ||B||^2 with diag(B) = 0,
+    in closed form: P = (X^T X + lam I)^-1, B = -P / diag(P), diag(B) = 0. Dense (items x items)."""
+    gram = (train.T @ train).toarray().astype(np.float64)
+    gram[np.diag_indices_from(gram)] += lam
+    p = np.linalg.inv(gram)
+    b = -p / np.diag(p)
+    b[np.diag_indices_from(b)] = 0.0
+    return b.astype(np.float32)
+
+
+def ease_scorer(weights: np.ndarray) -> Scorer:
+    w = torch.from_numpy(weights)
+
+    def score(x, y=None):
+        return x @ w
+
+    return score
+
+
+def model_scorer(model, schema=None) -> Scorer:
+    """A trained Mult-VAE / Mult-DAE as a scorer: log pi at the posterior mean of z."""
+
+    def score(x, y=None):
+        c = None
+        if model.schema:
+            c = model.schema.encode(torch.as_tensor(y, dtype=torch.float32)).to(model.device)
+        return model.item_scores(x.to(model.device), c)
+
+    return score

@@ -1,0 +1,229 @@
+"""Training Mult-VAE / Mult-DAE on interaction data, top to bottom, writing a run folder.
+
+The user-item matrix stays sparse; each step densifies one batch of users. The objective is the
+registered ``elbo`` with the paper's step-wise KL annealing, beta_t = min(beta, step / anneal_steps)
+(Liang et al. 2018; their code anneals to a cap of 0.2 over 200,000 steps), written as the ELBO's
+linear warm-up over ``beta * anneal_steps`` steps to ``beta``. Every ``eval_every`` epochs the model
+is scored on the validation users (NDCG@100 of their held-out items) and the best epoch is kept: the
+paper's way of choosing beta is to anneal to 1 and keep the epoch (so the beta) that validates best.
+
+    RUN/config.json        model settings (cvae.load rebuilds the model), these settings, the data
+    RUN/model.safetensors  the weights of the best validation epoch
+    RUN/items.csv          the model's items: column index, item id, training users who have it
+    RUN/metrics.jsonl      one row per epoch: loss, its parts, KL weight, validation metrics, seconds
+    RUN/summary.json       validation and test metrics of the kept epoch (and of the baselines)
+    RUN/training.png       the loss and the validation NDCG@100 per epoch
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CvaeError
+from ..lock import hold, let_go
+from ..models import MULTVAE_DEFAULTS, RunInfo, build_model
+from ..models.config import ModelConfig
+from ..objectives import build_objective
+from ..runs import FORMAT, FORMAT_VERSION, atomic_write, save_tensors, write_json
+from .config import DAE_WEIGHT_DECAY, MODEL_KINDS, RecommenderConfig
+from .data import Splits, dense_rows, load_interactions, split
+from .metrics import evaluate_scorer, model_scorer
+
+
+@dataclass
+class RecommenderResult:
+    run_dir: Path
+    model: torch.nn.Module
+    splits: Splits
+    summary: dict
+
+
+def model_config(cfg: RecommenderConfig, splits: Splits) -> ModelConfig:
+    from ..models import MultVAEConfig
+
+    settings = {**MULTVAE_DEFAULTS, "hidden": list(cfg.hidden), "latent_dim": cfg.latent_dim,
+                "condition_at": cfg.condition_at}
+    return MultVAEConfig(data_shape=(len(splits.items),), schema=splits.schema.to_dict(), dropout=cfg.dropout,
+                         variational=MODEL_KINDS[cfg.model], **settings)
+
+
+class _Settings:  # what the registered ELBO objective reads
+    def __init__(self, beta: float, warmup_epochs: float):
+        self.beta, self.kl_warmup, self.free_bits, self.iwae_k = beta, warmup_epochs, 0.0, 5
+
+
+def train_recommender(cfg: RecommenderConfig | dict | None = None, **settings) -> RecommenderResult:
+    """Train Mult-VAE or Mult-DAE as ``cfg`` says and write the run folder (see the module)."""
+    base = cfg.to_dict() if isinstance(cfg, RecommenderConfig) else dict(cfg or {})
+    cfg = RecommenderConfig.from_dict({**base, **settings})
+    device = torch.device(cfg.device)
+    data = load_interactions(cfg.data, data_dir=cfg.data_dir, min_rating=cfg.min_rating,
+                             user_attributes=cfg.user_attributes)
+    condition = cfg.condition if cfg.condition is not None else (data.defaults.get("condition") if data.attributes
+                                                                   else None)
+    splits = split(data, condition=condition, heldout_users=cfg.heldout_users,
+                   heldout_fraction=cfg.heldout_fraction, min_user_interactions=cfg.min_user_interactions,
+                   seed=cfg.seed)
+    run_dir = Path(cfg.out) if cfg.out else Path("runs") / f"{Path(data.name).stem}-{cfg.model}"
+    _claim(run_dir, cfg.overwrite)
+    try:
+        return _fit(cfg, splits, run_dir, device, condition, data)
+    finally:
+        let_go(run_dir)
+
+
+def _claim(run_dir: Path, overwrite: bool) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CvaeError(f"--out {run_dir} is a file, not a folder; choose a folder name for the run")
+    if (run_dir / "model.safetensors").exists() and not overwrite:
+        raise CvaeError(f"{run_dir} already holds a run; pass --overwrite to replace it, or choose another --out")
+    hold(run_dir)
+    for name in ("metrics.jsonl", "summary.json"):
+        if (run_dir / name).exists():
+            (run_dir / name).unlink()
+
+
+def _fit(cfg: RecommenderConfig, splits: Splits, run_dir: Path, device: torch.device, condition, data) -> RecommenderResult:
+    torch.manual_seed(cfg.seed)
+    mcfg = model_config(cfg, splits)
+    info = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": mcfg.to_dict(),
+            "recommend": {**cfg.to_dict(), "condition": condition or "none",
+                          "min_rating": cfg.min_rating if cfg.min_rating is not None else data.defaults.get("min_rating")},
+            "data": {"name": splits.name, "kind": "interactions", "source": cfg.data, **splits.meta,
+                     "items_file": "items.csv"},
+            "execution": {"device": str(device), "threads": torch.get_num_threads()}, "status": "running"}
+    model = build_model(mcfg, run=RunInfo(run_dir, info)).to(device)
+    wd = cfg.weight_decay if cfg.weight_decay is not None else (0.0 if mcfg.variational else DAE_WEIGHT_DECAY)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=wd)
+    n = splits.train.shape[0]
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    anneal = cfg.anneal_steps or total_steps
+    beta = cfg.beta if mcfg.variational else 0.0
+    # min(beta, step / anneal) is beta times a linear warm-up over beta * anneal steps
+    objective = build_objective("elbo", _Settings(beta, max(beta, 1e-12) * anneal / steps_per_epoch))
+    c_train = None if splits.y_train is None else splits.schema.encode(torch.from_numpy(splits.y_train)).to(device)
+    _write_items(run_dir / "items.csv", splits)
+    write_json(run_dir / "config.json", info)
+    metrics_path = run_dir / "metrics.jsonl"
+    best, best_state, best_row = -math.inf, None, None
+    bar = _progress(cfg)
+    g = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=g).numpy()
+        sums = np.zeros(3)
+        for start in range(0, n, cfg.batch_size):
+            rows = order[start:start + cfg.batch_size]
+            x = dense_rows(splits.train, rows, device)
+            c = None if c_train is None else c_train[torch.from_numpy(rows).to(device)]
+            out = objective(model, x, c, progress=step / steps_per_epoch)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+            step += 1
+            sums += np.array([out.loss.item(), out.reconstruction.item(), out.kl.item()]) * len(rows)
+        loss, rec, kl = (sums / n).tolist()
+        if not math.isfinite(loss):
+            raise CvaeError(f"training diverged in epoch {epoch + 1} (loss {loss}); lower --lr")
+        row = {"epoch": epoch + 1, "train_loss": loss, "train_reconstruction": rec, "train_kl": kl,
+               "kl_weight": min(beta, step / anneal) if beta else 0.0, "step": step}
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            val = evaluate_scorer(model_scorer(model), splits.val)
+            row.update({f"val_{k}": v.mean for k, v in val.items()})
+            if row["val_ndcg@100"] > best:
+                best, best_row = row["val_ndcg@100"], dict(row)
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                save_tensors(run_dir / "model.safetensors", best_state, {"format": FORMAT})
+        row["seconds"] = time.perf_counter() - t0
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if bar is not None:
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.1f}", **({"val_ndcg": f"{row['val_ndcg@100']:.4f}"}
+                                                   if "val_ndcg@100" in row else {}))
+    if bar is not None:
+        bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    scorer = model_scorer(model)
+    summary = {"best_epoch": best_row["epoch"], "kl_weight_at_best_epoch": best_row["kl_weight"],
+               "val": {k: v.to_dict() for k, v in evaluate_scorer(scorer, splits.val).items()},
+               "test": {k: v.to_dict() for k, v in evaluate_scorer(scorer, splits.test).items()},
+               "seconds_per_epoch": _median_seconds(metrics_path), "steps_per_epoch": steps_per_epoch}
+    write_json(run_dir / "summary.json", summary)
+    info["status"] = "finished"
+    info["summary"] = summary
+    write_json(run_dir / "config.json", info)
+    _picture(run_dir / "training.png", metrics_path)
+    return RecommenderResult(run_dir, model, splits, summary)
+
+
+def _write_items(path: Path, splits: Splits) -> None:
+    counts = np.asarray(splits.train.sum(0)).ravel().astype(int)
+
+    def w(tmp):
+        with open(tmp, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["index", "item", "train_users"])
+            out.writerows(zip(range(len(splits.items)), splits.items, counts))
+
+    atomic_write(path, w)
+
+
+def read_items(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The item ids of a run's model columns and their training counts (from ``RUN/items.csv``)."""
+    path = Path(run_dir) / "items.csv"
+    if not path.is_file():
+        raise CvaeError(f"{run_dir} has no items.csv: it is not a recommender run (train one with "
+                        "`cvae recommend train`)")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))[1:]
+    return np.array([r[1] for r in rows]), np.array([int(r[2]) for r in rows])
+
+
+def _median_seconds(path: Path) -> float:
+    secs = sorted(json.loads(line)["seconds"] for line in open(path) if line.strip())
+    return secs[len(secs) // 2]
+
+
+def _progress(cfg: RecommenderConfig):
+    if not cfg.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.epochs, unit="epoch", leave=False, dynamic_ncols=True)
+
+
+def _picture(path: Path, metrics_path: Path) -> None:
+    from ..plots import _plt, _save
+
+    rows = [json.loads(line) for line in open(metrics_path) if line.strip()]
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    a.plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows], label="training loss")
+    a.set_xlabel("epoch")
+    a.set_ylabel("loss, nats per user")
+    a.legend()
+    val = [r for r in rows if "val_ndcg@100" in r]
+    b.plot([r["epoch"] for r in val], [r["val_ndcg@100"] for r in val], color="C1", label="validation NDCG@100")
+    if any(r["kl_weight"] for r in rows):
+        b2 = b.twinx()
+        b2.plot([r["epoch"] for r in rows], [r["kl_weight"] for r in rows], color="C2", ls="--", label="KL weight")
+        b2.set_ylabel("KL weight")
+    b.set_xlabel("epoch")
+    b.set_ylabel("NDCG@100")
+    b.legend(loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)
+

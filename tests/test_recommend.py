@@ -1,0 +1,242 @@
+"""Mult-VAE / Mult-DAE for implicit feedback: the likelihood, the model class, the protocol, the metrics
+(against hand and independent computations), EASE's closed form, and the commands end to end."""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import cvae
+from cvae.distributions import Multinomial
+from cvae.errors import CvaeError, CvaeWarning
+from cvae.models import MultVAEConfig, build_model
+from cvae.recommend import ease_weights, evaluate_scorer, load_interactions, model_scorer, split
+from cvae.recommend.data import HeldOut, named_files, truncate_fold_in
+from cvae.recommend.metrics import per_user_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthetic(tmp_path: Path, users: int = 160, items: int = 40, seed: int = 0) -> tuple[Path, Path]:
+    """Two kinds of users (attribute 'kind' a or b) who like the first or the second half of the items."""
+    rng = np.random.default_rng(seed)
+    inter, attrs = tmp_path / "ratings.csv", tmp_path / "users.csv"
+    with open(inter, "w", newline="") as f, open(attrs, "w", newline="") as g:
+        w, a = csv.writer(f), csv.writer(g)
+        w.writerow(["userId", "movieId", "rating", "timestamp"])
+        a.writerow(["user", "kind", "age"])
+        for u in range(users):
+            kind = "a" if u % 2 else "b"
+            a.writerow([f"u{u}", kind, 20 + u % 30])
+            half = np.arange(items // 2) + (0 if kind == "a" else items // 2)
+            for i in rng.choice(half, size=int(rng.integers(8, 16)), replace=False):
+                w.writerow([f"u{u}", f"i{i}", int(rng.integers(3, 6)), 0])
+    return inter, attrs
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "cvae", *args], capture_output=True, text=True, cwd=cwd,
+                          env={"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+
+
+def test_multinomial_log_prob_is_torch_multinomial_without_its_coefficient():
+    torch.manual_seed(0)
+    logits, x = torch.randn(4, 7), torch.randint(0, 3, (4, 7)).float()
+    ours = Multinomial(logits).log_prob(x)
+    for b in range(4):
+        n = x[b].sum()
+        log_coef = torch.lgamma(n + 1) - torch.lgamma(x[b] + 1).sum()
+        full = torch.distributions.Multinomial(int(n), logits=logits[b]).log_prob(x[b])
+        assert torch.allclose(ours[b], full - log_coef, atol=1e-5)
+    assert torch.allclose(Multinomial(logits).mean.sum(1), torch.ones(4))
+    assert torch.equal(Multinomial(logits).sample(5).sum(1), torch.full((4,), 5.0))
+
+
+def test_mult_dae_is_the_same_class_with_a_point_encoder_and_no_kl():
+    cfg = dict(data_shape=(30,), hidden=[16], latent_dim=4, activation="tanh", likelihood="multinomial",
+               prior="standard", model_class="multvae")
+    vae, dae = build_model(MultVAEConfig(**cfg)), build_model(MultVAEConfig(**cfg, variational=False))
+    assert type(vae) is type(dae)
+    assert vae.encoder.layers[-1].out_features == 8 and dae.encoder.layers[-1].out_features == 4
+    x = (torch.rand(5, 30) < 0.3).float()
+    out = dae(x)
+    assert torch.equal(out.kl(), torch.zeros(5)) and torch.equal(out.z, out.qz.mu)
+    assert (vae(x).kl() > 0).all()
+    vae.train()
+    a, b = vae.item_scores(x), vae.item_scores(x)  # no dropout, z at its mean: deterministic
+    assert torch.equal(a, b) and vae.training
+    assert torch.allclose(a.exp().sum(1), torch.ones(5), atol=1e-5)
+
+
+def test_ndcg_and_recall_match_hand_computation():
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4]])
+    fold_in = torch.tensor([[1.0, 0, 0, 0, 0, 0]])  # item 0 seen: excluded
+    scored = sp.csr_matrix(np.array([[0, 0, 1, 0, 1, 0]], dtype=np.float32))  # relevant at ranks 2 and 4
+    m = per_user_metrics(scores, fold_in, scored, metrics=(("ndcg", 3), ("recall", 1), ("recall", 3)))
+    ideal = 1 + 1 / math.log2(3)
+    assert m["ndcg@3"][0] == pytest.approx((1 / math.log2(3)) / ideal)
+    assert m["recall@1"][0] == pytest.approx(0.0)
+    assert m["recall@3"][0] == pytest.approx(1 / 2)  # 1 hit of min(3, 2) relevant items
+
+
+def test_ease_weights_solve_the_constrained_ridge_regression():
+    rng = np.random.default_rng(0)
+    x = sp.csr_matrix((rng.random((40, 8)) < 0.3).astype(np.float32))
+    lam = 3.0
+    b = ease_weights(x, lam)
+    xd = x.toarray().astype(np.float64)
+    for j in range(8):
+        others = [i for i in range(8) if i != j]
+        a = xd[:, others]
+        w = np.linalg.solve(a.T @ a + lam * np.eye(7), a.T @ xd[:, j])
+        assert b[j, j] == 0 and np.allclose(b[others, j], w, atol=1e-4)
+
+
+def test_protocol_splits_users_and_items_as_the_paper(tmp_path):
+    inter, attrs = synthetic(tmp_path)
+    data = load_interactions(str(inter), min_rating=4, user_attributes=str(attrs))
+    s = split(data, condition="kind,age:continuous", heldout_users=0.1, seed=3)
+    train, val, test = set(s.train_users), set(s.val.users), set(s.test.users)
+    assert not (train & val or train & test or val & test)
+    assert len(val) == len(test) == round(0.1 * s.meta["users_kept"])
+    assert s.schema.names == ["kind", "age"] and s.schema.dim == 3
+    index = {u: i for i, u in enumerate(data.users)}
+    columns = {i: j for j, i in enumerate(data.items)}
+    model_cols = [columns[i] for i in s.items]
+    for part in (s.val, s.test):
+        assert (part.fold_in.multiply(part.scored)).nnz == 0
+        for r, u in enumerate(part.users):
+            full = set(np.flatnonzero(data.matrix[index[u]].toarray()[0][model_cols]))
+            fold, held = set(part.fold_in[r].indices), set(part.scored[r].indices)
+            assert fold | held == full and len(held) == int(0.2 * len(full))
+    cold = truncate_fold_in(s.test, 5, seed=0)
+    assert cold.fold_in.getnnz(axis=1).max() <= 5 and (cold.scored != s.test.scored).nnz == 0
+    assert set(cold.fold_in.nonzero()[1]) <= set(s.test.fold_in.nonzero()[1])
+
+
+def test_reading_interactions_refuses_bad_input_and_counts_duplicates_once(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("user,item,rating\na,x,5\na,x,5\na,y,2\nb,x,4\n")
+    with pytest.warns(CvaeWarning, match="1 duplicate"):
+        data = load_interactions(str(path), min_rating=4)
+    assert data.matrix.nnz == 2 and data.matrix.max() == 1
+    bad = tmp_path / "bad.csv"
+    bad.write_text("user,item,rating\na,x,5\na,y,great\n")
+    with pytest.raises(CvaeError, match=r"bad.csv, line 3, column rating: rating 'great' is not a number"):
+        load_interactions(str(bad))
+    nan = tmp_path / "nan.csv"
+    nan.write_text("a,x,nan\n")
+    with pytest.raises(CvaeError, match="line 1: rating 'nan' is not a finite number"):
+        load_interactions(str(nan))
+    empty = tmp_path / "e.csv"
+    empty.write_text("user,item\n")
+    with pytest.raises(CvaeError, match="holds no interactions"):
+        load_interactions(str(empty))
+    plain = tmp_path / "n.csv"
+    plain.write_text("user,item\na,x\n")
+    with pytest.raises(CvaeError, match="no rating column"):
+        load_interactions(str(plain), min_rating=4)
+
+
+def test_movielens_100k_is_read_from_the_recbole_package_files():
+    try:
+        named_files("ml-100k")
+    except CvaeError as e:
+        assert "pip install --no-deps recbole==1.2.1" in str(e)
+        pytest.skip("recbole's data files are not installed")
+    data = load_interactions("ml-100k")  # ratings >= 4, the paper's threshold, by default
+    assert data.matrix.shape == (942, 1447) and data.matrix.nnz == 55375
+    assert {"age", "gender", "occupation"} <= set(data.attributes)
+
+
+def test_train_recommend_and_recompute_ndcg_from_recs_csv(tmp_path):
+    inter, attrs = synthetic(tmp_path)
+    run = tmp_path / "run"
+    args = ["recommend", "train", "--data", str(inter), "--user-attributes", str(attrs), "--condition", "kind",
+            "--min-rating", "4", "--hidden", "32", "--latent-dim", "8", "--epochs", "20", "--batch-size", "32",
+            "--heldout-users", "0.15", "--out", str(run), "--no-progress"]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert "NDCG@100" in r.stdout
+    for name in ("config.json", "model.safetensors", "items.csv", "metrics.jsonl", "summary.json", "training.png"):
+        assert (run / name).is_file(), name
+    again = run_cli(*args)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    model = cvae.load(run)
+    assert model.schema.names == ["kind"]
+    summary = __import__("json").loads((run / "summary.json").read_text())
+
+    # the test users' fold-in items as a history file, then recs.csv with the top 100
+    data = load_interactions(str(inter), min_rating=4, user_attributes=str(attrs))
+    s = split(data, condition="kind", heldout_users=0.15, seed=0)
+    items = np.array([row[1] for row in list(csv.reader(open(run / "items.csv")))[1:]])
+    assert list(items) == list(s.items)
+    hist = tmp_path / "history.csv"
+    with open(hist, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user", "item"])
+        for r_, u in enumerate(s.test.users):
+            w.writerows((u, items[j]) for j in s.test.fold_in[r_].indices)
+    recs = tmp_path / "recs.csv"
+    r = run_cli("recommend", str(run), "--user-history", str(hist), "--user-attributes", str(attrs), "--top", "100",
+                "-o", str(recs))
+    assert r.returncode == 0, r.stderr
+    ranked: dict[str, list[str]] = {}
+    for row in list(csv.DictReader(open(recs))):
+        ranked.setdefault(row["user"], []).append(row["item"])
+        assert int(row["rank"]) == len(ranked[row["user"]])
+    ndcgs = []
+    for r_, u in enumerate(s.test.users):
+        seen = {items[j] for j in s.test.fold_in[r_].indices}
+        relevant = {items[j] for j in s.test.scored[r_].indices}
+        assert not seen & set(ranked[u])  # seen items are never recommended
+        dcg = sum(1 / math.log2(k + 2) for k, item in enumerate(ranked[u][:100]) if item in relevant)
+        idcg = sum(1 / math.log2(k + 2) for k in range(min(100, len(relevant))))
+        ndcgs.append(dcg / idcg)
+    assert float(np.mean(ndcgs)) == pytest.approx(summary["test"]["ndcg@100"]["mean"], abs=1e-6)
+    g = torch.Generator().manual_seed(0)
+    chance = evaluate_scorer(lambda x, y: torch.rand(x.shape, generator=g), s.test)["ndcg@100"].mean
+    assert summary["test"]["ndcg@100"]["mean"] > chance + 0.1  # two clear kinds of users: far above chance
+
+    # bad input: a conditioned model without attributes; a user with only unknown items; unknown mixed in
+    r = run_cli("recommend", str(run), "--user-history", str(hist), "-o", str(recs))
+    assert r.returncode == 2 and "conditioned on the user's kind: pass --user-attributes" in r.stderr
+    odd = tmp_path / "odd.csv"
+    odd.write_text("user,item\nu1,i1\nu1,nosuch\nu1,i1\n")
+    r = run_cli("recommend", str(run), "--user-history", str(odd), "--user-attributes", str(attrs), "-o", str(recs))
+    assert r.returncode == 0, r.stderr
+    assert "1 duplicate" in r.stderr and "unknown to the model and dropped" in r.stderr and "'nosuch'" in r.stderr
+    odd.write_text("user,item\nu1,zzz\n")
+    r = run_cli("recommend", str(run), "--user-history", str(odd), "--user-attributes", str(attrs), "-o", str(recs))
+    assert r.returncode == 2 and "user 'u1' has no item this model knows (unknown: 'zzz')" in r.stderr
+    odd.write_text("user,item\nnewbie,i1\n")
+    r = run_cli("recommend", str(run), "--user-history", str(odd), "--user-attributes", str(attrs), "-o", str(recs))
+    assert r.returncode == 2 and "no row for user(s) 'newbie'" in r.stderr
+    odd.write_text("user,item,rating\nu1,i1,lots\n")
+    r = run_cli("recommend", str(run), "--user-history", str(odd), "--user-attributes", str(attrs), "-o", str(recs))
+    assert r.returncode == 2 and "rating 'lots' is not a number" in r.stderr
+
+
+def test_python_api_scores_match_the_run_summary(tmp_path):
+    inter, attrs = synthetic(tmp_path, users=80)
+    from cvae.recommend import train_recommender
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CvaeWarning)
+        result = train_recommender(data=str(inter), min_rating=4, model="multdae", hidden=[16], latent_dim=4,
+                                   epochs=3, batch_size=16, heldout_users=0.2, out=str(tmp_path / "dae"),
+                                   progress=False)
+    model = cvae.load(tmp_path / "dae")
+    assert not model.config.variational and not model.schema
+    got = evaluate_scorer(model_scorer(model), result.splits.test)["ndcg@100"].mean
+    assert got == pytest.approx(result.summary["test"]["ndcg@100"]["mean"], abs=1e-6)
+    assert isinstance(result.splits.test, HeldOut)
