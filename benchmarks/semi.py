@@ -135,7 +135,12 @@ def main(argv=None) -> int:
     p.add_argument("--per-class", type=int, default=1000, help="samples per class for the conditional accuracy")
     p.add_argument("--out", default="runs/semi")
     p.add_argument("--results", help="append the rows to this JSON file (default OUT/semi-DATA.json)")
+    p.add_argument("--report", nargs="+", metavar="JSON", help="only print the table of these results files")
     args = p.parse_args(argv)
+    if args.report:
+        rows = [r for f in args.report for r in json.loads(Path(f).read_text())["rows"]]
+        report(rows)
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = Path(args.results or out / f"semi-{args.data}.json")
@@ -163,20 +168,28 @@ def main(argv=None) -> int:
                     extra = f"; samples read as their class {row['samples']['mean']:.3f}"
                 print(f"{args.data} {n} labels, draw {seed}, {variant}: test error {100 * semi['error']:.2f}% "
                       f"({semi['minutes']:.1f} min) vs supervised only {100 * base['error']:.2f}%{extra}", flush=True)
-    print("\nmean ± standard deviation over the label draws:")
-    for n in labels:
-        for variant in args.variants.split(","):
-            sel = [r for r in rows if r["data"] == args.data and r["labels"] == n and r["variant"] == variant
-                   and r["epochs"] == args.epochs]
-            if not sel:
-                continue
-            e = np.array([r["semi"]["error"] for r in sel]) * 100
-            b = np.array([r["supervised"]["error"] for r in sel]) * 100
-            mins = np.mean([r["semi"]["minutes"] for r in sel])
-            print(f"  {n:5d} labels, {variant:8s}: {e.mean():.2f} ± {e.std(ddof=1) if len(e) > 1 else 0:.2f}% "
-                  f"(supervised only {b.mean():.2f} ± {b.std(ddof=1) if len(b) > 1 else 0:.2f}%), "
-                  f"{len(sel)} draw(s), {mins:.0f} min per run")
+    report(rows)
     return 0
+
+
+def report(rows: list[dict]) -> None:
+    """Mean ± standard deviation over the label draws, per data set, labels, variant and epochs."""
+    print("test error of q(y | x), mean ± standard deviation over the label draws:")
+    keys = sorted({(r["data"], r["labels"], r["variant"], r["epochs"]) for r in rows})
+    for data, n, variant, epochs in keys:
+        sel = [r for r in rows if (r["data"], r["labels"], r["variant"], r["epochs"]) == (data, n, variant, epochs)]
+        e = np.array([r["semi"]["error"] for r in sel]) * 100
+        b = np.array([r["supervised"]["error"] for r in sel]) * 100
+        mins = np.mean([r["semi"]["minutes"] for r in sel])
+        print(f"  {data} {n:5d} labels, {variant:8s} {epochs} epochs: {e.mean():.2f} ± "
+              f"{e.std(ddof=1) if len(e) > 1 else 0:.2f}% (supervised only {b.mean():.2f} ± "
+              f"{b.std(ddof=1) if len(b) > 1 else 0:.2f}%), {len(sel)} draw(s) {sorted(r['seed'] for r in sel)}, "
+              f"{mins:.0f} min per run")
+        for r in sel:
+            if "samples" in r:
+                s = r["samples"]
+                print(f"    samples of the draw {r['seed']} model read as their class: {s['mean']:.3f} ± {s['stderr']:.3f}"
+                      f" (worst: {s['worst_class']} {s['worst']:.3f})")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def _digits_npz(path, missing, *, seed=0):
 def digits_run(tmp_path_factory):
     """A semi-supervised run on the digits with 50 labels (`cvae train --labelled 50`)."""
     out = tmp_path_factory.mktemp("semi") / "run"
-    assert main(["train", "--data", "digits", "--labelled", "50", "--epochs", "12", "--batch-size", "64",
+    assert main(["train", "--data", "digits", "--labelled", "50", "--epochs", "30", "--batch-size", "64",
                  "--no-progress", "--no-tensorboard", "--out", str(out)]) == 0
     return out
 
@@ -52,7 +52,10 @@ def test_labelled_keeps_a_balanced_draw_of_labels_and_the_run_records_them(digit
     cfg = _config(digits_run)
     assert cfg["model"]["model_class"] == "m2" and cfg["objective"]["name"] == "m2"
     assert cfg["data"]["labelled"] == {"label": {str(k): 5 for k in range(10)}}
-    assert cfg["objective"]["alpha"] == pytest.approx(5.0)  # 0.1 x 50 labels, the paper's 0.1 N
+    assert cfg["objective"]["alpha"] == 1.0 and cfg["train"]["lr"] == 1e-3  # the default variant's own
+    from cvae.objectives.semi import SemiSupervised
+
+    assert SemiSupervised(consistency=0.0).attach(1797, 50)["alpha"] == pytest.approx(5.0)  # M2: 0.1 x 50 labels
     data = load_data("digits", labelled=50, seed=0)
     assert int((~torch.isnan(data.train.y[:, 0])).sum()) == 50
     assert torch.isnan(data.val.y).all()  # the validation labels are hidden too

@@ -299,6 +299,8 @@ class Trainer:
         config = _settings(config, ranks, device, resume, explicit)
         torch.manual_seed(config.seed)
         data = _load(config)
+        if config.lr is None:  # the model class's own learning rate
+            config = config.replace(lr=MODELS.get(model_class_for(config, data)).default_lr)
         run_dir, replacing, created = _on_main(ranks, _run_folder, config, data.name, resume, overwrite)
         try:
             return cls(config.replace(out=str(run_dir)), ranks, device, data, run_dir, resume, replacing, governor)

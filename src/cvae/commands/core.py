@@ -19,6 +19,13 @@ HELP = {
     "binarize": "none | static (0/1 once) | dynamic (0/1 resampled every epoch)",
     "val_fraction": "share of training examples held out for validation when the data has no validation split",
     "limit": "train on this many examples only",
+    "labelled": "keep this many training labels (the same number per class, drawn with --seed) and hide the rest and "
+                "the validation split's: a semi-supervised experiment (data with missing labels needs no flag)",
+    "model": "the model class: cvae (default) | m2 (semi-supervised: a classifier q(y | x) infers missing labels; "
+             "the default when some labels are missing) | any registered class",
+    "alpha": "m2: weight of q(y | x)'s cross-entropy on the labelled examples (default 0.1 x the number of labels, "
+             "the paper's 0.1 N)",
+    "consistency": "m2: weight of the FixMatch consistency term on q(y | x) (default 1; 0 trains M2 exactly)",
     "preset": "mlp-400 | textbook | conv | burda",
     "arch": "mlp | conv (override the preset)",
     "hidden": "hidden widths, e.g. 512,256",
@@ -35,7 +42,8 @@ HELP = {
     "free_bits": "free bits (Kingma et al., 2016): nats per latent dimension below which the ELBO's KL is not pressed",
     "beta": "weight of the KL term: 1 is the VAE, >1 the beta-VAE (Higgins et al., 2017), 0 an autoencoder",
     "objective": "elbo (default) | iwae: the importance-weighted bound of Burda et al. (2015) with --iwae-k samples "
-                 "| dreg: the same bound with doubly reparameterised encoder gradients (Tucker et al., 2019)",
+                 "| dreg: the same bound with doubly reparameterised encoder gradients (Tucker et al., 2019) "
+                 "| m2: the semi-supervised bound of Kingma et al. (2014) (the m2 model's default)",
     "iwae_k": "samples per example of --objective iwae or dreg (default 5)",
     "kl_warmup": "epochs of linear KL annealing from 0 to 1 (Bowman et al., 2016)",
     "epochs": "epochs to train", "batch_size": "examples per step", "lr": "Adam learning rate (the peak of the schedule)",

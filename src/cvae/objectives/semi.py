@@ -10,12 +10,22 @@ For an unlabelled x, the label is a latent variable, summed over exactly:
     U(x) = sum_y q(y | x) L(x, y) - H(q(y | x))                                    (>= -log p(x))
 
 The loss of a batch is the mean of L and U over its rows, plus ``alpha`` times the mean cross-entropy
-of q(y | x) on its labelled rows (the paper's J^alpha; its alpha = 0.1 N on a sum over the data set is
-0.1 * n_labelled on these per-example means, the default), plus ``consistency`` times the FixMatch
-term on its unlabelled rows: q(y | x) of a strongly perturbed x is trained towards the class that a
-weakly perturbed x gets, where that class has probability >= ``threshold`` (0.95). ``consistency 0`` is
-M2 exactly. Several categorical conditions: the sum runs over every combination of a row's missing
-ones (q factorises over them).
+of q(y | x) on its labelled rows (the paper's J^alpha), plus ``consistency`` times the FixMatch term
+on its unlabelled rows: q(y | x) of a strongly perturbed x is trained towards the class that a weakly
+perturbed x gets, where that class has probability >= ``threshold`` (0.95).
+
+Two variants, measured in benchmarks/semi.py:
+
+- ``consistency 0`` is M2 exactly: q(y | x) learns from U (its gradient flows through the weights q)
+  and from the labels with the paper's alpha = 0.1 N on a sum over the data set, which is
+  0.1 * n_labelled on these per-example means.
+- the default, ``consistency 1``: q(y | x) learns from the labels (alpha 1, FixMatch's weight) and the
+  consistency term; U still trains the encoder and decoder with q's weights, but its gradient does
+  not reach q (with it, the generative model's preferences pulled q towards wrong classes and the
+  error went up: see the README).
+
+Several categorical conditions: the sum runs over every combination of a row's missing ones (q
+factorises over them).
 
 Reported as the ELBO's parts: ``reconstruction`` is the (q-weighted) reconstruction term and ``kl``
 the rest of the bound (KL of z, KL(q(y|x) || p(y)) or log K), so that train_loss is the bound.
@@ -49,9 +59,10 @@ class SemiSupervised(Objective):
         self.consistency = 1.0 if consistency is None else float(consistency)
 
     def attach(self, n_train: int, n_labelled: int) -> dict:
-        """The data's sizes: the default alpha is 0.1 * n_labelled (the paper's 0.1 N)."""
+        """The data's sizes: the default alpha is M2's 0.1 * n_labelled (the paper's 0.1 N), or 1, FixMatch's
+        weight of the labelled cross-entropy, with consistency."""
         if self.alpha_given is None:
-            self.alpha = 0.1 * max(1, n_labelled)
+            self.alpha = 1.0 if self.consistency > 0 else 0.1 * max(1, n_labelled)
         return {"alpha": self.alpha, "consistency": self.consistency, "threshold": THRESHOLD}
 
     def __call__(self, model, x, c, *, progress=0.0):
@@ -121,6 +132,8 @@ class SemiSupervised(Objective):
         xs = x.unsqueeze(0).expand(combos, *x.shape).reshape(combos * b, *x.shape[1:])
         rec, kl = self._bound(model, xs, cs.reshape(combos * b, -1))
         q = log_q.exp()
+        if self.consistency > 0:  # the classifier learns from the labels and the consistency term only
+            q, log_q = q.detach(), log_q.detach()
         rec_w = (q * rec.view(combos, b)).sum()
         kl_y = (q * log_q).sum() + prior_y * b  # KL(q(y | x) || p(y)) of the missing ones; log K of the known
         kl_w = (q * kl.view(combos, b)).sum() + kl_y
