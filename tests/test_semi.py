@@ -52,7 +52,14 @@ def test_labelled_keeps_a_balanced_draw_of_labels_and_the_run_records_them(digit
     cfg = _config(digits_run)
     assert cfg["model"]["model_class"] == "m2" and cfg["objective"]["name"] == "m2"
     assert cfg["data"]["labelled"] == {"label": {str(k): 5 for k in range(10)}}
-    assert cfg["objective"]["alpha"] == 1.0 and cfg["train"]["lr"] == 1e-3  # the default variant's own
+    assert cfg["objective"]["alpha"] == 1.0  # the default variant's own
+    state = cvae.runs.load_tensors(digits_run / "trainer_state.safetensors")
+    assert "optimizer.0.exp_avg" in state  # two parameter groups: the generative part, then q(y | x)
+    from safetensors import safe_open
+
+    with safe_open(str(digits_run / "trainer_state.safetensors"), "pt") as f:
+        groups = json.loads(f.metadata()["state"])["param_groups"]
+    assert [g.get("lr_scale", 1.0) for g in groups] == [1.0, pytest.approx(1 / 3)]
     from cvae.objectives.semi import SemiSupervised
 
     assert SemiSupervised(consistency=0.0).attach(1797, 50)["alpha"] == pytest.approx(5.0)  # M2: 0.1 x 50 labels

@@ -60,7 +60,7 @@ class TrainConfig:
     # optimisation
     epochs: int = 10
     batch_size: int = 128
-    lr: float | None = None  # None: the model class's own (3e-3; the semi-supervised m2: 1e-3)
+    lr: float = 3e-3
     # cosine: from --lr down to 0 over --epochs, step by step (Loshchilov & Hutter, 2017);
     # burda: stage i = 0..7 of 3^i epochs at lr * 10^(-i/7) (Burda et al., 2015); constant
     lr_schedule: str = "cosine"
@@ -100,7 +100,7 @@ class TrainConfig:
         need(_whole(self.batch_size) and self.batch_size >= 1, f"--batch-size must be a positive whole number, got {self.batch_size}")
         need(_whole(self.seed) and 0 <= self.seed < 2**63,
              f"--seed must be a whole number from 0 to 2**63 - 1 ({2**63 - 1}), got {self.seed}")
-        need(self.lr is None or (_finite(self.lr) and self.lr > 0), f"--lr must be a positive number, got {self.lr}")
+        need(_finite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}")
         need(_finite(self.weight_decay) and self.weight_decay >= 0,
              f"--weight-decay must be zero or a positive number, got {self.weight_decay}")
         need(self.lr_schedule in ("cosine", "constant", "burda"),

@@ -210,11 +210,13 @@ def burda_lr(lr: float, epoch: int) -> float:
 
 
 def _optimizer(model: CVAE, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Adam over the model's parameter groups; a group's ``lr_scale`` scales --lr (and its schedule) for it."""
+    groups = [dict(g, lr=config.lr * g.get("lr_scale", 1.0)) for g in model.parameter_groups()]
     kw = dict(lr=config.lr, weight_decay=config.weight_decay)
     try:
-        return torch.optim.Adam(model.parameters(), fused=True, **kw)
+        return torch.optim.Adam(groups, fused=True, **kw)
     except (RuntimeError, TypeError):
-        return torch.optim.Adam(model.parameters(), foreach=True, **kw)
+        return torch.optim.Adam(groups, foreach=True, **kw)
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
@@ -276,6 +278,8 @@ class Trainer:
             self.model.set_units(torch.from_numpy(data.loc), torch.from_numpy(data.scale))
         self.opt = _optimizer(self.model, config, device)
         self.objective = build_objective(objective_for(config, self.model_config.model_class), config)
+        if self.model.fills_missing and ranks.world > 1:
+            raise CvaeError("the semi-supervised model trains in one process only for now; run it without torchrun")
         if (data.semi_supervised or self.model.fills_missing) and not self.objective.labelled_batches:
             raise CvaeError(f"--objective {self.objective.name} cannot train the semi-supervised model (labels missing, "
                             "a classifier q(y | x) to train); leave --objective out (it is m2 for this model)")
@@ -299,8 +303,6 @@ class Trainer:
         config = _settings(config, ranks, device, resume, explicit)
         torch.manual_seed(config.seed)
         data = _load(config)
-        if config.lr is None:  # the model class's own learning rate
-            config = config.replace(lr=MODELS.get(model_class_for(config, data)).default_lr)
         run_dir, replacing, created = _on_main(ranks, _run_folder, config, data.name, resume, overwrite)
         try:
             return cls(config.replace(out=str(run_dir)), ranks, device, data, run_dir, resume, replacing, governor)
@@ -559,7 +561,7 @@ def _load(config: TrainConfig) -> DataSplits:
 
 def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:

@@ -61,7 +61,6 @@ class VAEModel(nn.Module):
     name = "?"
     fills_missing = False  # whether inputs may lack a categorical condition (a model with q(y | x) infers it)
     default_objective = "elbo"
-    default_lr = 3e-3  # the peak learning rate when --lr is not given
 
     def __init__(self, config: ModelConfig, *, run: RunInfo | None = None):
         super().__init__()
@@ -83,6 +82,10 @@ class VAEModel(nn.Module):
                  temperature: float = 1.0) -> torch.Tensor:
         """n codes from the prior p(z | c), its deviations scaled by ``temperature``."""
         return self.prior.sample(n, c, generator, temperature)
+
+    def parameter_groups(self) -> list[dict]:
+        """The optimizer's parameter groups; a group's ``lr_scale`` multiplies the learning rate for it."""
+        return [{"params": list(self.parameters())}]
 
     # -- where the model came from ----------------------------------------------------------------
     @property
