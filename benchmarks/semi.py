@@ -93,7 +93,7 @@ class _null:
 
 
 def semi_supervised(data_name, data_dir, labels, seed, epochs, variant, out: Path) -> dict:
-    run = out / f"{data_name}-{labels}-seed{seed}-{variant}"
+    run = out / (f"{data_name}-{labels}-seed{seed}-{variant}" + ("" if epochs == 10 else f"-{epochs}ep"))
     if not (run / "summary.json").is_file():
         cvae.train(data=data_name, data_dir=data_dir, labelled=labels, seed=seed, epochs=epochs, batch_size=100,
                    out=str(run), overwrite=True, progress=False, tensorboard=False, pictures=False,

@@ -190,9 +190,11 @@ def format_table(results: dict) -> str:
                     continue
                 lines.append(f"classification of {attr!r} by {p['classifier']} ({p['split']} split, "
                              f"{fig['n_examples']} labelled examples)")
-                for key, label in (("error", "error"), ("nll", "negative log-likelihood of the true class (nats)"),
-                                   ("brier", "Brier score"), ("ece", "expected calibration error (15 bins)")):
-                    lines.append(_row(label, fig[key], width))
+                named = (("error", "error"), ("nll", "negative log-likelihood of the true class (nats)"),
+                         ("brier", "Brier score"), ("ece", "expected calibration error (15 bins)"))
+                own = max(len(label) for _, label in named)
+                for key, label in named:
+                    lines.append(_row(label, fig[key], own))
                 lines.append("  accuracy per class: " + "  ".join(f"{c}: {v['accuracy']:.3f}"
                                                                   for c, v in fig["per_class_accuracy"].items()))
     return "\n".join(lines)
