@@ -387,7 +387,7 @@ def load_run_data(model: CVAE, *, data_dir=None):
                      condition=cfg.get("condition"), val_fraction=cfg.get("val_fraction", 0.1),
                      seed=cfg.get("seed", 0), binarize=cfg.get("binarize", "none"), limit=cfg.get("limit"),
                      data_layout=cfg.get("data_layout", "auto"), image_size=parse_image_size(cfg.get("image_size")),
-                     labelled=cfg.get("labelled"))
+                     labelled=cfg.get("labelled"), factors=cfg.get("factors"))
     if data.schema.to_dict() != model.schema.to_dict():
         raise CvaeError(f"the data {cfg.get('data')!r} now gives conditions {data.schema.names} that differ from "
                         f"the run's ({model.schema.names}); evaluate with the data the model was trained on")
