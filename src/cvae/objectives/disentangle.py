@@ -8,8 +8,7 @@
   weighted by ``beta``: loss = E_q[-log p(x|z)] + I + beta TC + dimension-wise KL. log q(z) and
   log prod_d q(z_d) are estimated on the minibatch with the data set size N in the weights:
   minibatch-weighted sampling (mws, their eq. S5: each of the B codes weighs 1 / (N B)) or
-  minibatch-stratified sampling (mss, the default: their eq. S6 and ``log_importance_weight_matrix``
-  of github.com/rtqichen/beta-tcvae).
+  minibatch-stratified sampling (mss, the default: their eq. S6; see :func:`log_importance_weights`).
 - ``factorvae`` (Kim & Mnih 2018, "Disentangling by factorising"): loss = -ELBO + gamma TC, with
   TC ~ E_q(z)[log D(z) - log(1 - D(z))] from a discriminator D that tells codes z ~ q(z) from codes
   whose dimensions were permuted independently across the batch (samples of prod_d q(z_d)). As in
@@ -86,18 +85,19 @@ def gaussian_log_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
 
 
 def log_importance_weights(batch: int, n_data: int, device=None) -> torch.Tensor:
-    """log W (B, B) of minibatch-stratified sampling (Chen et al. 2018, eq. S6; their code's
-    ``log_importance_weight_matrix``): for the code of example i, the batch's other examples stand
-    for the rest of the data set. Row i: 1/N for j = i, (N - M)/(N M) for one other j, 1/M for the
-    remaining ones, with M = B - 1."""
+    """log W (B, B) of minibatch-stratified sampling (Chen et al. 2018, eq. S6): for the code of
+    example i, the batch's other examples stand for the rest of the data set. Row i: 1/N for j = i,
+    (N - M)/(N M) for j = i + 1 (mod B), 1/M for the B - 2 others, with M = B - 1: each row sums to 1.
+    (The reference code's ``log_importance_weight_matrix`` writes 1/N with a stride of B, i.e. into
+    column 0 of every row rather than the diagonal; this follows the paper's equation.)"""
     m = batch - 1
     if m < 1:
         return torch.zeros((batch, batch), device=device)
     strat = (n_data - m) / (n_data * m)
     w = torch.full((batch, batch), 1.0 / m, device=device)
-    w.view(-1)[::m + 1] = 1.0 / n_data
-    w.view(-1)[1::m + 1] = strat
-    w[m - 1, 0] = strat
+    i = torch.arange(batch, device=device)
+    w[i, i] = 1.0 / n_data
+    w[i, (i + 1) % batch] = strat
     return w.log()
 
 
@@ -178,12 +178,23 @@ class FactorVAE(Objective):
         self.discriminator: Discriminator | None = None
         self.opt: torch.optim.Optimizer | None = None
         self._pending: dict | None = None
+        self.seed = 0
+
+    @classmethod
+    def from_config(cls, config):
+        obj = super().from_config(config)
+        obj.seed = int(getattr(config, "seed", 0))
+        return obj
 
     def attach(self, n_train, n_labelled):
         return {"gamma": self.gamma, "discriminator": "6 x 1000 leaky ReLU, Adam lr 1e-4 betas (0.5, 0.9)"}
 
     def _build(self, latent_dim: int, device) -> None:
-        self.discriminator = Discriminator(latent_dim).to(device)
+        # initialised from its own seed, not the training's random stream (which --resume restores and
+        # which a discriminator built at a resumed run's first step must not move on)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + 1)
+            self.discriminator = Discriminator(latent_dim).to(device)
         self.opt = torch.optim.Adam(self.discriminator.parameters(), lr=self.LR, betas=self.BETAS)
         if self._pending is not None:
             self._load(self._pending)
