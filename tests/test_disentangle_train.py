@@ -47,7 +47,6 @@ def test_minibatch_weights_of_btcvae():
     # MSS weights of each row sum to 1 over the data set: 1/N for itself, and B-1 codes standing for the rest
     b, n = 6, 1000
     w = log_importance_weights(b, n).exp()
-    m = b - 1
     assert torch.allclose(w.diagonal(), torch.full((b,), 1 / n))
     assert torch.allclose(w.sum(1), torch.ones(b))  # 1/N + (N - M)/(N M) + (M - 1)/M = 1
     # a posterior equal for every example, factorised: q(z) = q(z|x) and the TC is 0. MSS's weights sum to 1, so

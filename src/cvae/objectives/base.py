@@ -60,7 +60,8 @@ class Objective:
                 users = [n for n, o in OBJECTIVES.items() if key in o.uses]
                 raise CvaeError(f"{flag} does not apply to --objective {cls.name} (it is read by "
                                 f"{', '.join(users) or 'no objective'}); leave it out or change the objective")
-        return cls(**{key: getattr(config, key) for key in cls.uses})
+        neutral_of = {key: neutral for key, neutral, _ in OBJECTIVE_SETTINGS}
+        return cls(**{key: getattr(config, key, neutral_of.get(key)) for key in cls.uses})
 
     def __call__(self, model, x: torch.Tensor, c: torch.Tensor | None, *, progress: float = 0.0) -> ObjectiveOutput:
         raise NotImplementedError
