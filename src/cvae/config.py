@@ -33,6 +33,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     limit: int | None = None  # keep this many training examples
     labelled: int | None = None  # keep this many labels (balanced per class, by --seed), hide the rest: semi-supervised
+    factors: str | None = None  # columns of a .npz / CSV file that are factors of variation (held out for evaluation)
     # model (None: from the preset / the data)
     preset: str = "mlp-400"
     # a registered model class (cvae.models.MODELS); None: m2 (semi-supervised) when some training
@@ -57,6 +58,13 @@ class TrainConfig:
     beta: float = 1.0  # beta-VAE weight on the KL term (Higgins et al., 2017)
     kl_warmup: float = 0.0  # epochs of linear KL annealing (Bowman et al., 2016)
     free_bits: float = 0.0  # nats per latent dimension below which the KL is not pressed (Kingma et al., 2016)
+    # disentangling objectives (cvae.objectives.disentangle); None: the objective's default
+    gamma: float | None = None  # capacity: weight of |KL - C| (1000); factorvae: weight of the TC term (10)
+    capacity_max: float | None = None  # capacity: the KL target C's final value, nats (25)
+    capacity_epochs: float | None = None  # capacity: epochs over which C grows linearly from 0 (half of --epochs)
+    tc_estimator: str | None = None  # btcvae: mss (minibatch-stratified, default) | mws (minibatch-weighted)
+    dip_lambda_od: float | None = None  # dip-vae-i / dip-vae-ii: weight of the off-diagonal covariance term (10 / 10)
+    dip_lambda_d: float | None = None  # dip-vae-i / dip-vae-ii: weight of the diagonal term (10 x / 1 x lambda_od)
     # optimisation
     epochs: int = 10
     batch_size: int = 128
@@ -120,6 +128,13 @@ class TrainConfig:
         need(self.alpha is None or (_finite(self.alpha) and self.alpha >= 0), f"--alpha must be zero or positive, got {self.alpha}")
         need(self.consistency is None or (_finite(self.consistency) and self.consistency >= 0),
              f"--consistency must be zero or positive, got {self.consistency}")
+        for name in ("gamma", "capacity_max", "dip_lambda_od", "dip_lambda_d"):
+            value = getattr(self, name)
+            need(value is None or (_finite(value) and value >= 0),
+                 f"--{name.replace('_', '-')} must be zero or positive, got {value}")
+        need(self.capacity_epochs is None or (_finite(self.capacity_epochs) and self.capacity_epochs > 0),
+             f"--capacity-epochs must be a positive number of epochs, got {self.capacity_epochs}")
+        need(self.tc_estimator in (None, "mss", "mws"), f"--tc-estimator must be mss or mws, not {self.tc_estimator!r}")
         if self.objective is not None:  # an unknown objective, or a flag it does not read
             OBJECTIVES.get(self.objective).from_config(self)
         need(_finite(self.kl_warmup) and self.kl_warmup >= 0, f"--kl-warmup must be zero or positive, got {self.kl_warmup}")

@@ -332,7 +332,7 @@ def posterior_health(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None
 
 # -- a whole run ----------------------------------------------------------------------------------
 
-METRICS = ("elbo", "nll", "posterior", "samples", "classification")
+METRICS = ("elbo", "nll", "posterior", "samples", "classification", "disentanglement")
 
 
 @dataclass
@@ -387,7 +387,7 @@ def load_run_data(model: CVAE, *, data_dir=None):
                      condition=cfg.get("condition"), val_fraction=cfg.get("val_fraction", 0.1),
                      seed=cfg.get("seed", 0), binarize=cfg.get("binarize", "none"), limit=cfg.get("limit"),
                      data_layout=cfg.get("data_layout", "auto"), image_size=parse_image_size(cfg.get("image_size")),
-                     labelled=cfg.get("labelled"))
+                     labelled=cfg.get("labelled"), factors=cfg.get("factors"))
     if data.schema.to_dict() != model.schema.to_dict():
         raise CvaeError(f"the data {cfg.get('data')!r} now gives conditions {data.schema.names} that differ from "
                         f"the run's ({model.schema.names}); evaluate with the data the model was trained on")
@@ -473,6 +473,13 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
         if section is not None:
             section["seconds"] = round(time.perf_counter() - t0, 1)
             results["classification"] = section
+    if "disentanglement" in wanted:
+        t0 = time.perf_counter()
+        section = _disentanglement_section(model, data, part, x, c, explicit=explicit and "disentanglement" in wanted,
+                                           split=split, seed=seed, run=run if write else None)
+        if section is not None:
+            section["seconds"] = round(time.perf_counter() - t0, 1)
+            results["disentanglement"] = section
     path = None
     if write:
         path = run / "eval.json"
@@ -510,6 +517,48 @@ def _classification_section(model: CVAE, part, *, n: int, explicit: bool, split:
             return {"skipped": reason}
         probs = model.classify(x, a.name).cpu().numpy()
         out[a.name] = classification_metrics(probs, truth, a.classes)
+    return out
+
+
+DCI_EXAMPLES = (2000, 1000)  # DCI's train / test examples here (disentanglement_lib: 10,000 / 5,000; the trees are slow)
+CODES_FILE = "disentanglement_codes.npz"  # the codes and factors the metrics were computed on, beside eval.json
+
+
+@torch.no_grad()
+def posterior_means(model: CVAE, x: torch.Tensor, c: torch.Tensor | None, *, batch_size: int = 1000) -> np.ndarray:
+    """E_q[z | x, c] of every example (N, D), float64."""
+    was = model.training
+    model.eval()
+    out = [model.q_z(x[i:i + batch_size], None if c is None else c[i:i + batch_size]).mu.double().cpu()
+           for i in range(0, len(x), batch_size)]
+    model.train(was)
+    return torch.cat(out).numpy()
+
+
+def _disentanglement_section(model: CVAE, data, part, x, c, *, explicit: bool, split: str, seed: int,
+                             run: Path | None, num_train: int = 10000, num_test: int = 5000) -> dict | None:
+    """The disentanglement metrics (:mod:`cvae.disentangle`) of the posterior means against the data's
+    held-out factors; the codes, factors and ids are written to RUN/disentanglement_codes.npz."""
+    from .disentangle import disentanglement
+
+    if part.factors is None or not data.factor_names:
+        reason = (f"disentanglement needs data with known factors of variation; {data.name!r} has none (train on "
+                  "--data dsprites or color-shapes, or name a .npz/CSV file's factor columns with --factors)")
+        if explicit:
+            raise CvaeError(reason)
+        return {"skipped": reason}
+    factors = part.factors[:len(x)]
+    codes = posterior_means(model, x, c)
+    report = disentanglement(codes, factors, factor_names=data.factor_names, num_train=num_train, num_test=num_test,
+                             dci_train=min(num_train, DCI_EXAMPLES[0]), dci_test=min(num_test, DCI_EXAMPLES[1]),
+                             seed=seed)
+    out = report.to_dict()
+    out["protocol"] = {**out["protocol"], "split": split}
+    if run is not None:
+        ids = np.array([str(i) for i in (part.ids[:len(x)] if part.ids else range(len(x)))])
+        np.savez_compressed(run / CODES_FILE, ids=ids, codes=codes.astype(np.float32), factors=factors,
+                            factor_names=np.array(data.factor_names))
+        out["codes_file"] = CODES_FILE
     return out
 
 

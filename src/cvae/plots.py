@@ -302,3 +302,24 @@ def run_pictures(model, data, run_dir, *, seed: int = 0) -> dict[str, Path]:
     if (run_dir / "metrics.jsonl").exists():
         out["loss"] = save_loss_curves(run_dir / "loss.png", run_dir / "metrics.jsonl")
     return out
+
+
+def save_factor_heatmap(path, matrix: np.ndarray, factor_names: list[str], *, title: str = "") -> Path:
+    """A factors x latents heat map (values in [0, 1]), the value written in each cell."""
+    plt = _plt()
+    m = np.asarray(matrix, dtype=np.float64)  # (F, D)
+    f, d = m.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * d + 2.2), max(2.2, 0.45 * f + 1.2)))
+    im = ax.imshow(m, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(d))
+    ax.set_xticklabels([f"z{j}" for j in range(d)], fontsize=8)
+    ax.set_yticks(range(f))
+    ax.set_yticklabels(factor_names, fontsize=8)
+    for i in range(f):
+        for j in range(d):
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                    color="black" if m[i, j] > 0.6 else "white")
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)

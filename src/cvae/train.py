@@ -336,6 +336,8 @@ class Trainer:
     def _restore(self) -> None:
         state = _on_main(self.ranks, _read_trainer_state, self.run_dir)
         self.start_epoch, self.best_val, self.bad_epochs = _restore(state, self.model, self.opt, self.ranks.rank)
+        self.objective.load_state_tensors({k[len("objective."):]: v for k, v in state["tensors"].items()
+                                           if k.startswith("objective.")})
         if self.start_epoch >= self.config.epochs:
             raise CvaeError(f"{self.run_dir} has already trained {self.start_epoch} epochs; pass --epochs N with "
                             f"N > {self.start_epoch} to go on")
@@ -413,7 +415,7 @@ class Trainer:
                 rng = _gather(self.ranks, _rng_states())
                 if self.ranks.main:
                     _save_epoch(self.run_dir, self.model, self.opt, epoch + 1, self.best_val, self.bad_epochs, row,
-                                self.metrics_path, self.writer, rng)
+                                self.metrics_path, self.writer, rng, self.objective.state_tensors())
                 if on_epoch is not None and _on_main(self.ranks, on_epoch, epoch + 1, self.model, row):
                     return True  # the caller asked to stop (a sweep pruning this run, a target reached)
                 if patience_out:
@@ -556,7 +558,7 @@ def _load(config: TrainConfig) -> DataSplits:
     return load_data(config.data, data_dir=config.data_dir, condition=config.condition,
                      val_fraction=config.val_fraction, seed=config.seed, binarize=config.binarize,
                      limit=config.limit, data_layout=config.data_layout, labelled=config.labelled,
-                     image_size=parse_image_size(config.image_size))
+                     image_size=parse_image_size(config.image_size), factors=config.factors)
 
 
 def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -711,10 +713,12 @@ def _restore(state: dict, model: CVAE, opt: torch.optim.Optimizer, rank: int) ->
     return meta["epoch"], meta["best_val"], meta["bad_epochs"]
 
 
-def _save_epoch(run_dir, model, opt, epoch, best_val, bad_epochs, row, metrics_path, writer, rng) -> None:
+def _save_epoch(run_dir, model, opt, epoch, best_val, bad_epochs, row, metrics_path, writer, rng,
+                objective_tensors=None) -> None:
     state = model.state_dict()
     save_tensors(run_dir / "model.safetensors", state, {"format": FORMAT})
     tensors, groups = _optimizer_tensors(opt)
+    tensors.update({f"objective.{k}": v for k, v in (objective_tensors or {}).items()})
     tensors.update({f"model.{k}": v for k, v in state.items()})
     for rank, states in enumerate(rng):
         for kind, value in states.items():

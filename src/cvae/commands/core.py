@@ -11,7 +11,17 @@ from ..config import TrainConfig
 from .checks import check_condition_args, check_rows, condition_hint, guard_outputs
 
 HELP = {
-    "data": "a named data set (digits, mnist, fashion-mnist, binarized-mnist) or a path: .npz/.npy, image folder, .csv",
+    "data": "a named data set (digits, mnist, fashion-mnist, binarized-mnist, dsprites, color-shapes) or a path: "
+            ".npz/.npy, image folder, .csv",
+    "factors": "columns of a .npz/CSV file that are factors of variation (a,b): held out of the features and the "
+               "conditions, scored by `cvae evaluate --metrics disentanglement`",
+    "gamma": "capacity: weight of |KL - C| (default 1000, Burgess et al. 2018); factorvae: weight of the total "
+             "correlation (default 10, Kim & Mnih 2018)",
+    "capacity_max": "capacity: the KL target's final value C_max in nats (default 25)",
+    "capacity_epochs": "capacity: epochs over which C grows linearly from 0 to C_max (default half of --epochs)",
+    "tc_estimator": "btcvae: mss (minibatch-stratified sampling, default) or mws (minibatch-weighted), Chen et al. 2018",
+    "dip_lambda_od": "dip-vae-i / dip-vae-ii: weight of the off-diagonal covariance penalty (default 10; Kumar et al. 2018)",
+    "dip_lambda_d": "dip-vae-i / dip-vae-ii: weight of the diagonal penalty (default 10 x lambda_od for i, 1 x for ii)",
     "data_dir": "where data files are looked up first (then $CVAE_DATA, then ~/.cache/cvae)",
     "condition": "condition column(s): label (default when labelled), none (a plain VAE), or a,b:continuous",
     "data_layout": "auto | signal (each CSV row is a 1-D signal) | table",
@@ -40,10 +50,13 @@ HELP = {
              "Tomczak & Welling 2018), or any registered prior",
     "prior_components": "components K of a mixture prior (default: mog 10, vamp 500 pseudo-inputs)",
     "free_bits": "free bits (Kingma et al., 2016): nats per latent dimension below which the ELBO's KL is not pressed",
-    "beta": "weight of the KL term: 1 is the VAE, >1 the beta-VAE (Higgins et al., 2017), 0 an autoencoder",
+    "beta": "weight of the KL term: 1 is the VAE, >1 the beta-VAE (Higgins et al., 2017), 0 an autoencoder; "
+            "btcvae: weight of the total correlation (Chen et al., 2018)",
     "objective": "elbo (default) | iwae: the importance-weighted bound of Burda et al. (2015) with --iwae-k samples "
                  "| dreg: the same bound with doubly reparameterised encoder gradients (Tucker et al., 2019) "
-                 "| m2: the semi-supervised bound of Kingma et al. (2014) (the m2 model's default)",
+                 "| m2: the semi-supervised bound of Kingma et al. (2014) (the m2 model's default) "
+                 "| btcvae | factorvae | dip-vae-i | dip-vae-ii | capacity: disentangling objectives (--beta / --gamma / "
+                 "--dip-lambda-od / --capacity-max)",
     "iwae_k": "samples per example of --objective iwae or dreg (default 5)",
     "kl_warmup": "epochs of linear KL annealing from 0 to 1 (Bowman et al., 2016)",
     "epochs": "epochs to train", "batch_size": "examples per step", "lr": "Adam learning rate (the peak of the schedule)",

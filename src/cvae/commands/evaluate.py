@@ -20,9 +20,12 @@ def add_parsers(sub) -> None:
                    help="which examples (default: test, or val when the data has no test split)")
     e.add_argument("--k", type=int, default=5000, help="importance samples per example for the NLL (default 5000)")
     e.add_argument("--metrics", default="all",
-                   help="comma-separated: elbo, nll, posterior, samples, classification (default all; samples are "
-                        "skipped with a note when no evaluator exists, classification when the model has no "
-                        "classifier q(y | x), unless asked for by name)")
+                   help="comma-separated: elbo, nll, posterior, samples, classification, disentanglement (default "
+                        "all; samples are skipped with a note when no evaluator exists, classification when the "
+                        "model has no classifier q(y | x), disentanglement when the data has no factors, unless "
+                        "asked for by name). disentanglement: MIG, SAP, DCI, BetaVAE and FactorVAE scores and "
+                        "modularity of the posterior means against the data's factors, plus RUN/disentanglement.png "
+                        "and RUN/traversal_factors.png")
     e.add_argument("--evaluator", help="an evaluator .safetensors file (default ~/.cache/cvae/evaluators/DATA.safetensors)")
     e.add_argument("--n", type=int, help="only the first N examples of the split (default all)")
     e.add_argument("--per-class", type=int, default=1000, help="images generated per class for conditional accuracy")
@@ -72,12 +75,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_run(args.run, split=args.split, k=args.k, metrics=args.metrics, evaluator=args.evaluator,
                           n=args.n, per_class=args.per_class, rows=args.batch_size, data_dir=args.data_dir,
                           device=args.device, seed=args.seed, progress=args.progress, temperature=args.temperature)
+    pictures = _disentanglement_pictures(args, result.results.get("disentanglement"))
     if args.json:
         print(json.dumps(result.results, indent=2))
     else:
         print(format_table(result.results))
-        print(f"wrote {result.path}")
+        print(f"wrote {result.path}" + "".join(f", {p}" for p in pictures))
     return 0
+
+
+def _disentanglement_pictures(args, section: dict | None) -> list:
+    """The heat map and the factor-labelled traversal beside eval.json."""
+    if not section or "skipped" in section:
+        return []
+    from ..apps.disentangle import write_disentanglement_pictures
+    from ..evaluate import load_run_data
+    from ..runs import load_model
+
+    model = load_model(args.run, device=args.device)
+    data = load_run_data(model, data_dir=args.data_dir)
+    part = getattr(data, section["protocol"]["split"])
+    n = min(len(part.x), args.n or 2000, 2000)
+    pictures = write_disentanglement_pictures(args.run, model, section, model.to_data_units(part.x[:n]),
+                                              part.y[:n] if model.schema else None)
+    return list(pictures.values())
 
 
 def _check_sizes(args: argparse.Namespace) -> None:
@@ -179,6 +200,24 @@ def format_table(results: dict) -> str:
                     lines.append("    " + "  ".join(f"{c} -> {o} {share:.3f}" for c, (o, share) in mistaken.items()))
             for note in samples.get("notes", []):
                 lines.append(f"  note: {note}")
+    dis = results.get("disentanglement")
+    if dis:
+        if "skipped" in dis:
+            lines.append(f"disentanglement: skipped ({dis['skipped']})")
+        else:
+            p = dis["protocol"]
+            lines.append(f"disentanglement of the posterior means ({p['split']} split, {p['n_examples']} examples; "
+                         f"disentanglement_lib's definitions, chance of the BetaVAE / FactorVAE scores "
+                         f"{p['chance_of_beta_vae_and_factor_vae_scores']:.2f})")
+            for key, label in (("mig", "MIG"), ("factor_vae", "FactorVAE score"), ("beta_vae", "BetaVAE score"),
+                               ("sap", "SAP"), ("dci_disentanglement", "DCI disentanglement"),
+                               ("dci_completeness", "DCI completeness"),
+                               ("dci_informativeness", "DCI informativeness (test accuracy)"),
+                               ("modularity", "modularity")):
+                if key in dis:
+                    lines.append(f"  {label:<{width}}  {dis[key]:.4f}")
+            lines.append("  each latent follows: " + "  ".join(f"z{d}: {f or '-'}"
+                                                              for d, f in enumerate(dis["dimension_follows"])))
     cls = results.get("classification")
     if cls:
         if "skipped" in cls:

@@ -28,12 +28,13 @@ class Dataset:
     y: torch.Tensor
     ids: list | None = None
     labels: np.ndarray | None = None  # class indices of the data's 'label' column, condition or not (for pictures)
+    factors: np.ndarray | None = None  # (N, F) class indices of the data's factors of variation (held out)
 
     def __len__(self) -> int:
         return len(self.x)
 
     def to(self, device) -> Dataset:
-        return Dataset(self.x.to(device), self.y.to(device), self.ids, self.labels)
+        return Dataset(self.x.to(device), self.y.to(device), self.ids, self.labels, self.factors)
 
 
 @dataclass
@@ -50,6 +51,7 @@ class DataSplits:
     scale: np.ndarray | None = None  # feature standard deviations (standardize)
     meta: dict = field(default_factory=dict)
     label_classes: list[str] | None = None  # names of the classes in Dataset.labels
+    factor_names: list[str] = field(default_factory=list)  # the columns of Dataset.factors
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -171,9 +173,37 @@ def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_source(source: str, *, data_dir=None, condition=None, data_layout: str = "auto",
-                image_size=None) -> RawData:
+                image_size=None, factors=None) -> RawData:
+    """The raw data of a named source or a path. ``factors`` names columns of a .npz / CSV file that
+    are factors of variation: held out of the features, recorded in ``meta["factors"]``."""
     if source in NAMED_SOURCES:
-        return NAMED_SOURCES[source](data_dir)
+        raw = NAMED_SOURCES[source](data_dir)
+        if factors not in (None, "", "none") and _factor_list(factors) != raw.meta.get("factors"):
+            have = ", ".join(raw.meta.get("factors", [])) or "none"
+            raise CvaeError(f"--factors names the factor columns of a .npz or CSV file; {source!r} has its own "
+                            f"({have}): leave --factors out")
+        return raw
+    raw = _read_path(source, data_dir=data_dir, condition=condition, data_layout=data_layout, image_size=image_size,
+                     factors=factors)
+    names = _factor_list(factors)
+    if names:
+        missing = [n for n in names if n not in raw.columns]
+        if missing:
+            raise CvaeError(f"{source} has no factor column(s) {', '.join(missing)} (--factors); its per-example "
+                            f"columns: {', '.join(raw.columns) or 'none'}")
+        raw.meta["factors"] = names
+    return raw
+
+
+def _factor_list(spec) -> list[str]:
+    if spec in (None, "", "none"):
+        return []
+    parts = spec if isinstance(spec, (list, tuple)) else str(spec).split(",")
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _read_path(source: str, *, data_dir=None, condition=None, data_layout: str = "auto", image_size=None,
+               factors=None) -> RawData:
     path = Path(source).expanduser()
     if not path.exists():
         raise CvaeError(
@@ -187,7 +217,13 @@ def read_source(source: str, *, data_dir=None, condition=None, data_layout: str 
         return load_array_file(path)
     if suffix in (".csv", ".tsv", ".txt"):
         names = [n for n, _ in parse_condition_spec(condition, _csv_header(path), str(path))]
-        return load_csv(path, names, layout="signal" if data_layout == "signal" else "table")
+        extra = [f for f in _factor_list(factors) if f not in names]
+        missing = [f for f in extra if f not in _csv_header(path)]
+        if missing:
+            raise CvaeError(f"{path} has no factor column(s) {', '.join(missing)} (--factors); its columns are: "
+                            f"{', '.join(_csv_header(path))}")
+        raw = load_csv(path, names + extra, layout="signal" if data_layout == "signal" else "table")
+        return raw
     raise CvaeError(f"cannot read {path}: expected a .npz, .npy or .csv file or an image folder")
 
 
@@ -199,7 +235,7 @@ def _csv_header(path: Path) -> list[str]:
 
 def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float = 0.1, seed: int = 0,
               binarize: str = "none", limit: int | None = None, data_layout: str = "auto",
-              image_size=None, labelled: int | None = None) -> DataSplits:
+              image_size=None, labelled: int | None = None, factors=None) -> DataSplits:
     """Read a data set and make its splits.
 
     The validation split is the data set's own where it has one, else ``val_fraction`` of the training
@@ -208,12 +244,21 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
     ``labelled`` keeps the labels of that many training examples, the same number per class of the
     first categorical condition, drawn with ``seed``, and hides the others' and the validation
     split's (an experiment in semi-supervised learning; the test split keeps its labels).
+    ``factors`` names the factor columns of a .npz / CSV file (named factor data sets bring their own):
+    every split carries them as ``Dataset.factors``. A data set rendered on demand (dSprites) with
+    ``limit`` is first subsampled to ``limit / (1 - val_fraction)`` examples drawn with ``seed``, so
+    that only those are rendered and the validation split is ``val_fraction`` of them.
     """
     if binarize not in ("none", "static", "dynamic"):
         raise CvaeError(f"--binarize must be none, static or dynamic, not {binarize!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise CvaeError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    raw = read_source(source, data_dir=data_dir, condition=condition, data_layout=data_layout, image_size=image_size)
+    raw = read_source(source, data_dir=data_dir, condition=condition, data_layout=data_layout, image_size=image_size,
+                      factors=factors)
+    if limit is not None and hasattr(raw.splits["train"][0], "grid") and "val" not in raw.splits:
+        raw = _subsample(raw, limit, val_fraction, seed)
+    factor_names = list(raw.meta.get("factors", []))
+    factor_codes = _factor_codes(raw, factor_names)
     schema, codes = build_schema(raw, condition, source)
     label_schema, label_codes = build_schema(raw, "label:categorical", source) if "label" in raw.columns else (None, None)
     labels_of = ({split: np.nan_to_num(label_codes[split][:, 0], nan=-1).astype(np.int64) for split in raw.splits}
@@ -225,6 +270,7 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
     if "val" in raw.splits:
         x_val, y_val = raw.splits["val"][0], codes["val"]
         val_ids, val_labels = None, labels_of.get("val")
+        val_factors = factor_codes.get("val")
     else:
         n_val = int(round(val_fraction * len(x_train)))
         if val_fraction > 0 and len(x_train) > 1:
@@ -233,6 +279,7 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
         val_idx.sort()
         x_val, y_val = x_train[val_idx], y_train[val_idx]
         val_ids = [ids_train[i] for i in val_idx]
+        val_factors = factor_codes["train"][val_idx] if factor_names else None
         val_labels = labels_of["train"][val_idx] if labels_of else None
     if limit is not None:
         if limit < 1:
@@ -242,6 +289,7 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
     x_train, y_train = np.asarray(x_train[order]), y_train[order]
     train_ids = [ids_train[i] for i in order]
     train_labels = labels_of["train"][order] if labels_of else None
+    train_factors = factor_codes["train"][order] if factor_names else None
     if len(x_train) == 0:
         raise CvaeError(f"no training examples left in {source!r} (after the validation split)")
     if labelled is not None:
@@ -264,24 +312,26 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
             x = (x - loc) / scale
         return torch.from_numpy(np.ascontiguousarray(x))
 
-    def dataset(x, y, ids=None, labels=None):
+    def dataset(x, y, ids=None, labels=None, factors=None):
         if x is None or len(x) == 0:
             return None
-        return Dataset(tensor(x), torch.from_numpy(np.ascontiguousarray(y, np.float32)), ids, labels)
+        return Dataset(tensor(x), torch.from_numpy(np.ascontiguousarray(y, np.float32)), ids, labels, factors)
 
     splits = DataSplits(
         name=raw.name,
         kind=raw.kind,
         schema=schema,
-        train=dataset(x_train, y_train, train_ids, train_labels),
-        val=dataset(x_val, y_val, val_ids, val_labels),
-        test=dataset(raw.splits["test"][0], codes["test"], None, labels_of.get("test")) if "test" in raw.splits else None,
+        train=dataset(x_train, y_train, train_ids, train_labels, train_factors),
+        val=dataset(x_val, y_val, val_ids, val_labels, val_factors),
+        test=dataset(raw.splits["test"][0], codes["test"], None, labels_of.get("test"),
+                     factor_codes.get("test")) if "test" in raw.splits else None,
         binary=raw.binary,
         standardize=standardize,
         loc=loc,
         scale=scale,
         meta=dict(raw.meta, source=source),
         label_classes=label_schema.attributes[0].classes if label_schema else None,
+        factor_names=factor_names,
     )
     if binarize == "static":
         g = torch.Generator().manual_seed(seed)
@@ -290,6 +340,37 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
                 part.x = torch.bernoulli(part.x, generator=g)
         splits.binary = True
     return splits
+
+
+def _subsample(raw: RawData, limit: int, val_fraction: float, seed: int) -> RawData:
+    """A data set rendered on demand, cut to the examples that --limit will use (drawn with ``seed``)."""
+    x, columns = raw.splits["train"]
+    keep = int(math.ceil(limit / (1.0 - val_fraction)))
+    if keep >= len(x):
+        return raw
+    rows = np.sort(np.random.default_rng([seed, 12]).choice(len(x), keep, replace=False))
+    meta = dict(raw.meta, ids=rows.tolist(), subsample=f"{keep} of {len(x)} examples, drawn with seed {seed}")
+    return RawData(raw.name, raw.kind, {"train": (x[rows], {k: v[rows] for k, v in columns.items()})},
+                   raw.class_names, raw.binary, raw.unit_range, meta)
+
+
+def _factor_codes(raw: RawData, names: list[str]) -> dict[str, np.ndarray]:
+    """Per split, the factor columns as class indices (N, F) in the sorted order of their values."""
+    if not names:
+        return {}
+    out = {split: np.zeros((len(x), len(names)), np.int64) for split, (x, _) in raw.splits.items()}
+    for k, name in enumerate(names):
+        values = [np.asarray(cols[name]) for _, cols in raw.splits.values()]
+        allv = np.concatenate(values)
+        if allv.dtype.kind == "f" and not np.isfinite(allv).all():
+            raise CvaeError(f"{raw.name}: factor {name!r} has missing or non-finite values; every example needs "
+                            "every factor")
+        codes = np.unique(allv, return_inverse=True)[1].reshape(-1)
+        start = 0
+        for split, v in zip(raw.splits, values):
+            out[split][:, k] = codes[start:start + len(v)]
+            start += len(v)
+    return out
 
 
 def hide_labels(schema: ConditionSchema, y_train: np.ndarray, y_val: np.ndarray | None, labelled: int,

@@ -1,7 +1,8 @@
 """Readers. Each returns :class:`RawData`: float32 arrays plus raw condition columns per split.
 
 Named sources: ``digits`` (scikit-learn's bundled 8x8 digits, offline), ``mnist``, ``fashion-mnist``
-(IDX files), ``binarized-mnist`` (Larochelle's ``.amat``, no labels). Generic sources, chosen by
+(IDX files), ``binarized-mnist`` (Larochelle's ``.amat``, no labels), ``dsprites`` and ``color-shapes``
+(images with known factors of variation, rendered on demand: :mod:`cvae.data.factors`). Generic sources, chosen by
 the path: a ``.npz`` / ``.npy`` file, a folder of images with one subfolder per class, a ``.csv`` file.
 """
 
@@ -175,11 +176,25 @@ def load_digits(data_dir=None) -> RawData:
                    {"label": [str(i) for i in range(10)]})
 
 
+def load_dsprites(data_dir=None) -> RawData:
+    from .factors import load_dsprites as load
+
+    return load(data_dir)
+
+
+def load_color_shapes(data_dir=None) -> RawData:
+    from .factors import load_color_shapes as load
+
+    return load(data_dir)
+
+
 NAMED_SOURCES = {
     "digits": load_digits,
     "mnist": load_mnist,
     "fashion-mnist": load_fashion_mnist,
     "binarized-mnist": load_binarized_mnist,
+    "dsprites": load_dsprites,  # factors of variation, held out (cvae.data.factors)
+    "color-shapes": load_color_shapes,
 }
 
 

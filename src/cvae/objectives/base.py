@@ -22,7 +22,10 @@ OBJECTIVES = Registry("objective", flag="--objective")
 # Training settings that belong to some objectives only: (setting, its neutral value, flag).
 OBJECTIVE_SETTINGS = (("beta", 1.0, "--beta"), ("kl_warmup", 0.0, "--kl-warmup"),
                       ("free_bits", 0.0, "--free-bits"), ("iwae_k", 5, "--iwae-k"),
-                      ("alpha", None, "--alpha"), ("consistency", None, "--consistency"))
+                      ("alpha", None, "--alpha"), ("consistency", None, "--consistency"),
+                      ("gamma", None, "--gamma"), ("capacity_max", None, "--capacity-max"),
+                      ("capacity_epochs", None, "--capacity-epochs"), ("tc_estimator", None, "--tc-estimator"),
+                      ("dip_lambda_od", None, "--dip-lambda-od"), ("dip_lambda_d", None, "--dip-lambda-d"))
 
 
 @dataclass
@@ -57,7 +60,8 @@ class Objective:
                 users = [n for n, o in OBJECTIVES.items() if key in o.uses]
                 raise CvaeError(f"{flag} does not apply to --objective {cls.name} (it is read by "
                                 f"{', '.join(users) or 'no objective'}); leave it out or change the objective")
-        return cls(**{key: getattr(config, key) for key in cls.uses})
+        neutral_of = {key: neutral for key, neutral, _ in OBJECTIVE_SETTINGS}
+        return cls(**{key: getattr(config, key, neutral_of.get(key)) for key in cls.uses})
 
     def __call__(self, model, x: torch.Tensor, c: torch.Tensor | None, *, progress: float = 0.0) -> ObjectiveOutput:
         raise NotImplementedError
@@ -71,6 +75,14 @@ class Objective:
         label; an objective whose weights depend on them sets them here. Returns the settings it
         resolved (recorded in config.json)."""
         return {}
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors of the objective's own trained state (an auxiliary network and its optimizer),
+        saved with the trainer state so that --resume goes on exactly; none by default."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_tensors` gave."""
 
     def bound(self, model, x: torch.Tensor, c: torch.Tensor | None) -> ObjectiveOutput:
         """The figures reported for held-out data: the negative ELBO and its parts."""

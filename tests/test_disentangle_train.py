@@ -1,0 +1,133 @@
+"""Factor data sets, the disentangling objectives and `cvae evaluate --metrics disentanglement`."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cvae.config import TrainConfig
+from cvae.data import load_data
+from cvae.data.factors import DSPRITES, render_dsprites
+from cvae.errors import CvaeError
+from cvae.objectives.disentangle import log_importance_weights, permute_dims, tc_decomposition
+
+
+def test_dsprites_renders_on_demand_with_held_out_factors():
+    data = load_data("dsprites", limit=300, val_fraction=0.1, seed=3)
+    assert data.factor_names == ["shape", "scale", "orientation", "pos_x", "pos_y"]
+    assert data.schema.names == []  # factors are not conditions unless asked
+    assert data.train.x.shape == (300, 1, 64, 64) and data.binary
+    assert set(torch.unique(data.train.x).tolist()) <= {0.0, 1.0}
+    # the rows are the published grid's: the factors of row i are its index unravelled
+    ids = np.array(data.train.ids)
+    assert np.array_equal(data.train.factors, DSPRITES.factors(ids))
+    assert np.array_equal(data.train.x.numpy(), render_dsprites(DSPRITES.factors(ids)))
+    again = load_data("dsprites", limit=300, val_fraction=0.1, seed=3)
+    assert torch.equal(again.train.x, data.train.x)  # deterministic
+    cond = load_data("dsprites", limit=50, condition="shape")
+    assert cond.schema.names == ["shape"] and cond.schema.attributes[0].classes == ["square", "ellipse", "heart"]
+
+
+def test_factors_of_a_npz_file_are_held_out(tmp_path):
+    rng = np.random.default_rng(0)
+    f = rng.integers(0, 4, (200, 2))
+    x = np.concatenate([f, rng.normal(size=(200, 3))], 1).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, size=f[:, 0], colour=f[:, 1])
+    data = load_data(str(tmp_path / "d.npz"), factors="size,colour", val_fraction=0.0)
+    assert data.factor_names == ["size", "colour"] and np.array_equal(data.train.factors, f)
+    with pytest.raises(CvaeError, match="no factor column"):
+        load_data(str(tmp_path / "d.npz"), factors="weight")
+    with pytest.raises(CvaeError, match="leave --factors out"):
+        load_data("dsprites", limit=10, factors="size")
+
+
+def test_minibatch_weights_of_btcvae():
+    # MSS weights of each row sum to 1 over the data set: 1/N for itself, and B-1 codes standing for the rest
+    b, n = 6, 1000
+    w = log_importance_weights(b, n).exp()
+    assert torch.allclose(w.diagonal(), torch.full((b,), 1 / n))
+    assert torch.allclose(w.sum(1), torch.ones(b))  # 1/N + (N - M)/(N M) + (M - 1)/M = 1
+    # a posterior equal for every example, factorised: q(z) = q(z|x) and the TC is 0. MSS's weights sum to 1, so
+    # its estimate is exact; MWS's (1/(N B) each, Chen et al. eq. S5) give log q(z|x) - log N and so a TC of
+    # (D - 1) log N, a constant
+    z, mu, logvar = torch.randn(8, 3), torch.zeros(8, 3), torch.zeros(8, 3)
+    log_qz_x, log_qz, log_prod = tc_decomposition(z, mu, logvar, 100, "mss")
+    assert torch.allclose(log_qz, log_qz_x, atol=1e-5) and torch.allclose(log_qz, log_prod, atol=1e-5)
+    log_qz_x, log_qz, log_prod = tc_decomposition(z, mu, logvar, 100, "mws")
+    assert torch.allclose(log_qz, log_qz_x - math.log(100), atol=1e-5)
+    assert torch.allclose(log_qz - log_prod, torch.full((8,), 2 * math.log(100)), atol=1e-4)
+    p = permute_dims(torch.arange(12.0).view(6, 2))
+    assert sorted(p[:, 0].tolist()) == list(range(0, 12, 2))  # each column permuted within itself
+
+
+@pytest.mark.parametrize("objective,extra", [("btcvae", {"beta": 6.0}), ("factorvae", {"gamma": 10.0}),
+                                              ("dip-vae-i", {}), ("dip-vae-ii", {"dip_lambda_od": 2.0}),
+                                              ("capacity", {"capacity_max": 5.0})])
+def test_each_objective_trains_and_logs_its_terms(tmp_path, objective, extra):
+    from cvae.train import fit
+
+    cfg = TrainConfig(data="dsprites", limit=256, epochs=1, batch_size=64, latent_dim=4, hidden=[32],
+                      objective=objective, out=str(tmp_path / "run"), progress=False, tensorboard=False, **extra)
+    fit(cfg)
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert all(math.isfinite(v) for v in row.values() if isinstance(v, float))
+    expected = {"btcvae": "train_total_correlation", "factorvae": "train_discriminator_accuracy",
+                "dip-vae-i": "train_dip_off_diagonal", "dip-vae-ii": "train_dip_diagonal", "capacity": "capacity"}
+    assert expected[objective] in row
+
+
+def test_flags_of_other_objectives_are_refused():
+    with pytest.raises(CvaeError, match="--gamma does not apply to --objective btcvae"):
+        TrainConfig(objective="btcvae", gamma=3.0)
+    with pytest.raises(CvaeError, match="--tc-estimator must be"):
+        TrainConfig(objective="btcvae", tc_estimator="exact")
+    with pytest.raises(CvaeError, match="--dip-lambda-od does not apply"):
+        TrainConfig(objective="elbo", dip_lambda_od=1.0)
+
+
+def test_factorvae_resume_is_exact(tmp_path):
+    from cvae.train import fit
+
+    def cfg(out, epochs):
+        return TrainConfig(data="dsprites", limit=128, epochs=epochs, batch_size=32, latent_dim=3, hidden=[16],
+                           objective="factorvae", out=str(out), progress=False, tensorboard=False, precision="float32",
+                           lr_schedule="constant")
+
+    fit(cfg(tmp_path / "whole", 2))
+    fit(cfg(tmp_path / "split", 1))
+    fit(cfg(tmp_path / "split", 2), resume=True)
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(tmp_path / r / "trainer_state.safetensors")) for r in ("whole", "split"))
+    assert any(k.startswith("objective.discriminator.") for k in a)
+    for k in a:
+        if not k.startswith("rng."):
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_evaluate_disentanglement_writes_scores_codes_and_pictures(tmp_path):
+    from cvae.cli import main
+    from cvae.disentangle import disentanglement
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "dsprites", "--limit", "400", "--epochs", "1", "--latent-dim", "3", "--hidden",
+                 "32", "--objective", "btcvae", "--beta", "6", "--out", str(run), "--no-progress",
+                 "--no-tensorboard"]) == 0
+    assert main(["evaluate", str(run), "--metrics", "disentanglement", "--split", "train", "--no-progress"]) == 0
+    section = json.loads((run / "eval.json").read_text())["disentanglement"]
+    for key in ("mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness", "beta_vae",
+                "factor_vae", "modularity"):
+        assert 0.0 <= section[key] <= 1.0
+    assert (run / "disentanglement.png").stat().st_size > 0 and (run / "traversal_factors.png").stat().st_size > 0
+    # the same numbers again from the codes file (what `cvae embed` gives for those ids)
+    saved = np.load(run / "disentanglement_codes.npz")
+    again = disentanglement(saved["codes"].astype(np.float64), saved["factors"], seed=0,
+                            dci_train=2000, dci_test=1000)
+    assert again.scores["mig"] == pytest.approx(section["mig"], abs=1e-6)
+    # a model without factors: the metric is refused when asked by name
+    plain = tmp_path / "plain"
+    assert main(["train", "--data", "digits", "--epochs", "1", "--out", str(plain), "--no-progress",
+                 "--no-tensorboard", "--condition", "none"]) == 0
+    assert main(["evaluate", str(plain), "--metrics", "disentanglement"]) == 2
