@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import subprocess
 import sys
@@ -240,3 +241,116 @@ def test_python_api_scores_match_the_run_summary(tmp_path):
     got = evaluate_scorer(model_scorer(model), result.splits.test)["ndcg@100"].mean
     assert got == pytest.approx(result.summary["test"]["ndcg@100"]["mean"], abs=1e-6)
     assert isinstance(result.splits.test, HeldOut)
+
+
+def test_demographic_popularity_uses_the_group_and_backs_off_to_coarser_ones(tmp_path):
+    from cvae.recommend import group_popularity_scorer, popularity_scorer
+
+    inter, attrs = synthetic(tmp_path)
+    data = load_interactions(str(inter), min_rating=4, user_attributes=str(attrs))
+    s = split(data, condition="kind,age:continuous", heldout_users=0.15, seed=0)
+    cold = truncate_fold_in(s.test, 2, seed=0)
+    demo = group_popularity_scorer(s.train, s.y_train, s.schema, alpha=5, bands=3)
+    glob = evaluate_scorer(popularity_scorer(s.train), cold)["recall@20"].mean
+    assert glob < 0.7 and evaluate_scorer(demo, cold)["recall@20"].mean > 0.99  # the kind says which half
+    kind = s.schema.names.index("kind")
+    a_user = s.y_train[s.y_train[:, kind] == 0][:1]
+    share = demo(torch.zeros(1, len(s.items)), a_user)[0].numpy()
+    train = s.train.toarray()
+    liked = train[s.y_train[:, kind] == 0].mean(0) > 0
+    assert share[liked].min() > share[~liked].max()  # kind 'a' users' items first
+    unseen = a_user.copy()
+    unseen[0, 1 - kind] = 1e6  # an age beyond every band: still its kind's items first
+    share = demo(torch.zeros(1, len(s.items)), unseen)[0].numpy()
+    assert share[liked].min() > share[~liked].max()
+
+
+def test_cold_start_training_settings_of_the_model():
+    cfg = dict(data_shape=(30,), hidden=[16], latent_dim=4, activation="tanh", likelihood="multinomial",
+               prior="standard", model_class="multvae",
+               schema={"attributes": [{"name": "kind", "kind": "categorical", "classes": ["a", "b"]}]})
+    torch.manual_seed(0)
+    model = build_model(MultVAEConfig(**cfg, truncate_share=1.0, truncate_items=3, dropout=0.0))
+    x = (torch.rand(50, 30) < 0.5).float()
+    model.train()
+    cut = model._truncate(x)
+    kept = cut.sum(1)
+    assert (kept >= 1).all() and (kept <= 3).all() and ((cut > 0) <= (x > 0)).all()
+    model.eval()
+    assert torch.equal(model._truncate(x), x)  # scoring sees the whole history
+    with pytest.raises(CvaeError, match="truncate_share must be a number from 0 to 1"):
+        MultVAEConfig(**cfg, truncate_share=2)
+    # the decoder alone conditioned: q(z | x) ignores c; a learned embedding sits between c and both nets
+    dec = build_model(MultVAEConfig(**cfg, condition_in="decoder", condition_embedding=6)).eval()
+    assert dec.encoder.layers[0].in_features == 30 and dec.decoder.layers[0].in_features == 4 + 6
+    c0, c1 = torch.tensor([[1.0, 0.0]]).expand(50, 2), torch.tensor([[0.0, 1.0]]).expand(50, 2)
+    assert torch.equal(dec.q_z(x, c0).mu, dec.q_z(x, c1).mu)
+    assert not torch.equal(dec.item_scores(x, c0), dec.item_scores(x, c1))
+    # attribute dropout: a blanked condition is all zeros, which the model sees in training
+    drop = build_model(MultVAEConfig(**cfg, condition_dropout=1.0, dropout=0.0))
+    drop.train()
+    torch.manual_seed(1)
+    a = drop(x, c0).px.logits
+    torch.manual_seed(1)
+    b = drop(x, torch.zeros(50, 2)).px.logits
+    assert torch.equal(a, b)
+
+
+def test_ease_from_the_command_line_is_a_run_folder(tmp_path):
+    from cvae.recommend import load_recommender, recommend, train_recommender
+
+    inter, _ = synthetic(tmp_path, users=80)
+    run = tmp_path / "ease"
+    r = run_cli("recommend", "train", "--model", "ease", "--data", str(inter), "--min-rating", "4",
+                "--heldout-users", "0.2", "--out", str(run))
+    assert r.returncode == 0, r.stderr
+    assert "kept lambda" in r.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert summary["ease_lambda"] == max(rows, key=lambda row: row["val_ndcg@100"])["lambda"]
+    data = load_interactions(str(inter), min_rating=4)
+    s = split(data, heldout_users=0.2, seed=0)
+    model = load_recommender(run)
+    want = ease_weights(s.train, summary["ease_lambda"])
+    assert np.allclose(model.weights.numpy(), want, atol=1e-6)
+    assert evaluate_scorer(model_scorer(model), s.test)["ndcg@100"].mean == pytest.approx(
+        summary["test"]["ndcg@100"]["mean"], abs=1e-9)
+    user = s.test.users[0]
+    history = [s.items[j] for j in s.test.fold_in[0].indices]
+    recs = recommend(run, {user: history}, top=5)
+    scores = torch.from_numpy(s.test.fold_in[0].toarray()) @ torch.from_numpy(want)
+    scores[0, s.test.fold_in[0].indices] = -math.inf
+    assert [row[2] for row in recs] == [s.items[j] for j in torch.topk(scores[0], 5).indices.tolist()]
+    assert recs[0][3] == pytest.approx(float(scores.max()), rel=1e-5)
+    with pytest.raises(CvaeError, match="is an EASE run"):
+        cvae.load(run)
+    with pytest.raises(CvaeError, match="does not use user attributes"):
+        train_recommender(data=str(inter), min_rating=4, model="ease", condition="kind", out=str(tmp_path / "x"))
+    with pytest.raises(CvaeError, match="nothing to resume"):
+        train_recommender(out=str(run), resume=True)
+
+
+def test_resume_is_exact(tmp_path):
+    from safetensors.torch import load_file
+
+    from cvae.recommend import train_recommender
+
+    inter, attrs = synthetic(tmp_path, users=80)
+    common = dict(data=str(inter), min_rating=4, user_attributes=str(attrs), condition="kind", hidden=[16],
+                  latent_dim=4, batch_size=16, heldout_users=0.2, anneal_steps=40, truncate_share=0.5,
+                  condition_dropout=0.3, progress=False)
+    train_recommender(**common, epochs=4, out=str(tmp_path / "once"))
+    train_recommender(**common, epochs=2, out=str(tmp_path / "twice"))
+    with pytest.raises(CvaeError, match="already holds a run; pass --resume"):
+        train_recommender(**common, epochs=4, out=str(tmp_path / "twice"))
+    with pytest.raises(CvaeError, match="cannot change --lr when resuming"):
+        train_recommender(out=str(tmp_path / "twice"), resume=True, epochs=4, lr=0.1)
+    train_recommender(out=str(tmp_path / "twice"), resume=True, epochs=4, progress=False)
+    a, b = (load_file(str(tmp_path / d / "trainer_state.safetensors")) for d in ("once", "twice"))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "once" / "metrics.jsonl").read_text().count("\n") == 4
+    strip = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
+              for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("once", "twice")]
+    assert strip[0] == strip[1]
+    with pytest.raises(CvaeError, match="already trained 4 epochs"):
+        train_recommender(out=str(tmp_path / "twice"), resume=True, epochs=4)

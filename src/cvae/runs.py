@@ -161,6 +161,9 @@ def check_weights(run: str | Path, cfg: dict | None = None, *, weights: str = "m
     cfg = read_config(run) if cfg is None else cfg
     cfg_path, path = run / "config.json", run / weights
     if not isinstance(cfg.get("model"), dict):
+        if isinstance(cfg.get("recommend"), dict) and cfg["recommend"].get("model") == "ease":
+            raise CvaeError(f"{run} is an EASE run (item-item weights, not a VAE): use it with `cvae recommend {run} "
+                            "--user-history FILE ...` or cvae.recommend.load_recommender")
         raise CvaeError(f"{cfg_path} has no 'model' settings; the run folder is damaged")
     if not path.is_file():
         raise CvaeError(f"{run} has no {weights} yet (training has not finished an epoch)")

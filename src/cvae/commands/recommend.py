@@ -15,7 +15,15 @@ HELP = {
     "min_user_interactions": "keep users with at least this many interactions (default 5)",
     "heldout_users": "share (< 1) or number (>= 1) of users held out for validation, and again for test (default 0.1)",
     "heldout_fraction": "share of each held-out user's items scored; the rest are folded in (default 0.2)",
-    "model": "multvae (default) | multdae (a deterministic encoder, no KL)",
+    "model": "multvae (default) | multdae (a deterministic encoder, no KL) | ease (closed form, Steck 2019)",
+    "prior": "standard N(0, I) (default, the paper) | conditional p(z | attributes) | any registered prior",
+    "condition_in": "where the attributes enter: both (encoder and decoder) | decoder",
+    "condition_embedding": "width of a learned tanh embedding of the attributes (0: the raw codes)",
+    "condition_dropout": "training: share of users whose attributes are blanked, so the model also learns without",
+    "truncate_share": "training: share of users whose input (not target) is cut to 1..--truncate-items random "
+                      "items, so the model sees cold-start-like users",
+    "truncate_items": "the most items a truncated training input keeps (default 5)",
+    "ease_lambda": "--model ease: its L2 weight (default: the best on validation NDCG@100 of a grid 10..5000)",
     "hidden": "hidden widths (default 600)", "latent_dim": "size of z (default 200)",
     "condition_at": "MLP layer where the condition joins (-1: every layer, the default; 0: the input)",
     "dropout": "dropout on the normalised input (default 0.5)",
@@ -76,6 +84,9 @@ def add_parsers(sub) -> None:
         else:
             kind = int if t.startswith("int") else float if t.startswith("float") else str
             train.add_argument(flag, type=kind, metavar=f.name.upper(), help=HELP.get(f.name))
+    train.add_argument("--resume", action="store_true",
+                       help="go on with the run in --out from its last epoch (exactly: weights, optimizer, random "
+                            "states); only --epochs, --eval-every, --device, --data-dir and --progress may change")
     train.set_defaults(func=cmd_train, command="recommend")
     _Dispatch(use, {"train": train})
 
@@ -95,11 +106,16 @@ def cmd_train(args) -> int:
     from ..recommend.train import train_recommender
 
     given = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(RecommenderConfig)}}
-    result = train_recommender(**given)
+    result = train_recommender(resume=getattr(args, "resume", False), **given)
     s, meta = result.summary, result.splits.meta
-    print(f"run folder: {result.run_dir}  ({meta['train_users']:,} training users, {meta['val_users']:,} validation, "
-          f"{meta['test_users']:,} test; {meta['model_items']:,} items; {s['seconds_per_epoch']:.2f} s per epoch)")
-    print(f"  kept epoch {s['best_epoch']} (best validation NDCG@100; KL weight {s['kl_weight_at_best_epoch']:.3g})")
+    users = (f"{meta['train_users']:,} training users, {meta['val_users']:,} validation, {meta['test_users']:,} test; "
+             f"{meta['model_items']:,} items")
+    if "ease_lambda" in s:
+        print(f"run folder: {result.run_dir}  (EASE; {users})")
+        print(f"  kept lambda {s['ease_lambda']:g} (best validation NDCG@100 of {len(s['lambdas_tried'])} tried)")
+    else:
+        print(f"run folder: {result.run_dir}  ({users}; {s['seconds_per_epoch']:.2f} s per epoch)")
+        print(f"  kept epoch {s['best_epoch']} (best validation NDCG@100; KL weight {s['kl_weight_at_best_epoch']:.3g})")
     for split in ("val", "test"):
         v = s[split]
         print(f"  {split:5s} " + "  ".join(f"{_NAMES[k.split('@')[0]]}@{k.split('@')[1]} {m['mean']:.4f} ± {m['se']:.4f}"

@@ -39,12 +39,31 @@ class MultVAEConfig(ModelConfig):
 
     dropout: float = 0.5  # on the L2-normalised input, training mode only (the paper: keep probability 0.5)
     variational: bool = True  # False: Mult-DAE, a point z and no KL term
+    # How the user's condition (attributes) enters; each is a training-time setting of the model:
+    condition_in: str = "both"  # both: encoder and decoder; decoder: the decoder only (q(z | x) ignores c)
+    condition_embedding: int = 0  # > 0: c passes a learned tanh layer of this width first (shared by both nets)
+    condition_dropout: float = 0.0  # training: each user's condition blanked (all zeros) with this probability
+    # Cold-start-like training users: this share of each batch has its input (not its target) cut to
+    # 1..truncate_items of its items at random, so the encoder learns from short histories.
+    truncate_share: float = 0.0
+    truncate_items: int = 5
 
     def __post_init__(self):
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or \
                 not 0 <= self.dropout < 1:
             raise CvaeError(f"model setting dropout must be a number from 0 to below 1, got {self.dropout!r}")
         self.dropout = float(self.dropout)
+        if self.condition_in not in ("both", "decoder"):
+            raise CvaeError(f"model setting condition_in must be both or decoder, got {self.condition_in!r}")
+        for name in ("condition_dropout", "truncate_share"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise CvaeError(f"model setting {name} must be a number from 0 to 1, got {v!r}")
+            setattr(self, name, float(v))
+        for name, low in (("condition_embedding", 0), ("truncate_items", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise CvaeError(f"model setting {name} must be a whole number of at least {low}, got {v!r}")
         if not isinstance(self.variational, bool):
             raise CvaeError(f"model setting variational must be true or false, got {self.variational!r}")
         if self.arch != "mlp":
@@ -70,7 +89,12 @@ class MultVAE(VAEModel):
     def __init__(self, config: MultVAEConfig, *, run=None):
         super().__init__(config, run=run)
         items, cond_dim = math.prod(config.data_shape), self.schema.dim
-        kw = dict(cond_dim=cond_dim, cond_at=config.condition_at, act=config.activation)
+        self.embed = None
+        if cond_dim and config.condition_embedding:
+            self.embed = nn.Sequential(nn.Linear(cond_dim, config.condition_embedding), nn.Tanh())
+            cond_dim = config.condition_embedding
+        enc_cond = cond_dim if config.condition_in == "both" else 0
+        kw = dict(cond_dim=enc_cond, cond_at=config.condition_at, act=config.activation)
         self.drop = nn.Dropout(config.dropout)
         width = config.latent_dim * (2 if config.variational else 1)
         self.encoder = MLP(items, config.hidden, width, **kw)
@@ -78,7 +102,7 @@ class MultVAE(VAEModel):
         cond_at = config.condition_at if config.condition_at < 0 else min(config.condition_at, len(widths))
         self.decoder = MLP(config.latent_dim, widths, items, cond_dim=cond_dim, cond_at=cond_at, act=config.activation)
         self.likelihood = LIKELIHOODS.get(config.likelihood)(config.data_shape, **config.likelihood_options)
-        self.prior = build_prior(config.prior, config.latent_dim, cond_dim, self, config.prior_options)
+        self.prior = build_prior(config.prior, config.latent_dim, self.schema.dim, self, config.prior_options)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -90,9 +114,26 @@ class MultVAE(VAEModel):
                 nn.init.xavier_uniform_(layer.weight)
                 nn.init.normal_(layer.bias, std=0.001)
 
+    def _condition(self, c: torch.Tensor | None) -> torch.Tensor | None:
+        """The condition as the networks see it: through the embedding when there is one."""
+        if c is None or self.embed is None:
+            return c
+        return self.embed(c.float())
+
+    def _truncate(self, x: torch.Tensor) -> torch.Tensor:
+        """Training: a ``truncate_share`` of the users keep 1..``truncate_items`` random items of their input."""
+        share, most = self.config.truncate_share, self.config.truncate_items
+        if not (self.training and share):
+            return x
+        pick = torch.rand(x.shape[0], 1, device=x.device) < share
+        k = torch.randint(1, most + 1, (x.shape[0], 1), device=x.device)
+        keys = torch.where(x > 0, torch.rand(x.shape, device=x.device), torch.full_like(x, 2.0))
+        kth = keys.sort(dim=1).values.gather(1, (k - 1).clamp(max=x.shape[1] - 1))
+        return torch.where(pick & (keys > kth), torch.zeros_like(x), x)
+
     def q_z(self, x: torch.Tensor, c: torch.Tensor | None = None) -> DiagonalGaussian:
-        h = self.drop(F.normalize(x.flatten(1).float(), dim=-1))
-        out = self.encoder(h, c)
+        h = self.drop(F.normalize(self._truncate(x.flatten(1).float()), dim=-1))
+        out = self.encoder(h, self._condition(c) if self.config.condition_in == "both" else None)
         if self.config.variational:
             mu, logvar = out.chunk(2, dim=-1)
             return DiagonalGaussian(mu, logvar)
@@ -105,10 +146,13 @@ class MultVAE(VAEModel):
             z = z.reshape(-1, z.shape[-1])
             if c is not None:
                 c = c.expand(*lead, c.shape[-1]).reshape(-1, c.shape[-1])
-        logits = self.decoder(z, c)
+        logits = self.decoder(z, self._condition(c))
         return self.likelihood(logits.reshape(*lead, *self.config.data_shape))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, samples: int | None = None) -> ModelOutput:
+        if c is not None and self.training and self.config.condition_dropout:
+            keep = torch.rand(c.shape[0], 1, device=c.device) >= self.config.condition_dropout
+            c = c * keep.to(c.dtype)  # a blanked condition: the model also learns users it knows nothing of
         qz = self.q_z(x, c)
         if not self.config.variational:
             z = qz.mu if samples is None else qz.mu.expand(samples, *qz.mu.shape)

@@ -23,10 +23,19 @@ from .data import dense_rows, read_rows, read_user_attributes, user_codes
 from .train import read_items
 
 
-def _load(run):
+def load_recommender(run, *, device: str = "cpu"):
+    """The model of a recommender run folder: a Mult-VAE / Mult-DAE, or an EASE run's item weights."""
     from ..api import load
+    from ..runs import read_config
+    from .ease import EaseRecommender
 
-    model = load(run) if isinstance(run, (str, Path)) else run
+    if read_config(run).get("recommend", {}).get("model") == "ease":
+        return EaseRecommender.load(run, device=device)
+    return load(run, device=device)
+
+
+def _load(run):
+    model = load_recommender(run) if isinstance(run, (str, Path)) else run
     if getattr(model, "item_scores", None) is None or model.run_dir is None:
         raise CvaeError(f"{run} is not a recommender run (train one with `cvae recommend train`)")
     return model
@@ -67,6 +76,7 @@ def recommend(run, histories: dict[str, list[str]], *, top: int = 20,
     x = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(users), len(items)))
     codes = _codes(model, users, attributes)
     top = min(top, len(items))
+    as_probability = getattr(model, "scores_are_log_probabilities", True)
     out = []
     for start in range(0, len(users), batch_size):
         idx = np.arange(start, min(start + batch_size, len(users)))
@@ -76,7 +86,8 @@ def recommend(run, histories: dict[str, list[str]], *, top: int = 20,
         values, best = torch.topk(log_pi, top, dim=1)
         for b, r in enumerate(idx):
             ranked = [(j, v) for j, v in zip(best[b].tolist(), values[b].tolist()) if np.isfinite(v)]  # not seen
-            out.extend((users[r], rank, str(items[j]), float(np.exp(v))) for rank, (j, v) in enumerate(ranked, 1))
+            out.extend((users[r], rank, str(items[j]), float(np.exp(v)) if as_probability else float(v))
+                       for rank, (j, v) in enumerate(ranked, 1))
     return out
 
 

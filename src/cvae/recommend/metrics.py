@@ -94,6 +94,61 @@ def popularity_scorer(train: sp.csr_matrix) -> Scorer:
     return score
 
 
+def group_popularity_scorer(train: sp.csr_matrix, y_train: np.ndarray, schema, *, alpha: float = 20.0,
+                            bands: int = 4) -> Scorer:
+    """Popularity within the user's attribute group (demographic popularity), smoothed towards the
+    coarser groups: the attributes are ordered coarse to fine (fewest values first; a continuous one
+    cut into ``bands`` quantile bands of the training users), and the share of group g's users with
+    item i is p_g(i) = (n_g(i) + alpha p_parent(i)) / (N_g + alpha), the parent the group without its
+    finest attribute, the root the global popularity. A group with few users leans on its parent."""
+    y_train = np.asarray(y_train, dtype=np.float64)
+    cuts, sizes = [], []
+    for j, a in enumerate(schema.attributes):
+        if a.kind == "continuous":
+            edges = np.unique(np.quantile(y_train[:, j], np.linspace(0, 1, bands + 1)[1:-1]))
+            cuts.append(edges)
+            sizes.append(len(edges) + 1)
+        else:
+            cuts.append(None)
+            sizes.append(len(a.classes))
+    order = sorted(range(len(sizes)), key=lambda j: sizes[j])
+
+    def keys(y: np.ndarray) -> np.ndarray:  # (N, A) raw codes -> (N, A) group indices, coarse to fine
+        y = np.asarray(y, dtype=np.float64)
+        out = np.zeros((len(y), len(order)), dtype=np.int64)
+        for k, j in enumerate(order):
+            out[:, k] = np.searchsorted(cuts[j], y[:, j], side="right") if cuts[j] is not None \
+                else np.nan_to_num(y[:, j], nan=-1).astype(np.int64)
+        return out
+
+    x = train.tocsr().astype(np.float64)
+    k_train = keys(y_train)
+    global_share = np.asarray(x.mean(0)).ravel()
+    tables: list[dict[tuple, np.ndarray]] = []  # per depth: group -> smoothed item shares
+    for depth in range(1, len(order) + 1):
+        table = {}
+        prefixes = [tuple(r) for r in k_train[:, :depth]]
+        for g in set(prefixes):
+            rows = np.flatnonzero([p == g for p in prefixes])
+            parent = tables[-1].get(g[:-1], global_share) if depth > 1 else global_share
+            counts = np.asarray(x[rows].sum(0)).ravel()
+            table[g] = (counts + alpha * parent) / (len(rows) + alpha)
+        tables.append(table)
+
+    def share(key: np.ndarray) -> np.ndarray:
+        value = global_share
+        for depth in range(1, len(order) + 1):  # the finest group the training users know
+            value = tables[depth - 1].get(tuple(key[:depth]), value)
+        return value
+
+    def score(x, y=None):
+        if y is None:
+            return torch.from_numpy(global_share.astype(np.float32)).expand(len(x), -1)
+        return torch.from_numpy(np.stack([share(k) for k in keys(y)]).astype(np.float32))
+
+    return score
+
+
 def ease_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:
     """EASE (Steck 2019): the item-item weights B = argmin ||X - XB||^2 + lam ||B||^2 with diag(B) = 0,
     in closed form: P = (X^T X + lam I)^-1, B = -P / diag(P), diag(B) = 0. Dense (items x items)."""
