@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -153,6 +154,8 @@ def test_movielens_100k_is_read_from_the_recbole_package_files():
         named_files("ml-100k")
     except CvaeError as e:
         assert "pip install --no-deps recbole==1.2.1" in str(e)
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):  # .ci/run installs them: a green CI read them
+            pytest.fail(f"MovieLens-100K is missing under CI: {e}")
         pytest.skip("recbole's data files are not installed")
     data = load_interactions("ml-100k")  # ratings >= 4, the paper's threshold, by default
     assert data.matrix.shape == (942, 1447) and data.matrix.nnz == 55375
