@@ -103,6 +103,12 @@ def _files(run) -> dict:
     (["--hidden", "400", "--image-size", "3000x3000"], ["--image-size", "3000x3000", "parameters"]),
     (["--prior", "vamp", "--prior-components", "100000000", "--image-size", "28x28"], ["--prior-components"]),
     (["--latent-dim", "1e8"], ["--latent-dim"]),  # argparse: not a whole number
+    (["--labelled", "0"], ["--labelled", "got 0"]),
+    (["--labelled", "nan"], ["--labelled"]),
+    (["--alpha", "-1"], ["--alpha"]),
+    (["--consistency", "inf"], ["--consistency"]),
+    (["--model", "m3"], ["unknown model class 'm3'", "m2"]),
+    (["--alpha", "2"], ["--alpha does not apply to --objective elbo"]),
 ])
 def test_bad_train_flags_are_one_line_and_touch_nothing(data, tmp_path, capsys, flags, fragments):
     out = tmp_path / "out"

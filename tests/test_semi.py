@@ -313,3 +313,12 @@ def test_a_missing_continuous_condition_is_refused(tmp_path, capsys):
     err = _error(capsys, ["train", "--data", str(tmp_path / "t.csv"), "--condition", "label,size:continuous",
                           "--out", str(tmp_path / "r")])
     assert "size" in err
+
+
+def test_classify_bad_flags(digits_run, tmp_path, capsys):
+    out = str(tmp_path / "p.csv")
+    assert "--n must be a positive" in _error(capsys, ["classify", str(digits_run), "--data", "digits", "--n", "0", "-o", out])
+    assert ".csv or .npz" in _error(capsys, ["classify", str(digits_run), "--data", "digits", "-o", str(tmp_path / "p.txt")])
+    assert "no data set or file" in _error(capsys, ["classify", str(digits_run), "--data", str(tmp_path / "none.npz"),
+                                                    "-o", out])
+    assert not (tmp_path / "p.csv").exists()
