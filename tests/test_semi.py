@@ -287,6 +287,8 @@ def test_fewer_labels_than_classes_and_labels_for_a_plain_cvae(tmp_path, capsys)
     assert "categorical condition" in err
     err = _error(capsys, ["train", "--data", "digits", "--labelled", "50", "--objective", "iwae", "--out", str(tmp_path / "r")])
     assert "m2" in err
+    err = _error(capsys, ["train", "--data", "digits", "--model", "multvae", "--out", str(tmp_path / "r")])
+    assert "cvae recommend train" in err
 
 
 def test_a_label_outside_the_known_classes(digits_run, tmp_path, capsys):

@@ -121,6 +121,9 @@ def model_class_for(config: TrainConfig, data: DataSplits) -> str:
     """The model class a run trains: --model, else m2 (semi-supervised) when some training examples
     lack a label, else the CVAE. A class that cannot infer a missing label refuses such data."""
     name = config.model or ("m2" if data.semi_supervised else "cvae")
+    trained_by = MODELS.get(name).trained_by
+    if trained_by != "cvae train":
+        raise CvaeError(f"the {name} model is trained with `{trained_by}`, not `cvae train`; see `{trained_by} --help`")
     if data.semi_supervised and not getattr(MODELS.get(name), "fills_missing", False):
         missing = int(data.schema.missing(data.train.y).sum())
         raise CvaeError(f"{missing:,} of the {len(data.train):,} training examples lack a label, which the {name} model "

@@ -61,6 +61,7 @@ class VAEModel(nn.Module):
     name = "?"
     fills_missing = False  # whether inputs may lack a categorical condition (a model with q(y | x) infers it)
     default_objective = "elbo"
+    trained_by = "cvae train"  # the command that trains this model class
 
     def __init__(self, config: ModelConfig, *, run: RunInfo | None = None):
         super().__init__()

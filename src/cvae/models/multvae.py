@@ -85,6 +85,7 @@ class MultVAE(VAEModel):
     """Mult-VAE (``variational: true``) or Mult-DAE (``false``), with or without a user condition."""
 
     config_class = MultVAEConfig
+    trained_by = "cvae recommend train"  # interaction data has its own trainer and protocol
 
     def __init__(self, config: MultVAEConfig, *, run=None):
         super().__init__(config, run=run)
