@@ -204,6 +204,17 @@ class VAEModel(nn.Module):
         return torch.cat(out) if out else torch.zeros((0, a.dim))
 
 
+def flatten_samples(z: torch.Tensor, c: torch.Tensor | None):
+    """Codes with leading sample dimensions (S, B, latent) as rows (S * B, latent) for a decoder, the
+    condition repeated to match; returns them and the leading shape to restore."""
+    lead = z.shape[:-1]
+    if z.ndim > 2:
+        z = z.reshape(-1, z.shape[-1])
+        if c is not None:
+            c = c.expand(*lead, c.shape[-1]).reshape(-1, c.shape[-1])
+    return z, c, lead
+
+
 def build_model(config: ModelConfig | dict, *, run: RunInfo | None = None) -> VAEModel:
     """The registered class that ``config`` names, built from it."""
     name = config.get("model_class", "cvae") if isinstance(config, dict) else config.model_class

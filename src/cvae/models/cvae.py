@@ -16,7 +16,7 @@ from ..distributions import DiagonalGaussian
 from ..likelihoods import LIKELIHOODS
 from ..nn import DECODERS, ENCODERS
 from ..priors import build_prior
-from .base import MODELS, ModelOutput, VAEModel
+from .base import MODELS, ModelOutput, VAEModel, flatten_samples
 
 
 @MODELS.register("cvae")
@@ -49,11 +49,7 @@ class CVAE(VAEModel):
 
     def p_x(self, z: torch.Tensor, c: torch.Tensor | None = None):
         """The decoder p(x | z, c). ``z`` may carry leading sample dimensions (S, B, latent)."""
-        lead = z.shape[:-1]
-        if z.ndim > 2:
-            z = z.reshape(-1, z.shape[-1])
-            if c is not None:
-                c = c.expand(*lead, c.shape[-1]).reshape(-1, c.shape[-1])
+        z, c, lead = flatten_samples(z, c)
         params = self.decoder(z, c)
         return self.likelihood(params.reshape(*lead, *params.shape[1:]))
 

@@ -25,7 +25,7 @@ from ..errors import CvaeError
 from ..likelihoods import LIKELIHOODS
 from ..nn import MLP
 from ..priors import build_prior
-from .base import MODELS, ModelOutput, VAEModel
+from .base import MODELS, ModelOutput, VAEModel, flatten_samples
 from .config import ModelConfig
 
 # The paper's network: [items -> 600 -> 200 -> 600 -> items], tanh, a multinomial decoder, N(0, I).
@@ -142,11 +142,7 @@ class MultVAE(VAEModel):
 
     def p_x(self, z: torch.Tensor, c: torch.Tensor | None = None):
         """The multinomial over the items. ``z`` may carry leading sample dimensions (S, B, latent)."""
-        lead = z.shape[:-1]
-        if z.ndim > 2:
-            z = z.reshape(-1, z.shape[-1])
-            if c is not None:
-                c = c.expand(*lead, c.shape[-1]).reshape(-1, c.shape[-1])
+        z, c, lead = flatten_samples(z, c)
         logits = self.decoder(z, self._condition(c))
         return self.likelihood(logits.reshape(*lead, *self.config.data_shape))
 
