@@ -43,6 +43,15 @@ def test_factors_of_a_npz_file_are_held_out(tmp_path):
         load_data("dsprites", limit=10, factors="size")
 
 
+def test_a_damaged_published_dsprites_file_is_refused_by_its_checksum(tmp_path):
+    from cvae.data.factors import DSPRITES_FILE
+
+    (tmp_path / "dsprites").mkdir()
+    np.savez(tmp_path / "dsprites" / DSPRITES_FILE, imgs=np.zeros((2, 64, 64), np.uint8))
+    with pytest.raises(CvaeError, match="MD5 .* not the published dSprites file's .*delete it to use the images"):
+        load_data("dsprites", limit=10, data_dir=str(tmp_path))
+
+
 def test_minibatch_weights_of_btcvae():
     # MSS weights of each row sum to 1 over the data set: 1/N for itself, and B-1 codes standing for the rest
     b, n = 6, 1000

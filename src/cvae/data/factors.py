@@ -5,10 +5,10 @@ github.com/deepmind/dsprites-dataset): every combination of shape (square, ellip
 (6 values, 0.5 to 1), orientation (40 values, 0 to 2 pi inclusive, as published) and position x, y
 (32 values each, 0 to 1): 3 x 6 x 40 x 32 x 32 = 737,280 binary 64 x 64 images, in the published
 order (the last factor fastest). When the published ``dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz``
-is in ``--data-dir``, ``$CVAE_DATA`` or the cache (``dsprites/``), its images are used; its arrays'
-shapes and its factor table (which must be exactly the published grid) are checked. No checksum of
-that file is known to cvae, so none is checked. Otherwise the images are rendered here from the
-published definition; what differs from the published pixels: the sprites' exact outlines (the
+is in ``--data-dir``, ``$CVAE_DATA`` or the cache (``dsprites/``), its images are used; the file's
+MD5 (``7da33b31b13a06f4b04a70402ce90c2e``, the checksum that public loaders of this file check) is
+checked first, then its arrays' shapes and its factor table (exactly the published grid). Otherwise
+the images are rendered here from the published definition; what differs from the published pixels: the sprites' exact outlines (the
 published ones were drawn by DeepMind's unreleased code; here a pixel is on when its centre lies
 inside the shape: a square of half-side 0.16, an ellipse of half-axes 0.2 x 0.1, a heart of the
 curve (x^2 + y^2 - 1)^3 = x^2 y^3 scaled to half-width 0.18, each times the scale, in units of the
@@ -109,6 +109,17 @@ DSPRITES = FactorGrid(
             tuple(np.linspace(0.0, 1.0, 32).round(4))),
 )
 DSPRITES_FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
+DSPRITES_MD5 = "7da33b31b13a06f4b04a70402ce90c2e"  # of the published .npz (github.com/deepmind/dsprites-dataset)
+
+
+def _md5(path) -> str:
+    import hashlib
+
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _inside(shape: np.ndarray, u: np.ndarray, v: np.ndarray, kinds: tuple[str, ...]) -> np.ndarray:
@@ -163,6 +174,11 @@ def _read_published_dsprites(path) -> np.ndarray:
     """The published images (uint8, (737280, 64, 64)), after checking the file's arrays."""
     from .sources import load_npz
 
+    got = _md5(path)
+    if got != DSPRITES_MD5:
+        raise CvaeError(f"{path}: MD5 {got} is not the published dSprites file's ({DSPRITES_MD5}); it is damaged or "
+                        "another file: replace it with a fresh copy from github.com/deepmind/dsprites-dataset, or "
+                        "delete it to use the images cvae renders")
     arrays = load_npz(path)
     imgs, classes = arrays.get("imgs"), arrays.get("latents_classes")
     if imgs is None or classes is None:
