@@ -177,66 +177,66 @@ def format_table(results: dict) -> str:
         kl = post.get("kl_per_dim", {}).get("value", [])
         if kl:
             lines.append("  KL per latent dimension (nats): " + " ".join(f"{v:.2f}" for v in kl))
+    samples = _measured(samples, "sample quality", lines)
     if samples:
-        if "skipped" in samples:
-            lines.append(f"sample quality: skipped ({samples['skipped']})")
-        else:
-            ev = samples.get("evaluator", {})
-            acc = ", ".join(f"{k} {v:.4f}" for k, v in ev.get("accuracy", {}).items())
-            lines.append(f"sample quality in the evaluator's feature space, NOT the Inception FID (evaluator: "
-                         f"{ev.get('path', '')}; its held-out accuracy: {acc or 'unknown'})")
-            for fig in samples.values():
-                if isinstance(fig, dict) and "value" in fig and "name" in fig:
-                    lines.append(_row(name(fig), fig, width))
-            cond = samples.get("conditional_accuracy")
-            if cond:
-                lines.append(f"  conditional accuracy per class of {cond['attribute']!r} "
-                             f"({cond['n_per_class']} images each):")
-                lines.append("    " + "  ".join(f"{c}: {v['value']:.3f}" for c, v in cond["per_class"].items()))
-                lines.append(_row(name(cond["mean"]), cond["mean"], width))
-                mistaken = _most_confused(cond)
-                if mistaken:
-                    lines.append("  most often read as another class (share of that class's images):")
-                    lines.append("    " + "  ".join(f"{c} -> {o} {share:.3f}" for c, (o, share) in mistaken.items()))
-            for note in samples.get("notes", []):
-                lines.append(f"  note: {note}")
-    dis = results.get("disentanglement")
+        ev = samples.get("evaluator", {})
+        acc = ", ".join(f"{k} {v:.4f}" for k, v in ev.get("accuracy", {}).items())
+        lines.append(f"sample quality in the evaluator's feature space, NOT the Inception FID (evaluator: "
+                     f"{ev.get('path', '')}; its held-out accuracy: {acc or 'unknown'})")
+        for fig in samples.values():
+            if isinstance(fig, dict) and "value" in fig and "name" in fig:
+                lines.append(_row(name(fig), fig, width))
+        cond = samples.get("conditional_accuracy")
+        if cond:
+            lines.append(f"  conditional accuracy per class of {cond['attribute']!r} "
+                         f"({cond['n_per_class']} images each):")
+            lines.append("    " + "  ".join(f"{c}: {v['value']:.3f}" for c, v in cond["per_class"].items()))
+            lines.append(_row(name(cond["mean"]), cond["mean"], width))
+            mistaken = _most_confused(cond)
+            if mistaken:
+                lines.append("  most often read as another class (share of that class's images):")
+                lines.append("    " + "  ".join(f"{c} -> {o} {share:.3f}" for c, (o, share) in mistaken.items()))
+        for note in samples.get("notes", []):
+            lines.append(f"  note: {note}")
+    dis = _measured(results.get("disentanglement"), "disentanglement", lines)
     if dis:
-        if "skipped" in dis:
-            lines.append(f"disentanglement: skipped ({dis['skipped']})")
-        else:
-            p = dis["protocol"]
-            lines.append(f"disentanglement of the posterior means ({p['split']} split, {p['n_examples']} examples; "
-                         f"disentanglement_lib's definitions, chance of the BetaVAE / FactorVAE scores "
-                         f"{p['chance_of_beta_vae_and_factor_vae_scores']:.2f})")
-            for key, label in (("mig", "MIG"), ("factor_vae", "FactorVAE score"), ("beta_vae", "BetaVAE score"),
-                               ("sap", "SAP"), ("dci_disentanglement", "DCI disentanglement"),
-                               ("dci_completeness", "DCI completeness"),
-                               ("dci_informativeness", "DCI informativeness (test accuracy)"),
-                               ("modularity", "modularity")):
-                if key in dis:
-                    lines.append(f"  {label:<{width}}  {dis[key]:.4f}")
-            lines.append("  each latent follows: " + "  ".join(f"z{d}: {f or '-'}"
-                                                              for d, f in enumerate(dis["dimension_follows"])))
-    cls = results.get("classification")
+        p = dis["protocol"]
+        lines.append(f"disentanglement of the posterior means ({p['split']} split, {p['n_examples']} examples; "
+                     f"disentanglement_lib's definitions, chance of the BetaVAE / FactorVAE scores "
+                     f"{p['chance_of_beta_vae_and_factor_vae_scores']:.2f})")
+        for key, label in (("mig", "MIG"), ("factor_vae", "FactorVAE score"), ("beta_vae", "BetaVAE score"),
+                           ("sap", "SAP"), ("dci_disentanglement", "DCI disentanglement"),
+                           ("dci_completeness", "DCI completeness"),
+                           ("dci_informativeness", "DCI informativeness (test accuracy)"),
+                           ("modularity", "modularity")):
+            if key in dis:
+                lines.append(f"  {label:<{width}}  {dis[key]:.4f}")
+        lines.append("  each latent follows: " + "  ".join(f"z{d}: {f or '-'}"
+                                                          for d, f in enumerate(dis["dimension_follows"])))
+    cls = _measured(results.get("classification"), "classification", lines)
     if cls:
-        if "skipped" in cls:
-            lines.append(f"classification: skipped ({cls['skipped']})")
-        else:
-            p = cls["protocol"]
-            for attr, fig in cls.items():
-                if not isinstance(fig, dict) or "error" not in fig:
-                    continue
-                lines.append(f"classification of {attr!r} by {p['classifier']} ({p['split']} split, "
-                             f"{fig['n_examples']} labelled examples)")
-                named = (("error", "error"), ("nll", "negative log-likelihood of the true class (nats)"),
-                         ("brier", "Brier score"), ("ece", "expected calibration error (15 bins)"))
-                own = max(len(label) for _, label in named)
-                for key, label in named:
-                    lines.append(_row(label, fig[key], own))
-                lines.append("  accuracy per class: " + "  ".join(f"{c}: {v['accuracy']:.3f}"
-                                                                  for c, v in fig["per_class_accuracy"].items()))
+        p = cls["protocol"]
+        for attr, fig in cls.items():
+            if not isinstance(fig, dict) or "error" not in fig:
+                continue
+            lines.append(f"classification of {attr!r} by {p['classifier']} ({p['split']} split, "
+                         f"{fig['n_examples']} labelled examples)")
+            named = (("error", "error"), ("nll", "negative log-likelihood of the true class (nats)"),
+                     ("brier", "Brier score"), ("ece", "expected calibration error (15 bins)"))
+            own = max(len(label) for _, label in named)
+            for key, label in named:
+                lines.append(_row(label, fig[key], own))
+            lines.append("  accuracy per class: " + "  ".join(f"{c}: {v['accuracy']:.3f}"
+                                                              for c, v in fig["per_class_accuracy"].items()))
     return "\n".join(lines)
+
+
+def _measured(section: dict | None, title: str, lines: list) -> dict | None:
+    """The section when it was measured; when it was skipped, one line saying why (and None)."""
+    if section and "skipped" in section:
+        lines.append(f"{title}: skipped ({section['skipped']})")
+        return None
+    return section
 
 
 def _most_confused(cond: dict, threshold: float = 0.02) -> dict:
