@@ -22,7 +22,7 @@ class TokenCategorical:
         """log p of the token ids ``x`` (..., L) summed over the positions before the padding."""
         ids = x.long()
         lp = F.log_softmax(self.logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-        return (lp * (ids != PAD)).sum(-1)
+        return torch.where(ids != PAD, lp, torch.zeros_like(lp)).sum(-1)
 
     @property
     def mean(self) -> torch.Tensor:

@@ -146,16 +146,21 @@ class SeqVAE(VAEModel):
         emb = self.embed(inputs)
         steps = torch.cat([emb, zc.unsqueeze(1).expand(-1, ids.shape[1], -1).to(emb.dtype)], dim=-1)
         out, _ = self.decoder(steps, self._start(zc))
-        return self.to_logits(out)
+        return self._allowed(self.to_logits(out))
+
+    @staticmethod
+    def _allowed(logits: torch.Tensor) -> torch.Tensor:
+        """The tokens that never follow a prefix (<pad>, <bos>, <unk>) get probability 0."""
+        logits = logits.float().clone()
+        logits[..., [PAD, BOS, UNK]] = -torch.inf
+        return logits
 
     def step(self, token: torch.Tensor, zc: torch.Tensor, h: torch.Tensor):
         """One decoding step: log-probabilities of the next token (B, V) and the new state. The tokens
         that never follow a prefix (<pad>, <bos>, <unk>) are ruled out."""
         inp = torch.cat([self.embed(token), zc], dim=-1).unsqueeze(1)
         out, h = self.decoder(inp, h)
-        logits = self.to_logits(out[:, 0]).float()
-        logits[:, [PAD, BOS, UNK]] = -torch.inf
-        return F.log_softmax(logits, dim=-1), h
+        return F.log_softmax(self._allowed(self.to_logits(out[:, 0])), dim=-1), h
 
     def decode_tokens(self, z: torch.Tensor, c: torch.Tensor | None, *, how: str = "greedy", beam: int = 5,
                       generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
