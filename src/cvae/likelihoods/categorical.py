@@ -1,6 +1,11 @@
-"""A categorical over a vocabulary at every position of a token sequence: the likelihood of the
-sequence model (``cvae.models.seqvae``). The decoder gives logits (..., L, V); positions after the
-sequence's <eos> (the <pad> id 0) are not part of the sequence and add nothing to log p(x | z, c)."""
+"""A categorical over ``classes`` values for every data element: the likelihood of token sequences
+(the sequence model: one categorical over the vocabulary per position) and of any data whose
+elements are class indices 0..classes-1 (e.g. 256 grey levels).
+
+The decoder gives ``classes`` logits per element, shape (..., classes, *data_shape). With
+``padding`` set (the sequence model: the <pad> id 0), elements equal to it are not part of the
+example and add nothing to log p(x | z, c).
+"""
 
 from __future__ import annotations
 
@@ -9,24 +14,26 @@ import torch.nn.functional as F
 
 from .base import LIKELIHOODS, Likelihood
 
-PAD = 0  # cvae.tokens.PAD
 
+class Categorical:
+    """Independent categoricals per element; ``logits`` (..., *event, K)."""
 
-class TokenCategorical:
-    """Independent categoricals over the vocabulary per position (given the decoder's inputs)."""
-
-    def __init__(self, logits: torch.Tensor):
-        self.logits = logits  # (..., L, V)
+    def __init__(self, logits: torch.Tensor, event_dims: int, padding: int | None = None):
+        self.logits = logits
+        self.event_dims = event_dims
+        self.padding = padding
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log p of the token ids ``x`` (..., L) summed over the positions before the padding."""
-        ids = x.long()
+        """log p of the class indices ``x`` (..., *event), summed over the event (padding excluded)."""
+        ids = x.long().expand(self.logits.shape[:-1])  # x broadcasts over leading sample dimensions
         lp = F.log_softmax(self.logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-        return torch.where(ids != PAD, lp, torch.zeros_like(lp)).sum(-1)
+        if self.padding is not None:
+            lp = torch.where(ids != self.padding, lp, torch.zeros_like(lp))
+        return lp.sum(dim=tuple(range(-self.event_dims, 0)))
 
     @property
     def mean(self) -> torch.Tensor:
-        """The most probable token per position (the mode, as a float tensor of ids)."""
+        """The most probable class per element (the mode), as floats."""
         return self.logits.argmax(-1).float()
 
     def sample(self) -> torch.Tensor:
@@ -36,5 +43,12 @@ class TokenCategorical:
 
 @LIKELIHOODS.register("categorical")
 class CategoricalLikelihood(Likelihood):
+    options = {"classes": 256, "padding": None}
+
+    def __init__(self, data_shape, **options):
+        super().__init__(data_shape, **options)
+        self.params_per_element = int(self.settings["classes"])
+
     def forward(self, params):
-        return TokenCategorical(params)
+        # (..., K, *shape) -> (..., *shape, K)
+        return Categorical(params.movedim(-self.event_dims - 1, -1), self.event_dims, self.settings["padding"])

@@ -78,7 +78,7 @@ class SeqVAE(VAEModel):
         self.to_h0 = nn.Linear(latent + cond, width)
         self.decoder = nn.GRU(emb + latent + cond, width, batch_first=True)
         self.to_logits = nn.Linear(width, vocab)
-        self.likelihood = LIKELIHOODS.get("categorical")(config.data_shape)
+        self.likelihood = LIKELIHOODS.get("categorical")(config.data_shape, classes=vocab, padding=PAD)
         self.prior = build_prior(config.prior, latent, cond, self, config.prior_options)
 
     # -- the maths --------------------------------------------------------------------------------
@@ -237,7 +237,7 @@ class TokenSequence:
         if len(ids) != len(self.z):  # several codes per example: (S, B, latent) against (B, L)
             ids = ids.expand(*self.lead, ids.shape[-1]).reshape(-1, ids.shape[-1])
         logits = self.model.teacher_forced_logits(ids, self.model._context(self.z, self.c))
-        return self.model.likelihood(logits).log_prob(ids).reshape(self.lead)
+        return self.model.likelihood(logits.transpose(-1, -2)).log_prob(ids).reshape(self.lead)
 
     def _shaped(self, ids: torch.Tensor) -> torch.Tensor:
         return ids.float().reshape(*self.lead, ids.shape[-1])
