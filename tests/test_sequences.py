@@ -211,6 +211,14 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path):
     assert len((tmp_path / "path.csv").read_text().splitlines()) == 6
     r = cli("interpolate", run, "--from", "CCO", "--to", "C1CC(", "--condition", "logp=0.5,qed=0.4", "-o", tmp_path / "p.csv")
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "not a valid SMILES" in r.stderr
+    r = cli("embed", run, "--n", "10", "-o", tmp_path / "lat.csv")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "lat.csv") as f:
+        lat = list(csv.DictReader(f))
+    assert len(lat) == 10 and {"smiles", "logp", "qed", "mu_0", "var_3"} <= set(lat[0])
+    (tmp_path / "two.smi").write_text("CCO\nc1ccoc1\n")
+    r = cli("embed", run, "--data", tmp_path / "two.smi", "--condition", "logp=0.1,qed=0.4", "-o", tmp_path / "l2.csv")
+    assert r.returncode == 0, r.stderr
     r = cli("train", "--data", MOLECULES, "--sequence", "smiles", "--resume", "--epochs", "3", "--out", run,
             "--no-progress", "--no-tensorboard")
     assert r.returncode == 0, r.stderr

@@ -176,6 +176,21 @@ def transfer_strings(model, texts: list[str], own, targets: list[str], *, decode
     return rows
 
 
+def embed_strings(model, texts: list[str], y=None, *, batch_size: int = 1000) -> list[dict]:
+    """Rows ``sequence, conditions..., mu_0.., var_0..`` of the posterior q(z | x, c) of each string."""
+    texts = [_canonical_input(model, t) for t in texts]
+    rows = []
+    conds = described(model, y) if y is not None else [{}] * len(texts)
+    for i in range(0, len(texts), batch_size):
+        q = model.encode_strings(texts[i:i + batch_size], y[i:i + batch_size] if y is not None else None,
+                                 where="--data")
+        mu, var = q.mu.cpu().numpy(), q.variance.cpu().numpy()
+        for j, t in enumerate(texts[i:i + batch_size]):
+            rows.append({_column(model): t, **conds[i + j], **{f"mu_{d}": float(v) for d, v in enumerate(mu[j])},
+                         **{f"var_{d}": float(v) for d, v in enumerate(var[j])}})
+    return rows
+
+
 def _canonical_input(model, text: str) -> str:
     if not model.tokenizer.molecular:
         return text

@@ -429,6 +429,8 @@ def cmd_augment(args) -> int:
 def cmd_embed(args) -> int:
     from ..apps.embed import embed, save_embedding_map, write_embedding
 
+    if _sequence_run(args):
+        return _embed_sequences(args)
     model = _load(args)
     source = _own_source(model, args.data)
     columns = _keys(args.columns) if args.columns else []
@@ -501,4 +503,36 @@ def _transfer_sequences(args) -> int:
     rows = transfer_strings(model, texts, args.condition, args.to)
     out = write_rows(args.output, rows)
     print(f"wrote {out}  ({len(texts)} input(s) x {len(args.to)} target(s))")
+    return 0
+
+
+def _embed_sequences(args) -> int:
+    """Posterior means and variances of sequences: a .smi/.txt file (one per line, every line with
+    --condition) or, without --data, the run's own validation split with its own conditions."""
+    from ..api import load
+    from ..apps.sequences import embed_strings, write_rows
+
+    model = load(args.run, device=args.device)
+    if args.data:
+        path = Path(args.data)
+        if path.suffix.lower() not in (".smi", ".txt") or not path.is_file():
+            raise CvaeError(f"--data {args.data}: give a .smi or .txt file, one sequence per line (or leave --data out "
+                            "for the run's own validation split)")
+        texts = [line.split()[0] if path.suffix.lower() == ".smi" else line.strip()
+                 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if model.schema and not args.condition:
+            raise CvaeError("this model is conditioned: give the sequences' condition with --condition (e.g. logp=1.2)")
+        y = model.schema.parse(args.condition, len(texts)) if model.schema else None
+    else:
+        from ..evaluate import load_run_data
+
+        data = load_run_data(model)
+        part = data.val if data.val is not None else data.train
+        texts = data.meta["strings"]["val" if data.val is not None else "train"]
+        y = part.y if model.schema else None
+    if args.n:
+        texts, y = texts[:args.n], (y[:args.n] if y is not None else None)
+    rows = embed_strings(model, texts, y)
+    out = write_rows(args.output, rows)
+    print(f"wrote {out}  ({len(rows)} sequences, {model.config.latent_dim} latent dimensions)")
     return 0
