@@ -16,6 +16,7 @@ from .models.config import ModelTooLarge
 from .nn import ACTIVATIONS, ENCODERS
 from .objectives import OBJECTIVES
 from .priors import PRIORS
+from .tokens import TOKENIZERS
 
 
 @dataclass
@@ -34,6 +35,10 @@ class TrainConfig:
     limit: int | None = None  # keep this many training examples
     labelled: int | None = None  # keep this many labels (balanced per class, by --seed), hide the rest: semi-supervised
     factors: str | None = None  # columns of a .npz / CSV file that are factors of variation (held out for evaluation)
+    # sequence data (molecules, text): the column of a .csv (or a .smi / .txt file) holding the strings
+    sequence: str | None = None
+    tokenizer: str | None = None  # char | smiles | selfies | word (default: selfies for molecules, word for text)
+    max_length: int | None = None  # most tokens per sequence (longer rows are skipped; default: the longest)
     # model (None: from the preset / the data)
     preset: str = "mlp-400"
     # a registered model class (cvae.models.MODELS); None: m2 (semi-supervised) when some training
@@ -58,6 +63,7 @@ class TrainConfig:
     beta: float = 1.0  # beta-VAE weight on the KL term (Higgins et al., 2017)
     kl_warmup: float = 0.0  # epochs of linear KL annealing (Bowman et al., 2016)
     free_bits: float = 0.0  # nats per latent dimension below which the KL is not pressed (Kingma et al., 2016)
+    word_dropout: float | None = None  # sequence model: decoder inputs replaced by <unk> (Bowman et al., 2016)
     # disentangling objectives (cvae.objectives.disentangle); None: the objective's default
     gamma: float | None = None  # capacity: weight of |KL - C| (1000); factorvae: weight of the TC term (10)
     capacity_max: float | None = None  # capacity: the KL target C's final value, nats (25)
@@ -160,6 +166,15 @@ class TrainConfig:
         need(self.binarize in ("none", "static", "dynamic"), f"--binarize must be none, static or dynamic, not {self.binarize!r}")
         need(self.data_layout in ("auto", "signal", "table"), f"--data-layout must be auto, signal or table, not {self.data_layout!r}")
         need(_finite(self.val_fraction) and 0.0 <= self.val_fraction < 1.0, f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        need(self.tokenizer is None or self.tokenizer in TOKENIZERS,
+             f"unknown --tokenizer {self.tokenizer!r}; choose one of {', '.join(TOKENIZERS)}")
+        need(self.max_length is None or (_whole(self.max_length) and self.max_length >= 1),
+             f"--max-length must be a positive whole number of tokens, got {self.max_length}")
+        need(self.word_dropout is None or (_finite(self.word_dropout) and 0 <= self.word_dropout < 1),
+             f"--word-dropout must be a number from 0 to below 1, got {self.word_dropout}")
+        for name in ("tokenizer", "max_length", "word_dropout"):
+            need(getattr(self, name) is None or self.sequence,
+                 f"--{name.replace('_', '-')} is for sequence data; name the text column with --sequence COLUMN")
         self._check_model_size()
 
     def _check_model_size(self) -> None:

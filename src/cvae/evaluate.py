@@ -332,7 +332,7 @@ def posterior_health(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None
 
 # -- a whole run ----------------------------------------------------------------------------------
 
-METRICS = ("elbo", "nll", "posterior", "samples", "classification", "disentanglement")
+METRICS = ("elbo", "nll", "posterior", "samples", "classification", "disentanglement", "molecules")
 
 
 @dataclass
@@ -383,7 +383,18 @@ def load_run_data(model: CVAE, *, data_dir=None):
     from .data import load_data
 
     cfg = model.run_config.get("train", {})
-    data = load_data(cfg.get("data", "digits"), data_dir=data_dir or cfg.get("data_dir"),
+    if cfg.get("sequence"):
+        from .data.sequences import load_sequences
+
+        data = load_sequences(cfg.get("data"), sequence=cfg["sequence"], condition=cfg.get("condition"),
+                              tokenizer=cfg.get("tokenizer"), max_length=cfg.get("max_length"),
+                              val_fraction=cfg.get("val_fraction", 0.1), seed=cfg.get("seed", 0),
+                              limit=cfg.get("limit"), quiet=True)
+        if data.meta["model"]["tokenizer"] != model.config.tokenizer or data.data_shape != model.config.data_shape:
+            raise CvaeError(f"the data {cfg.get('data')!r} now gives another vocabulary or length than the run's; "
+                            "evaluate with the data the model was trained on")
+    else:
+        data = load_data(cfg.get("data", "digits"), data_dir=data_dir or cfg.get("data_dir"),
                      condition=cfg.get("condition"), val_fraction=cfg.get("val_fraction", 0.1),
                      seed=cfg.get("seed", 0), binarize=cfg.get("binarize", "none"), limit=cfg.get("limit"),
                      data_layout=cfg.get("data_layout", "auto"), image_size=parse_image_size(cfg.get("image_size")),
@@ -397,7 +408,7 @@ def load_run_data(model: CVAE, *, data_dir=None):
 def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, evaluator: str | Path | None = None,
                  n: int | None = None, per_class: int = 1000, rows: int = 4096, data_dir=None,
                  device: str = "cpu", seed: int = 0, progress: bool = False, write: bool = True,
-                 temperature: float = SAMPLING_TEMPERATURE) -> RunEvaluation:
+                 temperature: float = SAMPLING_TEMPERATURE, molecules: int = 10000) -> RunEvaluation:
     """Everything ``cvae evaluate`` measures on one run folder; writes ``RUN/eval.json``.
 
     ``metrics``: any of elbo, nll, posterior, samples (default all; then samples are skipped with a
@@ -453,6 +464,8 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
         t0 = time.perf_counter()
         kk = k if "nll" in wanted else 1
         rep = likelihood(model, x, c, k=kk, rows=rows, seed=seed, protocol=protocol, progress=progress)
+        if data.kind == "sequence":
+            rep.figures.update(per_token_figures(rep, x))
         results["likelihood"] = {**rep.to_dict(), "seconds": round(time.perf_counter() - t0, 1)}
     if "posterior" in wanted:
         t0 = time.perf_counter()
@@ -480,11 +493,58 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
         if section is not None:
             section["seconds"] = round(time.perf_counter() - t0, 1)
             results["disentanglement"] = section
+    if "molecules" in wanted:
+        t0 = time.perf_counter()
+        section = _molecules_section(model, data, explicit=explicit and "molecules" in wanted, n=molecules, seed=seed,
+                                     temperature=temperature)
+        if section is not None:
+            section["seconds"] = round(time.perf_counter() - t0, 1)
+            results["molecules"] = section
     path = None
     if write:
         path = run / "eval.json"
         write_json(path, results)
     return RunEvaluation(path=path, results=results)
+
+
+def per_token_figures(rep, x: torch.Tensor) -> dict:
+    """Sequences: the bound per token (tokens counted with each sequence's <eos>, as Bowman et al.) and
+    the perplexity bound exp(NLL per token), corpus-level (total nats / total tokens)."""
+    tokens = (x != 0).sum(1).double().cpu()
+    key = "importance_sampled_nll" if "importance_sampled_nll" in rep.figures else "negative_elbo"
+    per_example = -rep.per_example.log_likelihood if key == "importance_sampled_nll" else rep.per_example.negative_elbo
+    per_token = float(per_example.double().cpu().sum() / tokens.sum())
+    what = "importance-sampled NLL" if key == "importance_sampled_nll" else "negative ELBO"
+    return {"tokens_per_sequence": Figure("tokens per sequence (with <eos>)", float(tokens.mean()), unit="tokens"),
+            "nll_per_token": Figure(f"{what} per token", per_token, note="total nats / total tokens"),
+            "perplexity_bound": Figure(f"perplexity bound, exp({what} per token)", math.exp(per_token), unit="")}
+
+
+def _molecules_section(model, data, *, explicit: bool, n: int, seed: int, temperature: float) -> dict | None:
+    """MOSES metrics of ``n`` molecules drawn for the training conditions, against the training set
+    (novelty) and the validation split (FCD); property control over a grid of requests."""
+    from .seqmetrics import molecule_metrics, property_control
+
+    tok = getattr(model, "tokenizer", None)
+    if tok is None or not tok.molecular:
+        if explicit:
+            raise CvaeError("--metrics molecules needs a run trained on molecules (--sequence with the selfies, "
+                            "smiles or char tokeniser on SMILES)")
+        return None
+    if n < 2:
+        raise CvaeError(f"--molecules must be at least 2, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    y = data.train.y[torch.randint(len(data.train.y), (n,), generator=g)] if model.schema else None
+    strings, _ = model.sample_strings(n, y if y is not None else None, seed=seed, temperature=temperature)
+    reference = data.meta["strings"]["val"] or data.meta["strings"]["train"][:n]
+    out = {"protocol": {"generated": n, "conditions": "drawn from the training rows" if model.schema else "none",
+                        "temperature": temperature, "decode": "greedy", "novelty_against": "training split",
+                        "fcd_reference": f"validation split ({len(reference)} molecules)"},
+           **molecule_metrics(strings, set(data.meta["strings"]["train"]), reference[:max(n, 2)], seed=seed)}
+    control = property_control(model, data.train.y, seed=seed, temperature=temperature) if model.schema else {}
+    if control:
+        out["property_control"] = control
+    return out
 
 
 def _classification_section(model: CVAE, part, *, n: int, explicit: bool, split: str) -> dict | None:

@@ -232,12 +232,31 @@ def condition_rows(model) -> tuple[list[str], torch.Tensor | None]:
     return [schema.describe(row) for row in y], y
 
 
+def _sequence_pictures(model, run_dir: Path, seed: int) -> dict[str, Path]:
+    """samples.png (molecules drawn by RDKit, or sentences per condition) and loss.png."""
+    from .apps.sequences import sample_to_file
+
+    out = {}
+    _, y_rows = condition_rows(model)
+    y = None if y_rows is None else y_rows.repeat_interleave(max(1, 32 // len(y_rows)), dim=0)
+    try:
+        out["samples"], _ = sample_to_file(model, run_dir / "samples.png", n=32 if y is None else len(y), condition=y,
+                                           seed=seed)
+    except CvaeError:
+        pass  # nothing valid to draw yet (a model after very few steps)
+    if (run_dir / "metrics.jsonl").exists():
+        out["loss"] = save_loss_curves(run_dir / "loss.png", run_dir / "metrics.jsonl")
+    return out
+
+
 def run_pictures(model, data, run_dir, *, seed: int = 0) -> dict[str, Path]:
     """samples.png, reconstructions.png, latent.png, loss.png for a trained run."""
     run_dir = Path(run_dir)
     out: dict[str, Path] = {}
     g = torch.Generator().manual_seed(seed)
     kind = data.kind
+    if kind == "sequence":
+        return _sequence_pictures(model, run_dir, seed)
     labels, y_rows = condition_rows(model)
     per_row = 10
     if y_rows is None:

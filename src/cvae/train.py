@@ -120,7 +120,7 @@ CONDITIONED_DEFAULTS = {"mlp-400": {"latent_dim": 8, "condition_at": -1}}
 def model_class_for(config: TrainConfig, data: DataSplits) -> str:
     """The model class a run trains: --model, else m2 (semi-supervised) when some training examples
     lack a label, else the CVAE. A class that cannot infer a missing label refuses such data."""
-    name = config.model or ("m2" if data.semi_supervised else "cvae")
+    name = config.model or ("m2" if data.semi_supervised else data.meta.get("model", {}).get("model_class", "cvae"))
     trained_by = MODELS.get(name).trained_by
     if trained_by != "cvae train":
         raise CvaeError(f"the {name} model is trained with `{trained_by}`, not `cvae train`; see `{trained_by} --help`")
@@ -145,7 +145,10 @@ def model_config_for(config: TrainConfig, data: DataSplits) -> ModelConfig:
     settings.update(likelihood=data.default_likelihood)
     if data.binary and not data.standardize:
         settings["likelihood"] = "bernoulli"
+    settings.update({k: v for k, v in data.meta.get("model", {}).items() if k != "model_class"})  # e.g. a vocabulary
     settings.update(config.model_overrides())
+    if config.word_dropout is not None:
+        settings["word_dropout"] = config.word_dropout
     if settings.get("arch") == "conv" and len(data.data_shape) == 1:
         raise CvaeError(
             f"the conv network needs images or signals, but {data.name!r} is a table of {data.data_shape[0]} "
@@ -329,7 +332,7 @@ class Trainer:
                 "binary": data.binary, "standardize": data.standardize, "n_train": len(data.train),
                 "n_val": len(data.val) if data.val else 0, "n_test": len(data.test) if data.test else 0,
                 **({"labelled": data.labels_seen()} if data.schema.categorical_blocks() else {}),
-                **{k: v for k, v in data.meta.items() if k in ("features",)},
+                **{k: v for k, v in data.meta.items() if k in ("features", "sequences")},
             },
             "execution": {"processes": self.ranks.world, "device": str(self.device),
                           "threads": torch.get_num_threads(), "native_bfloat16": native_bfloat16(self.device)},
@@ -558,6 +561,12 @@ def _load(config: TrainConfig) -> DataSplits:
             raise CvaeError("--labelled needs labels, which a streamed .npy file does not have; drop --stream")
         return load_npy_stream(config.data, condition=config.condition, val_fraction=config.val_fraction,
                                seed=config.seed, limit=config.limit)
+    if config.sequence:
+        from .data.sequences import load_sequences
+
+        return load_sequences(config.data, sequence=config.sequence, condition=config.condition,
+                              tokenizer=config.tokenizer, max_length=config.max_length,
+                              val_fraction=config.val_fraction, seed=config.seed, limit=config.limit)
     return load_data(config.data, data_dir=config.data_dir, condition=config.condition,
                      val_fraction=config.val_fraction, seed=config.seed, binarize=config.binarize,
                      limit=config.limit, data_layout=config.data_layout, labelled=config.labelled,
@@ -607,7 +616,20 @@ def _with_validation(row: dict, model: CVAE, evals: dict, precision: str, object
     if "val" in evals:
         v = evaluate_elbo(model, *evals["val"], precision=precision, objective=objective)
         row = dict(row, val_loss=v["loss"], val_reconstruction=v["reconstruction"], val_kl=v["kl"])
+        if getattr(model, "log_active_units", False):  # posterior collapse made visible (sequence models)
+            row["val_active_units"] = active_units(model, *evals["val"])
     return row
+
+
+@torch.no_grad()
+def active_units(model, x, c, *, threshold: float = 0.01, batch_size: int = 1000) -> int:
+    """Latent dimensions d with Cov_x(E_q[z_d]) > ``threshold`` (Burda et al. 2015): how many z uses."""
+    model.eval()
+    mus = [model.q_z(x[i:i + batch_size], None if c is None else c[i:i + batch_size]).mu.float()
+           for i in range(0, len(x), batch_size)]
+    model.train()
+    mu = torch.cat(mus)
+    return int((mu.var(0, unbiased=False) > threshold).sum()) if len(mu) > 1 else 0
 
 
 def _too_big_for_memory(source: str, device: torch.device) -> bool:

@@ -247,6 +247,8 @@ def cmd_interpolate(args) -> int:
     from ..apps.io import conditions_of, read_inputs
     from ..apps.latent import interpolate_conditions, interpolate_inputs, write_interpolation
 
+    if _sequence_run(args):
+        return _interpolate_sequences(args)
     model = _load(args)
     start_cond, end_cond = _is_condition(args.start), _is_condition(args.end)
     per_path = args.steps * (2 if args.method == "both" else 1)
@@ -325,6 +327,8 @@ def cmd_transfer(args) -> int:
     from ..apps.io import conditions_of, read_inputs
     from ..apps.latent import transfer, write_transfer
 
+    if _sequence_run(args):
+        return _transfer_sequences(args)
     model = _load(args)
     source = _own_source(model, args.input)
     inputs = read_inputs(model, source, data_dir=args.data_dir, n=args.n, split=args.split)
@@ -425,6 +429,8 @@ def cmd_augment(args) -> int:
 def cmd_embed(args) -> int:
     from ..apps.embed import embed, save_embedding_map, write_embedding
 
+    if _sequence_run(args):
+        return _embed_sequences(args)
     model = _load(args)
     source = _own_source(model, args.data)
     columns = _keys(args.columns) if args.columns else []
@@ -457,4 +463,76 @@ def cmd_classify(args) -> int:
     if m is not None:
         print(f"  error {100 * m['error']['value']:.2f}% ± {100 * m['error']['stderr']:.2f} on the {m['n_examples']} "
               f"examples with a label; expected calibration error {m['ece']['value']:.3f}")
+    return 0
+
+
+# -- sequence runs (trained with --sequence): strings in, strings out ---------------------------------
+def _sequence_run(args) -> bool:
+    from ..runs import read_config
+
+    return read_config(Path(args.run)).get("model", {}).get("model_class") == "seqvae"
+
+
+def _interpolate_sequences(args) -> int:
+    from ..api import load
+    from ..apps.sequences import interpolate_strings, write_rows
+
+    model = load(args.run, device=args.device)
+    if not args.start or not args.end:
+        raise CvaeError("give the two ends as sequences: --from 'CCO' --to 'c1ccccc1' (SMILES or text)")
+    path = interpolate_strings(model, args.start, args.end, steps=args.steps, condition=args.condition)
+    out = write_rows(args.output, [{"step": i, "sequence": s} for i, s in enumerate(path)])
+    print(f"wrote {out}  ({len(path)} steps)")
+    return 0
+
+
+def _transfer_sequences(args) -> int:
+    from ..api import load
+    from ..apps.sequences import transfer_strings, write_rows
+
+    model = load(args.run, device=args.device)
+    if not args.input:
+        raise CvaeError("give the sequences to transfer with --input: a string, or a .txt/.smi file (one per line)")
+    given = Path(args.input)
+    texts = ([line.strip() for line in given.read_text(encoding="utf-8").splitlines() if line.strip()]
+             if given.suffix.lower() in (".txt", ".smi") and given.is_file() else [args.input])
+    texts = texts[:args.n]
+    if not args.condition or not args.to:
+        raise CvaeError("give the inputs' own condition (--condition sentiment=neg) and one or more targets "
+                        "(--to sentiment=pos)")
+    rows = transfer_strings(model, texts, args.condition, args.to)
+    out = write_rows(args.output, rows)
+    print(f"wrote {out}  ({len(texts)} input(s) x {len(args.to)} target(s))")
+    return 0
+
+
+def _embed_sequences(args) -> int:
+    """Posterior means and variances of sequences: a .smi/.txt file (one per line, every line with
+    --condition) or, without --data, the run's own validation split with its own conditions."""
+    from ..api import load
+    from ..apps.sequences import embed_strings, write_rows
+
+    model = load(args.run, device=args.device)
+    if args.data:
+        path = Path(args.data)
+        if path.suffix.lower() not in (".smi", ".txt") or not path.is_file():
+            raise CvaeError(f"--data {args.data}: give a .smi or .txt file, one sequence per line (or leave --data out "
+                            "for the run's own validation split)")
+        texts = [line.split()[0] if path.suffix.lower() == ".smi" else line.strip()
+                 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if model.schema and not args.condition:
+            raise CvaeError("this model is conditioned: give the sequences' condition with --condition (e.g. logp=1.2)")
+        y = model.schema.parse(args.condition, len(texts)) if model.schema else None
+    else:
+        from ..evaluate import load_run_data
+
+        data = load_run_data(model)
+        part = data.val if data.val is not None else data.train
+        texts = data.meta["strings"]["val" if data.val is not None else "train"]
+        y = part.y if model.schema else None
+    if args.n:
+        texts, y = texts[:args.n], (y[:args.n] if y is not None else None)
+    rows = embed_strings(model, texts, y)
+    out = write_rows(args.output, rows)
+    print(f"wrote {out}  ({len(rows)} sequences, {model.config.latent_dim} latent dimensions)")
     return 0

@@ -8,6 +8,7 @@ import sys
 from dataclasses import fields
 
 from ..config import TrainConfig
+from ..errors import CvaeError
 from .checks import check_condition_args, check_rows, condition_hint, guard_outputs
 
 HELP = {
@@ -24,6 +25,14 @@ HELP = {
     "dip_lambda_d": "dip-vae-i / dip-vae-ii: weight of the diagonal penalty (default 10 x lambda_od for i, 1 x for ii)",
     "data_dir": "where data files are looked up first (then $CVAE_DATA, then ~/.cache/cvae)",
     "condition": "condition column(s): label (default when labelled), none (a plain VAE), or a,b:continuous",
+    "sequence": "the column of strings for sequence data: SMILES (--data mols.csv/.smi/qm9/moses --sequence smiles) "
+                "or text (--data reviews.csv --sequence text); conditions such as logp,qed,mw,tpsa,hbd,hba are "
+                "computed with RDKit when the file lacks them",
+    "tokenizer": "sequence data: selfies (default for molecules: every decoded string is a molecule) | smiles "
+                 "(chemistry-aware regex) | char | word (default for text)",
+    "max_length": "sequence data: most tokens per sequence; longer rows are skipped and counted (default: the longest)",
+    "word_dropout": "sequence model: replace this share of the decoder's input tokens by <unk> in training "
+                    "(word dropout, Bowman et al. 2016)",
     "data_layout": "auto | signal (each CSV row is a 1-D signal) | table",
     "image_size": "HxW: resize the images of an image folder",
     "binarize": "none | static (0/1 once) | dynamic (0/1 resampled every epoch)",
@@ -112,7 +121,11 @@ def add_parsers(sub) -> None:
     s.add_argument("--temperature", type=float, default=0.9,
                    help="scale of the prior's standard deviations: 1 samples the model exactly; the default 0.9 "
                         "gives samples more typical of their condition")
-    s.add_argument("-o", "--output", required=True, help="a .png grid, an .npz (x plus conditions) or a .csv")
+    s.add_argument("-o", "--output", required=True, help="a .png grid, an .npz (x plus conditions) or a .csv "
+                   "(sequence runs: .csv with the requested and achieved properties, .smi, .txt or a .png)")
+    s.add_argument("--decode", choices=["greedy", "sample", "beam"], default=None,
+                   help="sequence runs: how tokens are chosen (default greedy; --draw means sample)")
+    s.add_argument("--beam", type=int, default=5, help="sequence runs: beams of --decode beam (default 5)")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_sample)
 
@@ -156,11 +169,31 @@ def cmd_sample(args) -> int:
 
     model = load(args.run, device=args.device)
     check_condition_args(model, args, "condition")
+    if hasattr(model, "sample_strings"):
+        return _sample_sequences(model, args)
+    if args.decode is not None:
+        raise CvaeError("--decode is for sequence runs (trained with --sequence); use --draw to sample x ~ p(x | z, c)")
     check_rows(model.config, args.n, f"--n {args.n}", "--n", hint=" (or write several files, each with its own --seed)")
     guard_outputs(model, condition_hint(model, args.condition))
     path = sample_to_file(model, args.output, n=args.n, condition=args.condition, seed=args.seed, mean=not args.draw,
                           temperature=args.temperature)
     print(f"wrote {path}")
+    return 0
+
+
+def _sample_sequences(model, args) -> int:
+    from ..apps.sequences import sample_to_file
+
+    if not 1 <= args.n <= 1_000_000:
+        raise CvaeError(f"--n must be from 1 to 1,000,000 sequences, got {args.n}")
+    decode = args.decode or ("sample" if args.draw else "greedy")
+    path, summary = sample_to_file(model, args.output, n=args.n, condition=args.condition, seed=args.seed,
+                                   temperature=args.temperature, decode=decode, beam=args.beam)
+    extra = ""
+    if "valid" in summary:
+        extra = f"; valid {summary['valid']:.1%}, unique {summary['unique']:.1%}" + "".join(
+            f", {k.replace('_mae', '')} MAE {v:.3f}" for k, v in summary.items() if k.endswith("_mae") and v is not None)
+    print(f"wrote {path}  ({summary['n']} sequences{extra})")
     return 0
 
 

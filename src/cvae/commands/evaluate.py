@@ -37,6 +37,10 @@ def add_parsers(sub) -> None:
     e.add_argument("--seed", type=int, default=0, help="seed of the importance samples and generated images")
     e.add_argument("--temperature", type=float, default=0.9,
                    help="of the prior draws behind the sample figures (default 0.9, as cvae sample; 1: exact)")
+    e.add_argument("--molecules", type=int, default=10000,
+                   help="molecules generated for --metrics molecules (runs on SMILES): validity, uniqueness at 1k "
+                        "and 10k, novelty, internal diversity, FCD to the validation split, property control "
+                        "(default 10000)")
     e.add_argument("--json", action="store_true", help="print eval.json instead of the table")
     e.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     e.set_defaults(func=cmd_evaluate)
@@ -74,7 +78,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise CvaeError(f"--temperature must be a number from 0 to 10, got {args.temperature}")
     result = evaluate_run(args.run, split=args.split, k=args.k, metrics=args.metrics, evaluator=args.evaluator,
                           n=args.n, per_class=args.per_class, rows=args.batch_size, data_dir=args.data_dir,
-                          device=args.device, seed=args.seed, progress=args.progress, temperature=args.temperature)
+                          device=args.device, seed=args.seed, progress=args.progress, temperature=args.temperature,
+                          molecules=args.molecules)
     pictures = _disentanglement_pictures(args, result.results.get("disentanglement"))
     if args.json:
         print(json.dumps(result.results, indent=2))
@@ -166,7 +171,7 @@ def format_table(results: dict) -> str:
             if key in p:
                 lines.append(f"  {key}: {p[key]}")
         for key in ("negative_elbo", "reconstruction", "kl", "importance_sampled_nll", "elbo_gap",
-                    "effective_sample_size"):
+                    "effective_sample_size", "tokens_per_sequence", "nll_per_token", "perplexity_bound"):
             if key in lik:
                 lines.append(_row(name(lik[key]), lik[key], width))
     if post:
@@ -213,6 +218,18 @@ def format_table(results: dict) -> str:
                 lines.append(f"  {label:<{width}}  {dis[key]:.4f}")
         lines.append("  each latent follows: " + "  ".join(f"z{d}: {f or '-'}"
                                                           for d, f in enumerate(dis["dimension_follows"])))
+    mols = _measured(results.get("molecules"), "molecules", lines)
+    if mols:
+        p = mols["protocol"]
+        lines.append(f"molecules: {p['generated']} generated (conditions {p['conditions']}), novelty against the "
+                     f"{p['novelty_against']}, FCD against the {p['fcd_reference']}")
+        for key, label in (("validity", "validity"), ("unique@1k", "unique@1k"), ("unique@10k", "unique@10k"),
+                           ("novelty", "novelty"), ("int_div", "internal diversity (IntDiv1)"), ("fcd", "FCD")):
+            if mols.get(key) is not None:
+                lines.append(f"  {label:<{width}}  {mols[key]:.4f}")
+        for prop, ctl in mols.get("property_control", {}).items():
+            lines.append(f"  {prop} control over {len(ctl['grid'])} requests x {ctl['per_request']}: MAE "
+                         f"{ctl['mae']:.3f} (training std {ctl['train_std']:.3f}), Spearman {ctl['spearman']:.3f}")
     cls = _measured(results.get("classification"), "classification", lines)
     if cls:
         p = cls["protocol"]

@@ -40,7 +40,7 @@ class Dataset:
 @dataclass
 class DataSplits:
     name: str
-    kind: str  # "image" | "table" | "signal"
+    kind: str  # "image" | "table" | "signal" | "sequence"
     schema: ConditionSchema
     train: Dataset
     val: Dataset | None
@@ -75,6 +75,8 @@ class DataSplits:
 
     @property
     def default_likelihood(self) -> str:
+        if self.kind == "sequence":
+            return "categorical"
         return "gaussian-learned" if self.standardize else "bernoulli"
 
 

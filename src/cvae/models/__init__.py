@@ -5,6 +5,7 @@ from .config import PRESETS, ModelConfig
 from .cvae import CVAE
 from .m2 import M2, M2Config
 from .multvae import MULTVAE_DEFAULTS, MultVAE, MultVAEConfig
+from .seqvae import SeqVAE, SeqVAEConfig
 
 __all__ = ["CVAE", "M2", "M2Config", "MODELS", "MULTVAE_DEFAULTS", "ModelConfig", "ModelOutput", "MultVAE",
-           "MultVAEConfig", "PRESETS", "RunInfo", "VAEModel", "build_model"]
+           "MultVAEConfig", "PRESETS", "RunInfo", "SeqVAE", "SeqVAEConfig", "VAEModel", "build_model"]

@@ -1,0 +1,214 @@
+"""Applications of a sequence model (``--sequence`` runs): molecules and sentences for requested
+conditions, written with what they achieved; interpolation between two sequences; transfer of a
+sequence to another condition; pictures (an RDKit grid of molecules, or sentences per condition)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CvaeError
+
+TEXT_SUFFIXES = (".csv", ".smi", ".txt")
+
+
+def is_sequence_model(model) -> bool:
+    return hasattr(model, "sample_strings")
+
+
+def _column(model) -> str:
+    return "smiles" if model.tokenizer.molecular else "text"
+
+
+def described(model, y: torch.Tensor | None) -> list[dict]:
+    """Raw condition rows as {name: value} (class names for categorical conditions)."""
+    if y is None:
+        return []
+    rows = []
+    for r in y.tolist():
+        row = {}
+        for a, v in zip(model.schema.attributes, r):
+            row[a.name] = a.classes[int(v)] if a.kind == "categorical" else round(float(v), 4)
+        rows.append(row)
+    return rows
+
+
+def achieved_table(model, strings: list[str]) -> tuple[list[str | None], dict[str, np.ndarray]]:
+    """For molecules: canonical SMILES (None when invalid) and the achieved value of every condition
+    RDKit computes."""
+    if not model.tokenizer.molecular:
+        return list(strings), {}
+    from ..chem import canonical, properties
+    from ..seqmetrics import computable
+
+    canon = [canonical(s) if s else None for s in strings]
+    names = computable(model)
+    table = properties(canon, names) if names else np.zeros((len(canon), 0))
+    return canon, {n: table[:, j] for j, n in enumerate(names)}
+
+
+def sample_to_file(model, out: str | Path, *, n: int = 64, condition=None, seed: int = 0, temperature: float = 1.0,
+                   decode: str = "greedy", beam: int = 5) -> tuple[Path, dict]:
+    """Generate ``n`` sequences and write them: .csv (requested conditions, the sequence, its validity and
+    achieved properties), .smi / .txt (one per line) or .png (a picture). Returns the path and a summary."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in TEXT_SUFFIXES + (".png",):
+        raise CvaeError(f"-o {out}: a sequence model writes .csv, .smi, .txt or .png files")
+    strings, y = model.sample_strings(n, condition, seed=seed, temperature=temperature, decode=decode, beam=beam)
+    canon, achieved = achieved_table(model, strings)
+    requested = described(model, y)
+    molecular = model.tokenizer.molecular
+    summary = {"n": len(strings)}
+    if molecular:
+        valid = [s for s in canon if s]
+        summary.update(valid=len(valid) / max(1, len(canon)), unique=len(set(valid)) / max(1, len(valid)))
+        for name, vals in achieved.items():
+            req = np.array([r[name] for r in requested], float)
+            ok = np.isfinite(vals)
+            summary[f"{name}_mae"] = float(np.abs(vals[ok] - req[ok]).mean()) if ok.any() else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".png":
+        path = save_sequence_picture(out, model, strings, canon, requested, achieved)
+        return path, summary
+    shown = [c if c else (s if not molecular else s) for s, c in zip(strings, canon)]
+    tmp = out.with_name(out.name + ".part")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        if suffix in (".smi", ".txt"):
+            for s in shown:
+                f.write(s + "\n")
+        else:
+            w = csv.writer(f)
+            names = [a.name for a in model.schema.attributes] if model.schema else []
+            head = [f"{n}_requested" for n in names] + [_column(model)]
+            if molecular:
+                head += ["valid"] + list(achieved)
+            w.writerow(head)
+            for i, s in enumerate(shown):
+                row = [requested[i][n] for n in names] + [s]
+                if molecular:
+                    row += [int(canon[i] is not None)] + [("" if not np.isfinite(v[i]) else round(float(v[i]), 4))
+                                                          for v in achieved.values()]
+                w.writerow(row)
+    tmp.replace(out)
+    return out, summary
+
+
+def save_sequence_picture(out: Path, model, strings, canon, requested, achieved, *, most: int = 48) -> Path:
+    """Molecules: an RDKit grid, each molecule labelled with its achieved properties. Text: the
+    sentences listed under their condition."""
+    if model.tokenizer.molecular:
+        from rdkit.Chem import Draw
+
+        from ..chem import mol
+
+        mols, legends = [], []
+        for i, s in enumerate(canon[:most]):
+            if s is None:
+                continue
+            mols.append(mol(s))
+            got = ", ".join(f"{n} {v[i]:.2f}" for n, v in achieved.items())
+            legends.append(got)
+        if not mols:
+            raise CvaeError("none of the generated strings is a valid molecule; nothing to draw")
+        img = Draw.MolsToGridImage(mols, molsPerRow=min(8, len(mols)), subImgSize=(200, 170), legends=legends)
+        img.save(str(out))
+        return out
+    from ..plots import _plt, _save
+
+    plt = _plt()
+    groups: dict[str, list[str]] = {}
+    for i, s in enumerate(strings[:most]):
+        key = ", ".join(f"{k}={v}" for k, v in requested[i].items()) if requested else "samples"
+        groups.setdefault(key, []).append(s)
+    lines = []
+    for key, items in groups.items():
+        lines.append((key, True))
+        lines += [(("  " + t)[:110], False) for t in items[:8]]
+    fig, ax = plt.subplots(figsize=(9, 0.24 * len(lines) + 0.6))
+    ax.axis("off")
+    for i, (text, bold) in enumerate(lines):
+        ax.text(0.0, 1 - (i + 0.5) / len(lines), text, fontsize=8, family="monospace",
+                weight="bold" if bold else "normal", va="center", transform=ax.transAxes)
+    ax.set_title("generated sentences per condition", fontsize=10)
+    return _save(fig, out)
+
+
+def interpolate_strings(model, start: str, end: str, *, steps: int = 10, condition=None,
+                        start_condition=None, end_condition=None) -> list[str]:
+    """Decode (greedily) the straight line between the posterior means of two sequences."""
+    if steps < 2:
+        raise CvaeError(f"--steps must be at least 2 (the two ends), got {steps}")
+    texts = [_canonical_input(model, start), _canonical_input(model, end)]
+    if model.schema:
+        y = model.schema.parse(condition, 1) if condition else None
+        ya = model.schema.parse(start_condition or condition, 1) if (start_condition or condition) else y
+        yb = model.schema.parse(end_condition or condition, 1) if (end_condition or condition) else y
+        if ya is None or yb is None:
+            raise CvaeError("this model is conditioned: give --condition (e.g. logp=2.5) for the path")
+        qa = model.encode_strings(texts[:1], ya, where="--from")
+        qb = model.encode_strings(texts[1:], yb, where="--to")
+        ys = torch.cat([ya + t * (yb - ya) for t in torch.linspace(0, 1, steps)])
+        c = model.condition_vector(ys, steps)
+    else:
+        qa = model.encode_strings(texts[:1], None, where="--from")
+        qb = model.encode_strings(texts[1:], None, where="--to")
+        c = None
+    t = torch.linspace(0, 1, steps, device=model.device).unsqueeze(1)
+    z = qa.mu + t * (qb.mu - qa.mu)
+    return model.tokenizer.decode(model.decode_tokens(z, c, how="greedy").cpu().numpy())
+
+
+def transfer_strings(model, texts: list[str], own, targets: list[str], *, decode: str = "greedy") -> list[dict]:
+    """Encode each text with its own condition, decode the posterior mean with each target condition."""
+    texts = [_canonical_input(model, t) for t in texts]
+    y_own = model.schema.parse(own, len(texts))
+    q = model.encode_strings(texts, y_own, where="--input")
+    rows = []
+    for target in targets:
+        y_t = model.schema.parse(target, len(texts))
+        c = model.condition_vector(y_t, len(texts))
+        out = model.tokenizer.decode(model.decode_tokens(q.mu, c, how=decode).cpu().numpy())
+        rows += [{"input": s, "target": target, "output": o} for s, o in zip(texts, out)]
+    return rows
+
+
+def embed_strings(model, texts: list[str], y=None, *, batch_size: int = 1000) -> list[dict]:
+    """Rows ``sequence, conditions..., mu_0.., var_0..`` of the posterior q(z | x, c) of each string."""
+    texts = [_canonical_input(model, t) for t in texts]
+    rows = []
+    conds = described(model, y) if y is not None else [{}] * len(texts)
+    for i in range(0, len(texts), batch_size):
+        q = model.encode_strings(texts[i:i + batch_size], y[i:i + batch_size] if y is not None else None,
+                                 where="--data")
+        mu, var = q.mu.cpu().numpy(), q.variance.cpu().numpy()
+        for j, t in enumerate(texts[i:i + batch_size]):
+            rows.append({_column(model): t, **conds[i + j], **{f"mu_{d}": float(v) for d, v in enumerate(mu[j])},
+                         **{f"var_{d}": float(v) for d, v in enumerate(var[j])}})
+    return rows
+
+
+def _canonical_input(model, text: str) -> str:
+    if not model.tokenizer.molecular:
+        return text
+    from ..chem import canonical
+
+    c = canonical(text)
+    if c is None:
+        raise CvaeError(f"{text!r} is not a valid SMILES string (RDKit cannot parse it)")
+    return c
+
+
+def write_rows(out: str | Path, rows: list[dict]) -> Path:
+    out = Path(out)
+    if out.suffix.lower() != ".csv":
+        raise CvaeError(f"-o {out}: write a .csv file")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return out

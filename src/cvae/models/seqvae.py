@@ -1,0 +1,255 @@
+"""A sequence VAE for molecules (SMILES / SELFIES) and text, conditioned on c (Bowman et al. 2016;
+Gomez-Bombarelli et al. 2018; Lim et al. 2018 for several molecular properties at once).
+
+    x        token ids (B, L): the sequence, <eos>, then <pad> (cvae.tokens)
+    encoder  embeddings -> bidirectional GRU (packed: padding unseen) -> [h_fwd, h_bwd, c] -> q(z | x, c)
+    decoder  h_0 = tanh(W [z, c]); at step t the GRU reads [embed(x_{t-1}), z, c] and gives the logits
+             of x_t (autoregressive: teacher forcing in training, greedy / sampled / beam decoding after)
+    prior    p(z | c), a registered part (the conditional Gaussian when there is a condition)
+
+``p_x(z, c)`` is a :class:`TokenSequence`: ``log_prob(x)`` runs the decoder on x shifted by one
+(teacher forcing), ``mean`` decodes greedily, ``sample()`` draws token by token, ``beam(k)`` keeps
+the k most probable prefixes. Word dropout as Bowman et al. define it (the decoder's input tokens,
+not their embeddings, replaced by <unk> with probability ``word_dropout`` in training) weakens the
+decoder so that z is used; KL annealing and free bits are the objective's (``--kl-warmup``,
+``--free-bits``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..distributions import DiagonalGaussian
+from ..errors import CvaeError
+from ..likelihoods import LIKELIHOODS
+from ..priors import build_prior
+from ..tokens import BOS, EOS, PAD, SPECIALS, UNK, Tokenizer
+from .base import MODELS, ModelOutput, VAEModel, flatten_samples
+from .config import ModelConfig
+
+
+@dataclass
+class SeqVAEConfig(ModelConfig):
+    """:class:`ModelConfig` plus the tokeniser (kind and vocabulary) and the recurrent network's
+    settings; ``hidden[0]`` is the GRU width, ``data_shape`` is (max_length + 1,)."""
+
+    tokenizer: dict = field(default_factory=lambda: {"kind": "char", "tokens": list(SPECIALS)})
+    embed_dim: int = 64
+    word_dropout: float = 0.0  # Bowman et al. 2016: decoder input tokens replaced by <unk>, training only
+
+    def __post_init__(self):
+        if not isinstance(self.tokenizer, dict) or set(self.tokenizer) != {"kind", "tokens"}:
+            raise CvaeError("model setting tokenizer must be a mapping with kind and tokens")
+        Tokenizer(**self.tokenizer)  # checks the kind and the vocabulary
+        if isinstance(self.embed_dim, bool) or not isinstance(self.embed_dim, int) or self.embed_dim < 1:
+            raise CvaeError(f"model setting embed_dim must be a whole number of at least 1, got {self.embed_dim!r}")
+        v = self.word_dropout
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise CvaeError(f"--word-dropout must be a number from 0 to below 1, got {v!r}")
+        self.word_dropout = float(v)
+        if self.likelihood != "categorical":
+            raise CvaeError(f"the sequence model's likelihood is categorical (one token per position), "
+                            f"not {self.likelihood!r}; leave --likelihood out")
+        super().__post_init__()
+        if len(self.data_shape) != 1:
+            raise CvaeError(f"the sequence model reads token rows (one dimension), got data_shape {self.data_shape}")
+
+
+@MODELS.register("seqvae")
+class SeqVAE(VAEModel):
+    """GRU encoder, autoregressive GRU decoder conditioned on z and c."""
+
+    config_class = SeqVAEConfig
+    log_active_units = True  # the trainer logs the validation split's active units each epoch
+
+    def __init__(self, config: SeqVAEConfig, *, run=None):
+        super().__init__(config, run=run)
+        self.tokenizer = Tokenizer(**config.tokenizer)
+        vocab, emb, width = len(self.tokenizer), config.embed_dim, config.hidden[0]
+        latent, cond = config.latent_dim, self.schema.dim
+        self.length = config.data_shape[0]
+        self.embed = nn.Embedding(vocab, emb, padding_idx=PAD)
+        self.encoder = nn.GRU(emb, width, batch_first=True, bidirectional=True)
+        self.to_q = nn.Linear(2 * width + cond, 2 * latent)
+        self.to_h0 = nn.Linear(latent + cond, width)
+        self.decoder = nn.GRU(emb + latent + cond, width, batch_first=True)
+        self.to_logits = nn.Linear(width, vocab)
+        self.likelihood = LIKELIHOODS.get("categorical")(config.data_shape, classes=vocab, padding=PAD)
+        self.prior = build_prior(config.prior, latent, cond, self, config.prior_options)
+
+    # -- the maths --------------------------------------------------------------------------------
+    def q_z(self, x: torch.Tensor, c: torch.Tensor | None = None) -> DiagonalGaussian:
+        ids = x.long()
+        lengths = (ids != PAD).sum(1).clamp_min(1)
+        packed = nn.utils.rnn.pack_padded_sequence(self.embed(ids), lengths.cpu(), batch_first=True,
+                                                   enforce_sorted=False)
+        _, h = self.encoder(packed)  # (2, B, width): the last state of each direction
+        h = torch.cat([h[0], h[1]] + ([c.to(h.dtype)] if c is not None else []), dim=-1)
+        mu, logvar = self.to_q(h).chunk(2, dim=-1)
+        return DiagonalGaussian(mu, logvar)
+
+    def p_x(self, z: torch.Tensor, c: torch.Tensor | None = None) -> TokenSequence:
+        return TokenSequence(self, z, c)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, samples: int | None = None) -> ModelOutput:
+        """One reparameterised z per example, or ``samples`` of them (z: (samples, B, latent))."""
+        qz = self.q_z(x, c)
+        z = qz.rsample() if samples is None else qz.rsample((samples,))
+        return ModelOutput(qz=qz, z=z, px=self.p_x(z, c), c=c, prior=self.prior)
+
+    # -- strings in, strings out (the user's interface for sequences) ------------------------------------
+    @torch.no_grad()
+    def sample_strings(self, n: int, condition=None, *, seed: int = 0, temperature: float = 1.0,
+                       decode: str = "greedy", beam: int = 5, token_temperature: float = 1.0):
+        """``n`` strings generated for ``condition`` (z ~ p(z | c) at ``temperature``, then greedy,
+        sampled or beam decoding) and the raw condition rows (N, A) they were asked for (None unconditioned)."""
+        if not (isinstance(temperature, (int, float)) and 0 <= temperature <= 10):
+            raise CvaeError(f"temperature must be a number from 0 to 10, got {temperature!r}")
+        g = torch.Generator().manual_seed(seed)
+        y = self.schema.parse(condition, n) if self.schema else None
+        c = self.condition_vector(y, n) if self.schema else self.condition_vector(condition, n)
+        n = len(c) if c is not None else n
+        out = []
+        for i in range(0, n, 1000):
+            cb = c[i:i + 1000] if c is not None else None
+            z = self.sample_z(len(cb) if cb is not None else min(1000, n - i), cb, g, temperature)
+            out.append(self.decode_tokens(z, cb, how=decode, beam=beam, generator=g, temperature=token_temperature))
+        return self.tokenizer.decode(torch.cat(out).cpu().numpy()), y
+
+    @torch.no_grad()
+    def encode_strings(self, texts, condition=None, *, where: str = "the input"):
+        """q(z | x, c) of strings (tokenised with the run's vocabulary: an unseen token or a string
+        longer than the model's maximum is an error that names it)."""
+        ids = self.tokenizer.encode(list(texts), self.length, where=where)
+        return self.encode(torch.from_numpy(ids).float(), condition)
+
+    # -- the decoder, step by step or teacher-forced ----------------------------------------------------
+    def _context(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        return torch.cat([z, c.to(z.dtype)], dim=-1) if c is not None else z
+
+    def _start(self, zc: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.to_h0(zc)).unsqueeze(0)  # (1, B, width)
+
+    def teacher_forced_logits(self, x: torch.Tensor, zc: torch.Tensor) -> torch.Tensor:
+        """Logits (B, L, V) of every position given the true previous tokens (word dropout in training)."""
+        ids = x.long()
+        inputs = torch.cat([torch.full_like(ids[:, :1], BOS), ids[:, :-1]], dim=1)
+        p = self.config.word_dropout
+        if self.training and p > 0:
+            drop = (torch.rand(inputs.shape, device=inputs.device) < p) & (inputs != PAD)
+            drop[:, 0] = False  # <bos> stays: it says where the sequence starts
+            inputs = inputs.masked_fill(drop, UNK)
+        emb = self.embed(inputs)
+        steps = torch.cat([emb, zc.unsqueeze(1).expand(-1, ids.shape[1], -1).to(emb.dtype)], dim=-1)
+        out, _ = self.decoder(steps, self._start(zc))
+        return self._allowed(self.to_logits(out))
+
+    @staticmethod
+    def _allowed(logits: torch.Tensor) -> torch.Tensor:
+        """The tokens that never follow a prefix (<pad>, <bos>, <unk>) get probability 0."""
+        logits = logits.float().clone()
+        logits[..., [PAD, BOS, UNK]] = -torch.inf
+        return logits
+
+    def step(self, token: torch.Tensor, zc: torch.Tensor, h: torch.Tensor):
+        """One decoding step: log-probabilities of the next token (B, V) and the new state. The tokens
+        that never follow a prefix (<pad>, <bos>, <unk>) are ruled out."""
+        inp = torch.cat([self.embed(token), zc], dim=-1).unsqueeze(1)
+        out, h = self.decoder(inp, h)
+        return F.log_softmax(self._allowed(self.to_logits(out[:, 0])), dim=-1), h
+
+    def decode_tokens(self, z: torch.Tensor, c: torch.Tensor | None, *, how: str = "greedy", beam: int = 5,
+                      generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        """Token ids (B, L) for codes (B, latent): greedy, sampled (at ``temperature``) or beam search."""
+        if how == "beam":
+            return self._beam(z, c, beam)
+        if how not in ("greedy", "sample"):
+            raise CvaeError(f"decoding must be greedy, sample or beam, got {how!r}")
+        zc = self._context(z, c)
+        h = self._start(zc)
+        n, length = len(z), self.length
+        out = torch.full((n, length), PAD, dtype=torch.long, device=z.device)
+        token = torch.full((n,), BOS, dtype=torch.long, device=z.device)
+        done = torch.zeros(n, dtype=torch.bool, device=z.device)
+        for t in range(length):
+            logp, h = self.step(token, zc, h)
+            if t == length - 1:  # the last position can only end the sequence
+                token = torch.full_like(token, EOS)
+            elif how == "greedy":
+                token = logp.argmax(-1)
+            else:
+                probs = F.softmax(logp / max(temperature, 1e-6), dim=-1).cpu()
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(z.device)
+            out[:, t] = torch.where(done, torch.full_like(token, PAD), token)
+            done |= token == EOS
+            if bool(done.all()):
+                break
+        return out
+
+    def _beam(self, z: torch.Tensor, c: torch.Tensor | None, width: int) -> torch.Tensor:
+        """Beam search: the ``width`` most probable prefixes per code; returns the most probable
+        finished sequence (sum of token log-probabilities)."""
+        if not isinstance(width, int) or width < 1:
+            raise CvaeError(f"--beam must be a whole number of at least 1, got {width!r}")
+        n, k, length = len(z), width, self.length
+        zc = self._context(z, c).repeat_interleave(k, dim=0)  # (n k, .)
+        h = self._start(zc)
+        token = torch.full((n * k,), BOS, dtype=torch.long, device=z.device)
+        scores = torch.full((n, k), -torch.inf, device=z.device)
+        scores[:, 0] = 0.0  # one live beam at the start
+        seqs = torch.zeros((n * k, 0), dtype=torch.long, device=z.device)
+        done = torch.zeros(n * k, dtype=torch.bool, device=z.device)
+        for t in range(length):
+            logp, h = self.step(token, zc, h)
+            if t == length - 1:
+                logp = torch.where(torch.arange(logp.shape[1], device=z.device) == EOS, 0.0, -torch.inf).expand_as(logp)
+            finished = torch.full_like(logp, -torch.inf)
+            finished[:, PAD] = 0.0  # a finished beam only pads, at no cost
+            logp = torch.where(done.unsqueeze(1), finished, logp)
+            vocab = logp.shape[1]
+            total = (scores.reshape(-1, 1) + logp).reshape(n, k * vocab)
+            scores, idx = total.topk(k, dim=1)
+            rows = (torch.arange(n, device=z.device).unsqueeze(1) * k + idx // vocab).reshape(-1)
+            token = (idx % vocab).reshape(-1)
+            h, seqs, done = h[:, rows], torch.cat([seqs[rows], token.unsqueeze(1)], dim=1), done[rows]
+            done = done | (token == EOS) | (token == PAD)
+            if bool(done.all()):
+                break
+        best = scores.argmax(1)
+        seqs = seqs.reshape(n, k, -1)[torch.arange(n, device=z.device), best]
+        return F.pad(seqs, (0, length - seqs.shape[1]), value=PAD)
+
+
+class TokenSequence:
+    """p(x | z, c) of the autoregressive decoder, for codes with any leading sample dimensions."""
+
+    def __init__(self, model: SeqVAE, z: torch.Tensor, c: torch.Tensor | None):
+        self.model = model
+        self.z, self.c, self.lead = flatten_samples(z, c)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """log p(x | z, c) per example (and sample): teacher-forced, padding excluded."""
+        ids = x.long()
+        if len(ids) != len(self.z):  # several codes per example: (S, B, latent) against (B, L)
+            ids = ids.expand(*self.lead, ids.shape[-1]).reshape(-1, ids.shape[-1])
+        logits = self.model.teacher_forced_logits(ids, self.model._context(self.z, self.c))
+        return self.model.likelihood(logits.transpose(-1, -2)).log_prob(ids).reshape(self.lead)
+
+    def _shaped(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids.float().reshape(*self.lead, ids.shape[-1])
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Greedy decoding (the most probable token at each step), as float ids."""
+        return self._shaped(self.model.decode_tokens(self.z, self.c, how="greedy"))
+
+    def sample(self, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
+        return self._shaped(self.model.decode_tokens(self.z, self.c, how="sample", generator=generator,
+                                                     temperature=temperature))
+
+    def beam(self, width: int = 5) -> torch.Tensor:
+        return self._shaped(self.model.decode_tokens(self.z, self.c, how="beam", beam=width))

@@ -1,0 +1,260 @@
+"""Sequences (issue 13): tokenisers, sequence data with bad rows, the seqvae model's numerics, and
+molecules / sentences end to end through the command line.
+
+tests/data/qm9-150.csv: 150 molecules drawn (numpy seed 13) from QM9 as the qm9pack package ships
+it, as RDKit canonical SMILES, with their Crippen logP computed by RDKit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("rdkit", reason="the chem extra: pip install 'cvae[chem]'")
+pytest.importorskip("selfies", reason="the chem extra: pip install 'cvae[chem]'")
+
+from rdkit import Chem  # noqa: E402
+from rdkit.Chem import Crippen  # noqa: E402
+
+from cvae.cli import main  # noqa: E402
+from cvae.data.sequences import load_sequences  # noqa: E402
+from cvae.errors import CvaeError  # noqa: E402
+from cvae.models import SeqVAE, SeqVAEConfig  # noqa: E402
+from cvae.tokens import EOS, PAD, SPECIALS, Tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MOLECULES = ROOT / "tests" / "data" / "qm9-150.csv"
+
+
+def cli(*args):
+    """``cvae ARGS`` in this process: its exit status and what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+# -- tokenisers ----------------------------------------------------------------------------------------
+def test_smiles_regex_keeps_bracket_atoms_and_two_letter_elements_whole():
+    tok = Tokenizer("smiles", SPECIALS)
+    tokens = tok.split("Clc1ccc(Br)cc1[N+](=O)[O-]")
+    assert tokens == ["Cl", "c", "1", "c", "c", "c", "(", "Br", ")", "c", "c", "1", "[N+]", "(", "=", "O", ")", "[O-]"]
+    assert tok.join(tokens) == "Clc1ccc(Br)cc1[N+](=O)[O-]"
+
+
+def test_selfies_round_trip_and_any_token_string_is_a_molecule():
+    tok = Tokenizer("selfies", SPECIALS)
+    smiles = "CC1OC2CC1N=CO2"
+    tokens = tok.split(smiles)
+    assert Chem.CanonSmiles(tok.join(tokens)) == Chem.CanonSmiles(smiles)
+    fitted = Tokenizer.fit("selfies", [tokens])
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # random token strings decode to valid molecules (Krenn et al. 2020)
+        ids = rng.integers(len(SPECIALS), len(fitted), size=(1, 8))
+        text = fitted.decode(ids)[0]
+        assert text == "" or Chem.MolFromSmiles(text) is not None
+
+
+def test_encode_refuses_an_unseen_token_and_a_too_long_sequence():
+    tok = Tokenizer.fit("char", [list("abc")])
+    ids = tok.encode(["ab"], 4)
+    assert ids[0, 2] == EOS and ids[0, 3] == PAD
+    with pytest.raises(CvaeError, match="token 'z' .* never seen in training"):
+        tok.encode(["abz"], 8)
+    with pytest.raises(CvaeError, match="more than the model's maximum of 3"):
+        tok.encode(["abcab"], 4)
+
+
+# -- data --------------------------------------------------------------------------------------------
+def test_bad_rows_are_skipped_counted_and_located(tmp_path, capsys):
+    rows = MOLECULES.read_text().splitlines()
+    bad = tmp_path / "mols.csv"
+    # line 3: a SMILES RDKit cannot parse; line 5: an empty cell; line 7: a logP that is not a number
+    lines = rows[:2] + ["C1CC(,0.5"] + rows[2:3] + [",1.0"] + rows[3:4] + ["CCO,abc"] + rows[4:40]
+    bad.write_text("\n".join(lines) + "\n")
+    data = load_sequences(str(bad), sequence="smiles", condition="logp:continuous,qed", val_fraction=0.1, seed=0)
+    err = capsys.readouterr().err
+    assert "skipped 3 of" in err and "1 unparseable SMILES (line 3)" in err and "line 5" in err and "line 7" in err
+    seq = data.meta["sequences"]
+    assert seq["rows_skipped"] == 3 and seq["computed_conditions"] == ["qed"]
+    assert len(data.train) + len(data.val) == 39
+    # qed computed by RDKit, logp read from the file
+    strings = data.meta["strings"]["train"]
+    qed = data.train.y[:, 1].numpy()
+    from rdkit.Chem import QED
+
+    assert np.allclose(qed, [QED.qed(Chem.MolFromSmiles(s)) for s in strings], atol=1e-5)
+    with pytest.raises(CvaeError, match="no column 'smi'"):
+        load_sequences(str(bad), sequence="smi")
+    with pytest.raises(CvaeError, match="no condition column 'color'"):
+        load_sequences(str(bad), sequence="smiles", condition="color")
+
+
+def test_max_length_skips_longer_rows(capsys):
+    data = load_sequences(str(MOLECULES), sequence="smiles", tokenizer="smiles", max_length=10, val_fraction=0.0)
+    assert data.data_shape == (11,)
+    assert "longer than --max-length 10" in capsys.readouterr().err
+    assert ((data.train.x != PAD).sum(1) <= 11).all()
+
+
+# -- the model's numerics --------------------------------------------------------------------------------
+def _model(word_dropout=0.0, cond=0):
+    torch.manual_seed(0)
+    tok = Tokenizer("char", SPECIALS + list("abcde"))
+    schema = {"attributes": [{"name": "v", "kind": "continuous", "classes": [], "mean": 0.0, "std": 1.0}]} if cond else {}
+    cfg = SeqVAEConfig(data_shape=(7,), schema=schema, model_class="seqvae", hidden=[16], latent_dim=4,
+                       likelihood="categorical", tokenizer=tok.to_dict(), embed_dim=8, word_dropout=word_dropout)
+    return SeqVAE(cfg), tok
+
+
+def test_teacher_forced_log_prob_equals_the_step_by_step_product():
+    model, tok = _model(cond=1)
+    model.eval()
+    x = torch.from_numpy(tok.encode(["abca", "e", "dddddd"], 7)).float()
+    c = torch.tensor([[0.3], [-1.0], [2.0]])
+    z = torch.randn(3, 4)
+    lp = model.p_x(z, c).log_prob(x)
+    zc = model._context(z, c)
+    h, token, manual = model._start(zc), torch.full((3,), 1), torch.zeros(3)
+    ids = x.long()
+    for t in range(7):
+        logp, h = model.step(token, zc, h)
+        live = ids[:, t] != PAD
+        manual += torch.where(live, logp.gather(1, ids[:, t:t + 1]).squeeze(1), torch.zeros(3))
+        token = ids[:, t].clamp_min(2)
+    assert torch.allclose(lp, manual, atol=1e-5)
+    # several codes per example (importance sampling): (S, B, latent) against (B, L)
+    zs = torch.randn(5, 3, 4)
+    many = model.p_x(zs, c).log_prob(x)
+    assert many.shape == (5, 3)
+    assert torch.allclose(many[2], model.p_x(zs[2], c).log_prob(x), atol=1e-5)
+
+
+def test_word_dropout_replaces_decoder_inputs_only_in_training():
+    model, tok = _model(word_dropout=0.5)
+    x = torch.from_numpy(tok.encode(["abcab"] * 64, 7)).float()
+    z = torch.randn(64, 4)
+    model.eval()
+    a, b = model.p_x(z).log_prob(x), model.p_x(z).log_prob(x)
+    assert torch.equal(a, b)
+    model.train()
+    torch.manual_seed(1)
+    assert not torch.allclose(model.p_x(z).log_prob(x), a)
+
+
+def test_beam_of_width_one_is_greedy_and_decoding_ends_with_eos_then_padding():
+    model, tok = _model()
+    model.eval()
+    z = torch.randn(10, 4)
+    greedy = model.decode_tokens(z, None, how="greedy")
+    assert torch.equal(model.decode_tokens(z, None, how="beam", beam=1), greedy)
+    wide = model.decode_tokens(z, None, how="beam", beam=4)
+    for row in torch.cat([greedy, wide]):
+        ends = (row == EOS).nonzero()
+        assert len(ends) == 1 and (row[ends[0, 0] + 1:] == PAD).all()
+    # beam search scores: the best of 4 beams is at least as probable as the greedy path here
+    lp_g, lp_b = model.p_x(z).log_prob(greedy.float()), model.p_x(z).log_prob(wide.float())
+    assert (lp_b >= lp_g - 1e-4).float().mean() >= 0.9
+
+
+# -- end to end: molecules ---------------------------------------------------------------------------
+def test_molecules_train_sample_evaluate_interpolate(tmp_path):
+    run = tmp_path / "run"
+    r = cli("train", "--data", MOLECULES, "--sequence", "smiles", "--condition", "logp,qed", "--epochs", "2",
+            "--batch-size", "32", "--hidden", "32", "--latent-dim", "4", "--kl-warmup", "1", "--word-dropout", "0.1",
+            "--out", run, "--no-progress", "--no-tensorboard")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["model_class"] == "seqvae" and cfg["model"]["tokenizer"]["kind"] == "selfies"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all("val_active_units" in row and "val_kl" in row for row in rows)
+    assert (run / "samples.png").is_file()
+
+    out = tmp_path / "mols.csv"
+    r = cli("sample", run, "--condition", "logp=1.5,qed=0.45", "--n", "60", "-o", out)
+    assert r.returncode == 0, r.stderr
+    with open(out) as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 60 and set(table[0]) == {"logp_requested", "qed_requested", "smiles", "valid", "logp", "qed"}
+    for row in table:  # recomputed independently with RDKit
+        assert row["logp_requested"] == "1.5"
+        m = Chem.MolFromSmiles(row["smiles"]) if row["smiles"] else None
+        assert row["valid"] == str(int(m is not None))
+        if m is not None:
+            assert math.isclose(float(row["logp"]), Crippen.MolLogP(m), abs_tol=1e-3)
+    assert sum(r["valid"] == "1" for r in table) >= 55  # SELFIES: only an empty string can be invalid
+
+    r = cli("sample", run, "--n", "12", "--decode", "beam", "--beam", "3", "-o", tmp_path / "grid.png")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "grid.png").stat().st_size > 1000
+
+    r = cli("evaluate", run, "--metrics", "elbo,molecules", "--molecules", "40", "--k", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(r.stdout)
+    mol = ev["molecules"]
+    assert 0 <= mol["validity"] <= 1 and 0 <= mol["novelty"] <= 1 and math.isfinite(mol["fcd"])
+    assert set(mol["property_control"]) == {"logp", "qed"}
+    assert ev["likelihood"]["nll_per_token"]["value"] > 0
+
+    r = cli("interpolate", run, "--from", "CCO", "--to", "c1ccoc1", "--condition", "logp=0.5,qed=0.4", "--steps", "5",
+            "-o", tmp_path / "path.csv")
+    assert r.returncode == 0, r.stderr
+    assert len((tmp_path / "path.csv").read_text().splitlines()) == 6
+    r = cli("interpolate", run, "--from", "CCO", "--to", "C1CC(", "--condition", "logp=0.5,qed=0.4", "-o", tmp_path / "p.csv")
+    assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "not a valid SMILES" in r.stderr
+    r = cli("embed", run, "--n", "10", "-o", tmp_path / "lat.csv")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "lat.csv") as f:
+        lat = list(csv.DictReader(f))
+    assert len(lat) == 10 and {"smiles", "logp", "qed", "mu_0", "var_3"} <= set(lat[0])
+    (tmp_path / "two.smi").write_text("CCO\nc1ccoc1\n")
+    r = cli("embed", run, "--data", tmp_path / "two.smi", "--condition", "logp=0.1,qed=0.4", "-o", tmp_path / "l2.csv")
+    assert r.returncode == 0, r.stderr
+    r = cli("train", "--data", MOLECULES, "--sequence", "smiles", "--resume", "--epochs", "3", "--out", run,
+            "--no-progress", "--no-tensorboard")
+    assert r.returncode == 0, r.stderr
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+# -- end to end: text ------------------------------------------------------------------------------------
+def test_text_per_label_transfer_and_bad_input(tmp_path):
+    rng = np.random.default_rng(0)
+    good, bad = ["great", "lovely", "superb", "fine"], ["awful", "dull", "poor", "bad"]
+    lines = ["text,sentiment"]
+    for i in range(120):
+        label = "pos" if i % 2 else "neg"
+        words = good if label == "pos" else bad
+        lines.append(f"the film was {rng.choice(words)} and {rng.choice(words)},{label}")
+    lines.append(",pos")  # an empty text cell: skipped
+    data = tmp_path / "reviews.csv"
+    data.write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    r = cli("train", "--data", data, "--sequence", "text", "--condition", "sentiment", "--epochs", "3", "--hidden", "32",
+            "--latent-dim", "4", "--batch-size", "16", "--out", run, "--no-progress", "--no-tensorboard")
+    assert r.returncode == 0, r.stderr
+    assert "1 empty sequence cells (line 122)" in r.stderr
+    assert json.loads((run / "config.json").read_text())["model"]["tokenizer"]["kind"] == "word"
+    out = tmp_path / "s.csv"
+    r = cli("sample", run, "--condition", "sentiment=pos", "--n", "10", "-o", out)
+    assert r.returncode == 0, r.stderr
+    with open(out) as f:
+        table = list(csv.DictReader(f))
+    assert [row["sentiment_requested"] for row in table] == ["pos"] * 10 and all(row["text"] for row in table)
+    r = cli("transfer", run, "--input", "the film was awful and dull", "--condition", "sentiment=neg",
+            "--to", "sentiment=pos", "-o", tmp_path / "t.csv")
+    assert r.returncode == 0, r.stderr
+    r = cli("transfer", run, "--input", "the film was wonderful", "--condition", "sentiment=neg",
+            "--to", "sentiment=pos", "-o", tmp_path / "t.csv")
+    assert r.returncode == 2 and "'wonderful'" in r.stderr and "never seen in training" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = cli("train", "--data", data, "--word-dropout", "0.2", "--out", tmp_path / "x", "--no-progress")
+    assert r.returncode == 2 and "--word-dropout is for sequence data" in r.stderr
