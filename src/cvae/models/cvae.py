@@ -40,7 +40,7 @@ class CVAE(VAEModel):
         self.likelihood = lik(config.data_shape, **options)
         self.encoder = ENCODERS[config.arch](config.data_shape, config.latent_dim, **kw)
         self.decoder = DECODERS[config.arch](config.data_shape, config.latent_dim,
-                                             params_per_element=lik.params_per_element, **kw)
+                                             params_per_element=self.likelihood.params_per_element, **kw)
         self.prior = build_prior(config.prior, config.latent_dim, cond_dim, self, config.prior_options)
 
     def q_z(self, x: torch.Tensor, c: torch.Tensor | None = None) -> DiagonalGaussian:
