@@ -352,17 +352,25 @@ class _TopDownDistribution:
         c = None if self.c is None else (self.c if len(self.c) == n else self.c.expand(n, -1))
         return self.model.draw_prior(n, c, generator, temperature)
 
-    def moments(self):
-        """The mean and standard deviation of every group given the means of the groups above."""
-        n = 1 if self.c is None else len(self.c)
-        z = self.model.draw_prior(n, self.c, None, 0.0)
-        p = self.model.prior_of(z, self.c)
-        return p.mu, p.std
+    def moments(self, draws: int = 2048):
+        """The marginal mean and standard deviation of every dimension of p(z | c), estimated from
+        ``draws`` draws per distinct condition (seeded: the same every call)."""
+        g = torch.Generator().manual_seed(0)
+        if self.c is None:
+            z = self.model.draw_prior(draws, None, g)
+            return z.mean(0, keepdim=True), z.std(0, keepdim=True)
+        distinct, index = torch.unique(self.c, dim=0, return_inverse=True)
+        stats = [self.model.draw_prior(draws, row.expand(draws, -1), g) for row in distinct]
+        mean = torch.stack([z.mean(0) for z in stats])
+        std = torch.stack([z.std(0) for z in stats])
+        return mean[index], std[index]
 
 
 @PRIORS.register("top-down")
 class TopDownPrior(Prior):
     """p(z | c) = prod_i p(z_i | z_<i, c): the top-down pass of the hierarchical model (its own prior)."""
+
+    model_class = "hvae"
 
     def __init__(self, latent_dim, cond_dim, context=None, **options):
         super().__init__(latent_dim, cond_dim, context, **options)
