@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import CvaeError
 from .likelihoods import LIKELIHOODS
-from .models import MODELS, PRESETS, ModelConfig
+from .models import MODELS, PRESETS
 from .models.config import ModelTooLarge
 from .nn import ACTIVATIONS, ENCODERS
 from .objectives import OBJECTIVES
@@ -54,6 +54,11 @@ class TrainConfig:
     sigma: float | None = None
     prior: str | None = None
     prior_components: int | None = None  # K of a mixture prior (mog: 10, vamp: 500 by default)
+    # the hierarchical model (--preset hvae): its ladder (None: the preset's)
+    depth: int | None = None  # resolutions with latent groups (the image is halved this many times)
+    width: int | None = None  # channels of the residual stream
+    groups: int | None = None  # latent groups per resolution
+    z_channels: int | None = None  # channels of each latent group
     # objective: a registered one (cvae.objectives.OBJECTIVES): elbo | iwae | dreg | m2; None: the
     # model class's own (m2 for the semi-supervised model, else elbo)
     objective: str | None = None
@@ -95,7 +100,8 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
 
-    MODEL_KEYS = ("arch", "hidden", "channels", "latent_dim", "activation", "condition_at", "likelihood", "sigma", "prior")
+    MODEL_KEYS = ("arch", "hidden", "channels", "latent_dim", "activation", "condition_at", "likelihood", "sigma", "prior",
+                  "depth", "width", "groups", "z_channels")
     # settings that become a part's options in the ModelConfig: setting -> (ModelConfig field, option)
     PART_OPTIONS = {"prior_components": ("prior_options", "components")}
 
@@ -152,6 +158,10 @@ class TrainConfig:
                  f"--{name} must be positive whole numbers separated by commas (e.g. 512,256), got {widths}")
         need(self.condition_at is None or (_whole(self.condition_at) and self.condition_at >= -1),
              f"--condition-at must be -1 (every layer) or a layer number from 0, got {self.condition_at}")
+        for name in ("depth", "width", "groups", "z_channels"):
+            value = getattr(self, name)
+            need(value is None or (_whole(value) and value >= 1),
+                 f"--{name.replace('_', '-')} must be a positive whole number, got {value}")
         need(self.sigma is None or (_finite(self.sigma) and self.sigma > 0), f"--sigma must be a positive number, got {self.sigma}")
         need(self.arch is None or self.arch in ENCODERS, f"unknown architecture {self.arch!r} (--arch); choose one of {', '.join(ENCODERS)}")
         need(self.activation is None or self.activation in ACTIVATIONS,
@@ -183,7 +193,8 @@ class TrainConfig:
         from .data.core import parse_image_size
 
         size = parse_image_size(self.image_size)
-        settings = {**PRESETS[self.preset], **self.model_overrides()}
+        settings = model_settings(PRESETS[self.preset], self.model_overrides(), self.model)
+        config_class = MODELS.get(settings.pop("model_class", "cvae")).config_class
         conv = settings.get("arch") == "conv"
         shape = (1, *size) if size else ((1, 1, 1) if conv else (1,))
         prior = settings.get("prior")
@@ -191,7 +202,7 @@ class TrainConfig:
             settings["prior"] = "standard"  # this stand-in has no condition; a conditional prior is no larger
             settings.pop("prior_options", None)
         try:
-            ModelConfig(data_shape=shape, **settings)
+            config_class(data_shape=shape, **settings)
         except ModelTooLarge as e:
             if e.setting == "data_shape":
                 raise CvaeError(f"{e.head}; lower --image-size ({self.image_size})") from None
@@ -233,6 +244,26 @@ class TrainConfig:
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def model_settings(preset: dict, overrides: dict, model: str | None = None) -> dict:
+    """A preset's model settings updated with the flags' (``model_class`` included: the preset's, or
+    --model). A flag that the model class has no setting for is an error that says which class has it."""
+    settings = {**preset, **overrides}
+    if model is not None:
+        if preset.get("model_class", model) != model:
+            raise CvaeError(f"this preset trains the {preset['model_class']} model; leave --model {model} out or "
+                            "choose another --preset")
+        settings["model_class"] = model
+    cls = MODELS.get(settings.get("model_class", "cvae")).config_class
+    known = {f.name for f in fields(cls)}
+    foreign = [k for k in overrides if k not in known]
+    if foreign:
+        owners = [name for name, m in MODELS.items() if all(k in {f.name for f in fields(m.config_class)} for k in foreign)]
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        raise CvaeError(f"{flags} does not apply to the {settings.get('model_class', 'cvae')} model; it sets "
+                        f"{' / '.join(owners) or 'no'} models (e.g. --preset hvae): leave it out or change the preset")
+    return settings
 
 
 def _whole(value) -> bool:

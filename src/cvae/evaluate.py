@@ -122,7 +122,9 @@ def importance_sampled(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = No
     governor = ThreadGovernor() if device.type == "cpu" else None
     # without a condition the prior is one distribution for every block (a VampPrior's costs an encoder
     # pass over its pseudo-inputs): built once
-    p_shared = prior.distribution(None) if c is None else None
+    # a model whose posterior is not one Gaussian (a hierarchy) gives the terms itself: (B, s) each
+    own = getattr(model, "importance_terms", None)
+    p_shared = prior.distribution(None) if c is None and own is None else None
     with kept_thread_count():  # the caller's count comes back
         for start in range(0, n, per_call):
             if governor is not None and time.monotonic() - governor.wall > GOVERNOR_SECONDS:
@@ -130,11 +132,12 @@ def importance_sampled(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = No
             xb = x[start:start + per_call]
             cb = None if c is None else c[start:start + per_call]
             b = len(xb)
-            qz = model.q_z(xb, cb)
-            p_dist = p_shared or prior.distribution(cb)  # p(z | c) for this block, built once
-            mu, std, logvar = qz.mu.float(), qz.std.float(), qz.logvar.float()
-            d = mu.shape[-1]
-            log_q_const = -0.5 * (logvar.sum(-1) + d * LOG_2PI)  # (B,)
+            if own is None:
+                qz = model.q_z(xb, cb)
+                p_dist = p_shared or prior.distribution(cb)  # p(z | c) for this block, built once
+                mu, std, logvar = qz.mu.float(), qz.std.float(), qz.logvar.float()
+                d = mu.shape[-1]
+                log_q_const = -0.5 * (logvar.sum(-1) + d * LOG_2PI)  # (B,)
             if kernel is not None:
                 kernel.prepare(xb, cb)
             lse = torch.full((b,), -math.inf, dtype=torch.float64, device=device)
@@ -144,15 +147,18 @@ def importance_sampled(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = No
             done = 0
             while done < k:
                 s = min(s_chunk, k - done)
-                eps = torch.randn((b, s, d), generator=generator).to(device)  # (B, s, D)
-                z = torch.addcmul(mu.unsqueeze(1), std.unsqueeze(1), eps)  # (B, s, D)
-                log_q = log_q_const.unsqueeze(1) - 0.5 * (eps * eps).sum(-1)  # (B, s)
-                log_p = p_dist.log_prob(z.transpose(0, 1)).transpose(0, 1).float()  # (B, s)
-                if kernel is not None:
-                    log_px = kernel(z.view(b * s, d), b, s)
+                if own is not None:  # the model draws from its own (sequential) posterior
+                    log_px, log_p, log_q = own(xb, cb, s, generator)
                 else:
-                    c_rep = None if cb is None else cb.unsqueeze(1).expand(b, s, cb.shape[-1]).reshape(b * s, -1)
-                    log_px = _log_px(model, z.view(b * s, d), c_rep, xb, s)  # (B, s)
+                    eps = torch.randn((b, s, d), generator=generator).to(device)  # (B, s, D)
+                    z = torch.addcmul(mu.unsqueeze(1), std.unsqueeze(1), eps)  # (B, s, D)
+                    log_q = log_q_const.unsqueeze(1) - 0.5 * (eps * eps).sum(-1)  # (B, s)
+                    log_p = p_dist.log_prob(z.transpose(0, 1)).transpose(0, 1).float()  # (B, s)
+                    if kernel is not None:
+                        log_px = kernel(z.view(b * s, d), b, s)
+                    else:
+                        c_rep = None if cb is None else cb.unsqueeze(1).expand(b, s, cb.shape[-1]).reshape(b * s, -1)
+                        log_px = _log_px(model, z.view(b * s, d), c_rep, xb, s)  # (B, s)
                 log_w = (log_px + log_p - log_q).double()
                 lse = torch.logaddexp(lse, torch.logsumexp(log_w, dim=1))
                 lse2 = torch.logaddexp(lse2, torch.logsumexp(2.0 * log_w, dim=1))
@@ -162,7 +168,7 @@ def importance_sampled(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = No
             out["lse"][start:start + b] = lse.cpu()
             out["lse2"][start:start + b] = lse2.cpu()
             out["rec"][start:start + b] = (rec / k).cpu()
-            if prior.analytic_kl:
+            if prior.analytic_kl and own is None:
                 kl = prior.kl(qz, qz.mu, cb).double() * k
             out["kl"][start:start + b] = (kl / k).cpu()
             if bar is not None:
@@ -223,6 +229,13 @@ def likelihood(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None, *, k
             note=f"-log (1/k) sum_i p(x,z_i{'|c' if c is not None else ''}) / q(z_i|x{',c' if c is not None else ''}); "
                  f"stderr over examples, of which the sampling alone contributes about {mc_se:.2g} (delta method); "
                  "in expectation an upper bound on the true -log p, tightening as k grows (Burda et al. 2015)")
+        levels = getattr(getattr(model, "likelihood", None), "levels", None)
+        if levels:  # 8-bit data scored as its levels: -log p is a code length, and bits per dimension mean it
+            dims = math.prod(model.config.data_shape) * math.log(2.0)
+            figures["bits_per_dim"] = Figure(
+                f"-log2 p({xc}) per dimension, importance-sampled, k = {k}", mean / dims, se / dims, unit="bits/dim",
+                note=f"the importance-sampled NLL / ({math.prod(model.config.data_shape)} dimensions x ln 2), "
+                     f"{levels} levels per sub-pixel")
         figures["elbo_gap"] = figure("negative ELBO - importance-sampled NLL", res.negative_elbo + jac - nll,
                                      note="how much tighter the importance-sampled bound is than the ELBO")
         figures["effective_sample_size"] = figure(

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .config import TrainConfig
+from .config import TrainConfig, model_settings
 from .data import EVALUATION_SEED, DataSplits, fixed_binarization, load_data, parse_image_size
 from .data.stream import CHUNK_BYTES, ArrayRows, load_npy_stream, npy_float32_bytes
 from .errors import CvaeError
@@ -120,7 +120,8 @@ CONDITIONED_DEFAULTS = {"mlp-400": {"latent_dim": 8, "condition_at": -1}}
 def model_class_for(config: TrainConfig, data: DataSplits) -> str:
     """The model class a run trains: --model, else m2 (semi-supervised) when some training examples
     lack a label, else the CVAE. A class that cannot infer a missing label refuses such data."""
-    name = config.model or ("m2" if data.semi_supervised else data.meta.get("model", {}).get("model_class", "cvae"))
+    name = (config.model or PRESETS[config.preset].get("model_class")
+            or data.meta.get("model", {}).get("model_class") or ("m2" if data.semi_supervised else "cvae"))
     trained_by = MODELS.get(name).trained_by
     if trained_by != "cvae train":
         raise CvaeError(f"the {name} model is trained with `{trained_by}`, not `cvae train`; see `{trained_by} --help`")
@@ -138,7 +139,8 @@ def objective_for(config: TrainConfig, model_class: str) -> str:
 
 
 def model_config_for(config: TrainConfig, data: DataSplits) -> ModelConfig:
-    config_class = MODELS.get(model_class_for(config, data)).config_class
+    model_class = model_class_for(config, data)
+    config_class = MODELS.get(model_class).config_class
     settings = dict(PRESETS[config.preset])
     if data.schema:
         settings.update(CONDITIONED_DEFAULTS.get(config.preset, {}))
@@ -146,7 +148,8 @@ def model_config_for(config: TrainConfig, data: DataSplits) -> ModelConfig:
     if data.binary and not data.standardize:
         settings["likelihood"] = "bernoulli"
     settings.update({k: v for k, v in data.meta.get("model", {}).items() if k != "model_class"})  # e.g. a vocabulary
-    settings.update(config.model_overrides())
+    settings = model_settings(settings, config.model_overrides(), model_class)
+    settings.pop("model_class")
     if config.word_dropout is not None:
         settings["word_dropout"] = config.word_dropout
     if settings.get("arch") == "conv" and len(data.data_shape) == 1:
@@ -155,7 +158,28 @@ def model_config_for(config: TrainConfig, data: DataSplits) -> ModelConfig:
             "features; use --preset mlp-400 (or --data-layout signal for rows that are 1-D signals)"
         )
     return config_class(data_shape=data.data_shape, schema=data.schema.to_dict(), standardize=data.standardize,
-                        model_class=model_class_for(config, data), **settings)
+                        model_class=model_class, **settings)
+
+
+def with_class_defaults(config: TrainConfig, model_class: str) -> TrainConfig:
+    """``config`` with the training settings that the model class sets by default
+    (``train_defaults``, e.g. the hierarchical model's KL warm-up and gradient clipping) wherever
+    the user left them at their neutral value and the objective reads them."""
+    defaults = getattr(MODELS.get(model_class), "train_defaults", {})
+    if not defaults:
+        return config
+    from .objectives import OBJECTIVES
+    from .objectives.base import OBJECTIVE_SETTINGS
+
+    neutral = {key: value for key, value, _ in OBJECTIVE_SETTINGS}
+    uses = OBJECTIVES.get(objective_for(config, model_class)).uses
+    changes = {}
+    for key, value in defaults.items():
+        if key in neutral and key not in uses:
+            continue
+        if getattr(config, key) in (None, neutral.get(key)):
+            changes[key] = value
+    return config.replace(**changes) if changes else config
 
 
 def default_out(config: TrainConfig, data_name: str) -> Path:
@@ -278,6 +302,7 @@ class Trainer:
         # --overwrite of a trained run: the old run stays whole until the new one has a finite first epoch
         self.replacing = replacing
         self.model_config = model_config_for(config, data)
+        self.config = config = with_class_defaults(config, self.model_config.model_class)
         self.info = self._run_info()
         self.model = build_model(self.model_config, run=RunInfo(run_dir, self.info)).to(device)
         if data.standardize:
@@ -450,7 +475,8 @@ class Trainer:
         if self.labelled_rows is not None:
             batches = _with_labelled(batches, self.x_train, self.c_train, self.labelled_rows, self.labelled_batch,
                                      (config.seed, epoch, 1 + self.ranks.rank), self.device, self.dynamic)
-        rows_seen = 0
+        rows_seen, skipped = 0, 0
+        skips = getattr(self.model, "skips_nonfinite_steps", False)
         for step, (xb, cb) in enumerate(batches):
             if config.lr_schedule == "cosine":
                 _set_lr(opt, cosine_lr(config.lr, (epoch * self.steps + step) / (config.epochs * self.steps)))
@@ -458,8 +484,15 @@ class Trainer:
                 out = self.objective(self.step_model, xb, cb, progress=epoch + step / self.steps)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            if config.grad_clip or skips:
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip or math.inf)
+                if skips and not bool(torch.isfinite(norm)):
+                    # a non-finite gradient: this step is skipped (counted in the metrics row), not applied
+                    opt.zero_grad(set_to_none=True)
+                    skipped += 1
+                    if bar is not None:
+                        bar.update()
+                    continue
             opt.step()
             figures = torch.stack([t.detach().float() for t in (out.reconstruction, out.kl, *out.terms.values())])
             if sums is None:
@@ -470,12 +503,15 @@ class Trainer:
                 bar.update()
                 if step % REFRESH_STEPS == 0:
                     bar.set_postfix(loss=f"{out.loss.item():.2f}", **{k: f"{v.item():.3g}" for k, v in out.terms.items()})
+        if skips and skipped * 2 > self.steps:
+            raise CvaeError(f"{skipped} of the {self.steps} steps of epoch {epoch + 1} had a non-finite gradient and were "
+                            "skipped; training is not progressing. Lower --lr or --grad-clip, or check the data")
         if self.ranks.world > 1:
             dist.all_reduce(sums)
         rec, kl, *terms = (sums / (rows_seen * self.ranks.world)).tolist()
         return {"epoch": epoch + 1, "train_loss": rec + kl, "train_reconstruction": rec, "train_kl": kl,
                 **{f"train_{k}": v for k, v in zip(names, terms)}, **self.objective.schedule(epoch + 1),
-                "seconds": time.perf_counter() - t0}
+                **({"skipped_steps": skipped} if skips else {}), "seconds": time.perf_counter() - t0}
 
     def _check_finite(self, row: dict) -> None:
         """A diverged epoch (a loss or a weight not finite) is never saved: the run keeps its last good one."""

@@ -31,7 +31,7 @@ import torch
 from ..data.core import read_source
 from ..data.sources import read_csv_table
 from ..errors import CvaeError
-from ..models import CVAE
+from ..models import CVAE, VAEModel
 from ..objectives import iwae_bound
 from ..plots import save_score_histogram
 from ..runs import load_model, write_json
@@ -381,8 +381,8 @@ def score_anomalies(run: str | Path | CVAE, source: str, *, data_dir=None, split
     threshold. When the data has the detector's label column (or ``label_column``), also say which
     examples are anomalies (label not among the normal values) and measure AUROC, AP and the
     confusion matrix."""
-    model = run if isinstance(run, CVAE) else load_model(run)
-    detector = load_detector(model.run_dir if isinstance(run, CVAE) else run)
+    model = run if isinstance(run, VAEModel) else load_model(run)
+    detector = load_detector(model.run_dir if isinstance(run, VAEModel) else run)
     method = score or detector.score
     if method not in detector.thresholds:
         raise CvaeError(f"unknown score {method!r}; choose one of {', '.join(detector.thresholds)}")

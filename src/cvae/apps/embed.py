@@ -36,14 +36,18 @@ class Embedding:
 
 @torch.no_grad()
 def embed_inputs(model: CVAE, inputs: Inputs, *, condition=None, batch_size: int = 1000,
-                 source: str = "the input") -> Embedding:
-    """Encode ``inputs`` (their own conditions, or ``condition`` for all of them)."""
+                 source: str = "the input", latent: str = "all") -> Embedding:
+    """Encode ``inputs`` (their own conditions, or ``condition`` for all of them). ``latent``: all
+    of the code (a hierarchical model's groups concatenated, coarsest first) or its top group."""
+    if latent not in ("all", "top"):
+        raise CvaeError(f"latent must be all or top, got {latent!r}")
+    start, end = model.latent_groups()[0] if latent == "top" else (0, model.config.latent_dim)
     y = conditions_of(model, inputs, condition, source=source)
     mus, variances = [], []
     for i in range(0, len(inputs.x), batch_size):
         qz = model.encode(inputs.x[i:i + batch_size], None if y is None else y[i:i + batch_size])
-        mus.append(qz.mu.cpu())
-        variances.append(qz.variance.cpu())
+        mus.append(qz.mu[:, start:end].cpu())
+        variances.append(qz.variance[:, start:end].cpu())
     conds = {}
     if y is not None:
         for j, a in enumerate(model.schema.attributes):
@@ -53,14 +57,14 @@ def embed_inputs(model: CVAE, inputs: Inputs, *, condition=None, batch_size: int
 
 
 def embed(model: CVAE, source: str, *, data_dir=None, n: int | None = None, split: str = "test", condition=None,
-          columns=()) -> Embedding:
+          columns=(), latent: str = "all") -> Embedding:
     """Encode the examples of ``source`` (a named data set's ``split``, a file or an image folder).
 
     ``columns`` names further columns of the data to carry along (e.g. ``["label"]`` for a plain VAE,
     to colour its map by the digit).
     """
     inputs = read_inputs(model, source, data_dir=data_dir, n=n, split=split, columns=columns)
-    return embed_inputs(model, inputs, condition=condition, source=source)
+    return embed_inputs(model, inputs, condition=condition, source=source, latent=latent)
 
 
 def write_embedding(path: str | Path, emb: Embedding) -> Path:

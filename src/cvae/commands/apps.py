@@ -144,6 +144,9 @@ def add_parsers(sub) -> None:
     e.add_argument("--columns", help="further columns of the data to carry into the export, e.g. label")
     e.add_argument("--map", help="also draw the 2-D map (the latent, or its first two principal components) here")
     e.add_argument("--color-by", help="the condition or column to colour the map by (default: the first categorical)")
+    e.add_argument("--latent", choices=("all", "top"), default="all",
+                   help="all: the whole code (a hierarchical model's groups concatenated, coarsest first; default) | "
+                        "top: its coarsest latent group only")
     e.set_defaults(func=cmd_embed)
 
     c = sub.add_parser("classify", help="class probabilities per example (semi-supervised runs: q(y | x))",
@@ -437,12 +440,14 @@ def cmd_embed(args) -> int:
     if args.color_by and args.color_by not in columns and args.color_by not in (model.schema.names if model.schema else []):
         columns.append(args.color_by)
     emb = embed(model, source, data_dir=args.data_dir, n=args.n, split=args.split, condition=args.condition,
-                columns=columns)
+                columns=columns, latent=args.latent)
     out = Path(args.output)
     if out.suffix.lower() == ".png":
         print(f"wrote {save_embedding_map(out, emb, args.color_by)}  ({len(emb)} examples)")
         return 0
-    print(f"wrote {write_embedding(out, emb)}  ({len(emb)} examples, {emb.mu.shape[1]} latent dimensions)")
+    groups = len(model.latent_groups())
+    which = "" if groups == 1 else (" of the top group" if args.latent == "top" else f", all {groups} groups concatenated")
+    print(f"wrote {write_embedding(out, emb)}  ({len(emb)} examples, {emb.mu.shape[1]} latent dimensions{which})")
     if args.map:
         print(f"  map: {save_embedding_map(args.map, emb, args.color_by)}")
     return 0

@@ -45,14 +45,20 @@ HELP = {
     "alpha": "m2: weight of q(y | x)'s cross-entropy on the labelled examples (default 0.1 x the number of labels, "
              "the paper's 0.1 N)",
     "consistency": "m2: weight of the FixMatch consistency term on q(y | x) (default 1; 0 trains M2 exactly)",
-    "preset": "mlp-400 | textbook | conv | burda",
+    "preset": "mlp-400 | textbook | conv | burda | hvae (the hierarchical model: top-down latent groups, "
+              "--depth/--width/--groups/--z-channels)",
+    "depth": "hvae: resolutions that carry latent groups (the image is halved this many times; default 2)",
+    "width": "hvae: channels of the residual stream (default 32)",
+    "groups": "hvae: latent groups per resolution (default 2)",
+    "z_channels": "hvae: channels of each latent group (default 4)",
     "arch": "mlp | conv (override the preset)",
     "hidden": "hidden widths, e.g. 512,256",
     "channels": "conv channels, e.g. 32,64",
     "latent_dim": "size of z",
     "activation": "relu | tanh | elu | gelu | softplus | leaky_relu | silu",
     "condition_at": "MLP layer at which the condition joins (0 = input, 1 = after the first hidden layer, -1 = every layer)",
-    "likelihood": "bernoulli | gaussian | gaussian-learned (default: bernoulli for images, gaussian-learned otherwise)",
+    "likelihood": "bernoulli | gaussian | gaussian-learned | logistic-mixture | categorical-256 (8-bit images: "
+                  "bits per dimension) (default: bernoulli for images, gaussian-learned otherwise)",
     "sigma": "decoder standard deviation (gaussian) or its initial value (gaussian-learned)",
     "prior": "auto (default: conditional when the model has a condition, else standard) | standard (N(0, I)) | "
              "conditional (a learned Gaussian p(z | c)) | mog (a learned mixture of Gaussians) | vamp (VampPrior, "
@@ -79,6 +85,18 @@ HELP = {
     "out": "the run folder (default runs/DATA-PRESET)",
     "tensorboard": "write TensorBoard scalars to RUN/tb", "progress": "show a progress bar",
 }
+
+
+def temperatures(text: str):
+    """--temperature: one number, or numbers separated by commas (one per latent group)."""
+    parts = [t for t in text.replace(" ", "").split(",") if t]
+    try:
+        values = [float(t) for t in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or numbers separated by commas") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give a number, or one per latent group separated by commas")
+    return values[0] if len(values) == 1 and "," not in text else values
 
 
 def _flag_type(type_text: str):
@@ -118,9 +136,10 @@ def add_parsers(sub) -> None:
     s.add_argument("--n", type=int, default=64, help="how many examples (default 64)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--draw", action="store_true", help="draw x ~ p(x | z, c) instead of taking its mean")
-    s.add_argument("--temperature", type=float, default=0.9,
+    s.add_argument("--temperature", type=temperatures, default=0.9,
                    help="scale of the prior's standard deviations: 1 samples the model exactly; the default 0.9 "
-                        "gives samples more typical of their condition")
+                        "gives samples more typical of their condition. A hierarchical model (--preset hvae) also "
+                        "takes one per latent group, coarsest first: 1,1,0.8,0.6")
     s.add_argument("-o", "--output", required=True, help="a .png grid, an .npz (x plus conditions) or a .csv "
                    "(sequence runs: .csv with the requested and achieved properties, .smi, .txt or a .png)")
     s.add_argument("--decode", choices=["greedy", "sample", "beam"], default=None,

@@ -84,6 +84,16 @@ class VAEModel(nn.Module):
         """n codes from the prior p(z | c), its deviations scaled by ``temperature``."""
         return self.prior.sample(n, c, generator, temperature)
 
+    def check_temperature(self, temperature) -> None:
+        """A sampling temperature this model takes: a number from 0 to 10 (a hierarchical model also
+        takes one per latent group)."""
+        if not (isinstance(temperature, (int, float)) and 0 <= temperature <= 10):
+            raise CvaeError(f"temperature must be a number from 0 to 10, got {temperature!r}")
+
+    def latent_groups(self) -> list[tuple[int, int]]:
+        """(start, end) of each latent group in the code z, top (coarsest) first: one for most models."""
+        return [(0, self.config.latent_dim)]
+
     def parameter_groups(self) -> list[dict]:
         """The optimizer's parameter groups; a group's ``lr_scale`` multiplies the learning rate for it."""
         return [{"params": list(self.parameters())}]
@@ -161,8 +171,7 @@ class VAEModel(nn.Module):
         ``temperature`` scales the prior's standard deviations (each component's, for a mixture):
         1 draws from the model exactly; the default 0.9 trades a little variety for samples that
         are more typical of their condition (benchmarks/defaults.py measures it)."""
-        if not (isinstance(temperature, (int, float)) and 0 <= temperature <= 10):
-            raise CvaeError(f"temperature must be a number from 0 to 10, got {temperature!r}")
+        self.check_temperature(temperature)
         c = self.condition_vector(condition, n)
         n = len(c) if c is not None and n is None else (n or 1)
         px = self.p_x(self.sample_z(n, c, generator, temperature), c)

@@ -280,4 +280,7 @@ PRESETS: dict[str, dict] = {
     "conv": dict(arch="conv", channels=[32], hidden=[64], latent_dim=16, activation="relu"),
     # Burda, Grosse & Salakhutdinov (2015), IWAE paper, one stochastic layer: 784-200-200-50, tanh.
     "burda": dict(arch="mlp", hidden=[200, 200], latent_dim=50, activation="tanh"),
+    # The hierarchical model (cvae.models.hvae): top-down latent groups, LVAE / NVAE / VDVAE style, sized
+    # for a CPU (benchmarks/hvae.py); --depth, --width, --groups and --z-channels change it.
+    "hvae": dict(model_class="hvae", arch="conv", activation="gelu", depth=2, width=32, groups=2, z_channels=4),
 }

@@ -107,8 +107,7 @@ class SeqVAE(VAEModel):
                        decode: str = "greedy", beam: int = 5, token_temperature: float = 1.0):
         """``n`` strings generated for ``condition`` (z ~ p(z | c) at ``temperature``, then greedy,
         sampled or beam decoding) and the raw condition rows (N, A) they were asked for (None unconditioned)."""
-        if not (isinstance(temperature, (int, float)) and 0 <= temperature <= 10):
-            raise CvaeError(f"temperature must be a number from 0 to 10, got {temperature!r}")
+        self.check_temperature(temperature)
         g = torch.Generator().manual_seed(seed)
         y = self.schema.parse(condition, n) if self.schema else None
         c = self.condition_vector(y, n) if self.schema else self.condition_vector(condition, n)

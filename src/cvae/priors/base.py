@@ -41,6 +41,7 @@ class Prior(nn.Module):
     analytic_kl: bool = False
     factorized: bool = False  # kl_per_dim sums to kl; both are shaped like the draws z they are given
     needs_condition: bool = False
+    model_class: str | None = None  # the model class whose own prior this is (None: any model's)
 
     def __init__(self, latent_dim: int, cond_dim: int, context=None, **options):
         super().__init__()
