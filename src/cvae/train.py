@@ -35,6 +35,7 @@ from .config import TrainConfig
 from .data import EVALUATION_SEED, DataSplits, fixed_binarization, load_data, parse_image_size
 from .data.stream import CHUNK_BYTES, ArrayRows, load_npy_stream, npy_float32_bytes
 from .errors import CvaeError
+from .fused import fused_step_for
 from .lock import LOCK_NAME, hold, let_go, remove_orphans
 from .models import CVAE, MODELS, PRESETS, ModelConfig, RunInfo, build_model
 from .models.config import free_memory
@@ -295,6 +296,7 @@ class Trainer:
             torch.manual_seed(config.seed + ranks.rank)  # its own noise; the weights come from rank 0
         self.step_model = self._wrapped_model()
         self._place_data()
+        self.fused = self._fused_step()
         self.metrics_path = run_dir / "metrics.jsonl"
         self.writer = self._open_logs()
 
@@ -379,6 +381,28 @@ class Trainer:
             self.labelled_rows = torch.nonzero(~schema.missing(data.train.y)).flatten()
             self.labelled_batch = min(len(self.labelled_rows), self.batch)
 
+    def _fused_step(self):
+        """The hand-written step (cvae.fused) where it covers this run and --step allows it, else None
+        (the generic autograd path); config.json's execution says which, and why not."""
+        config, execution = self.config, self.info["execution"]
+        step, reason = None, "--step autograd"
+        if config.step != "autograd":
+            if self.ranks.world > 1:
+                reason = "several processes (DDP) train the model"
+            elif config.compile:
+                reason = "--compile was asked for"
+            else:
+                step, reasons = fused_step_for(self.model, self.objective, batch_size=self.batch, device=self.device,
+                                               precision=config.precision)
+                reason = "; ".join(reasons.values())
+        if step is None and config.step == "fused":
+            raise CvaeError(f"--step fused does not cover this run: {reason}; use --step auto (the generic path "
+                            "where the fused step does not cover the run)")
+        execution["step"] = "fused-mlp" if step is not None else "autograd"
+        if step is None:
+            execution["step_reason"] = reason
+        return step
+
     def _open_logs(self):
         if not self.ranks.main or self.replacing:
             return None
@@ -451,10 +475,13 @@ class Trainer:
         for step, (xb, cb) in enumerate(batches):
             if config.lr_schedule == "cosine":
                 _set_lr(opt, cosine_lr(config.lr, (epoch * self.steps + step) / (config.epochs * self.steps)))
-            with _autocast(self.device, config.precision):
-                out = self.objective(self.step_model, xb, cb, progress=epoch + step / self.steps)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            if self.fused is not None:  # loss and gradients written out, straight into the parameters' .grad
+                out = self.fused(xb, cb, progress=epoch + step / self.steps)
+            else:
+                with _autocast(self.device, config.precision):
+                    out = self.objective(self.step_model, xb, cb, progress=epoch + step / self.steps)
+                opt.zero_grad(set_to_none=True)
+                out.loss.backward()
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
             opt.step()
@@ -655,7 +682,8 @@ def _has_epochs(run_dir: Path) -> bool:
     return (run_dir / "trainer_state.safetensors").is_file()
 
 
-RESUMABLE = {"epochs", "patience", "progress", "tensorboard", "device", "data_dir", "precision", "compile", "stream"}
+RESUMABLE = {"epochs", "patience", "progress", "tensorboard", "device", "data_dir", "precision", "compile", "stream",
+             "step"}
 
 
 def _resumed_config(saved: TrainConfig, given: TrainConfig, explicit: set[str] | None) -> TrainConfig:
