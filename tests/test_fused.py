@@ -104,10 +104,38 @@ def test_what_it_does_not_cover_goes_to_the_generic_path_with_a_reason(what):
         objective = build_objective("iwae", TrainConfig(objective="iwae"))
     if what == "arch":
         model = build_model(ModelConfig(data_shape=(1, 8, 8), arch="conv", channels=[4], hidden=[8], latent_dim=2))
-    precision = "bfloat16" if what == "precision" else "float32"
+    precision = "float16" if what == "precision" else "float32"
     step, reasons = fused_step_for(model, objective, batch_size=4, device=torch.device("cpu"), precision=precision)
     assert step is None and reasons["fused-mlp"]
     assert FusedMLPStep.why_not(model, objective, precision=precision) == reasons["fused-mlp"]
+
+
+@pytest.mark.parametrize("case", [dict(), dict(act="silu", cond_at=-1, prior="conditional", likelihood="gaussian-learned"),
+                                  dict(act="tanh", likelihood="gaussian", cond=False)], ids=["relu", "silu", "tanh"])
+def test_bfloat16_is_as_close_to_float32_as_autocast_is(case):
+    """In bfloat16 the step's loss and gradients are within bfloat16 rounding of the float32 autograd
+    ones, as close as the generic path under autocast gets (its own error, times 2, plus a margin)."""
+    model = _model(hidden=(64, 32), **case)
+    x, c = _batch(model, b=32)
+    objective = ELBO()
+
+    def generic(autocast):
+        m = copy.deepcopy(model)
+        torch.manual_seed(5)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = objective(m, x, c)
+        out.loss.backward()
+        return out.loss.item(), {n: p.grad for n, p in m.named_parameters()}
+
+    (loss, grads), (a_loss, a_grads) = generic(False), generic(True)
+    step, _ = fused_step_for(model, objective, batch_size=32, device=torch.device("cpu"), precision="bfloat16")
+    torch.manual_seed(5)
+    f_loss = step(x, c).loss.item()
+    assert f_loss == pytest.approx(loss, rel=2e-3)
+    for name, p in model.named_parameters():
+        err = ((p.grad - grads[name]).norm() / grads[name].norm()).item()
+        autocast_err = ((a_grads[name] - grads[name]).norm() / grads[name].norm()).item()
+        assert err < 2 * autocast_err + 0.02, name
 
 
 def _config(tmp_path, name, **settings):
@@ -158,3 +186,52 @@ def test_resume_crosses_the_paths_exactly(tmp_path):
                   explicit={"epochs", "step"})
     for p, q in zip(whole.model.parameters(), resumed.model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+
+
+# -- the probe: precision, step and threads by measurement ------------------------------------------
+
+def test_probe_measures_every_candidate_records_and_caches_its_choice(tmp_path, monkeypatch):
+    from cvae import probe
+    from cvae.train import native_bfloat16
+
+    monkeypatch.setenv("CVAE_PROBE", "fresh")
+    result = fit(_config(tmp_path, "probed", precision="auto", epochs=1))
+    execution = json.loads((result.run_dir / "config.json").read_text())["execution"]
+    answer = execution["probe"]
+    labels = set(answer["rates"])
+    assert {"fused float32 1t", "autograd float32 1t"} <= labels  # the tests run with one thread
+    assert ("fused bfloat16 1t" in labels) == native_bfloat16(torch.device("cpu"))
+    assert all(rate > 0 for rate in answer["rates"].values()) and answer["cached"] is False
+    chosen = f"{answer['step']} {answer['precision']} {answer['threads']}t"
+    assert answer["rates"][chosen] == max(answer["rates"].values()) or answer["precision"] == "float32"
+    assert result.config.precision == answer["precision"]
+    assert execution["step"] == ("fused-mlp" if answer["step"] == "fused" else "autograd")
+    monkeypatch.delenv("CVAE_PROBE")
+    again = fit(_config(tmp_path, "again", precision="auto", epochs=1))
+    cached = json.loads((again.run_dir / "config.json").read_text())["execution"]["probe"]
+    assert cached["cached"] is True and cached["rates"] == answer["rates"]
+    assert (probe.cache_dir() / "probe.json").is_file()
+
+
+def test_probe_keeps_float32_unless_the_lower_precision_is_clearly_faster():
+    from cvae.probe import MARGIN, decide
+
+    cands = [{"step": "fused", "precision": p, "threads": 1} for p in ("float32", "bfloat16")]
+    assert decide(cands, {"fused float32 1t": 100, "fused bfloat16 1t": 100 * MARGIN * 0.99})["precision"] == "float32"
+    assert decide(cands, {"fused float32 1t": 100, "fused bfloat16 1t": 100 * MARGIN * 1.01})["precision"] == "bfloat16"
+    assert decide(cands, {"fused float32 1t": 100, "fused bfloat16 1t": 50})["precision"] == "float32"
+
+
+def test_probe_leaves_the_random_state_and_the_model_alone(tmp_path):
+    from cvae.probe import choose
+
+    model = _model()
+    x, c = _batch(model, b=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    choose(model, ELBO(), x, c, batch_size=8, device=torch.device("cpu"), steps=("fused", "autograd"),
+           precisions=("float32",), threads=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert all(p.grad is None for p in model.parameters())

@@ -45,6 +45,7 @@ from .priors.standard import StandardNormal
 from .registry import Registry
 
 STEPS = Registry("training step")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 aten = torch.ops.aten
 
 
@@ -88,26 +89,44 @@ def fused_step_for(model, objective, *, batch_size: int, device: torch.device, p
     for name, cls in STEPS.items():
         why = cls.why_not(model, objective, precision=precision)
         if why is None:
-            return cls(model, objective, batch_size=batch_size, device=device), {}
+            return cls(model, objective, batch_size=batch_size, device=device, precision=precision), {}
         reasons[name] = why
     return None, reasons
 
 
 class _Net:
     """The buffers of one MLP: per layer the input (B, in [+ C]) with the condition's columns,
-    the pre-activation (B, out) and the gradient of the input (B, in)."""
+    the pre-activation (B, out) and the gradient of the input (B, in). In bfloat16 the matrix
+    products read bfloat16 copies of the weights, refreshed every step (as autocast casts them),
+    and their weight gradients are rounded to bfloat16 before they reach the float32 ``.grad``."""
 
-    def __init__(self, net: MLP, batch: int, device, first_input: bool):
+    def __init__(self, net: MLP, batch: int, device, first_input: bool, dtype: torch.dtype):
         self.layers, self.joins = list(net.layers), list(net.joins)
-        self.cond_dim = net.cond_dim
+        self.cond_dim, self.dtype = net.cond_dim, dtype
         self.fwd, self.bwd = _activation(net.act)
         self.ins = [layer.in_features - (self.cond_dim if join else 0) for layer, join in zip(self.layers, self.joins)]
-        new = dict(device=device, dtype=torch.float32)
-        # the first layer's input is the caller's x when nothing joins it (no copy)
-        self.inputs = [torch.empty(batch, layer.in_features, **new) if (i or first_input or self.joins[0]) else None
+        new = dict(device=device, dtype=dtype)
+        # the first layer's input is the caller's x when nothing joins it and no cast is needed (no copy)
+        own_first = first_input or self.joins[0] or dtype != torch.float32
+        self.inputs = [torch.empty(batch, layer.in_features, **new) if (i or own_first) else None
                        for i, layer in enumerate(self.layers)]
         self.pre = [torch.empty(batch, layer.out_features, **new) for layer in self.layers]
         self.grad_in = [torch.empty(batch, n, **new) for n in self.ins]
+        self.cast = dtype != torch.float32
+        if self.cast:
+            self.weights = [torch.empty_like(layer.weight, dtype=dtype) for layer in self.layers]
+            self.biases = [torch.empty_like(layer.bias, dtype=dtype) for layer in self.layers]
+            self.weight_grads = [torch.empty_like(layer.weight, dtype=dtype) for layer in self.layers]
+        else:
+            self.weights = [layer.weight for layer in self.layers]
+            self.biases = [layer.bias for layer in self.layers]
+
+    def refresh(self) -> None:
+        """The low-precision copies of the weights, from the float32 ones the optimizer stepped."""
+        if self.cast:
+            for layer, w, bias in zip(self.layers, self.weights, self.biases):
+                w.copy_(layer.weight)
+                bias.copy_(layer.bias)
 
     def set_condition(self, c: torch.Tensor | None, b: int) -> None:
         if not self.cond_dim:
@@ -128,10 +147,10 @@ class _Net:
             else:
                 self.input_view(0, b).copy_(x)
         last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
+        for i in range(len(self.layers)):
             inp = self.first if self.inputs[i] is None else self.inputs[i][:b]
             out = self.pre[i][:b]
-            torch.addmm(layer.bias, inp, layer.weight.T, out=out)
+            torch.addmm(self.biases[i], inp, self.weights[i].T, out=out)
             if i < last:
                 self.fwd(out, self.input_view(i + 1, b))
         return self.pre[last][:b]
@@ -142,12 +161,16 @@ class _Net:
         for i in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[i]
             inp = self.first if self.inputs[i] is None else self.inputs[i][:b]
-            torch.mm(g.T, inp, out=layer.weight.grad)
-            torch.sum(g, 0, out=layer.bias.grad)
+            if self.cast:
+                layer.weight.grad.copy_(torch.mm(g.T, inp, out=self.weight_grads[i]))
+                torch.sum(g, 0, dtype=torch.float32, out=layer.bias.grad)
+            else:
+                torch.mm(g.T, inp, out=layer.weight.grad)
+                torch.sum(g, 0, out=layer.bias.grad)
             if i == 0 and not need_input:
                 return None
             gi = self.grad_in[i][:b]
-            torch.mm(g, layer.weight[:, :self.ins[i]], out=gi)
+            torch.mm(g, self.weights[i][:, :self.ins[i]], out=gi)
             if i == 0:
                 return gi
             self.bwd(gi, self.pre[i - 1][:b], self.input_view(i, b), gi)
@@ -180,19 +203,21 @@ class FusedMLPStep:
             return f"the objective is {getattr(objective, 'name', type(objective).__name__)}, not the ELBO"
         if objective.free_bits > 0:
             return "free bits are not written out"
-        if precision != "float32":
-            return f"it computes in float32, not {precision}"
+        if precision not in DTYPES:
+            return f"it computes in float32 or bfloat16, not {precision}"
         if any(p.dtype != torch.float32 for p in model.parameters()):
             return "the weights are not float32"
         return None
 
-    def __init__(self, model: CVAE, objective: ELBO, *, batch_size: int, device: torch.device):
-        self.model, self.objective = model, objective
+    def __init__(self, model: CVAE, objective: ELBO, *, batch_size: int, device: torch.device,
+                 precision: str = "float32"):
+        self.model, self.objective, self.precision = model, objective, precision
+        self.dtype = dtype = DTYPES[precision]
         self.latent = model.config.latent_dim
         self.batch = batch_size
         self.cond_dim = model.schema.dim
-        self.encoder = _Net(model.encoder.net, batch_size, device, first_input=False)
-        self.decoder = _Net(model.decoder.net, batch_size, device, first_input=True)
+        self.encoder = _Net(model.encoder.net, batch_size, device, first_input=False, dtype=dtype)
+        self.decoder = _Net(model.decoder.net, batch_size, device, first_input=True, dtype=dtype)
         self.likelihood = model.likelihood
         self.learned_sigma = type(model.likelihood) is LearnedGaussianLikelihood
         self.gaussian = type(model.likelihood) is not BernoulliLikelihood
@@ -205,6 +230,9 @@ class FusedMLPStep:
         self.std = torch.empty(batch_size, d, **new)
         self.tmp = torch.empty(batch_size, d, **new)
         self.enc_grad = torch.empty(batch_size, 2 * d, **new)  # d loss / d (mu, logvar)
+        if dtype != torch.float32:  # the two gradients that enter the networks' backward passes, cast
+            self.out_grad_low = torch.empty(batch_size, p, device=device, dtype=dtype)
+            self.enc_grad_low = torch.empty(batch_size, 2 * d, device=device, dtype=dtype)
         if self.prior_net is not None:
             self.prior_grad = torch.empty(batch_size, 2 * d, **new)
             self.diff = torch.empty(batch_size, d, **new)
@@ -232,6 +260,7 @@ class FusedMLPStep:
         into the parameters' ``.grad``, ready for the optimizer's step."""
         self._attach_grads()
         b, d = len(x), self.latent
+        low = self.dtype != torch.float32
         weight = self.objective.kl_weight(progress)
         xf = x.reshape(b, -1)
         if xf.dtype != torch.float32:
@@ -239,19 +268,29 @@ class FusedMLPStep:
         if c is not None:
             c = c.float()
         enc, dec = self.encoder, self.decoder
+        enc.refresh()
+        dec.refresh()
         enc.set_condition(c, b)
         dec.set_condition(c, b)
 
         # q(z | x, c), then z = mu + sigma * eps straight into the decoder's input
         h = enc.forward(xf, b)
+        if low:
+            h = h.float()
         mu, logvar = h[:, :d], h[:, d:]
         std = torch.mul(logvar, 0.5, out=self.std[:b]).exp_()
-        eps = torch.randn((b, d), dtype=torch.float32, device=x.device)  # as DiagonalGaussian.rsample draws it
+        # the noise as DiagonalGaussian.rsample draws it (in the encoder's output dtype under autocast)
+        eps = torch.randn((b, d), dtype=self.dtype, device=x.device).float()
         z = dec.input_view(0, b)
-        torch.addcmul(mu, std, eps, out=z)
+        if low:
+            z.copy_(torch.addcmul(mu, std, eps))
+        else:
+            torch.addcmul(mu, std, eps, out=z)
 
         # p(x | z, c): the reconstruction term's sum and its gradient with respect to the decoder output
         out = dec.forward(None, b)
+        if low:
+            out = out.float()
         g_out = self.out_grad[:b]
         if self.gaussian:
             rec_sum = self._gaussian(out, xf, g_out, b)
@@ -259,7 +298,9 @@ class FusedMLPStep:
             rec_sum = F.binary_cross_entropy_with_logits(out, xf, reduction="sum")
             torch.sigmoid(out, out=g_out)
             g_out.sub_(xf).mul_(1.0 / b)
-        dz = dec.backward(g_out, b, need_input=True)
+        dz = dec.backward(self.out_grad_low[:b].copy_(g_out) if low else g_out, b, need_input=True)
+        if low:
+            dz = dz.float()
 
         # KL(q || p) (analytic) and the gradient at (mu, logvar) through the reparameterisation
         g_enc = self.enc_grad[:b]
@@ -273,7 +314,7 @@ class FusedMLPStep:
             g_logvar.add_(var, alpha=0.5 * scale).sub_(0.5 * scale)
         else:
             kl_sum = self._conditional_kl(c, mu, logvar, var, dz, g_mu, g_logvar, scale, b)
-        enc.backward(g_enc, b, need_input=False)
+        enc.backward(self.enc_grad_low[:b].copy_(g_enc) if low else g_enc, b, need_input=False)
 
         rec, kl = rec_sum / b, kl_sum / b
         return ObjectiveOutput(loss=rec + weight * kl, reconstruction=rec, kl=kl)

@@ -36,6 +36,7 @@ from .data import EVALUATION_SEED, DataSplits, fixed_binarization, load_data, pa
 from .data.stream import CHUNK_BYTES, ArrayRows, load_npy_stream, npy_float32_bytes
 from .errors import CvaeError
 from .fused import fused_step_for
+from .probe import choose
 from .lock import LOCK_NAME, hold, let_go, remove_orphans
 from .models import CVAE, MODELS, PRESETS, ModelConfig, RunInfo, build_model
 from .models.config import free_memory
@@ -296,6 +297,7 @@ class Trainer:
             torch.manual_seed(config.seed + ranks.rank)  # its own noise; the weights come from rank 0
         self.step_model = self._wrapped_model()
         self._place_data()
+        self.probed_step = self._probe() if config.precision == "auto" else None
         self.fused = self._fused_step()
         self.metrics_path = run_dir / "metrics.jsonl"
         self.writer = self._open_logs()
@@ -381,12 +383,38 @@ class Trainer:
             self.labelled_rows = torch.nonzero(~schema.missing(data.train.y)).flatten()
             self.labelled_batch = min(len(self.labelled_rows), self.batch)
 
+    def _probe(self) -> str:
+        """--precision auto on one CPU process: precision, step and threads timed on the model's own
+        shapes (cvae.probe), recorded in config.json; returns the step chosen."""
+        config = self.config
+        steps = ("fused", "autograd") if config.step == "auto" else (config.step,)
+        if config.compile:
+            steps = ("autograd",)
+        precisions = ("float32", "bfloat16") if native_bfloat16(self.device) else ("float32",)
+        ceiling = self.governor.ceiling if self.governor is not None else torch.get_num_threads()
+        c = self.c_train[:self.batch] if self.c_train is not None else None
+        try:
+            answer = choose(self.model, self.objective, self.x_train[:self.batch], c, batch_size=self.batch,
+                            device=self.device, steps=steps, precisions=precisions, threads=ceiling, lr=config.lr)
+        except (RuntimeError, ValueError, CvaeError) as e:  # a model that cannot train on one plain batch
+            answer = {"step": config.step, "precision": resolve_precision("auto", self.device),
+                      "threads": torch.get_num_threads(), "error": f"{type(e).__name__}: {str(e)[:200]}"}
+        self.config = config.replace(precision=answer["precision"])
+        self.info["train"]["precision"] = answer["precision"]
+        torch.set_num_threads(answer["threads"])
+        if self.governor is not None:
+            self.governor.ceiling = answer["threads"]
+        self.info["execution"].update(threads=answer["threads"], probe=answer)
+        return answer["step"]
+
     def _fused_step(self):
         """The hand-written step (cvae.fused) where it covers this run and --step allows it, else None
         (the generic autograd path); config.json's execution says which, and why not."""
         config, execution = self.config, self.info["execution"]
         step, reason = None, "--step autograd"
-        if config.step != "autograd":
+        if config.step == "auto" and self.probed_step == "autograd":
+            reason = "the probe measured the autograd path faster for this model (execution.probe)"
+        elif config.step != "autograd":
             if self.ranks.world > 1:
                 reason = "several processes (DDP) train the model"
             elif config.compile:
@@ -569,7 +597,9 @@ def _settings(config: TrainConfig, ranks: Ranks, device: torch.device, resume: b
         given = config
         config = _on_main(ranks, lambda: _resumed_config(TrainConfig.from_dict(read_config(given.out)["train"]),
                                                           given, explicit))
-    config = config.replace(precision=resolve_precision(config.precision, device),
+    # on one CPU process, --precision auto is left for the probe to decide once the model is built
+    probed = config.precision == "auto" and device.type == "cpu" and ranks.world == 1
+    config = config.replace(precision=config.precision if probed else resolve_precision(config.precision, device),
                             stream=config.stream or _too_big_for_memory(config.data, device))
     if config.batch_size % ranks.world:
         raise CvaeError(f"--batch-size {config.batch_size} is the batch of all {ranks.world} processes together; "
