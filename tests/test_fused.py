@@ -195,6 +195,7 @@ def test_probe_measures_every_candidate_records_and_caches_its_choice(tmp_path, 
     from cvae.train import native_bfloat16
 
     monkeypatch.setenv("CVAE_PROBE", "fresh")
+    monkeypatch.setattr(probe, "BUSY", float("inf"))  # cache it even when other processes load the machine
     result = fit(_config(tmp_path, "probed", precision="auto", epochs=1))
     execution = json.loads((result.run_dir / "config.json").read_text())["execution"]
     answer = execution["probe"]
@@ -211,6 +212,21 @@ def test_probe_measures_every_candidate_records_and_caches_its_choice(tmp_path, 
     cached = json.loads((again.run_dir / "config.json").read_text())["execution"]["probe"]
     assert cached["cached"] is True and cached["rates"] == answer["rates"]
     assert (probe.cache_dir() / "probe.json").is_file()
+    assert answer["other_processes_cores"] is None or answer["other_processes_cores"] >= 0
+
+
+def test_a_probe_on_a_busy_machine_is_used_but_not_cached(tmp_path, monkeypatch):
+    from cvae import probe
+
+    monkeypatch.setattr(probe, "BUSY", -1.0)  # every machine counts as busy
+    monkeypatch.setattr(probe, "cache_dir", lambda: tmp_path / "cache")
+    model = _model()
+    x, c = _batch(model, b=8)
+    kw = dict(batch_size=8, device=torch.device("cpu"), steps=("fused", "autograd"), precisions=("float32",), threads=1)
+    first = probe.choose(model, ELBO(), x, c, **kw)
+    assert first["cached"] is False and first["step"] in ("fused", "autograd")
+    assert probe.choose(model, ELBO(), x, c, **kw)["cached"] is False
+    assert not (tmp_path / "cache" / "probe.json").exists()
 
 
 def test_probe_keeps_float32_unless_the_lower_precision_is_clearly_faster():

@@ -12,7 +12,10 @@ lower precision only when it is at least ``MARGIN`` faster than float32 (a tie g
 
 The choice and the measured rates go into the run's ``config.json`` (``execution.probe``) and are
 cached per machine and model shape in ``~/.cache/cvae/probe.json``, so later runs of the same shape
-start at once; ``CVAE_PROBE=fresh`` measures again. The global random state is left as it was.
+start at once; ``CVAE_PROBE=fresh`` measures again. A measurement taken while other processes kept
+more than ``BUSY`` cores busy is used for the run but not cached (a loaded machine makes one thread
+look best and bfloat16's casts look cheap), so the next run measures again. The global random state
+is left as it was.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ import torch
 from .data.files import cache_dir
 from .fused import fused_step_for
 from .runs import write_json
+from .threads import ThreadGovernor
 
 PROBE_VERSION = 1
 MARGIN = 1.05  # bfloat16 must be this much faster than float32 to be chosen
 ROUNDS, STEPS, WARMUP = 3, 8, 3
+BUSY = 0.5  # cores kept busy by other processes above which a measurement is not cached
 
 
 def cpu_name() -> str:
@@ -157,14 +162,19 @@ def choose(model, objective, x: torch.Tensor, c: torch.Tensor | None, *, batch_s
     t = time.perf_counter()
     xb = x[:batch_size].to(device)
     cb = c[:batch_size].to(device) if c is not None else None
+    watch = ThreadGovernor()
     if len(candidates) == 1:
         rates = {_label(candidates[0]): None}
         choice = candidates[0]
     else:
         rates = measure(model, objective, candidates, xb, cb, lr=lr)
         choice = decide(candidates, rates)
+    busy = watch.others() if device.type == "cpu" else None
     answer = {**choice, "rates": {k: (round(v) if v else v) for k, v in rates.items()},
-              "seconds": round(time.perf_counter() - t, 2), "machine": cpu_name(), "measured": time.strftime("%Y-%m-%d")}
+              "seconds": round(time.perf_counter() - t, 2), "machine": cpu_name(), "measured": time.strftime("%Y-%m-%d"),
+              "other_processes_cores": None if busy is None else round(busy, 2)}
+    if busy is not None and busy > BUSY:
+        return dict(answer, cached=False)  # measured on a busy machine: used, not kept
     try:
         cache = _read(path)  # another run may have written meanwhile
         cache[key] = answer
