@@ -127,7 +127,7 @@ def test_bfloat16_is_as_close_to_float32_as_autocast_is(case):
         out.loss.backward()
         return out.loss.item(), {n: p.grad for n, p in m.named_parameters()}
 
-    (loss, grads), (a_loss, a_grads) = generic(False), generic(True)
+    (loss, grads), (_, a_grads) = generic(False), generic(True)
     step, _ = fused_step_for(model, objective, batch_size=32, device=torch.device("cpu"), precision="bfloat16")
     torch.manual_seed(5)
     f_loss = step(x, c).loss.item()

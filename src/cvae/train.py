@@ -36,11 +36,11 @@ from .data import EVALUATION_SEED, DataSplits, fixed_binarization, load_data, pa
 from .data.stream import CHUNK_BYTES, ArrayRows, load_npy_stream, npy_float32_bytes
 from .errors import CvaeError
 from .fused import fused_step_for
-from .probe import choose
 from .lock import LOCK_NAME, hold, let_go, remove_orphans
 from .models import CVAE, MODELS, PRESETS, ModelConfig, RunInfo, build_model
 from .models.config import free_memory
 from .objectives import build_objective, elbo
+from .probe import choose
 from .runs import (
     FORMAT,
     FORMAT_VERSION,
