@@ -89,98 +89,114 @@ def fused_step_for(model, objective, *, batch_size: int, device: torch.device, p
     for name, cls in STEPS.items():
         why = cls.why_not(model, objective, precision=precision)
         if why is None:
-            return cls(model, objective, batch_size=batch_size, device=device, precision=precision), {}
+            return cls([model], [objective], batch_size=batch_size, device=device, precision=precision), {}
         reasons[name] = why
     return None, reasons
 
 
-class _Net:
-    """The buffers of one MLP: per layer the input (B, in [+ C]) with the condition's columns,
-    the pre-activation (B, out) and the gradient of the input (B, in). In bfloat16 the matrix
-    products read bfloat16 copies of the weights, refreshed every step (as autocast casts them),
-    and their weight gradients are rounded to bfloat16 before they reach the float32 ``.grad``."""
+def stack_parameters(models: list[nn.Module]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The parameters of K models of one shape as stacked tensors (K, ...), one per parameter, and
+    their stacked gradients. One model's are views of its own tensors; several models' parameters
+    become views into the stacked ones (each model still owns its ``nn.Parameter`` objects, which its
+    optimizer steps in place), so that one batched matrix product serves all K."""
+    names = [n for n, _ in models[0].named_parameters()]
+    stacked, grads = [], []
+    for name in names:
+        params = [dict(m.named_parameters())[name] for m in models]
+        if len(models) == 1:
+            s = params[0].detach().unsqueeze(0)
+        else:
+            s = torch.stack([p.detach() for p in params])
+            for k, p in enumerate(params):
+                p.data = s[k]
+        g = torch.zeros_like(s)
+        stacked.append(s)
+        grads.append(g)
+    return stacked, grads
 
-    def __init__(self, net: MLP, batch: int, device, first_input: bool, dtype: torch.dtype):
+
+class _Net:
+    """The buffers of K MLPs of one shape: per layer the input (K, B, in [+ C]) with the condition's
+    columns, the pre-activation (K, B, out) and the gradient of the input (K, B, in); each layer one
+    batched matrix product forward and two backward. In bfloat16 the products read bfloat16 copies of
+    the weights, refreshed every step (as autocast casts them), and their weight gradients are
+    rounded to bfloat16 before they reach the float32 ``.grad``."""
+
+    def __init__(self, net: MLP, k: int, batch: int, device, dtype: torch.dtype, weights, biases, wgrads, bgrads):
         self.layers, self.joins = list(net.layers), list(net.joins)
         self.cond_dim, self.dtype = net.cond_dim, dtype
         self.fwd, self.bwd = _activation(net.act)
         self.ins = [layer.in_features - (self.cond_dim if join else 0) for layer, join in zip(self.layers, self.joins)]
         new = dict(device=device, dtype=dtype)
-        # the first layer's input is the caller's x when nothing joins it and no cast is needed (no copy)
-        own_first = first_input or self.joins[0] or dtype != torch.float32
-        self.inputs = [torch.empty(batch, layer.in_features, **new) if (i or own_first) else None
-                       for i, layer in enumerate(self.layers)]
-        self.pre = [torch.empty(batch, layer.out_features, **new) for layer in self.layers]
-        self.grad_in = [torch.empty(batch, n, **new) for n in self.ins]
+        self.inputs = [torch.empty(k, batch, layer.in_features, **new) for layer in self.layers]
+        self.pre = [torch.empty(k, batch, layer.out_features, **new) for layer in self.layers]
+        self.grad_in = [torch.empty(k, batch, n, **new) for n in self.ins]
+        self.master, self.master_biases = weights, biases  # float32, (K, out, in [+ C]) and (K, out)
+        self.wgrads, self.bgrads = wgrads, bgrads
         self.cast = dtype != torch.float32
         if self.cast:
-            self.weights = [torch.empty_like(layer.weight, dtype=dtype) for layer in self.layers]
-            self.biases = [torch.empty_like(layer.bias, dtype=dtype) for layer in self.layers]
-            self.weight_grads = [torch.empty_like(layer.weight, dtype=dtype) for layer in self.layers]
+            self.weights = [torch.empty_like(w, dtype=dtype) for w in weights]
+            self.biases = [torch.empty_like(b, dtype=dtype) for b in biases]
+            self.weight_grads = [torch.empty_like(w, dtype=dtype) for w in weights]
         else:
-            self.weights = [layer.weight for layer in self.layers]
-            self.biases = [layer.bias for layer in self.layers]
+            self.weights, self.biases = weights, biases
 
     def refresh(self) -> None:
         """The low-precision copies of the weights, from the float32 ones the optimizer stepped."""
         if self.cast:
-            for layer, w, bias in zip(self.layers, self.weights, self.biases):
-                w.copy_(layer.weight)
-                bias.copy_(layer.bias)
+            for w, b, mw, mb in zip(self.weights, self.biases, self.master, self.master_biases):
+                w.copy_(mw)
+                b.copy_(mb)
 
     def set_condition(self, c: torch.Tensor | None, b: int) -> None:
         if not self.cond_dim:
             return
         for i, join in enumerate(self.joins):
             if join:
-                self.inputs[i][:b, self.ins[i]:].copy_(c)
+                self.inputs[i][:, :b, self.ins[i]:].copy_(c)
 
     def input_view(self, i: int, b: int) -> torch.Tensor:
         """Where the input of layer i goes (its first ``ins[i]`` columns)."""
-        return self.inputs[i][:b, :self.ins[i]]
+        return self.inputs[i][:, :b, :self.ins[i]]
 
     def forward(self, x: torch.Tensor | None, b: int) -> torch.Tensor:
-        """The pre-activation of the last layer; ``x`` is the input when it is not already in place."""
+        """The pre-activation of the last layer; ``x`` (K, b, in) is the input when not already in place."""
         if x is not None:
-            if self.inputs[0] is None:
-                self.first = x
-            else:
-                self.input_view(0, b).copy_(x)
+            self.input_view(0, b).copy_(x)
         last = len(self.layers) - 1
         for i in range(len(self.layers)):
-            inp = self.first if self.inputs[i] is None else self.inputs[i][:b]
-            out = self.pre[i][:b]
-            torch.addmm(self.biases[i], inp, self.weights[i].T, out=out)
+            out = self.pre[i][:, :b]
+            torch.baddbmm(self.biases[i].unsqueeze(1), self.inputs[i][:, :b], self.weights[i].transpose(1, 2), out=out)
             if i < last:
                 self.fwd(out, self.input_view(i + 1, b))
-        return self.pre[last][:b]
+        return self.pre[last][:, :b]
 
     def backward(self, grad: torch.Tensor, b: int, need_input: bool) -> torch.Tensor | None:
         """Weight and bias gradients from the gradient of the last pre-activation; the input's when asked."""
         g = grad
         for i in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[i]
-            inp = self.first if self.inputs[i] is None else self.inputs[i][:b]
+            inp = self.inputs[i][:, :b]
             if self.cast:
-                layer.weight.grad.copy_(torch.mm(g.T, inp, out=self.weight_grads[i]))
-                torch.sum(g, 0, dtype=torch.float32, out=layer.bias.grad)
+                self.wgrads[i].copy_(torch.bmm(g.transpose(1, 2), inp, out=self.weight_grads[i]))
+                torch.sum(g, 1, dtype=torch.float32, out=self.bgrads[i])
             else:
-                torch.mm(g.T, inp, out=layer.weight.grad)
-                torch.sum(g, 0, out=layer.bias.grad)
+                torch.bmm(g.transpose(1, 2), inp, out=self.wgrads[i])
+                torch.sum(g, 1, out=self.bgrads[i])
             if i == 0 and not need_input:
                 return None
-            gi = self.grad_in[i][:b]
-            torch.mm(g, self.weights[i][:, :self.ins[i]], out=gi)
+            gi = self.grad_in[i][:, :b]
+            torch.bmm(g, self.weights[i][:, :, :self.ins[i]], out=gi)
             if i == 0:
                 return gi
-            self.bwd(gi, self.pre[i - 1][:b], self.input_view(i, b), gi)
+            self.bwd(gi, self.pre[i - 1][:, :b], self.input_view(i, b), gi)
             g = gi
         return None
 
 
 @STEPS.register("fused-mlp")
 class FusedMLPStep:
-    """The ELBO's loss and gradients of an MLP (C)VAE, written out; see the module's docstring."""
+    """The ELBO's loss and gradients of K MLP (C)VAEs of one shape (K = 1 for a training run, more for
+    a sweep), written out; see the module's docstring."""
 
     @staticmethod
     def why_not(model, objective, *, precision: str = "float32") -> str | None:
@@ -209,60 +225,84 @@ class FusedMLPStep:
             return "the weights are not float32"
         return None
 
-    def __init__(self, model: CVAE, objective: ELBO, *, batch_size: int, device: torch.device,
+    def __init__(self, models: list[CVAE], objectives: list[ELBO], *, batch_size: int, device: torch.device,
                  precision: str = "float32"):
-        self.model, self.objective, self.precision = model, objective, precision
+        model = models[0]
+        self.models, self.objectives, self.precision = models, objectives, precision
         self.dtype = dtype = DTYPES[precision]
-        self.latent = model.config.latent_dim
+        self.k = k = len(models)
+        self.latent = d = model.config.latent_dim
         self.batch = batch_size
         self.cond_dim = model.schema.dim
-        self.encoder = _Net(model.encoder.net, batch_size, device, first_input=False, dtype=dtype)
-        self.decoder = _Net(model.decoder.net, batch_size, device, first_input=True, dtype=dtype)
-        self.likelihood = model.likelihood
+        names = [n for n, _ in model.named_parameters()]
+        stacked, grads = stack_parameters(models)
+        self.params = [[dict(m.named_parameters())[n] for n in names] for m in models]
+        self.grads = grads
+        self.stacked = dict(zip(names, stacked))
+        grad_of = dict(zip(names, grads))
+
+        def parts(prefix, net):
+            n = len(net.layers)
+            return ([self.stacked[f"{prefix}.net.layers.{i}.weight"] for i in range(n)],
+                    [self.stacked[f"{prefix}.net.layers.{i}.bias"] for i in range(n)],
+                    [grad_of[f"{prefix}.net.layers.{i}.weight"] for i in range(n)],
+                    [grad_of[f"{prefix}.net.layers.{i}.bias"] for i in range(n)])
+
+        self.encoder = _Net(model.encoder.net, k, batch_size, device, dtype, *parts("encoder", model.encoder.net))
+        self.decoder = _Net(model.decoder.net, k, batch_size, device, dtype, *parts("decoder", model.decoder.net))
         self.learned_sigma = type(model.likelihood) is LearnedGaussianLikelihood
         self.gaussian = type(model.likelihood) is not BernoulliLikelihood
-        self.prior_net = model.prior.net if type(model.prior) is ConditionalGaussian else None
-        p = math.prod(model.config.data_shape)
-        d = self.latent
-        new = dict(device=device, dtype=torch.float32)
-        self.out_grad = torch.empty(batch_size, p, **new)  # d loss / d decoder output
-        self.sq = torch.empty(batch_size, p, **new) if self.gaussian else None
-        self.std = torch.empty(batch_size, d, **new)
-        self.tmp = torch.empty(batch_size, d, **new)
-        self.enc_grad = torch.empty(batch_size, 2 * d, **new)  # d loss / d (mu, logvar)
-        if dtype != torch.float32:  # the two gradients that enter the networks' backward passes, cast
-            self.out_grad_low = torch.empty(batch_size, p, device=device, dtype=dtype)
-            self.enc_grad_low = torch.empty(batch_size, 2 * d, device=device, dtype=dtype)
-        if self.prior_net is not None:
-            self.prior_grad = torch.empty(batch_size, 2 * d, **new)
-            self.diff = torch.empty(batch_size, d, **new)
-            self.inv_var = torch.empty(batch_size, d, **new)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.grads = [torch.zeros_like(p) for p in self.params]
-        covered = {id(layer.weight) for net in (self.encoder, self.decoder) for layer in net.layers}
-        covered |= {id(layer.bias) for net in (self.encoder, self.decoder) for layer in net.layers}
-        if self.prior_net is not None:
-            covered |= {id(self.prior_net.weight), id(self.prior_net.bias)}
+        self.conditional_prior = type(model.prior) is ConditionalGaussian
+        covered = {f"{net}.net.layers.{i}.{w}" for net, m in (("encoder", model.encoder), ("decoder", model.decoder))
+                   for i in range(len(m.net.layers)) for w in ("weight", "bias")}
+        if self.conditional_prior:
+            covered |= {"prior.net.weight", "prior.net.bias"}
         if self.learned_sigma:
-            covered.add(id(model.likelihood.log_sigma))
-        missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
+            covered.add("likelihood.log_sigma")
+        missing = [n for n in names if n not in covered]
         if missing:  # a parameter this step does not know: never leave its gradient silently zero
             raise RuntimeError(f"the fused step does not cover the parameters {missing}")
+        if self.gaussian:
+            self.log_sigma = (self.stacked["likelihood.log_sigma"].reshape(k, 1, -1) if self.learned_sigma else
+                              torch.stack([m.likelihood.log_sigma for m in models]).reshape(k, 1, 1))
+            self.log_sigma_grad = grad_of["likelihood.log_sigma"].reshape(k, -1) if self.learned_sigma else None
+        if self.conditional_prior:
+            self.prior = (self.stacked["prior.net.weight"], self.stacked["prior.net.bias"],
+                          grad_of["prior.net.weight"], grad_of["prior.net.bias"])
+        p = math.prod(model.config.data_shape)
+        new = dict(device=device, dtype=torch.float32)
+        self.out_grad = torch.empty(k, batch_size, p, **new)  # d loss / d decoder output
+        self.sq = torch.empty(k, batch_size, p, **new) if self.gaussian else None
+        self.std = torch.empty(k, batch_size, d, **new)
+        self.tmp = torch.empty(k, batch_size, d, **new)
+        self.enc_grad = torch.empty(k, batch_size, 2 * d, **new)  # d loss / d (mu, logvar)
+        if dtype != torch.float32:  # the two gradients that enter the networks' backward passes, cast
+            self.out_grad_low = torch.empty(k, batch_size, p, device=device, dtype=dtype)
+            self.enc_grad_low = torch.empty(k, batch_size, 2 * d, device=device, dtype=dtype)
 
     def _attach_grads(self) -> None:
-        for p, g in zip(self.params, self.grads):
-            if p.grad is not g:
-                p.grad = g
+        for k, params in enumerate(self.params):
+            for p, g in zip(params, self.grads):
+                view = g[k]
+                if p.grad is None or p.grad.data_ptr() != view.data_ptr():
+                    p.grad = view
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, c: torch.Tensor | None, *, progress: float = 0.0) -> ObjectiveOutput:
+    def __call__(self, x: torch.Tensor, c: torch.Tensor | None, *, progress: float = 0.0,
+                 generators: list[torch.Generator] | None = None) -> ObjectiveOutput:
         """Loss and figures of the batch (as the ELBO objective gives them); every gradient written
-        into the parameters' ``.grad``, ready for the optimizer's step."""
+        into the parameters' ``.grad``, ready for the optimizer's step. One model: x (b, *shape),
+        c (b, C); K models: x (K, b, *shape), c (K, b, C), the figures (K,), and each model's noise
+        from its own generator."""
+        single = x.dim() == len(self.models[0].config.data_shape) + 1 and self.k == 1
+        if single:
+            x = x.unsqueeze(0)
+            c = c.unsqueeze(0) if c is not None else None
         self._attach_grads()
-        b, d = len(x), self.latent
+        k, b, d = self.k, x.shape[1], self.latent
         low = self.dtype != torch.float32
-        weight = self.objective.kl_weight(progress)
-        xf = x.reshape(b, -1)
+        weights = [obj.kl_weight(progress) for obj in self.objectives]
+        xf = x.reshape(k, b, -1)
         if xf.dtype != torch.float32:
             xf = xf.float()
         if c is not None:
@@ -277,10 +317,14 @@ class FusedMLPStep:
         h = enc.forward(xf, b)
         if low:
             h = h.float()
-        mu, logvar = h[:, :d], h[:, d:]
-        std = torch.mul(logvar, 0.5, out=self.std[:b]).exp_()
+        mu, logvar = h[..., :d], h[..., d:]
+        std = torch.mul(logvar, 0.5, out=self.std[:, :b]).exp_()
         # the noise as DiagonalGaussian.rsample draws it (in the encoder's output dtype under autocast)
-        eps = torch.randn((b, d), dtype=self.dtype, device=x.device).float()
+        if generators is None:
+            eps = torch.randn((k, b, d), dtype=self.dtype, device=x.device).float()
+        else:
+            eps = torch.stack([torch.randn((b, d), dtype=self.dtype, generator=g).to(x.device)
+                               for g in generators]).float()
         z = dec.input_view(0, b)
         if low:
             z.copy_(torch.addcmul(mu, std, eps))
@@ -291,67 +335,80 @@ class FusedMLPStep:
         out = dec.forward(None, b)
         if low:
             out = out.float()
-        g_out = self.out_grad[:b]
+        g_out = self.out_grad[:, :b]
         if self.gaussian:
             rec_sum = self._gaussian(out, xf, g_out, b)
         else:
-            rec_sum = F.binary_cross_entropy_with_logits(out, xf, reduction="sum")
+            rec_sum = F.binary_cross_entropy_with_logits(out, xf, reduction="none").sum((1, 2)) if k > 1 else \
+                F.binary_cross_entropy_with_logits(out, xf, reduction="sum").reshape(1)
             torch.sigmoid(out, out=g_out)
             g_out.sub_(xf).mul_(1.0 / b)
-        dz = dec.backward(self.out_grad_low[:b].copy_(g_out) if low else g_out, b, need_input=True)
+        dz = dec.backward(self.out_grad_low[:, :b].copy_(g_out) if low else g_out, b, need_input=True)
         if low:
             dz = dz.float()
 
         # KL(q || p) (analytic) and the gradient at (mu, logvar) through the reparameterisation
-        g_enc = self.enc_grad[:b]
-        g_mu, g_logvar = g_enc[:, :d], g_enc[:, d:]
-        var = torch.mul(std, std, out=self.tmp[:b])  # exp(logvar)
-        scale = weight / b
+        g_enc = self.enc_grad[:, :b]
+        g_mu, g_logvar = g_enc[..., :d], g_enc[..., d:]
+        var = torch.mul(std, std, out=self.tmp[:, :b])  # exp(logvar)
+        scale = weights[0] / b if k == 1 else torch.tensor(weights, device=x.device).reshape(k, 1, 1) / b
         torch.mul(dz, eps, out=g_logvar).mul_(std).mul_(0.5)  # 0.5 sigma eps dz
-        if self.prior_net is None:
-            kl_sum = 0.5 * (mu.square().sum() + var.sum() - logvar.sum() - b * d)
-            torch.add(dz, mu, alpha=scale, out=g_mu)
-            g_logvar.add_(var, alpha=0.5 * scale).sub_(0.5 * scale)
+        if not self.conditional_prior:
+            kl_sum = 0.5 * (mu.square().sum((1, 2)) + var.sum((1, 2)) - logvar.sum((1, 2)) - b * d)
+            if k == 1:
+                torch.add(dz, mu, alpha=scale, out=g_mu)
+                g_logvar.add_(var, alpha=0.5 * scale).sub_(0.5 * scale)
+            else:
+                torch.addcmul(dz, mu, scale, out=g_mu)
+                g_logvar.addcmul_(var - 1.0, scale, value=0.5)
         else:
             kl_sum = self._conditional_kl(c, mu, logvar, var, dz, g_mu, g_logvar, scale, b)
-        enc.backward(self.enc_grad_low[:b].copy_(g_enc) if low else g_enc, b, need_input=False)
+        enc.backward(self.enc_grad_low[:, :b].copy_(g_enc) if low else g_enc, b, need_input=False)
 
         rec, kl = rec_sum / b, kl_sum / b
-        return ObjectiveOutput(loss=rec + weight * kl, reconstruction=rec, kl=kl)
+        loss = rec + kl * (weights[0] if k == 1 else torch.tensor(weights, device=x.device))
+        if single:
+            return ObjectiveOutput(loss=loss[0], reconstruction=rec[0], kl=kl[0])
+        return ObjectiveOutput(loss=loss, reconstruction=rec, kl=kl)
 
     def _gaussian(self, out, xf, g_out, b):
-        """N(x; out, sigma^2): the negative log-likelihood's sum; its gradients (and log sigma's)."""
-        log_sigma = self.likelihood.log_sigma
-        p = xf.shape[1]
-        ls = log_sigma.reshape(-1) if self.learned_sigma else log_sigma
+        """N(x; out, sigma^2): the negative log-likelihood's sums (K,); its gradients (and log sigma's)."""
+        p = xf.shape[-1]
+        ls = self.log_sigma  # (K, 1, P) or (K, 1, 1)
         inv_sigma = torch.exp(-ls)
         r = torch.sub(out, xf, out=g_out).mul_(inv_sigma)  # (mean - x) / sigma
-        sq = torch.mul(r, r, out=self.sq[:b])
-        const = 0.5 * p * LOG_2PI + (ls.sum() if self.learned_sigma else p * ls)
-        rec_sum = 0.5 * sq.sum() + b * const
+        sq = torch.mul(r, r, out=self.sq[:, :b])
+        const = 0.5 * p * LOG_2PI + (ls.sum((1, 2)) if self.learned_sigma else p * ls.reshape(-1))
+        rec_sum = 0.5 * sq.sum((1, 2)) + b * const
         if self.learned_sigma:  # d/d log sigma_j of the mean over the batch: 1 - mean_b r_bj^2
-            grad = log_sigma.grad.view(-1)
-            torch.sum(sq, 0, out=grad)
+            grad = self.log_sigma_grad
+            torch.sum(sq, 1, out=grad)
             grad.mul_(-1.0 / b).add_(1.0)
         r.mul_(inv_sigma).mul_(1.0 / b)  # (mean - x) / sigma^2 / B
         return rec_sum
 
     def _conditional_kl(self, c, mu, logvar, var, dz, g_mu, g_logvar, scale, b):
-        """KL(N(mu, var) || N(m(c), v(c))) of the conditional prior, and all its gradients."""
+        """KL(N(mu, var) || N(m(c), v(c))) of the conditional prior (sums (K,)), and all its gradients."""
         d = self.latent
-        net = self.prior_net
-        prior = torch.addmm(net.bias, c, net.weight.T)  # (B, 2D): m, log v
-        m, log_v = prior[:, :d], prior[:, d:]
-        inv_v = torch.exp(torch.neg(log_v, out=self.inv_var[:b]), out=self.inv_var[:b])
-        diff = torch.sub(mu, m, out=self.diff[:b])  # mu - m
+        weight, bias, weight_grad, bias_grad = self.prior
+        prior = torch.baddbmm(bias.unsqueeze(1), c, weight.transpose(1, 2))  # (K, B, 2D): m, log v
+        m, log_v = prior[..., :d], prior[..., d:]
+        inv_v = torch.exp(-log_v)
+        diff = mu - m
         diff_iv = diff * inv_v
         spread = (var + diff * diff).mul_(inv_v)  # (var + (mu - m)^2) / v
-        kl_sum = 0.5 * (log_v.sum() - logvar.sum() + spread.sum() - b * d)
-        torch.add(dz, diff_iv, alpha=scale, out=g_mu)
-        g_logvar.add_(var * inv_v, alpha=0.5 * scale).sub_(0.5 * scale)
-        g_prior = self.prior_grad[:b]
-        torch.mul(diff_iv, -scale, out=g_prior[:, :d])
-        g_prior[:, d:].copy_(spread).mul_(-0.5 * scale).add_(0.5 * scale)  # (1 - spread) / 2
-        torch.mm(g_prior.T, c, out=net.weight.grad)
-        torch.sum(g_prior, 0, out=net.bias.grad)
+        kl_sum = 0.5 * (log_v.sum((1, 2)) - logvar.sum((1, 2)) + spread.sum((1, 2)) - b * d)
+        g_prior = torch.empty_like(prior)
+        if isinstance(scale, float):
+            torch.add(dz, diff_iv, alpha=scale, out=g_mu)
+            g_logvar.add_(var * inv_v, alpha=0.5 * scale).sub_(0.5 * scale)
+            torch.mul(diff_iv, -scale, out=g_prior[..., :d])
+            g_prior[..., d:].copy_(spread).mul_(-0.5 * scale).add_(0.5 * scale)  # (1 - spread) / 2
+        else:
+            torch.addcmul(dz, diff_iv, scale, out=g_mu)
+            g_logvar.addcmul_(var * inv_v - 1.0, scale, value=0.5)
+            torch.mul(diff_iv, -scale, out=g_prior[..., :d])
+            torch.mul(1.0 - spread, 0.5 * scale, out=g_prior[..., d:])
+        torch.bmm(g_prior.transpose(1, 2), c, out=weight_grad)
+        torch.sum(g_prior, 1, out=bias_grad)
         return kl_sum
