@@ -457,52 +457,84 @@ class Trainer:
             for epoch in range(self.start_epoch, self.config.epochs):
                 if self.governor is not None:
                     self.governor.update()
-                row = self.train_epoch(epoch)
-                row = _on_main(self.ranks, _with_validation, row, self.model, self.evals, self.config.precision,
-                               self.objective)
-                if self.bar is not None:
-                    self.bar.set_postfix(loss=f"{row['train_loss']:.2f}",
-                                         **({"val": f"{row['val_loss']:.2f}"} if "val_loss" in row else {}))
-                _on_main(self.ranks, self._check_finite, row)
-                if self.replacing and self.ranks.main:
-                    self._replace_old_run()
-                patience_out = self._early_stopping(row)
-                rng = _gather(self.ranks, _rng_states())
-                if self.ranks.main:
-                    _save_epoch(self.run_dir, self.model, self.opt, epoch + 1, self.best_val, self.bad_epochs, row,
-                                self.metrics_path, self.writer, rng, self.objective.state_tensors())
-                if on_epoch is not None and _on_main(self.ranks, on_epoch, epoch + 1, self.model, row):
-                    return True  # the caller asked to stop (a sweep pruning this run, a target reached)
-                if patience_out:
-                    self._keep_best()
-                    return True
+                stop = self.end_epoch(epoch, self.train_epoch(epoch), on_epoch)
+                if stop is not None:
+                    return stop
             return False
         finally:
-            if self.bar is not None:
-                self.bar.close()
-            if self.writer is not None:
-                self.writer.close()
+            self.close()
 
-    def train_epoch(self, epoch: int) -> dict:
-        """One pass over the training data; the metrics row (losses are means per example)."""
-        config, opt, bar = self.config, self.opt, self.bar
+    def close(self) -> None:
+        if getattr(self, "bar", None) is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def end_epoch(self, epoch: int, row: dict, on_epoch=None) -> bool | None:
+        """Validate, check, write the run folder for the epoch just trained; True when training stops
+        here (the caller asked to, or patience ran out), else None."""
+        row = _on_main(self.ranks, _with_validation, row, self.model, self.evals, self.config.precision,
+                       self.objective)
+        if getattr(self, "bar", None) is not None:
+            self.bar.set_postfix(loss=f"{row['train_loss']:.2f}",
+                                 **({"val": f"{row['val_loss']:.2f}"} if "val_loss" in row else {}))
+        _on_main(self.ranks, self._check_finite, row)
+        if self.replacing and self.ranks.main:
+            self._replace_old_run()
+        patience_out = self._early_stopping(row)
+        rng = _gather(self.ranks, _rng_states())
+        if self.ranks.main:
+            _save_epoch(self.run_dir, self.model, self.opt, epoch + 1, self.best_val, self.bad_epochs, row,
+                        self.metrics_path, self.writer, rng, self.objective.state_tensors())
+        if on_epoch is not None and _on_main(self.ranks, on_epoch, epoch + 1, self.model, row):
+            return True  # the caller asked to stop (a sweep pruning this run, a target reached)
+        if patience_out:
+            self._keep_best()
+            return True
+        return None
+
+    def epoch_batches(self, epoch: int):
+        """The epoch's batches (x, c) in its order (and the learning rate of a per-epoch schedule set)."""
+        config = self.config
         if config.lr_schedule == "burda":
-            _set_lr(opt, burda_lr(config.lr, epoch))
-        t0 = time.perf_counter()
+            _set_lr(self.opt, burda_lr(config.lr, epoch))
         self.model.train()
         order = _epoch_order(self.n, config.seed, epoch)[:self.n_used][self.ranks.rank::self.ranks.world]
-        sums, names = None, []  # reconstruction, KL and the objective's terms, summed on the device
-        if bar is not None:
-            bar.reset(total=self.steps)
-            bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
         batches = _batches(self.x_train, self.c_train, order, self.batch, self.chunk, self.device, self.dynamic)
         if self.labelled_rows is not None:
             batches = _with_labelled(batches, self.x_train, self.c_train, self.labelled_rows, self.labelled_batch,
                                      (config.seed, epoch, 1 + self.ranks.rank), self.device, self.dynamic)
+        return batches
+
+    def before_step(self, epoch: int, step: int) -> None:
+        """The learning rate of a per-step schedule."""
+        config = self.config
+        if config.lr_schedule == "cosine":
+            _set_lr(self.opt, cosine_lr(config.lr, (epoch * self.steps + step) / (config.epochs * self.steps)))
+
+    def optimizer_step(self) -> None:
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.opt.step()
+
+    def epoch_row(self, epoch: int, sums: torch.Tensor, names: list[str], rows_seen: int, seconds: float) -> dict:
+        """The metrics row of an epoch from the summed figures (reconstruction, KL, the objective's terms)."""
+        rec, kl, *terms = (sums / (rows_seen * self.ranks.world)).tolist()
+        return {"epoch": epoch + 1, "train_loss": rec + kl, "train_reconstruction": rec, "train_kl": kl,
+                **{f"train_{k}": v for k, v in zip(names, terms)}, **self.objective.schedule(epoch + 1),
+                "seconds": seconds}
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the training data; the metrics row (losses are means per example)."""
+        config, opt, bar = self.config, self.opt, self.bar
+        t0 = time.perf_counter()
+        sums, names = None, []  # reconstruction, KL and the objective's terms, summed on the device
+        if bar is not None:
+            bar.reset(total=self.steps)
+            bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
         rows_seen = 0
-        for step, (xb, cb) in enumerate(batches):
-            if config.lr_schedule == "cosine":
-                _set_lr(opt, cosine_lr(config.lr, (epoch * self.steps + step) / (config.epochs * self.steps)))
+        for step, (xb, cb) in enumerate(self.epoch_batches(epoch)):
+            self.before_step(epoch, step)
             if self.fused is not None:  # loss and gradients written out, straight into the parameters' .grad
                 out = self.fused(xb, cb, progress=epoch + step / self.steps)
             else:
@@ -510,9 +542,7 @@ class Trainer:
                     out = self.objective(self.step_model, xb, cb, progress=epoch + step / self.steps)
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
-            opt.step()
+            self.optimizer_step()
             figures = torch.stack([t.detach().float() for t in (out.reconstruction, out.kl, *out.terms.values())])
             if sums is None:
                 sums, names = torch.zeros_like(figures), list(out.terms)
@@ -524,10 +554,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{out.loss.item():.2f}", **{k: f"{v.item():.3g}" for k, v in out.terms.items()})
         if self.ranks.world > 1:
             dist.all_reduce(sums)
-        rec, kl, *terms = (sums / (rows_seen * self.ranks.world)).tolist()
-        return {"epoch": epoch + 1, "train_loss": rec + kl, "train_reconstruction": rec, "train_kl": kl,
-                **{f"train_{k}": v for k, v in zip(names, terms)}, **self.objective.schedule(epoch + 1),
-                "seconds": time.perf_counter() - t0}
+        return self.epoch_row(epoch, sums, names, rows_seen, time.perf_counter() - t0)
 
     def _check_finite(self, row: dict) -> None:
         """A diverged epoch (a loss or a weight not finite) is never saved: the run keeps its last good one."""
