@@ -7,7 +7,9 @@ CPU times the candidates on the model's own shapes: every precision the machine 
 bfloat16 where it is native) x every step that covers the model (the fused step of
 :mod:`cvae.fused`, the generic autograd path) x the thread counts 1 and the ceiling. Each candidate
 trains a throw-away copy of the model on the run's first batch; the candidates take turns over a few
-rounds, and each keeps its best round (the least disturbed by other processes). The fastest wins, a
+rounds (within a budget of ``BUDGET`` seconds), and each keeps its best round (the least disturbed
+by other processes); more than one thread is a candidate only when the other processes leave a
+core free. The fastest wins, a
 lower precision only when it is at least ``MARGIN`` faster than float32 (a tie goes to the exact one).
 
 The choice and the measured rates go into the run's ``config.json`` (``execution.probe``) and are
@@ -36,7 +38,8 @@ from .threads import ThreadGovernor
 
 PROBE_VERSION = 1
 MARGIN = 1.05  # bfloat16 must be this much faster than float32 to be chosen
-ROUNDS, STEPS, WARMUP = 3, 8, 3
+ROUNDS, STEPS, WARMUP = 3, 6, 2
+BUDGET = 2.0  # seconds: no further round starts after this (at least one round is measured)
 BUSY = 0.5  # cores kept busy by other processes above which a measurement is not cached
 
 
@@ -122,7 +125,10 @@ def measure(model, objective, candidates: list[dict], x: torch.Tensor, c: torch.
                 torch.set_num_threads(cand["threads"])
                 for _ in range(WARMUP):
                     run()
+            start = time.perf_counter()
             for _ in range(ROUNDS):
+                if best and time.perf_counter() - start > BUDGET:
+                    break
                 for cand, run in zip(candidates, runners):
                     torch.set_num_threads(cand["threads"])
                     t = time.perf_counter()
@@ -169,7 +175,7 @@ def choose(model, objective, x: torch.Tensor, c: torch.Tensor | None, *, batch_s
     else:
         rates = measure(model, objective, candidates, xb, cb, lr=lr)
         choice = decide(candidates, rates)
-    busy = watch.others() if device.type == "cpu" else None
+    busy = (watch.others() or 0.0) if device.type == "cpu" else None  # None: too short to tell, taken as idle
     answer = {**choice, "rates": {k: (round(v) if v else v) for k, v in rates.items()},
               "seconds": round(time.perf_counter() - t, 2), "machine": cpu_name(), "measured": time.strftime("%Y-%m-%d"),
               "other_processes_cores": None if busy is None else round(busy, 2)}

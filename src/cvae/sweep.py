@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import itertools
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from .config import TrainConfig
+from .data import core as data_core
 from .errors import CvaeError
 from .fused import FusedMLPStep
 from .lock import let_go
@@ -89,10 +91,29 @@ def fit_sweep(configs: list[TrainConfig], *, overwrite: bool = False, on_epoch=N
     return results
 
 
+@contextmanager
+def _source_read_once():
+    """Inside, a data source is read (parsed, decoded) once for all the runs of a sweep; each run still
+    makes its own splits from it (a seed draws its own validation examples)."""
+    original, seen = data_core.read_source, {}
+
+    def read_once(source, **kw):
+        key = (source, tuple(sorted((k, repr(v)) for k, v in kw.items())))
+        if key not in seen:
+            seen[key] = original(source, **kw)
+        return seen[key]
+
+    data_core.read_source = read_once
+    try:
+        yield
+    finally:
+        data_core.read_source = original
+
+
 def _fit_group(configs: list[TrainConfig], overwrite: bool, on_epoch) -> list[TrainResult]:
     device = resolve_device(configs[0].device)
     trainers: list[Trainer] = []
-    with _flushed_denormals(), _own_rng(device), kept_thread_count():
+    with _flushed_denormals(), _own_rng(device), kept_thread_count(), _source_read_once():
         try:
             precision = configs[0].precision
             for config in configs:

@@ -391,7 +391,8 @@ class Trainer:
         if config.compile:
             steps = ("autograd",)
         precisions = ("float32", "bfloat16") if native_bfloat16(self.device) else ("float32",)
-        ceiling = self.governor.ceiling if self.governor is not None else torch.get_num_threads()
+        # the cores other processes leave free now (the governor has watched since the data began to load)
+        ceiling = self.governor.update() if self.governor is not None else torch.get_num_threads()
         c = self.c_train[:self.batch] if self.c_train is not None else None
         try:
             answer = choose(self.model, self.objective, self.x_train[:self.batch], c, batch_size=self.batch,
@@ -402,7 +403,7 @@ class Trainer:
         self.config = config.replace(precision=answer["precision"])
         self.info["train"]["precision"] = answer["precision"]
         torch.set_num_threads(answer["threads"])
-        if self.governor is not None:
+        if self.governor is not None and answer["threads"] < ceiling:  # fewer threads measured faster: the ceiling
             self.governor.ceiling = answer["threads"]
         self.info["execution"].update(threads=answer["threads"], probe=answer)
         return answer["step"]
