@@ -86,3 +86,9 @@ def test_a_model_the_fused_step_does_not_cover_is_refused(tmp_path, capsys):
     assert main(["sweep", "--data", "digits", "--vary", "seed=0", "--out", str(tmp_path / "x"),
                  "--objective", "iwae", "--no-progress"]) == 2
     assert "error: --step fused does not cover this run" in capsys.readouterr().err
+
+
+def test_dynamic_binarization_is_refused_before_any_folder_is_made(tmp_path):
+    with pytest.raises(CvaeError, match="--binarize dynamic is not supported in a sweep"):
+        fit_sweep(expand(_base(binarize="dynamic"), {"seed": [0, 1]}, tmp_path / "s"))
+    assert not (tmp_path / "s").exists()

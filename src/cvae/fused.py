@@ -12,7 +12,9 @@ loss and every gradient without an autograd graph:
 - the condition is copied once per step into the columns of the layer inputs it joins, so that a
   conditioned layer is still one matrix product forward and one backward;
 - the reparameterisation, the analytic KL and their gradients are a handful of element-wise kernels
-  on (B, latent) tensors; the Bernoulli log-likelihood is one fused pass and its gradient another.
+  on (B, latent) tensors; the Bernoulli log-likelihood is sum softplus(l) - x . l, the softplus sum
+  taken by :func:`cvae.kernels.sum_softplus_` (one logarithm per 49 pixels) in the logits' own
+  buffer, and its gradient sigmoid(l) - x one more pass.
 
 The optimizer (fused Adam) then steps the model's own parameters, so run folders, ``--resume`` and
 the optimizer state are exactly those of the generic path. The noise is drawn from the global
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .distributions import LOG_2PI
+from .kernels import sum_softplus_
 from .likelihoods.bernoulli import BernoulliLikelihood
 from .likelihoods.gaussian import GaussianLikelihood, LearnedGaussianLikelihood
 from .models.cvae import CVAE
@@ -339,9 +342,10 @@ class FusedMLPStep:
         if self.gaussian:
             rec_sum = self._gaussian(out, xf, g_out, b)
         else:
-            rec_sum = F.binary_cross_entropy_with_logits(out, xf, reduction="none").sum((1, 2)) if k > 1 else \
-                F.binary_cross_entropy_with_logits(out, xf, reduction="sum").reshape(1)
+            # -log p(x | l) = sum softplus(l) - x . l; the softplus sum overwrites the logits, no longer needed
+            x_dot_l = torch.bmm(xf.reshape(k, 1, -1), out.reshape(k, -1, 1)).reshape(k)
             torch.sigmoid(out, out=g_out)
+            rec_sum = sum_softplus_(out.reshape(k * b, -1)).reshape(k, b).sum(1) - x_dot_l
             g_out.sub_(xf).mul_(1.0 / b)
         dz = dec.backward(self.out_grad_low[:, :b].copy_(g_out) if low else g_out, b, need_input=True)
         if low:

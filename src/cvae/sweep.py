@@ -81,6 +81,8 @@ def fit_sweep(configs: list[TrainConfig], *, overwrite: bool = False, on_epoch=N
     outs = [c.out for c in configs]
     if any(o is None for o in outs) or len(set(outs)) != len(outs):
         raise CvaeError("every run of a sweep needs its own --out folder")
+    if any(c.binarize == "dynamic" for c in configs):
+        raise CvaeError("--binarize dynamic is not supported in a sweep yet; use --binarize static or none")
     groups: dict[tuple, list[int]] = {}
     for i, config in enumerate(configs):
         groups.setdefault(_group_key(config), []).append(i)
@@ -135,8 +137,6 @@ def _train_together(trainers: list[Trainer], on_epoch) -> list[TrainResult]:
     steps, epochs = first.steps, first.config.epochs
     if any(t.steps != steps or t.config.epochs != epochs or t.batch != first.batch for t in trainers):
         raise CvaeError("the runs of a sweep group need the same data size, batch size and epochs")
-    if first.dynamic:
-        raise CvaeError("--binarize dynamic is not supported in a sweep yet; use static or none")
     active = list(trainers)
     stopped = {id(t): False for t in trainers}
     step_fn = _stacked_step(active)
