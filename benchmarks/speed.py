@@ -2,14 +2,19 @@
 
     pip install -e '.[bench]'        # pythae 0.1.2, the peer library (after torch is installed)
     python benchmarks/speed.py --data-dir /work/shared/data                       # the full run
+    python benchmarks/speed.py --data-dir /work/shared/data --quick            # about 3 minutes: the main
+        # comparison at 10 epochs, short extras, no time-to-quality runs, no precision budget runs
     python benchmarks/speed.py --data-dir /work/shared/data --epochs 2 --limit 3000 --quick   # smoke test
 
 The same model (PyTorch's VAE example: 784-400-20, ReLU, Bernoulli pixels, Adam, batch 128) is
 trained on MNIST (60,000 training images, grey levels in [0, 1]; tested on the 10,000 test images) by
 
-  (a) cvae (``cvae.train.fit``, default settings: precision auto, fused Adam, data on the device, a
-      peak learning rate of 3e-3 annealed to 0 over the N epochs by a cosine; the peers use 1e-3
-      constant, as the example does, and cvae at 1e-3 constant is among the time-to-quality runs),
+  (a) cvae (``cvae.train.fit``, default settings: precision auto, which on a CPU times precision x
+      step x threads on the model's shapes and takes the fastest (``cvae.probe``; its choice and
+      rates are printed), the fused MLP-VAE step where it covers the model (``cvae.fused``), fused
+      Adam, data on the device, a peak learning rate of 3e-3 annealed to 0 over the N epochs by a
+      cosine; the peers use 1e-3 constant, as the example does, and cvae at 1e-3 constant is among
+      the time-to-quality runs),
   (b) a plain-PyTorch loop written as PyTorch's ``examples/vae/main.py`` writes it (a DataLoader over
       a TensorDataset, Adam, the batch sum of BCE + KL, ``loss.item()`` every step),
   (c) pythae 0.1.2 (its ``TrainingPipeline`` with a custom 784-400-20 encoder and decoder),
@@ -18,7 +23,9 @@ and it prints, for each: seconds per epoch (median of epochs 2..N, wall clock an
 test evaluations excluded), samples per second, the test loss (one-sample negative ELBO, nats)
 after N epochs, the ratios cvae / peer, and the compute floor: the FLOPs of one epoch over this
 machine's measured matrix-multiplication rate for the step's own shapes, in float32 and bfloat16.
-Then: time to quality (seconds until the test loss first reaches 105.56 nats, the value PyTorch's
+Then cvae's execution paths against each other on a subset (the fused step and autograd, each in
+float32 and bfloat16, one thread and all; torch.compile; a streamed .npy), the test loss of the
+fused step in bfloat16 against float32 after N epochs (the precision budget: 0.3 nats), time to quality (seconds until the test loss first reaches 105.56 nats, the value PyTorch's
 example reaches after 10 epochs, for cvae's fastest settings and for each peer), samples per
 second of ``cvae sample``, importance-sampled log-likelihood examples per second at k = 5000, and
 the throughput of a memory-mapped ``.npy`` streamed in chunks against the same data in memory.
@@ -483,12 +490,13 @@ def main(argv=None) -> int:
                    help="trainers take turns, one epoch each, in threads (for a machine whose load drifts; it slows "
                         "them: see Turns); default: one after the other in the main thread")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip", default="", help="comma-separated: example, pythae, ttq, extras, stream, sample")
+    p.add_argument("--skip", default="", help="comma-separated: example, pythae, ttq, extras, budget, stream, sample")
     p.add_argument("--ttq", default="128:1e-3,128:2e-3,64:1e-3,128:3e-3:cos8,128:4e-3:cos7",
                    help="cvae settings BATCH:LR (constant rate, up to --max-epochs) or BATCH:LR:cosN (cosine over N "
                         "epochs) tried for time to quality besides the main run's")
     p.add_argument("--nll-examples", type=int, default=20, help="test images for the k=5000 likelihood rate")
-    p.add_argument("--quick", action="store_true", help="a smoke test: short extras, small sampling and likelihood runs")
+    p.add_argument("--quick", action="store_true",
+                   help="short extras, small sampling and likelihood runs, no time-to-quality or precision-budget runs")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     Turns.sequential = not args.turns
@@ -496,6 +504,8 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
+    if args.quick:
+        skip.add("ttq")
     work = tempfile.TemporaryDirectory(prefix="cvae-speed-")
     args.work = work.name
 
@@ -550,9 +560,18 @@ def main(argv=None) -> int:
     print(f"{'compute floor':17s} {epoch_flops / f32:8.2f} float32 ({f32 / 1e9:.0f} GFLOP/s), "
           f"{epoch_flops / bf16:.2f} bfloat16 ({bf16 / 1e9:.0f} GFLOP/s): "
           f"{epoch_flops / 1e9:.0f} GFLOP per epoch in the step's own matrix shapes")
-    print(f"cvae ran in {cvae_run.result.config.precision} (precision auto); settings: {cvae_run.settings}\n")
+    execution = json.loads((cvae_run.result.run_dir / "config.json").read_text())["execution"]
+    probe = execution.get("probe", {})
+    print(f"cvae ran the {execution.get('step')} step in {cvae_run.result.config.precision} with "
+          f"{execution.get('threads')} thread(s) (precision auto: the probe's choice"
+          f"{', cached' if probe.get('cached') else ''}); settings: {cvae_run.settings}")
+    if probe.get("rates"):
+        print("  the probe's rates (training samples/s on the run's first batch, best of 3 rounds): "
+              + ", ".join(f"{k} {v}" for k, v in sorted(probe["rates"].items(), key=lambda kv: -(kv[1] or 0))))
+    print()
 
-    report = {"machine": info, "epochs": args.epochs, "n_train": len(x_train), "runs": [], "floor": {
+    report = {"machine": info, "epochs": args.epochs, "n_train": len(x_train), "runs": [], "execution": execution,
+              "floor": {
         "epoch_gflop": epoch_flops / 1e9, "float32_gflops": f32 / 1e9, "bfloat16_gflops": bf16 / 1e9,
         "float32_seconds": epoch_flops / f32, "bfloat16_seconds": epoch_flops / bf16}}
 
@@ -562,10 +581,12 @@ def main(argv=None) -> int:
         n, subset = (2, 3000) if args.quick else (3, 10000)
         threads = torch.get_num_threads()
         other = 1 if threads > 1 else os.cpu_count()
-        variants = [("cvae --precision float32", n, threads, {"precision": "float32"}),
-                    ("cvae --compile", n, threads, {"compile": True}),
-                    ("cvae --precision bfloat16", 2, threads, {"precision": "bfloat16"}),
-                    (f"cvae, {other} thread(s)", n, other, {})][:4 if other != threads else 3]
+        variants = [("cvae (auto)", n, threads, {})]
+        for step in ("fused", "autograd"):
+            for precision in ("float32", "bfloat16"):
+                for t in sorted({threads, other}):
+                    variants.append((f"cvae {step} {precision} {t}t", n, t, {"step": step, "precision": precision}))
+        variants.append(("cvae --compile", n, threads, {"compile": True, "precision": "float32"}))
         turns = Turns()
         for name, epochs, t, settings in variants:
             extras.append(Run(name, "", 0))
@@ -584,8 +605,31 @@ def main(argv=None) -> int:
         print(f"{'cvae variant':26s} {'s/epoch':>8s} {'CPU s/epoch':>11s} {'samples/s':>10s}")
         for r in extras:
             print(f"{r.name:26s} {r.seconds_per_epoch:8.2f} {fmt(r.cpu_per_epoch):>11s} {r.samples_per_second:10.0f}")
-        print("(the first ones on a subset of the images; --compile compiles in epoch 1, left out of the median; "
-              "the .npy file sits in the page cache)\n")
+        print("(the first ones on a subset of the images, Nt: N threads; --compile compiles in epoch 1, left out of "
+              "the median; the .npy file sits in the page cache)")
+        base = next((r for r in extras if r.name == "cvae autograd float32 "
+                     f"{torch.get_num_threads()}t"), None)
+        if base is not None:
+            print("  speed-up over autograd float32 at the default threads: " + ", ".join(
+                f"{r.name.removeprefix('cvae ')} {base.seconds_per_epoch / r.seconds_per_epoch:.2f}x"
+                for r in extras if r is not base and r.name.startswith("cvae ") and ".npy" not in r.name))
+        print()
+
+    # the precision budget: the fused step in bfloat16 against float32, test loss after --epochs
+    if "budget" not in skip and not args.quick:
+        budget = []
+        turns = Turns()
+        for precision in ("float32", "bfloat16"):
+            budget.append(Run(f"cvae fused {precision}", "", 0))
+            turns.add(cvae_trainer(args, x_test, budget[-1], lr=3e-3, lr_schedule="cosine", epochs=args.epochs,
+                                   step="fused", precision=precision))
+        turns.play()
+        f32_loss, bf16_loss = (r.loss_after(args.epochs) for r in budget)
+        print(f"precision budget: test loss after {args.epochs} epochs, fused step: float32 {f32_loss:.2f}, bfloat16 "
+              f"{bf16_loss:.2f} nats ({bf16_loss - f32_loss:+.2f}; the budget is +0.30); s/epoch "
+              f"{budget[0].seconds_per_epoch:.2f} and {budget[1].seconds_per_epoch:.2f}\n")
+        report["budget"] = {"float32": f32_loss, "bfloat16": bf16_loss, "difference": bf16_loss - f32_loss}
+        extras += budget
 
     # time to quality
     if "ttq" not in skip:

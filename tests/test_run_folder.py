@@ -94,7 +94,9 @@ def test_a_diverged_epoch_is_never_saved(tmp_path, capsys):
 def test_a_run_killed_before_its_first_epoch_goes_on_with_either_command(tmp_path):
     for command in (["--resume"], []):
         run = tmp_path / ("resume" if command else "again")
-        proc = subprocess.Popen([sys.executable, "-m", "cvae", "train", *FAST, "--epochs", "50", "--out", str(run)],
+        # batches of 2: a first epoch long enough (about a second) to be killed in, however fast the step
+        proc = subprocess.Popen([sys.executable, "-m", "cvae", "train", *FAST, "--batch-size", "2", "--epochs", "50",
+                                 "--out", str(run)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 60
         while not (run / "config.json").exists() and time.time() < deadline:

@@ -93,6 +93,9 @@ class TrainConfig:
     # else float32; the run's config.json records the precision used. bfloat16 is autocast: the
     # loss and log-likelihoods stay float32.
     precision: str = "auto"  # auto | float32 | bfloat16
+    # auto: the hand-written fused step (cvae.fused) where it covers the model, objective and settings,
+    # else autograd; fused: that step or an error saying why not; autograd: always the generic path
+    step: str = "auto"  # auto | fused | autograd
     compile: bool = False  # torch.compile the model (measured: see benchmarks/speed.py)
     stream: bool = False  # read a .npy data set from its memory map a chunk at a time (automatic when it does not fit)
     # output
@@ -172,6 +175,7 @@ class TrainConfig:
              f"--grad-clip must be a positive number, got {self.grad_clip}")
         need(self.patience is None or (_whole(self.patience) and self.patience >= 1), f"--patience must be at least 1, got {self.patience}")
         need(self.limit is None or (_whole(self.limit) and self.limit >= 1), f"--limit must be a positive whole number, got {self.limit}")
+        need(self.step in ("auto", "fused", "autograd"), f"--step must be auto, fused or autograd, not {self.step!r}")
         need(self.precision in ("float32", "bfloat16", "auto"), f"--precision must be float32, bfloat16 or auto, not {self.precision!r}")
         need(self.binarize in ("none", "static", "dynamic"), f"--binarize must be none, static or dynamic, not {self.binarize!r}")
         need(self.data_layout in ("auto", "signal", "table"), f"--data-layout must be auto, signal or table, not {self.data_layout!r}")

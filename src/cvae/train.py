@@ -35,10 +35,12 @@ from .config import TrainConfig, model_settings
 from .data import EVALUATION_SEED, DataSplits, fixed_binarization, load_data, parse_image_size
 from .data.stream import CHUNK_BYTES, ArrayRows, load_npy_stream, npy_float32_bytes
 from .errors import CvaeError
+from .fused import fused_step_for
 from .lock import LOCK_NAME, hold, let_go, remove_orphans
 from .models import CVAE, MODELS, PRESETS, ModelConfig, RunInfo, build_model
 from .models.config import free_memory
 from .objectives import build_objective, elbo
+from .probe import choose
 from .runs import (
     FORMAT,
     FORMAT_VERSION,
@@ -323,6 +325,8 @@ class Trainer:
             torch.manual_seed(config.seed + ranks.rank)  # its own noise; the weights come from rank 0
         self.step_model = self._wrapped_model()
         self._place_data()
+        self.probed_step = self._probe() if config.precision == "auto" else None
+        self.fused = self._fused_step()
         self.metrics_path = run_dir / "metrics.jsonl"
         self.writer = self._open_logs()
 
@@ -407,6 +411,55 @@ class Trainer:
             self.labelled_rows = torch.nonzero(~schema.missing(data.train.y)).flatten()
             self.labelled_batch = min(len(self.labelled_rows), self.batch)
 
+    def _probe(self) -> str:
+        """--precision auto on one CPU process: precision, step and threads timed on the model's own
+        shapes (cvae.probe), recorded in config.json; returns the step chosen."""
+        config = self.config
+        steps = ("fused", "autograd") if config.step == "auto" else (config.step,)
+        if config.compile:
+            steps = ("autograd",)
+        precisions = ("float32", "bfloat16") if native_bfloat16(self.device) else ("float32",)
+        # the cores other processes leave free now (the governor has watched since the data began to load)
+        ceiling = self.governor.update() if self.governor is not None else torch.get_num_threads()
+        c = self.c_train[:self.batch] if self.c_train is not None else None
+        try:
+            answer = choose(self.model, self.objective, self.x_train[:self.batch], c, batch_size=self.batch,
+                            device=self.device, steps=steps, precisions=precisions, threads=ceiling, lr=config.lr)
+        except (RuntimeError, ValueError, CvaeError) as e:  # a model that cannot train on one plain batch
+            answer = {"step": config.step, "precision": resolve_precision("auto", self.device),
+                      "threads": torch.get_num_threads(), "error": f"{type(e).__name__}: {str(e)[:200]}"}
+        self.config = config.replace(precision=answer["precision"])
+        self.info["train"]["precision"] = answer["precision"]
+        torch.set_num_threads(answer["threads"])
+        if self.governor is not None and answer["threads"] < ceiling:  # fewer threads measured faster: the ceiling
+            self.governor.ceiling = answer["threads"]
+        self.info["execution"].update(threads=answer["threads"], probe=answer)
+        return answer["step"]
+
+    def _fused_step(self):
+        """The hand-written step (cvae.fused) where it covers this run and --step allows it, else None
+        (the generic autograd path); config.json's execution says which, and why not."""
+        config, execution = self.config, self.info["execution"]
+        step, reason = None, "--step autograd"
+        if config.step == "auto" and self.probed_step == "autograd":
+            reason = "the probe measured the autograd path faster for this model (execution.probe)"
+        elif config.step != "autograd":
+            if self.ranks.world > 1:
+                reason = "several processes (DDP) train the model"
+            elif config.compile:
+                reason = "--compile was asked for"
+            else:
+                step, reasons = fused_step_for(self.model, self.objective, batch_size=self.batch, device=self.device,
+                                               precision=config.precision)
+                reason = "; ".join(reasons.values())
+        if step is None and config.step == "fused":
+            raise CvaeError(f"--step fused does not cover this run: {reason}; use --step auto (the generic path "
+                            "where the fused step does not cover the run)")
+        execution["step"] = "fused-mlp" if step is not None else "autograd"
+        if step is None:
+            execution["step_reason"] = reason
+        return step
+
     def _open_logs(self):
         if not self.ranks.main or self.replacing:
             return None
@@ -433,67 +486,107 @@ class Trainer:
             for epoch in range(self.start_epoch, self.config.epochs):
                 if self.governor is not None:
                     self.governor.update()
-                row = self.train_epoch(epoch)
-                row = _on_main(self.ranks, _with_validation, row, self.model, self.evals, self.config.precision,
-                               self.objective)
-                if self.bar is not None:
-                    self.bar.set_postfix(loss=f"{row['train_loss']:.2f}",
-                                         **({"val": f"{row['val_loss']:.2f}"} if "val_loss" in row else {}))
-                _on_main(self.ranks, self._check_finite, row)
-                if self.replacing and self.ranks.main:
-                    self._replace_old_run()
-                patience_out = self._early_stopping(row)
-                rng = _gather(self.ranks, _rng_states())
-                if self.ranks.main:
-                    _save_epoch(self.run_dir, self.model, self.opt, epoch + 1, self.best_val, self.bad_epochs, row,
-                                self.metrics_path, self.writer, rng, self.objective.state_tensors())
-                if on_epoch is not None and _on_main(self.ranks, on_epoch, epoch + 1, self.model, row):
-                    return True  # the caller asked to stop (a sweep pruning this run, a target reached)
-                if patience_out:
-                    self._keep_best()
-                    return True
+                stop = self.end_epoch(epoch, self.train_epoch(epoch), on_epoch)
+                if stop is not None:
+                    return stop
             return False
         finally:
-            if self.bar is not None:
-                self.bar.close()
-            if self.writer is not None:
-                self.writer.close()
+            self.close()
 
-    def train_epoch(self, epoch: int) -> dict:
-        """One pass over the training data; the metrics row (losses are means per example)."""
-        config, opt, bar = self.config, self.opt, self.bar
+    def close(self) -> None:
+        if getattr(self, "bar", None) is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def end_epoch(self, epoch: int, row: dict, on_epoch=None) -> bool | None:
+        """Validate, check, write the run folder for the epoch just trained; True when training stops
+        here (the caller asked to, or patience ran out), else None."""
+        row = _on_main(self.ranks, _with_validation, row, self.model, self.evals, self.config.precision,
+                       self.objective)
+        if getattr(self, "bar", None) is not None:
+            self.bar.set_postfix(loss=f"{row['train_loss']:.2f}",
+                                 **({"val": f"{row['val_loss']:.2f}"} if "val_loss" in row else {}))
+        _on_main(self.ranks, self._check_finite, row)
+        if self.replacing and self.ranks.main:
+            self._replace_old_run()
+        patience_out = self._early_stopping(row)
+        rng = _gather(self.ranks, _rng_states())
+        if self.ranks.main:
+            _save_epoch(self.run_dir, self.model, self.opt, epoch + 1, self.best_val, self.bad_epochs, row,
+                        self.metrics_path, self.writer, rng, self.objective.state_tensors())
+        if on_epoch is not None and _on_main(self.ranks, on_epoch, epoch + 1, self.model, row):
+            return True  # the caller asked to stop (a sweep pruning this run, a target reached)
+        if patience_out:
+            self._keep_best()
+            return True
+        return None
+
+    def epoch_batches(self, epoch: int):
+        """The epoch's batches (x, c) in its order (and the learning rate of a per-epoch schedule set)."""
+        config = self.config
         if config.lr_schedule == "burda":
-            _set_lr(opt, burda_lr(config.lr, epoch))
-        t0 = time.perf_counter()
+            _set_lr(self.opt, burda_lr(config.lr, epoch))
         self.model.train()
         order = _epoch_order(self.n, config.seed, epoch)[:self.n_used][self.ranks.rank::self.ranks.world]
-        sums, names = None, []  # reconstruction, KL and the objective's terms, summed on the device
-        if bar is not None:
-            bar.reset(total=self.steps)
-            bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
         batches = _batches(self.x_train, self.c_train, order, self.batch, self.chunk, self.device, self.dynamic)
         if self.labelled_rows is not None:
             batches = _with_labelled(batches, self.x_train, self.c_train, self.labelled_rows, self.labelled_batch,
                                      (config.seed, epoch, 1 + self.ranks.rank), self.device, self.dynamic)
+        return batches
+
+    def before_step(self, epoch: int, step: int) -> None:
+        """The learning rate of a per-step schedule."""
+        config = self.config
+        if config.lr_schedule == "cosine":
+            _set_lr(self.opt, cosine_lr(config.lr, (epoch * self.steps + step) / (config.epochs * self.steps)))
+
+    def optimizer_step(self) -> bool:
+        """Clip (--grad-clip) and apply the gradients. A model that skips non-finite steps
+        (``skips_nonfinite_steps``, e.g. the hierarchical VAE) gets False for a step whose gradient is
+        not finite: nothing is applied, and the caller counts it."""
+        skips = getattr(self.model, "skips_nonfinite_steps", False)
+        if self.config.grad_clip or skips:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip or math.inf)
+            if skips and not bool(torch.isfinite(norm)):
+                self.opt.zero_grad(set_to_none=True)
+                return False
+        self.opt.step()
+        return True
+
+    def epoch_row(self, epoch: int, sums: torch.Tensor, names: list[str], rows_seen: int, seconds: float,
+                  skipped: int | None = None) -> dict:
+        """The metrics row of an epoch from the summed figures (reconstruction, KL, the objective's terms),
+        with the count of skipped non-finite steps for a model that skips them."""
+        rec, kl, *terms = (sums / (rows_seen * self.ranks.world)).tolist()
+        return {"epoch": epoch + 1, "train_loss": rec + kl, "train_reconstruction": rec, "train_kl": kl,
+                **{f"train_{k}": v for k, v in zip(names, terms)}, **self.objective.schedule(epoch + 1),
+                **({"skipped_steps": skipped} if skipped is not None else {}), "seconds": seconds}
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over the training data; the metrics row (losses are means per example)."""
+        config, opt, bar = self.config, self.opt, self.bar
+        t0 = time.perf_counter()
+        sums, names = None, []  # reconstruction, KL and the objective's terms, summed on the device
+        if bar is not None:
+            bar.reset(total=self.steps)
+            bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
         rows_seen, skipped = 0, 0
         skips = getattr(self.model, "skips_nonfinite_steps", False)
-        for step, (xb, cb) in enumerate(batches):
-            if config.lr_schedule == "cosine":
-                _set_lr(opt, cosine_lr(config.lr, (epoch * self.steps + step) / (config.epochs * self.steps)))
-            with _autocast(self.device, config.precision):
-                out = self.objective(self.step_model, xb, cb, progress=epoch + step / self.steps)
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if config.grad_clip or skips:
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip or math.inf)
-                if skips and not bool(torch.isfinite(norm)):
-                    # a non-finite gradient: this step is skipped (counted in the metrics row), not applied
-                    opt.zero_grad(set_to_none=True)
-                    skipped += 1
-                    if bar is not None:
-                        bar.update()
-                    continue
-            opt.step()
+        for step, (xb, cb) in enumerate(self.epoch_batches(epoch)):
+            self.before_step(epoch, step)
+            if self.fused is not None:  # loss and gradients written out, straight into the parameters' .grad
+                out = self.fused(xb, cb, progress=epoch + step / self.steps)
+            else:
+                with _autocast(self.device, config.precision):
+                    out = self.objective(self.step_model, xb, cb, progress=epoch + step / self.steps)
+                opt.zero_grad(set_to_none=True)
+                out.loss.backward()
+            if not self.optimizer_step():  # a non-finite gradient: skipped, counted in the metrics row
+                skipped += 1
+                if bar is not None:
+                    bar.update()
+                continue
             figures = torch.stack([t.detach().float() for t in (out.reconstruction, out.kl, *out.terms.values())])
             if sums is None:
                 sums, names = torch.zeros_like(figures), list(out.terms)
@@ -508,10 +601,7 @@ class Trainer:
                             "skipped; training is not progressing. Lower --lr or --grad-clip, or check the data")
         if self.ranks.world > 1:
             dist.all_reduce(sums)
-        rec, kl, *terms = (sums / (rows_seen * self.ranks.world)).tolist()
-        return {"epoch": epoch + 1, "train_loss": rec + kl, "train_reconstruction": rec, "train_kl": kl,
-                **{f"train_{k}": v for k, v in zip(names, terms)}, **self.objective.schedule(epoch + 1),
-                **({"skipped_steps": skipped} if skips else {}), "seconds": time.perf_counter() - t0}
+        return self.epoch_row(epoch, sums, names, rows_seen, time.perf_counter() - t0, skipped if skips else None)
 
     def _check_finite(self, row: dict) -> None:
         """A diverged epoch (a loss or a weight not finite) is never saved: the run keeps its last good one."""
@@ -581,7 +671,9 @@ def _settings(config: TrainConfig, ranks: Ranks, device: torch.device, resume: b
         given = config
         config = _on_main(ranks, lambda: _resumed_config(TrainConfig.from_dict(read_config(given.out)["train"]),
                                                           given, explicit))
-    config = config.replace(precision=resolve_precision(config.precision, device),
+    # on one CPU process, --precision auto is left for the probe to decide once the model is built
+    probed = config.precision == "auto" and device.type == "cpu" and ranks.world == 1
+    config = config.replace(precision=config.precision if probed else resolve_precision(config.precision, device),
                             stream=config.stream or _too_big_for_memory(config.data, device))
     if config.batch_size % ranks.world:
         raise CvaeError(f"--batch-size {config.batch_size} is the batch of all {ranks.world} processes together; "
@@ -713,7 +805,8 @@ def _has_epochs(run_dir: Path) -> bool:
     return (run_dir / "trainer_state.safetensors").is_file()
 
 
-RESUMABLE = {"epochs", "patience", "progress", "tensorboard", "device", "data_dir", "precision", "compile", "stream"}
+RESUMABLE = {"epochs", "patience", "progress", "tensorboard", "device", "data_dir", "precision", "compile", "stream",
+             "step"}
 
 
 def _resumed_config(saved: TrainConfig, given: TrainConfig, explicit: set[str] | None) -> TrainConfig:

@@ -7,4 +7,5 @@ MODULES = [
     "cvae.commands.apps",  # interpolate, traverse, transfer, anomaly, augment, embed
     "cvae.commands.serve",  # serve (the web page and JSON API; the extra cvae[serve])
     "cvae.commands.recommend",  # recommend train, recommend RUN
+    "cvae.commands.sweep",  # sweep (many small models at once)
 ]

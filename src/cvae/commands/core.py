@@ -81,6 +81,8 @@ HELP = {
     "patience": "stop after this many epochs without validation improvement (and keep the best weights)",
     "seed": "random seed (data split, initialisation, sampling)",
     "device": "auto | cpu | cuda | cuda:N", "precision": "auto (bfloat16 where native, else float32) | float32 | bfloat16 (autocast)",
+    "step": "auto (the fused MLP-VAE step where it covers the model, else autograd) | fused (or an error saying "
+            "why not) | autograd",
     "compile": "use torch.compile", "stream": "read a .npy data set from its memory map in chunks (automatic when it does not fit in memory)",
     "out": "the run folder (default runs/DATA-PRESET)",
     "tensorboard": "write TensorBoard scalars to RUN/tb", "progress": "show a progress bar",

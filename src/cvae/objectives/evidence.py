@@ -26,7 +26,7 @@ class ELBO(Objective):
         rec = -out.px.log_prob(x).mean()
         kl_each = out.kl()  # (B,)
         kl = kl_each.float().mean()
-        weight = self.beta * kl_warmup(progress, self.warmup)
+        weight = self.kl_weight(progress)
         terms = {}
         if self.free_bits > 0:
             prior = out.prior
@@ -39,6 +39,10 @@ class ELBO(Objective):
         else:
             kl_term = kl
         return ObjectiveOutput(loss=rec + weight * kl_term, reconstruction=rec, kl=kl, terms=terms)
+
+    def kl_weight(self, progress: float) -> float:
+        """The KL term's weight at ``progress`` epochs: beta times the warm-up's factor."""
+        return self.beta * kl_warmup(progress, self.warmup)
 
     def schedule(self, progress):
         return {"kl_weight": kl_warmup(progress, self.warmup)}

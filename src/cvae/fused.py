@@ -1,0 +1,418 @@
+"""A training step written out by hand for the models people train most, chosen through a registry.
+
+For an MLP encoder and decoder (any widths and depth, any registered activation, the condition at
+the input or at every layer), Bernoulli or Gaussian (fixed or learned sigma) pixels, a standard or
+conditional Gaussian prior and the ELBO (any beta, KL warm-up), :class:`FusedMLPStep` computes the
+loss and every gradient without an autograd graph:
+
+- every activation, pre-activation and gradient lives in a buffer allocated once for the batch size;
+- a layer is one ``addmm`` with its bias, its weight gradient one ``mm`` written straight into the
+  parameter's ``.grad``, the activation's forward and backward the very kernels autograd calls
+  (``threshold_backward``, ``silu_backward``, ...), writing in place;
+- the condition is copied once per step into the columns of the layer inputs it joins, so that a
+  conditioned layer is still one matrix product forward and one backward;
+- the reparameterisation, the analytic KL and their gradients are a handful of element-wise kernels
+  on (B, latent) tensors; the Bernoulli log-likelihood is sum softplus(l) - x . l, the softplus sum
+  taken by :func:`cvae.kernels.sum_softplus_` (one logarithm per 49 pixels) in the logits' own
+  buffer, and its gradient sigmoid(l) - x one more pass.
+
+The optimizer (fused Adam) then steps the model's own parameters, so run folders, ``--resume`` and
+the optimizer state are exactly those of the generic path. The noise is drawn from the global
+generator at the same point and in the same shape as the generic path draws it, so that a seeded run
+trains the same model either way (to float32 rounding); the tests hold the loss and every gradient
+to autograd's on every configuration it covers.
+
+:func:`fused_step_for` asks every registered step whether it covers a model, objective and settings
+(``why_not`` returns None or the reason) and returns the first that does, or None with the reasons:
+the trainer then takes the generic autograd path, which works for every model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .distributions import LOG_2PI
+from .kernels import sum_softplus_
+from .likelihoods.bernoulli import BernoulliLikelihood
+from .likelihoods.gaussian import GaussianLikelihood, LearnedGaussianLikelihood
+from .models.cvae import CVAE
+from .nn import MLP, MLPDecoder, MLPEncoder
+from .objectives.base import ObjectiveOutput
+from .objectives.evidence import ELBO
+from .priors.conditional import ConditionalGaussian
+from .priors.standard import StandardNormal
+from .registry import Registry
+
+STEPS = Registry("training step")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+aten = torch.ops.aten
+
+
+def _activation(module: nn.Module):
+    """(forward(a, out), backward(grad, a, y, out)) of an activation module: autograd's own kernels,
+    or None when the activation is not covered."""
+    kind = type(module)
+    if kind is nn.ReLU:
+        return (lambda a, out: torch.clamp_min(a, 0, out=out),
+                lambda g, a, y, out: aten.threshold_backward.grad_input(g, a, 0, grad_input=out))
+    if kind is nn.Tanh:
+        return (lambda a, out: torch.tanh(a, out=out),
+                lambda g, a, y, out: aten.tanh_backward.grad_input(g, y, grad_input=out))
+    if kind is nn.ELU:
+        alpha = module.alpha
+        return (lambda a, out: aten.elu.out(a, alpha, 1, 1, out=out),
+                lambda g, a, y, out: aten.elu_backward.grad_input(g, alpha, 1, 1, False, a, grad_input=out))
+    if kind is nn.SiLU:
+        return (lambda a, out: aten.silu.out(a, out=out),
+                lambda g, a, y, out: aten.silu_backward.grad_input(g, a, grad_input=out))
+    if kind is nn.LeakyReLU:
+        slope = module.negative_slope
+        return (lambda a, out: aten.leaky_relu.out(a, slope, out=out),
+                lambda g, a, y, out: aten.leaky_relu_backward.grad_input(g, a, slope, False, grad_input=out))
+    if kind is nn.GELU:
+        approximate = module.approximate
+        # gelu's out= variant writes a column slice of a wider buffer wrongly (torch 2.13): copy into it
+        return (lambda a, out: out.copy_(F.gelu(a, approximate=approximate)),
+                lambda g, a, y, out: aten.gelu_backward.grad_input(g, a, approximate=approximate, grad_input=out))
+    if kind is nn.Softplus:
+        beta, threshold = module.beta, module.threshold
+        return (lambda a, out: aten.softplus.out(a, beta, threshold, out=out),
+                lambda g, a, y, out: aten.softplus_backward.grad_input(g, a, beta, threshold, grad_input=out))
+    return None
+
+
+def fused_step_for(model, objective, *, batch_size: int, device: torch.device, precision: str = "float32"):
+    """The first registered step that covers the model, objective and settings, built, or None; and
+    the reasons each step gave for not covering them (empty when one did)."""
+    reasons = {}
+    for name, cls in STEPS.items():
+        why = cls.why_not(model, objective, precision=precision)
+        if why is None:
+            return cls([model], [objective], batch_size=batch_size, device=device, precision=precision), {}
+        reasons[name] = why
+    return None, reasons
+
+
+def stack_parameters(models: list[nn.Module]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The parameters of K models of one shape as stacked tensors (K, ...), one per parameter, and
+    their stacked gradients. One model's are views of its own tensors; several models' parameters
+    become views into the stacked ones (each model still owns its ``nn.Parameter`` objects, which its
+    optimizer steps in place), so that one batched matrix product serves all K."""
+    names = [n for n, _ in models[0].named_parameters()]
+    stacked, grads = [], []
+    for name in names:
+        params = [dict(m.named_parameters())[name] for m in models]
+        if len(models) == 1:
+            s = params[0].detach().unsqueeze(0)
+        else:
+            s = torch.stack([p.detach() for p in params])
+            for k, p in enumerate(params):
+                p.data = s[k]
+        g = torch.zeros_like(s)
+        stacked.append(s)
+        grads.append(g)
+    return stacked, grads
+
+
+class _Net:
+    """The buffers of K MLPs of one shape: per layer the input (K, B, in [+ C]) with the condition's
+    columns, the pre-activation (K, B, out) and the gradient of the input (K, B, in); each layer one
+    batched matrix product forward and two backward. In bfloat16 the products read bfloat16 copies of
+    the weights, refreshed every step (as autocast casts them), and their weight gradients are
+    rounded to bfloat16 before they reach the float32 ``.grad``."""
+
+    def __init__(self, net: MLP, k: int, batch: int, device, dtype: torch.dtype, weights, biases, wgrads, bgrads):
+        self.layers, self.joins = list(net.layers), list(net.joins)
+        self.cond_dim, self.dtype = net.cond_dim, dtype
+        self.fwd, self.bwd = _activation(net.act)
+        self.ins = [layer.in_features - (self.cond_dim if join else 0) for layer, join in zip(self.layers, self.joins)]
+        new = dict(device=device, dtype=dtype)
+        self.inputs = [torch.empty(k, batch, layer.in_features, **new) for layer in self.layers]
+        self.pre = [torch.empty(k, batch, layer.out_features, **new) for layer in self.layers]
+        self.grad_in = [torch.empty(k, batch, n, **new) for n in self.ins]
+        self.master, self.master_biases = weights, biases  # float32, (K, out, in [+ C]) and (K, out)
+        self.wgrads, self.bgrads = wgrads, bgrads
+        self.cast = dtype != torch.float32
+        if self.cast:
+            self.weights = [torch.empty_like(w, dtype=dtype) for w in weights]
+            self.biases = [torch.empty_like(b, dtype=dtype) for b in biases]
+            self.weight_grads = [torch.empty_like(w, dtype=dtype) for w in weights]
+        else:
+            self.weights, self.biases = weights, biases
+
+    def refresh(self) -> None:
+        """The low-precision copies of the weights, from the float32 ones the optimizer stepped."""
+        if self.cast:
+            for w, b, mw, mb in zip(self.weights, self.biases, self.master, self.master_biases):
+                w.copy_(mw)
+                b.copy_(mb)
+
+    def set_condition(self, c: torch.Tensor | None, b: int) -> None:
+        if not self.cond_dim:
+            return
+        for i, join in enumerate(self.joins):
+            if join:
+                self.inputs[i][:, :b, self.ins[i]:].copy_(c)
+
+    def input_view(self, i: int, b: int) -> torch.Tensor:
+        """Where the input of layer i goes (its first ``ins[i]`` columns)."""
+        return self.inputs[i][:, :b, :self.ins[i]]
+
+    def forward(self, x: torch.Tensor | None, b: int) -> torch.Tensor:
+        """The pre-activation of the last layer; ``x`` (K, b, in) is the input when not already in place."""
+        if x is not None:
+            self.input_view(0, b).copy_(x)
+        last = len(self.layers) - 1
+        for i in range(len(self.layers)):
+            out = self.pre[i][:, :b]
+            torch.baddbmm(self.biases[i].unsqueeze(1), self.inputs[i][:, :b], self.weights[i].transpose(1, 2), out=out)
+            if i < last:
+                self.fwd(out, self.input_view(i + 1, b))
+        return self.pre[last][:, :b]
+
+    def backward(self, grad: torch.Tensor, b: int, need_input: bool) -> torch.Tensor | None:
+        """Weight and bias gradients from the gradient of the last pre-activation; the input's when asked."""
+        g = grad
+        for i in range(len(self.layers) - 1, -1, -1):
+            inp = self.inputs[i][:, :b]
+            if self.cast:
+                self.wgrads[i].copy_(torch.bmm(g.transpose(1, 2), inp, out=self.weight_grads[i]))
+                torch.sum(g, 1, dtype=torch.float32, out=self.bgrads[i])
+            else:
+                torch.bmm(g.transpose(1, 2), inp, out=self.wgrads[i])
+                torch.sum(g, 1, out=self.bgrads[i])
+            if i == 0 and not need_input:
+                return None
+            gi = self.grad_in[i][:, :b]
+            torch.bmm(g, self.weights[i][:, :, :self.ins[i]], out=gi)
+            if i == 0:
+                return gi
+            self.bwd(gi, self.pre[i - 1][:, :b], self.input_view(i, b), gi)
+            g = gi
+        return None
+
+
+@STEPS.register("fused-mlp")
+class FusedMLPStep:
+    """The ELBO's loss and gradients of K MLP (C)VAEs of one shape (K = 1 for a training run, more for
+    a sweep), written out; see the module's docstring."""
+
+    @staticmethod
+    def why_not(model, objective, *, precision: str = "float32") -> str | None:
+        """None when this step computes exactly what the generic path computes, else the reason."""
+        if type(model) is not CVAE:
+            return f"the model class is {type(model).__name__}, not the CVAE"
+        enc, dec = getattr(model, "encoder", None), getattr(model, "decoder", None)
+        if type(enc) is not MLPEncoder or type(dec) is not MLPDecoder or type(enc.net) is not MLP \
+                or type(dec.net) is not MLP:
+            return "the networks are not MLPs"
+        if _activation(enc.net.act) is None or _activation(dec.net.act) is None:
+            return f"the activation {type(enc.net.act).__name__} has no written-out backward"
+        if type(model.likelihood) not in (BernoulliLikelihood, GaussianLikelihood, LearnedGaussianLikelihood):
+            return f"the likelihood {type(model.likelihood).__name__} is not Bernoulli or Gaussian"
+        if dec.out_shape != tuple(model.config.data_shape):
+            return "the decoder gives more than one parameter per element"
+        if type(model.prior) not in (StandardNormal, ConditionalGaussian):
+            return f"the prior {type(model.prior).__name__} is not the standard or conditional Gaussian"
+        if type(objective) is not ELBO:
+            return f"the objective is {getattr(objective, 'name', type(objective).__name__)}, not the ELBO"
+        if objective.free_bits > 0:
+            return "free bits are not written out"
+        if precision not in DTYPES:
+            return f"it computes in float32 or bfloat16, not {precision}"
+        if any(p.dtype != torch.float32 for p in model.parameters()):
+            return "the weights are not float32"
+        return None
+
+    def __init__(self, models: list[CVAE], objectives: list[ELBO], *, batch_size: int, device: torch.device,
+                 precision: str = "float32"):
+        model = models[0]
+        self.models, self.objectives, self.precision = models, objectives, precision
+        self.dtype = dtype = DTYPES[precision]
+        self.k = k = len(models)
+        self.latent = d = model.config.latent_dim
+        self.batch = batch_size
+        self.cond_dim = model.schema.dim
+        names = [n for n, _ in model.named_parameters()]
+        stacked, grads = stack_parameters(models)
+        self.params = [[dict(m.named_parameters())[n] for n in names] for m in models]
+        self.grads = grads
+        self.stacked = dict(zip(names, stacked))
+        grad_of = dict(zip(names, grads))
+
+        def parts(prefix, net):
+            n = len(net.layers)
+            return ([self.stacked[f"{prefix}.net.layers.{i}.weight"] for i in range(n)],
+                    [self.stacked[f"{prefix}.net.layers.{i}.bias"] for i in range(n)],
+                    [grad_of[f"{prefix}.net.layers.{i}.weight"] for i in range(n)],
+                    [grad_of[f"{prefix}.net.layers.{i}.bias"] for i in range(n)])
+
+        self.encoder = _Net(model.encoder.net, k, batch_size, device, dtype, *parts("encoder", model.encoder.net))
+        self.decoder = _Net(model.decoder.net, k, batch_size, device, dtype, *parts("decoder", model.decoder.net))
+        self.learned_sigma = type(model.likelihood) is LearnedGaussianLikelihood
+        self.gaussian = type(model.likelihood) is not BernoulliLikelihood
+        self.conditional_prior = type(model.prior) is ConditionalGaussian
+        covered = {f"{net}.net.layers.{i}.{w}" for net, m in (("encoder", model.encoder), ("decoder", model.decoder))
+                   for i in range(len(m.net.layers)) for w in ("weight", "bias")}
+        if self.conditional_prior:
+            covered |= {"prior.net.weight", "prior.net.bias"}
+        if self.learned_sigma:
+            covered.add("likelihood.log_sigma")
+        missing = [n for n in names if n not in covered]
+        if missing:  # a parameter this step does not know: never leave its gradient silently zero
+            raise RuntimeError(f"the fused step does not cover the parameters {missing}")
+        if self.gaussian:
+            self.log_sigma = (self.stacked["likelihood.log_sigma"].reshape(k, 1, -1) if self.learned_sigma else
+                              torch.stack([m.likelihood.log_sigma for m in models]).reshape(k, 1, 1))
+            self.log_sigma_grad = grad_of["likelihood.log_sigma"].reshape(k, -1) if self.learned_sigma else None
+        if self.conditional_prior:
+            self.prior = (self.stacked["prior.net.weight"], self.stacked["prior.net.bias"],
+                          grad_of["prior.net.weight"], grad_of["prior.net.bias"])
+        p = math.prod(model.config.data_shape)
+        new = dict(device=device, dtype=torch.float32)
+        self.out_grad = torch.empty(k, batch_size, p, **new)  # d loss / d decoder output
+        self.sq = torch.empty(k, batch_size, p, **new) if self.gaussian else None
+        self.std = torch.empty(k, batch_size, d, **new)
+        self.tmp = torch.empty(k, batch_size, d, **new)
+        self.enc_grad = torch.empty(k, batch_size, 2 * d, **new)  # d loss / d (mu, logvar)
+        if dtype != torch.float32:  # the two gradients that enter the networks' backward passes, cast
+            self.out_grad_low = torch.empty(k, batch_size, p, device=device, dtype=dtype)
+            self.enc_grad_low = torch.empty(k, batch_size, 2 * d, device=device, dtype=dtype)
+
+    def _attach_grads(self) -> None:
+        for k, params in enumerate(self.params):
+            for p, g in zip(params, self.grads):
+                view = g[k]
+                if p.grad is None or p.grad.data_ptr() != view.data_ptr():
+                    p.grad = view
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, c: torch.Tensor | None, *, progress: float = 0.0,
+                 generators: list[torch.Generator] | None = None) -> ObjectiveOutput:
+        """Loss and figures of the batch (as the ELBO objective gives them); every gradient written
+        into the parameters' ``.grad``, ready for the optimizer's step. One model: x (b, *shape),
+        c (b, C); K models: x (K, b, *shape), c (K, b, C), the figures (K,), and each model's noise
+        from its own generator."""
+        single = x.dim() == len(self.models[0].config.data_shape) + 1 and self.k == 1
+        if single:
+            x = x.unsqueeze(0)
+            c = c.unsqueeze(0) if c is not None else None
+        self._attach_grads()
+        k, b, d = self.k, x.shape[1], self.latent
+        low = self.dtype != torch.float32
+        weights = [obj.kl_weight(progress) for obj in self.objectives]
+        xf = x.reshape(k, b, -1)
+        if xf.dtype != torch.float32:
+            xf = xf.float()
+        if c is not None:
+            c = c.float()
+        enc, dec = self.encoder, self.decoder
+        enc.refresh()
+        dec.refresh()
+        enc.set_condition(c, b)
+        dec.set_condition(c, b)
+
+        # q(z | x, c), then z = mu + sigma * eps straight into the decoder's input
+        h = enc.forward(xf, b)
+        if low:
+            h = h.float()
+        mu, logvar = h[..., :d], h[..., d:]
+        std = torch.mul(logvar, 0.5, out=self.std[:, :b]).exp_()
+        # the noise as DiagonalGaussian.rsample draws it (in the encoder's output dtype under autocast)
+        if generators is None:
+            eps = torch.randn((k, b, d), dtype=self.dtype, device=x.device).float()
+        else:
+            eps = torch.stack([torch.randn((b, d), dtype=self.dtype, generator=g).to(x.device)
+                               for g in generators]).float()
+        z = dec.input_view(0, b)
+        if low:
+            z.copy_(torch.addcmul(mu, std, eps))
+        else:
+            torch.addcmul(mu, std, eps, out=z)
+
+        # p(x | z, c): the reconstruction term's sum and its gradient with respect to the decoder output
+        out = dec.forward(None, b)
+        if low:
+            out = out.float()
+        g_out = self.out_grad[:, :b]
+        if self.gaussian:
+            rec_sum = self._gaussian(out, xf, g_out, b)
+        else:
+            # -log p(x | l) = sum softplus(l) - x . l; the softplus sum overwrites the logits, no longer needed
+            x_dot_l = torch.bmm(xf.reshape(k, 1, -1), out.reshape(k, -1, 1)).reshape(k)
+            torch.sigmoid(out, out=g_out)
+            rec_sum = sum_softplus_(out.reshape(k * b, -1)).reshape(k, b).sum(1) - x_dot_l
+            g_out.sub_(xf).mul_(1.0 / b)
+        dz = dec.backward(self.out_grad_low[:, :b].copy_(g_out) if low else g_out, b, need_input=True)
+        if low:
+            dz = dz.float()
+
+        # KL(q || p) (analytic) and the gradient at (mu, logvar) through the reparameterisation
+        g_enc = self.enc_grad[:, :b]
+        g_mu, g_logvar = g_enc[..., :d], g_enc[..., d:]
+        var = torch.mul(std, std, out=self.tmp[:, :b])  # exp(logvar)
+        scale = weights[0] / b if k == 1 else torch.tensor(weights, device=x.device).reshape(k, 1, 1) / b
+        torch.mul(dz, eps, out=g_logvar).mul_(std).mul_(0.5)  # 0.5 sigma eps dz
+        if not self.conditional_prior:
+            kl_sum = 0.5 * (mu.square().sum((1, 2)) + var.sum((1, 2)) - logvar.sum((1, 2)) - b * d)
+            if k == 1:
+                torch.add(dz, mu, alpha=scale, out=g_mu)
+                g_logvar.add_(var, alpha=0.5 * scale).sub_(0.5 * scale)
+            else:
+                torch.addcmul(dz, mu, scale, out=g_mu)
+                g_logvar.addcmul_(var - 1.0, scale, value=0.5)
+        else:
+            kl_sum = self._conditional_kl(c, mu, logvar, var, dz, g_mu, g_logvar, scale, b)
+        enc.backward(self.enc_grad_low[:, :b].copy_(g_enc) if low else g_enc, b, need_input=False)
+
+        rec, kl = rec_sum / b, kl_sum / b
+        loss = rec + kl * (weights[0] if k == 1 else torch.tensor(weights, device=x.device))
+        if single:
+            return ObjectiveOutput(loss=loss[0], reconstruction=rec[0], kl=kl[0])
+        return ObjectiveOutput(loss=loss, reconstruction=rec, kl=kl)
+
+    def _gaussian(self, out, xf, g_out, b):
+        """N(x; out, sigma^2): the negative log-likelihood's sums (K,); its gradients (and log sigma's)."""
+        p = xf.shape[-1]
+        ls = self.log_sigma  # (K, 1, P) or (K, 1, 1)
+        inv_sigma = torch.exp(-ls)
+        r = torch.sub(out, xf, out=g_out).mul_(inv_sigma)  # (mean - x) / sigma
+        sq = torch.mul(r, r, out=self.sq[:, :b])
+        const = 0.5 * p * LOG_2PI + (ls.sum((1, 2)) if self.learned_sigma else p * ls.reshape(-1))
+        rec_sum = 0.5 * sq.sum((1, 2)) + b * const
+        if self.learned_sigma:  # d/d log sigma_j of the mean over the batch: 1 - mean_b r_bj^2
+            grad = self.log_sigma_grad
+            torch.sum(sq, 1, out=grad)
+            grad.mul_(-1.0 / b).add_(1.0)
+        r.mul_(inv_sigma).mul_(1.0 / b)  # (mean - x) / sigma^2 / B
+        return rec_sum
+
+    def _conditional_kl(self, c, mu, logvar, var, dz, g_mu, g_logvar, scale, b):
+        """KL(N(mu, var) || N(m(c), v(c))) of the conditional prior (sums (K,)), and all its gradients."""
+        d = self.latent
+        weight, bias, weight_grad, bias_grad = self.prior
+        prior = torch.baddbmm(bias.unsqueeze(1), c, weight.transpose(1, 2))  # (K, B, 2D): m, log v
+        m, log_v = prior[..., :d], prior[..., d:]
+        inv_v = torch.exp(-log_v)
+        diff = mu - m
+        diff_iv = diff * inv_v
+        spread = (var + diff * diff).mul_(inv_v)  # (var + (mu - m)^2) / v
+        kl_sum = 0.5 * (log_v.sum((1, 2)) - logvar.sum((1, 2)) + spread.sum((1, 2)) - b * d)
+        g_prior = torch.empty_like(prior)
+        if isinstance(scale, float):
+            torch.add(dz, diff_iv, alpha=scale, out=g_mu)
+            g_logvar.add_(var * inv_v, alpha=0.5 * scale).sub_(0.5 * scale)
+            torch.mul(diff_iv, -scale, out=g_prior[..., :d])
+            g_prior[..., d:].copy_(spread).mul_(-0.5 * scale).add_(0.5 * scale)  # (1 - spread) / 2
+        else:
+            torch.addcmul(dz, diff_iv, scale, out=g_mu)
+            g_logvar.addcmul_(var * inv_v - 1.0, scale, value=0.5)
+            torch.mul(diff_iv, -scale, out=g_prior[..., :d])
+            torch.mul(1.0 - spread, 0.5 * scale, out=g_prior[..., d:])
+        torch.bmm(g_prior.transpose(1, 2), c, out=weight_grad)
+        torch.sum(g_prior, 1, out=bias_grad)
+        return kl_sum

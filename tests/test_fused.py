@@ -1,0 +1,253 @@
+"""The fused MLP-VAE training step against the generic autograd path: the same loss and every
+gradient on each configuration it covers, the same training curve, chosen automatically (and
+recorded in config.json) only where it covers the model. Small models, a few steps."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+
+import pytest
+import torch
+
+from cvae.config import TrainConfig
+from cvae.errors import CvaeError
+from cvae.fused import FusedMLPStep, fused_step_for
+from cvae.models import build_model
+from cvae.models.config import ModelConfig
+from cvae.objectives import build_objective
+from cvae.objectives.evidence import ELBO
+from cvae.train import fit
+
+SCHEMA = {"attributes": [{"name": "label", "kind": "categorical", "classes": ["a", "b", "c"]},
+                         {"name": "size", "kind": "continuous", "classes": [], "mean": 0.0, "std": 1.0}]}
+
+
+def _model(act="relu", hidden=(12, 9), cond=True, cond_at=0, likelihood="bernoulli", prior="standard", seed=0):
+    torch.manual_seed(seed)
+    config = ModelConfig(data_shape=(2, 7), schema=SCHEMA if cond else {}, arch="mlp", hidden=list(hidden),
+                         latent_dim=3, activation=act, condition_at=cond_at, likelihood=likelihood, prior=prior,
+                         sigma=0.7)
+    model = build_model(config)
+    with torch.no_grad():  # a trained-looking prior and sigma, not their zero starting points
+        for name, p in model.named_parameters():
+            if name.startswith("prior.") or name.endswith("log_sigma"):
+                p.normal_(0, 0.3)
+    return model
+
+
+def _batch(model, b=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((b, *model.config.data_shape), generator=g)
+    if model.config.likelihood == "bernoulli":
+        x = (x > 0.5).float() * 0.8 + x * 0.2  # grey levels in [0, 1]
+    c = None
+    if model.schema:
+        c = torch.cat([torch.nn.functional.one_hot(torch.randint(0, 3, (b,), generator=g), 3).float(),
+                       torch.randn((b, 1), generator=g)], 1)
+    return x, c
+
+
+def _both(model, objective, x, c, progress=0.0):
+    """(loss, rec, kl, grads) of the generic path and of the fused step, from the same noise."""
+    generic = copy.deepcopy(model)
+    torch.manual_seed(123)
+    out = objective(generic, x, c, progress=progress)
+    out.loss.backward()
+    ref = (out.loss.detach(), out.reconstruction.detach(), out.kl.detach(),
+           {n: p.grad.clone() for n, p in generic.named_parameters()})
+    step, reasons = fused_step_for(model, objective, batch_size=8, device=torch.device("cpu"))
+    assert step is not None, reasons
+    torch.manual_seed(123)
+    got = step(x, c, progress=progress)
+    return ref, (got.loss, got.reconstruction, got.kl, {n: p.grad.clone() for n, p in model.named_parameters()})
+
+
+CASES = [dict(act=a, cond=cond, cond_at=at, likelihood=lik, prior=prior, hidden=hidden)
+         for a, (cond, at, prior), lik, hidden in itertools.product(
+             ["relu", "elu", "tanh", "silu", "leaky_relu", "gelu", "softplus"],
+             [(False, 0, "standard"), (True, 0, "standard"), (True, -1, "conditional"), (True, 1, "conditional")],
+             ["bernoulli", "gaussian", "gaussian-learned"],
+             [(12, 9), (10,)])]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_loss_and_every_gradient_equal_autograd(case):
+    model = _model(**case)
+    beta = 2.5 if case["act"] in ("elu", "silu") else 1.0
+    objective = ELBO(beta=beta, kl_warmup=2.0 if case["act"] == "tanh" else 0.0)
+    x, c = _batch(model)
+    (loss, rec, kl, grads), (f_loss, f_rec, f_kl, f_grads) = _both(model, objective, x, c, progress=0.5)
+    for want, got in ((loss, f_loss), (rec, f_rec), (kl, f_kl)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert set(grads) == set(f_grads)
+    for name in grads:
+        torch.testing.assert_close(f_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        assert grads[name].abs().sum() > 0 or name.startswith("prior.net.weight")
+
+
+def test_a_smaller_last_batch_uses_the_buffers_views():
+    model = _model(cond=True, cond_at=-1, prior="conditional")
+    x, c = _batch(model, b=3)
+    (loss, _, _, grads), (f_loss, _, _, f_grads) = _both(model, ELBO(), x, c)
+    torch.testing.assert_close(f_loss, loss, rtol=1e-5, atol=1e-5)
+    for name in grads:
+        torch.testing.assert_close(f_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("what", ["free_bits", "objective", "prior", "arch", "precision"])
+def test_what_it_does_not_cover_goes_to_the_generic_path_with_a_reason(what):
+    model = _model(prior="mog" if what == "prior" else "standard")
+    objective = ELBO(free_bits=0.5 if what == "free_bits" else 0.0)
+    if what == "objective":
+        objective = build_objective("iwae", TrainConfig(objective="iwae"))
+    if what == "arch":
+        model = build_model(ModelConfig(data_shape=(1, 8, 8), arch="conv", channels=[4], hidden=[8], latent_dim=2))
+    precision = "float16" if what == "precision" else "float32"
+    step, reasons = fused_step_for(model, objective, batch_size=4, device=torch.device("cpu"), precision=precision)
+    assert step is None and reasons["fused-mlp"]
+    assert FusedMLPStep.why_not(model, objective, precision=precision) == reasons["fused-mlp"]
+
+
+@pytest.mark.parametrize("case", [dict(), dict(act="silu", cond_at=-1, prior="conditional", likelihood="gaussian-learned"),
+                                  dict(act="tanh", likelihood="gaussian", cond=False)], ids=["relu", "silu", "tanh"])
+def test_bfloat16_is_as_close_to_float32_as_autocast_is(case):
+    """In bfloat16 the step's loss and gradients are within bfloat16 rounding of the float32 autograd
+    ones, as close as the generic path under autocast gets (its own error, times 2, plus a margin)."""
+    model = _model(hidden=(64, 32), **case)
+    x, c = _batch(model, b=32)
+    objective = ELBO()
+
+    def generic(autocast):
+        m = copy.deepcopy(model)
+        torch.manual_seed(5)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = objective(m, x, c)
+        out.loss.backward()
+        return out.loss.item(), {n: p.grad for n, p in m.named_parameters()}
+
+    (loss, grads), (_, a_grads) = generic(False), generic(True)
+    step, _ = fused_step_for(model, objective, batch_size=32, device=torch.device("cpu"), precision="bfloat16")
+    torch.manual_seed(5)
+    f_loss = step(x, c).loss.item()
+    assert f_loss == pytest.approx(loss, rel=2e-3)
+    for name, p in model.named_parameters():
+        err = ((p.grad - grads[name]).norm() / grads[name].norm()).item()
+        autocast_err = ((a_grads[name] - grads[name]).norm() / grads[name].norm()).item()
+        assert err < 2 * autocast_err + 0.02, name
+
+
+def _config(tmp_path, name, **settings):
+    base = dict(data="digits", epochs=2, batch_size=64, limit=300, out=str(tmp_path / name), progress=False,
+                tensorboard=False, precision="float32", lr=3e-3)
+    base.update(settings)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("settings", [{}, {"condition": "none", "likelihood": "gaussian", "activation": "elu"}])
+def test_training_curves_match_the_generic_path(tmp_path, settings):
+    fused = fit(_config(tmp_path, "fused", step="fused", **settings))
+    generic = fit(_config(tmp_path, "generic", step="autograd", **settings))
+    rows = [[json.loads(line) for line in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+            for r in (fused, generic)]
+    for a, b in zip(*rows):
+        for key in ("train_loss", "train_kl", "val_loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3), key
+    for (name, p), q in zip(fused.model.named_parameters(), generic.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4, msg=name)
+    info = json.loads((fused.run_dir / "config.json").read_text())["execution"]
+    assert info["step"] == "fused-mlp"
+    info = json.loads((generic.run_dir / "config.json").read_text())["execution"]
+    assert info["step"] == "autograd"
+
+
+def test_auto_takes_the_fused_step_where_it_covers_and_says_why_not_elsewhere(tmp_path):
+    result = fit(_config(tmp_path, "auto", epochs=1))
+    assert json.loads((result.run_dir / "config.json").read_text())["execution"]["step"] == "fused-mlp"
+    result = fit(_config(tmp_path, "free-bits", epochs=1, free_bits=0.1))
+    execution = json.loads((result.run_dir / "config.json").read_text())["execution"]
+    assert execution["step"] == "autograd" and "free bits" in execution["step_reason"]
+
+
+def test_fused_step_refuses_a_model_it_does_not_cover_in_one_line(tmp_path):
+    with pytest.raises(CvaeError, match="--step fused.*free bits.*--step auto"):
+        fit(_config(tmp_path, "bad", step="fused", free_bits=0.1))
+    with pytest.raises(CvaeError, match="--step must be"):
+        TrainConfig(step="fast")
+
+
+def test_resume_crosses_the_paths_exactly(tmp_path):
+    """A run trained 1 epoch fused and resumed 1 epoch with autograd equals 2 epochs fused (to rounding):
+    the optimizer state and the run folder are the same on both paths."""
+    whole = fit(_config(tmp_path, "whole", step="fused", lr_schedule="constant"))
+    fit(_config(tmp_path, "half", step="fused", epochs=1, lr_schedule="constant"))
+    resumed = fit(_config(tmp_path, "half", step="autograd", lr_schedule="constant"), resume=True,
+                  explicit={"epochs", "step"})
+    for p, q in zip(whole.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-4)
+
+
+# -- the probe: precision, step and threads by measurement ------------------------------------------
+
+def test_probe_measures_every_candidate_records_and_caches_its_choice(tmp_path, monkeypatch):
+    from cvae import probe
+    from cvae.train import native_bfloat16
+
+    monkeypatch.setenv("CVAE_PROBE", "fresh")
+    monkeypatch.setattr(probe, "BUSY", float("inf"))  # cache it even when other processes load the machine
+    result = fit(_config(tmp_path, "probed", precision="auto", epochs=1))
+    execution = json.loads((result.run_dir / "config.json").read_text())["execution"]
+    answer = execution["probe"]
+    labels = set(answer["rates"])
+    assert {"fused float32 1t", "autograd float32 1t"} <= labels  # the tests run with one thread
+    assert ("fused bfloat16 1t" in labels) == native_bfloat16(torch.device("cpu"))
+    assert all(rate > 0 for rate in answer["rates"].values()) and answer["cached"] is False
+    chosen = f"{answer['step']} {answer['precision']} {answer['threads']}t"
+    assert answer["rates"][chosen] == max(answer["rates"].values()) or answer["precision"] == "float32"
+    assert result.config.precision == answer["precision"]
+    assert execution["step"] == ("fused-mlp" if answer["step"] == "fused" else "autograd")
+    monkeypatch.delenv("CVAE_PROBE")
+    again = fit(_config(tmp_path, "again", precision="auto", epochs=1))
+    cached = json.loads((again.run_dir / "config.json").read_text())["execution"]["probe"]
+    assert cached["cached"] is True and cached["rates"] == answer["rates"]
+    assert (probe.cache_dir() / "probe.json").is_file()
+    assert answer["other_processes_cores"] is None or answer["other_processes_cores"] >= 0
+
+
+def test_a_probe_on_a_busy_machine_is_used_but_not_cached(tmp_path, monkeypatch):
+    from cvae import probe
+
+    monkeypatch.setattr(probe, "BUSY", -1.0)  # every machine counts as busy
+    monkeypatch.setattr(probe, "cache_dir", lambda: tmp_path / "cache")
+    model = _model()
+    x, c = _batch(model, b=8)
+    kw = dict(batch_size=8, device=torch.device("cpu"), steps=("fused", "autograd"), precisions=("float32",), threads=1)
+    first = probe.choose(model, ELBO(), x, c, **kw)
+    assert first["cached"] is False and first["step"] in ("fused", "autograd")
+    assert probe.choose(model, ELBO(), x, c, **kw)["cached"] is False
+    assert not (tmp_path / "cache" / "probe.json").exists()
+
+
+def test_probe_keeps_float32_unless_the_lower_precision_is_clearly_faster():
+    from cvae.probe import MARGIN, decide
+
+    cands = [{"step": "fused", "precision": p, "threads": 1} for p in ("float32", "bfloat16")]
+    assert decide(cands, {"fused float32 1t": 100, "fused bfloat16 1t": 100 * MARGIN * 0.99})["precision"] == "float32"
+    assert decide(cands, {"fused float32 1t": 100, "fused bfloat16 1t": 100 * MARGIN * 1.01})["precision"] == "bfloat16"
+    assert decide(cands, {"fused float32 1t": 100, "fused bfloat16 1t": 50})["precision"] == "float32"
+
+
+def test_probe_leaves_the_random_state_and_the_model_alone(tmp_path):
+    from cvae.probe import choose
+
+    model = _model()
+    x, c = _batch(model, b=8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    choose(model, ELBO(), x, c, batch_size=8, device=torch.device("cpu"), steps=("fused", "autograd"),
+           precisions=("float32",), threads=1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert all(p.grad is None for p in model.parameters())

@@ -1,0 +1,94 @@
+"""cvae sweep: K runs trained together (one batched fused step) give the run folders that K single
+runs give: the same metrics, weights and trainer state to float rounding. Small data, two epochs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cvae.cli import main
+from cvae.config import TrainConfig
+from cvae.errors import CvaeError
+from cvae.runs import load_tensors
+from cvae.sweep import expand, fit_sweep, parse_vary
+from cvae.train import fit
+
+
+def _base(**settings):
+    base = dict(data="digits", epochs=2, batch_size=64, limit=300, progress=False, tensorboard=False,
+                precision="float32", step="fused", lr=3e-3)
+    base.update(settings)
+    return TrainConfig(**base)
+
+
+def _rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("settings", [{}, {"condition": "none", "likelihood": "gaussian-learned", "lr_schedule": "constant"}])
+def test_a_sweep_writes_what_single_runs_write(tmp_path, settings):
+    configs = expand(_base(**settings), {"seed": [0, 1], "beta": [1.0, 3.0], "latent_dim": [4, 6]}, tmp_path / "sweep")
+    assert len(configs) == 8
+    results = fit_sweep(configs)
+    for config, result in zip(configs[::3], results[::3]):  # every third run against its single run
+        single = fit(config.replace(out=str(tmp_path / "single" / result.run_dir.name)))
+        a, b = _rows(result.run_dir), _rows(single.run_dir)
+        assert [r["epoch"] for r in a] == [1, 2] and all(r["models_together"] == 4 for r in a)
+        for ra, rb in zip(a, b):
+            for key in ("train_loss", "train_kl", "val_loss", "val_kl"):
+                assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-4), key
+        wa, wb = load_tensors(result.run_dir / "model.safetensors"), load_tensors(single.run_dir / "model.safetensors")
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-5, msg=k)
+        ca, cb = (json.loads((r.run_dir / "config.json").read_text()) for r in (result, single))
+        assert ca["train"] == {**cb["train"], "out": ca["train"]["out"]} and ca["model"] == cb["model"]
+        sa = load_tensors(result.run_dir / "trainer_state.safetensors")
+        sb = load_tensors(single.run_dir / "trainer_state.safetensors")
+        assert sa.keys() == sb.keys()
+        assert torch.equal(sa["rng.cpu"], sb["rng.cpu"])  # the run's own noise, drawn exactly as alone
+
+
+def test_a_sweep_run_resumes_as_a_single_run(tmp_path):
+    configs = expand(_base(epochs=1, lr_schedule="constant"), {"seed": [0, 1]}, tmp_path / "sweep")
+    fit_sweep(configs)
+    resumed = fit(configs[1].replace(epochs=2), resume=True, explicit={"epochs"})
+    whole = fit(configs[1].replace(epochs=2, out=str(tmp_path / "whole")))
+    for p, q in zip(resumed.model.parameters(), whole.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-3, atol=1e-5)
+
+
+def test_sweep_command_line(tmp_path, capsys):
+    out = tmp_path / "sw"
+    assert main(["sweep", "--data", "digits", "--epochs", "1", "--limit", "200", "--vary", "seed=0,1",
+                 "--vary", "lr=1e-3,3e-3", "--out", str(out), "--no-pictures", "--no-progress", "--no-tensorboard",
+                 "--precision", "float32"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 runs in" in printed and "models per hour" in printed
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["seed=0,lr=0.001", "seed=0,lr=0.003", "seed=1,lr=0.001", "seed=1,lr=0.003"]
+    saved = json.loads((out / "seed=1,lr=0.003" / "config.json").read_text())
+    assert saved["train"]["seed"] == 1 and saved["train"]["lr"] == 0.003 and saved["status"] == "finished"
+
+
+@pytest.mark.parametrize("spec, message", [("size=1,2", "SETTING one of"), ("seed", "SETTING=V1"),
+                                           ("seed=a,b", "takes int"), ("beta=", "SETTING=V1")])
+def test_bad_vary_is_one_clear_line(spec, message):
+    with pytest.raises(CvaeError, match=message):
+        parse_vary([spec])
+
+
+def test_a_model_the_fused_step_does_not_cover_is_refused(tmp_path, capsys):
+    with pytest.raises(CvaeError, match="--step fused does not cover this run: free bits"):
+        fit_sweep(expand(_base(free_bits=0.1), {"seed": [0, 1]}, tmp_path / "s"))
+    assert main(["sweep", "--data", "digits", "--vary", "seed=0", "--out", str(tmp_path / "x"),
+                 "--objective", "iwae", "--no-progress"]) == 2
+    assert "error: --step fused does not cover this run" in capsys.readouterr().err
+
+
+def test_dynamic_binarization_is_refused_before_any_folder_is_made(tmp_path):
+    with pytest.raises(CvaeError, match="--binarize dynamic is not supported in a sweep"):
+        fit_sweep(expand(_base(binarize="dynamic"), {"seed": [0, 1]}, tmp_path / "s"))
+    assert not (tmp_path / "s").exists()
