@@ -22,6 +22,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import torch
+
 from cvae.config import TrainConfig
 from cvae.evaluate import evaluate_run
 from cvae.train import fit
@@ -59,43 +61,62 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--runs", default="runs/bench-disentangle")
     p.add_argument("--out", default="benchmarks/results/disentangle_dsprites.json")
+    p.add_argument("--precision", default="float32", help="float32 (default), bfloat16 or auto (faster on AMX CPUs)")
     args = p.parse_args()
-    rows = []
+    out = Path(args.out)
+    # Seed-major order (every objective's seed 0 first), and the JSON rewritten after every run: an
+    # interrupted benchmark keeps what it measured, and a rerun with the same --out skips those runs.
+    done = json.loads(out.read_text()).get("runs", []) if out.exists() else []
+    rows = [r for r in done if r.get("settings") == _settings(args)]
     t_all = time.perf_counter()
-    for name, settings in OBJECTIVES.items():
-        if args.only and name.split()[0] not in args.only:
+    todo = [(name, settings, seed) for seed in args.seeds for name, settings in OBJECTIVES.items()
+            if not args.only or name.split()[0] in args.only]
+    for name, settings, seed in todo:
+        if any(r["objective"] == name and r["seed"] == seed for r in rows):
             continue
-        for seed in args.seeds:
-            run = Path(args.runs) / f"{name.split()[0]}-s{seed}"
-            cfg = TrainConfig(data="dsprites", limit=args.limit, epochs=args.epochs, batch_size=args.batch_size,
-                              lr=args.lr, latent_dim=args.latent_dim, hidden=[int(h) for h in args.hidden.split(",")],
-                              seed=seed, device=args.device, out=str(run), progress=False, tensorboard=False,
-                              precision="float32", **settings)
-            t0 = time.perf_counter()
-            fit(cfg, overwrite=True)
-            t_train = time.perf_counter() - t0
-            res = evaluate_run(run, split="train", metrics="disentanglement", n=args.eval_n, device=args.device,
-                               seed=seed)
-            d = res.results["disentanglement"]
-            row = {"objective": name, "seed": seed, **{k: d[k] for k in SHOWN if k in d},
-                   "follows": d["dimension_follows"], "train_seconds": round(t_train, 1),
-                   "eval_seconds": d["seconds"]}
-            rows.append(row)
-            print(f"{name:<26} seed {seed}: " + "  ".join(f"{k} {row[k]:.3f}" for k in SHOWN if k in row)
-                  + f"  ({t_train:.0f} s train, {d['seconds']:.0f} s metrics)", flush=True)
-    summary = {}
+        run = Path(args.runs) / f"{name.split()[0]}-s{seed}"
+        cfg = TrainConfig(data="dsprites", limit=args.limit, epochs=args.epochs, batch_size=args.batch_size,
+                          lr=args.lr, latent_dim=args.latent_dim, hidden=[int(h) for h in args.hidden.split(",")],
+                          seed=seed, device=args.device, out=str(run), progress=False, tensorboard=False,
+                          precision=args.precision, **settings)
+        t0 = time.perf_counter()
+        fit(cfg, overwrite=True)
+        t_train = time.perf_counter() - t0
+        res = evaluate_run(run, split="train", metrics="disentanglement", n=args.eval_n, device=args.device,
+                           seed=seed)
+        d = res.results["disentanglement"]
+        row = {"objective": name, "seed": seed, **{k: d[k] for k in SHOWN if k in d},
+               "follows": d["dimension_follows"], "train_seconds": round(t_train, 1),
+               "eval_seconds": d["seconds"], "settings": _settings(args)}
+        rows.append(row)
+        _write(out, args, rows, time.perf_counter() - t_all)
+        print(f"{name:<26} seed {seed}: " + "  ".join(f"{k} {row[k]:.3f}" for k in SHOWN if k in row)
+              + f"  ({t_train:.0f} s train, {d['seconds']:.0f} s metrics)", flush=True)
+    summary = _write(out, args, rows, time.perf_counter() - t_all)
     print(f"\n{'objective':<26} " + " ".join(f"{k:>22}" for k in SHOWN[:5]))
+    for name in summary:
+        print(f"{name:<26} " + " ".join(f"{summary[name][k]['mean']:.3f} ({summary[name][k]['min']:.2f}-"
+                                         f"{summary[name][k]['max']:.2f})".rjust(22) for k in SHOWN[:5]))
+    print(f"\n{cpu_name()}, {args.device}; {time.perf_counter() - t_all:.0f} s in this call; wrote {args.out}")
+
+
+def _settings(args) -> dict:
+    """What makes two runs comparable (a rerun with other settings starts afresh)."""
+    return {k: getattr(args, k) for k in ("limit", "epochs", "batch_size", "lr", "latent_dim", "hidden", "eval_n",
+                                           "device", "precision")}
+
+
+def _write(out: Path, args, rows: list, seconds: float) -> dict:
+    summary = {}
     for name in dict.fromkeys(r["objective"] for r in rows):
         group = [r for r in rows if r["objective"] == name]
         summary[name] = {k: {"mean": statistics.fmean(r[k] for r in group), "min": min(r[k] for r in group),
-                             "max": max(r[k] for r in group)} for k in SHOWN}
-        print(f"{name:<26} " + " ".join(f"{summary[name][k]['mean']:.3f} ({summary[name][k]['min']:.2f}-"
-                                         f"{summary[name][k]['max']:.2f})".rjust(22) for k in SHOWN[:5]))
-    meta = {"machine": cpu_name(), "device": args.device, "settings": vars(args),
-            "seconds": round(time.perf_counter() - t_all, 1)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=1))
-    print(f"\n{meta['machine']}, {args.device}; {meta['seconds']:.0f} s in all; wrote {args.out}")
+                             "max": max(r[k] for r in group), "n": len(group)} for k in SHOWN}
+    meta = {"machine": cpu_name(), "threads": torch.get_num_threads(), "device": args.device,
+            "settings": vars(args), "seconds_this_call": round(seconds, 1)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "summary": summary, "runs": rows}, indent=1))
+    return summary
 
 
 if __name__ == "__main__":

@@ -229,3 +229,52 @@ def test_flag_errors_name_the_fix(tmp_path, capsys):
     assert "multiples of 16" in capsys.readouterr().err
     assert main(["train", "--data", "digits", "--preset", "hvae", "--model", "cvae", "--out", str(tmp_path / "r3")]) == 2
     assert "this preset trains the hvae model" in capsys.readouterr().err
+
+
+def test_likelihood_components_flag_sets_the_mixture_and_is_refused_elsewhere(tmp_path, capsys):
+    """--likelihood-components K: the logistic mixture's K, saved in config.json, used when the run is loaded."""
+    import cvae
+
+    run = tmp_path / "r"
+    base = ["train", "--data", "digits", "--epochs", "1", "--limit", "64", "--no-progress", "--no-pictures"]
+    assert main([*base, "--likelihood", "logistic-mixture", "--likelihood-components", "3", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["model"]["likelihood_options"] == {"components": 3}
+    model = cvae.load(run)
+    assert model.likelihood.components == 3 and model.likelihood.params_per_element == 9
+    assert main([*base, "--likelihood", "bernoulli", "--likelihood-components", "3", "--out", str(tmp_path / "b")]) == 2
+    assert "--likelihood bernoulli has none" in capsys.readouterr().err
+    assert main([*base, "--likelihood", "logistic-mixture", "--likelihood-components", "65",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "from 1 to 64" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_served_by_cvae_serve(tmp_path):
+    """The web API answers every call on a hierarchical run as on a one-layer one (its code: every group)."""
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    import cvae
+    from cvae.serve import create_app
+
+    cvae.train(data="digits", preset="hvae", width=8, groups=1, z_channels=2, epochs=1, batch_size=64,
+               out=tmp_path / "hv", progress=False, tensorboard=False, pictures=False)
+    buf = io.BytesIO()
+    Image.fromarray((np.arange(64).reshape(8, 8) * 4).astype(np.uint8)).save(buf, format="PNG")
+    upload = {"files": {"file": ("m.png", buf.getvalue(), "image/png")}, "data": {"condition": "label=3"}}
+    with TestClient(create_app([tmp_path / "hv"])) as client:
+        info = client.get("/v1/runs").json()["runs"][0]
+        assert info["kind"] == "image" and info["latent_dim"] == 2 * (4 * 4 + 2 * 2)  # 2 channels at 4x4 and 2x2
+        for op, kw in [("generate", {"json": {"condition": {"label": "3"}, "n": 4, "seed": 1}}),
+                       ("traverse", {"json": {"top": 2, "steps": 3}}),
+                       ("decode", {"json": {"values": {"0": 1.0}}}),
+                       ("reconstruct", upload), ("transfer", upload)]:
+            r = client.post(f"/v1/runs/hv/{op}", **kw)
+            assert r.status_code == 200, (op, r.text)
+            png = r.json()["png"] if op != "reconstruct" else r.json()["reconstruction"]["png"]
+            assert np.isfinite(np.asarray(Image.open(io.BytesIO(base64.b64decode(png))))).all()
+        code = client.post("/v1/runs/hv/encode", **upload).json()
+        assert len(code["mu"][0]) == info["latent_dim"] and np.isfinite(code["mu"]).all()

@@ -54,6 +54,7 @@ class TrainConfig:
     sigma: float | None = None
     prior: str | None = None
     prior_components: int | None = None  # K of a mixture prior (mog: 10, vamp: 500 by default)
+    likelihood_components: int | None = None  # K of the logistic-mixture likelihood (10 by default)
     # the hierarchical model (--preset hvae): its ladder (None: the preset's)
     depth: int | None = None  # resolutions with latent groups (the image is halved this many times)
     width: int | None = None  # channels of the residual stream
@@ -106,7 +107,8 @@ class TrainConfig:
     MODEL_KEYS = ("arch", "hidden", "channels", "latent_dim", "activation", "condition_at", "likelihood", "sigma", "prior",
                   "depth", "width", "groups", "z_channels")
     # settings that become a part's options in the ModelConfig: setting -> (ModelConfig field, option)
-    PART_OPTIONS = {"prior_components": ("prior_options", "components")}
+    PART_OPTIONS = {"prior_components": ("prior_options", "components"),
+                    "likelihood_components": ("likelihood_options", "components")}
 
     def __post_init__(self):
         self.validate()
@@ -171,6 +173,12 @@ class TrainConfig:
              f"unknown activation {self.activation!r} (--activation); choose one of {', '.join(ACTIVATIONS)}")
         if self.likelihood is not None:
             LIKELIHOODS.get(self.likelihood)
+        need(self.likelihood_components is None or (_whole(self.likelihood_components)
+                                                    and 1 <= self.likelihood_components <= 64),
+             f"--likelihood-components must be a whole number from 1 to 64, got {self.likelihood_components}")
+        need(self.likelihood_components is None or self.likelihood in (None, "logistic-mixture"),
+             f"--likelihood-components is the logistic mixture's number of components; --likelihood {self.likelihood} "
+             "has none: drop the flag or use --likelihood logistic-mixture")
         need(self.grad_clip is None or (_finite(self.grad_clip) and self.grad_clip > 0),
              f"--grad-clip must be a positive number, got {self.grad_clip}")
         need(self.patience is None or (_whole(self.patience) and self.patience >= 1), f"--patience must be at least 1, got {self.patience}")

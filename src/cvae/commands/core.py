@@ -59,6 +59,7 @@ HELP = {
     "condition_at": "MLP layer at which the condition joins (0 = input, 1 = after the first hidden layer, -1 = every layer)",
     "likelihood": "bernoulli | gaussian | gaussian-learned | logistic-mixture | categorical-256 (8-bit images: "
                   "bits per dimension) (default: bernoulli for images, gaussian-learned otherwise)",
+    "likelihood_components": "logistic-mixture: components of each sub-pixel's mixture (default 10, as PixelCNN++)",
     "sigma": "decoder standard deviation (gaussian) or its initial value (gaussian-learned)",
     "prior": "auto (default: conditional when the model has a condition, else standard) | standard (N(0, I)) | "
              "conditional (a learned Gaussian p(z | c)) | mog (a learned mixture of Gaussians) | vamp (VampPrior, "
