@@ -114,6 +114,11 @@ def test_transfer_embed_and_evaluate_text(run, tmp_path):
     with open(tmp_path / "t.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["input"] == "Hallo" and rows[0]["target"] == "language=swedish"
+    for every in ([], ["--to", "language=all"]):  # every language, as for images
+        r = cli("transfer", run, "--input", "Hallo", "--condition", "language=german", *every, "-o", tmp_path / "a.csv")
+        assert r.returncode == 0, r.stderr
+        with open(tmp_path / "a.csv", encoding="utf-8") as f:
+            assert [row["target"] for row in csv.DictReader(f)] == ["language=german", "language=swedish"]
     (tmp_path / "two.txt").write_text("Hallo\n\nWie geht es dir?\n", encoding="utf-8")  # the blank line is skipped
     r = cli("embed", run, "--data", tmp_path / "two.txt", "--condition", "language=german", "-o", tmp_path / "z.csv")
     assert r.returncode == 0, r.stderr
