@@ -129,6 +129,7 @@ def test_transfer_embed_and_evaluate_text(run, tmp_path):
     assert r.returncode == 0, r.stderr
     lik = json.loads(r.stdout)["likelihood"]
     assert math.isfinite(lik["nll_per_token"]["value"]) and lik["nll_per_token"]["value"] > 0
+    assert lik["nll_per_token"]["unit"] == "nats per token"
     assert lik["perplexity_bound"]["value"] == pytest.approx(math.exp(lik["nll_per_token"]["value"]), rel=1e-6)
 
 
