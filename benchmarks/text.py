@@ -106,6 +106,8 @@ def classifier(train_texts, train_labels):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--languages", default=",".join(LANGUAGES))
+    p.add_argument("--condition", default="language", choices=("language", "topic"),
+                   help="topic: give one language (--languages english)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--max-length", type=int, default=64, help="characters; longer utterances are skipped")
     p.add_argument("--hidden", type=int, default=256)
@@ -115,7 +117,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench-text-chatterbot")
     p.add_argument("--results", default=str(HERE / "results" / "text-chatterbot"))
     args = p.parse_args()
-    settings = dict(data=f"chatterbot:{args.languages}", sequence="text", condition="language", tokenizer="char",
+    settings = dict(data=f"chatterbot:{args.languages}", sequence="text", condition=args.condition, tokenizer="char",
                     max_length=args.max_length, epochs=args.epochs, batch_size=64, lr=2e-3, hidden=[args.hidden],
                     latent_dim=args.latent_dim, kl_warmup=4, word_dropout=0.25, free_bits=0.05, seed=0,
                     out=args.out, progress=False, device="cpu", precision="float32")
@@ -150,12 +152,13 @@ def main() -> None:
     va_lab = [classes[int(v)] for v in data.val.y[:, 0]]
     clf = classifier(tr_text, tr_lab)
     real_pred = clf.predict(va_text)
-    real = {lang: float(np.mean([p == lang for p, t in zip(real_pred, va_lab) if t == lang])) for lang in classes}
+    real = {lang: (float(np.mean([p == lang for p, t in zip(real_pred, va_lab) if t == lang]))
+                   if lang in va_lab else None) for lang in classes}  # None: no held-out utterance of that class
 
     generated, control, empty, examples = {}, {}, 0, {}
     rng = np.random.default_rng(0)
     for j, lang in enumerate(classes):
-        texts, _ = model.sample_strings(args.per_label, {"language": lang}, seed=j, decode="sample")
+        texts, _ = model.sample_strings(args.per_label, {args.condition: lang}, seed=j, decode="sample")
         empty += sum(not t for t in texts)
         generated[lang] = float(np.mean(clf.predict(texts) == lang))
         examples[lang] = texts[:5]
@@ -163,7 +166,7 @@ def main() -> None:
         wrong = [others[i] for i in rng.integers(len(others), size=args.per_label)]
         texts_w = []
         for other in sorted(set(wrong)):
-            t, _ = model.sample_strings(wrong.count(other), {"language": other}, seed=100 + j, decode="sample")
+            t, _ = model.sample_strings(wrong.count(other), {args.condition: other}, seed=100 + j, decode="sample")
             texts_w += t
         control[lang] = float(np.mean(clf.predict(texts_w) == lang))
 
@@ -171,7 +174,7 @@ def main() -> None:
     from cvae.apps.sequences import transfer_strings
 
     for text, own in (("How are you doing?", "english"), ("What is your favorite book?", "english")):
-        if own in classes:
+        if own in classes and args.condition == "language":
             rows = transfer_strings(model, [text], f"language={own}", [f"language={c}" for c in classes if c != own])
             transfer[text] = {r["target"].split("=", 1)[1]: r["output"] for r in rows}
 
@@ -186,11 +189,11 @@ def main() -> None:
         "vae": vae, "language_model": lm_scores, "bowman_ptb_published": BOWMAN_PTB,
         "classifier": {"kind": "character 1-4-grams (char_wb), multinomial naive Bayes alpha 0.1 (scikit-learn)",
                        "held_out_accuracy": float(np.mean(real_pred == np.array(va_lab))),
-                       "held_out_per_language": real},
-        "conditional_accuracy": {"per_language": generated, "mean": float(np.mean(list(generated.values()))),
+                       f"held_out_per_{args.condition}": real},
+        "conditional_accuracy": {f"per_{args.condition}": generated, "mean": float(np.mean(list(generated.values()))),
                                  "decode": "sample", "temperature": 1.0, "per_label": args.per_label,
                                  "empty_share": empty / (args.per_label * len(classes))},
-        "wrong_label_control": {"per_language": control, "mean": float(np.mean(list(control.values())))},
+        "wrong_label_control": {f"per_{args.condition}": control, "mean": float(np.mean(list(control.values())))},
         "examples": examples, "transfer": transfer,
     }
     out = Path(args.results)
@@ -198,7 +201,8 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str))
     n_train, n_val = len(tr_text), len(va_text)
     lines = [
-        f"ChatterBot corpus, {len(classes)} languages ({', '.join(classes)}), utterances of <= {args.max_length} "
+        f"ChatterBot corpus ({args.languages}), conditioned on the {args.condition}, {len(classes)} classes "
+        f"({', '.join(classes)}), utterances of <= {args.max_length} "
         f"characters: {n_train} training / {n_val} held-out sentences; {args.epochs} epochs; {report['machine']}, "
         f"{report['threads']} thread(s) shared with other jobs; training {train_seconds / 60:.1f} min, evaluation "
         f"{eval_seconds / 60:.1f} min, language model {lm_seconds / 60:.1f} min",
@@ -212,11 +216,12 @@ def main() -> None:
         f"negative ELBO             {vae['negative_elbo']:18.2f}{'-':>20}",
         "Bowman et al. 2016 (PTB words, another corpus): RNNLM NLL 100 / PPL 116, VAE NLL 101 (KL 2) / PPL 119",
         f"classifier held-out accuracy (real sentences, the ceiling): {report['classifier']['held_out_accuracy']:.3f}",
-        f"{'language':<12}{'real held-out':>15}{'generated':>12}{'wrong label':>13}",
+        f"{args.condition:<14}{'real held-out':>15}{'generated':>12}{'wrong label':>13}",
     ]
     for lang in classes:
-        lines.append(f"{lang:<12}{real[lang]:15.3f}{generated[lang]:12.3f}{control[lang]:13.3f}")
-    lines.append(f"{'mean':<12}{np.mean(list(real.values())):15.3f}{report['conditional_accuracy']['mean']:12.3f}"
+        shown = f"{real[lang]:15.3f}" if real[lang] is not None else f"{'-':>15}"
+        lines.append(f"{lang:<14}{shown}{generated[lang]:12.3f}{control[lang]:13.3f}")
+    lines.append(f"{'mean':<14}{np.mean([v for v in real.values() if v is not None]):15.3f}{report['conditional_accuracy']['mean']:12.3f}"
                  f"{report['wrong_label_control']['mean']:13.3f}")
     lines.append(f"empty generated sentences: {report['conditional_accuracy']['empty_share']:.3f}")
     for lang in classes:
