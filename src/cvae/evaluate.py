@@ -529,7 +529,8 @@ def per_token_figures(rep, x: torch.Tensor) -> dict:
     per_token = float(per_example.double().cpu().sum() / tokens.sum())
     what = "importance-sampled NLL" if key == "importance_sampled_nll" else "negative ELBO"
     return {"tokens_per_sequence": Figure("tokens per sequence (with <eos>)", float(tokens.mean()), unit="tokens"),
-            "nll_per_token": Figure(f"{what} per token", per_token, note="total nats / total tokens"),
+            "nll_per_token": Figure(f"{what} per token", per_token, unit="nats per token",
+                                   note="total nats / total tokens"),
             "perplexity_bound": Figure(f"perplexity bound, exp({what} per token)", math.exp(per_token), unit="")}
 
 

@@ -689,6 +689,12 @@ def _load(config: TrainConfig) -> DataSplits:
             raise CvaeError("--labelled needs labels, which a streamed .npy file does not have; drop --stream")
         return load_npy_stream(config.data, condition=config.condition, val_fraction=config.val_fraction,
                                seed=config.seed, limit=config.limit)
+    from .data.sequences import named_source
+
+    source, _ = named_source(config.data) if isinstance(config.data, str) and not config.sequence else (None, None)
+    if source is not None:
+        column = "smiles" if source in ("qm9", "moses") else "text"
+        raise CvaeError(f"--data {config.data} is sequence data: add --sequence {column}")
     if config.sequence:
         from .data.sequences import load_sequences
 

@@ -163,16 +163,20 @@ def interpolate_strings(model, start: str, end: str, *, steps: int = 10, conditi
 
 
 def transfer_strings(model, texts: list[str], own, targets: list[str], *, decode: str = "greedy") -> list[dict]:
-    """Encode each text with its own condition, decode the posterior mean with each target condition."""
+    """Encode each text with its own condition, decode the posterior mean with each target condition
+    (``label=all``, ``all`` or no target: every class, as for images)."""
+    from .latent import transfer_targets
+
     texts = [_canonical_input(model, t) for t in texts]
     y_own = model.schema.parse(own, len(texts))
     q = model.encode_strings(texts, y_own, where="--input")
     rows = []
-    for target in targets:
+    for target in transfer_targets(model, targets):
         y_t = model.schema.parse(target, len(texts))
         c = model.condition_vector(y_t, len(texts))
         out = model.tokenizer.decode(model.decode_tokens(q.mu, c, how=decode).cpu().numpy())
-        rows += [{"input": s, "target": target, "output": o} for s, o in zip(texts, out)]
+        label = ",".join(f"{k}={v}" for k, v in target.items())
+        rows += [{"input": s, "target": label, "output": o} for s, o in zip(texts, out)]
     return rows
 
 

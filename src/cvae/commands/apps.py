@@ -502,12 +502,12 @@ def _transfer_sequences(args) -> int:
     texts = ([line.strip() for line in given.read_text(encoding="utf-8").splitlines() if line.strip()]
              if given.suffix.lower() in (".txt", ".smi") and given.is_file() else [args.input])
     texts = texts[:args.n]
-    if not args.condition or not args.to:
-        raise CvaeError("give the inputs' own condition (--condition sentiment=neg) and one or more targets "
-                        "(--to sentiment=pos)")
+    if not args.condition:
+        raise CvaeError("give the inputs' own condition (--condition sentiment=neg) and, optionally, targets "
+                        "(--to sentiment=pos; default: every class)")
     rows = transfer_strings(model, texts, args.condition, args.to)
     out = write_rows(args.output, rows)
-    print(f"wrote {out}  ({len(texts)} input(s) x {len(args.to)} target(s))")
+    print(f"wrote {out}  ({len(texts)} input(s) x {len(rows) // max(1, len(texts))} target(s))")
     return 0
 
 

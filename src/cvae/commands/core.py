@@ -26,10 +26,11 @@ HELP = {
     "data_dir": "where data files are looked up first (then $CVAE_DATA, then ~/.cache/cvae)",
     "condition": "condition column(s): label (default when labelled), none (a plain VAE), or a,b:continuous",
     "sequence": "the column of strings for sequence data: SMILES (--data mols.csv/.smi/qm9/moses --sequence smiles) "
-                "or text (--data reviews.csv --sequence text); conditions such as logp,qed,mw,tpsa,hbd,hba are "
+                "or text (--data reviews.csv --sequence text; --data chatterbot[:english,...] --sequence text "
+                "--condition language|topic, from the chatterbot-corpus package); conditions such as logp,qed,mw,tpsa,hbd,hba are "
                 "computed with RDKit when the file lacks them",
     "tokenizer": "sequence data: selfies (default for molecules: every decoded string is a molecule) | smiles "
-                 "(chemistry-aware regex) | char | word (default for text)",
+                 "(chemistry-aware regex) | char (default for --data chatterbot) | word (default for text)",
     "max_length": "sequence data: most tokens per sequence; longer rows are skipped and counted (default: the longest)",
     "word_dropout": "sequence model: replace this share of the decoder's input tokens by <unk> in training "
                     "(word dropout, Bowman et al. 2016)",

@@ -5,6 +5,8 @@
     cvae train --data reviews.csv --sequence text --condition sentiment --tokenizer word
     cvae train --data qm9 --sequence smiles --condition logp,qed            (QM9 from the qm9pack package)
     cvae train --data moses --sequence smiles --limit 50000                 (MOSES from the molsets package)
+    cvae train --data chatterbot --sequence text --condition language       (the chatterbot-corpus package;
+    cvae train --data chatterbot:english --sequence text --condition topic   see cvae.data.chatterbot)
 
 A row that cannot be used (an empty cell, a SMILES string RDKit cannot parse, a missing or
 non-numeric condition value, more tokens than ``--max-length``) is skipped and counted; one line
@@ -61,7 +63,27 @@ def _qm9_rows() -> tuple[list[str], list[list[str]], list[int]]:
     return header, rows, lines
 
 
-SEQUENCE_SOURCES = {"qm9": _qm9_rows, "moses": _moses_rows}
+def _chatterbot_rows(option: str | None = None):
+    from .chatterbot import chatterbot_rows
+
+    return chatterbot_rows(option)
+
+
+# Named sources: a function giving (header, rows, line numbers); "name:OPTION" passes OPTION (chatterbot:
+# the languages) to the sources that take one.
+SEQUENCE_SOURCES = {"qm9": _qm9_rows, "moses": _moses_rows, "chatterbot": _chatterbot_rows}
+MOLECULE_SOURCES = ("qm9", "moses")
+SOURCES_WITH_OPTION = ("chatterbot",)
+
+
+def named_source(source: str) -> tuple[str | None, str | None]:
+    """("chatterbot", "english") for "chatterbot:english"; (None, None) when ``source`` is no named source."""
+    name, sep, option = str(source).partition(":")
+    if name not in SEQUENCE_SOURCES:
+        return None, None
+    if sep and name not in SOURCES_WITH_OPTION:
+        raise CvaeError(f"--data {source}: {name} takes no ':' option; write --data {name}")
+    return name, (option if sep else None)
 
 
 def _open_text(path: Path):
@@ -117,9 +139,14 @@ def _read_lines(path: Path, column: str, molecular: bool) -> tuple[list[str], li
 
 
 def _read_rows(source: str, column: str, molecular: bool):
-    if source in SEQUENCE_SOURCES:
-        header, rows, lines = SEQUENCE_SOURCES[source]()
-        if column != header[0] and column not in header:
+    name, option = named_source(source)
+    if name is not None:
+        header, rows, lines = SEQUENCE_SOURCES[name](option) if option is not None else SEQUENCE_SOURCES[name]()
+        if name not in MOLECULE_SOURCES:
+            if column not in header:
+                raise CvaeError(f"--data {source} has no column {column!r} (--sequence); its columns: "
+                                f"{', '.join(header)}")
+        elif column != header[0] and column not in header:
             rename = header.index("SMILES") if "SMILES" in header else 0
             header = list(header)
             header[rename] = column  # --sequence names the molecule column whatever the package calls it
@@ -127,7 +154,7 @@ def _read_rows(source: str, column: str, molecular: bool):
     path = Path(source).expanduser()
     if not path.is_file():
         raise CvaeError(f"no sequence file {source!r}: give a .csv/.tsv/.smi/.txt file (optionally .gz), "
-                        f"or one of {', '.join(SEQUENCE_SOURCES)}")
+                        f"or one of {', '.join(SEQUENCE_SOURCES)} (chatterbot:LANGUAGE[,LANGUAGE] for some languages)")
     suffixes = [s.lower() for s in path.suffixes]
     kind = suffixes[-2] if suffixes and suffixes[-1] == ".gz" and len(suffixes) > 1 else (suffixes[-1] if suffixes else "")
     if kind in (".smi", ".txt"):
@@ -142,8 +169,12 @@ def _read_rows(source: str, column: str, molecular: bool):
 
 
 def default_tokenizer(column: str, source: str) -> str:
-    """SELFIES for molecules (every decoded string is a valid molecule), words for text."""
-    molecular = column.lower() in ("smiles", "smi", "molecule", "mol") or source in SEQUENCE_SOURCES \
+    """SELFIES for molecules (every decoded string is a valid molecule), words for text; characters for
+    the multilingual chatterbot corpus (Chinese, Japanese and Korean are not written with spaces)."""
+    name, _ = named_source(source)
+    if name == "chatterbot":
+        return "char"
+    molecular = column.lower() in ("smiles", "smi", "molecule", "mol") or name in MOLECULE_SOURCES \
         or Path(source).suffix.lower() == ".smi" or source.lower().endswith(".smi.gz")
     return "selfies" if molecular else "word"
 
