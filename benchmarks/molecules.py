@@ -13,7 +13,7 @@ command runs, once per decoding setting: greedy, and token-by-token sampling at 
 Run (one thread; about 30 minutes for QM9, see the README for MOSES):
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/molecules.py --limit 25000 --epochs 20
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/molecules.py --data moses --limit 20000 --epochs 10
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/molecules.py --data moses --limit 14000 --epochs 8
 
 Writes benchmarks/results/molecules-DATA.json and .txt and docs/images/molecules-logp[-moses].png;
 --eval-only measures an already trained --out run again (e.g. at other --settings).
