@@ -1,19 +1,22 @@
-"""Molecules for requested properties on a QM9 subset: the MOSES metrics and logP / QED control.
+"""Molecules for requested properties on a QM9 or MOSES subset: the MOSES metrics and logP / QED control.
 
 Trains the sequence model (SELFIES tokens, GRU encoder and decoder, conditional prior) on a seeded
-subset of QM9 (read from the qm9pack package's files) with logP and QED computed by RDKit as the
-conditions, then measures with `cvae evaluate --metrics molecules` (greedy decoding) and the same
-metrics with token-by-token sampling:
+subset of QM9 or MOSES (read from the qm9pack / molsets packages' files) with logP and QED computed by
+RDKit as the conditions, then measures it with `cvae evaluate --metrics molecules` (the function the
+command runs, once per decoding setting: greedy, and token-by-token sampling at prior temperatures):
 
     validity, unique@1k / @10k, novelty (against the training split), IntDiv1, FCD (to the validation
     split), and property control: MAE and Spearman's rho between requested and achieved logP / QED
-    over 9 requests (5% .. 95% quantiles of the training values) x 100 molecules.
+    over 9 requests (5% .. 95% quantiles of the training values) x 100 molecules. On MOSES also
+    MOSES's own novelty (against its whole training file) and FCD/Test (to its test set's statistics).
 
-Run (about 20 minutes on one core):
+Run (one thread; about 30 minutes for QM9, see the README for MOSES):
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/molecules.py --limit 30000 --epochs 20
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/molecules.py --limit 25000 --epochs 20
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/molecules.py --data moses --limit 14000 --epochs 8
 
-Writes benchmarks/results/molecules-qm9.json and .txt, and docs/images/molecules-logp.png.
+Writes benchmarks/results/molecules-DATA.json and .txt and docs/images/molecules-logp[-moses].png;
+--eval-only measures an already trained --out run again (e.g. at other --settings).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from cvae.api import train  # noqa: E402
-from cvae.evaluate import evaluate_run  # noqa: E402
+from cvae.evaluate import evaluate_run, load_run_data  # noqa: E402
 from cvae.runs import load_model  # noqa: E402
 
 # MOSES benchmark, Table 2 (Polykovskiy et al. 2020), its VAE row on the full MOSES set.
@@ -79,73 +82,101 @@ def logp_picture(model, path: Path, values=(-1.0, 0.0, 1.0, 2.0), per_row: int =
     return path
 
 
+def parse_settings(spec: str) -> list[tuple[str, float]]:
+    """``greedy:1,sample:1,sample:1.2`` -> [(decode, prior temperature), ...]."""
+    out = []
+    for part in spec.split(","):
+        decode, _, temp = part.strip().partition(":")
+        if decode not in ("greedy", "sample", "beam"):
+            raise SystemExit(f"--settings: {part!r} is not DECODE:TEMPERATURE with DECODE greedy, sample or beam")
+        out.append((decode, float(temp or 1.0)))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--limit", type=int, default=30000, help="training + validation molecules drawn from QM9")
+    p.add_argument("--data", choices=["qm9", "moses"], default="qm9")
+    p.add_argument("--limit", type=int, default=30000, help="training molecules drawn (the validation split adds 1/9)")
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--hidden", type=int, default=256, help="GRU width")
     p.add_argument("--molecules", type=int, default=10000, help="molecules generated for the metrics")
-    p.add_argument("--out", default="runs/bench-molecules-qm9")
-    p.add_argument("--results", default=str(HERE / "results" / "molecules-qm9"))
-    p.add_argument("--picture", default=str(ROOT / "docs" / "images" / "molecules-logp.png"))
+    p.add_argument("--settings", default="greedy:1,sample:1",
+                   help="decodings measured, DECODE:PRIOR_TEMPERATURE, comma-separated (default greedy:1,sample:1)")
+    p.add_argument("--eval-only", action="store_true", help="measure the trained run in --out again, no training")
+    p.add_argument("--out", help="the run folder (default runs/bench-molecules-DATA)")
+    p.add_argument("--results", help="results path without suffix (default benchmarks/results/molecules-DATA)")
+    p.add_argument("--picture", help="the logP picture (default docs/images/molecules-logp.png, -moses for MOSES)")
     args = p.parse_args()
-    settings = dict(data="qm9", sequence="smiles", condition="logp,qed", tokenizer="selfies", limit=args.limit,
+    out_dir = args.out or f"runs/bench-molecules-{args.data}"
+    results = Path(args.results or HERE / "results" / f"molecules-{args.data}")
+    picture_path = Path(args.picture or ROOT / "docs" / "images"
+                        / f"molecules-logp{'' if args.data == 'qm9' else '-' + args.data}.png")
+    settings = dict(data=args.data, sequence="smiles", condition="logp,qed", tokenizer="selfies", limit=args.limit,
                     epochs=args.epochs, batch_size=128, lr=3e-3, kl_warmup=5, word_dropout=0.1, free_bits=0.05,
-                    seed=0, out=args.out, progress=False, device="cpu", precision="float32")
-    t0 = time.perf_counter()
-    result = train(overwrite=True, pictures=True, **settings)
-    train_seconds = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    ev = evaluate_run(args.out, metrics="elbo,posterior,molecules", k=1, molecules=args.molecules, seed=0,
-                      temperature=1.0).results
-    eval_seconds = time.perf_counter() - t1
+                    hidden=[args.hidden], seed=0, out=out_dir, progress=False, device="cpu", precision="float32")
+    train_seconds = None
+    if not args.eval_only:
+        t0 = time.perf_counter()
+        train(overwrite=True, pictures=True, **settings)
+        train_seconds = time.perf_counter() - t0
+    else:
+        settings = {**settings, **{k: v for k, v in json.loads((Path(out_dir) / "config.json").read_text())["train"].items()
+                                   if k in settings and k != "out"}}
+    model = load_model(out_dir)
+    picture = logp_picture(model, picture_path, values=(-1.0, 0.0, 1.0, 2.0) if args.data == "qm9"
+                           else (1.0, 2.0, 3.0, 4.0))
+    data = load_run_data(model)  # once for every setting (minutes on MOSES: canonical SMILES, SELFIES, QED)
+    measured, posterior = {}, None
+    for decode, temp in parse_settings(args.settings):  # the report is rewritten after each setting
+        ev = evaluate_run(out_dir, metrics="molecules" if posterior else "elbo,posterior,molecules", k=1,
+                          molecules=args.molecules, seed=0, temperature=temp, decode=decode, data=data).results
+        measured[f"{decode}@{temp:g}"] = ev["molecules"]  # its "seconds": the molecules section's own time
+        posterior = posterior or {k: ev["posterior"][k] for k in ("active_units", "kl_total") if k in ev["posterior"]}
+        write_report(args, settings, out_dir, results, train_seconds, measured, posterior, picture)
 
-    # the same metrics with token-by-token sampling instead of greedy decoding
-    from cvae.evaluate import load_run_data
-    from cvae.seqmetrics import molecule_metrics, property_control
 
-    model = load_model(args.out)
-    data = load_run_data(model)
-    g = torch.Generator().manual_seed(0)
-    y = data.train.y[torch.randint(len(data.train.y), (args.molecules,), generator=g)]
-    strings, _ = model.sample_strings(args.molecules, y, seed=0, temperature=1.0, decode="sample")
-    sampled = molecule_metrics(strings, set(data.meta["strings"]["train"]), data.meta["strings"]["val"], seed=0)
-    sampled["property_control"] = property_control(model, data.train.y, seed=0, temperature=1.0, decode="sample")
-    picture = logp_picture(model, Path(args.picture))
-
-    metrics = [json.loads(line) for line in (Path(args.out) / "metrics.jsonl").read_text().splitlines()]
+def write_report(args, settings, out_dir, results, train_seconds, measured, posterior, picture) -> None:
+    metrics = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+    config = json.loads((Path(out_dir) / "config.json").read_text())
+    train_seconds = train_seconds if train_seconds is not None else sum(m.get("seconds", 0) for m in metrics)
     report = {
         "machine": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "settings": settings, "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1),
-        "data": result.summary.get("data") or json.loads((Path(args.out) / "config.json").read_text())["data"],
-        "last_epoch": metrics[-1],
-        "greedy": ev["molecules"], "sampled": sampled, "posterior": {
-            k: ev["posterior"][k] for k in ("active_units", "kl_total") if k in ev["posterior"]},
-        "moses_vae_published": MOSES_VAE, "picture": str(picture),
+        "shared": "the machine's 2 cores were shared with other jobs", "settings": settings,
+        "train_seconds": round(train_seconds, 1), "data": config.get("data"), "last_epoch": metrics[-1],
+        "evaluations": measured, "posterior": posterior, "moses_vae_published": MOSES_VAE, "picture": str(picture),
+        "command": "OMP_NUM_THREADS=1 PYTHONPATH=src python " + " ".join(sys.argv),
     }
-    out = Path(args.results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
-    lines = [f"QM9 subset: {report['data'].get('n_train')} training / {report['data'].get('n_val')} validation "
-             f"molecules, {args.epochs} epochs, {report['machine']}, {report['threads']} thread(s); "
-             f"training {train_seconds / 60:.1f} min, evaluation {eval_seconds / 60:.1f} min",
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.with_suffix(".json").write_text(json.dumps(report, indent=2, default=str))
+    data_info = report["data"] or {}
+    lines = [f"{args.data.upper()} subset: {data_info.get('n_train')} training / {data_info.get('n_val')} validation "
+             f"molecules, {len(metrics)} epochs, {report['machine']}, {report['threads']} thread(s), shared with "
+             f"other jobs; training {train_seconds / 60:.1f} min; {args.molecules} molecules per evaluation",
              f"last epoch: val negative ELBO {metrics[-1].get('val_loss', float('nan')):.3f} nats, val KL "
              f"{metrics[-1].get('val_kl', float('nan')):.3f}, active units {metrics[-1].get('val_active_units')}",
-             f"{'metric':<14}{'greedy':>10}{'sampled':>10}{'MOSES VAE (full MOSES)':>26}"]
-    for key in ("validity", "unique@1k", "unique@10k", "novelty", "int_div", "fcd"):
-        def fmt(v):
-            return f"{v:10.4f}" if isinstance(v, (int, float)) else f"{'-':>10}"
-        pub = MOSES_VAE.get("fcd_test" if key == "fcd" else key)
-        lines.append(f"{key:<14}{fmt(ev['molecules'].get(key))}{fmt(sampled.get(key))}{fmt(pub):>26}")
+             f"command: {report['command']}",
+             f"{'metric':<22}" + "".join(f"{k:>12}" for k in measured) + f"{'MOSES VAE (full MOSES)':>26}"]
+
+    def fmt(v):
+        return f"{v:12.4f}" if isinstance(v, (int, float)) else f"{'-':>12}"
+
+    for key in ("validity", "unique@1k", "unique@10k", "novelty", "novelty_moses_train", "int_div", "fcd",
+                "fcd_moses_test", "seconds"):
+        if not any(key in m for m in measured.values()):
+            continue
+        pub = MOSES_VAE.get({"fcd_moses_test": "fcd_test", "novelty_moses_train": "novelty"}.get(key, key))
+        lines.append(f"{key:<22}" + "".join(fmt(m.get(key)) for m in measured.values())
+                     + (f"{fmt(pub):>26}" if key not in ("fcd", "novelty", "seconds") else ""))
     for prop in ("logp", "qed"):
-        for name, sec in (("greedy", ev["molecules"].get("property_control", {})),
-                          ("sampled", sampled["property_control"])):
-            c = sec.get(prop)
+        for name, m in measured.items():
+            c = m.get("property_control", {}).get(prop)
             if c:
                 lines.append(f"{prop} control ({name}): MAE {c['mae']:.3f} (training std {c['train_std']:.3f}), "
                              f"Spearman {c['spearman']:.3f}, {c['n_valid']} valid molecules")
     text = "\n".join(lines)
-    out.with_suffix(".txt").write_text(text + "\n")
+    results.with_suffix(".txt").write_text(text + "\n")
     print(text)
+
 
 
 if __name__ == "__main__":

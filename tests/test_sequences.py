@@ -205,6 +205,17 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path):
     assert set(mol["property_control"]) == {"logp", "qed"}
     assert ev["likelihood"]["nll_per_token"]["value"] > 0
 
+    # token-by-token sampling, as a user asks for it; the molecules differ from the greedy ones
+    r = cli("evaluate", run, "--metrics", "molecules", "--molecules", "40", "--decode", "sample", "--temperature", "1",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    sampled = json.loads(r.stdout)["molecules"]
+    assert sampled["protocol"]["decode"] == "sample" and sampled["protocol"]["temperature"] == 1.0
+    assert sampled["validity"] >= 0.9 and set(sampled["property_control"]) == {"logp", "qed"}
+    assert (sampled["uniqueness"], sampled["int_div"]) != (mol["uniqueness"], mol["int_div"])
+    r = cli("evaluate", run, "--metrics", "molecules", "--decode", "beam", "--beam", "0")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--beam must be" in r.stderr
+
     r = cli("interpolate", run, "--from", "CCO", "--to", "c1ccoc1", "--condition", "logp=0.5,qed=0.4", "--steps", "5",
             "-o", tmp_path / "path.csv")
     assert r.returncode == 0, r.stderr
@@ -223,6 +234,68 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path):
             "--no-progress", "--no-tensorboard")
     assert r.returncode == 0, r.stderr
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_decode_flag_of_evaluate_is_refused_for_a_run_that_is_not_a_sequence_run(tmp_path):
+    run = tmp_path / "digits"
+    r = cli("train", "--data", "digits", "--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--limit", "200",
+            "--out", run, "--no-progress", "--no-tensorboard", "--no-pictures")
+    assert r.returncode == 0, r.stderr
+    r = cli("evaluate", run, "--metrics", "elbo", "--decode", "sample")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("error: --decode is for sequence runs")
+
+
+# -- metrics as MOSES defines them -----------------------------------------------------------------------
+def test_internal_diversity_is_moses_intdiv1_over_all_pairs_repeats_included(monkeypatch):
+    """MOSES (moses/metrics/metrics.py): IntDiv1 = 1 - mean Tanimoto over all |A|^2 ordered pairs of the
+    valid generated molecules, repeats and self-pairs included, Morgan radius 2, 1024 bits."""
+    from rdkit import DataStructs
+    from rdkit.Chem import AllChem
+
+    from cvae import seqmetrics
+
+    with open(MOLECULES) as f:
+        smiles = [row["smiles"] for row in csv.DictReader(f)][:40]
+    smiles += smiles[:10]  # repeats count, as in MOSES
+    fps = [AllChem.GetMorganFingerprintAsBitVect(Chem.MolFromSmiles(s), 2, nBits=1024) for s in smiles]
+    expected = 1 - np.mean([DataStructs.BulkTanimotoSimilarity(fp, fps) for fp in fps])
+    monkeypatch.setattr(seqmetrics, "TANIMOTO_BLOCK", 7)  # several blocks, a ragged last one
+    assert seqmetrics.internal_diversity(smiles) == pytest.approx(expected, abs=1e-7)  # float32, as MOSES
+    distinct_only = 1 - np.mean([DataStructs.BulkTanimotoSimilarity(fp, fps[:40]) for fp in fps[:40]])
+    assert abs(expected - distinct_only) > 1e-3  # the repeats matter: the test tells the definitions apart
+    metrics = seqmetrics.molecule_metrics(smiles + ["", "C1CC("], set(smiles[:20]), fcd=False)
+    assert metrics["int_div"] == pytest.approx(expected, abs=1e-7)  # over the valid molecules only
+    assert metrics["validity"] == pytest.approx(50 / 52) and metrics["novelty"] == pytest.approx(20 / 40)
+
+
+def test_moses_novelty_against_its_training_file_and_fcd_to_its_test_statistics():
+    """A run on MOSES also gets MOSES's own novelty (its 1,584,663 training molecules) and FCD/Test (to
+    its test set's stored ChemNet statistics): MOSES's test molecules are close to them, QM9's far."""
+    import gzip
+    import importlib.util
+
+    pytest.importorskip("fcd_torch", reason="fcd-torch: python -m pip install --no-deps fcd-torch==1.0.7")
+    spec = importlib.util.find_spec("moses")
+    if spec is None:
+        pytest.skip("molsets: python -m pip install --no-deps molsets==0.3.1")
+    from cvae.seqmetrics import molecule_metrics
+
+    folder = Path(list(spec.submodule_search_locations)[0], "dataset", "data")
+    with gzip.open(folder / "train.csv.gz", "rt") as f:
+        train = [next(f).strip() for _ in range(4)][1:]
+    with gzip.open(folder / "test.csv.gz", "rt") as f:
+        test = [line.strip() for line, _ in zip(f, range(601))][1:]
+    # 3 training molecules, one new one, a repeat, an invalid string; novelty against the run's own
+    # training split (here: none of them) and against MOSES's
+    out = molecule_metrics(train + ["CCO", "CCO", ""], set(train[:1]), fcd=False, moses=True)
+    assert out["novelty"] == pytest.approx(3 / 4) and out["novelty_moses_train"] == pytest.approx(1 / 4)
+    with open(MOLECULES) as f:
+        qm9 = [row["smiles"] for row in csv.DictReader(f)]
+    near, far = molecule_metrics(test, set(), moses=True), molecule_metrics(qm9, set(), moses=True)
+    assert near["novelty_moses_train"] == 1.0  # MOSES's test set is disjoint from its training set
+    # 600 of MOSES's own test molecules (FCD 7.2: the sample is small) against QM9's small molecules (34.8)
+    assert 0 < near["fcd_moses_test"] < 10 < 20 < far["fcd_moses_test"]
 
 
 # -- end to end: text ------------------------------------------------------------------------------------

@@ -421,12 +421,17 @@ def load_run_data(model: CVAE, *, data_dir=None):
 def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, evaluator: str | Path | None = None,
                  n: int | None = None, per_class: int = 1000, rows: int = 4096, data_dir=None,
                  device: str = "cpu", seed: int = 0, progress: bool = False, write: bool = True,
-                 temperature: float = SAMPLING_TEMPERATURE, molecules: int = 10000) -> RunEvaluation:
+                 temperature: float = SAMPLING_TEMPERATURE, molecules: int = 10000, decode: str = "greedy",
+                 beam: int = 5, data=None) -> RunEvaluation:
     """Everything ``cvae evaluate`` measures on one run folder; writes ``RUN/eval.json``.
 
     ``metrics``: any of elbo, nll, posterior, samples (default all; then samples are skipped with a
     note where they cannot run: not images, or no evaluator trained). ``n`` keeps the first N
-    examples of the split; ``per_class`` images are generated per class for conditional accuracy.
+    examples of the split; ``per_class`` images are generated per class for conditional accuracy;
+    ``molecules`` are generated with ``decode`` (greedy, sample or beam of width ``beam``) for the
+    molecule metrics. ``data``: the run's splits from :func:`load_run_data` when a caller that
+    evaluates one run several times has them already (rebuilding MOSES or QM9 subsets takes minutes:
+    every molecule is canonicalised, tokenised and its properties computed).
     """
     import time
     from datetime import datetime, timezone
@@ -441,7 +446,7 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
         raise CvaeError(f"--n must be at least 2 examples, got {n}")
     run = Path(run)
     model = load_model(run, device=device)
-    data = load_run_data(model, data_dir=data_dir)
+    data = data if data is not None else load_run_data(model, data_dir=data_dir)
     available = [s for s in ("test", "val", "train") if getattr(data, s) is not None]
     if split is None:
         split = "test" if data.test is not None else "val" if data.val is not None else "train"
@@ -509,7 +514,7 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
     if "molecules" in wanted:
         t0 = time.perf_counter()
         section = _molecules_section(model, data, explicit=explicit and "molecules" in wanted, n=molecules, seed=seed,
-                                     temperature=temperature)
+                                     temperature=temperature, decode=decode, beam=beam)
         if section is not None:
             section["seconds"] = round(time.perf_counter() - t0, 1)
             results["molecules"] = section
@@ -534,9 +539,11 @@ def per_token_figures(rep, x: torch.Tensor) -> dict:
             "perplexity_bound": Figure(f"perplexity bound, exp({what} per token)", math.exp(per_token), unit="")}
 
 
-def _molecules_section(model, data, *, explicit: bool, n: int, seed: int, temperature: float) -> dict | None:
+def _molecules_section(model, data, *, explicit: bool, n: int, seed: int, temperature: float, decode: str = "greedy",
+                       beam: int = 5) -> dict | None:
     """MOSES metrics of ``n`` molecules drawn for the training conditions, against the training set
-    (novelty) and the validation split (FCD); property control over a grid of requests."""
+    (novelty) and the validation split (FCD); property control over a grid of requests. A run on
+    MOSES also gets MOSES's own novelty (against its whole training file) and FCD/Test."""
     from .seqmetrics import molecule_metrics, property_control
 
     tok = getattr(model, "tokenizer", None)
@@ -547,15 +554,24 @@ def _molecules_section(model, data, *, explicit: bool, n: int, seed: int, temper
         return None
     if n < 2:
         raise CvaeError(f"--molecules must be at least 2, got {n}")
+    if decode not in ("greedy", "sample", "beam"):
+        raise CvaeError(f"--decode must be greedy, sample or beam, got {decode!r}")
     g = torch.Generator().manual_seed(seed)
     y = data.train.y[torch.randint(len(data.train.y), (n,), generator=g)] if model.schema else None
-    strings, _ = model.sample_strings(n, y if y is not None else None, seed=seed, temperature=temperature)
+    strings, _ = model.sample_strings(n, y if y is not None else None, seed=seed, temperature=temperature,
+                                      decode=decode, beam=beam)
     reference = data.meta["strings"]["val"] or data.meta["strings"]["train"][:n]
+    moses = model.run_config.get("train", {}).get("data") == "moses"  # MOSES's own novelty and FCD/Test too
     out = {"protocol": {"generated": n, "conditions": "drawn from the training rows" if model.schema else "none",
-                        "temperature": temperature, "decode": "greedy", "novelty_against": "training split",
+                        "temperature": temperature, "decode": decode if decode != "beam" else f"beam of {beam}",
+                        "novelty_against": "training split",
                         "fcd_reference": f"validation split ({len(reference)} molecules)"},
-           **molecule_metrics(strings, set(data.meta["strings"]["train"]), reference[:max(n, 2)], seed=seed)}
-    control = property_control(model, data.train.y, seed=seed, temperature=temperature) if model.schema else {}
+           **molecule_metrics(strings, set(data.meta["strings"]["train"]), reference[:max(n, 2)], moses=moses)}
+    if moses:
+        out["protocol"]["moses"] = ("novelty_moses_train: against MOSES's whole training file; fcd_moses_test: "
+                                    "to the ChemNet statistics of MOSES's test set (176,074 molecules), MOSES's FCD/Test")
+    control = property_control(model, data.train.y, seed=seed, temperature=temperature, decode=decode, beam=beam) \
+        if model.schema else {}
     if control:
         out["property_control"] = control
     return out

@@ -41,6 +41,10 @@ def add_parsers(sub) -> None:
                    help="molecules generated for --metrics molecules (runs on SMILES): validity, uniqueness at 1k "
                         "and 10k, novelty, internal diversity, FCD to the validation split, property control "
                         "(default 10000)")
+    e.add_argument("--decode", choices=["greedy", "sample", "beam"], default=None,
+                   help="sequence runs: how the molecules of --metrics molecules choose their tokens (default "
+                        "greedy; sample draws each token, which gives more distinct and more novel molecules)")
+    e.add_argument("--beam", type=int, default=5, help="sequence runs: beams of --decode beam (default 5)")
     e.add_argument("--json", action="store_true", help="print eval.json instead of the table")
     e.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     e.set_defaults(func=cmd_evaluate)
@@ -76,10 +80,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_sizes(args)
     if not 0 <= args.temperature <= 10:  # before minutes of likelihood estimates, not after
         raise CvaeError(f"--temperature must be a number from 0 to 10, got {args.temperature}")
+    if args.decode is not None:
+        _check_sequence_run(args)
     result = evaluate_run(args.run, split=args.split, k=args.k, metrics=args.metrics, evaluator=args.evaluator,
                           n=args.n, per_class=args.per_class, rows=args.batch_size, data_dir=args.data_dir,
                           device=args.device, seed=args.seed, progress=args.progress, temperature=args.temperature,
-                          molecules=args.molecules)
+                          molecules=args.molecules, decode=args.decode or "greedy", beam=args.beam)
     pictures = _disentanglement_pictures(args, result.results.get("disentanglement"))
     if args.json:
         print(json.dumps(result.results, indent=2))
@@ -104,6 +110,20 @@ def _disentanglement_pictures(args, section: dict | None) -> list:
     pictures = write_disentanglement_pictures(args.run, model, section, model.to_data_units(part.x[:n]),
                                               part.y[:n] if model.schema else None)
     return list(pictures.values())
+
+
+def _check_sequence_run(args: argparse.Namespace) -> None:
+    """--decode and --beam choose tokens: only a sequence run has them."""
+    from ..runs import read_config
+
+    try:
+        model_class = read_config(args.run)["model"].get("model_class")
+    except (CvaeError, KeyError, TypeError, AttributeError):
+        return  # evaluate_run says what is wrong with the run
+    if model_class != "seqvae":
+        raise CvaeError("--decode is for sequence runs (trained with --sequence); leave it out for this run")
+    if args.beam < 1:
+        raise CvaeError(f"--beam must be a whole number of at least 1, got {args.beam}")
 
 
 def _check_sizes(args: argparse.Namespace) -> None:
@@ -221,10 +241,15 @@ def format_table(results: dict) -> str:
     mols = _measured(results.get("molecules"), "molecules", lines)
     if mols:
         p = mols["protocol"]
-        lines.append(f"molecules: {p['generated']} generated (conditions {p['conditions']}), novelty against the "
-                     f"{p['novelty_against']}, FCD against the {p['fcd_reference']}")
+        lines.append(f"molecules: {p['generated']} generated (conditions {p['conditions']}; {p.get('decode', 'greedy')} "
+                     f"decoding, temperature {p.get('temperature')}), novelty against the {p['novelty_against']}, "
+                     f"FCD against the {p['fcd_reference']}")
+        if "moses" in p:
+            lines.append(f"  MOSES's own references: {p['moses']}")
         for key, label in (("validity", "validity"), ("unique@1k", "unique@1k"), ("unique@10k", "unique@10k"),
-                           ("novelty", "novelty"), ("int_div", "internal diversity (IntDiv1)"), ("fcd", "FCD")):
+                           ("novelty", "novelty"), ("novelty_moses_train", "novelty against MOSES's training file"),
+                           ("int_div", "internal diversity (IntDiv1)"), ("fcd", "FCD"),
+                           ("fcd_moses_test", "FCD/Test (MOSES)")):
             if mols.get(key) is not None:
                 lines.append(f"  {label:<{width}}  {mols[key]:.4f}")
         for prop, ctl in mols.get("property_control", {}).items():
