@@ -22,6 +22,21 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CVAE_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def need_module(name: str, install: str):
+    """Import ``name``, or skip the calling test module (locally) / fail it (under CI, where .ci/run
+    installs everything, so a green CI means the test ran), saying how to install it."""
+    try:
+        return __import__(name)
+    except ImportError:
+        message = f"{name} is not installed: {install}"
+        if CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message, allow_module_level=True)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED / "mnist" / "train-images-idx3-ubyte.gz").is_file():

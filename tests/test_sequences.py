@@ -18,9 +18,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import need_module
 
-pytest.importorskip("rdkit", reason="the chem extra: pip install 'cvae[chem]'")
-pytest.importorskip("selfies", reason="the chem extra: pip install 'cvae[chem]'")
+need_module("rdkit", "pip install 'cvae[chem]'")
+need_module("selfies", "pip install 'cvae[chem]'")
 
 from rdkit import Chem  # noqa: E402
 from rdkit.Chem import Crippen  # noqa: E402
@@ -275,7 +276,7 @@ def test_moses_novelty_against_its_training_file_and_fcd_to_its_test_statistics(
     import gzip
     import importlib.util
 
-    pytest.importorskip("fcd_torch", reason="fcd-torch: python -m pip install --no-deps fcd-torch==1.0.7")
+    need_module("fcd_torch", "python -m pip install --no-deps fcd-torch==1.0.7")
     spec = importlib.util.find_spec("moses")
     if spec is None:
         pytest.skip("molsets: python -m pip install --no-deps molsets==0.3.1")

@@ -15,8 +15,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import need_module
 
-pytest.importorskip("chatterbot_corpus", reason="python -m pip install --no-deps chatterbot-corpus==1.3.3")
+need_module("chatterbot_corpus", "python -m pip install --no-deps chatterbot-corpus==1.3.3")
 
 import yaml  # noqa: E402
 
