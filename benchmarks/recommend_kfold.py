@@ -30,7 +30,8 @@ Every knob k (and EASE's lambda) is chosen per fold on that fold's validation us
 their full-history and cold-start NDCG@100; test figures are then over all 938 users, each scored by
 the model of the fold that held them out. "vs plain" is the paired per-user difference against the
 plain Mult-VAE, with its standard error (standard deviation / sqrt(938)). The "chosen by validation"
-row picks, per fold, the attribute-using method with the best validation criterion.
+row picks, per fold, the method that uses the attributes with the best validation criterion (the
+plain network blended with weight 0 does not count as one).
 Output: benchmarks/results/recommend-kfold.txt and .json.
 """
 
@@ -95,7 +96,7 @@ def choose(candidates: dict) -> tuple:
     return knob, candidates[knob]
 
 
-def one_fold(fold: int, folds: int, epochs: int, tmp: str, data, log) -> dict:
+def one_fold(fold: int, folds: int, epochs: int, tmp: str, data, log, networks=None) -> dict:
     s = split(data, condition=CONDITION, folds=folds, fold=fold, seed=0)
     cold_val = truncate_fold_in(s.val, COLD, seed=100 + fold)
     cold_test = truncate_fold_in(s.test, COLD, seed=200 + fold)
@@ -115,6 +116,8 @@ def one_fold(fold: int, folds: int, epochs: int, tmp: str, data, log) -> dict:
     info = {"fold": fold, "train_users": s.meta["train_users"], "val_users": s.meta["val_users"],
             "test_users": s.meta["test_users"], "networks": {}}
     for name, settings in NETWORKS.items():
+        if networks and name not in networks:
+            continue
         t0 = time.perf_counter()
         r = train_recommender(data="ml-100k", folds=folds, fold=fold, seed=0, epochs=epochs, progress=False,
                               out=f"{tmp}/{name}-{fold}", **{**OFF, **settings})
@@ -141,50 +144,62 @@ def one_fold(fold: int, folds: int, epochs: int, tmp: str, data, log) -> dict:
             "methods": {m: {"knob": knob, **{k: v.tolist() for k, v in sc.items()}} for m, (knob, sc) in methods.items()}}
 
 
-def uses_attributes(name: str) -> bool:
-    return name not in ("global popularity", "EASE", "plain", "plain + global mix")
+def uses_attributes(name: str, knob) -> bool:
+    """Whether a method, with the knob validation gave it, uses the user's attributes (the plain
+    network blended with weight 0 is the plain network)."""
+    if name in ("global popularity", "EASE", "plain", "plain + global mix"):
+        return False
+    return not (name == "plain + demographic mix" and not knob)
 
 
 def report(results: dict, args, machine: str) -> str:
     folds = sorted(results, key=int)
-    names = list(results[folds[0]]["methods"])
-    per = {m: {k: np.concatenate([results[f]["methods"][m][k] for f in folds])
-               for k in ("val_full", "val_cold", "test_full", "test_cold")} for m in names}
-    # per fold, the attribute-using method with the best validation criterion
+    names = list(dict.fromkeys(m for f in folds for m in results[f]["methods"]))
+    keys = ("val_full", "val_cold", "test_full", "test_cold")
+
+    def pooled(m, fs):
+        return {k: np.concatenate([results[f]["methods"][m][k] for f in fs]) for k in keys}
+
+    # per fold, the method using the attributes with the best validation criterion
     picked = []
     for f in folds:
         ms = results[f]["methods"]
-        best = max((m for m in ms if uses_attributes(m)), key=lambda m: criterion(np.array(ms[m]["val_full"]),
-                                                                                  np.array(ms[m]["val_cold"])))
-        picked.append(best)
-    per["chosen by validation (per fold)"] = {k: np.concatenate([results[f]["methods"][m][k] for f, m in
-                                                                 zip(folds, picked)])
-                                              for k in ("val_full", "val_cold", "test_full", "test_cold")}
-    ref = per["plain"]
-    n = len(ref["test_full"])
-    lines = [f"MovieLens-100K (recbole 1.2.1's files), ratings >= 4, {n} users each tested once: {len(folds)} folds "
+        picked.append(max((m for m in ms if uses_attributes(m, ms[m]["knob"])),
+                          key=lambda m: criterion(np.array(ms[m]["val_full"]), np.array(ms[m]["val_cold"]))))
+    n_all = sum(len(results[f]["methods"]["plain"]["test_full"]) for f in folds)
+    lines = [f"MovieLens-100K (recbole 1.2.1's files), ratings >= 4, {n_all} users each tested once: {len(folds)} folds "
              f"(test fold f, validation fold f+1, training the other {args.folds - 2}); {args.epochs} epochs; "
              f"every knob chosen per fold on validation users (mean of full and cold-start NDCG@100); "
-             f"'vs plain': paired per-user difference against the plain Mult-VAE ± its standard error; "
-             f"cold start: at most {COLD} items folded in. {machine}", "",
-             "| method | knob per fold | val criterion | test NDCG@100 | vs plain | test cold-start NDCG@100 | vs plain |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for m, v in per.items():
-        knobs = ", ".join(picked) if m.startswith("chosen") else ", ".join(
-            "-" if results[f]["methods"][m]["knob"] is None else f"{results[f]['methods'][m]['knob']:g}" for f in folds)
+             f"'vs plain': paired per-user difference against the plain Mult-VAE on the same users ± its standard "
+             f"error; cold start: at most {COLD} items folded in. {machine}", "",
+             "| method | folds | users | knob per fold | val criterion | test NDCG@100 | vs plain | "
+             "test cold-start NDCG@100 | vs plain |", "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    rows = [(m, [f for f in folds if m in results[f]["methods"]]) for m in names]
+    rows.append(("chosen by validation (per fold)", folds))
+    for m, fs in rows:
+        if m.startswith("chosen"):
+            v = {k: np.concatenate([results[f]["methods"][p][k] for f, p in zip(folds, picked)]) for k in keys}
+            knobs = ", ".join(picked)
+        else:
+            v = pooled(m, fs)
+            knobs = ", ".join("-" if results[f]["methods"][m]["knob"] is None else
+                              f"{results[f]['methods'][m]['knob']:g}" for f in fs)
+        ref = pooled("plain", fs)
+        n = len(v["test_full"])
         cells = [f"{criterion(v['val_full'], v['val_cold']):.4f}"]
         for key in ("test_full", "test_cold"):
             d = v[key] - ref[key]
             cells += [f"{v[key].mean():.4f} ± {v[key].std(ddof=1) / math.sqrt(n):.4f}",
                       f"{d.mean():+.4f} ± {d.std(ddof=1) / math.sqrt(n):.4f}"]
-        lines.append(f"| {m} | {knobs} | " + " | ".join(cells) + " |")
+        lines.append(f"| {m} | {','.join(fs)} | {n} | {knobs} | " + " | ".join(cells) + " |")
     lines.append("")
+    nets = [name for name in NETWORKS if any(name in results[f]["info"]["networks"] for f in folds)]
     lines.append("kept epochs per fold: " + "; ".join(
-        f"{name} " + ", ".join(str(results[f]["info"]["networks"][name]["best_epoch"]) for f in folds)
-        for name in NETWORKS if all(name in results[f]["info"]["networks"] for f in folds)))
-    lines.append("training seconds per network (mean over folds): " + ", ".join(
-        f"{name} {np.mean([results[f]['info']['networks'][name]['seconds'] for f in folds]):.0f}"
-        for name in NETWORKS if all(name in results[f]["info"]["networks"] for f in folds)))
+        f"{name} " + ", ".join(str(results[f]["info"]["networks"][name]["best_epoch"]) for f in folds
+                               if name in results[f]["info"]["networks"]) for name in nets))
+    lines.append("training seconds per network (mean over its folds): " + ", ".join(
+        f"{name} {np.mean([results[f]['info']['networks'][name]['seconds'] for f in folds if name in results[f]['info']['networks']]):.0f}"
+        for name in nets))
     return "\n".join(lines)
 
 
@@ -203,6 +218,7 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--only-folds", type=int, nargs="*", help="folds to run (default: all)")
     ap.add_argument("--epochs", type=int, default=200)
+    ap.add_argument("--networks", nargs="*", help=f"networks to train (default: all of {list(NETWORKS)})")
     ap.add_argument("--report", action="store_true", help="train nothing: write the table of the folds saved")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "recommend-kfold"))
     args = ap.parse_args()
@@ -220,7 +236,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         for fold in todo:
-            results[str(fold)] = one_fold(fold, args.folds, args.epochs, tmp, data, log)
+            results[str(fold)] = one_fold(fold, args.folds, args.epochs, tmp, data, log, args.networks)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "machine": machine,
                                                             "folds": results}) + "\n")

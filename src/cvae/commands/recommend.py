@@ -19,8 +19,9 @@ HELP = {
              "validation (run every --fold 0..K-1 to test each user once)",
     "fold": "the test fold with --folds (0 to K - 1)",
     "model": "multvae (default) | multdae (a deterministic encoder, no KL) | ease (closed form, Steck 2019)",
-    "prior": "standard N(0, I) (default, the paper) | conditional p(z | attributes) | any registered prior",
-    "condition_in": "where the attributes enter: both (encoder and decoder) | decoder",
+    "prior": "standard N(0, I) (the paper; the default without attributes) | conditional p(z | attributes) (the "
+             "default with attributes) | any registered prior",
+    "condition_in": "where the attributes enter: both (encoder and decoder) | decoder (the default)",
     "condition_embedding": "width of a learned tanh embedding of the attributes (0: the raw codes)",
     "condition_dropout": "training: share of users whose attributes are blanked, so the model also learns without",
     "truncate_share": "training: share of users whose input (not target) is cut to 1..--truncate-items random "

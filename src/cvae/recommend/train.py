@@ -68,9 +68,9 @@ class RecommenderResult:
 def model_config(cfg: RecommenderConfig, splits: Splits) -> ModelConfig:
     from ..models import MultVAEConfig
 
-    settings = {**MULTVAE_DEFAULTS, "hidden": list(cfg.hidden), "latent_dim": cfg.latent_dim,
-                "condition_at": cfg.condition_at, "prior": cfg.prior}
     network = {k: v for k, v in cfg.conditioning(bool(splits.schema)).items() if k not in SCORING_SETTINGS}
+    settings = {**MULTVAE_DEFAULTS, "hidden": list(cfg.hidden), "latent_dim": cfg.latent_dim,
+                "condition_at": cfg.condition_at, "prior": network.pop("prior")}
     return MultVAEConfig(data_shape=(len(splits.items),), schema=splits.schema.to_dict(), dropout=cfg.dropout,
                          variational=MODEL_KINDS[cfg.model], **settings, **network)
 
