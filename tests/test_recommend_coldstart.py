@@ -172,6 +172,8 @@ def test_cold_start_settings_from_the_command_line_and_recs_csv(tmp_path):
 
 
 def test_k_folds_test_every_user_once(tmp_path):
+    from cvae.recommend import train_recommender
+
     inter, attrs = synthetic(tmp_path, users=60)
     data = load_interactions(str(inter), min_rating=4, user_attributes=str(attrs))
     tested, validated = [], []
@@ -186,6 +188,8 @@ def test_k_folds_test_every_user_once(tmp_path):
     assert validated[0] == set(split(data, condition="kind", folds=4, fold=1, seed=3).test.users)
     with pytest.raises(CvaeError, match="--folds K needs a whole K of at least 3 and --fold from 0 to K - 1"):
         split(data, folds=4, fold=4)
+    with pytest.raises(CvaeError, match="--fold 2 needs --folds K"):
+        train_recommender(data=str(inter), min_rating=4, fold=2, out=str(tmp_path / "nofolds"))
     r = run_cli("recommend", "train", "--data", str(inter), "--min-rating", "4", "--folds", "4", "--fold", "2",
                 "--hidden", "8", "--latent-dim", "4", "--epochs", "2", "--out", str(tmp_path / "f2"), "--no-progress")
     assert r.returncode == 0, r.stderr
