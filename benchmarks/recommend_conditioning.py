@@ -38,7 +38,7 @@ VARIANTS = {  # name -> settings of cvae recommend train (the conditioning ones 
     "conditioned, KL weight up to 0.3": dict(beta=0.3),
 }
 EXPLICIT = dict(condition_in="both", condition_embedding=0, condition_dropout=0.0, truncate_share=0.0,
-                truncate_items=5)
+                truncate_items=5, history_dropout=0.0, condition_bias=0.0, prior_fold_in=0.0, popularity_mix=0.0)
 
 
 def one(job):

@@ -13,7 +13,9 @@ at most 5 random items; "conditional - plain" is the paired difference over thos
 conditioned network trains with the conditioned defaults of `cvae recommend train`
 (cvae.recommend.config.CONDITIONED_DEFAULTS, chosen on validation users by
 benchmarks/recommend_conditioning.py); when they change the training itself (truncated inputs),
-the plain network trained the same way is measured too, so the attributes' own share is seen.
+the plain network trained the same way is measured too, so the attributes' own share is seen; when
+they blend in the popularity of the user's group (--popularity-mix k), the plain network blended
+the same way with the global popularity is measured too.
 Demographic popularity: popularity within the user's gender x age band x occupation group,
 smoothed towards coarser groups, its smoothing chosen on the validation users' cold start.
 Output: benchmarks/results/recommend-ml100k.txt and .json.
@@ -45,12 +47,20 @@ from cvae.recommend import (
 )
 from cvae.recommend.config import CONDITIONED_DEFAULTS, EASE_LAMBDAS, PLAIN_DEFAULTS
 from cvae.recommend.data import truncate_fold_in
-from cvae.recommend.metrics import per_user_scores, summarise
+from cvae.recommend.metrics import (
+    GroupPopularity,
+    per_user_scores,
+    popularity_mix,
+    run_scorer,
+    summarise,
+)
 from cvae.recommend.train import train_recommender
 
 CONDITION = "age:continuous,gender,occupation"
 METRICS = ("ndcg@100", "recall@20", "recall@50")
-ALPHAS = (10, 20, 50, 100, 200)  # demographic popularity's smoothing, chosen on validation cold-start users
+ALPHAS = (10, 20, 50, 100, 200)
+GLOBAL_BLEND = "Mult-VAE blended with global popularity (no attributes)"
+TRAINING_ONLY = ("truncate_share", "truncate_items", "history_dropout")  # change the training, not what c does  # demographic popularity's smoothing, chosen on validation cold-start users
 
 
 def ease_on_validation(s) -> tuple[float, object]:
@@ -79,7 +89,7 @@ def networks() -> dict[str, dict]:
     plain one with the same training when those defaults change the training (truncated inputs)."""
     out = {"Mult-VAE": dict(model="multvae", condition="none"),
            "Mult-DAE": dict(model="multdae", condition="none")}
-    same = {k: v for k, v in CONDITIONED_DEFAULTS.items() if k.startswith("truncate") and v != PLAIN_DEFAULTS[k]}
+    same = {k: v for k, v in CONDITIONED_DEFAULTS.items() if k in TRAINING_ONLY and v != PLAIN_DEFAULTS[k]}
     if same:
         out["Mult-VAE, truncated inputs (no attributes)"] = dict(model="multvae", condition="none", **same)
     out["Mult-VAE conditional"] = dict(model="multvae", condition=CONDITION)
@@ -103,10 +113,20 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--jobs", type=int, default=1, help="networks trained at once (one thread each)")
+    ap.add_argument("--only", nargs="*", help="train only these networks (e.g. 'Mult-VAE' 'Mult-VAE conditional'); "
+                    "the rows of the others are carried over from the saved .json, and the output says so")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "recommend-ml100k"))
     args = ap.parse_args()
     data = load_interactions("ml-100k")
     nets = networks()
+    old = {}
+    if args.only:
+        unknown = set(args.only) - set(nets)
+        if unknown:
+            raise SystemExit(f"--only: unknown network(s) {sorted(unknown)}; choose from {list(nets)}")
+        nets = {k: v for k, v in nets.items() if k in args.only}
+        saved = Path(args.out).with_suffix(".json")
+        old = json.loads(saved.read_text()) if saved.exists() else {}
     rows: dict[str, dict[str, list]] = {}  # table -> method -> per-seed {metric: (mean, se)}
     diffs, chosen, seconds = [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,7 +149,11 @@ def main() -> None:
                     **{k: s.meta[k] for k in ("train_users", "val_users", "test_users", "model_items")}}
             for name in nets:
                 out, info[name] = trained[(name, seed)]
-                scorers[name] = model_scorer(load_recommender(out))
+                scorers[name] = run_scorer(load_recommender(out))  # with the run's popularity blend, if any
+            mix = CONDITIONED_DEFAULTS["popularity_mix"]
+            if mix:  # the same blend with the global popularity, on the plain network: the attributes' own share
+                scorers[GLOBAL_BLEND] = popularity_mix(model_scorer(load_recommender(trained[("Mult-VAE", seed)][0])),
+                                                       GroupPopularity.fit(s.train, None, None), mix)
             chosen.append(info)
             per_user = {}
             for table, part in (("test", s.test), ("cold-start test (<= 5 fold-in items)", cold)):
@@ -142,6 +166,7 @@ def main() -> None:
             d = {}
             for label, ref in (("conditional - plain Mult-VAE", "Mult-VAE"),
                                ("conditional - Mult-VAE trained the same way", "Mult-VAE, truncated inputs (no attributes)"),
+                               ("conditional - plain Mult-VAE blended with global popularity", GLOBAL_BLEND),
                                ("demographic - global popularity", "popularity")):
                 new = "Mult-VAE conditional" if label.startswith("conditional") else \
                     "demographic popularity (gender x age band x occupation)"
@@ -150,8 +175,22 @@ def main() -> None:
                 for table, key in ((cold_name, "cold"), ("test", "full")):
                     diff = per_user[(table, new)]["ndcg@100"] - per_user[(table, ref)]["ndcg@100"]
                     d[f"{label}, {key}"] = summarise(diff).to_dict()
+            previous = next((x for x in old.get("paired", []) if x.get("seed") == seed), {})
+            for key, value in previous.items():  # --only: the paired differences not measured now
+                if key != "seed" and key not in d and not key.startswith("previous run: "):
+                    d[f"previous run: {key}"] = value
             diffs.append({"seed": seed, **d})
             print(f"seed {seed} done: {json.dumps(info)}", flush=True)
+    carried = []
+    for table, methods in old.get("tables", {}).items():  # --only: the rows not measured now, from the last run
+        merged = {}
+        for name in [*methods, *[n for n in rows.get(table, {}) if n not in methods]]:
+            if name in rows.get(table, {}):
+                merged[name] = rows[table][name]
+            else:
+                merged[name] = methods[name]
+                carried.append(name)
+        rows[table] = merged
     lines = [f"MovieLens-100K (recbole 1.2.1's ml-100k.inter / ml-100k.user), the protocol of Liang et al. (2018); "
              f"seeds {args.seeds}; {args.epochs} epochs, batch {args.batch_size} users; torch {torch.__version__}, "
              f"{torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}", ""]
@@ -171,6 +210,9 @@ def main() -> None:
         per = ", ".join(f"seed {d['seed']}: {d[key]['mean']:+.4f} ± {d[key]['se']:.4f}" for d in diffs)
         lines.append(f"NDCG@100, {key} (paired over the same users): {np.mean(means):+.4f} ± {se:.4f} ({per})")
     lines.append("")
+    if carried:
+        lines.append(f"not rerun (--only {args.only}): the rows of {', '.join(sorted(set(carried)))} are those of the "
+                     "previous run of this script, saved in the .json")
     lines.append("training seconds per run (incl. validation every epoch): " +
                  ", ".join(f"{k} {np.mean(v):.1f}" for k, v in seconds.items()))
     text = "\n".join(lines)

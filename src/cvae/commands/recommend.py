@@ -15,14 +15,26 @@ HELP = {
     "min_user_interactions": "keep users with at least this many interactions (default 5)",
     "heldout_users": "share (< 1) or number (>= 1) of users held out for validation, and again for test (default 0.1)",
     "heldout_fraction": "share of each held-out user's items scored; the rest are folded in (default 0.2)",
+    "folds": "K >= 3: cut the users into K folds instead; --fold's users are the test users, the next fold's "
+             "validation (run every --fold 0..K-1 to test each user once)",
+    "fold": "the test fold with --folds (0 to K - 1)",
     "model": "multvae (default) | multdae (a deterministic encoder, no KL) | ease (closed form, Steck 2019)",
-    "prior": "standard N(0, I) (default, the paper) | conditional p(z | attributes) | any registered prior",
-    "condition_in": "where the attributes enter: both (encoder and decoder) | decoder",
+    "prior": "standard N(0, I) (the paper; the default without attributes) | conditional p(z | attributes) (the "
+             "default with attributes) | any registered prior",
+    "condition_in": "where the attributes enter: both (encoder and decoder) | decoder (the default)",
     "condition_embedding": "width of a learned tanh embedding of the attributes (0: the raw codes)",
     "condition_dropout": "training: share of users whose attributes are blanked, so the model also learns without",
     "truncate_share": "training: share of users whose input (not target) is cut to 1..--truncate-items random "
                       "items, so the model sees cold-start-like users",
     "truncate_items": "the most items a truncated training input keeps (default 5)",
+    "history_dropout": "training: share of users whose whole input (not target) is blanked, so the decoder learns "
+                       "to recommend from the attributes alone (DropoutNet, Volkovs et al. 2017)",
+    "condition_bias": "k > 0: add a learned item bias per attribute value, weighted k / (k + items in the user's "
+                      "history): a user with few items leans on their group (0: off)",
+    "prior_fold_in": "k > 0, scoring: the user's z pulled towards the prior's mean for their attributes, "
+                     "(n mu_q + k mu_p) / (n + k), n their items (with --prior conditional; 0: off)",
+    "popularity_mix": "k > 0, scoring: blend the model's item probabilities with the popularity within the user's "
+                      "attribute group (global popularity without attributes), weight k / (k + items in the history)",
     "ease_lambda": "--model ease: its L2 weight (default: the best on validation NDCG@100 of a grid 10..5000)",
     "hidden": "hidden widths (default 600)", "latent_dim": "size of z (default 200)",
     "condition_at": "MLP layer where the condition joins (-1: every layer, the default; 0: the input)",

@@ -47,6 +47,16 @@ class MultVAEConfig(ModelConfig):
     # 1..truncate_items of its items at random, so the encoder learns from short histories.
     truncate_share: float = 0.0
     truncate_items: int = 5
+    # Cold-start users (Volkovs et al. 2017, DropoutNet): training, each user's whole input (not the
+    # target) is blanked with this probability, so the decoder learns to recommend from c alone.
+    history_dropout: float = 0.0
+    # > 0: a per-condition item bias b(c) (a linear map of c to the items' logits, one bias per
+    # attribute value) added with weight k / (k + n), n the items in the user's input and k this
+    # value: a user with no history is ranked by b(c) and the decoder's output at that empty input.
+    condition_bias: float = 0.0
+    # > 0, scoring only: z = (n mu_q + k mu_p(c)) / (n + k), the posterior mean pulled towards the
+    # prior's mean for the user's condition by a user with few items (k this value).
+    prior_fold_in: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or \
@@ -55,10 +65,15 @@ class MultVAEConfig(ModelConfig):
         self.dropout = float(self.dropout)
         if self.condition_in not in ("both", "decoder"):
             raise CvaeError(f"model setting condition_in must be both or decoder, got {self.condition_in!r}")
-        for name in ("condition_dropout", "truncate_share"):
+        for name in ("condition_dropout", "truncate_share", "history_dropout"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise CvaeError(f"model setting {name} must be a number from 0 to 1, got {v!r}")
+            setattr(self, name, float(v))
+        for name in ("condition_bias", "prior_fold_in"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
+                raise CvaeError(f"model setting {name} must be a finite number of at least 0, got {v!r}")
             setattr(self, name, float(v))
         for name, low in (("condition_embedding", 0), ("truncate_items", 1)):
             v = getattr(self, name)
@@ -102,6 +117,10 @@ class MultVAE(VAEModel):
         widths = list(reversed(config.hidden))
         cond_at = config.condition_at if config.condition_at < 0 else min(config.condition_at, len(widths))
         self.decoder = MLP(config.latent_dim, widths, items, cond_dim=cond_dim, cond_at=cond_at, act=config.activation)
+        self.bias = None
+        if self.schema.dim and config.condition_bias:
+            self.bias = nn.Linear(self.schema.dim, items, bias=False)  # b(c): one item bias per attribute value
+            nn.init.zeros_(self.bias.weight)
         self.likelihood = LIKELIHOODS.get(config.likelihood)(config.data_shape, **config.likelihood_options)
         self.prior = build_prior(config.prior, config.latent_dim, self.schema.dim, self, config.prior_options)
         self._init_weights()
@@ -132,39 +151,66 @@ class MultVAE(VAEModel):
         kth = keys.sort(dim=1).values.gather(1, (k - 1).clamp(max=x.shape[1] - 1))
         return torch.where(pick & (keys > kth), torch.zeros_like(x), x)
 
-    def q_z(self, x: torch.Tensor, c: torch.Tensor | None = None) -> DiagonalGaussian:
-        h = self.drop(F.normalize(self._truncate(x.flatten(1).float()), dim=-1))
+    def _drop_history(self, x: torch.Tensor) -> torch.Tensor:
+        """Training: each user's whole input blanked with probability ``history_dropout`` (DropoutNet)."""
+        if not (self.training and self.config.history_dropout):
+            return x
+        keep = torch.rand(x.shape[0], 1, device=x.device) >= self.config.history_dropout
+        return x * keep.to(x.dtype)
+
+    def _encode(self, x: torch.Tensor, c: torch.Tensor | None) -> tuple[DiagonalGaussian, torch.Tensor]:
+        """q(z | x, c) and the number of items the encoder saw per user (after the training-time cuts)."""
+        seen = self._drop_history(self._truncate(x.flatten(1).float()))
+        h = self.drop(F.normalize(seen, dim=-1))
         out = self.encoder(h, self._condition(c) if self.config.condition_in == "both" else None)
+        n = (seen > 0).sum(-1).to(out.dtype)
         if self.config.variational:
             mu, logvar = out.chunk(2, dim=-1)
-            return DiagonalGaussian(mu, logvar)
-        return DiagonalGaussian(out, torch.full_like(out, -math.inf))  # a point mass at mu (std 0)
+            return DiagonalGaussian(mu, logvar), n
+        return DiagonalGaussian(out, torch.full_like(out, -math.inf)), n  # a point mass at mu (std 0)
 
-    def p_x(self, z: torch.Tensor, c: torch.Tensor | None = None):
-        """The multinomial over the items. ``z`` may carry leading sample dimensions (S, B, latent)."""
+    def q_z(self, x: torch.Tensor, c: torch.Tensor | None = None) -> DiagonalGaussian:
+        return self._encode(x, c)[0]
+
+    def p_x(self, z: torch.Tensor, c: torch.Tensor | None = None, n: torch.Tensor | None = None):
+        """The multinomial over the items. ``z`` may carry leading sample dimensions (S, B, latent).
+        ``n`` (B,): the items each user's input held, which weighs the per-condition item bias
+        (``condition_bias``); none given: that of a user with no history (weight 1)."""
+        lead_c = c
         z, c, lead = flatten_samples(z, c)
-        logits = self.decoder(z, self._condition(c))
-        return self.likelihood(logits.reshape(*lead, *self.config.data_shape))
+        logits = self.decoder(z, self._condition(c)).reshape(*lead, *self.config.data_shape)
+        if self.bias is not None and lead_c is not None:
+            k = self.config.condition_bias
+            weight = 1.0 if n is None else (k / (k + n)).unsqueeze(-1)
+            logits = logits + weight * self.bias(lead_c.float())  # (B, items), broadcast over samples
+        return self.likelihood(logits)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, samples: int | None = None) -> ModelOutput:
         if c is not None and self.training and self.config.condition_dropout:
             keep = torch.rand(c.shape[0], 1, device=c.device) >= self.config.condition_dropout
             c = c * keep.to(c.dtype)  # a blanked condition: the model also learns users it knows nothing of
-        qz = self.q_z(x, c)
+        qz, n = self._encode(x, c)
         if not self.config.variational:
             z = qz.mu if samples is None else qz.mu.expand(samples, *qz.mu.shape)
-            return PointOutput(qz=qz, z=z, px=self.p_x(z, c), c=c, prior=self.prior)
+            return PointOutput(qz=qz, z=z, px=self.p_x(z, c, n), c=c, prior=self.prior)
         z = qz.rsample() if samples is None else qz.rsample((samples,))
-        return ModelOutput(qz=qz, z=z, px=self.p_x(z, c), c=c, prior=self.prior)
+        return ModelOutput(qz=qz, z=z, px=self.p_x(z, c, n), c=c, prior=self.prior)
 
     @torch.no_grad()
     def item_scores(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         """log pi: the log-probability of every item for users with interactions ``x`` (N, items),
-        z at its posterior mean (no dropout, whatever the mode): the paper's ranking scores."""
+        z at its posterior mean (no dropout, whatever the mode): the paper's ranking scores. With
+        ``prior_fold_in`` k > 0, z is pulled towards the prior's mean for c: (n mu_q + k mu_p) / (n + k)."""
         was = self.training
         self.eval()
         try:
-            px = self.p_x(self.q_z(x, c).mu, c)
+            qz, n = self._encode(x, c)
+            z = qz.mu
+            k = self.config.prior_fold_in
+            if k:
+                centre = self.prior.spread(c, len(z))[0].to(z.dtype)
+                z = (n.unsqueeze(-1) * z + k * centre) / (n.unsqueeze(-1) + k)
+            px = self.p_x(z, c, n)
             return torch.log_softmax(px.logits.float(), dim=-1)
         finally:
             self.train(was)

@@ -20,6 +20,7 @@ import torch
 from ..errors import CvaeError, CvaeWarning
 from ..runs import atomic_write
 from .data import dense_rows, read_rows, read_user_attributes, user_codes
+from .metrics import run_scorer
 from .train import read_items
 
 
@@ -75,14 +76,14 @@ def recommend(run, histories: dict[str, list[str]], *, top: int = 20,
                       f"{first[0]!r}: {', '.join(map(repr, first[1][:3]))})", CvaeWarning, stacklevel=2)
     x = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(users), len(items)))
     codes = _codes(model, users, attributes)
+    score = run_scorer(model)
     top = min(top, len(items))
     as_probability = getattr(model, "scores_are_log_probabilities", True)
     out = []
     for start in range(0, len(users), batch_size):
         idx = np.arange(start, min(start + batch_size, len(users)))
         xb = dense_rows(x, idx, model.device)
-        c = None if codes is None else model.schema.encode(torch.from_numpy(codes[idx])).to(model.device)
-        log_pi = model.item_scores(xb, c).masked_fill(xb > 0, -np.inf)
+        log_pi = score(xb, None if codes is None else codes[idx]).masked_fill(xb > 0, -np.inf)
         values, best = torch.topk(log_pi, top, dim=1)
         for b, r in enumerate(idx):
             ranked = [(j, v) for j, v in zip(best[b].tolist(), values[b].tolist()) if np.isfinite(v)]  # not seen

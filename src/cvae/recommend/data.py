@@ -358,11 +358,19 @@ class Splits:
 
 
 def split(data: Interactions, *, condition: str | None = None, heldout_users: float = 0.1,
-          heldout_fraction: float = 0.2, min_user_interactions: int = 5, seed: int = 0) -> Splits:
+          heldout_fraction: float = 0.2, min_user_interactions: int = 5, seed: int = 0, folds: int = 0,
+          fold: int = 0) -> Splits:
     """The paper's protocol on ``data`` (see the module's docstring). ``heldout_users`` below 1 is the
-    share of users held out for validation and again for test; from 1 on, their number each."""
+    share of users held out for validation and again for test; from 1 on, their number each.
+
+    ``folds`` K >= 3 instead cuts the users (shuffled by ``seed``) into K folds: fold ``fold`` is the
+    test users, the next one (cyclically) the validation users, the other K - 2 train. Run over every
+    fold, each user is a test user once, with a model that never saw them."""
     if not 0 < heldout_fraction < 1:
         raise CvaeError(f"--heldout-fraction must lie between 0 and 1, got {heldout_fraction}")
+    if folds and not (isinstance(folds, int) and folds >= 3 and isinstance(fold, int) and 0 <= fold < folds):
+        raise CvaeError(f"--folds K needs a whole K of at least 3 and --fold from 0 to K - 1, got --folds {folds!r} "
+                        f"--fold {fold!r}")
     schema, codes = condition_schema(data.attributes, condition, f"the user attributes of {data.name}")
     matrix = data.matrix
     counts = np.diff(matrix.indptr)
@@ -371,14 +379,24 @@ def split(data: Interactions, *, condition: str | None = None, heldout_users: fl
         raise CvaeError(f"{data.name} has no user attributes to condition on; pass --user-attributes FILE or "
                         "--condition none")
     n = len(kept)
-    n_h = int(round(heldout_users * n)) if heldout_users < 1 else int(heldout_users)
-    if heldout_users <= 0 or n - 2 * n_h < 1 or n_h < 1:
-        raise CvaeError(f"{n:,} users have at least {min_user_interactions} interactions; --heldout-users "
-                        f"{heldout_users:g} leaves {max(n - 2 * n_h, 0):,} of them to train on and {n_h:,} each for "
-                        "validation and test: give more data or change --heldout-users")
     rng = np.random.default_rng(seed)
-    order = kept[rng.permutation(n)]
-    val_rows, test_rows, train_rows = order[:n_h], order[n_h:2 * n_h], np.sort(order[2 * n_h:])
+    if folds:
+        if n < folds:
+            raise CvaeError(f"{n:,} users have at least {min_user_interactions} interactions, fewer than --folds "
+                            f"{folds}: give more data or fewer folds")
+        order = kept[rng.permutation(n)]
+        parts = np.array_split(order, folds)
+        test_rows, val_rows = parts[fold], parts[(fold + 1) % folds]
+        train_rows = np.sort(np.concatenate([p for j, p in enumerate(parts) if j not in (fold, (fold + 1) % folds)]))
+        rng = np.random.default_rng([seed, fold])  # each fold's own fold-in draws
+    else:
+        n_h = int(round(heldout_users * n)) if heldout_users < 1 else int(heldout_users)
+        if heldout_users <= 0 or n - 2 * n_h < 1 or n_h < 1:
+            raise CvaeError(f"{n:,} users have at least {min_user_interactions} interactions; --heldout-users "
+                            f"{heldout_users:g} leaves {max(n - 2 * n_h, 0):,} of them to train on and {n_h:,} each "
+                            "for validation and test: give more data or change --heldout-users")
+        order = kept[rng.permutation(n)]
+        val_rows, test_rows, train_rows = order[:n_h], order[n_h:2 * n_h], np.sort(order[2 * n_h:])
     train_full = matrix[train_rows]
     item_cols = np.flatnonzero(np.asarray(train_full.sum(0)).ravel() > 0)
     train = train_full[:, item_cols].tocsr()

@@ -12,9 +12,11 @@ Each is averaged over users, with its standard error (standard deviation / sqrt(
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -25,6 +27,7 @@ from .data import HeldOut, dense_rows
 # A scorer maps a batch of fold-in rows (B, items) and their attribute codes (B, A) or None to scores.
 Scorer = Callable[[torch.Tensor, "np.ndarray | None"], torch.Tensor]
 METRICS = (("ndcg", 100), ("recall", 20), ("recall", 50))
+GROUPS_FILE = "groups.safetensors"  # a run's group popularity (RUN/groups.safetensors), for --popularity-mix
 
 
 def per_user_metrics(scores: torch.Tensor, fold_in: torch.Tensor, scored: sp.csr_matrix,
@@ -94,59 +97,123 @@ def popularity_scorer(train: sp.csr_matrix) -> Scorer:
     return score
 
 
-def group_popularity_scorer(train: sp.csr_matrix, y_train: np.ndarray, schema, *, alpha: float = 20.0,
-                            bands: int = 4) -> Scorer:
+class GroupPopularity:
     """Popularity within the user's attribute group (demographic popularity), smoothed towards the
     coarser groups: the attributes are ordered coarse to fine (fewest values first; a continuous one
     cut into ``bands`` quantile bands of the training users), and the share of group g's users with
     item i is p_g(i) = (n_g(i) + alpha p_parent(i)) / (N_g + alpha), the parent the group without its
-    finest attribute, the root the global popularity. A group with few users leans on its parent."""
-    y_train = np.asarray(y_train, dtype=np.float64)
-    cuts, sizes = [], []
-    for j, a in enumerate(schema.attributes):
-        if a.kind == "continuous":
-            edges = np.unique(np.quantile(y_train[:, j], np.linspace(0, 1, bands + 1)[1:-1]))
-            cuts.append(edges)
-            sizes.append(len(edges) + 1)
-        else:
-            cuts.append(None)
-            sizes.append(len(a.classes))
-    order = sorted(range(len(sizes)), key=lambda j: sizes[j])
+    finest attribute, the root the global popularity. A group with few users leans on its parent.
+    With no attributes it is the global popularity. Saved in a run as ``groups.safetensors``."""
 
-    def keys(y: np.ndarray) -> np.ndarray:  # (N, A) raw codes -> (N, A) group indices, coarse to fine
+    def __init__(self, cuts: list, order: list[int], tables: list[dict[tuple, np.ndarray]], global_share: np.ndarray):
+        self.cuts, self.order, self.tables, self.global_share = cuts, order, tables, global_share
+
+    @classmethod
+    def fit(cls, train: sp.csr_matrix, y_train: np.ndarray | None, schema, *, alpha: float = 20.0,
+            bands: int = 4) -> GroupPopularity:
+        x = train.tocsr().astype(np.float64)
+        global_share = np.asarray(x.mean(0)).ravel()
+        if y_train is None or not schema:
+            return cls([], [], [], global_share)
+        y_train = np.asarray(y_train, dtype=np.float64)
+        cuts, sizes = [], []
+        for j, a in enumerate(schema.attributes):
+            if a.kind == "continuous":
+                edges = np.unique(np.quantile(y_train[:, j], np.linspace(0, 1, bands + 1)[1:-1]))
+                cuts.append(edges)
+                sizes.append(len(edges) + 1)
+            else:
+                cuts.append(None)
+                sizes.append(len(a.classes))
+        order = sorted(range(len(sizes)), key=lambda j: sizes[j])
+        self = cls(cuts, order, [], global_share)
+        k_train = self.keys(y_train)
+        for depth in range(1, len(order) + 1):
+            table = {}
+            prefixes = [tuple(r) for r in k_train[:, :depth]]
+            for g in set(prefixes):
+                rows = np.flatnonzero([p == g for p in prefixes])
+                parent = self.tables[-1].get(g[:-1], global_share) if depth > 1 else global_share
+                counts = np.asarray(x[rows].sum(0)).ravel()
+                table[g] = (counts + alpha * parent) / (len(rows) + alpha)
+            self.tables.append(table)
+        return self
+
+    def keys(self, y: np.ndarray) -> np.ndarray:
+        """(N, A) raw codes -> (N, A) group indices, coarse to fine."""
         y = np.asarray(y, dtype=np.float64)
-        out = np.zeros((len(y), len(order)), dtype=np.int64)
-        for k, j in enumerate(order):
-            out[:, k] = np.searchsorted(cuts[j], y[:, j], side="right") if cuts[j] is not None \
+        out = np.zeros((len(y), len(self.order)), dtype=np.int64)
+        for k, j in enumerate(self.order):
+            out[:, k] = np.searchsorted(self.cuts[j], y[:, j], side="right") if self.cuts[j] is not None \
                 else np.nan_to_num(y[:, j], nan=-1).astype(np.int64)
         return out
 
-    x = train.tocsr().astype(np.float64)
-    k_train = keys(y_train)
-    global_share = np.asarray(x.mean(0)).ravel()
-    tables: list[dict[tuple, np.ndarray]] = []  # per depth: group -> smoothed item shares
-    for depth in range(1, len(order) + 1):
-        table = {}
-        prefixes = [tuple(r) for r in k_train[:, :depth]]
-        for g in set(prefixes):
-            rows = np.flatnonzero([p == g for p in prefixes])
-            parent = tables[-1].get(g[:-1], global_share) if depth > 1 else global_share
-            counts = np.asarray(x[rows].sum(0)).ravel()
-            table[g] = (counts + alpha * parent) / (len(rows) + alpha)
-        tables.append(table)
+    def shares(self, y: np.ndarray | None, n: int) -> np.ndarray:
+        """(n, items): each user's group's shares (the global ones without attributes)."""
+        if y is None or not self.order:
+            return np.broadcast_to(self.global_share, (n, len(self.global_share)))
+        out = []
+        for key in self.keys(y):
+            value = self.global_share
+            for depth in range(1, len(self.order) + 1):  # the finest group the training users know
+                value = self.tables[depth - 1].get(tuple(key[:depth]), value)
+            out.append(value)
+        return np.stack(out)
 
-    def share(key: np.ndarray) -> np.ndarray:
-        value = global_share
-        for depth in range(1, len(order) + 1):  # the finest group the training users know
-            value = tables[depth - 1].get(tuple(key[:depth]), value)
-        return value
+    def save(self, path) -> None:
+        from ..runs import save_tensors
+
+        tensors = {"global": torch.from_numpy(self.global_share)}
+        for j, c in enumerate(self.cuts):
+            if c is not None:
+                tensors[f"cuts.{j}"] = torch.from_numpy(np.asarray(c, dtype=np.float64))
+        for d, table in enumerate(self.tables, 1):
+            groups = sorted(table)
+            tensors[f"keys.{d}"] = torch.tensor(groups, dtype=torch.int64).reshape(len(groups), d)
+            tensors[f"shares.{d}"] = torch.from_numpy(np.stack([table[g] for g in groups]))
+        save_tensors(path, tensors, {"order": json.dumps(self.order), "attributes": str(len(self.cuts))})
+
+    @classmethod
+    def load(cls, path) -> GroupPopularity:
+        from safetensors import safe_open
+
+        from ..runs import load_tensors
+
+        t = load_tensors(path)
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        order, n_attr = json.loads(meta.get("order", "[]")), int(meta.get("attributes", "0"))
+        cuts = [t[f"cuts.{j}"].numpy() if f"cuts.{j}" in t else None for j in range(n_attr)]
+        tables = [{tuple(k): v for k, v in zip(t[f"keys.{d}"].tolist(), t[f"shares.{d}"].numpy())}
+                  for d in range(1, len(order) + 1)]
+        return cls(cuts, order, tables, t["global"].numpy())
+
+
+def group_popularity_scorer(train: sp.csr_matrix, y_train: np.ndarray, schema, *, alpha: float = 20.0,
+                            bands: int = 4) -> Scorer:
+    """Every user gets the items ranked by their group's smoothed popularity (:class:`GroupPopularity`)."""
+    groups = GroupPopularity.fit(train, y_train, schema, alpha=alpha, bands=bands)
 
     def score(x, y=None):
-        if y is None:
-            return torch.from_numpy(global_share.astype(np.float32)).expand(len(x), -1)
-        return torch.from_numpy(np.stack([share(k) for k in keys(y)]).astype(np.float32))
+        return torch.from_numpy(groups.shares(y, len(x)).astype(np.float32))
 
     return score
+
+
+def popularity_mix(score: Scorer, groups: GroupPopularity, k: float) -> Scorer:
+    """A network's scorer blended with (demographic) popularity, by the user's history length n:
+    log((1 - w) pi_model + w p_group), w = k / (k + n). A user with no history gets the popularity of
+    their group; one with many items, nearly the model alone. ``score`` gives log-probabilities."""
+
+    def mixed(x, y=None):
+        log_pi = score(x, y).float()
+        n = (x > 0).sum(1, keepdim=True).to(log_pi.dtype).to(log_pi.device)
+        w = k / (k + n)
+        p = torch.from_numpy(np.asarray(groups.shares(y, len(x)), dtype=np.float32)).to(log_pi.device)
+        p = p / p.sum(1, keepdim=True)
+        return torch.log((1 - w) * log_pi.exp() + w * p)
+
+    return mixed
 
 
 def ease_weights(train: sp.csr_matrix, lam: float) -> np.ndarray:
@@ -166,6 +233,22 @@ def ease_scorer(weights: np.ndarray) -> Scorer:
     def score(x, y=None):
         return x @ w
 
+    return score
+
+
+def run_scorer(model) -> Scorer:
+    """The scorer a trained run recommends with: the network's (or EASE's) scores, blended with the
+    run's saved group popularity when it was trained with ``--popularity-mix k``."""
+    score = model_scorer(model)
+    k = float(model.run_config.get("recommend", {}).get("popularity_mix") or 0.0)
+    if k and model.run_dir is not None:
+        from ..errors import CvaeError
+
+        path = Path(model.run_dir) / GROUPS_FILE
+        if not path.is_file():
+            raise CvaeError(f"{model.run_dir} was trained with --popularity-mix {k:g} but has no {GROUPS_FILE}; "
+                            "train the run again")
+        score = popularity_mix(score, GroupPopularity.load(path), k)
     return score
 
 

@@ -15,6 +15,8 @@ paper's way of choosing beta is to anneal to 1 and keep the epoch (so the beta) 
     RUN/metrics.jsonl      one row per epoch: loss, its parts, KL weight, validation metrics, seconds
     RUN/summary.json       validation and test metrics of the kept epoch (and of the baselines)
     RUN/training.png       the loss and the validation NDCG@100 per epoch
+    RUN/groups.safetensors the training users' popularity per attribute group (--popularity-mix k > 0 only),
+                           blended into the scores with weight k / (k + items in the user's history)
 """
 
 from __future__ import annotations
@@ -43,9 +45,16 @@ from ..runs import (
     save_tensors,
     write_json,
 )
-from .config import DAE_WEIGHT_DECAY, MODEL_KINDS, RecommenderConfig
+from .config import (
+    DAE_WEIGHT_DECAY,
+    GROUP_ALPHA,
+    MODEL_KINDS,
+    PLAIN_DEFAULTS,
+    SCORING_SETTINGS,
+    RecommenderConfig,
+)
 from .data import Splits, dense_rows, load_interactions, split
-from .metrics import evaluate_scorer, model_scorer
+from .metrics import GROUPS_FILE, GroupPopularity, evaluate_scorer, model_scorer, popularity_mix
 
 
 @dataclass
@@ -59,10 +68,11 @@ class RecommenderResult:
 def model_config(cfg: RecommenderConfig, splits: Splits) -> ModelConfig:
     from ..models import MultVAEConfig
 
+    network = {k: v for k, v in cfg.conditioning(bool(splits.schema)).items() if k not in SCORING_SETTINGS}
     settings = {**MULTVAE_DEFAULTS, "hidden": list(cfg.hidden), "latent_dim": cfg.latent_dim,
-                "condition_at": cfg.condition_at, "prior": cfg.prior}
+                "condition_at": cfg.condition_at, "prior": network.pop("prior")}
     return MultVAEConfig(data_shape=(len(splits.items),), schema=splits.schema.to_dict(), dropout=cfg.dropout,
-                         variational=MODEL_KINDS[cfg.model], **settings, **cfg.conditioning(bool(splits.schema)))
+                         variational=MODEL_KINDS[cfg.model], **settings, **network)
 
 
 class _Settings:  # what the registered ELBO objective reads
@@ -85,6 +95,9 @@ def train_recommender(cfg: RecommenderConfig | dict | None = None, *, resume: bo
     device = torch.device(cfg.device)
     data = load_interactions(cfg.data, data_dir=cfg.data_dir, min_rating=cfg.min_rating,
                              user_attributes=cfg.user_attributes)
+    if cfg.model == "ease" and cfg.popularity_mix:
+        raise CvaeError("--popularity-mix blends a network's item probabilities; EASE's scores are not "
+                        "probabilities: leave it out with --model ease")
     if cfg.model == "ease" and cfg.condition not in (None, "none"):
         raise CvaeError("EASE (--model ease) does not use user attributes; leave --condition out or pass "
                         "--condition none")
@@ -92,7 +105,7 @@ def train_recommender(cfg: RecommenderConfig | dict | None = None, *, resume: bo
         data.defaults.get("condition") if data.attributes else None)
     splits = split(data, condition=condition, heldout_users=cfg.heldout_users,
                    heldout_fraction=cfg.heldout_fraction, min_user_interactions=cfg.min_user_interactions,
-                   seed=cfg.seed)
+                   seed=cfg.seed, folds=cfg.folds, fold=cfg.fold)
     run_dir = Path(cfg.out) if cfg.out else Path("runs") / f"{Path(data.name).stem}-{cfg.model}"
     _claim(run_dir, cfg.overwrite, resume)
     try:
@@ -115,6 +128,8 @@ def _resumed(given: RecommenderConfig, named: set[str]) -> RecommenderConfig:
                         "EASE run, which has nothing to resume); start a new run instead")
     saved = dict(read_config(run_dir).get("recommend", {}))
     saved = {k: v for k, v in saved.items() if k in {f.name for f in fields(RecommenderConfig)}}
+    for key, off in PLAIN_DEFAULTS.items():  # a run saved before a setting existed trained without it
+        saved.setdefault(key, off)
     if saved.get("condition") == "none" and given.condition is None:
         saved["condition"] = "none"
     for key in sorted(named):
@@ -212,7 +227,12 @@ def _fit(cfg: RecommenderConfig, splits: Splits, run_dir: Path, device: torch.de
         bar.close()
     model.load_state_dict(best_state)
     model.eval()
-    scorer = model_scorer(model)
+    scorer = model_scorer(model)  # the epoch was kept on the network's own scores; the mix applies after
+    mix = cfg.conditioning(bool(splits.schema))["popularity_mix"]
+    if mix:
+        groups = GroupPopularity.fit(splits.train, splits.y_train, splits.schema, alpha=GROUP_ALPHA)
+        groups.save(run_dir / GROUPS_FILE)
+        scorer = popularity_mix(scorer, groups, mix)
     summary = {"best_epoch": best_row["epoch"], "kl_weight_at_best_epoch": best_row["kl_weight"],
                "val": {k: v.to_dict() for k, v in evaluate_scorer(scorer, splits.val).items()},
                "test": {k: v.to_dict() for k, v in evaluate_scorer(scorer, splits.test).items()},
