@@ -62,14 +62,20 @@ def main() -> None:
     p.add_argument("--runs", default="runs/bench-disentangle")
     p.add_argument("--out", default="benchmarks/results/disentangle_dsprites.json")
     p.add_argument("--precision", default="float32", help="float32 (default), bfloat16 or auto (faster on AMX CPUs)")
+    p.add_argument("--merge", nargs="*", default=[],
+                   help="JSON files of other calls (e.g. seeds run in parallel with another --out): their runs with "
+                        "the same settings are added to --out, then the table is printed")
     args = p.parse_args()
     out = Path(args.out)
     # Seed-major order (every objective's seed 0 first), and the JSON rewritten after every run: an
     # interrupted benchmark keeps what it measured, and a rerun with the same --out skips those runs.
     done = json.loads(out.read_text()).get("runs", []) if out.exists() else []
     rows = [r for r in done if r.get("settings") == _settings(args)]
+    for other in args.merge:
+        rows += [r for r in json.loads(Path(other).read_text())["runs"] if r.get("settings") == _settings(args)
+                 and not any(r["objective"] == q["objective"] and r["seed"] == q["seed"] for q in rows)]
     t_all = time.perf_counter()
-    todo = [(name, settings, seed) for seed in args.seeds for name, settings in OBJECTIVES.items()
+    todo = [] if args.merge else [(name, settings, seed) for seed in args.seeds for name, settings in OBJECTIVES.items()
             if not args.only or name.split()[0] in args.only]
     for name, settings, seed in todo:
         if any(r["objective"] == name and r["seed"] == seed for r in rows):
@@ -93,10 +99,15 @@ def main() -> None:
         print(f"{name:<26} seed {seed}: " + "  ".join(f"{k} {row[k]:.3f}" for k in SHOWN if k in row)
               + f"  ({t_train:.0f} s train, {d['seconds']:.0f} s metrics)", flush=True)
     summary = _write(out, args, rows, time.perf_counter() - t_all)
+    if args.merge:
+        for row in sorted(rows, key=lambda r: (list(OBJECTIVES).index(r["objective"]), r["seed"])):
+            print(f"{row['objective']:<26} seed {row['seed']}: " + "  ".join(f"{k} {row[k]:.3f}" for k in SHOWN)
+                  + f"  ({row['train_seconds']:.0f} s train, {row['eval_seconds']:.0f} s metrics)")
     print(f"\n{'objective':<26} " + " ".join(f"{k:>22}" for k in SHOWN[:5]))
     for name in summary:
         print(f"{name:<26} " + " ".join(f"{summary[name][k]['mean']:.3f} ({summary[name][k]['min']:.2f}-"
-                                         f"{summary[name][k]['max']:.2f})".rjust(22) for k in SHOWN[:5]))
+                                         f"{summary[name][k]['max']:.2f})".rjust(22) for k in SHOWN[:5])
+              + f"  ({summary[name]['mig']['n']} seeds)")
     print(f"\n{cpu_name()}, {args.device}; {time.perf_counter() - t_all:.0f} s in this call; wrote {args.out}")
 
 
@@ -108,7 +119,7 @@ def _settings(args) -> dict:
 
 def _write(out: Path, args, rows: list, seconds: float) -> dict:
     summary = {}
-    for name in dict.fromkeys(r["objective"] for r in rows):
+    for name in [n for n in OBJECTIVES if any(r["objective"] == n for r in rows)]:
         group = [r for r in rows if r["objective"] == name]
         summary[name] = {k: {"mean": statistics.fmean(r[k] for r in group), "min": min(r[k] for r in group),
                              "max": max(r[k] for r in group), "n": len(group)} for k in SHOWN}
