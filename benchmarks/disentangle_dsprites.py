@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import torch
 
 from cvae.config import TrainConfig
 from cvae.evaluate import evaluate_run
+from cvae.probe import cpu_name
 from cvae.train import fit
 
 OBJECTIVES = {  # name: settings (the published defaults of each paper's dSprites runs where given)
@@ -39,12 +38,6 @@ SHOWN = ("mig", "factor_vae", "beta_vae", "dci_disentanglement", "dci_completene
          "modularity")
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +35,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from cvae.api import train  # noqa: E402
 from cvae.evaluate import evaluate_run, load_run_data  # noqa: E402
+from cvae.probe import cpu_name  # noqa: E402
 from cvae.runs import load_model  # noqa: E402
 
 # MOSES benchmark, Table 2 (Polykovskiy et al. 2020), its VAE row on the full MOSES set.
@@ -44,12 +43,6 @@ MOSES_VAE = {"validity": 0.953, "unique@1k": 1.0, "unique@10k": 0.999, "fcd_test
              "int_div": 0.856}
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except Exception:
-        return platform.processor() or "unknown"
 
 
 def logp_picture(model, path: Path, values=(-1.0, 0.0, 1.0, 2.0), per_row: int = 6, seed: int = 0) -> Path:

@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -39,19 +38,12 @@ from cvae.data import load_data
 from cvae.evaluate import classification_metrics
 from cvae.models import M2Config
 from cvae.nn import CLASSIFIERS
+from cvae.probe import cpu_name
 from cvae.train import native_bfloat16
 
 VARIANTS = {"default": {}, "m2": {"consistency": 0.0}}
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def supervised_baseline(data_name: str, data_dir, labels: int, seed: int, steps: int) -> dict:

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from cvae.probe import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,12 +43,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return re.search(r"Model name:\s+(.*)", out).group(1).strip()
-    except Exception:
-        return platform.processor() or "unknown"
 
 
 async def burst(base: str, run: str, bodies: list[dict]) -> tuple[list[float], list[int], float, list[str]]:

@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +43,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from cvae.api import train  # noqa: E402
 from cvae.evaluate import evaluate_run, load_run_data  # noqa: E402
 from cvae.models import SeqVAE  # noqa: E402
+from cvae.probe import cpu_name  # noqa: E402
 from cvae.runs import load_model  # noqa: E402
 
 LANGUAGES = ("english", "italian", "spanish", "portuguese", "dutch", "indonesian", "turkish", "german")
@@ -52,12 +51,6 @@ LANGUAGES = ("english", "italian", "spanish", "portuguese", "dutch", "indonesian
 BOWMAN_PTB = {"rnnlm": {"nll": 100, "ppl": 116}, "vae": {"nll": 101, "kl": 2, "ppl": 119}}
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except Exception:
-        return platform.processor() or "unknown"
 
 
 def train_language_model(vae, data, *, epochs: int, batch_size: int, lr: float, seed: int) -> tuple[SeqVAE, float]:
