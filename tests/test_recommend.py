@@ -50,6 +50,28 @@ def run_cli(*args, cwd=None):
                           env={"PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
 
 
+def recommend_heldout(run: Path, test: HeldOut, items, attrs: Path, tmp_path: Path) -> tuple[list[dict], Path, Path]:
+    """``cvae recommend RUN`` for the held-out users' fold-in items, written as a history file: the rows of
+    recs.csv (top 100), the history file and recs.csv."""
+    hist, recs = tmp_path / "history.csv", tmp_path / "recs.csv"
+    with open(hist, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["user", "item"])
+        for r_, u in enumerate(test.users):
+            w.writerows((u, items[j]) for j in test.fold_in[r_].indices)
+    r = run_cli("recommend", str(run), "--user-history", str(hist), "--user-attributes", str(attrs), "--top", "100",
+                "-o", str(recs))
+    assert r.returncode == 0, r.stderr
+    with open(recs, newline="") as f:
+        return list(csv.DictReader(f)), hist, recs
+
+
+def ndcg_at_100(ranked: list[str], relevant: set[str]) -> float:
+    """NDCG@100 of one user's ranked items, computed here independently of cvae.recommend.metrics."""
+    dcg = sum(1 / math.log2(k + 2) for k, item in enumerate(ranked[:100]) if item in relevant)
+    return dcg / sum(1 / math.log2(k + 2) for k in range(min(100, len(relevant))))
+
+
 def test_multinomial_log_prob_is_torch_multinomial_without_its_coefficient():
     torch.manual_seed(0)
     logits, x = torch.randn(4, 7), torch.randint(0, 3, (4, 7)).float()
@@ -184,28 +206,16 @@ def test_train_recommend_and_recompute_ndcg_from_recs_csv(tmp_path):
     s = split(data, condition="kind", heldout_users=0.15, seed=0)
     items = np.array([row[1] for row in list(csv.reader(open(run / "items.csv")))[1:]])
     assert list(items) == list(s.items)
-    hist = tmp_path / "history.csv"
-    with open(hist, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["user", "item"])
-        for r_, u in enumerate(s.test.users):
-            w.writerows((u, items[j]) for j in s.test.fold_in[r_].indices)
-    recs = tmp_path / "recs.csv"
-    r = run_cli("recommend", str(run), "--user-history", str(hist), "--user-attributes", str(attrs), "--top", "100",
-                "-o", str(recs))
-    assert r.returncode == 0, r.stderr
+    rows, hist, recs = recommend_heldout(run, s.test, items, attrs, tmp_path)
     ranked: dict[str, list[str]] = {}
-    for row in list(csv.DictReader(open(recs))):
+    for row in rows:
         ranked.setdefault(row["user"], []).append(row["item"])
         assert int(row["rank"]) == len(ranked[row["user"]])
     ndcgs = []
     for r_, u in enumerate(s.test.users):
         seen = {items[j] for j in s.test.fold_in[r_].indices}
-        relevant = {items[j] for j in s.test.scored[r_].indices}
         assert not seen & set(ranked[u])  # seen items are never recommended
-        dcg = sum(1 / math.log2(k + 2) for k, item in enumerate(ranked[u][:100]) if item in relevant)
-        idcg = sum(1 / math.log2(k + 2) for k in range(min(100, len(relevant))))
-        ndcgs.append(dcg / idcg)
+        ndcgs.append(ndcg_at_100(ranked[u], {items[j] for j in s.test.scored[r_].indices}))
     assert float(np.mean(ndcgs)) == pytest.approx(summary["test"]["ndcg@100"]["mean"], abs=1e-6)
     g = torch.Generator().manual_seed(0)
     chance = evaluate_scorer(lambda x, y: torch.rand(x.shape, generator=g), s.test)["ndcg@100"].mean

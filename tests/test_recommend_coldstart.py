@@ -4,14 +4,12 @@ each through the model, the Python API and the command line."""
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
-from test_recommend import run_cli, synthetic
+from test_recommend import ndcg_at_100, recommend_heldout, run_cli, synthetic
 
 import cvae
 from cvae.errors import CvaeError
@@ -139,25 +137,12 @@ def test_cold_start_settings_from_the_command_line_and_recs_csv(tmp_path):
     assert mixed != pytest.approx(evaluate_scorer(model_scorer(model), s.test)["ndcg@100"].mean, abs=1e-9)
     # recs.csv ranks with the blend: NDCG@100 recomputed from it is the run's test figure
     items = s.items
-    hist = tmp_path / "history.csv"
-    with open(hist, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["user", "item"])
-        for r_, u in enumerate(s.test.users):
-            w.writerows((u, items[j]) for j in s.test.fold_in[r_].indices)
-    recs = tmp_path / "recs.csv"
-    r = run_cli("recommend", str(run), "--user-history", str(hist), "--user-attributes", str(attrs), "--top", "100",
-                "-o", str(recs))
-    assert r.returncode == 0, r.stderr
+    rows, hist, recs = recommend_heldout(run, s.test, items, attrs, tmp_path)
     ranked: dict[str, list[str]] = {}
-    for row in csv.DictReader(open(recs)):
+    for row in rows:
         ranked.setdefault(row["user"], []).append(row["item"])
         assert 0 < float(row["score"]) <= 1  # the blend is a probability
-    ndcgs = []
-    for r_, u in enumerate(s.test.users):
-        relevant = {items[j] for j in s.test.scored[r_].indices}
-        dcg = sum(1 / math.log2(k + 2) for k, item in enumerate(ranked[u][:100]) if item in relevant)
-        ndcgs.append(dcg / sum(1 / math.log2(k + 2) for k in range(min(100, len(relevant)))))
+    ndcgs = [ndcg_at_100(ranked[u], {items[j] for j in s.test.scored[r_].indices}) for r_, u in enumerate(s.test.users)]
     assert float(np.mean(ndcgs)) == pytest.approx(summary["test"]["ndcg@100"]["mean"], abs=1e-6)
     # bad settings: one line each
     r = run_cli(*args[:-5], "--popularity-mix=-1", "--out", str(tmp_path / "bad"), "--no-progress")
