@@ -109,6 +109,8 @@ def _files(run) -> dict:
     (["--consistency", "inf"], ["--consistency"]),
     (["--model", "m3"], ["unknown model class 'm3'", "m2"]),
     (["--alpha", "2"], ["--alpha does not apply to --objective elbo"]),
+    (["--likelihood", "logistic-mixture", "--likelihood-components", "0"], ["--likelihood-components", "from 1 to 64"]),
+    (["--likelihood", "bernoulli", "--likelihood-components", "3"], ["--likelihood-components", "has none"]),
 ])
 def test_bad_train_flags_are_one_line_and_touch_nothing(data, tmp_path, capsys, flags, fragments):
     out = tmp_path / "out"
