@@ -140,10 +140,14 @@ def test_bad_text_input_gets_one_line(run, tmp_path):
             "-o", tmp_path / "t.csv")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "'☃'" in r.stderr and "never seen in training" in r.stderr
-    (tmp_path / "snow.txt").write_text("Hallo\nHallo ☃\n", encoding="utf-8")
+    # the file's own line number (blank lines count), for embed and transfer alike
+    (tmp_path / "snow.txt").write_text("Hallo\n\nHallo ☃\n", encoding="utf-8")
     r = cli("embed", run, "--data", tmp_path / "snow.txt", "--condition", "language=german", "-o", tmp_path / "z.csv")
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "row 1" in r.stderr
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "line 3" in r.stderr
     assert not (tmp_path / "z.csv").exists()
+    r = cli("transfer", run, "--input", tmp_path / "snow.txt", "--condition", "language=german", "--to",
+            "language=swedish", "-o", tmp_path / "t.csv")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "line 3" in r.stderr
     # longer than the model's maximum (40 characters here): one line saying so
     r = cli("transfer", run, "--input", "Hallo " * 10, "--condition", "language=german", "--to", "language=swedish",
             "-o", tmp_path / "t.csv")

@@ -90,23 +90,26 @@ class Tokenizer:
         return "".join(tokens)
 
     # -- tokens <-> ids ---------------------------------------------------------------------------
-    def encode(self, texts: Sequence[str], length: int, *, where: str = "the input") -> np.ndarray:
+    def encode(self, texts: Sequence[str], length: int, *, where: str = "the input",
+               names: Sequence[str] | None = None) -> np.ndarray:
         """Strings -> ids (N, length) with <eos> and <pad>. A token the vocabulary lacks or a string
-        longer than ``length - 1`` tokens is an error that names the string."""
+        longer than ``length - 1`` tokens is an error that names the string and where it is
+        (``names[i]``, e.g. "line 7" of a file; "row i" by default)."""
         out = np.full((len(texts), length), PAD, np.int64)
         for i, text in enumerate(texts):
+            row = names[i] if names is not None else f"row {i}"
             try:
                 tokens = self.split(str(text))
             except ValueError as e:
-                raise CvaeError(f"{where}, row {i}: {text!r} cannot be read as {self.kind} ({e})") from None
+                raise CvaeError(f"{where}, {row}: {text!r} cannot be read as {self.kind} ({e})") from None
             if not tokens:
-                raise CvaeError(f"{where}, row {i} is empty; give a non-empty sequence")
+                raise CvaeError(f"{where}, {row} is empty; give a non-empty sequence")
             unknown = [t for t in tokens if t not in self.index]
             if unknown:
-                raise CvaeError(f"{where}, row {i}: the token {unknown[0]!r} in {text!r} was never seen in training; "
+                raise CvaeError(f"{where}, {row}: the token {unknown[0]!r} in {text!r} was never seen in training; "
                                 f"the model knows {len(self.tokens) - len(SPECIALS)} tokens (remove or replace it)")
             if len(tokens) > length - 1:
-                raise CvaeError(f"{where}, row {i}: {text!r} has {len(tokens)} tokens, more than the model's maximum "
+                raise CvaeError(f"{where}, {row}: {text!r} has {len(tokens)} tokens, more than the model's maximum "
                                 f"of {length - 1}; shorten it or train with a larger --max-length")
             out[i, :len(tokens)] = [self.index[t] for t in tokens]
             out[i, len(tokens)] = EOS

@@ -162,14 +162,17 @@ def interpolate_strings(model, start: str, end: str, *, steps: int = 10, conditi
     return model.tokenizer.decode(model.decode_tokens(z, c, how="greedy").cpu().numpy())
 
 
-def transfer_strings(model, texts: list[str], own, targets: list[str], *, decode: str = "greedy") -> list[dict]:
+def transfer_strings(model, texts: list[str], own, targets: list[str], *, decode: str = "greedy",
+                     names: list[str] | None = None) -> list[dict]:
     """Encode each text with its own condition, decode the posterior mean with each target condition
-    (``label=all``, ``all`` or no target: every class, as for images)."""
+    (``label=all``, ``all`` or no target: every class, as for images). ``names`` say where each text
+    came from in errors ("line 7"; "row i" by default)."""
     from .latent import transfer_targets
 
-    texts = [_canonical_input(model, t) for t in texts]
+    names = list(names) if names is not None else [f"row {i}" for i in range(len(texts))]
+    texts = [_canonical_input(model, t, f"--input, {n}: ") for t, n in zip(texts, names)]
     y_own = model.schema.parse(own, len(texts))
-    q = model.encode_strings(texts, y_own, where="--input")
+    q = model.encode_strings(texts, y_own, where="--input", names=names)
     rows = []
     for target in transfer_targets(model, targets):
         y_t = model.schema.parse(target, len(texts))
@@ -180,14 +183,17 @@ def transfer_strings(model, texts: list[str], own, targets: list[str], *, decode
     return rows
 
 
-def embed_strings(model, texts: list[str], y=None, *, batch_size: int = 1000) -> list[dict]:
-    """Rows ``sequence, conditions..., mu_0.., var_0..`` of the posterior q(z | x, c) of each string."""
-    texts = [_canonical_input(model, t) for t in texts]
+def embed_strings(model, texts: list[str], y=None, *, batch_size: int = 1000,
+                  names: list[str] | None = None) -> list[dict]:
+    """Rows ``sequence, conditions..., mu_0.., var_0..`` of the posterior q(z | x, c) of each string.
+    ``names`` say where each text came from in errors ("line 7"; "row i" by default)."""
+    names = list(names) if names is not None else [f"row {i}" for i in range(len(texts))]
+    texts = [_canonical_input(model, t, f"--data, {n}: ") for t, n in zip(texts, names)]
     rows = []
     conds = described(model, y) if y is not None else [{}] * len(texts)
     for i in range(0, len(texts), batch_size):
         q = model.encode_strings(texts[i:i + batch_size], y[i:i + batch_size] if y is not None else None,
-                                 where="--data")
+                                 where="--data", names=names[i:i + batch_size])
         mu, var = q.mu.cpu().numpy(), q.variance.cpu().numpy()
         for j, t in enumerate(texts[i:i + batch_size]):
             rows.append({_column(model): t, **conds[i + j], **{f"mu_{d}": float(v) for d, v in enumerate(mu[j])},
@@ -195,14 +201,14 @@ def embed_strings(model, texts: list[str], y=None, *, batch_size: int = 1000) ->
     return rows
 
 
-def _canonical_input(model, text: str) -> str:
+def _canonical_input(model, text: str, where: str = "") -> str:
     if not model.tokenizer.molecular:
         return text
     from ..chem import canonical
 
     c = canonical(text)
     if c is None:
-        raise CvaeError(f"{text!r} is not a valid SMILES string (RDKit cannot parse it)")
+        raise CvaeError(f"{where}{text!r} is not a valid SMILES string (RDKit cannot parse it)")
     return c
 
 

@@ -499,13 +499,16 @@ def _transfer_sequences(args) -> int:
     if not args.input:
         raise CvaeError("give the sequences to transfer with --input: a string, or a .txt/.smi file (one per line)")
     given = Path(args.input)
-    texts = ([line.strip() for line in given.read_text(encoding="utf-8").splitlines() if line.strip()]
-             if given.suffix.lower() in (".txt", ".smi") and given.is_file() else [args.input])
-    texts = texts[:args.n]
+    if given.suffix.lower() in (".txt", ".smi") and given.is_file():
+        numbered = [(f"line {k}", line.strip()) for k, line in
+                    enumerate(given.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    else:
+        numbered = [("the string", args.input)]
+    names, texts = [n for n, _ in numbered][:args.n], [t for _, t in numbered][:args.n]
     if not args.condition:
         raise CvaeError("give the inputs' own condition (--condition sentiment=neg) and, optionally, targets "
                         "(--to sentiment=pos; default: every class)")
-    rows = transfer_strings(model, texts, args.condition, args.to)
+    rows = transfer_strings(model, texts, args.condition, args.to, names=names)
     out = write_rows(args.output, rows)
     print(f"wrote {out}  ({len(texts)} input(s) x {len(rows) // max(1, len(texts))} target(s))")
     return 0
@@ -523,8 +526,9 @@ def _embed_sequences(args) -> int:
         if path.suffix.lower() not in (".smi", ".txt") or not path.is_file():
             raise CvaeError(f"--data {args.data}: give a .smi or .txt file, one sequence per line (or leave --data out "
                             "for the run's own validation split)")
-        texts = [line.split()[0] if path.suffix.lower() == ".smi" else line.strip()
-                 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        numbered = [(f"line {k}", line.split()[0] if path.suffix.lower() == ".smi" else line.strip())
+                    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+        names, texts = [n for n, _ in numbered], [t for _, t in numbered]
         if model.schema and not args.condition:
             raise CvaeError("this model is conditioned: give the sequences' condition with --condition (e.g. logp=1.2)")
         y = model.schema.parse(args.condition, len(texts)) if model.schema else None
@@ -534,10 +538,12 @@ def _embed_sequences(args) -> int:
         data = load_run_data(model)
         part = data.val if data.val is not None else data.train
         texts = data.meta["strings"]["val" if data.val is not None else "train"]
+        names = None
         y = part.y if model.schema else None
     if args.n:
         texts, y = texts[:args.n], (y[:args.n] if y is not None else None)
-    rows = embed_strings(model, texts, y)
+        names = names[:args.n] if names is not None else None
+    rows = embed_strings(model, texts, y, names=names)
     out = write_rows(args.output, rows)
     print(f"wrote {out}  ({len(rows)} sequences, {model.config.latent_dim} latent dimensions)")
     return 0

@@ -120,10 +120,10 @@ class SeqVAE(VAEModel):
         return self.tokenizer.decode(torch.cat(out).cpu().numpy()), y
 
     @torch.no_grad()
-    def encode_strings(self, texts, condition=None, *, where: str = "the input"):
+    def encode_strings(self, texts, condition=None, *, where: str = "the input", names=None):
         """q(z | x, c) of strings (tokenised with the run's vocabulary: an unseen token or a string
-        longer than the model's maximum is an error that names it)."""
-        ids = self.tokenizer.encode(list(texts), self.length, where=where)
+        longer than the model's maximum is an error that names it, by ``names[i]`` when given)."""
+        ids = self.tokenizer.encode(list(texts), self.length, where=where, names=names)
         return self.encode(torch.from_numpy(ids).float(), condition)
 
     # -- the decoder, step by step or teacher-forced ----------------------------------------------------
