@@ -14,6 +14,9 @@ Run (one thread; about 30 minutes for QM9, see the README for MOSES):
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/molecules.py --limit 25000 --epochs 20
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/molecules.py --data moses --limit 14000 --epochs 8
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/molecules.py --data moses --limit 20000 --epochs 10 \
+        --kl-warmup 1 --condition-dropout 0.2 --guidance 1 --settings sample:1,sample:1:g0,sample:1:g2 \
+        --out runs/bench-molecules-moses-guided --results benchmarks/results/molecules-moses-guided
 
 Writes benchmarks/results/molecules-DATA.json and .txt and docs/images/molecules-logp[-moses].png;
 --eval-only measures an already trained --out run again (e.g. at other --settings).
@@ -75,14 +78,18 @@ def logp_picture(model, path: Path, values=(-1.0, 0.0, 1.0, 2.0), per_row: int =
     return path
 
 
-def parse_settings(spec: str) -> list[tuple[str, float]]:
-    """``greedy:1,sample:1,sample:1.2`` -> [(decode, prior temperature), ...]."""
+def parse_settings(spec: str) -> list[tuple[str, float, float | None, float]]:
+    """``greedy:1,sample:1,sample:1:g2:t0.7`` -> [(decode, prior temperature, guidance weight or None,
+    token temperature), ...] (None: the run's default guidance; token temperature 1 unless tT)."""
     out = []
     for part in spec.split(","):
-        decode, _, temp = part.strip().partition(":")
-        if decode not in ("greedy", "sample", "beam"):
-            raise SystemExit(f"--settings: {part!r} is not DECODE:TEMPERATURE with DECODE greedy, sample or beam")
-        out.append((decode, float(temp or 1.0)))
+        decode, *rest = part.strip().split(":")
+        extra = {f[0]: f[1:] for f in rest[1:] if f[:1] in ("g", "t")}
+        if decode not in ("greedy", "sample", "beam") or len(extra) != len(rest[1:]):
+            raise SystemExit(f"--settings: {part!r} is not DECODE:TEMPERATURE[:gWEIGHT][:tTOKEN_TEMPERATURE] with "
+                             "DECODE greedy, sample or beam")
+        out.append((decode, float(rest[0] if rest and rest[0] else 1.0),
+                     float(extra["g"]) if "g" in extra else None, float(extra.get("t", 1.0))))
     return out
 
 
@@ -94,7 +101,13 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=256, help="GRU width")
     p.add_argument("--molecules", type=int, default=10000, help="molecules generated for the metrics")
     p.add_argument("--settings", default="greedy:1,sample:1",
-                   help="decodings measured, DECODE:PRIOR_TEMPERATURE, comma-separated (default greedy:1,sample:1)")
+                   help="decodings measured, DECODE:PRIOR_TEMPERATURE[:gGUIDANCE], comma-separated (default "
+                        "greedy:1,sample:1; sample:1:g2:t0.7 samples with classifier-free guidance weight 2, tokens at "
+                        "temperature 0.7)")
+    p.add_argument("--kl-warmup", type=float, default=5, help="epochs of KL annealing (default 5)")
+    p.add_argument("--condition-dropout", type=float, default=0.0,
+                   help="share of training molecules whose decoder sees no condition (classifier-free guidance)")
+    p.add_argument("--guidance", type=float, default=0.0, help="the run's default guidance weight (default 0)")
     p.add_argument("--eval-only", action="store_true", help="measure the trained run in --out again, no training")
     p.add_argument("--out", help="the run folder (default runs/bench-molecules-DATA)")
     p.add_argument("--results", help="results path without suffix (default benchmarks/results/molecules-DATA)")
@@ -104,9 +117,10 @@ def main() -> None:
     results = Path(args.results or HERE / "results" / f"molecules-{args.data}")
     picture_path = Path(args.picture or ROOT / "docs" / "images"
                         / f"molecules-logp{'' if args.data == 'qm9' else '-' + args.data}.png")
+    extra = dict(condition_dropout=args.condition_dropout, guidance=args.guidance) if args.condition_dropout else {}
     settings = dict(data=args.data, sequence="smiles", condition="logp,qed", tokenizer="selfies", limit=args.limit,
-                    epochs=args.epochs, batch_size=128, lr=3e-3, kl_warmup=5, word_dropout=0.1, free_bits=0.05,
-                    hidden=[args.hidden], seed=0, out=out_dir, progress=False, device="cpu", precision="float32")
+                    epochs=args.epochs, batch_size=128, lr=3e-3, kl_warmup=args.kl_warmup, word_dropout=0.1,
+                    free_bits=0.05, hidden=[args.hidden], seed=0, out=out_dir, progress=False, device="cpu", precision="float32", **extra)
     train_seconds = None
     if not args.eval_only:
         t0 = time.perf_counter()
@@ -114,16 +128,20 @@ def main() -> None:
         train_seconds = time.perf_counter() - t0
     else:
         settings = {**settings, **{k: v for k, v in json.loads((Path(out_dir) / "config.json").read_text())["train"].items()
-                                   if k in settings and k != "out"}}
+                                   if k in settings and k != "out"
+                                   or k in ("condition_dropout", "guidance") and v is not None}}
     model = load_model(out_dir)
     picture = logp_picture(model, picture_path, values=(-1.0, 0.0, 1.0, 2.0) if args.data == "qm9"
                            else (1.0, 2.0, 3.0, 4.0))
     data = load_run_data(model)  # once for every setting (minutes on MOSES: canonical SMILES, SELFIES, QED)
     measured, posterior = {}, None
-    for decode, temp in parse_settings(args.settings):  # the report is rewritten after each setting
+    for decode, temp, guidance, token_temp in parse_settings(args.settings):  # the report is rewritten after each setting
         ev = evaluate_run(out_dir, metrics="molecules" if posterior else "elbo,posterior,molecules", k=1,
-                          molecules=args.molecules, seed=0, temperature=temp, decode=decode, data=data).results
-        measured[f"{decode}@{temp:g}"] = ev["molecules"]  # its "seconds": the molecules section's own time
+                          molecules=args.molecules, seed=0, temperature=temp, decode=decode, data=data,
+                          guidance=guidance, token_temperature=token_temp).results
+        used = ev["molecules"]["protocol"]["guidance"]
+        measured[f"{decode}@{temp:g}" + (f"/g{used:g}" if used else "") + (f"/t{token_temp:g}" if token_temp != 1
+                                                                          else "")] = ev["molecules"]  # its "seconds": the molecules section's own time
         posterior = posterior or {k: ev["posterior"][k] for k in ("active_units", "kl_total") if k in ev["posterior"]}
         write_report(args, settings, out_dir, results, train_seconds, measured, posterior, picture)
 

@@ -111,6 +111,9 @@ def _files(run) -> dict:
     (["--alpha", "2"], ["--alpha does not apply to --objective elbo"]),
     (["--likelihood", "logistic-mixture", "--likelihood-components", "0"], ["--likelihood-components", "from 1 to 64"]),
     (["--likelihood", "bernoulli", "--likelihood-components", "3"], ["--likelihood-components", "has none"]),
+    (["--condition-dropout", "1"], ["--condition-dropout", "below 1"]),
+    (["--condition-dropout", "0.2"], ["--condition-dropout", "for sequence data"]),
+    (["--guidance", "nan"], ["--guidance", "from 0 to 20"]),
 ])
 def test_bad_train_flags_are_one_line_and_touch_nothing(data, tmp_path, capsys, flags, fragments):
     out = tmp_path / "out"

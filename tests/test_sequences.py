@@ -108,12 +108,13 @@ def test_max_length_skips_longer_rows(capsys):
 
 
 # -- the model's numerics --------------------------------------------------------------------------------
-def _model(word_dropout=0.0, cond=0):
+def _model(word_dropout=0.0, cond=0, condition_dropout=0.0):
     torch.manual_seed(0)
     tok = Tokenizer("char", SPECIALS + list("abcde"))
     schema = {"attributes": [{"name": "v", "kind": "continuous", "classes": [], "mean": 0.0, "std": 1.0}]} if cond else {}
     cfg = SeqVAEConfig(data_shape=(7,), schema=schema, model_class="seqvae", hidden=[16], latent_dim=4,
-                       likelihood="categorical", tokenizer=tok.to_dict(), embed_dim=8, word_dropout=word_dropout)
+                       likelihood="categorical", tokenizer=tok.to_dict(), embed_dim=8, word_dropout=word_dropout,
+                       condition_dropout=condition_dropout)
     return SeqVAE(cfg), tok
 
 
@@ -150,6 +151,55 @@ def test_word_dropout_replaces_decoder_inputs_only_in_training():
     model.train()
     torch.manual_seed(1)
     assert not torch.allclose(model.p_x(z).log_prob(x), a)
+
+
+def test_condition_dropout_blanks_the_decoders_condition_only_in_training():
+    model, tok = _model(cond=1, condition_dropout=0.5)
+    x = torch.from_numpy(tok.encode(["abcab"] * 400, 7)).float()
+    z, c = torch.randn(400, 4), torch.full((400, 1), 2.0)
+    zc = model._context(z, c)
+    assert torch.equal(zc[:, 4:], torch.tensor([[2.0, 1.0]]).expand(400, 2))  # c and the presence flag
+    assert torch.equal(model._context(z, c, present=False)[:, 4:], torch.zeros(400, 2))
+    model.eval()
+    assert torch.equal(model._drop_condition(zc), zc)
+    model.train()
+    torch.manual_seed(3)
+    dropped = model._drop_condition(zc)
+    blank = (dropped[:, 4:] == 0).all(1)
+    assert 120 < int(blank.sum()) < 280 and torch.equal(dropped[~blank], zc[~blank])
+    assert torch.equal(dropped[:, :4], z)  # z is never dropped
+    # the teacher-forced bound in training sees those blanks: it differs from the evaluation one
+    model.eval()
+    ev = model.p_x(z, c).log_prob(x)
+    model.train()
+    assert not torch.allclose(model.p_x(z, c).log_prob(x), ev)
+
+
+def test_guidance_mixes_conditioned_and_unconditioned_log_probabilities():
+    model, _ = _model(cond=1, condition_dropout=0.2)
+    model.eval()
+    z, c = torch.randn(6, 4), torch.tensor([[1.5], [-1.0], [0.0], [2.0], [0.5], [-2.0]])
+    assert torch.equal(model.decode_tokens(z, c, how="greedy", guidance=0.0), model.decode_tokens(z, c, how="greedy"))
+    w = 2.0
+    bos = torch.full((6,), 1)
+    cond, _ = model.step(bos, model._context(z, c), model._start(model._context(z, c)))
+    none, _ = model.step(bos, model._context(z, c, present=False), model._start(model._context(z, c, present=False)))
+    zc = model._decoder_contexts(z, c, w)
+    both, _ = model.step(bos.repeat(2), zc, model._start(zc))
+    guided = model._guided(both, w)
+    want = torch.log_softmax(torch.where(torch.isfinite(cond), (1 + w) * cond - w * none, -torch.inf), -1)
+    assert torch.allclose(guided, want, atol=1e-5) and torch.isfinite(guided[:, 4:]).all()
+    assert torch.allclose(guided.exp().sum(1), torch.ones(6), atol=1e-5)
+    first = model.decode_tokens(z, c, how="greedy", guidance=w)[:, 0]
+    assert torch.equal(first, want.argmax(1))
+    # beam search with guidance: width 1 is guided greedy decoding
+    assert torch.equal(model.decode_tokens(z, c, how="beam", beam=1, guidance=w),
+                       model.decode_tokens(z, c, how="greedy", guidance=w))
+    plain, _ = _model(cond=1)
+    with pytest.raises(CvaeError, match="--condition-dropout"):
+        plain.guidance_weight(1.0)
+    with pytest.raises(CvaeError, match="--guidance must be"):
+        model.guidance_weight(-1.0)
 
 
 def test_beam_of_width_one_is_greedy_and_decoding_ends_with_eos_then_padding():
@@ -237,6 +287,52 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def test_guided_molecules_through_the_command_line(tmp_path):
+    """Train with --condition-dropout and a default --guidance, then sample and evaluate as a user would:
+    the run's default weight is used, --guidance 0 turns it off, --token-temperature sharpens sampling."""
+    run = tmp_path / "run"
+    r = cli("train", "--data", MOLECULES, "--sequence", "smiles", "--condition", "logp,qed", "--epochs", "2",
+            "--batch-size", "32", "--hidden", "32", "--latent-dim", "4", "--condition-dropout", "0.3",
+            "--guidance", "2", "--out", run, "--no-progress", "--no-tensorboard", "--no-pictures")
+    assert r.returncode == 0, r.stderr
+    model_cfg = json.loads((run / "config.json").read_text())["model"]
+    assert (model_cfg["condition_dropout"], model_cfg["guidance"]) == (0.3, 2.0)
+
+    def sample(*flags):
+        out = tmp_path / f"mols{len(list(tmp_path.glob('mols*.csv')))}.csv"
+        r = cli("sample", run, "--condition", "logp=1.5,qed=0.45", "--n", "40", "--decode", "sample", *flags, "-o", out)
+        assert r.returncode == 0, r.stderr
+        with open(out) as f:
+            return [row["smiles"] for row in csv.DictReader(f)]
+
+    default, explicit, off = sample(), sample("--guidance", "2"), sample("--guidance", "0")
+    assert default == explicit and default != off
+    cold, hot = sample("--token-temperature", "0.2"), sample("--token-temperature", "3")
+    assert len(set(cold)) < len(set(hot))  # a low token temperature repeats molecules
+
+    r = cli("evaluate", run, "--metrics", "molecules", "--molecules", "30", "--decode", "sample", "--guidance", "1",
+            "--token-temperature", "0.8", "--json")
+    assert r.returncode == 0, r.stderr
+    mol = json.loads(r.stdout)["molecules"]
+    assert (mol["protocol"]["guidance"], mol["protocol"]["token_temperature"]) == (1.0, 0.8)
+    assert set(mol["property_control"]) == {"logp", "qed"}
+
+    for flags, says in ((("--guidance", "-1"), "--guidance must be"),
+                        (("--token-temperature", "0"), "--token-temperature must be")):
+        r = cli("sample", run, "--n", "5", *flags, "-o", tmp_path / "bad.csv")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    r = cli("train", "--data", MOLECULES, "--sequence", "smiles", "--guidance", "1", "--out", tmp_path / "r2",
+            "--no-progress")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--condition-dropout" in r.stderr
+    plain = tmp_path / "plain"
+    r = cli("train", "--data", MOLECULES, "--sequence", "smiles", "--condition", "logp", "--epochs", "1",
+            "--hidden", "16", "--latent-dim", "2", "--out", plain, "--no-progress", "--no-tensorboard", "--no-pictures")
+    assert r.returncode == 0, r.stderr
+    r = cli("sample", plain, "--n", "5", "--guidance", "1", "-o", tmp_path / "bad.csv")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--condition-dropout" in r.stderr
+    assert not (tmp_path / "bad.csv").exists()
+
+
 def test_decode_flag_of_evaluate_is_refused_for_a_run_that_is_not_a_sequence_run(tmp_path):
     run = tmp_path / "digits"
     r = cli("train", "--data", "digits", "--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--limit", "200",
@@ -245,6 +341,10 @@ def test_decode_flag_of_evaluate_is_refused_for_a_run_that_is_not_a_sequence_run
     r = cli("evaluate", run, "--metrics", "elbo", "--decode", "sample")
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert r.stderr.startswith("error: --decode is for sequence runs")
+    r = cli("evaluate", run, "--metrics", "elbo", "--guidance", "1")
+    assert r.returncode == 2 and r.stderr.startswith("error: --guidance is for sequence runs")
+    r = cli("sample", run, "--n", "4", "--token-temperature", "0.5", "-o", tmp_path / "s.png")
+    assert r.returncode == 2 and r.stderr.startswith("error: --token-temperature is for sequence runs")
 
 
 # -- metrics as MOSES defines them -----------------------------------------------------------------------

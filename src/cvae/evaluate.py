@@ -422,14 +422,16 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
                  n: int | None = None, per_class: int = 1000, rows: int = 4096, data_dir=None,
                  device: str = "cpu", seed: int = 0, progress: bool = False, write: bool = True,
                  temperature: float = SAMPLING_TEMPERATURE, molecules: int = 10000, decode: str = "greedy",
-                 beam: int = 5, data=None) -> RunEvaluation:
+                 beam: int = 5, data=None, token_temperature: float = 1.0,
+                 guidance: float | None = None) -> RunEvaluation:
     """Everything ``cvae evaluate`` measures on one run folder; writes ``RUN/eval.json``.
 
     ``metrics``: any of elbo, nll, posterior, samples (default all; then samples are skipped with a
     note where they cannot run: not images, or no evaluator trained). ``n`` keeps the first N
     examples of the split; ``per_class`` images are generated per class for conditional accuracy;
-    ``molecules`` are generated with ``decode`` (greedy, sample or beam of width ``beam``) for the
-    molecule metrics. ``data``: the run's splits from :func:`load_run_data` when a caller that
+    ``molecules`` are generated with ``decode`` (greedy, sample or beam of width ``beam``; sampled
+    tokens at ``token_temperature``; classifier-free ``guidance``, None: the run's) for the molecule
+    metrics. ``data``: the run's splits from :func:`load_run_data` when a caller that
     evaluates one run several times has them already (rebuilding MOSES or QM9 subsets takes minutes:
     every molecule is canonicalised, tokenised and its properties computed).
     """
@@ -514,7 +516,8 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
     if "molecules" in wanted:
         t0 = time.perf_counter()
         section = _molecules_section(model, data, explicit=explicit and "molecules" in wanted, n=molecules, seed=seed,
-                                     temperature=temperature, decode=decode, beam=beam)
+                                     temperature=temperature, decode=decode, beam=beam,
+                                     token_temperature=token_temperature, guidance=guidance)
         if section is not None:
             section["seconds"] = round(time.perf_counter() - t0, 1)
             results["molecules"] = section
@@ -540,7 +543,7 @@ def per_token_figures(rep, x: torch.Tensor) -> dict:
 
 
 def _molecules_section(model, data, *, explicit: bool, n: int, seed: int, temperature: float, decode: str = "greedy",
-                       beam: int = 5) -> dict | None:
+                       beam: int = 5, token_temperature: float = 1.0, guidance: float | None = None) -> dict | None:
     """MOSES metrics of ``n`` molecules drawn for the training conditions, against the training set
     (novelty) and the validation split (FCD); property control over a grid of requests. A run on
     MOSES also gets MOSES's own novelty (against its whole training file) and FCD/Test."""
@@ -556,21 +559,23 @@ def _molecules_section(model, data, *, explicit: bool, n: int, seed: int, temper
         raise CvaeError(f"--molecules must be at least 2, got {n}")
     if decode not in ("greedy", "sample", "beam"):
         raise CvaeError(f"--decode must be greedy, sample or beam, got {decode!r}")
+    guidance = model.guidance_weight(guidance)  # refused before minutes of generation, not after
+    decoding = dict(decode=decode, beam=beam, token_temperature=token_temperature, guidance=guidance)
     g = torch.Generator().manual_seed(seed)
     y = data.train.y[torch.randint(len(data.train.y), (n,), generator=g)] if model.schema else None
-    strings, _ = model.sample_strings(n, y if y is not None else None, seed=seed, temperature=temperature,
-                                      decode=decode, beam=beam)
+    strings, _ = model.sample_strings(n, y if y is not None else None, seed=seed, temperature=temperature, **decoding)
     reference = data.meta["strings"]["val"] or data.meta["strings"]["train"][:n]
     moses = model.run_config.get("train", {}).get("data") == "moses"  # MOSES's own novelty and FCD/Test too
     out = {"protocol": {"generated": n, "conditions": "drawn from the training rows" if model.schema else "none",
                         "temperature": temperature, "decode": decode if decode != "beam" else f"beam of {beam}",
+                        "token_temperature": token_temperature, "guidance": guidance,
                         "novelty_against": "training split",
                         "fcd_reference": f"validation split ({len(reference)} molecules)"},
            **molecule_metrics(strings, set(data.meta["strings"]["train"]), reference[:max(n, 2)], moses=moses)}
     if moses:
         out["protocol"]["moses"] = ("novelty_moses_train: against MOSES's whole training file; fcd_moses_test: "
                                     "to the ChemNet statistics of MOSES's test set (176,074 molecules), MOSES's FCD/Test")
-    control = property_control(model, data.train.y, seed=seed, temperature=temperature, decode=decode, beam=beam) \
+    control = property_control(model, data.train.y, seed=seed, temperature=temperature, **decoding) \
         if model.schema else {}
     if control:
         out["property_control"] = control

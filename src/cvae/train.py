@@ -152,8 +152,9 @@ def model_config_for(config: TrainConfig, data: DataSplits) -> ModelConfig:
     settings.update({k: v for k, v in data.meta.get("model", {}).items() if k != "model_class"})  # e.g. a vocabulary
     settings = model_settings(settings, config.model_overrides(), model_class)
     settings.pop("model_class")
-    if config.word_dropout is not None:
-        settings["word_dropout"] = config.word_dropout
+    for name in ("word_dropout", "condition_dropout", "guidance"):
+        if getattr(config, name) is not None:
+            settings[name] = getattr(config, name)
     if settings.get("arch") == "conv" and len(data.data_shape) == 1:
         raise CvaeError(
             f"the conv network needs images or signals, but {data.name!r} is a table of {data.data_shape[0]} "

@@ -51,14 +51,16 @@ def achieved_table(model, strings: list[str]) -> tuple[list[str | None], dict[st
 
 
 def sample_to_file(model, out: str | Path, *, n: int = 64, condition=None, seed: int = 0, temperature: float = 1.0,
-                   decode: str = "greedy", beam: int = 5) -> tuple[Path, dict]:
+                   decode: str = "greedy", beam: int = 5, token_temperature: float = 1.0,
+                   guidance: float | None = None) -> tuple[Path, dict]:
     """Generate ``n`` sequences and write them: .csv (requested conditions, the sequence, its validity and
     achieved properties), .smi / .txt (one per line) or .png (a picture). Returns the path and a summary."""
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in TEXT_SUFFIXES + (".png",):
         raise CvaeError(f"-o {out}: a sequence model writes .csv, .smi, .txt or .png files")
-    strings, y = model.sample_strings(n, condition, seed=seed, temperature=temperature, decode=decode, beam=beam)
+    strings, y = model.sample_strings(n, condition, seed=seed, temperature=temperature, decode=decode, beam=beam,
+                                      token_temperature=token_temperature, guidance=guidance)
     canon, achieved = achieved_table(model, strings)
     requested = described(model, y)
     molecular = model.tokenizer.molecular

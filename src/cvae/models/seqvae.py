@@ -13,6 +13,13 @@ the k most probable prefixes. Word dropout as Bowman et al. define it (the decod
 not their embeddings, replaced by <unk> with probability ``word_dropout`` in training) weakens the
 decoder so that z is used; KL annealing and free bits are the objective's (``--kl-warmup``,
 ``--free-bits``).
+
+Classifier-free guidance (Ho & Salimans 2022; Sanchez et al. 2023 for language models): trained with
+``condition_dropout`` p, the decoder sees, for a share p of the examples, no condition (c set to 0 and
+a presence flag, one more decoder input, set to 0), so it also learns p(x | z) beside p(x | z, c). At
+decoding, ``guidance`` w combines the two at every step: log-probabilities (1 + w) log p(x_t | ., c)
+- w log p(x_t | ., none), renormalised; w = 0 is the plain conditional decoder. ``guidance`` in the
+config is the run's default weight (``cvae sample`` / ``evaluate --guidance`` override it).
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ class SeqVAEConfig(ModelConfig):
     tokenizer: dict = field(default_factory=lambda: {"kind": "char", "tokens": list(SPECIALS)})
     embed_dim: int = 64
     word_dropout: float = 0.0  # Bowman et al. 2016: decoder input tokens replaced by <unk>, training only
+    condition_dropout: float = 0.0  # training: share of examples whose decoder sees no condition (guidance)
+    guidance: float = 0.0  # the default classifier-free guidance weight at decoding (needs condition_dropout)
 
     def __post_init__(self):
         if not isinstance(self.tokenizer, dict) or set(self.tokenizer) != {"kind", "tokens"}:
@@ -51,12 +60,26 @@ class SeqVAEConfig(ModelConfig):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
             raise CvaeError(f"--word-dropout must be a number from 0 to below 1, got {v!r}")
         self.word_dropout = float(v)
+        v = self.condition_dropout
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise CvaeError(f"--condition-dropout must be a number from 0 to below 1, got {v!r}")
+        self.condition_dropout = float(v)
+        check_guidance(self.guidance)
+        self.guidance = float(self.guidance)
+        if self.guidance and not self.condition_dropout:
+            raise CvaeError("--guidance needs a decoder that also learnt to decode without the condition; "
+                            "train with --condition-dropout (e.g. 0.2)")
         if self.likelihood != "categorical":
             raise CvaeError(f"the sequence model's likelihood is categorical (one token per position), "
                             f"not {self.likelihood!r}; leave --likelihood out")
         super().__post_init__()
         if len(self.data_shape) != 1:
             raise CvaeError(f"the sequence model reads token rows (one dimension), got data_shape {self.data_shape}")
+
+
+def check_guidance(w) -> None:
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 20:
+        raise CvaeError(f"--guidance must be a number from 0 to 20, got {w!r}")
 
 
 @MODELS.register("seqvae")
@@ -72,11 +95,14 @@ class SeqVAE(VAEModel):
         vocab, emb, width = len(self.tokenizer), config.embed_dim, config.hidden[0]
         latent, cond = config.latent_dim, self.schema.dim
         self.length = config.data_shape[0]
+        # with condition dropout the decoder reads [z, c, present]: present = 0 marks "no condition"
+        self.flagged = bool(config.condition_dropout) and cond > 0
+        cond_in = cond + int(self.flagged)
         self.embed = nn.Embedding(vocab, emb, padding_idx=PAD)
         self.encoder = nn.GRU(emb, width, batch_first=True, bidirectional=True)
         self.to_q = nn.Linear(2 * width + cond, 2 * latent)
-        self.to_h0 = nn.Linear(latent + cond, width)
-        self.decoder = nn.GRU(emb + latent + cond, width, batch_first=True)
+        self.to_h0 = nn.Linear(latent + cond_in, width)
+        self.decoder = nn.GRU(emb + latent + cond_in, width, batch_first=True)
         self.to_logits = nn.Linear(width, vocab)
         self.likelihood = LIKELIHOODS.get("categorical")(config.data_shape, classes=vocab, padding=PAD)
         self.prior = build_prior(config.prior, latent, cond, self, config.prior_options)
@@ -104,10 +130,16 @@ class SeqVAE(VAEModel):
     # -- strings in, strings out (the user's interface for sequences) ------------------------------------
     @torch.no_grad()
     def sample_strings(self, n: int, condition=None, *, seed: int = 0, temperature: float = 1.0,
-                       decode: str = "greedy", beam: int = 5, token_temperature: float = 1.0):
+                       decode: str = "greedy", beam: int = 5, token_temperature: float = 1.0,
+                       guidance: float | None = None):
         """``n`` strings generated for ``condition`` (z ~ p(z | c) at ``temperature``, then greedy,
-        sampled or beam decoding) and the raw condition rows (N, A) they were asked for (None unconditioned)."""
+        sampled or beam decoding, tokens sampled at ``token_temperature``, classifier-free ``guidance``
+        weight, None: the run's default) and the raw condition rows (N, A) they were asked for (None
+        unconditioned)."""
         self.check_temperature(temperature)
+        if not (isinstance(token_temperature, (int, float)) and 0 < token_temperature <= 10):
+            raise CvaeError(f"--token-temperature must be a number above 0 and at most 10, got {token_temperature!r}")
+        guidance = self.guidance_weight(guidance)
         g = torch.Generator().manual_seed(seed)
         y = self.schema.parse(condition, n) if self.schema else None
         c = self.condition_vector(y, n) if self.schema else self.condition_vector(condition, n)
@@ -116,8 +148,21 @@ class SeqVAE(VAEModel):
         for i in range(0, n, 1000):
             cb = c[i:i + 1000] if c is not None else None
             z = self.sample_z(len(cb) if cb is not None else min(1000, n - i), cb, g, temperature)
-            out.append(self.decode_tokens(z, cb, how=decode, beam=beam, generator=g, temperature=token_temperature))
+            out.append(self.decode_tokens(z, cb, how=decode, beam=beam, generator=g, temperature=token_temperature,
+                                          guidance=guidance))
         return self.tokenizer.decode(torch.cat(out).cpu().numpy()), y
+
+    def guidance_weight(self, guidance: float | None) -> float:
+        """The guidance weight to decode with: ``guidance``, or the run's default when None; refused
+        (one line) for a run whose decoder never learnt to decode without the condition."""
+        if guidance is None:
+            return self.config.guidance
+        check_guidance(guidance)
+        if guidance and not self.flagged:
+            raise CvaeError("--guidance needs a run trained with --condition-dropout (its decoder also learnt "
+                            "p(x | z) without the condition); retrain with e.g. --condition-dropout 0.2, or leave "
+                            "--guidance out" if self.schema else "--guidance is for conditioned runs; leave it out")
+        return float(guidance)
 
     @torch.no_grad()
     def encode_strings(self, texts, condition=None, *, where: str = "the input", names=None):
@@ -127,8 +172,23 @@ class SeqVAE(VAEModel):
         return self.encode(torch.from_numpy(ids).float(), condition)
 
     # -- the decoder, step by step or teacher-forced ----------------------------------------------------
-    def _context(self, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        return torch.cat([z, c.to(z.dtype)], dim=-1) if c is not None else z
+    def _context(self, z: torch.Tensor, c: torch.Tensor | None, present: bool = True) -> torch.Tensor:
+        """The decoder's context [z, c] ([z, c, 1] with condition dropout; [z, 0, 0] for "no condition")."""
+        if c is None:
+            return z
+        c = c.to(z.dtype) if present else torch.zeros_like(c, dtype=z.dtype)
+        if self.flagged:
+            c = torch.cat([c, torch.full_like(c[:, :1], float(present))], dim=-1)
+        return torch.cat([z, c], dim=-1)
+
+    def _drop_condition(self, zc: torch.Tensor) -> torch.Tensor:
+        """Training with condition dropout: a share of the rows lose c (and their presence flag)."""
+        p = self.config.condition_dropout
+        if not (self.training and self.flagged and p > 0):
+            return zc
+        keep = (torch.rand(zc.shape[0], 1, device=zc.device) >= p).to(zc.dtype)
+        latent = self.config.latent_dim
+        return torch.cat([zc[:, :latent], zc[:, latent:] * keep], dim=-1)
 
     def _start(self, zc: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.to_h0(zc)).unsqueeze(0)  # (1, B, width)
@@ -142,6 +202,7 @@ class SeqVAE(VAEModel):
             drop = (torch.rand(inputs.shape, device=inputs.device) < p) & (inputs != PAD)
             drop[:, 0] = False  # <bos> stays: it says where the sequence starts
             inputs = inputs.masked_fill(drop, UNK)
+        zc = self._drop_condition(zc)
         emb = self.embed(inputs)
         steps = torch.cat([emb, zc.unsqueeze(1).expand(-1, ids.shape[1], -1).to(emb.dtype)], dim=-1)
         out, _ = self.decoder(steps, self._start(zc))
@@ -161,21 +222,39 @@ class SeqVAE(VAEModel):
         out, h = self.decoder(inp, h)
         return F.log_softmax(self._allowed(self.to_logits(out[:, 0])), dim=-1), h
 
+    def _guided(self, logp: torch.Tensor, guidance: float) -> torch.Tensor:
+        """Classifier-free guidance: rows [conditioned; unconditioned] (2B, V) -> (B, V) log-probabilities
+        of (1 + w) log p(. | c) - w log p(. | none), renormalised (ruled-out tokens stay ruled out)."""
+        if not guidance:
+            return logp
+        cond, none = logp.chunk(2)
+        mixed = torch.where(torch.isfinite(cond), (1 + guidance) * cond - guidance * none, -torch.inf)
+        return F.log_softmax(mixed, dim=-1)
+
+    def _decoder_contexts(self, z: torch.Tensor, c: torch.Tensor | None, guidance: float) -> torch.Tensor:
+        """[z, c] per code, followed, when guiding, by the same codes without the condition."""
+        zc = self._context(z, c)
+        return torch.cat([zc, self._context(z, c, present=False)]) if guidance else zc
+
     def decode_tokens(self, z: torch.Tensor, c: torch.Tensor | None, *, how: str = "greedy", beam: int = 5,
-                      generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
-        """Token ids (B, L) for codes (B, latent): greedy, sampled (at ``temperature``) or beam search."""
+                      generator: torch.Generator | None = None, temperature: float = 1.0,
+                      guidance: float = 0.0) -> torch.Tensor:
+        """Token ids (B, L) for codes (B, latent): greedy, sampled (at ``temperature``) or beam search,
+        each step's distribution classifier-free guided with weight ``guidance`` (0: none)."""
+        guidance = guidance if c is not None else 0.0
         if how == "beam":
-            return self._beam(z, c, beam)
+            return self._beam(z, c, beam, guidance)
         if how not in ("greedy", "sample"):
             raise CvaeError(f"decoding must be greedy, sample or beam, got {how!r}")
-        zc = self._context(z, c)
+        zc = self._decoder_contexts(z, c, guidance)
         h = self._start(zc)
         n, length = len(z), self.length
         out = torch.full((n, length), PAD, dtype=torch.long, device=z.device)
         token = torch.full((n,), BOS, dtype=torch.long, device=z.device)
         done = torch.zeros(n, dtype=torch.bool, device=z.device)
         for t in range(length):
-            logp, h = self.step(token, zc, h)
+            logp, h = self.step(token.repeat(2) if guidance else token, zc, h)
+            logp = self._guided(logp, guidance)
             if t == length - 1:  # the last position can only end the sequence
                 token = torch.full_like(token, EOS)
             elif how == "greedy":
@@ -189,13 +268,14 @@ class SeqVAE(VAEModel):
                 break
         return out
 
-    def _beam(self, z: torch.Tensor, c: torch.Tensor | None, width: int) -> torch.Tensor:
+    def _beam(self, z: torch.Tensor, c: torch.Tensor | None, width: int, guidance: float = 0.0) -> torch.Tensor:
         """Beam search: the ``width`` most probable prefixes per code; returns the most probable
-        finished sequence (sum of token log-probabilities)."""
+        finished sequence (sum of token log-probabilities, guided ones when ``guidance``)."""
         if not isinstance(width, int) or width < 1:
             raise CvaeError(f"--beam must be a whole number of at least 1, got {width!r}")
         n, k, length = len(z), width, self.length
-        zc = self._context(z, c).repeat_interleave(k, dim=0)  # (n k, .)
+        zc = self._decoder_contexts(z.repeat_interleave(k, dim=0), c.repeat_interleave(k, dim=0)
+                                    if c is not None else None, guidance)  # (n k, .), twice when guiding
         h = self._start(zc)
         token = torch.full((n * k,), BOS, dtype=torch.long, device=z.device)
         scores = torch.full((n, k), -torch.inf, device=z.device)
@@ -203,7 +283,8 @@ class SeqVAE(VAEModel):
         seqs = torch.zeros((n * k, 0), dtype=torch.long, device=z.device)
         done = torch.zeros(n * k, dtype=torch.bool, device=z.device)
         for t in range(length):
-            logp, h = self.step(token, zc, h)
+            logp, h = self.step(token.repeat(2) if guidance else token, zc, h)
+            logp = self._guided(logp, guidance)
             if t == length - 1:
                 logp = torch.where(torch.arange(logp.shape[1], device=z.device) == EOS, 0.0, -torch.inf).expand_as(logp)
             finished = torch.full_like(logp, -torch.inf)
@@ -214,7 +295,8 @@ class SeqVAE(VAEModel):
             scores, idx = total.topk(k, dim=1)
             rows = (torch.arange(n, device=z.device).unsqueeze(1) * k + idx // vocab).reshape(-1)
             token = (idx % vocab).reshape(-1)
-            h, seqs, done = h[:, rows], torch.cat([seqs[rows], token.unsqueeze(1)], dim=1), done[rows]
+            h = h[:, torch.cat([rows, rows + n * k])] if guidance else h[:, rows]
+            seqs, done = torch.cat([seqs[rows], token.unsqueeze(1)], dim=1), done[rows]
             done = done | (token == EOS) | (token == PAD)
             if bool(done.all()):
                 break
@@ -244,11 +326,12 @@ class TokenSequence:
     @property
     def mean(self) -> torch.Tensor:
         """Greedy decoding (the most probable token at each step), as float ids."""
-        return self._shaped(self.model.decode_tokens(self.z, self.c, how="greedy"))
+        return self._shaped(self.model.decode_tokens(self.z, self.c, how="greedy", guidance=self.model.config.guidance))
 
     def sample(self, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
         return self._shaped(self.model.decode_tokens(self.z, self.c, how="sample", generator=generator,
-                                                     temperature=temperature))
+                                                     temperature=temperature, guidance=self.model.config.guidance))
 
     def beam(self, width: int = 5) -> torch.Tensor:
-        return self._shaped(self.model.decode_tokens(self.z, self.c, how="beam", beam=width))
+        return self._shaped(self.model.decode_tokens(self.z, self.c, how="beam", beam=width,
+                                                     guidance=self.model.config.guidance))
