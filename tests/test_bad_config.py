@@ -112,7 +112,8 @@ def _files(run) -> dict:
     (["--likelihood", "logistic-mixture", "--likelihood-components", "0"], ["--likelihood-components", "from 1 to 64"]),
     (["--likelihood", "bernoulli", "--likelihood-components", "3"], ["--likelihood-components", "has none"]),
     (["--condition-dropout", "1"], ["--condition-dropout", "below 1"]),
-    (["--condition-dropout", "0.2"], ["--condition-dropout", "for sequence data"]),
+    (["--condition", "none", "--condition-dropout", "0.2"], ["--condition-dropout", "a plain VAE"]),
+    (["--guidance", "1"], ["--guidance needs a decoder", "--condition-dropout"]),
     (["--guidance", "nan"], ["--guidance", "from 0 to 20"]),
 ])
 def test_bad_train_flags_are_one_line_and_touch_nothing(data, tmp_path, capsys, flags, fragments):

@@ -70,8 +70,8 @@ class TrainConfig:
     kl_warmup: float = 0.0  # epochs of linear KL annealing (Bowman et al., 2016)
     free_bits: float = 0.0  # nats per latent dimension below which the KL is not pressed (Kingma et al., 2016)
     word_dropout: float | None = None  # sequence model: decoder inputs replaced by <unk> (Bowman et al., 2016)
-    condition_dropout: float | None = None  # sequence model: share of examples whose decoder sees no condition
-    guidance: float | None = None  # sequence model: the run's default classifier-free guidance weight
+    condition_dropout: float | None = None  # share of examples whose decoder sees no condition (guidance)
+    guidance: float | None = None  # the run's default classifier-free guidance weight when generating
     # disentangling objectives (cvae.objectives.disentangle); None: the objective's default
     gamma: float | None = None  # capacity: weight of |KL - C| (1000); factorvae: weight of the TC term (10)
     capacity_max: float | None = None  # capacity: the KL target C's final value, nats (25)
@@ -203,7 +203,7 @@ class TrainConfig:
         need(not self.guidance or self.condition_dropout,
              "--guidance needs a decoder that also learnt to decode without the condition; add --condition-dropout "
              "(e.g. 0.2)")
-        for name in ("tokenizer", "max_length", "word_dropout", "condition_dropout", "guidance"):
+        for name in ("tokenizer", "max_length", "word_dropout"):
             need(getattr(self, name) is None or self.sequence,
                  f"--{name.replace('_', '-')} is for sequence data; name the text column with --sequence COLUMN")
         self._check_model_size()

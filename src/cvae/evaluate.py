@@ -430,9 +430,10 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
     note where they cannot run: not images, or no evaluator trained). ``n`` keeps the first N
     examples of the split; ``per_class`` images are generated per class for conditional accuracy;
     ``molecules`` are generated with ``decode`` (greedy, sample or beam of width ``beam``; sampled
-    tokens at ``token_temperature``; classifier-free ``guidance``, None: the run's) for the molecule
-    metrics. ``data``: the run's splits from :func:`load_run_data` when a caller that
-    evaluates one run several times has them already (rebuilding MOSES or QM9 subsets takes minutes:
+    tokens at ``token_temperature``) for the molecule metrics; ``guidance`` is the classifier-free
+    guidance weight of every generated example, images or molecules (None: the run's). ``data``: the
+    run's splits from :func:`load_run_data` when a caller that evaluates one run several times has
+    them already (rebuilding MOSES or QM9 subsets takes minutes:
     every molecule is canonicalised, tokenised and its properties computed).
     """
     import time
@@ -448,6 +449,7 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
         raise CvaeError(f"--n must be at least 2 examples, got {n}")
     run = Path(run)
     model = load_model(run, device=device)
+    model.guidance_weight(guidance)  # a run that cannot be guided is refused before minutes of estimates
     data = data if data is not None else load_run_data(model, data_dir=data_dir)
     available = [s for s in ("test", "val", "train") if getattr(data, s) is not None]
     if split is None:
@@ -495,7 +497,8 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
     if "samples" in wanted:
         t0 = time.perf_counter()
         section = _samples_section(model, data, part, evaluator, explicit=explicit and "samples" in wanted,
-                                   n=len(x_raw), per_class=per_class, seed=seed, temperature=temperature)
+                                   n=len(x_raw), per_class=per_class, seed=seed, temperature=temperature,
+                                   guidance=guidance)
         if section is not None:
             section["seconds"] = round(time.perf_counter() - t0, 1)
             results["samples"] = section
@@ -658,7 +661,7 @@ def _disentanglement_section(model: CVAE, data, part, x, c, *, explicit: bool, s
 
 
 def _samples_section(model: CVAE, data, part, evaluator, *, explicit: bool, n: int, per_class: int,
-                     seed: int, temperature: float) -> dict | None:
+                     seed: int, temperature: float, guidance: float | None = None) -> dict | None:
     from .evaluator import find_evaluator, load_evaluator, sample_quality
 
     def skip(reason: str) -> dict:
@@ -680,7 +683,7 @@ def _samples_section(model: CVAE, data, part, evaluator, *, explicit: bool, n: i
     ref = data.train.x if data.train is not None and part is not data.train else None
     report = sample_quality(model, ev, real_x, part.y[:n] if model.schema else None,
                             reference_x=None if ref is None else model.to_data_units(ref[:n].to(model.device)).cpu(),
-                            per_class=per_class, seed=seed, temperature=temperature)
+                            per_class=per_class, seed=seed, temperature=temperature, guidance=guidance)
     return report.to_dict()
 
 

@@ -403,10 +403,11 @@ class ConditionalAccuracy:
 
 @torch.no_grad()
 def conditional_accuracy(model: CVAE, evaluator: Evaluator, attribute: int, *, per_class: int = 1000,
-                         seed: int = 0, batch_size: int = 1000,
-                         temperature: float = SAMPLING_TEMPERATURE) -> ConditionalAccuracy:
+                         seed: int = 0, batch_size: int = 1000, temperature: float = SAMPLING_TEMPERATURE,
+                         guidance: float | None = None) -> ConditionalAccuracy:
     """Generate ``per_class`` images for each class of the model's categorical ``attribute``
-    (decoder means; the other conditions cycle / sit at their means) and classify them."""
+    (decoder means; the other conditions cycle / sit at their means; classifier-free ``guidance``,
+    None: the run's) and classify them."""
     attr = model.schema.attributes[attribute]
     g = torch.Generator().manual_seed(seed)
     acc, se, confusion = [], [], []
@@ -415,7 +416,7 @@ def conditional_accuracy(model: CVAE, evaluator: Evaluator, attribute: int, *, p
         counts = torch.zeros(n_classes, dtype=torch.long)
         for i in range(0, per_class, batch_size):
             m = min(batch_size, per_class - i)
-            x = model.sample(m, {attr.name: [cls] * m}, generator=g, temperature=temperature).cpu()
+            x = model.sample(m, {attr.name: [cls] * m}, generator=g, temperature=temperature, guidance=guidance).cpu()
             counts += torch.bincount(evaluator.predict(x).cpu().long(), minlength=n_classes)[:n_classes]
         confusion.append(counts.tolist())
         p = int(counts[ci]) / per_class
@@ -429,14 +430,15 @@ def conditional_accuracy(model: CVAE, evaluator: Evaluator, attribute: int, *, p
 
 @torch.no_grad()
 def generate(model: CVAE, n: int, y: torch.Tensor | None, *, seed: int = 0, batch_size: int = 1000,
-             temperature: float = SAMPLING_TEMPERATURE) -> torch.Tensor:
+             temperature: float = SAMPLING_TEMPERATURE, guidance: float | None = None) -> torch.Tensor:
     """n images from the model (decoder means), with the raw conditions ``y`` (N, A) when it has any."""
     g = torch.Generator().manual_seed(seed)
     parts = []
     for i in range(0, n, batch_size):
         m = min(batch_size, n - i)
         cond = None if y is None or not model.schema else y[i:i + m]
-        parts.append(model.sample(m, cond, generator=g, temperature=temperature).cpu())
+        parts.append(model.sample(m, cond, generator=g, temperature=temperature,
+                                  guidance=guidance if cond is not None else 0.0).cpu())
     return torch.cat(parts)
 
 
@@ -457,9 +459,11 @@ class SampleQualityReport:
     figures: dict[str, Figure]
     conditional_accuracy: ConditionalAccuracy | None
     notes: list[str]
+    guidance: float = 0.0  # the classifier-free guidance weight the images were generated with
 
     def to_dict(self) -> dict:
-        d = {"evaluator": self.evaluator, **{k: f.to_dict() for k, f in self.figures.items()}}
+        d = {"evaluator": self.evaluator, "guidance": self.guidance,
+             **{k: f.to_dict() for k, f in self.figures.items()}}
         d["conditional_accuracy"] = self.conditional_accuracy.to_dict() if self.conditional_accuracy else None
         d["notes"] = self.notes
         return d
@@ -467,10 +471,13 @@ class SampleQualityReport:
 
 def sample_quality(model: CVAE, evaluator: Evaluator, real_x: torch.Tensor, real_y: torch.Tensor | None, *,
                    reference_x: torch.Tensor | None = None, n: int | None = None, per_class: int = 1000,
-                   k: int = 3, seed: int = 0, temperature: float = SAMPLING_TEMPERATURE) -> SampleQualityReport:
+                   k: int = 3, seed: int = 0, temperature: float = SAMPLING_TEMPERATURE,
+                   guidance: float | None = None) -> SampleQualityReport:
     """Conditional accuracy, Fréchet distance, precision and recall of generated images against
     ``real_x`` (N, C, H, W) in [0, 1]. ``reference_x`` (other real images, e.g. training images)
-    gives the real-vs-real figures that a perfect model would reach with this many images."""
+    gives the real-vs-real figures that a perfect model would reach with this many images.
+    ``guidance``: the classifier-free guidance weight of the generated images (None: the run's)."""
+    guidance = model.guidance_weight(guidance)
     shape = tuple(model.config.data_shape)
     if shape != evaluator.config.image_shape:
         raise CvaeError(f"the evaluator (trained on {evaluator.config.data}) takes images of shape "
@@ -485,11 +492,12 @@ def sample_quality(model: CVAE, evaluator: Evaluator, real_x: torch.Tensor, real
              "not comparable with published FIDs; compare models with the same evaluator and the same number of images",
              f"generated images are decoder means E[x | z, c] with z ~ p(z | c) at temperature {temperature} (the "
              f"prior's standard deviations scaled by it; cvae sample's default is {SAMPLING_TEMPERATURE})"
-             + ("; conditions as in the real images" if model.schema else "")]
+             + ("; conditions as in the real images" if model.schema else "")
+             + (f"; classifier-free guidance weight {guidance:g}" if guidance else "")]
     info = {"path": evaluator.info.get("path", ""), "data": evaluator.config.data,
             "accuracy": evaluator.info.get("accuracy", {}), "classes": evaluator.config.classes}
     figures: dict[str, Figure] = {}
-    fake = generate(model, n, real_y, seed=seed, temperature=temperature)
+    fake = generate(model, n, real_y, seed=seed, temperature=temperature, guidance=guidance)
     f_real, f_fake = evaluator.embed(real_x), evaluator.embed(fake)
     if real_y is not None and model.schema:
         j, _ = matching_attribute(model, evaluator)
@@ -523,7 +531,9 @@ def sample_quality(model: CVAE, evaluator: Evaluator, real_x: torch.Tensor, real
     cond = None
     j, why = matching_attribute(model, evaluator)
     if j is not None:
-        cond = conditional_accuracy(model, evaluator, j, per_class=per_class, seed=seed, temperature=temperature)
+        cond = conditional_accuracy(model, evaluator, j, per_class=per_class, seed=seed, temperature=temperature,
+                                    guidance=guidance)
     else:
         notes.append(why)
-    return SampleQualityReport(evaluator=info, figures=figures, conditional_accuracy=cond, notes=notes)
+    return SampleQualityReport(evaluator=info, figures=figures, conditional_accuracy=cond, notes=notes,
+                               guidance=guidance)

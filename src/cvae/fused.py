@@ -222,6 +222,8 @@ class FusedMLPStep:
             return f"the objective is {getattr(objective, 'name', type(objective).__name__)}, not the ELBO"
         if objective.free_bits > 0:
             return "free bits are not written out"
+        if model.config.condition_dropout:
+            return "condition dropout (classifier-free guidance) is not written out"
         if precision not in DTYPES:
             return f"it computes in float32 or bfloat16, not {precision}"
         if any(p.dtype != torch.float32 for p in model.parameters()):

@@ -442,7 +442,8 @@ class Trainer:
         (the generic autograd path); config.json's execution says which, and why not."""
         config, execution = self.config, self.info["execution"]
         step, reason = None, "--step autograd"
-        if config.step == "auto" and self.probed_step == "autograd":
+        rates = (execution.get("probe") or {}).get("rates") or {}
+        if config.step == "auto" and self.probed_step == "autograd" and any(k.startswith("fused") for k in rates):
             reason = "the probe measured the autograd path faster for this model (execution.probe)"
         elif config.step != "autograd":
             if self.ranks.world > 1:

@@ -34,10 +34,10 @@ HELP = {
     "max_length": "sequence data: most tokens per sequence; longer rows are skipped and counted (default: the longest)",
     "word_dropout": "sequence model: replace this share of the decoder's input tokens by <unk> in training "
                     "(word dropout, Bowman et al. 2016)",
-    "condition_dropout": "sequence model: share of training examples whose decoder sees no condition, so it also "
-                         "learns p(x | z) and can be guided (classifier-free guidance; e.g. 0.2)",
-    "guidance": "sequence model: the run's default classifier-free guidance weight w at decoding (needs "
-                "--condition-dropout; 0 none; cvae sample/evaluate --guidance override it)",
+    "condition_dropout": "share of training examples whose decoder sees no condition, so that it also learns "
+                         "p(x | z) and can be guided (classifier-free guidance; e.g. 0.2; cvae, m2 and sequence models)",
+    "guidance": "the run's default classifier-free guidance weight w when generating (needs --condition-dropout; "
+                "0 none; cvae sample/evaluate --guidance override it)",
     "data_layout": "auto | signal (each CSV row is a 1-D signal) | table",
     "image_size": "HxW: resize the images of an image folder",
     "binarize": "none | static (0/1 once) | dynamic (0/1 resampled every epoch)",
@@ -156,8 +156,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--token-temperature", type=float, default=1.0,
                    help="sequence runs: temperature of each sampled token's distribution (--decode sample; default 1)")
     s.add_argument("--guidance", type=float, default=None,
-                   help="sequence runs trained with --condition-dropout: classifier-free guidance weight w, each "
-                        "token from (1 + w) log p(. | z, c) - w log p(. | z) (default: the run's, set at training)")
+                   help="runs trained with --condition-dropout: classifier-free guidance weight w, the decoder's "
+                        "p(x | z, c)^(1 + w) / p(x | z)^w (each token's, for sequences; default: the run's, set at "
+                        "training)")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_sample)
 
@@ -205,13 +206,13 @@ def cmd_sample(args) -> int:
         return _sample_sequences(model, args)
     if args.decode is not None:
         raise CvaeError("--decode is for sequence runs (trained with --sequence); use --draw to sample x ~ p(x | z, c)")
-    if args.guidance is not None or args.token_temperature != 1.0:
-        raise CvaeError(f"--{'guidance' if args.guidance is not None else 'token-temperature'} is for sequence runs "
-                        "(trained with --sequence); leave it out for this run")
+    if args.token_temperature != 1.0:
+        raise CvaeError("--token-temperature is for sequence runs (trained with --sequence); leave it out for this run")
+    guidance = model.guidance_weight(args.guidance)  # refused (one line) for a run that cannot be guided
     check_rows(model.config, args.n, f"--n {args.n}", "--n", hint=" (or write several files, each with its own --seed)")
     guard_outputs(model, condition_hint(model, args.condition))
     path = sample_to_file(model, args.output, n=args.n, condition=args.condition, seed=args.seed, mean=not args.draw,
-                          temperature=args.temperature)
+                          temperature=args.temperature, guidance=guidance)
     print(f"wrote {path}")
     return 0
 

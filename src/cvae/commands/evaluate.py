@@ -48,8 +48,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--token-temperature", type=float, default=1.0,
                    help="sequence runs: temperature of each sampled token's distribution (--decode sample; default 1)")
     e.add_argument("--guidance", type=float, default=None,
-                   help="sequence runs trained with --condition-dropout: classifier-free guidance weight of the "
-                        "generated molecules (default: the run's)")
+                   help="runs trained with --condition-dropout: classifier-free guidance weight of the generated "
+                        "images or molecules (default: the run's)")
     e.add_argument("--json", action="store_true", help="print eval.json instead of the table")
     e.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     e.set_defaults(func=cmd_evaluate)
@@ -85,7 +85,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_sizes(args)
     if not 0 <= args.temperature <= 10:  # before minutes of likelihood estimates, not after
         raise CvaeError(f"--temperature must be a number from 0 to 10, got {args.temperature}")
-    if args.decode is not None or args.guidance is not None or args.token_temperature != 1.0:
+    if args.decode is not None or args.token_temperature != 1.0:
         _check_sequence_run(args)
     result = evaluate_run(args.run, split=args.split, k=args.k, metrics=args.metrics, evaluator=args.evaluator,
                           n=args.n, per_class=args.per_class, rows=args.batch_size, data_dir=args.data_dir,
@@ -119,7 +119,7 @@ def _disentanglement_pictures(args, section: dict | None) -> list:
 
 
 def _check_sequence_run(args: argparse.Namespace) -> None:
-    """--decode, --beam, --token-temperature and --guidance choose tokens: only a sequence run has them."""
+    """--decode, --beam and --token-temperature choose tokens: only a sequence run has them."""
     from ..runs import read_config
 
     try:
@@ -127,7 +127,7 @@ def _check_sequence_run(args: argparse.Namespace) -> None:
     except (CvaeError, KeyError, TypeError, AttributeError):
         return  # evaluate_run says what is wrong with the run
     if model_class != "seqvae":
-        flag = "--decode" if args.decode is not None else "--guidance" if args.guidance is not None else "--token-temperature"
+        flag = "--decode" if args.decode is not None else "--token-temperature"
         raise CvaeError(f"{flag} is for sequence runs (trained with --sequence); leave it out for this run")
     if args.beam < 1:
         raise CvaeError(f"--beam must be a whole number of at least 1, got {args.beam}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import CvaeError
 from ..registry import Registry, check_options
 
 LIKELIHOODS = Registry("likelihood", flag="--likelihood")
@@ -33,6 +34,14 @@ class Likelihood(nn.Module):
 
     def forward(self, params: torch.Tensor):
         raise NotImplementedError
+
+    def guided(self, cond: torch.Tensor, none: torch.Tensor, w: float):
+        """Classifier-free guidance: the distribution proportional to p(x | z, c)^(1 + w) / p(x | z)^w
+        per element, from the decoder's parameters with the condition (``cond``) and without it
+        (``none``). A likelihood that has this in closed form overrides it."""
+        raise CvaeError(f"classifier-free guidance is not available for the {self.name} likelihood (it is for "
+                        f"{', '.join(n for n, c in LIKELIHOODS.items() if c.guided is not Likelihood.guided)}); "
+                        "leave --guidance out")
 
 
 def build_likelihood(name: str, data_shape, options: dict | None = None) -> Likelihood:

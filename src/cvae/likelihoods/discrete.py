@@ -138,3 +138,8 @@ class Categorical256Likelihood(Likelihood):
 
     def forward(self, params):
         return Categorical256(params, self.event_dims)
+
+    def guided(self, cond, none, w):
+        """The 256 levels' log-probabilities (1 + w) log p_c - w log p_0, renormalised by the softmax."""
+        dim = -self.event_dims - 1
+        return self((1 + w) * torch.log_softmax(cond.float(), dim) - w * torch.log_softmax(none.float(), dim))

@@ -32,6 +32,10 @@ class GaussianLikelihood(Likelihood):
     def forward(self, params):
         return Gaussian(params, self.log_sigma, self.event_dims)
 
+    def guided(self, cond, none, w):
+        """N(m_c, s^2)^(1 + w) / N(m_0, s^2)^w, renormalised, is N((1 + w) m_c - w m_0, s^2) (one sigma for both)."""
+        return self((1 + w) * cond - w * none)
+
 
 @LIKELIHOODS.register("gaussian-learned")
 class LearnedGaussianLikelihood(GaussianLikelihood):

@@ -20,7 +20,7 @@ from torch import nn
 from ..conditions import ConditionSchema
 from ..errors import CvaeError
 from ..registry import Registry
-from .config import ModelConfig
+from .config import ModelConfig, check_guidance
 
 MODELS = Registry("model class")
 # The default temperature of sample(): see benchmarks/defaults.py and the README.
@@ -62,12 +62,26 @@ class VAEModel(nn.Module):
     fills_missing = False  # whether inputs may lack a categorical condition (a model with q(y | x) infers it)
     default_objective = "elbo"
     trained_by = "cvae train"  # the command that trains this model class
+    # whether the class implements classifier-free guidance (condition dropout in training, then
+    # p_x_guided); one that does not refuses --guidance, and --condition-dropout unless it drops
+    # conditions for a reason of its own (drops_conditions: the recommender's blanked attributes)
+    guidable = False
+    drops_conditions = False
 
     def __init__(self, config: ModelConfig, *, run: RunInfo | None = None):
         super().__init__()
         self.config = config
         self.schema = ConditionSchema.from_dict(config.schema)
         self.run = run or RunInfo()
+        if (config.guidance or (config.condition_dropout and not self.drops_conditions)) and not self.guidable:
+            guidable = ", ".join(n for n, cls in MODELS.items() if cls.guidable)
+            raise CvaeError(f"--condition-dropout and --guidance are not available for the {self.name} model "
+                            f"(classifier-free guidance is written for: {guidable}); leave them out")
+        if config.condition_dropout and self.guidable and not self.schema:
+            raise CvaeError("--condition-dropout drops the condition, and this model has none (a plain VAE); "
+                            "leave it out")
+        # with condition dropout the decoder reads [c, present]: present = 0 (and c = 0) marks "no condition"
+        self.flagged = self.guidable and bool(config.condition_dropout) and self.schema.dim > 0
         # Data units <-> model units: x_model = (x - x_loc) / x_scale (identity unless standardize).
         self.register_buffer("x_loc", torch.zeros(config.data_shape), persistent=config.standardize)
         self.register_buffer("x_scale", torch.ones(config.data_shape), persistent=config.standardize)
@@ -78,6 +92,22 @@ class VAEModel(nn.Module):
 
     def p_x(self, z: torch.Tensor, c: torch.Tensor | None = None):
         raise NotImplementedError
+
+    def p_x_guided(self, z: torch.Tensor, c: torch.Tensor, guidance: float):
+        """p(x | z, c) classifier-free guided with weight ``guidance`` (a class with ``guidable`` writes it)."""
+        raise NotImplementedError
+
+    def guidance_weight(self, guidance: float | None) -> float:
+        """The guidance weight to generate with: ``guidance``, or the run's default when None; refused
+        (one line) for a run whose decoder never learnt to decode without the condition."""
+        if guidance is None:
+            return self.config.guidance
+        check_guidance(guidance)
+        if guidance and not self.flagged:
+            raise CvaeError("--guidance needs a run trained with --condition-dropout (its decoder also learnt "
+                            "p(x | z) without the condition); retrain with e.g. --condition-dropout 0.2, or leave "
+                            "--guidance out" if self.schema else "--guidance is for conditioned runs; leave it out")
+        return float(guidance)
 
     def sample_z(self, n: int, c: torch.Tensor | None, generator: torch.Generator | None = None,
                  temperature: float = 1.0) -> torch.Tensor:
@@ -165,16 +195,21 @@ class VAEModel(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int | None = None, condition=None, *, mean: bool = True,
-               generator: torch.Generator | None = None, temperature: float = SAMPLING_TEMPERATURE) -> torch.Tensor:
+               generator: torch.Generator | None = None, temperature: float = SAMPLING_TEMPERATURE,
+               guidance: float | None = None) -> torch.Tensor:
         """Draw z ~ p(z | c) and decode. Leaving a categorical condition out cycles through its classes.
 
         ``temperature`` scales the prior's standard deviations (each component's, for a mixture):
         1 draws from the model exactly; the default 0.9 trades a little variety for samples that
-        are more typical of their condition (benchmarks/defaults.py measures it)."""
+        are more typical of their condition (benchmarks/defaults.py measures it). ``guidance`` is
+        the classifier-free guidance weight w (None: the run's default; a run trained with
+        ``condition_dropout`` only): the decoder's distribution becomes p(x | z, c)^(1 + w) / p(x | z)^w."""
         self.check_temperature(temperature)
+        w = self.guidance_weight(guidance)
         c = self.condition_vector(condition, n)
         n = len(c) if c is not None and n is None else (n or 1)
-        px = self.p_x(self.sample_z(n, c, generator, temperature), c)
+        z = self.sample_z(n, c, generator, temperature)
+        px = self.p_x_guided(z, c, w) if w and c is not None else self.p_x(z, c)
         return self.to_data_units(px.mean if mean else px.sample())
 
     @torch.no_grad()

@@ -17,6 +17,12 @@ from ..nn import ACTIVATIONS, ENCODERS
 from ..priors import PRIORS
 
 
+def check_guidance(w) -> None:
+    """A classifier-free guidance weight: a number from 0 (none) to 20."""
+    if isinstance(w, bool) or not isinstance(w, numbers.Real) or not 0 <= w <= 20:
+        raise CvaeError(f"--guidance must be a number from 0 to 20, got {w!r}")
+
+
 @dataclass
 class ModelConfig:
     """Everything that rebuilds a model; written to ``config.json`` of every run."""
@@ -38,6 +44,11 @@ class ModelConfig:
     prior: str = "auto"
     prior_options: dict = field(default_factory=dict)  # e.g. {"components": 500} for mog / vamp
     standardize: bool = False  # features are standardised; the model keeps their mean/std as buffers
+    # classifier-free guidance (Ho & Salimans 2022): in training a share of the examples reach the
+    # decoder without their condition, so that it also learns p(x | z); ``guidance`` is the run's
+    # default weight w when generating (needs condition_dropout; model classes that support it say so)
+    condition_dropout: float = 0.0
+    guidance: float = 0.0
 
     def __post_init__(self):
         """Check every setting's type and range, then the size of the model it makes, before any
@@ -58,6 +69,15 @@ class ModelConfig:
         if isinstance(self.sigma, bool) or not isinstance(self.sigma, numbers.Real):
             raise CvaeError(f"model setting sigma must be a number, got {self.sigma!r}")
         self.sigma = float(self.sigma)
+        v = self.condition_dropout
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v < 1:
+            raise CvaeError(f"--condition-dropout must be a number from 0 to below 1, got {v!r}")
+        self.condition_dropout = float(v)
+        check_guidance(self.guidance)
+        self.guidance = float(self.guidance)
+        if self.guidance and not self.condition_dropout:
+            raise CvaeError("--guidance needs a decoder that also learnt to decode without the condition; "
+                            "train with --condition-dropout (e.g. 0.2)")
         _check_schema(self.schema)
         if "components" in self.prior_options:
             _whole("prior_options.components (--prior-components)", self.prior_options["components"], low=1)

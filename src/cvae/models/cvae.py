@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..distributions import DiagonalGaussian
+from ..errors import CvaeError
 from ..likelihoods import LIKELIHOODS
 from ..nn import DECODERS, ENCODERS
 from ..priors import build_prior
@@ -28,11 +29,15 @@ class CVAE(VAEModel):
     friendly forms (``"label=7"``, ``{"label": [3, 7]}``, or an (N, A) array of raw codes).
     """
 
+    guidable = True  # classifier-free guidance: condition_dropout in training, p_x_guided when generating
+
     def __init__(self, config, *, run=None):
         super().__init__(config, run=run)
         cond_dim = self.schema.dim
         kw = dict(hidden=config.hidden, channels=config.channels, cond_dim=cond_dim, cond_at=config.condition_at,
                   act=config.activation)
+        # with condition dropout the decoder reads [c, present] (see _decoder_condition)
+        dec_kw = dict(kw, cond_dim=cond_dim + int(self.flagged))
         lik = LIKELIHOODS.get(config.likelihood)
         options = dict(config.likelihood_options)
         if "sigma" in lik.options:
@@ -40,7 +45,7 @@ class CVAE(VAEModel):
         self.likelihood = lik(config.data_shape, **options)
         self.encoder = ENCODERS[config.arch](config.data_shape, config.latent_dim, **kw)
         self.decoder = DECODERS[config.arch](config.data_shape, config.latent_dim,
-                                             params_per_element=self.likelihood.params_per_element, **kw)
+                                             params_per_element=self.likelihood.params_per_element, **dec_kw)
         self.prior = build_prior(config.prior, config.latent_dim, cond_dim, self, config.prior_options)
 
     def q_z(self, x: torch.Tensor, c: torch.Tensor | None = None) -> DiagonalGaussian:
@@ -49,9 +54,34 @@ class CVAE(VAEModel):
 
     def p_x(self, z: torch.Tensor, c: torch.Tensor | None = None):
         """The decoder p(x | z, c). ``z`` may carry leading sample dimensions (S, B, latent)."""
-        z, c, lead = flatten_samples(z, c)
+        z, c, lead = flatten_samples(z, self._decoder_condition(c))
         params = self.decoder(z, c)
         return self.likelihood(params.reshape(*lead, *params.shape[1:]))
+
+    def p_x_guided(self, z: torch.Tensor, c: torch.Tensor, guidance: float):
+        """Classifier-free guidance (Ho & Salimans 2022): the likelihood's p(x | z, c)^(1 + w) / p(x | z)^w
+        from one decoder pass over [with the condition; without it]."""
+        if not self.flagged:
+            raise CvaeError("--guidance needs a run trained with --condition-dropout; leave --guidance out")
+        z, c, lead = flatten_samples(z, c)
+        both = self.decoder(torch.cat([z, z]), torch.cat([self._decoder_condition(c, present=True),
+                                                          self._decoder_condition(c, present=False)]))
+        cond, none = both.reshape(2, *lead, *both.shape[1:]).unbind(0)
+        return self.likelihood.guided(cond, none, float(guidance))
+
+    def _decoder_condition(self, c: torch.Tensor | None, present: bool = True) -> torch.Tensor | None:
+        """The decoder's condition input: c itself, or [c, 1] with condition dropout ([0, 0]: none). In
+        training a share ``condition_dropout`` of the rows lose theirs."""
+        if c is None or not self.flagged:
+            return c
+        flag = torch.ones_like(c[..., :1])
+        if not present:
+            return torch.zeros_like(torch.cat([c, flag], dim=-1))
+        out = torch.cat([c, flag], dim=-1)
+        if self.training:
+            keep = (torch.rand(c.shape[:-1] + (1,), device=c.device) >= self.config.condition_dropout).to(c.dtype)
+            out = out * keep
+        return out
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, samples: int | None = None) -> ModelOutput:
         """One reparameterised z per example, or ``samples`` of them (z: (samples, B, latent))."""

@@ -100,6 +100,7 @@ class MultVAE(VAEModel):
     """Mult-VAE (``variational: true``) or Mult-DAE (``false``), with or without a user condition."""
 
     config_class = MultVAEConfig
+    drops_conditions = True  # condition_dropout blanks a user's attributes (no guidance)
     trained_by = "cvae recommend train"  # interaction data has its own trainer and protocol
 
     def __init__(self, config: MultVAEConfig, *, run=None):

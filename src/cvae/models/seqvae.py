@@ -47,8 +47,6 @@ class SeqVAEConfig(ModelConfig):
     tokenizer: dict = field(default_factory=lambda: {"kind": "char", "tokens": list(SPECIALS)})
     embed_dim: int = 64
     word_dropout: float = 0.0  # Bowman et al. 2016: decoder input tokens replaced by <unk>, training only
-    condition_dropout: float = 0.0  # training: share of examples whose decoder sees no condition (guidance)
-    guidance: float = 0.0  # the default classifier-free guidance weight at decoding (needs condition_dropout)
 
     def __post_init__(self):
         if not isinstance(self.tokenizer, dict) or set(self.tokenizer) != {"kind", "tokens"}:
@@ -60,15 +58,6 @@ class SeqVAEConfig(ModelConfig):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
             raise CvaeError(f"--word-dropout must be a number from 0 to below 1, got {v!r}")
         self.word_dropout = float(v)
-        v = self.condition_dropout
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
-            raise CvaeError(f"--condition-dropout must be a number from 0 to below 1, got {v!r}")
-        self.condition_dropout = float(v)
-        check_guidance(self.guidance)
-        self.guidance = float(self.guidance)
-        if self.guidance and not self.condition_dropout:
-            raise CvaeError("--guidance needs a decoder that also learnt to decode without the condition; "
-                            "train with --condition-dropout (e.g. 0.2)")
         if self.likelihood != "categorical":
             raise CvaeError(f"the sequence model's likelihood is categorical (one token per position), "
                             f"not {self.likelihood!r}; leave --likelihood out")
@@ -77,16 +66,12 @@ class SeqVAEConfig(ModelConfig):
             raise CvaeError(f"the sequence model reads token rows (one dimension), got data_shape {self.data_shape}")
 
 
-def check_guidance(w) -> None:
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 20:
-        raise CvaeError(f"--guidance must be a number from 0 to 20, got {w!r}")
-
-
 @MODELS.register("seqvae")
 class SeqVAE(VAEModel):
     """GRU encoder, autoregressive GRU decoder conditioned on z and c."""
 
     config_class = SeqVAEConfig
+    guidable = True
     log_active_units = True  # the trainer logs the validation split's active units each epoch
 
     def __init__(self, config: SeqVAEConfig, *, run=None):
@@ -95,8 +80,6 @@ class SeqVAE(VAEModel):
         vocab, emb, width = len(self.tokenizer), config.embed_dim, config.hidden[0]
         latent, cond = config.latent_dim, self.schema.dim
         self.length = config.data_shape[0]
-        # with condition dropout the decoder reads [z, c, present]: present = 0 marks "no condition"
-        self.flagged = bool(config.condition_dropout) and cond > 0
         cond_in = cond + int(self.flagged)
         self.embed = nn.Embedding(vocab, emb, padding_idx=PAD)
         self.encoder = nn.GRU(emb, width, batch_first=True, bidirectional=True)
@@ -151,18 +134,6 @@ class SeqVAE(VAEModel):
             out.append(self.decode_tokens(z, cb, how=decode, beam=beam, generator=g, temperature=token_temperature,
                                           guidance=guidance))
         return self.tokenizer.decode(torch.cat(out).cpu().numpy()), y
-
-    def guidance_weight(self, guidance: float | None) -> float:
-        """The guidance weight to decode with: ``guidance``, or the run's default when None; refused
-        (one line) for a run whose decoder never learnt to decode without the condition."""
-        if guidance is None:
-            return self.config.guidance
-        check_guidance(guidance)
-        if guidance and not self.flagged:
-            raise CvaeError("--guidance needs a run trained with --condition-dropout (its decoder also learnt "
-                            "p(x | z) without the condition); retrain with e.g. --condition-dropout 0.2, or leave "
-                            "--guidance out" if self.schema else "--guidance is for conditioned runs; leave it out")
-        return float(guidance)
 
     @torch.no_grad()
     def encode_strings(self, texts, condition=None, *, where: str = "the input", names=None):

@@ -60,6 +60,9 @@ class GenerateRequest(BaseModel):
     temperature: float = Field(0.9, ge=0.0, le=10.0, allow_inf_nan=False,
                                description="scale of the prior's standard deviations (1 samples the model exactly)")
     draw: bool = Field(False, description="draw x ~ p(x | z, c) instead of its mean")
+    guidance: float | None = Field(None, ge=0.0, le=20.0, allow_inf_nan=False,
+                                   description="classifier-free guidance weight (runs trained with --condition-dropout; "
+                                               "default: the run's)")
     format: Literal["json", "png"] = Field("json", description="png: the image grid itself (image runs)")
 
 
@@ -255,7 +258,7 @@ def create_app(runs: list[str | Path] | Mapping[str, str | Path], *, device: str
         if req.format == "png" and r.kind != "image":
             raise HTTPException(422, f"format 'png' is for image runs; run {run!r} models {r.kind} data (use json)")
         out, _ = await compute(r.generate, condition=req.condition, n=req.n, seed=req.seed,
-                               temperature=req.temperature, draw=req.draw)
+                               temperature=req.temperature, draw=req.draw, guidance=req.guidance)
         if req.format == "png":
             import base64
 

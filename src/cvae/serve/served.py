@@ -206,12 +206,15 @@ class ServedRun:
 
     # -- operations (each the apps function the CLI calls) -------------------------------------
     def generate(self, *, condition=None, n: int = 16, seed: int = 0, temperature: float = 0.9,
-                 draw: bool = False) -> tuple[dict, torch.Tensor]:
-        """``cvae sample``: n examples for the condition; the same seed, the same examples."""
+                 draw: bool = False, guidance: float | None = None) -> tuple[dict, torch.Tensor]:
+        """``cvae sample``: n examples for the condition; the same seed, the same examples; classifier-free
+        ``guidance`` (None: the run's weight)."""
         self._check_count(n, self.limits.max_n, "n")
+        guidance = self.model.guidance_weight(guidance)
         x, y = generate(self.model, n=n, condition=condition or None, seed=seed, mean=not draw,
-                        temperature=temperature)
-        return {**self.render(x), "conditions": self._describe(y), "seed": seed, "temperature": temperature}, x
+                        temperature=temperature, guidance=guidance)
+        return {**self.render(x), "conditions": self._describe(y), "seed": seed, "temperature": temperature,
+                "guidance": guidance}, x
 
     def decode(self, *, values: dict[int, float], condition=None) -> dict:
         """The latent sliders: the prior's centre with the given dimensions moved (prior std units)."""
