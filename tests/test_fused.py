@@ -24,11 +24,12 @@ SCHEMA = {"attributes": [{"name": "label", "kind": "categorical", "classes": ["a
                          {"name": "size", "kind": "continuous", "classes": [], "mean": 0.0, "std": 1.0}]}
 
 
-def _model(act="relu", hidden=(12, 9), cond=True, cond_at=0, likelihood="bernoulli", prior="standard", seed=0):
+def _model(act="relu", hidden=(12, 9), cond=True, cond_at=0, likelihood="bernoulli", prior="standard", seed=0,
+           condition_dropout=0.0):
     torch.manual_seed(seed)
     config = ModelConfig(data_shape=(2, 7), schema=SCHEMA if cond else {}, arch="mlp", hidden=list(hidden),
                          latent_dim=3, activation=act, condition_at=cond_at, likelihood=likelihood, prior=prior,
-                         sigma=0.7)
+                         sigma=0.7, condition_dropout=condition_dropout)
     model = build_model(config)
     with torch.no_grad():  # a trained-looking prior and sigma, not their zero starting points
         for name, p in model.named_parameters():
@@ -85,6 +86,25 @@ def test_loss_and_every_gradient_equal_autograd(case):
     for name in grads:
         torch.testing.assert_close(f_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
         assert grads[name].abs().sum() > 0 or name.startswith("prior.net.weight")
+
+
+@pytest.mark.parametrize("case", [dict(cond_at=0, prior="standard"), dict(cond_at=-1, prior="conditional"),
+                                  dict(cond_at=1, prior="conditional", likelihood="gaussian-learned", act="silu")],
+                         ids=["input", "every-layer", "layer-1"])
+def test_condition_dropout_is_written_out_with_the_same_rows_blanked(case):
+    """Classifier-free guidance's training: the decoder reads [c, present] with the same rows blanked
+    (the mask drawn after the noise, as the generic path draws it), the same loss and gradients."""
+    model = _model(condition_dropout=0.5, **case)
+    x, c = _batch(model, b=8)
+    (loss, rec, kl, grads), (f_loss, f_rec, f_kl, f_grads) = _both(model, ELBO(), x, c)
+    for want, got in ((loss, f_loss), (rec, f_rec), (kl, f_kl)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for name in grads:
+        torch.testing.assert_close(f_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+    # and the mask matters: with other noise the loss differs
+    torch.manual_seed(7)
+    step, _ = fused_step_for(model, ELBO(), batch_size=8, device=torch.device("cpu"))
+    assert not torch.allclose(step(x, c).loss, f_loss)
 
 
 def test_a_smaller_last_batch_uses_the_buffers_views():
@@ -145,7 +165,8 @@ def _config(tmp_path, name, **settings):
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("settings", [{}, {"condition": "none", "likelihood": "gaussian", "activation": "elu"}])
+@pytest.mark.parametrize("settings", [{}, {"condition": "none", "likelihood": "gaussian", "activation": "elu"},
+                                      {"condition_dropout": 0.3, "guidance": 2.0}])
 def test_training_curves_match_the_generic_path(tmp_path, settings):
     fused = fit(_config(tmp_path, "fused", step="fused", **settings))
     generic = fit(_config(tmp_path, "generic", step="autograd", **settings))

@@ -143,11 +143,10 @@ def guided_run(tmp_path_factory):
     return out
 
 
-def test_a_guided_run_records_its_settings_and_takes_the_generic_step(guided_run):
+def test_a_guided_run_records_its_settings_and_keeps_the_fused_step(guided_run):
     cfg = json.loads((guided_run / "config.json").read_text())
     assert cfg["model"]["condition_dropout"] == 0.2 and cfg["model"]["guidance"] == 1.0
-    assert cfg["execution"]["step"] == "autograd"
-    assert "condition dropout" in json.dumps(cfg["execution"].get("step_reason", ""))
+    assert cfg["execution"]["step"] == "fused-mlp"  # tests/test_fused.py holds it to the generic path
     rows = [json.loads(line) for line in (guided_run / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["val_loss"]) for r in rows)
 
@@ -168,15 +167,35 @@ def test_sample_from_the_shell_uses_the_runs_weight_and_takes_another(guided_run
     assert (tmp_path / "grid.png").stat().st_size > 0
 
 
+def test_augment_generates_with_the_runs_weight_or_another(guided_run, tmp_path, capsys):
+    def augmented(*flags):
+        out = tmp_path / f"a{len(list(tmp_path.iterdir()))}.npz"
+        assert main(["augment", str(guided_run), "--per-class", "3", "--seed", "2", *flags, "-o", str(out)]) == 0
+        x = np.load(out)["x"]
+        assert x.shape[0] == 30 and np.isfinite(x).all()
+        return x
+
+    default, w1, w0 = augmented(), augmented("--guidance", "1"), augmented("--guidance", "0")
+    assert np.array_equal(default, w1) and not np.allclose(w1, w0)
+    # from the posterior of real examples too
+    p1, p0 = augmented("--codes", "posterior"), augmented("--codes", "posterior", "--guidance", "0")
+    assert not np.allclose(p1, p0)
+    capsys.readouterr()
+    assert main(["augment", str(guided_run), "--per-class", "3", "--guidance", "30", "-o", str(tmp_path / "b.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --guidance") and err.count("\n") == 1 and not (tmp_path / "b.npz").exists()
+
+
 def test_guidance_flags_are_refused_in_one_line(guided_run, tmp_path, capsys):
     plain = tmp_path / "plain"
     assert main(["train", "--data", "digits", "--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--limit", "300",
-                 "--out", str(plain), *QUIET]) == 0
+                 "--condition-dropout", "0", "--out", str(plain), *QUIET]) == 0
     capsys.readouterr()
     for argv in (["sample", str(plain), "--n", "4", "--guidance", "1", "-o", str(tmp_path / "bad.png")],
                  ["sample", str(guided_run), "--n", "4", "--guidance", "-1", "-o", str(tmp_path / "bad.png")],
                  ["evaluate", str(plain), "--metrics", "samples", "--guidance", "2"],
-                 ["train", "--data", "digits", "--epochs", "1", "--guidance", "1", "--out", str(tmp_path / "x"), *QUIET],
+                 ["train", "--data", "digits", "--epochs", "1", "--guidance", "1", "--condition-dropout", "0",
+                  "--out", str(tmp_path / "x"), *QUIET],
                  ["train", "--data", "digits", "--epochs", "1", "--preset", "hvae", "--condition-dropout", "0.2",
                   "--out", str(tmp_path / "y"), *QUIET]):
         assert main(argv) == 2, argv
@@ -197,6 +216,32 @@ def test_evaluate_measures_the_guided_samples(guided_run, tmp_path):
         assert section["guidance"] == float(w)
         figures[w] = section["conditional_accuracy"]["mean"]["value"]
     assert figures["0"] != figures["4"]  # the weight reaches the generated images
+
+
+def test_image_runs_with_a_class_are_guided_by_default_and_others_are_not(tmp_path):
+    """GUIDED_DEFAULTS for images with a categorical condition (cvae and m2, guidable likelihoods); tables,
+    plain VAEs, the hierarchical model and a logistic mixture keep an unguided decoder."""
+    from cvae.train import GUIDED_DEFAULTS
+
+    def model_of(*flags):
+        out = tmp_path / f"r{len(list(tmp_path.iterdir()))}"
+        assert main(["train", "--epochs", "1", "--limit", "200", "--hidden", "16", "--latent-dim", "2", *flags,
+                     "--out", str(out), *QUIET]) == 0
+        return json.loads((out / "config.json").read_text())["model"]
+
+    digits = model_of("--data", "digits")
+    assert (digits["condition_dropout"], digits["guidance"]) == (GUIDED_DEFAULTS["condition_dropout"],
+                                                                 GUIDED_DEFAULTS["guidance"])
+    assert model_of("--data", "digits", "--guidance", "1.5")["guidance"] == 1.5  # the weight alone: dropout stays
+    off = model_of("--data", "digits", "--condition-dropout", "0")
+    assert (off["condition_dropout"], off["guidance"]) == (0.0, 0.0)
+    plain = model_of("--data", "digits", "--condition", "none")
+    assert (plain["condition_dropout"], plain["guidance"]) == (0.0, 0.0)
+    mixture = model_of("--data", "digits", "--likelihood", "logistic-mixture")
+    assert mixture["guidance"] == 0.0
+    table = tmp_path / "t.csv"
+    table.write_text("a,b,label\n" + "".join(f"{i % 7},{(i * 3) % 5},{i % 2}\n" for i in range(60)))
+    assert model_of("--data", str(table), "--condition", "label")["guidance"] == 0.0
 
 
 def test_semi_supervised_runs_take_guidance_too(tmp_path):

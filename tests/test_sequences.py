@@ -335,8 +335,9 @@ def test_guided_molecules_through_the_command_line(tmp_path):
 
 def test_decode_flag_of_evaluate_is_refused_for_a_run_that_is_not_a_sequence_run(tmp_path):
     run = tmp_path / "digits"
+    # --condition-dropout 0 opts out of the guided default of conditioned image runs
     r = cli("train", "--data", "digits", "--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--limit", "200",
-            "--out", run, "--no-progress", "--no-tensorboard", "--no-pictures")
+            "--condition-dropout", "0", "--out", run, "--no-progress", "--no-tensorboard", "--no-pictures")
     assert r.returncode == 0, r.stderr
     r = cli("evaluate", run, "--metrics", "elbo", "--decode", "sample")
     assert r.returncode == 2 and r.stderr.count("\n") == 1

@@ -200,9 +200,9 @@ class TrainConfig:
              f"--condition-dropout must be a number from 0 to below 1, got {self.condition_dropout}")
         need(self.guidance is None or (_finite(self.guidance) and 0 <= self.guidance <= 20),
              f"--guidance must be a number from 0 to 20, got {self.guidance}")
-        need(not self.guidance or self.condition_dropout,
-             "--guidance needs a decoder that also learnt to decode without the condition; add --condition-dropout "
-             "(e.g. 0.2)")
+        need(not self.guidance or self.condition_dropout is None or self.condition_dropout,
+             "--guidance needs a decoder that also learnt to decode without the condition; leave --condition-dropout "
+             "above 0 (e.g. 0.2)")
         for name in ("tokenizer", "max_length", "word_dropout"):
             need(getattr(self, name) is None or self.sequence,
                  f"--{name.replace('_', '-')} is for sequence data; name the text column with --sequence COLUMN")

@@ -222,8 +222,6 @@ class FusedMLPStep:
             return f"the objective is {getattr(objective, 'name', type(objective).__name__)}, not the ELBO"
         if objective.free_bits > 0:
             return "free bits are not written out"
-        if model.config.condition_dropout:
-            return "condition dropout (classifier-free guidance) is not written out"
         if precision not in DTYPES:
             return f"it computes in float32 or bfloat16, not {precision}"
         if any(p.dtype != torch.float32 for p in model.parameters()):
@@ -255,6 +253,8 @@ class FusedMLPStep:
 
         self.encoder = _Net(model.encoder.net, k, batch_size, device, dtype, *parts("encoder", model.encoder.net))
         self.decoder = _Net(model.decoder.net, k, batch_size, device, dtype, *parts("decoder", model.decoder.net))
+        # condition dropout (classifier-free guidance): the decoder reads [c, present], a share of rows blanked
+        self.flagged, self.condition_dropout = model.flagged, model.config.condition_dropout
         self.learned_sigma = type(model.likelihood) is LearnedGaussianLikelihood
         self.gaussian = type(model.likelihood) is not BernoulliLikelihood
         self.conditional_prior = type(model.prior) is ConditionalGaussian
@@ -316,7 +316,8 @@ class FusedMLPStep:
         enc.refresh()
         dec.refresh()
         enc.set_condition(c, b)
-        dec.set_condition(c, b)
+        if not self.flagged:
+            dec.set_condition(c, b)
 
         # q(z | x, c), then z = mu + sigma * eps straight into the decoder's input
         h = enc.forward(xf, b)
@@ -330,6 +331,8 @@ class FusedMLPStep:
         else:
             eps = torch.stack([torch.randn((b, d), dtype=self.dtype, generator=g).to(x.device)
                                for g in generators]).float()
+        if self.flagged:  # drawn after the noise, as the generic path draws it in p_x
+            dec.set_condition(self._decoder_condition(c, generators), b)
         z = dec.input_view(0, b)
         if low:
             z.copy_(torch.addcmul(mu, std, eps))
@@ -376,6 +379,16 @@ class FusedMLPStep:
         if single:
             return ObjectiveOutput(loss=loss[0], reconstruction=rec[0], kl=kl[0])
         return ObjectiveOutput(loss=loss, reconstruction=rec, kl=kl)
+
+    def _decoder_condition(self, c: torch.Tensor, generators) -> torch.Tensor:
+        """[c, 1] with a share ``condition_dropout`` of the rows blanked, as CVAE._decoder_condition draws it."""
+        k, b = c.shape[0], c.shape[1]
+        if generators is None:
+            u = torch.rand((b, 1), device=c.device).unsqueeze(0) if k == 1 else torch.rand((k, b, 1), device=c.device)
+        else:
+            u = torch.stack([torch.rand((b, 1), generator=g).to(c.device) for g in generators])
+        keep = (u >= self.condition_dropout).to(c.dtype)
+        return torch.cat([c, torch.ones_like(c[..., :1])], dim=-1) * keep
 
     def _gaussian(self, out, xf, g_out, b):
         """N(x; out, sigma^2): the negative log-likelihood's sums (K,); its gradients (and log sigma's)."""

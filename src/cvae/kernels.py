@@ -80,6 +80,7 @@ class BernoulliMLPKernel:
     def __init__(self, model, max_rows: int):
         net = model.decoder.net
         self.cond_dim = net.cond_dim
+        self.flagged = bool(getattr(model, "flagged", False))  # a guidable decoder reads [c, present = 1]
         self.act = _INPLACE_ACTIVATIONS.get(type(net.act))
         self.act_module = net.act
         self.weights, self.cond_weights, self.biases = [], [], []
@@ -99,6 +100,8 @@ class BernoulliMLPKernel:
         """Per-example terms of a block of examples: x (B, *shape), c (B, C) or None."""
         b = len(x)
         self.x = x.float().reshape(b, -1)  # (B, P)
+        if c is not None and self.flagged:
+            c = torch.cat([c.float(), torch.ones_like(c[:, :1], dtype=torch.float32)], dim=1)
         self.bias = []
         for w_c, bias in zip(self.cond_weights, self.biases):
             self.bias.append(bias.expand(b, -1) if w_c is None else bias + c.float() @ w_c.T)  # (B, out)

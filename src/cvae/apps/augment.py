@@ -58,7 +58,7 @@ def _attribute(model: CVAE, name: str | None):
 @torch.no_grad()
 def augment(model: CVAE, *, per_class: int | None = None, balance: bool = False, attribute: str | None = None,
             real: Inputs | None = None, merge: bool = False, mean: bool | None = None, codes: str = "prior",
-            seed: int = 0, batch_size: int = 2000) -> Augmented:
+            seed: int = 0, batch_size: int = 2000, guidance: float | None = None) -> Augmented:
     """Generate a balanced synthetic data set (and merge it with ``real`` when ``merge``).
 
     Parameters
@@ -74,9 +74,14 @@ def augment(model: CVAE, *, per_class: int | None = None, balance: bool = False,
     codes
         ``"prior"``: z ~ p(z | c); ``"posterior"``: z ~ q(z | x, c) for a random real example x of the
         class (needs ``real``).
+    guidance
+        Classifier-free guidance weight of the decoder (None: the run's default, as ``cvae sample``;
+        0: exact draws of p(x | z, c), the most varied; larger: examples that read more surely as
+        their class). Runs trained with ``condition_dropout`` only.
     """
     a = _attribute(model, attribute)
     schema = model.schema
+    w = model.guidance_weight(guidance)
     j = schema.names.index(a.name)
     if balance == (per_class is not None):
         raise CvaeError("give exactly one of --per-class N (synthetic examples per class) and --balance")
@@ -129,11 +134,12 @@ def augment(model: CVAE, *, per_class: int | None = None, balance: bool = False,
         for sb, yb in zip(start.split(batch_size), y_syn.split(batch_size)):
             qz = model.encode(real.x[sb], yb)
             z = qz.mu + qz.std * torch.randn(qz.mu.shape, generator=g).to(qz.mu.device)
-            parts.append(model.decode(z, yb, mean=mean).cpu())
+            parts.append(model.decode(z, yb, mean=mean, guidance=w).cpu())
         x_syn = torch.cat(parts)
     else:
         # exact prior draws (temperature 1): an augmented set wants the model's whole variety
-        x_syn = torch.cat([model.sample(len(yb), yb, mean=mean, generator=g, temperature=1.0).cpu()
+        x_syn = torch.cat([model.sample(len(yb), yb, mean=mean, generator=g, temperature=1.0,
+                                        guidance=w).cpu()
                            for yb in y_syn.split(batch_size)])
     generated = {c: max(0, n) for c, n in wanted.items()}
     syn_ids = [f"synthetic-{i}" for i in range(len(x_syn))]

@@ -130,6 +130,9 @@ def add_parsers(sub) -> None:
     g.add_argument("--draw", action=argparse.BooleanOptionalAction, default=None,
                    help="draw x ~ p(x | z, c) (default for tables and signals) or take its mean (--no-draw, "
                    "default for images)")
+    g.add_argument("--guidance", type=float, default=None,
+                   help="runs trained with --condition-dropout: classifier-free guidance weight (default: the run's; "
+                   "0 draws exactly from the model, the most varied)")
     g.set_defaults(func=cmd_augment)
 
     e = sub.add_parser("embed", help="export latent means and variances per example (CSV/npz) and a 2-D map",
@@ -418,7 +421,8 @@ def cmd_augment(args) -> int:
         source = _own_source(model, args.data)
         real = read_inputs(model, source, data_dir=args.data_dir, split=args.split)
     aug = augment(model, per_class=args.per_class, balance=args.balance, attribute=args.attribute, real=real,
-                  merge=args.merge, mean=None if args.draw is None else not args.draw, codes=args.codes, seed=args.seed)
+                  merge=args.merge, mean=None if args.draw is None else not args.draw, codes=args.codes, seed=args.seed,
+                  guidance=args.guidance)
     path = write_augmented(args.output, model, aug)
     n_syn = int(aug.synthetic.sum())
     print(f"wrote {path}  ({n_syn} synthetic" + (f" + {len(aug.x) - n_syn} real" if args.merge else "") + " examples)")

@@ -187,10 +187,13 @@ class VAEModel(nn.Module):
         return self.q_z(x, self.condition_vector(condition, len(x)))
 
     @torch.no_grad()
-    def decode(self, z, condition=None, *, mean: bool = True) -> torch.Tensor:
-        """Decode latent codes: the mean of p(x | z, c) (or a draw from it with ``mean=False``)."""
+    def decode(self, z, condition=None, *, mean: bool = True, guidance: float = 0.0) -> torch.Tensor:
+        """Decode latent codes: the mean of p(x | z, c) (or a draw from it with ``mean=False``);
+        ``guidance`` w > 0 decodes p(x | z, c)^(1 + w) / p(x | z)^w (a run trained with condition dropout)."""
         z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
-        px = self.p_x(z, self.condition_vector(condition, len(z)))
+        c = self.condition_vector(condition, len(z))
+        w = self.guidance_weight(guidance)
+        px = self.p_x_guided(z, c, w) if w and c is not None else self.p_x(z, c)
         return self.to_data_units(px.mean if mean else px.sample())
 
     @torch.no_grad()

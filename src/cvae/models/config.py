@@ -49,6 +49,8 @@ class ModelConfig:
     # default weight w when generating (needs condition_dropout; model classes that support it say so)
     condition_dropout: float = 0.0
     guidance: float = 0.0
+    # a decoder that must learn p(x | z, c) needs some rows with c: below 1 unless a class says otherwise
+    full_condition_dropout = False  # a class attribute, not a setting
 
     def __post_init__(self):
         """Check every setting's type and range, then the size of the model it makes, before any
@@ -70,8 +72,9 @@ class ModelConfig:
             raise CvaeError(f"model setting sigma must be a number, got {self.sigma!r}")
         self.sigma = float(self.sigma)
         v = self.condition_dropout
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v < 1:
-            raise CvaeError(f"--condition-dropout must be a number from 0 to below 1, got {v!r}")
+        full = self.full_condition_dropout  # a model class that may blank every row's condition
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 <= v <= 1 if full else 0 <= v < 1):
+            raise CvaeError(f"--condition-dropout must be a number from 0 to {'1' if full else 'below 1'}, got {v!r}")
         self.condition_dropout = float(v)
         check_guidance(self.guidance)
         self.guidance = float(self.guidance)

@@ -58,6 +58,8 @@ class MultVAEConfig(ModelConfig):
     # prior's mean for the user's condition by a user with few items (k this value).
     prior_fold_in: float = 0.0
 
+    full_condition_dropout = True  # cold-start training may blank every user's attributes
+
     def __post_init__(self):
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or \
                 not 0 <= self.dropout < 1:
