@@ -177,6 +177,47 @@ def test_image_folder_with_an_unlabelled_subfolder(tmp_path):
     assert res.model.config.classifier_arch == "conv"
 
 
+def test_an_rgb_folder_with_unlabelled_images_through_the_evaluator_and_sample_metrics(tmp_path, capsys):
+    """What a user with their own partly labelled colour images does: train, train an evaluator on the
+    labelled images (the unlabelled ones are not a class), and score the samples."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, n in (("red", 12), ("blue", 12), ("unlabelled", 40)):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(n):
+            red = name == "red" or (name == "unlabelled" and i % 2 == 0)
+            pixels = rng.normal(40, 15, (10, 10, 3))
+            pixels[..., 0 if red else 2] += 170
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(tmp_path / "imgs" / name / f"{i}.png")
+    run, ev = tmp_path / "r", tmp_path / "ev.safetensors"
+    assert main(["train", "--data", str(tmp_path / "imgs"), "--epochs", "2", "--out", str(run), "--no-progress",
+                 "--no-tensorboard", "--no-pictures"]) == 0
+    model = cvae.load(run)
+    assert model.config.model_class == "m2" and model.config.data_shape == (3, 10, 10)
+    assert main(["evaluator", "train", "--data", str(tmp_path / "imgs"), "--epochs", "2", "--out", str(ev),
+                 "--no-progress"]) == 0
+    assert json.loads(ev.with_suffix(".json").read_text())["n_train"] < 24  # the labelled images only
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--metrics", "samples", "--evaluator", str(ev), "--per-class", "10",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "labelled)" in out  # the evaluator's accuracy on the real images counts the labelled ones
+    section = json.loads((run / "eval.json").read_text())["samples"]
+    assert 0 <= section["evaluator_accuracy_real"]["value"] <= 1
+    assert math.isfinite(section["frechet_distance"]["value"])
+    # generating needs every condition: nothing to infer a missing label from
+    with pytest.raises(CvaeError, match="generating needs every condition.*label=blue"):
+        model.sample(2, torch.tensor([[float("nan")], [0.0]]))
+    with pytest.raises(CvaeError, match="two per class"):
+        (tmp_path / "few" / "red").mkdir(parents=True)
+        (tmp_path / "few" / "blue").mkdir(parents=True)
+        for name in ("red", "blue"):
+            Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp_path / "few" / name / "0.png")
+        cvae.evaluator.train_evaluator(str(tmp_path / "few"), epochs=1, out=tmp_path / "few.safetensors",
+                                       progress=False)
+
+
 def _table(path, rows):
     with open(path, "w", newline="") as f:
         w = csv.writer(f)

@@ -237,14 +237,25 @@ def train_evaluator(data: str, *, data_dir=None, epochs: int = 10, batch_size: i
                         "or an image folder with one subfolder per class)")
     j = cat[0]
     attr = splits.schema.attributes[j]
-    x, y = splits.train.x, splits.train.y[:, j].long()
+
+    def labelled(split):
+        """The split's images that carry a label (an image folder's unlabelled/ ones do not)."""
+        known = torch.isfinite(split.y[:, j])
+        return split.x[known], split.y[known, j].long()
+
+    x, y = labelled(splits.train)
     held_out = {}
     if splits.test is not None:
-        held_out["test"] = (splits.test.x, splits.test.y[:, j].long())
+        held_out["test"] = labelled(splits.test)
         if splits.val is not None and limit is None:
-            x, y = torch.cat([x, splits.val.x]), torch.cat([y, splits.val.y[:, j].long()])
+            vx, vy = labelled(splits.val)
+            x, y = torch.cat([x, vx]), torch.cat([y, vy])
     elif splits.val is not None:
-        held_out["val"] = (splits.val.x, splits.val.y[:, j].long())
+        held_out["val"] = labelled(splits.val)
+    held_out = {name: pair for name, pair in held_out.items() if len(pair[1])}
+    if len(y) < 2 * len(attr.classes):
+        raise CvaeError(f"{data!r} has {len(y)} labelled training images for {len(attr.classes)} classes of "
+                        f"{attr.name!r}; the evaluator needs at least two per class (it is trained on the labels)")
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     config = EvaluatorConfig(image_shape=tuple(x.shape[1:]), classes=list(attr.classes), attribute=attr.name,
@@ -486,6 +497,19 @@ def sample_quality(model: CVAE, evaluator: Evaluator, real_x: torch.Tensor, real
     n = min(n or len(real_x), len(real_x))
     real_x = real_x[:n]
     real_y = None if real_y is None else real_y[:n]
+    known = None
+    if real_y is not None and torch.isnan(real_y).any():
+        # a semi-supervised data set: real images without their label; the evaluator's accuracy counts the
+        # labelled ones, and the generated images take labels drawn from those seen in the column
+        known, real_y = torch.isfinite(real_y), real_y.clone()
+        g = torch.Generator().manual_seed(seed)
+        for col in range(real_y.shape[1]):
+            seen = real_y[known[:, col], col]
+            if not len(seen):
+                raise CvaeError(f"none of the {n} real images has a value of condition {model.schema.names[col]!r}; "
+                                "evaluate on a split that has labels (--split)")
+            gone = ~known[:, col]
+            real_y[gone, col] = seen[torch.randint(len(seen), (int(gone.sum()),), generator=g)]
     space = (f"the {evaluator.config.feature_dim}-d feature space of the cvae evaluator CNN for "
              f"{evaluator.config.data or 'this data'}")
     notes = [f"Fréchet distance, precision and recall are measured in {space}: NOT the Inception FID, "
@@ -502,9 +526,13 @@ def sample_quality(model: CVAE, evaluator: Evaluator, real_x: torch.Tensor, real
     if real_y is not None and model.schema:
         j, _ = matching_attribute(model, evaluator)
         if j is not None:
-            acc = accuracy(evaluator, real_x, real_y[:, j])
-            figures["evaluator_accuracy_real"] = Figure("evaluator accuracy on the real images", acc,
-                                                        math.sqrt(acc * (1 - acc) / n), unit="fraction")
+            rows = slice(None) if known is None else known[:, j]
+            m = n if known is None else int(rows.sum())
+            if m:
+                acc = accuracy(evaluator, real_x[rows], real_y[rows, j])
+                figures["evaluator_accuracy_real"] = Figure(
+                    "evaluator accuracy on the real images" + ("" if known is None else f" ({m} labelled)"), acc,
+                    math.sqrt(acc * (1 - acc) / m), unit="fraction")
     fd = frechet_distance(f_real, f_fake)
     figures["frechet_distance"] = Figure(
         "Fréchet distance, generated vs real, evaluator features", fd, bootstrap_fd_stderr(f_real, f_fake, seed=seed),

@@ -158,6 +158,11 @@ class VAEModel(nn.Module):
                             "give values near the training data's range")
         return c
 
+    def generating_condition(self, condition=None, n: int | None = None) -> torch.Tensor | None:
+        """The condition vector to generate from: every condition given, as there is no input to infer
+        a missing one from (a class that infers labels refuses a missing one here)."""
+        return self.condition_vector(condition, n)
+
     def to_model_units(self, x) -> torch.Tensor:
         """Data-unit inputs (any array, shape checked, NaN refused) -> the model's units (standardised
         where the model standardises), the inverse of :meth:`to_data_units`."""
@@ -191,7 +196,7 @@ class VAEModel(nn.Module):
         """Decode latent codes: the mean of p(x | z, c) (or a draw from it with ``mean=False``);
         ``guidance`` w > 0 decodes p(x | z, c)^(1 + w) / p(x | z)^w (a run trained with condition dropout)."""
         z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
-        c = self.condition_vector(condition, len(z))
+        c = self.generating_condition(condition, len(z))
         w = self.guidance_weight(guidance)
         px = self.p_x_guided(z, c, w) if w and c is not None else self.p_x(z, c)
         return self.to_data_units(px.mean if mean else px.sample())
@@ -209,7 +214,7 @@ class VAEModel(nn.Module):
         ``condition_dropout`` only): the decoder's distribution becomes p(x | z, c)^(1 + w) / p(x | z)^w."""
         self.check_temperature(temperature)
         w = self.guidance_weight(guidance)
-        c = self.condition_vector(condition, n)
+        c = self.generating_condition(condition, n)
         n = len(c) if c is not None and n is None else (n or 1)
         z = self.sample_z(n, c, generator, temperature)
         px = self.p_x_guided(z, c, w) if w and c is not None else self.p_x(z, c)

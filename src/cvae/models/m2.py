@@ -143,6 +143,16 @@ class M2(CVAE):
         qz = self.q_z(x_model, c)
         return self.to_data_units(self.p_x(qz.rsample() if sample_z else qz.mu, c).mean)
 
+    def generating_condition(self, condition=None, n: int | None = None) -> torch.Tensor | None:
+        c = self.condition_vector(condition, n)
+        gone = self.missing_blocks(c).any(0)
+        missing = [a for (a, _, _), g in zip(self.blocks, gone.tolist()) if g]
+        if missing:
+            raise CvaeError(f"generating needs every condition, but {', '.join(a.name for a in missing)} is missing in "
+                            f"some rows (q(y | x) infers a label only from an input); give a class, e.g. "
+                            f"{missing[0].name}={missing[0].classes[0]}")
+        return c
+
     def _unknown(self, n: int) -> torch.Tensor:
         """The condition vector of n inputs whose every condition is unknown: all categorical blocks
         empty (q(y | x) fills them); continuous conditions cannot be inferred."""
