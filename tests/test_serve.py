@@ -110,6 +110,8 @@ def test_each_run_is_described(client):
     alcohol = info["wine"]["conditions"][1]
     assert alcohol["kind"] == "continuous" and alcohol["min"] < alcohol["mean"] < alcohol["max"]
     assert info["beats"]["detector"]["score"] == "elbo" and info["digits"]["detector"] is None
+    assert info["digits"]["guidance"] == {"available": True, "default": 3.0}  # guided by default
+    assert info["wine"]["guidance"] == {"available": False, "default": 0.0}
     kl = info["digits"]["kl_per_dimension"]
     assert info["digits"]["sliders"] == sorted(range(4), key=lambda d: -kl[d])  # highest KL first
     assert "samples.png" in info["digits"]["pictures"]
@@ -377,6 +379,19 @@ def test_the_page_in_a_headless_browser(server, browser, runs, tmp_path):
     api = httpx.post(f"{server}/v1/runs/digits/generate",
                      json={"condition": {"label": "3"}, "n": 16, "seed": 0, "temperature": 0.9, "draw": False})
     assert shown == "data:image/png;base64," + api.json()["png"]  # the page shows what the API answers
+    # the digits run is guided by default (condition dropout at training): its weight, then none
+    assert not b.evaluate("document.getElementById('guidance-control').hidden")
+    assert b.evaluate("document.getElementById('guidance').value") == "3"
+    assert "guidance 3" in b.evaluate("document.getElementById('samples-caption').textContent")
+    v = _version(b, "samples")
+    b.focus("#guidance")
+    b.press("ArrowLeft", 6)
+    _wait_newer(b, "samples", v)
+    assert b.evaluate("document.getElementById('guidance').value") == "0"
+    unguided = httpx.post(f"{server}/v1/runs/digits/generate", json={"condition": {"label": "3"}, "n": 16, "seed": 0,
+                                                                   "temperature": 0.9, "draw": False, "guidance": 0})
+    assert b.evaluate(img) == "data:image/png;base64," + unguided.json()["png"] != shown
+    assert "guidance" not in b.evaluate("document.getElementById('samples-caption').textContent")
     # a latent slider: the one with the most KL, four steps to the right
     b.wait("document.querySelector('#decoded img') !== null && document.body.dataset.pending === '0'",
            what="the sliders' example")
@@ -411,6 +426,7 @@ def test_the_page_in_a_headless_browser(server, browser, runs, tmp_path):
            "document.body.dataset.pending === '0'", what="the wine run's table")
     headers = b.evaluate("[...document.querySelectorAll('#samples th')].map(e => e.textContent)")
     assert headers[0] == "condition" and "proline" in headers
+    assert b.evaluate("document.getElementById('guidance-control').hidden")  # trained without condition dropout
     assert b.evaluate("document.querySelectorAll('#samples img, #traversal img').length") == 0
     assert b.evaluate("document.querySelectorAll('#traversal table').length") == 1
     # the detector of signals: an upload is scored against the threshold and drawn as line plots

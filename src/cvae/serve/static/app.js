@@ -186,12 +186,14 @@ function debounce(fn, ms = 120) {
 async function generate() {
   const body = { condition: conditionOf($("conditions")), n: Number($("n").value), seed: Number($("seed").value),
     temperature: Number($("temperature").value), draw: $("draw").checked };
+  if (run.guidance && run.guidance.available) body.guidance = Number($("guidance").value);
   const out = await api("generate", `/v1/runs/${encodeURIComponent(run.name)}/generate`, body);
   if (!out) return;
   put("samples", render(out, out.conditions, 420));
   const conds = [...new Set(out.conditions)];
   $("samples-caption").textContent = `${out.n} example(s)` + (conds.length ? ` for ${conds.length > 3 ?
-    conds.slice(0, 3).join("; ") + "; ..." : conds.join("; ")}` : "") + `, seed ${out.seed}, temperature ${out.temperature}`;
+    conds.slice(0, 3).join("; ") + "; ..." : conds.join("; ")}` : "") + `, seed ${out.seed}, temperature ${out.temperature}` +
+    (out.guidance ? `, guidance ${out.guidance}` : "");
 }
 
 const decode = debounce(async () => {
@@ -367,6 +369,10 @@ function selectRun(name) {
   $("n").max = String(run.limits.max_n);
   if (Number($("n").value) > run.limits.max_n) $("n").value = String(run.limits.max_n);
   $("n-out").textContent = $("n").value;
+  const guided = Boolean(run.guidance && run.guidance.available);
+  $("guidance-control").hidden = !guided;
+  $("guidance").value = String(guided ? run.guidance.default : 0);
+  $("guidance-out").textContent = $("guidance").value;
   conditionControls($("conditions"), "gen", () => { generate(); decode(); traverse(); });
   conditionControls($("own-conditions"), "own", upload);
   $("upload-help").textContent = run.kind === "image"
@@ -393,7 +399,7 @@ async function start() {
   $("run").replaceChildren(...runs.map((r) => el("option", { value: r.name, text: r.name })));
   $("run").addEventListener("change", () => selectRun($("run").value));
   $("generate-form").addEventListener("submit", (e) => { e.preventDefault(); generate(); });
-  for (const id of ["n", "temperature"]) {
+  for (const id of ["n", "temperature", "guidance"]) {
     $(id).addEventListener("input", () => { $(`${id}-out`).textContent = $(id).value; });
     $(id).addEventListener("change", generate);
   }
