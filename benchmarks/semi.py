@@ -44,7 +44,7 @@ from cvae.train import native_bfloat16
 # default: the library's defaults as they are now (for images: consistency regularisation and
 # classifier-free guidance). unguided: no condition dropout (the defaults before guidance; the README's
 # MNIST rows). guided: the decoder also learns p(x | z) (condition dropout 0.2) and samples are guided
-# with weight 3 (benchmarks/guidance.py chose it on the supervised Fashion-MNIST CVAE), stated so that
+# with weight 3 (the library's default when this row was measured; 2 now, benchmarks/guidance.py), stated so that
 # the row keeps its meaning if the defaults change. m2: the paper's M2, no consistency, no guidance.
 VARIANTS = {"default": {}, "unguided": {"condition_dropout": 0.0},
             "guided": {"condition_dropout": 0.2, "guidance": 3.0},

@@ -110,7 +110,7 @@ def test_each_run_is_described(client):
     alcohol = info["wine"]["conditions"][1]
     assert alcohol["kind"] == "continuous" and alcohol["min"] < alcohol["mean"] < alcohol["max"]
     assert info["beats"]["detector"]["score"] == "elbo" and info["digits"]["detector"] is None
-    assert info["digits"]["guidance"] == {"available": True, "default": 3.0}  # guided by default
+    assert info["digits"]["guidance"] == {"available": True, "default": 2.0}  # guided by default
     assert info["wine"]["guidance"] == {"available": False, "default": 0.0}
     kl = info["digits"]["kl_per_dimension"]
     assert info["digits"]["sliders"] == sorted(range(4), key=lambda d: -kl[d])  # highest KL first
@@ -381,11 +381,11 @@ def test_the_page_in_a_headless_browser(server, browser, runs, tmp_path):
     assert shown == "data:image/png;base64," + api.json()["png"]  # the page shows what the API answers
     # the digits run is guided by default (condition dropout at training): its weight, then none
     assert not b.evaluate("document.getElementById('guidance-control').hidden")
-    assert b.evaluate("document.getElementById('guidance').value") == "3"
-    assert "guidance 3" in b.evaluate("document.getElementById('samples-caption').textContent")
+    assert b.evaluate("document.getElementById('guidance').value") == "2"
+    assert "guidance 2" in b.evaluate("document.getElementById('samples-caption').textContent")
     v = _version(b, "samples")
     b.focus("#guidance")
-    b.press("ArrowLeft", 6)
+    b.press("ArrowLeft", 4)
     _wait_newer(b, "samples", v)
     assert b.evaluate("document.getElementById('guidance').value") == "0"
     unguided = httpx.post(f"{server}/v1/runs/digits/generate", json={"condition": {"label": "3"}, "n": 16, "seed": 0,
