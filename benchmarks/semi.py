@@ -48,6 +48,7 @@ from cvae.train import native_bfloat16
 # the row keeps its meaning if the defaults change. m2: the paper's M2, no consistency, no guidance.
 VARIANTS = {"default": {}, "unguided": {"condition_dropout": 0.0},
             "guided": {"condition_dropout": 0.2, "guidance": 3.0},
+            "guided-w2": {"condition_dropout": 0.2, "guidance": 2.0},
             "m2": {"consistency": 0.0, "condition_dropout": 0.0}}
 
 

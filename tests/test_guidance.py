@@ -16,6 +16,7 @@ from cvae.likelihoods import LIKELIHOODS
 from cvae.models import ModelConfig
 from cvae.models.base import build_model
 from cvae.models.hvae import HVAEConfig
+from cvae.models.multvae import MultVAEConfig
 
 SCHEMA = {"attributes": [{"name": "label", "kind": "categorical", "classes": ["a", "b", "c"]}]}
 QUIET = ["--no-progress", "--no-tensorboard", "--no-pictures"]
@@ -126,9 +127,9 @@ def test_guidance_is_refused_in_one_line_where_it_cannot_work():
         _model(condition_dropout=0.0, guidance=1.0)
     with pytest.raises(CvaeError, match="a plain VAE"):
         build_model(ModelConfig(data_shape=(4,), hidden=[8], latent_dim=2, condition_dropout=0.2))
-    with pytest.raises(CvaeError, match="not available for the hvae model.*cvae"):
-        build_model(HVAEConfig(data_shape=(1, 8, 8), schema=SCHEMA, depth=2, width=8, groups=1, z_channels=2,
-                               condition_dropout=0.2))
+    with pytest.raises(CvaeError, match="not available for the multvae model.*cvae"):
+        build_model(MultVAEConfig(model_class="multvae", data_shape=(30,), schema=SCHEMA, guidance=1.0,
+                                  condition_dropout=0.2))
     with pytest.raises(CvaeError, match="logistic-mixture"):
         _model(likelihood="logistic-mixture", guidance=1.0).sample(2, "label=a")
 
@@ -196,7 +197,7 @@ def test_guidance_flags_are_refused_in_one_line(guided_run, tmp_path, capsys):
                  ["evaluate", str(plain), "--metrics", "samples", "--guidance", "2"],
                  ["train", "--data", "digits", "--epochs", "1", "--guidance", "1", "--condition-dropout", "0",
                   "--out", str(tmp_path / "x"), *QUIET],
-                 ["train", "--data", "digits", "--epochs", "1", "--preset", "hvae", "--condition-dropout", "0.2",
+                 ["train", "--data", "digits", "--epochs", "1", "--condition-dropout", "1",
                   "--out", str(tmp_path / "y"), *QUIET]):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
@@ -242,6 +243,63 @@ def test_image_runs_with_a_class_are_guided_by_default_and_others_are_not(tmp_pa
     table = tmp_path / "t.csv"
     table.write_text("a,b,label\n" + "".join(f"{i % 7},{(i * 3) % 5},{i % 2}\n" for i in range(60)))
     assert model_of("--data", str(table), "--condition", "label")["guidance"] == 0.0
+
+
+def _hvae(condition_dropout=0.3, guidance=0.0):
+    torch.manual_seed(0)
+    return build_model(HVAEConfig(data_shape=(1, 8, 8), schema=SCHEMA, depth=2, width=8, groups=1, z_channels=2,
+                                  condition_dropout=condition_dropout, guidance=guidance))
+
+
+def test_the_hierarchical_model_is_guided_through_its_whole_top_down_pass():
+    """The condition enters every cell of the hierarchical model, so condition dropout blanks it for the
+    whole pass of a row ([c, present] -> [0, 0]) and guidance decodes the same groups with and without it."""
+    model = _hvae().eval()
+    assert model.flagged and model.top_cond.in_features == 3 + 1
+    c = _c([0, 2, 1])
+    z = model.sample_z(3, c, torch.Generator().manual_seed(0))
+    with_c = model.output(model.top_down(c, 3, z=model._split(z))[0], c)
+    blank = torch.zeros(3, 4)
+    without = model.output(model.top_down(blank, 3, z=model._split(z))[0], blank)
+    w = 2.0
+    assert torch.allclose(model.p_x_guided(z, c, w).mean, torch.sigmoid((1 + w) * with_c - w * without), atol=1e-5)
+    assert not torch.allclose(with_c, without)
+    assert torch.allclose(model.p_x_guided(z, c, 0.0).mean, model.p_x(z, c).mean, atol=1e-6)
+    # training: a share of the rows lose the condition in the encoder, the prior and the decoder at once
+    model.train()
+    torch.manual_seed(1)
+    dropped = model._dropped(_c([0, 1, 2, 1] * 250))
+    gone = (dropped == 0).all(1)
+    assert 200 < int(gone.sum()) < 400 and bool((dropped[~gone, -1] == 1).all())
+    x = (torch.rand(6, 1, 8, 8) > 0.5).float()
+    assert torch.isfinite(model(x, _c([0, 1, 2, 0, 1, 2])).px.log_prob(x)).all()
+    # guidance needs the dropout, as for the one-layer model
+    with pytest.raises(CvaeError, match="--condition-dropout"):
+        _hvae(condition_dropout=0.0).sample(2, "label=a", guidance=1.0)
+
+
+def test_the_hierarchical_model_is_not_guided_by_default_but_trains_guided_when_asked(tmp_path):
+    def run(*flags):
+        out = tmp_path / f"h{len(list(tmp_path.iterdir()))}"
+        assert main(["train", "--data", "digits", "--preset", "hvae", "--width", "8", "--epochs", "1", "--limit", "300",
+                     *flags, "--out", str(out), *QUIET]) == 0
+        return out
+
+    plain = run()
+    cfg = json.loads((plain / "config.json").read_text())["model"]
+    assert (cfg["condition_dropout"], cfg["guidance"]) == (0.0, 0.0)  # not measured there: off by default
+    guided = run("--condition-dropout", "0.2", "--guidance", "2")
+    draws = {}
+    for w in ("0", "2", "4"):
+        out = tmp_path / f"s{w}.npz"
+        assert main(["sample", str(guided), "--condition", "label=3", "--n", "6", "--seed", "1", "--guidance", w,
+                     "-o", str(out)]) == 0
+        draws[w] = np.load(out)["x"]
+        assert np.isfinite(draws[w]).all()
+    assert not np.allclose(draws["0"], draws["2"]) and not np.allclose(draws["2"], draws["4"])
+    assert main(["sample", str(guided), "--condition", "label=3", "--n", "6", "--seed", "1", "-o",
+                 str(tmp_path / "default.npz")]) == 0
+    assert np.array_equal(np.load(tmp_path / "default.npz")["x"], draws["2"])  # the run's weight
 
 
 def test_semi_supervised_runs_take_guidance_too(tmp_path):

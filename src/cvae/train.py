@@ -134,7 +134,8 @@ def guided_by_default(data: DataSplits, model_class: str, likelihood: str) -> bo
     from .likelihoods.base import Likelihood
 
     return (data.kind == "image" and bool(data.schema) and bool(data.schema.categorical_blocks())
-            and MODELS.get(model_class).guidable and LIKELIHOODS.get(likelihood).guided is not Likelihood.guided)
+            and MODELS.get(model_class).guidable and MODELS.get(model_class).guided_by_default
+            and LIKELIHOODS.get(likelihood).guided is not Likelihood.guided)
 
 
 def model_class_for(config: TrainConfig, data: DataSplits) -> str:

@@ -67,6 +67,7 @@ class VAEModel(nn.Module):
     # conditions for a reason of its own (drops_conditions: the recommender's blanked attributes)
     guidable = False
     drops_conditions = False
+    guided_by_default = True  # a guidable class that is trained guided on images unless told otherwise
 
     def __init__(self, config: ModelConfig, *, run: RunInfo | None = None):
         super().__init__()

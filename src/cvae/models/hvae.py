@@ -170,10 +170,15 @@ class HVAE(VAEModel):
     # (KL warm-up in epochs, gradient-norm clipping); measured in benchmarks/hvae.py
     train_defaults = {"kl_warmup": 1.0, "grad_clip": 200.0}
     skips_nonfinite_steps = True
+    # classifier-free guidance: with condition dropout the whole model reads [c, present] (the condition
+    # enters every cell, so a row trained without it is an unconditional hierarchical VAE); not on by
+    # default for images until measured (cvae.train.GUIDED_DEFAULTS is for the one-layer classes)
+    guidable = True
+    guided_by_default = False
 
     def __init__(self, config: HVAEConfig, *, run=None):
         super().__init__(config, run=run)
-        cond_dim, width, act = self.schema.dim, config.width, config.activation
+        cond_dim, width, act = self.schema.dim + int(self.flagged), config.width, config.activation
         channels = config.data_shape[0]
         lik = LIKELIHOODS.get(config.likelihood)
         options = dict(config.likelihood_options)
@@ -207,8 +212,25 @@ class HVAE(VAEModel):
     def n_groups(self) -> int:
         return len(self.shapes)
 
+    def _cond(self, c: torch.Tensor | None, present: bool = True) -> torch.Tensor | None:
+        """What the cells read: c itself, or with condition dropout [c, 1] ([0, 0]: no condition). A
+        vector that already carries the flag passes through, so each pass extends it once."""
+        if c is None or not self.flagged or c.shape[-1] == self.schema.dim + 1:
+            return c
+        out = torch.cat([c, torch.ones_like(c[..., :1])], dim=-1)
+        return out if present else torch.zeros_like(out)
+
+    def _dropped(self, c: torch.Tensor | None) -> torch.Tensor | None:
+        """In training, a share ``condition_dropout`` of the rows lose their condition for the whole pass."""
+        c = self._cond(c)
+        if c is None or not self.flagged or not self.training:
+            return c
+        keep = (torch.rand(c.shape[:-1] + (1,), device=c.device) >= self.config.condition_dropout).to(c.dtype)
+        return c * keep
+
     def bottom_up(self, x: torch.Tensor, c: torch.Tensor | None) -> list[torch.Tensor]:
         """Features per latent resolution, coarsest first."""
+        c = self._cond(c)
         h = self.down(self.act(self.stem(x)))
         feats = []
         for i, cell in enumerate(self.up_cells):
@@ -221,6 +243,7 @@ class HVAE(VAEModel):
     def top_down(self, c: torch.Tensor | None, n: int, *, feats=None, z=None, noise=None, temperature=1.0):
         """The top-down pass over n rows: draws (or takes) every group. Returns the final stream h
         and, per group, z, the prior's (mu, logvar) and the posterior's (None without ``feats``)."""
+        c = self._cond(c)
         h = self.h_top.expand(n, -1, -1, -1)
         if self.top_cond is not None:
             h = h + self.top_cond(c.to(h.dtype))[:, :, None, None]
@@ -241,6 +264,7 @@ class HVAE(VAEModel):
 
     def output(self, h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         """Decoder parameters (n, [P,] C, H, W) from the final stream."""
+        c = self._cond(c)
         h = self.out_cell(self.act(self.out_up(h)), c)
         params = self.out_conv(self.act(h))
         return params.reshape(len(params), self.P, *self.config.data_shape) if self.P > 1 else params
@@ -260,6 +284,7 @@ class HVAE(VAEModel):
     def _pass(self, x, c, samples, noise):
         """Bottom-up once, then the top-down pass over ``samples`` copies of every row."""
         b = len(x)
+        c = self._dropped(c)
         feats = self.bottom_up(x, c)
         if samples is not None:
             feats = [f.unsqueeze(0).expand(samples, *f.shape).reshape(samples * b, *f.shape[1:]) for f in feats]
@@ -292,6 +317,18 @@ class HVAE(VAEModel):
         h, _, _, _ = self.top_down(c, len(z), z=self._split(z))
         params = self.output(h, c)
         return self.likelihood(params.reshape(*lead, *params.shape[1:]))
+
+    def p_x_guided(self, z: torch.Tensor, c: torch.Tensor, guidance: float):
+        """Classifier-free guidance: p(x | z, c)^(1 + w) / p(x | z)^w, the same groups z decoded by one
+        top-down pass over [with the condition; without it]."""
+        if not self.flagged:
+            raise CvaeError("--guidance needs a run trained with --condition-dropout; leave --guidance out")
+        z, c, lead = flatten_samples(z, c)
+        both_c = torch.cat([self._cond(c), self._cond(c, present=False)])
+        h, _, _, _ = self.top_down(both_c, 2 * len(z), z=self._split(torch.cat([z, z])))
+        params = self.output(h, both_c)
+        cond, none = params.reshape(2, *lead, *params.shape[1:]).unbind(0)
+        return self.likelihood.guided(cond, none, float(guidance))
 
     def prior_of(self, z: torch.Tensor, c: torch.Tensor | None) -> DiagonalGaussian:
         """p(z_i | z_<i, c) of every group at the given code(s) z (..., latent), concatenated."""
