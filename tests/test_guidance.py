@@ -181,10 +181,11 @@ def test_augment_generates_with_the_runs_weight_or_another(guided_run, tmp_path,
     # from the posterior of real examples too
     p1, p0 = augmented("--codes", "posterior"), augmented("--codes", "posterior", "--guidance", "0")
     assert not np.allclose(p1, p0)
-    capsys.readouterr()
-    assert main(["augment", str(guided_run), "--per-class", "3", "--guidance", "30", "-o", str(tmp_path / "b.npz")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: --guidance") and err.count("\n") == 1 and not (tmp_path / "b.npz").exists()
+    for bad in ("30", "nan", "-1"):
+        capsys.readouterr()
+        assert main(["augment", str(guided_run), "--per-class", "3", "--guidance", bad, "-o", str(tmp_path / "b.npz")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --guidance") and err.count("\n") == 1 and not (tmp_path / "b.npz").exists()
 
 
 def test_guidance_flags_are_refused_in_one_line(guided_run, tmp_path, capsys):
@@ -268,7 +269,7 @@ def test_the_hierarchical_model_is_guided_through_its_whole_top_down_pass():
     # training: a share of the rows lose the condition in the encoder, the prior and the decoder at once
     model.train()
     torch.manual_seed(1)
-    dropped = model._dropped(_c([0, 1, 2, 1] * 250))
+    dropped = model.drop_conditions(model._cond(_c([0, 1, 2, 1] * 250)))
     gone = (dropped == 0).all(1)
     assert 200 < int(gone.sum()) < 400 and bool((dropped[~gone, -1] == 1).all())
     x = (torch.rand(6, 1, 8, 8) > 0.5).float()

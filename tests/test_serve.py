@@ -357,6 +357,23 @@ def _wait_newer(b: Browser, element: str, than: int) -> None:
            "document.body.dataset.pending === '0'", what=f"#{element} to change")
 
 
+def _keys(b: Browser, control: str, key: str, times: int) -> str:
+    """Press ``key`` ``times`` on a generate control, wait for the new samples, return its value."""
+    v = _version(b, "samples")
+    b.focus(f"#{control}")
+    b.press(key, times)
+    _wait_newer(b, "samples", v)
+    return b.evaluate(f"document.getElementById('{control}').value")
+
+
+def _api_png(server: str, **extra) -> str:
+    """The digits run's 16 samples of label 3 (seed 0) as the API answers them, as a data URL."""
+    import httpx
+
+    body = {"condition": {"label": "3"}, "n": 16, "seed": 0, "temperature": 0.9, "draw": False, **extra}
+    return "data:image/png;base64," + httpx.post(f"{server}/v1/runs/digits/generate", json=body).json()["png"]
+
+
 def test_the_page_in_a_headless_browser(server, browser, runs, tmp_path):
     b = browser
     b.goto(f"{server}/?run=digits")
@@ -366,31 +383,17 @@ def test_the_page_in_a_headless_browser(server, browser, runs, tmp_path):
     assert first.startswith("data:image/png;base64,")
     assert "label=0" in b.evaluate("document.getElementById('samples-caption').textContent")
     # a condition: the label menu, by keyboard, from 0 to 3
-    v = _version(b, "samples")
-    b.focus("#gen-label")
-    b.press("ArrowDown", 3)
-    _wait_newer(b, "samples", v)
-    assert b.evaluate("document.getElementById('gen-label').value") == "3"
+    assert _keys(b, "gen-label", "ArrowDown", 3) == "3"
     assert "label=3" in b.evaluate("document.getElementById('samples-caption').textContent")
     shown = b.evaluate(img)
     assert shown != first
-    import httpx
-
-    api = httpx.post(f"{server}/v1/runs/digits/generate",
-                     json={"condition": {"label": "3"}, "n": 16, "seed": 0, "temperature": 0.9, "draw": False})
-    assert shown == "data:image/png;base64," + api.json()["png"]  # the page shows what the API answers
+    assert shown == _api_png(server)  # the page shows what the API answers
     # the digits run is guided by default (condition dropout at training): its weight, then none
     assert not b.evaluate("document.getElementById('guidance-control').hidden")
     assert b.evaluate("document.getElementById('guidance').value") == "2"
     assert "guidance 2" in b.evaluate("document.getElementById('samples-caption').textContent")
-    v = _version(b, "samples")
-    b.focus("#guidance")
-    b.press("ArrowLeft", 4)
-    _wait_newer(b, "samples", v)
-    assert b.evaluate("document.getElementById('guidance').value") == "0"
-    unguided = httpx.post(f"{server}/v1/runs/digits/generate", json={"condition": {"label": "3"}, "n": 16, "seed": 0,
-                                                                   "temperature": 0.9, "draw": False, "guidance": 0})
-    assert b.evaluate(img) == "data:image/png;base64," + unguided.json()["png"] != shown
+    assert _keys(b, "guidance", "ArrowLeft", 4) == "0"
+    assert b.evaluate(img) == _api_png(server, guidance=0) != shown
     assert "guidance" not in b.evaluate("document.getElementById('samples-caption').textContent")
     # a latent slider: the one with the most KL, four steps to the right
     b.wait("document.querySelector('#decoded img') !== null && document.body.dataset.pending === '0'",

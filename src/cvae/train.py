@@ -37,6 +37,7 @@ from .data.stream import CHUNK_BYTES, ArrayRows, load_npy_stream, npy_float32_by
 from .errors import CvaeError
 from .fused import fused_step_for
 from .likelihoods import LIKELIHOODS
+from .likelihoods.base import Likelihood
 from .lock import LOCK_NAME, hold, let_go, remove_orphans
 from .models import CVAE, MODELS, PRESETS, ModelConfig, RunInfo, build_model
 from .models.config import free_memory
@@ -131,8 +132,6 @@ GUIDED_DEFAULTS = {"condition_dropout": 0.2, "guidance": 2.0}
 
 def guided_by_default(data: DataSplits, model_class: str, likelihood: str) -> bool:
     """Whether a run on this data gets GUIDED_DEFAULTS when its flags leave condition dropout out."""
-    from .likelihoods.base import Likelihood
-
     return (data.kind == "image" and bool(data.schema) and bool(data.schema.categorical_blocks())
             and MODELS.get(model_class).guidable and MODELS.get(model_class).guided_by_default
             and LIKELIHOODS.get(likelihood).guided is not Likelihood.guided)

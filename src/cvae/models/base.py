@@ -98,6 +98,22 @@ class VAEModel(nn.Module):
         """p(x | z, c) classifier-free guided with weight ``guidance`` (a class with ``guidable`` writes it)."""
         raise NotImplementedError
 
+    # -- condition dropout, shared by the guidable classes -----------------------------------------
+    def flag_condition(self, c: torch.Tensor | None, present: bool = True) -> torch.Tensor | None:
+        """What a guided network reads: [c, 1], or [0, 0] for "no condition"; c itself when the model
+        was not trained with condition dropout."""
+        if c is None or not self.flagged:
+            return c
+        out = torch.cat([c, torch.ones_like(c[..., :1])], dim=-1)
+        return out if present else torch.zeros_like(out)
+
+    def drop_conditions(self, flagged: torch.Tensor | None) -> torch.Tensor | None:
+        """In training, a share ``condition_dropout`` of the rows of a flagged condition blanked."""
+        if flagged is None or not self.flagged or not self.training:
+            return flagged
+        keep = torch.rand(flagged.shape[:-1] + (1,), device=flagged.device) >= self.config.condition_dropout
+        return flagged * keep.to(flagged.dtype)
+
     def guidance_weight(self, guidance: float | None) -> float:
         """The guidance weight to generate with: ``guidance``, or the run's default when None; refused
         (one line) for a run whose decoder never learnt to decode without the condition."""

@@ -72,16 +72,8 @@ class CVAE(VAEModel):
     def _decoder_condition(self, c: torch.Tensor | None, present: bool = True) -> torch.Tensor | None:
         """The decoder's condition input: c itself, or [c, 1] with condition dropout ([0, 0]: none). In
         training a share ``condition_dropout`` of the rows lose theirs."""
-        if c is None or not self.flagged:
-            return c
-        flag = torch.ones_like(c[..., :1])
-        if not present:
-            return torch.zeros_like(torch.cat([c, flag], dim=-1))
-        out = torch.cat([c, flag], dim=-1)
-        if self.training:
-            keep = (torch.rand(c.shape[:-1] + (1,), device=c.device) >= self.config.condition_dropout).to(c.dtype)
-            out = out * keep
-        return out
+        out = self.flag_condition(c, present)
+        return self.drop_conditions(out) if present else out
 
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, samples: int | None = None) -> ModelOutput:
         """One reparameterised z per example, or ``samples`` of them (z: (samples, B, latent))."""

@@ -215,18 +215,9 @@ class HVAE(VAEModel):
     def _cond(self, c: torch.Tensor | None, present: bool = True) -> torch.Tensor | None:
         """What the cells read: c itself, or with condition dropout [c, 1] ([0, 0]: no condition). A
         vector that already carries the flag passes through, so each pass extends it once."""
-        if c is None or not self.flagged or c.shape[-1] == self.schema.dim + 1:
+        if c is not None and c.shape[-1] == self.schema.dim + int(self.flagged):
             return c
-        out = torch.cat([c, torch.ones_like(c[..., :1])], dim=-1)
-        return out if present else torch.zeros_like(out)
-
-    def _dropped(self, c: torch.Tensor | None) -> torch.Tensor | None:
-        """In training, a share ``condition_dropout`` of the rows lose their condition for the whole pass."""
-        c = self._cond(c)
-        if c is None or not self.flagged or not self.training:
-            return c
-        keep = (torch.rand(c.shape[:-1] + (1,), device=c.device) >= self.config.condition_dropout).to(c.dtype)
-        return c * keep
+        return self.flag_condition(c, present)
 
     def bottom_up(self, x: torch.Tensor, c: torch.Tensor | None) -> list[torch.Tensor]:
         """Features per latent resolution, coarsest first."""
@@ -284,7 +275,7 @@ class HVAE(VAEModel):
     def _pass(self, x, c, samples, noise):
         """Bottom-up once, then the top-down pass over ``samples`` copies of every row."""
         b = len(x)
-        c = self._dropped(c)
+        c = self.drop_conditions(self._cond(c))  # in training, for the whole pass of a dropped row
         feats = self.bottom_up(x, c)
         if samples is not None:
             feats = [f.unsqueeze(0).expand(samples, *f.shape).reshape(samples * b, *f.shape[1:]) for f in feats]

@@ -174,7 +174,7 @@ class ServedRun:
             "latent_dim": self.model.config.latent_dim,
             "conditions": self.conditions(),
             # classifier-free guidance: the run's weight, and whether its decoder can be guided at all
-            "guidance": {"available": bool(self.model.schema) and bool(getattr(self.model, "flagged", False)),
+            "guidance": {"available": bool(self.model.flagged),
                          "default": float(self.model.config.guidance)},
             "kl_per_dimension": None if self.kl is None else _numbers(self.kl),
             "kl_note": self.kl_note,
