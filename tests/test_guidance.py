@@ -199,12 +199,18 @@ def test_guidance_flags_are_refused_in_one_line(guided_run, tmp_path, capsys):
                  ["train", "--data", "digits", "--epochs", "1", "--guidance", "1", "--condition-dropout", "0",
                   "--out", str(tmp_path / "x"), *QUIET],
                  ["train", "--data", "digits", "--epochs", "1", "--condition-dropout", "1",
-                  "--out", str(tmp_path / "y"), *QUIET]):
+                  "--out", str(tmp_path / "y"), *QUIET],
+                 # a likelihood without guidance is refused before the training, not at every sample after it
+                 *(["train", "--data", "digits", "--epochs", "1", *preset, "--likelihood", "logistic-mixture",
+                    "--condition-dropout", "0.2", "--out", str(tmp_path / "z"), *QUIET]
+                   for preset in ([], ["--preset", "hvae"]))):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
         assert "--guidance" in err or "--condition-dropout" in err, err
-    assert not (tmp_path / "bad.png").exists() and not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+        if "logistic-mixture" in argv:
+            assert "the logistic-mixture likelihood does not have" in err and "categorical-256" in err, err
+    assert not any((tmp_path / name).exists() for name in ("bad.png", "x", "y", "z"))
 
 
 def test_evaluate_measures_the_guided_samples(guided_run, tmp_path):

@@ -87,9 +87,9 @@ def test_multinomial_log_prob_is_torch_multinomial_without_its_coefficient():
 
 def test_mult_dae_is_the_same_class_with_a_point_encoder_and_no_kl():
     cfg = dict(data_shape=(30,), hidden=[16], latent_dim=4, activation="tanh", likelihood="multinomial",
-               prior="standard", model_class="multvae")
+               prior="standard")
     vae, dae = build_model(MultVAEConfig(**cfg)), build_model(MultVAEConfig(**cfg, variational=False))
-    assert type(vae) is type(dae)
+    assert type(vae) is type(dae) and type(vae).__name__ == "MultVAE"  # its config names its class
     assert vae.encoder.layers[-1].out_features == 8 and dae.encoder.layers[-1].out_features == 4
     x = (torch.rand(5, 30) < 0.3).float()
     out = dae(x)

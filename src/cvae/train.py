@@ -36,8 +36,7 @@ from .data import EVALUATION_SEED, DataSplits, fixed_binarization, load_data, pa
 from .data.stream import CHUNK_BYTES, ArrayRows, load_npy_stream, npy_float32_bytes
 from .errors import CvaeError
 from .fused import fused_step_for
-from .likelihoods import LIKELIHOODS
-from .likelihoods.base import Likelihood
+from .likelihoods.base import guided_likelihoods
 from .lock import LOCK_NAME, hold, let_go, remove_orphans
 from .models import CVAE, MODELS, PRESETS, ModelConfig, RunInfo, build_model
 from .models.config import free_memory
@@ -134,7 +133,18 @@ def guided_by_default(data: DataSplits, model_class: str, likelihood: str) -> bo
     """Whether a run on this data gets GUIDED_DEFAULTS when its flags leave condition dropout out."""
     return (data.kind == "image" and bool(data.schema) and bool(data.schema.categorical_blocks())
             and MODELS.get(model_class).guidable and MODELS.get(model_class).guided_by_default
-            and LIKELIHOODS.get(likelihood).guided is not Likelihood.guided)
+            and likelihood in guided_likelihoods())
+
+
+def check_guided_likelihood(model_class: str, settings: dict) -> None:
+    """Refuse, before training, a run trained for guidance whose likelihood cannot be guided: every
+    sample would fail after the training. (A loaded run is not refused: it still reconstructs.)"""
+    cls, likelihood = MODELS.get(model_class), settings.get("likelihood", "bernoulli")
+    if (settings.get("condition_dropout") and cls.guidable and cls.guided_by_likelihood
+            and likelihood not in guided_likelihoods()):
+        raise CvaeError(f"--condition-dropout trains for classifier-free guidance, which the {likelihood} likelihood "
+                        f"does not have (it is for {', '.join(guided_likelihoods())}); choose one of those with "
+                        "--likelihood, or --condition-dropout 0 to train without guidance")
 
 
 def model_class_for(config: TrainConfig, data: DataSplits) -> str:
@@ -175,6 +185,7 @@ def model_config_for(config: TrainConfig, data: DataSplits) -> ModelConfig:
     for name in ("word_dropout", "condition_dropout", "guidance"):
         if getattr(config, name) is not None:
             settings[name] = getattr(config, name)
+    check_guided_likelihood(model_class, settings)
     if settings.get("arch") == "conv" and len(data.data_shape) == 1:
         raise CvaeError(
             f"the conv network needs images or signals, but {data.name!r} is a table of {data.data_shape[0]} "

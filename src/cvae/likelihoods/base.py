@@ -40,9 +40,18 @@ class Likelihood(nn.Module):
         per element, from the decoder's parameters with the condition (``cond``) and without it
         (``none``). A likelihood that has this in closed form overrides it."""
         raise CvaeError(f"classifier-free guidance is not available for the {self.name} likelihood (it is for "
-                        f"{', '.join(n for n, c in LIKELIHOODS.items() if c.guided is not Likelihood.guided)}); "
-                        "leave --guidance out")
+                        f"{', '.join(guided_likelihoods())}); leave --guidance out")
 
 
-def build_likelihood(name: str, data_shape, options: dict | None = None) -> Likelihood:
-    return LIKELIHOODS.get(name)(data_shape, **(options or {}))
+def guided_likelihoods() -> list[str]:
+    """The likelihoods that have classifier-free guidance (override :meth:`Likelihood.guided`)."""
+    return [name for name, cls in LIKELIHOODS.items() if cls.guided is not Likelihood.guided]
+
+
+def build_likelihood(name: str, data_shape, options: dict | None = None, *, sigma: float | None = None) -> Likelihood:
+    """The likelihood ``name`` over ``data_shape``; ``sigma`` is the default of a likelihood that
+    takes one (the model config's), which ``options`` override."""
+    cls, options = LIKELIHOODS.get(name), dict(options or {})
+    if sigma is not None and "sigma" in cls.options:
+        options.setdefault("sigma", sigma)
+    return cls(data_shape, **options)

@@ -68,6 +68,9 @@ class VAEModel(nn.Module):
     guidable = False
     drops_conditions = False
     guided_by_default = True  # a guidable class that is trained guided on images unless told otherwise
+    # whether p_x_guided combines two parameter sets of the run's likelihood (Likelihood.guided), so
+    # that training for guidance needs a likelihood that has it; the sequence model guides per token
+    guided_by_likelihood = True
 
     def __init__(self, config: ModelConfig, *, run: RunInfo | None = None):
         super().__init__()

@@ -14,7 +14,7 @@ import torch
 
 from ..distributions import DiagonalGaussian
 from ..errors import CvaeError
-from ..likelihoods import LIKELIHOODS
+from ..likelihoods import build_likelihood
 from ..nn import DECODERS, ENCODERS
 from ..priors import build_prior
 from .base import MODELS, ModelOutput, VAEModel, flatten_samples
@@ -38,11 +38,8 @@ class CVAE(VAEModel):
                   act=config.activation)
         # with condition dropout the decoder reads [c, present] (see _decoder_condition)
         dec_kw = dict(kw, cond_dim=cond_dim + int(self.flagged))
-        lik = LIKELIHOODS.get(config.likelihood)
-        options = dict(config.likelihood_options)
-        if "sigma" in lik.options:
-            options.setdefault("sigma", config.sigma)
-        self.likelihood = lik(config.data_shape, **options)
+        self.likelihood = build_likelihood(config.likelihood, config.data_shape, config.likelihood_options,
+                                           sigma=config.sigma)
         self.encoder = ENCODERS[config.arch](config.data_shape, config.latent_dim, **kw)
         self.decoder = DECODERS[config.arch](config.data_shape, config.latent_dim,
                                              params_per_element=self.likelihood.params_per_element, **dec_kw)

@@ -35,7 +35,7 @@ from torch import nn
 
 from ..distributions import DiagonalGaussian
 from ..errors import CvaeError
-from ..likelihoods import LIKELIHOODS
+from ..likelihoods import build_likelihood
 from ..nn import activation
 from ..priors import PRIORS, Prior, build_prior
 from .base import MODELS, ModelOutput, VAEModel, flatten_samples
@@ -180,11 +180,8 @@ class HVAE(VAEModel):
         super().__init__(config, run=run)
         cond_dim, width, act = self.schema.dim + int(self.flagged), config.width, config.activation
         channels = config.data_shape[0]
-        lik = LIKELIHOODS.get(config.likelihood)
-        options = dict(config.likelihood_options)
-        if "sigma" in lik.options:
-            options.setdefault("sigma", config.sigma)
-        self.likelihood = lik(config.data_shape, **options)
+        self.likelihood = build_likelihood(config.likelihood, config.data_shape, config.likelihood_options,
+                                           sigma=config.sigma)
         if config.standardize and getattr(self.likelihood, "levels", None):
             raise CvaeError(f"the {config.likelihood} likelihood scores 8-bit pixels in [0, 1]; this data is "
                             "standardised features, so use --likelihood gaussian-learned")

@@ -37,6 +37,7 @@ MULTVAE_DEFAULTS = dict(model_class="multvae", hidden=[600], latent_dim=200, act
 class MultVAEConfig(ModelConfig):
     """:class:`ModelConfig` plus the input dropout and whether the encoder is variational."""
 
+    model_class: str = "multvae"
     dropout: float = 0.5  # on the L2-normalised input, training mode only (the paper: keep probability 0.5)
     variational: bool = True  # False: Mult-DAE, a point z and no KL term
     # How the user's condition (attributes) enters; each is a training-time setting of the model:

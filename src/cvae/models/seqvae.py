@@ -44,6 +44,7 @@ class SeqVAEConfig(ModelConfig):
     """:class:`ModelConfig` plus the tokeniser (kind and vocabulary) and the recurrent network's
     settings; ``hidden[0]`` is the GRU width, ``data_shape`` is (max_length + 1,)."""
 
+    model_class: str = "seqvae"
     tokenizer: dict = field(default_factory=lambda: {"kind": "char", "tokens": list(SPECIALS)})
     embed_dim: int = 64
     word_dropout: float = 0.0  # Bowman et al. 2016: decoder input tokens replaced by <unk>, training only
@@ -72,6 +73,7 @@ class SeqVAE(VAEModel):
 
     config_class = SeqVAEConfig
     guidable = True
+    guided_by_likelihood = False  # each step's token distribution is guided (_guided), not a likelihood's
     log_active_units = True  # the trainer logs the validation split's active units each epoch
 
     def __init__(self, config: SeqVAEConfig, *, run=None):
