@@ -15,6 +15,8 @@
 
     OMP_NUM_THREADS=1 python benchmarks/hvae.py mnist --data-dir ../shared/data --epochs 3 --n 100
     OMP_NUM_THREADS=1 python benchmarks/hvae.py fashion --data-dir ../shared/data --epochs 3 --n 100
+    OMP_NUM_THREADS=1 python benchmarks/hvae.py fashion --data-dir ../shared/data --epochs 3 --n 100 \\
+        --likelihood categorical-256 --condition-dropout 0.2      # guided: samples at --weights 0,1,2,3,4
     OMP_NUM_THREADS=1 python benchmarks/hvae.py sizes
     python benchmarks/hvae.py fashion --epochs 200 --width 128 --device cuda --n 10000   # a GPU run
 
@@ -102,21 +104,31 @@ def run_mnist(args) -> dict:
 
 def run_fashion(args) -> dict:
     out = Path(args.runs)
-    run = out / "fashion-hvae"
-    cvae.train(data="fashion-mnist", likelihood="logistic-mixture", **hvae_settings(args), out=str(run), overwrite=True)
+    guided = args.condition_dropout > 0
+    run = out / ("fashion-hvae-guided" if guided else "fashion-hvae")
+    cvae.train(data="fashion-mnist", likelihood=args.likelihood, condition_dropout=args.condition_dropout,
+               **hvae_settings(args), out=str(run), overwrite=True)
+    device = "cpu" if args.device == "auto" else args.device
     t = time.perf_counter()
-    ev = evaluate_run(run, k=args.k, n=args.n, metrics="elbo,nll,samples", per_class=args.per_class,
-                      data_dir=args.data_dir, progress=False, device="cpu" if args.device == "auto" else args.device)
-    samples = ev.results.get("samples", {})
-    acc = samples.get("conditional_accuracy", {})
+    ev = evaluate_run(run, k=args.k, n=args.n, metrics="elbo,nll", data_dir=args.data_dir, progress=False,
+                      device=device)
     res = {"train_seconds": round(train_seconds(run), 1), "epochs": args.epochs,
            "parameters": sum(p.numel() for p in cvae.load(run).parameters()),
-           "eval_seconds": round(time.perf_counter() - t, 1), **likelihood_figures(ev), "samples": samples,
+           "eval_seconds": round(time.perf_counter() - t, 1), **likelihood_figures(ev),
            "baseline_conditional_accuracy": BASELINE_FASHION_ACCURACY}
     bpd = res.get("bits_per_dim", {})
-    print(f"fashion hvae: {args.epochs} epochs, {res['train_seconds'] / 60:.1f} min; test bits/dim (k = {args.k}, first "
-          f"{args.n} images) {bpd.get('value', float('nan')):.3f} ± {bpd.get('stderr', float('nan')):.3f}; conditional "
-          f"accuracy {acc.get('mean', {}).get('value', 'n/a')} (one-layer CVAE: {BASELINE_FASHION_ACCURACY})", flush=True)
+    print(f"fashion hvae ({args.likelihood}, condition dropout {args.condition_dropout}): {args.epochs} epochs, "
+          f"{res['train_seconds'] / 60:.1f} min; test bits/dim (k = {args.k}, first {args.n} images) "
+          f"{bpd.get('value', float('nan')):.3f} ± {bpd.get('stderr', float('nan')):.3f}", flush=True)
+    # the samples at each guidance weight (0: unguided; a run without condition dropout has only 0)
+    res["samples"] = {}
+    for w in ([float(w) for w in args.weights.split(",")] if guided else [0.0]):
+        samples = evaluate_run(run, metrics="samples", per_class=args.per_class, data_dir=args.data_dir,
+                               progress=False, device=device, guidance=w, write=False).results.get("samples", {})
+        res["samples"][f"guidance {w:g}"] = samples
+        acc = samples.get("conditional_accuracy", {}).get("mean", {}).get("value", "n/a")
+        print(f"  guidance {w:g}: conditional accuracy {acc} (one-layer CVAE, unguided: {BASELINE_FASHION_ACCURACY})",
+              flush=True)
     return res
 
 
@@ -168,6 +180,10 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=5000, help="importance samples per test image")
     p.add_argument("--n", type=int, default=100, help="the first N test images")
     p.add_argument("--per-class", type=int, default=1000)
+    p.add_argument("--likelihood", default="logistic-mixture", help="fashion: the 8-bit likelihood")
+    p.add_argument("--condition-dropout", type=float, default=0.0,
+                   help="fashion: train for classifier-free guidance (needs --likelihood categorical-256)")
+    p.add_argument("--weights", default="0,1,2,3,4", help="fashion, guided: the guidance weights to sample at")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=os.environ.get("CVAE_DATA"))
@@ -178,7 +194,8 @@ def main(argv=None) -> int:
     res = {"mnist": run_mnist, "fashion": run_fashion, "sizes": run_sizes}[args.what](args)
     res = {"what": args.what, "machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "results"},
            "wall_minutes": round((time.perf_counter() - t0) / 60, 1), **res}
-    path = Path(args.results) / f"hvae-{args.what}.json"
+    guided = args.what == "fashion" and args.condition_dropout > 0
+    path = Path(args.results) / f"hvae-{args.what}{'-guided' if guided else ''}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {path}")
