@@ -244,6 +244,23 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path):
             assert math.isclose(float(row["logp"]), Crippen.MolLogP(m), abs_tol=1e-3)
     assert sum(r["valid"] == "1" for r in table) >= 55  # SELFIES: only an empty string can be invalid
 
+    # --within: only molecules whose logP (recomputed here) lies that near the request, more rounds generated
+    near = tmp_path / "near.csv"
+    r = cli("sample", run, "--condition", "logp=1.5,qed=0.45", "--n", "20", "--decode", "sample", "--within",
+            "logp=0.4", "-o", near)
+    assert r.returncode == 0, r.stderr
+    assert "generated" in r.stdout
+    with open(near) as f:
+        kept = list(csv.DictReader(f))
+    assert 1 <= len(kept) <= 20 and (len(kept) == 20) == ("note:" not in r.stdout)
+    for row in kept:
+        assert abs(Crippen.MolLogP(Chem.MolFromSmiles(row["smiles"])) - 1.5) <= 0.4 + 1e-3
+    for flag, says in (("logp=0", "must be a number above 0"), ("logp=x", "must be a number above 0"),
+                       ("mw=1", "use one of logp, qed"), ("logp", "cannot read condition")):
+        r = cli("sample", run, "--n", "5", "--within", flag, "-o", tmp_path / "bad.csv")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    assert not (tmp_path / "bad.csv").exists()
+
     r = cli("sample", run, "--n", "12", "--decode", "beam", "--beam", "3", "-o", tmp_path / "grid.png")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "grid.png").stat().st_size > 1000
@@ -346,6 +363,8 @@ def test_decode_flag_of_evaluate_is_refused_for_a_run_that_is_not_a_sequence_run
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--condition-dropout" in r.stderr
     r = cli("sample", run, "--n", "4", "--token-temperature", "0.5", "-o", tmp_path / "s.png")
     assert r.returncode == 2 and r.stderr.startswith("error: --token-temperature is for sequence runs")
+    r = cli("sample", run, "--n", "4", "--within", "logp=0.3", "-o", tmp_path / "s.png")
+    assert r.returncode == 2 and r.stderr.startswith("error: --within is for molecule runs")
 
 
 # -- metrics as MOSES defines them -----------------------------------------------------------------------
@@ -424,6 +443,8 @@ def test_text_per_label_transfer_and_bad_input(tmp_path):
     with open(out) as f:
         table = list(csv.DictReader(f))
     assert [row["sentiment_requested"] for row in table] == ["pos"] * 10 and all(row["text"] for row in table)
+    r = cli("sample", run, "--n", "4", "--within", "sentiment=1", "-o", tmp_path / "w.csv")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--within keeps molecules" in r.stderr
     r = cli("transfer", run, "--input", "the film was awful and dull", "--condition", "sentiment=neg",
             "--to", "sentiment=pos", "-o", tmp_path / "t.csv")
     assert r.returncode == 0, r.stderr

@@ -50,21 +50,90 @@ def achieved_table(model, strings: list[str]) -> tuple[list[str | None], dict[st
     return canon, {n: table[:, j] for j, n in enumerate(names)}
 
 
+# --within: rounds of n molecules at most; a round's seed is the user's plus this times its number
+WITHIN_ROUNDS = 50
+ROUND_SEED_STEP = 1_000_003
+
+
+def parse_within(model, text: str | dict) -> dict[str, float]:
+    """``--within logp=0.3,qed=0.05``: per property that RDKit computes, the largest distance from the
+    request that a kept molecule may have."""
+    from ..conditions import parse_assignments
+    from ..seqmetrics import computable
+
+    names = computable(model)
+    if not names:
+        raise CvaeError("--within keeps molecules whose RDKit-computed properties are near the request; this run has "
+                        "no such condition (it is for molecule runs conditioned on e.g. logp or qed); leave it out")
+    spec = parse_assignments(text) if isinstance(text, str) else dict(text)
+    if not spec:
+        raise CvaeError(f"--within needs NAME=DISTANCE, e.g. --within {names[0]}=0.3")
+    out = {}
+    for name, value in spec.items():
+        if name not in names:
+            raise CvaeError(f"--within {name}: not a property of this run that RDKit computes; use one of "
+                            f"{', '.join(names)}")
+        try:
+            tol = float(value)
+        except (TypeError, ValueError):
+            tol = float("nan")
+        if not (np.isfinite(tol) and tol > 0):
+            raise CvaeError(f"--within {name}={value}: the distance must be a number above 0")
+        out[name] = tol
+    return out
+
+
+def _generate(model, n: int, condition, within: dict[str, float] | None, *, seed: int, **decoding):
+    """``n`` strings with their raw conditions, canonical forms and achieved properties; with ``within``,
+    the molecules of rounds of ``n`` (new seeds) whose achieved properties lie within the distances of
+    the request, until ``n`` are kept or WITHIN_ROUNDS rounds are spent. Returns also how many were
+    generated."""
+    strings, y = model.sample_strings(n, condition, seed=seed, **decoding)
+    canon, achieved = achieved_table(model, strings)
+    if not within:
+        return strings, y, canon, achieved, len(strings)
+    parts, kept, generated = [], 0, 0
+    for r in range(WITHIN_ROUNDS):
+        if r:
+            strings, y = model.sample_strings(n, condition, seed=seed + r * ROUND_SEED_STEP, **decoding)
+            canon, achieved = achieved_table(model, strings)
+        generated += len(strings)
+        req = {a.name: y[:, j].numpy() for j, a in enumerate(model.schema.attributes)}
+        ok = np.ones(len(strings), bool)
+        for name, tol in within.items():
+            with np.errstate(invalid="ignore"):
+                ok &= np.abs(achieved[name] - req[name]) <= tol  # an invalid molecule's NaN never passes
+        idx = np.flatnonzero(ok)[: n - kept]
+        parts.append(([strings[i] for i in idx], y[idx], [canon[i] for i in idx], {k: v[idx] for k, v in achieved.items()}))
+        kept += len(idx)
+        if kept >= n:
+            break
+    if not kept:
+        raise CvaeError(f"none of {generated:,} generated molecules came within --within "
+                        + ",".join(f"{k}={v:g}" for k, v in within.items()) + " of the request; widen the distances, "
+                        "or ask for values nearer the training data's")
+    return ([s for p in parts for s in p[0]], torch.cat([p[1] for p in parts]), [c for p in parts for c in p[2]],
+            {k: np.concatenate([p[3][k] for p in parts]) for k in parts[0][3]}, generated)
+
+
 def sample_to_file(model, out: str | Path, *, n: int = 64, condition=None, seed: int = 0, temperature: float = 1.0,
                    decode: str = "greedy", beam: int = 5, token_temperature: float = 1.0,
-                   guidance: float | None = None) -> tuple[Path, dict]:
+                   guidance: float | None = None, within: dict[str, float] | None = None) -> tuple[Path, dict]:
     """Generate ``n`` sequences and write them: .csv (requested conditions, the sequence, its validity and
-    achieved properties), .smi / .txt (one per line) or .png (a picture). Returns the path and a summary."""
+    achieved properties), .smi / .txt (one per line) or .png (a picture). Returns the path and a summary.
+    ``within`` ({property: distance}, see :func:`parse_within`) keeps only molecules whose RDKit-computed
+    properties are that near the request, generating more until ``n`` are kept (the summary says how
+    many were generated; fewer than ``n`` when WITHIN_ROUNDS rounds did not find them)."""
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in TEXT_SUFFIXES + (".png",):
         raise CvaeError(f"-o {out}: a sequence model writes .csv, .smi, .txt or .png files")
-    strings, y = model.sample_strings(n, condition, seed=seed, temperature=temperature, decode=decode, beam=beam,
-                                      token_temperature=token_temperature, guidance=guidance)
-    canon, achieved = achieved_table(model, strings)
+    strings, y, canon, achieved, generated = _generate(
+        model, n, condition, within, seed=seed, temperature=temperature, decode=decode, beam=beam,
+        token_temperature=token_temperature, guidance=guidance)
     requested = described(model, y)
     molecular = model.tokenizer.molecular
-    summary = {"n": len(strings)}
+    summary = {"n": len(strings), "generated": generated}
     if molecular:
         valid = [s for s in canon if s]
         summary.update(valid=len(valid) / max(1, len(canon)), unique=len(set(valid)) / max(1, len(valid)))

@@ -159,6 +159,9 @@ def add_parsers(sub) -> None:
                    help="runs trained with --condition-dropout: classifier-free guidance weight w, the decoder's "
                         "p(x | z, c)^(1 + w) / p(x | z)^w (each token's, for sequences; default: the run's, set at "
                         "training)")
+    s.add_argument("--within", metavar="PROPERTY=DISTANCE,...",
+                   help="molecule runs: keep only molecules whose RDKit-computed property lies this near the "
+                        "request (e.g. logp=0.3), generating more until --n are kept (at most 50 rounds)")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_sample)
 
@@ -204,6 +207,8 @@ def cmd_sample(args) -> int:
     check_condition_args(model, args, "condition")
     if hasattr(model, "sample_strings"):
         return _sample_sequences(model, args)
+    if args.within is not None:
+        raise CvaeError("--within is for molecule runs (trained with --sequence smiles or selfies); leave it out")
     if args.decode is not None:
         raise CvaeError("--decode is for sequence runs (trained with --sequence); use --draw to sample x ~ p(x | z, c)")
     if args.token_temperature != 1.0:
@@ -218,19 +223,25 @@ def cmd_sample(args) -> int:
 
 
 def _sample_sequences(model, args) -> int:
-    from ..apps.sequences import sample_to_file
+    from ..apps.sequences import parse_within, sample_to_file
 
     if not 1 <= args.n <= 1_000_000:
         raise CvaeError(f"--n must be from 1 to 1,000,000 sequences, got {args.n}")
+    within = parse_within(model, args.within) if args.within is not None else None
     decode = args.decode or ("sample" if args.draw else "greedy")
     path, summary = sample_to_file(model, args.output, n=args.n, condition=args.condition, seed=args.seed,
                                    temperature=args.temperature, decode=decode, beam=args.beam,
-                                   token_temperature=args.token_temperature, guidance=args.guidance)
+                                   token_temperature=args.token_temperature, guidance=args.guidance, within=within)
     extra = ""
     if "valid" in summary:
         extra = f"; valid {summary['valid']:.1%}, unique {summary['unique']:.1%}" + "".join(
             f", {k.replace('_mae', '')} MAE {v:.3f}" for k, v in summary.items() if k.endswith("_mae") and v is not None)
+    if within:
+        extra += f"; kept of {summary['generated']:,} generated"
     print(f"wrote {path}  ({summary['n']} sequences{extra})")
+    if within and summary["n"] < args.n:
+        print(f"note: only {summary['n']} of the {args.n} asked for came within --within {args.within} in "
+              f"{summary['generated']:,} generated; widen the distances or ask for values nearer the training data's")
     return 0
 
 
