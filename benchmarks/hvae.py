@@ -105,30 +105,35 @@ def run_mnist(args) -> dict:
 def run_fashion(args) -> dict:
     out = Path(args.runs)
     guided = args.condition_dropout > 0
-    run = out / ("fashion-hvae-guided" if guided else "fashion-hvae")
-    cvae.train(data="fashion-mnist", likelihood=args.likelihood, condition_dropout=args.condition_dropout,
-               **hvae_settings(args), out=str(run), overwrite=True)
+    run = out / ("fashion-hvae" + ("-guided" if guided else "") + (f"-{args.tag}" if args.tag else ""))
     device = "cpu" if args.device == "auto" else args.device
-    t = time.perf_counter()
-    ev = evaluate_run(run, k=args.k, n=args.n, metrics="elbo,nll", data_dir=args.data_dir, progress=False,
-                      device=device)
-    res = {"train_seconds": round(train_seconds(run), 1), "epochs": args.epochs,
-           "parameters": sum(p.numel() for p in cvae.load(run).parameters()),
-           "eval_seconds": round(time.perf_counter() - t, 1), **likelihood_figures(ev),
-           "baseline_conditional_accuracy": BASELINE_FASHION_ACCURACY}
-    bpd = res.get("bits_per_dim", {})
-    print(f"fashion hvae ({args.likelihood}, condition dropout {args.condition_dropout}): {args.epochs} epochs, "
-          f"{res['train_seconds'] / 60:.1f} min; test bits/dim (k = {args.k}, first {args.n} images) "
-          f"{bpd.get('value', float('nan')):.3f} ± {bpd.get('stderr', float('nan')):.3f}", flush=True)
-    # the samples at each guidance weight (0: unguided; a run without condition dropout has only 0)
+    res = {}
+    if not args.eval_only:
+        cvae.train(data="fashion-mnist", likelihood=args.likelihood, condition_dropout=args.condition_dropout,
+                   **hvae_settings(args), out=str(run), overwrite=True)
+        t = time.perf_counter()
+        ev = evaluate_run(run, k=args.k, n=args.n, metrics="elbo,nll", data_dir=args.data_dir, progress=False,
+                          device=device)
+        res = {"train_seconds": round(train_seconds(run), 1), "epochs": args.epochs,
+               "parameters": sum(p.numel() for p in cvae.load(run).parameters()),
+               "eval_seconds": round(time.perf_counter() - t, 1), **likelihood_figures(ev),
+               "baseline_conditional_accuracy": BASELINE_FASHION_ACCURACY}
+        bpd = res.get("bits_per_dim", {})
+        print(f"fashion hvae ({args.likelihood}, condition dropout {args.condition_dropout}): {args.epochs} epochs, "
+              f"{res['train_seconds'] / 60:.1f} min; test bits/dim (k = {args.k}, first {args.n} images) "
+              f"{bpd.get('value', float('nan')):.3f} ± {bpd.get('stderr', float('nan')):.3f}", flush=True)
+    # the samples at each temperature and guidance weight (0: unguided; a run without condition dropout has only 0)
     res["samples"] = {}
-    for w in ([float(w) for w in args.weights.split(",")] if guided else [0.0]):
-        samples = evaluate_run(run, metrics="samples", per_class=args.per_class, data_dir=args.data_dir,
-                               progress=False, device=device, guidance=w, write=False).results.get("samples", {})
-        res["samples"][f"guidance {w:g}"] = samples
-        acc = samples.get("conditional_accuracy", {}).get("mean", {}).get("value", "n/a")
-        print(f"  guidance {w:g}: conditional accuracy {acc} (one-layer CVAE, unguided: {BASELINE_FASHION_ACCURACY})",
-              flush=True)
+    for temperature in [float(t) for t in args.temperatures.split(",")]:
+        for w in ([float(w) for w in args.weights.split(",")] if guided else [0.0]):
+            samples = evaluate_run(run, metrics="samples", per_class=args.per_class, data_dir=args.data_dir,
+                                   progress=False, device=device, guidance=w, temperature=temperature,
+                                   write=False).results.get("samples", {})
+            key = f"guidance {w:g}" + ("" if temperature == 0.9 else f", temperature {temperature:g}")
+            res["samples"][key] = samples
+            acc = samples.get("conditional_accuracy", {}).get("mean", {}).get("value", float("nan"))
+            print(f"  {key}: conditional accuracy {acc:.3f} (one-layer CVAE, unguided: {BASELINE_FASHION_ACCURACY})",
+                  flush=True)
     return res
 
 
@@ -180,10 +185,13 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=5000, help="importance samples per test image")
     p.add_argument("--n", type=int, default=100, help="the first N test images")
     p.add_argument("--per-class", type=int, default=1000)
-    p.add_argument("--likelihood", default="logistic-mixture", help="fashion: the 8-bit likelihood")
+    p.add_argument("--likelihood", default="logistic-mixture", help="fashion: the likelihood (bernoulli: the preset's on grey levels)")
     p.add_argument("--condition-dropout", type=float, default=0.0,
-                   help="fashion: train for classifier-free guidance (needs --likelihood categorical-256)")
+                   help="fashion: train for classifier-free guidance (a likelihood with guidance: not logistic-mixture)")
     p.add_argument("--weights", default="0,1,2,3,4", help="fashion, guided: the guidance weights to sample at")
+    p.add_argument("--temperatures", default="0.9", help="fashion: the prior temperatures to sample at")
+    p.add_argument("--eval-only", action="store_true", help="fashion: only sample an existing run (no training)")
+    p.add_argument("--tag", default="", help="fashion: appended to the run's and the results file's names")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", default=os.environ.get("CVAE_DATA"))
@@ -195,7 +203,10 @@ def main(argv=None) -> int:
     res = {"what": args.what, "machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "results"},
            "wall_minutes": round((time.perf_counter() - t0) / 60, 1), **res}
     guided = args.what == "fashion" and args.condition_dropout > 0
-    path = Path(args.results) / f"hvae-{args.what}{'-guided' if guided else ''}.json"
+    tag = f"-{args.tag}" if args.what == "fashion" and args.tag else ""
+    if args.what == "fashion" and args.eval_only:
+        tag += "-eval"
+    path = Path(args.results) / f"hvae-{args.what}{'-guided' if guided else ''}{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {path}")
