@@ -227,8 +227,8 @@ def test_evaluate_measures_the_guided_samples(guided_run, tmp_path):
 
 
 def test_image_runs_with_a_class_are_guided_by_default_and_others_are_not(tmp_path):
-    """GUIDED_DEFAULTS for images with a categorical condition (cvae and m2, guidable likelihoods); tables,
-    plain VAEs, the hierarchical model and a logistic mixture keep an unguided decoder."""
+    """GUIDED_DEFAULTS for images with a categorical condition (cvae, m2 and hvae, guidable likelihoods);
+    tables, plain VAEs and a logistic mixture keep an unguided decoder."""
     from cvae.train import GUIDED_DEFAULTS
 
     def model_of(*flags):
@@ -285,17 +285,24 @@ def test_the_hierarchical_model_is_guided_through_its_whole_top_down_pass():
         _hvae(condition_dropout=0.0).sample(2, "label=a", guidance=1.0)
 
 
-def test_the_hierarchical_model_is_not_guided_by_default_but_trains_guided_when_asked(tmp_path):
+def test_the_hierarchical_model_is_guided_by_default_and_its_weight_reaches_the_samples(tmp_path):
+    from cvae.train import GUIDED_DEFAULTS
+
     def run(*flags):
         out = tmp_path / f"h{len(list(tmp_path.iterdir()))}"
         assert main(["train", "--data", "digits", "--preset", "hvae", "--width", "8", "--epochs", "1", "--limit", "300",
                      *flags, "--out", str(out), *QUIET]) == 0
         return out
 
-    plain = run()
-    cfg = json.loads((plain / "config.json").read_text())["model"]
-    assert (cfg["condition_dropout"], cfg["guidance"]) == (0.0, 0.0)  # not measured there: off by default
-    guided = run("--condition-dropout", "0.2", "--guidance", "2")
+    guided = run()
+    cfg = json.loads((guided / "config.json").read_text())["model"]
+    assert (cfg["condition_dropout"], cfg["guidance"]) == (GUIDED_DEFAULTS["condition_dropout"],
+                                                           GUIDED_DEFAULTS["guidance"])
+    cfg = json.loads((run("--condition-dropout", "0") / "config.json").read_text())["model"]
+    assert (cfg["condition_dropout"], cfg["guidance"]) == (0.0, 0.0)
+    # the 8-bit logistic mixture has no guidance: that run stays unguided rather than refused
+    cfg = json.loads((run("--likelihood", "logistic-mixture") / "config.json").read_text())["model"]
+    assert (cfg["condition_dropout"], cfg["guidance"]) == (0.0, 0.0)
     draws = {}
     for w in ("0", "2", "4"):
         out = tmp_path / f"s{w}.npz"
