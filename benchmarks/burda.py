@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     sys.stdout.flush()
 
     t1 = time.perf_counter()
-    ev = evaluate_run(out, k=args.k, n=args.n, metrics="elbo,nll,posterior", data_dir=args.data_dir,
+    ev = evaluate_run(out, subset="first", k=args.k, n=args.n, metrics="elbo,nll,posterior", data_dir=args.data_dir,
                       device="cpu" if args.device == "auto" else args.device, progress=False)
     eval_seconds = time.perf_counter() - t1
     lik, post = ev.results["likelihood"], ev.results["posterior"]

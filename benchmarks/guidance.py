@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         entry = {"run": str(run_dir), "train_minutes": round(minutes, 1),
                  "test_negative_elbo": test.get("loss"), "weights": {}}
         for w in ws:
-            ev = evaluate_run(run_dir, metrics="samples", per_class=args.per_class, n=args.n, seed=args.seed,
+            ev = evaluate_run(run_dir, subset="first", metrics="samples", per_class=args.per_class, n=args.n, seed=args.seed,
                               data_dir=args.data_dir, guidance=w, write=False).results["samples"]
             acc = ev["conditional_accuracy"]
             entry["weights"][f"{w:g}"] = {

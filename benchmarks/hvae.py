@@ -89,7 +89,7 @@ def run_mnist(args) -> dict:
     rows = {}
     for name, run in (("hvae", hv), ("one-layer (burda preset)", one)):
         t = time.perf_counter()
-        ev = evaluate_run(run, k=args.k, n=args.n, metrics="elbo,nll", data_dir=args.data_dir, progress=False,
+        ev = evaluate_run(run, subset="first", k=args.k, n=args.n, metrics="elbo,nll", data_dir=args.data_dir, progress=False,
                           device="cpu" if args.device == "auto" else args.device)
         config = json.loads((run / "config.json").read_text())
         rows[name] = {"train_seconds": round(train_seconds(run), 1), "epochs": config["train"]["epochs"],
@@ -112,7 +112,7 @@ def run_fashion(args) -> dict:
         cvae.train(data="fashion-mnist", likelihood=args.likelihood, condition_dropout=args.condition_dropout,
                    **hvae_settings(args), out=str(run), overwrite=True)
         t = time.perf_counter()
-        ev = evaluate_run(run, k=args.k, n=args.n, metrics="elbo,nll", data_dir=args.data_dir, progress=False,
+        ev = evaluate_run(run, subset="first", k=args.k, n=args.n, metrics="elbo,nll", data_dir=args.data_dir, progress=False,
                           device=device)
         res = {"train_seconds": round(train_seconds(run), 1), "epochs": args.epochs,
                "parameters": sum(p.numel() for p in cvae.load(run).parameters()),
@@ -126,7 +126,7 @@ def run_fashion(args) -> dict:
     res["samples"] = {}
     for temperature in [float(t) for t in args.temperatures.split(",")]:
         for w in ([float(w) for w in args.weights.split(",")] if guided else [0.0]):
-            samples = evaluate_run(run, metrics="samples", per_class=args.per_class, data_dir=args.data_dir,
+            samples = evaluate_run(run, subset="first", metrics="samples", per_class=args.per_class, data_dir=args.data_dir,
                                    progress=False, device=device, guidance=w, temperature=temperature,
                                    write=False).results.get("samples", {})
             key = f"guidance {w:g}" + ("" if temperature == 0.9 else f", temperature {temperature:g}")

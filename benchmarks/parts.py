@@ -99,7 +99,7 @@ def main(argv=None) -> int:
             cvae.train(out=str(run), epochs=args.epochs, data_dir=args.data_dir, progress=False, tensorboard=False,
                        resume=True, pictures=False)
         t0 = time.perf_counter()
-        ev = evaluate_run(run, k=args.eval_k, n=args.n, metrics="elbo,nll,posterior", data_dir=args.data_dir,
+        ev = evaluate_run(run, subset="first", k=args.eval_k, n=args.n, metrics="elbo,nll,posterior", data_dir=args.data_dir,
                           device="cpu" if args.device == "auto" else args.device, progress=False)
         lik, post = ev.results["likelihood"], ev.results["posterior"]
         summary = dict(row=name, settings=table[name], activation=args.activation, epochs=_epochs_done(run), batch_size=args.batch_size, lr=args.lr,

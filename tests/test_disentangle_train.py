@@ -131,9 +131,21 @@ def test_evaluate_disentanglement_writes_scores_codes_and_pictures(tmp_path):
         assert 0.0 <= section[key] <= 1.0
     assert (run / "disentanglement.png").stat().st_size > 0 and (run / "traversal_factors.png").stat().st_size > 0
     # the same numbers again from the codes file (what `cvae embed` gives for those ids)
-    saved = np.load(run / "disentanglement_codes.npz")
+    saved = dict(np.load(run / "disentanglement_codes.npz"))  # read now: the file is rewritten below
     again = disentanglement(saved["codes"].astype(np.float64), saved["factors"], seed=0, metrics=("mig",))
     assert again.scores["mig"] == pytest.approx(section["mig"], abs=1e-6)
+    # --n draws its examples at random: the training split is in dSprites' order (shape varies slowest), so
+    # its first 100 are all squares, which once left 'shape' out of every metric
+    assert main(["evaluate", str(run), "--metrics", "disentanglement", "--split", "train", "--n", "100",
+                 "--no-progress"]) == 0
+    drawn = np.load(run / "disentanglement_codes.npz")
+    assert len(drawn["ids"]) == 100 and set(drawn["factors"][:, 0]) == {0, 1, 2}
+    assert set(drawn["ids"]) <= set(saved["ids"]) and list(drawn["ids"]) != list(saved["ids"][:100])
+    assert "constant_factors_left_out" not in json.loads((run / "eval.json").read_text())["disentanglement"]["protocol"]
+    assert main(["evaluate", str(run), "--metrics", "disentanglement", "--split", "train", "--n", "100",
+                 "--subset", "first", "--no-progress"]) == 0
+    first = np.load(run / "disentanglement_codes.npz")
+    assert list(first["ids"]) == list(saved["ids"][:100]) and set(first["factors"][:, 0]) == {0}
     # a model without factors: the metric is refused when asked by name
     plain = tmp_path / "plain"
     assert main(["train", "--data", "digits", "--epochs", "1", "--out", str(plain), "--no-progress",

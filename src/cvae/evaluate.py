@@ -423,12 +423,14 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
                  device: str = "cpu", seed: int = 0, progress: bool = False, write: bool = True,
                  temperature: float = SAMPLING_TEMPERATURE, molecules: int = 10000, decode: str = "greedy",
                  beam: int = 5, data=None, token_temperature: float = 1.0,
-                 guidance: float | None = None) -> RunEvaluation:
+                 guidance: float | None = None, subset: str = "random") -> RunEvaluation:
     """Everything ``cvae evaluate`` measures on one run folder; writes ``RUN/eval.json``.
 
     ``metrics``: any of elbo, nll, posterior, samples (default all; then samples are skipped with a
-    note where they cannot run: not images, or no evaluator trained). ``n`` keeps the first N
-    examples of the split; ``per_class`` images are generated per class for conditional accuracy;
+    note where they cannot run: not images, or no evaluator trained). ``n`` keeps N examples of the
+    split: with ``subset="random"`` (the default) drawn uniformly with ``seed`` (a split stored in its
+    source's order, an image folder class by class or dSprites factor by factor, has no representative
+    first N), with ``subset="first"`` the first N, as papers score the first N of a published test set; ``per_class`` images are generated per class for conditional accuracy;
     ``molecules`` are generated with ``decode`` (greedy, sample or beam of width ``beam``; sampled
     tokens at ``token_temperature``) for the molecule metrics; ``guidance`` is the classifier-free
     guidance weight of every generated example, images or molecules (None: the run's). ``data``: the
@@ -459,13 +461,20 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
     part = getattr(data, split)
     if part is None:
         raise CvaeError(f"{data.name!r} has no {split} split in this run; choose one of {', '.join(available)}")
-    x_raw = part.x[:n] if n else part.x
-    y = part.y[:len(x_raw)]
+    if subset not in ("random", "first"):
+        raise CvaeError(f"--subset must be random or first, not {subset!r}")
+    if n and n < len(part):
+        part = take_examples(part, n, subset, seed)
+    x_raw = part.x
+    y = part.y
     binarize = model.run_config.get("train", {}).get("binarize", "none")
     x = fixed_binarization(x_raw, EVALUATION_SEED) if binarize == "dynamic" else x_raw
     x = x.to(model.device)
     c = model.schema.encode(y).to(model.device) if model.schema else None
     protocol = {**protocol_text(model.run_config, model), "split": split, "n_examples": len(x)}
+    if n and n < len(getattr(data, split)):
+        protocol["examples"] = (f"{n} drawn at random (seed {seed}) of the split's {len(getattr(data, split))}"
+                                if subset == "random" else f"the first {n} of the split's {len(getattr(data, split))}")
 
     weights = run / "model.safetensors"
     results: dict = {}
@@ -498,7 +507,7 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
         t0 = time.perf_counter()
         section = _samples_section(model, data, part, evaluator, explicit=explicit and "samples" in wanted,
                                    n=len(x_raw), per_class=per_class, seed=seed, temperature=temperature,
-                                   guidance=guidance)
+                                   guidance=guidance, subset=subset)
         if section is not None:
             section["seconds"] = round(time.perf_counter() - t0, 1)
             results["samples"] = section
@@ -622,6 +631,19 @@ DCI_EXAMPLES = (2000, 1000)  # DCI's train / test examples here (disentanglement
 CODES_FILE = "disentanglement_codes.npz"  # the codes and factors the metrics were computed on, beside eval.json
 
 
+def take_examples(part, n: int, subset: str = "random", seed: int = 0):
+    """``n`` examples of a split (a :class:`cvae.data.Dataset`): the first n, or n drawn uniformly without
+    replacement with ``seed`` and kept in the split's order (ids, labels and factors follow)."""
+    from .data import Dataset
+
+    rows = (np.arange(n) if subset == "first"
+            else np.sort(np.random.default_rng([seed, 0x5EED]).choice(len(part), n, replace=False)))
+    index = torch.from_numpy(rows)
+    return Dataset(part.x[index], part.y[index], [part.ids[i] for i in rows] if part.ids else None,
+                   None if part.labels is None else part.labels[rows],
+                   None if part.factors is None else part.factors[rows])
+
+
 @torch.no_grad()
 def posterior_means(model: CVAE, x: torch.Tensor, c: torch.Tensor | None, *, batch_size: int = 1000) -> np.ndarray:
     """E_q[z | x, c] of every example (N, D), float64."""
@@ -661,7 +683,8 @@ def _disentanglement_section(model: CVAE, data, part, x, c, *, explicit: bool, s
 
 
 def _samples_section(model: CVAE, data, part, evaluator, *, explicit: bool, n: int, per_class: int,
-                     seed: int, temperature: float, guidance: float | None = None) -> dict | None:
+                     seed: int, temperature: float, guidance: float | None = None,
+                     subset: str = "random") -> dict | None:
     from .evaluator import find_evaluator, load_evaluator, sample_quality
 
     def skip(reason: str) -> dict:
@@ -680,7 +703,10 @@ def _samples_section(model: CVAE, data, part, evaluator, *, explicit: bool, n: i
         return skip(f"the evaluator {path} takes images of shape {tuple(ev.config.image_shape)}, but this model "
                     f"makes {tuple(model.config.data_shape)}; pass --evaluator for this data")
     real_x = model.to_data_units(part.x[:n].to(model.device)).cpu()
-    ref = data.train.x if data.train is not None and part is not data.train else None
+    ref = data.train if data.train is not None and part is not data.train else None
+    if ref is not None and n < len(ref):
+        ref = take_examples(ref, n, subset, seed)
+    ref = None if ref is None else ref.x
     report = sample_quality(model, ev, real_x, part.y[:n] if model.schema else None,
                             reference_x=None if ref is None else model.to_data_units(ref[:n].to(model.device)).cpu(),
                             per_class=per_class, seed=seed, temperature=temperature, guidance=guidance)

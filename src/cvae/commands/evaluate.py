@@ -27,7 +27,10 @@ def add_parsers(sub) -> None:
                         "modularity of the posterior means against the data's factors, plus RUN/disentanglement.png "
                         "and RUN/traversal_factors.png")
     e.add_argument("--evaluator", help="an evaluator .safetensors file (default ~/.cache/cvae/evaluators/DATA.safetensors)")
-    e.add_argument("--n", type=int, help="only the first N examples of the split (default all)")
+    e.add_argument("--n", type=int, help="only N examples of the split, drawn at random with --seed (default all)")
+    e.add_argument("--subset", choices=["random", "first"], default="random",
+                   help="which N examples --n keeps: drawn at random (default; a split in its source's order, e.g. "
+                        "an image folder class by class, has no representative first N) or the first N")
     e.add_argument("--per-class", type=int, default=1000, help="images generated per class for conditional accuracy")
     e.add_argument("--batch-size", type=int, default=4096,
                    help="(example, sample) pairs decoded at once in importance sampling; bounds the memory "
@@ -91,7 +94,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           n=args.n, per_class=args.per_class, rows=args.batch_size, data_dir=args.data_dir,
                           device=args.device, seed=args.seed, progress=args.progress, temperature=args.temperature,
                           molecules=args.molecules, decode=args.decode or "greedy", beam=args.beam,
-                          token_temperature=args.token_temperature, guidance=args.guidance)
+                          token_temperature=args.token_temperature, guidance=args.guidance, subset=args.subset)
     pictures = _disentanglement_pictures(args, result.results.get("disentanglement"))
     if args.json:
         print(json.dumps(result.results, indent=2))
