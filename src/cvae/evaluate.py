@@ -521,7 +521,8 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
     if "disentanglement" in wanted:
         t0 = time.perf_counter()
         section = _disentanglement_section(model, data, part, x, c, explicit=explicit and "disentanglement" in wanted,
-                                           split=split, seed=seed, run=run if write else None)
+                                           split=split, seed=seed, run=run if write else None,
+                                           examples=protocol.get("examples"))
         if section is not None:
             section["seconds"] = round(time.perf_counter() - t0, 1)
             results["disentanglement"] = section
@@ -656,7 +657,8 @@ def posterior_means(model: CVAE, x: torch.Tensor, c: torch.Tensor | None, *, bat
 
 
 def _disentanglement_section(model: CVAE, data, part, x, c, *, explicit: bool, split: str, seed: int,
-                             run: Path | None, num_train: int = 10000, num_test: int = 5000) -> dict | None:
+                             run: Path | None, num_train: int = 10000, num_test: int = 5000,
+                             examples: str | None = None) -> dict | None:
     """The disentanglement metrics (:mod:`cvae.disentangle`) of the posterior means against the data's
     held-out factors; the codes, factors and ids are written to RUN/disentanglement_codes.npz."""
     from .disentangle import disentanglement
@@ -673,7 +675,7 @@ def _disentanglement_section(model: CVAE, data, part, x, c, *, explicit: bool, s
                              dci_train=min(num_train, DCI_EXAMPLES[0]), dci_test=min(num_test, DCI_EXAMPLES[1]),
                              seed=seed)
     out = report.to_dict()
-    out["protocol"] = {**out["protocol"], "split": split}
+    out["protocol"] = {**out["protocol"], "split": split, **({"examples": examples} if examples else {})}
     if run is not None:
         ids = np.array([str(i) for i in (part.ids[:len(x)] if part.ids else range(len(x)))])
         np.savez_compressed(run / CODES_FILE, ids=ids, codes=codes.astype(np.float32), factors=factors,

@@ -236,7 +236,8 @@ def format_table(results: dict) -> str:
     dis = _measured(results.get("disentanglement"), "disentanglement", lines)
     if dis:
         p = dis["protocol"]
-        lines.append(f"disentanglement of the posterior means ({p['split']} split, {p['n_examples']} examples; "
+        lines.append(f"disentanglement of the posterior means ({p['split']} split, "
+                     f"{p.get('examples') or str(p['n_examples']) + ' examples'}; "
                      f"disentanglement_lib's definitions, chance of the BetaVAE / FactorVAE scores "
                      f"{p['chance_of_beta_vae_and_factor_vae_scores']:.2f})")
         for key, label in (("mig", "MIG"), ("factor_vae", "FactorVAE score"), ("beta_vae", "BetaVAE score"),
@@ -248,6 +249,8 @@ def format_table(results: dict) -> str:
                 lines.append(f"  {label:<{width}}  {dis[key]:.4f}")
         lines.append("  each latent follows: " + "  ".join(f"z{d}: {f or '-'}"
                                                           for d, f in enumerate(dis["dimension_follows"])))
+        if dis.get("codes_file"):
+            lines.append(f"  the examples' ids, codes and factors: {results.get('run', 'RUN')}/{dis['codes_file']}")
     mols = _measured(results.get("molecules"), "molecules", lines)
     if mols:
         p = mols["protocol"]
