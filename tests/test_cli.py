@@ -92,9 +92,10 @@ def test_resume_after_an_interruption_is_exact(tmp_path):
     from cvae.train import fit
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    common = [*FAST, "--no-pictures", "--seed", "3", "--epochs", "3"]
+    common = [*FAST, "--no-pictures", "--seed", "3", "--epochs", "3", "--precision", "float32"]  # not timed per run
     assert main(["train", *common, "--out", str(straight)]) == 0
-    cfg = TrainConfig(data="digits", batch_size=64, progress=False, tensorboard=False, seed=3, epochs=3, out=str(resumed))
+    cfg = TrainConfig(data="digits", batch_size=64, progress=False, tensorboard=False, seed=3, epochs=3, out=str(resumed),
+                      precision="float32")
     fit(cfg, on_epoch=lambda epoch, model, row: epoch == 2)  # stops after epoch 2
     assert len((resumed / "metrics.jsonl").read_text().splitlines()) == 2
     assert main(["train", "--resume", "--out", str(resumed), "--no-progress"]) == 0
@@ -104,7 +105,7 @@ def test_resume_after_an_interruption_is_exact(tmp_path):
 def test_extending_a_constant_rate_run_is_exact(tmp_path):
     """With a constant learning rate, training 2 epochs and then resuming to 3 equals training 3."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    common = [*FAST, "--no-pictures", "--seed", "3", "--lr-schedule", "constant"]
+    common = [*FAST, "--no-pictures", "--seed", "3", "--lr-schedule", "constant", "--precision", "float32"]
     assert main(["train", *common, "--epochs", "3", "--out", str(straight)]) == 0
     assert main(["train", *common, "--epochs", "2", "--out", str(resumed)]) == 0
     assert main(["train", "--resume", "--epochs", "3", "--out", str(resumed), "--no-progress"]) == 0

@@ -277,13 +277,19 @@ def test_resuming_a_semi_supervised_run_is_exact(tmp_path):
     from cvae.config import TrainConfig
     from cvae.train import fit
 
-    common = dict(data="digits", labelled=30, batch_size=64, progress=False, tensorboard=False, seed=2, epochs=3)
+    # the precision pinned: with --precision auto each of the two runs times float32 against bfloat16 on its
+    # own, and on a loaded machine (measurements not cached) the two can choose differently
+    common = dict(data="digits", labelled=30, batch_size=64, progress=False, tensorboard=False, seed=2, epochs=3,
+                  precision="float32")
     fit(TrainConfig(**common, out=str(tmp_path / "straight")))
     fit(TrainConfig(**common, out=str(tmp_path / "resumed")), on_epoch=lambda epoch, model, row: epoch == 2)
     assert main(["train", "--resume", "--out", str(tmp_path / "resumed"), "--no-progress"]) == 0
-    a = (tmp_path / "straight" / "model.safetensors").read_bytes()
-    b = (tmp_path / "resumed" / "model.safetensors").read_bytes()
-    assert a == b
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(tmp_path / r / "model.safetensors")) for r in ("straight", "resumed"))
+    assert sorted(a) == sorted(b)
+    differ = [k for k in a if not torch.equal(a[k], b[k])]  # names, not a byte diff pytest takes minutes to print
+    assert not differ, differ
 
 
 def test_conv_networks_train_semi_supervised(tmp_path):
