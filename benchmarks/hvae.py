@@ -38,6 +38,7 @@ import torch
 
 import cvae
 from cvae.evaluate import evaluate_run
+from cvae.models.base import SAMPLING_TEMPERATURE
 
 PUBLISHED_MNIST = {"LVAE (Sonderby et al. 2016)": 81.74, "IWAE, two layers, k = 50 (Burda et al. 2015)": 82.90,
                    "NVAE (Vahdat & Kautz 2020)": 78.01}
@@ -129,7 +130,7 @@ def run_fashion(args) -> dict:
             samples = evaluate_run(run, subset="first", metrics="samples", per_class=args.per_class, data_dir=args.data_dir,
                                    progress=False, device=device, guidance=w, temperature=temperature,
                                    write=False).results.get("samples", {})
-            key = f"guidance {w:g}" + ("" if temperature == 0.9 else f", temperature {temperature:g}")
+            key = f"guidance {w:g}" + ("" if temperature == SAMPLING_TEMPERATURE else f", temperature {temperature:g}")
             res["samples"][key] = samples
             acc = samples.get("conditional_accuracy", {}).get("mean", {}).get("value", float("nan"))
             print(f"  {key}: conditional accuracy {acc:.3f} (one-layer CVAE, unguided: {BASELINE_FASHION_ACCURACY})",
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
     p.add_argument("--condition-dropout", type=float, default=0.0,
                    help="fashion: train for classifier-free guidance (a likelihood with guidance: not logistic-mixture)")
     p.add_argument("--weights", default="0,1,2,3,4", help="fashion, guided: the guidance weights to sample at")
-    p.add_argument("--temperatures", default="0.9", help="fashion: the prior temperatures to sample at")
+    p.add_argument("--temperatures", default=f"{SAMPLING_TEMPERATURE:g}", help="fashion: the prior temperatures to sample at")
     p.add_argument("--eval-only", action="store_true", help="fashion: only sample an existing run (no training)")
     p.add_argument("--tag", default="", help="fashion: appended to the run's and the results file's names")
     p.add_argument("--seed", type=int, default=0)

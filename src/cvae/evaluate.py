@@ -463,7 +463,10 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
         raise CvaeError(f"{data.name!r} has no {split} split in this run; choose one of {', '.join(available)}")
     if subset not in ("random", "first"):
         raise CvaeError(f"--subset must be random or first, not {subset!r}")
+    examples = None  # what --n kept, for the protocol
     if n and n < len(part):
+        examples = (f"{n} drawn at random (seed {seed}) of the split's {len(part)}" if subset == "random"
+                    else f"the first {n} of the split's {len(part)}")
         part = take_examples(part, n, subset, seed)
     x_raw = part.x
     y = part.y
@@ -472,9 +475,8 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
     x = x.to(model.device)
     c = model.schema.encode(y).to(model.device) if model.schema else None
     protocol = {**protocol_text(model.run_config, model), "split": split, "n_examples": len(x)}
-    if n and n < len(getattr(data, split)):
-        protocol["examples"] = (f"{n} drawn at random (seed {seed}) of the split's {len(getattr(data, split))}"
-                                if subset == "random" else f"the first {n} of the split's {len(getattr(data, split))}")
+    if examples:
+        protocol["examples"] = examples
 
     weights = run / "model.safetensors"
     results: dict = {}
@@ -522,7 +524,7 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
         t0 = time.perf_counter()
         section = _disentanglement_section(model, data, part, x, c, explicit=explicit and "disentanglement" in wanted,
                                            split=split, seed=seed, run=run if write else None,
-                                           examples=protocol.get("examples"))
+                                           examples=examples)
         if section is not None:
             section["seconds"] = round(time.perf_counter() - t0, 1)
             results["disentanglement"] = section
@@ -707,10 +709,9 @@ def _samples_section(model: CVAE, data, part, evaluator, *, explicit: bool, n: i
     real_x = model.to_data_units(part.x[:n].to(model.device)).cpu()
     ref = data.train if data.train is not None and part is not data.train else None
     if ref is not None and n < len(ref):
-        ref = take_examples(ref, n, subset, seed)
-    ref = None if ref is None else ref.x
+        ref = take_examples(ref, n, subset, seed)  # as many training images as real ones, drawn like them
     report = sample_quality(model, ev, real_x, part.y[:n] if model.schema else None,
-                            reference_x=None if ref is None else model.to_data_units(ref[:n].to(model.device)).cpu(),
+                            reference_x=None if ref is None else model.to_data_units(ref.x.to(model.device)).cpu(),
                             per_class=per_class, seed=seed, temperature=temperature, guidance=guidance)
     return report.to_dict()
 
