@@ -150,6 +150,7 @@ def test_counts_and_seeds_of_the_other_commands(run, data, tmp_path, capsys):
     _fails(["sample", str(run), "--seed", "9" * 20, "-o", str(out)], capsys, "--seed")
     _fails(["traverse", str(run), "--steps", str(10**12), "-o", str(out)], capsys, "--steps", "memory")
     _fails(["augment", str(run), "--per-class", str(10**12), "-o", str(out)], capsys, "--per-class", "memory")
+    _fails(["evaluate", str(run), "--n", "10", "--subset", "middle"], capsys, "--subset", "random", "first")
     _fails(["interpolate", str(run), "--input", str(data), "--steps", str(10**12), "-o", str(out)], capsys,
            "--steps", "memory")
     _fails(["evaluate", str(run), "--batch-size", str(10**12)], capsys, "--batch-size", "memory")

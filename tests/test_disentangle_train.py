@@ -146,6 +146,10 @@ def test_evaluate_disentanglement_writes_scores_codes_and_pictures(tmp_path):
                  "--subset", "first", "--no-progress"]) == 0
     first = np.load(run / "disentanglement_codes.npz")
     assert list(first["ids"]) == list(saved["ids"][:100]) and set(first["factors"][:, 0]) == {0}
+    from cvae.evaluate import evaluate_run
+
+    with pytest.raises(CvaeError, match="--subset must be random or first"):
+        evaluate_run(run, split="train", metrics="disentanglement", n=100, subset="middle", write=False)
     # a model without factors: the metric is refused when asked by name
     plain = tmp_path / "plain"
     assert main(["train", "--data", "digits", "--epochs", "1", "--out", str(plain), "--no-progress",
