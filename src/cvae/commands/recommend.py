@@ -75,8 +75,9 @@ def add_parsers(sub) -> None:
                     "cvae recommend train --data ml-100k ...   trains Mult-VAE / Mult-DAE (see `cvae recommend "
                     "train --help`).")
     use.add_argument("run", help="the run folder (or `train` to train one)")
-    use.add_argument("--user-history", required=True,
-                     help="a CSV of (user, item[, rating]) rows: the items each user has interacted with")
+    use.add_argument("--user-history",
+                     help="a CSV of (user, item[, rating]) rows: the items each user has interacted with (leave it out "
+                          "to recommend for new users of --user-attributes from their attributes alone)")
     use.add_argument("--user-attributes", help="a CSV of the users' attributes (a conditioned model needs them)")
     use.add_argument("--top", type=int, default=20, help="items per user (default 20)")
     use.add_argument("-o", "--output", required=True, help="a .csv: user, rank, item, score (the model's probability)")
@@ -143,5 +144,6 @@ def cmd_recommend(args) -> int:
 
     path, users, _ = recommend_file(args.run, args.user_history, args.output, top=args.top,
                                     user_attributes=args.user_attributes)
-    print(f"wrote {path} ({users:,} users, top {args.top})")
+    new = " new, from their attributes alone" if args.user_history is None else ""
+    print(f"wrote {path} ({users:,}{new} users, top {args.top})")
     return 0
