@@ -191,7 +191,10 @@ def test_guidance_mixes_conditioned_and_unconditioned_log_probabilities():
     assert torch.allclose(guided, want, atol=1e-5) and torch.isfinite(guided[:, 4:]).all()
     assert torch.allclose(guided.exp().sum(1), torch.ones(6), atol=1e-5)
     first = model.decode_tokens(z, c, how="greedy", guidance=w)[:, 0]
-    assert torch.equal(first, want.argmax(1))
+    assert (want.argmax(1) == EOS).any()  # this untrained decoder would end some sequences at once ...
+    assert torch.equal(first, want.index_fill(1, torch.tensor([EOS]), -torch.inf).argmax(1))  # ... but none is empty
+    for how in ("greedy", "sample", "beam"):  # no training sequence is empty, and no decoded one either
+        assert (model.decode_tokens(z.repeat(20, 1), c.repeat(20, 1), how=how, guidance=w)[:, 0] != EOS).all()
     # beam search with guidance: width 1 is guided greedy decoding
     assert torch.equal(model.decode_tokens(z, c, how="beam", beam=1, guidance=w),
                        model.decode_tokens(z, c, how="greedy", guidance=w))
@@ -388,6 +391,11 @@ def test_internal_diversity_is_moses_intdiv1_over_all_pairs_repeats_included(mon
     metrics = seqmetrics.molecule_metrics(smiles + ["", "C1CC("], set(smiles[:20]), fcd=False)
     assert metrics["int_div"] == pytest.approx(expected, abs=1e-7)  # over the valid molecules only
     assert metrics["validity"] == pytest.approx(50 / 52) and metrics["novelty"] == pytest.approx(20 / 40)
+    assert metrics["unique@1k"] is None  # fewer than 1,000 generated: not defined
+    # 1,000 generated, 2 of them invalid: unique@1k over the 998 valid ones, as MOSES computes it, and said so
+    many = (smiles * 20)[:998] + ["", "C1CC("]
+    metrics = seqmetrics.molecule_metrics(many, set(), fcd=False)
+    assert metrics["unique@1k"] == pytest.approx(40 / 998) and metrics["unique@1k_of"] == 998
 
 
 def test_moses_novelty_against_its_training_file_and_fcd_to_its_test_statistics():

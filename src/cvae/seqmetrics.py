@@ -1,7 +1,9 @@
 """Metrics of generated molecules (MOSES, Polykovskiy et al. 2020) and of property control.
 
     validity         share of generated strings that RDKit parses into a molecule
-    unique@1k / 10k  distinct canonical SMILES among the first 1,000 / 10,000 valid ones
+    unique@1k / 10k  distinct canonical SMILES among the first 1,000 / 10,000 valid ones (among all the
+                     valid ones when fewer were made, as MOSES's fraction_unique does after its warning;
+                     ``unique@1k_of`` / ``unique@10k_of`` then say over how many)
     novelty          share of the distinct valid molecules absent from the training set
     IntDiv           1 - mean Tanimoto similarity of Morgan fingerprints (radius 2, 1024 bits) over all
                      ordered pairs of the valid molecules, repeats and self-pairs included (Benhenda 2017;
@@ -40,7 +42,11 @@ def molecule_metrics(generated: Sequence[str], train: set[str], reference: Seque
     valid = [s for s in canon if s]
     out = {"n_generated": len(generated), "validity": len(valid) / len(generated)}
     for k, name in ((1000, "unique@1k"), (10000, "unique@10k")):
-        out[name] = len(set(valid[:k])) / min(k, len(valid)) if len(valid) >= k else None
+        # MOSES (moses/metrics/metrics.py, fraction_unique): the first k valid molecules, or, with fewer
+        # than k (9,999 valid of 10,000 generated), all of them after a warning
+        out[name] = len(set(valid[:k])) / min(k, len(valid)) if len(generated) >= k and valid else None
+        if out[name] is not None and len(valid) < k:
+            out[f"{name}_of"] = len(valid)
     out["uniqueness"] = len(set(valid)) / len(valid) if valid else 0.0
     out["novelty"] = novelty(valid, train)
     out["int_div"] = internal_diversity(valid) if len(set(valid)) > 1 else None

@@ -264,7 +264,8 @@ def format_table(results: dict) -> str:
                            ("int_div", "internal diversity (IntDiv1)"), ("fcd", "FCD"),
                            ("fcd_moses_test", "FCD/Test (MOSES)")):
             if mols.get(key) is not None:
-                lines.append(f"  {label:<{width}}  {mols[key]:.4f}")
+                over = f"  (over the {mols[key + '_of']:,} valid molecules)" if mols.get(key + "_of") else ""
+                lines.append(f"  {label:<{width}}  {mols[key]:.4f}{over}")
         for prop, ctl in mols.get("property_control", {}).items():
             lines.append(f"  {prop} control over {len(ctl['grid'])} requests x {ctl['per_request']}: MAE "
                          f"{ctl['mae']:.3f} (training std {ctl['train_std']:.3f}), Spearman {ctl['spearman']:.3f}")

@@ -228,6 +228,8 @@ class SeqVAE(VAEModel):
         for t in range(length):
             logp, h = self.step(token.repeat(2) if guidance else token, zc, h)
             logp = self._guided(logp, guidance)
+            if t == 0:  # no sequence is empty (none in training was): <eos> cannot come first
+                logp = logp.index_fill(-1, torch.tensor([EOS], device=logp.device), -torch.inf)
             if t == length - 1:  # the last position can only end the sequence
                 token = torch.full_like(token, EOS)
             elif how == "greedy":
@@ -258,6 +260,8 @@ class SeqVAE(VAEModel):
         for t in range(length):
             logp, h = self.step(token.repeat(2) if guidance else token, zc, h)
             logp = self._guided(logp, guidance)
+            if t == 0:  # no sequence is empty
+                logp = logp.index_fill(-1, torch.tensor([EOS], device=logp.device), -torch.inf)
             if t == length - 1:
                 logp = torch.where(torch.arange(logp.shape[1], device=z.device) == EOS, 0.0, -torch.inf).expand_as(logp)
             finished = torch.full_like(logp, -torch.inf)
