@@ -36,6 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    train = sys.modules.get("cvae.train")
+    if argv is None and train is not None and train.PROCESS_GROUP_USED:
+        # a torchrun process whose run folder is written and whose process group is destroyed: leave
+        # now, as gloo's threads can abort the interpreter's finalisation under load
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)

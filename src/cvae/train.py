@@ -993,6 +993,14 @@ def _processes(device_name: str):
     if started:  # every process reaches the teardown before any leaves: gloo aborts a process whose peer left first
         dist.barrier()
         dist.destroy_process_group()
+        global PROCESS_GROUP_USED
+        PROCESS_GROUP_USED = True
+
+
+# Set once a torchrun process has trained and torn its process group down: the command line then leaves
+# without the interpreter's finalisation (cli.main), where gloo's worker threads can still abort the
+# process ("terminate called without an active exception", SIGABRT) after everything was written.
+PROCESS_GROUP_USED = False
 
 
 def _on_main(ranks: Ranks, fn, *args):
