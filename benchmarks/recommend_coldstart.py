@@ -52,7 +52,12 @@ from cvae.recommend import (
 )
 from cvae.recommend.config import EASE_LAMBDAS, GROUP_ALPHA
 from cvae.recommend.data import HeldOut
-from cvae.recommend.metrics import GroupPopularity, evaluate_scorer, per_user_scores
+from cvae.recommend.metrics import (
+    evaluate_scorer,
+    group_popularity_scorer,
+    per_user_scores,
+    popularity_scorer,
+)
 from cvae.recommend.train import train_recommender
 
 CUTS = (0, 1, 2, 3, 5)
@@ -78,16 +83,9 @@ def nested_cuts(part: HeldOut, cuts, seed: int) -> dict:
 def one_fold(fold: int, folds: int, epochs: int, seed: int, tmp: str, data, log) -> dict:
     s = split(data, condition=CONDITION, folds=folds, fold=fold, seed=seed)
     parts = nested_cuts(s.test, CUTS, seed=500 + fold + 1000 * seed)
-    demo = GroupPopularity.fit(s.train, s.y_train, s.schema, alpha=GROUP_ALPHA)
-    glob = GroupPopularity.fit(s.train, None, None)
-
-    def pop(groups):
-        def score(x, y=None):
-            return torch.from_numpy(np.asarray(groups.shares(y, len(x)), dtype=np.float32))
-        return score
-
     lam = max(EASE_LAMBDAS, key=lambda v: evaluate_scorer(ease_scorer(ease_weights(s.train, v)), s.val)["ndcg@100"].mean)
-    scorers = {"global popularity": pop(glob), "demographic popularity": pop(demo),
+    scorers = {"global popularity": popularity_scorer(s.train),
+               "demographic popularity": group_popularity_scorer(s.train, s.y_train, s.schema, alpha=GROUP_ALPHA),
                "EASE": ease_scorer(ease_weights(s.train, lam))}
     info = {"fold": fold, "test_users": s.meta["test_users"], "ease_lambda": lam, "networks": {}}
     for name in NETS:
