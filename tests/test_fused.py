@@ -272,3 +272,64 @@ def test_probe_leaves_the_random_state_and_the_model_alone(tmp_path):
     assert torch.equal(torch.get_rng_state(), state)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_adam_step_is_the_optimizers_step_exactly():
+    """AdamStep (the fused Adam kernels called directly) gives bit for bit the weights and state of
+    opt.step() over steps with a changing learning rate, two groups and weight decay, and carries on
+    from a state loaded into a new optimizer (--resume)."""
+    from cvae.fused import AdamStep
+
+    def make():
+        torch.manual_seed(0)
+        a, b = torch.nn.Linear(5, 4), torch.nn.Linear(4, 3)
+        opt = torch.optim.Adam([{"params": a.parameters()}, {"params": b.parameters(), "lr": 5e-3}],
+                               lr=1e-3, weight_decay=0.01, fused=True)
+        return (a, b), opt
+
+    def grads(models, i):
+        g = torch.Generator().manual_seed(i)
+        for m in models:
+            for p in m.parameters():
+                p.grad = torch.randn(p.shape, generator=g)
+
+    (ref_models, ref_opt), (models, opt) = make(), make()
+    direct = AdamStep(opt)
+    assert direct.covered
+    for i in range(6):
+        for o in (ref_opt, opt):
+            o.param_groups[0]["lr"] = 1e-3 * (1 + i)
+        grads(ref_models, i)
+        grads(models, i)
+        ref_opt.step()
+        direct()  # the first call makes the state through opt.step(), the rest go direct
+        if i == 2:  # resume: a new optimizer from the saved state, stepped directly from then on
+            state = opt.state_dict()
+            opt = torch.optim.Adam([{"params": models[0].parameters()}, {"params": models[1].parameters(), "lr": 5e-3}],
+                                   lr=1e-3, weight_decay=0.01, fused=True)
+            opt.load_state_dict(state)
+            assert direct.direct_calls == 2  # steps 1 and 2; step 0 made the state
+            direct = AdamStep(opt)
+    assert direct.direct_calls == 3  # steps 3 to 5, straight from the loaded state
+    for m_ref, m in zip(ref_models, models):
+        for p_ref, p in zip(m_ref.parameters(), m.parameters()):
+            assert torch.equal(p_ref, p)
+    for p_ref, p in zip([p for m in ref_models for p in m.parameters()], [p for m in models for p in m.parameters()]):
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(ref_opt.state[p_ref][key], opt.state[p][key])
+
+
+def test_adam_step_falls_back_where_it_is_not_exact():
+    """Another optimizer, amsgrad, or a step hook: AdamStep calls opt.step() itself."""
+    from cvae.fused import AdamStep
+    p = torch.nn.Parameter(torch.ones(3))
+    assert not AdamStep(torch.optim.Adam([p], fused=True, amsgrad=True)).covered
+    assert not AdamStep(torch.optim.SGD([p], lr=0.1)).covered
+    opt = torch.optim.Adam([p], lr=0.1, fused=True)
+    calls = []
+    opt.register_step_post_hook(lambda *a: calls.append(1))
+    step = AdamStep(opt)
+    for _ in range(3):
+        p.grad = torch.ones(3)
+        step()
+    assert len(calls) == 3  # every step went through opt.step(), hooks and all
