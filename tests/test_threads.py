@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import cvae.threads as threads
@@ -43,5 +44,31 @@ def test_training_gives_the_callers_thread_count_back(tmp_path):
     try:
         cvae.train(data="digits", epochs=1, out=str(tmp_path / "r"), progress=False, tensorboard=False, pictures=False)
         assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_training_flushes_denormals_in_every_openmp_worker():
+    """The workers of a thread pool made before training copy the old floating-point mode; training
+    restarts them so all of them flush (a product whose result is denormal comes out 0 in every
+    chunk, not in the main thread's only), and restarts them again on the way out."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU has no flush-to-zero mode")
+    torch.set_flush_denormal(False)
+    from cvae.train import _flushed_denormals
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.full((1_000_000,), 1e-30)
+        (x * 2).sum()  # the workers start here, before any flush
+
+        def flushed():
+            return int(((x * 1e-9) == 0).sum())  # 1e-39 is denormal in float32
+
+        assert flushed() == 0
+        with _flushed_denormals():
+            assert flushed() == x.numel()
+        assert flushed() == 0
     finally:
         torch.set_num_threads(before)

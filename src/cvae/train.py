@@ -52,7 +52,7 @@ from .runs import (
     save_tensors,
     write_json,
 )
-from .threads import ThreadGovernor, kept_thread_count
+from .threads import ThreadGovernor, kept_thread_count, restart_openmp_workers
 
 REFRESH_STEPS = 50
 
@@ -1045,13 +1045,18 @@ def _own_rng(device: torch.device):
 @contextmanager
 def _flushed_denormals():
     """Flush denormal floats to zero while training: tiny gradients and Adam moments otherwise take
-    the CPU's slow path. The setting is process-wide, so it is switched off again afterwards."""
+    the CPU's slow path. The flag belongs to each thread and OpenMP's workers copy it when they
+    start, so the workers are restarted after setting it (and again after clearing it, so that the
+    caller's later work runs as it would have)."""
     supported = torch.set_flush_denormal(True)
+    if supported:
+        restart_openmp_workers()
     try:
         yield
     finally:
         if supported:
             torch.set_flush_denormal(False)
+            restart_openmp_workers()
 
 
 def write_text_atomic(path: Path, text: str) -> None:
