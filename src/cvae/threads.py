@@ -82,8 +82,10 @@ def kept_thread_count():
 
 
 def _loaded_openmp_runtimes() -> list:
-    """Every OpenMP runtime this process has loaded: PyTorch's CPU wheel ships its own libgomp, and
-    scikit-learn, for one, another copy, each with its own workers."""
+    """Every GNU OpenMP runtime this process has loaded: PyTorch's CPU wheel ships its own libgomp,
+    and scikit-learn, for one, another copy, each with its own workers. (GNU's pause ends only the
+    calling thread's workers; LLVM's and Intel's runtimes, which a hard pause shuts down for every
+    thread, are left alone.)"""
     import ctypes
 
     try:
@@ -92,7 +94,7 @@ def _loaded_openmp_runtimes() -> list:
     except OSError:
         return []
     runtimes = []
-    for path in sorted(p for p in paths if os.path.basename(p).startswith(("libgomp", "libomp", "libiomp"))):
+    for path in sorted(p for p in paths if os.path.basename(p).startswith("libgomp")):
         try:
             pause = ctypes.CDLL(path).omp_pause_resource_all
         except (OSError, AttributeError):
@@ -111,7 +113,7 @@ def restart_openmp_workers() -> bool:
     on a 2-core Xeon, an epoch that slowed from 1.35 s to 1.8 s over four epochs as tiny Adam moments
     and gradients turned denormal, with identical losses. Called from the main thread outside any
     parallel region (``omp_pause_resource_all(omp_pause_hard)``, OpenMP 5.0), for every OpenMP
-    runtime loaded. Returns whether at least one runtime ended its workers and none refused; False
+    GNU runtime loaded. Returns whether at least one runtime ended its workers and none refused; False
     where there is none that knows the call (nothing changes then).
     """
     results = [pause(2) == 0 for pause in _loaded_openmp_runtimes()]  # 2: omp_pause_hard
