@@ -333,3 +333,26 @@ def test_adam_step_falls_back_where_it_is_not_exact():
         p.grad = torch.ones(3)
         step()
     assert len(calls) == 3  # every step went through opt.step(), hooks and all
+
+
+def test_adam_step_uses_opt_step_when_the_private_kernel_changed(monkeypatch):
+    """torch._fused_adam_ is private: where it no longer takes AdamStep's arguments, every step is
+    opt.step(), and the parameters move exactly as the optimizer moves them."""
+    from cvae.fused import AdamStep
+
+    def changed(*args, **kwargs):
+        raise TypeError("_fused_adam_() got an unexpected keyword argument 'lr'")
+
+    p = torch.nn.Parameter(torch.ones(3))
+    q = torch.nn.Parameter(torch.ones(3))
+    opt, ref = torch.optim.Adam([p], lr=0.1, fused=True), torch.optim.Adam([q], lr=0.1, fused=True)
+    monkeypatch.setattr(torch, "_fused_adam_", changed)
+    step = AdamStep(opt)
+    assert not step.covered
+    monkeypatch.undo()
+    for i in range(3):
+        p.grad = torch.full((3,), float(i + 1))
+        q.grad = torch.full((3,), float(i + 1))
+        step()
+        ref.step()
+    assert step.direct_calls == 0 and torch.equal(p, q)

@@ -469,6 +469,25 @@ class FusedMLPStep:
         return kl_sum
 
 
+def _fused_adam_callable(opt: torch.optim.Optimizer) -> bool:
+    """Whether ``torch._fused_adam_`` takes the arguments :class:`AdamStep` passes, on the device and
+    dtype of the optimizer's first parameter (a private kernel: another PyTorch release may change
+    it; then ``opt.step()`` is used)."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if not params:
+        return False
+    new = dict(device=params[0].device, dtype=params[0].dtype)
+    p, g, m, v = (torch.zeros(2, **new) for _ in range(4))
+    try:
+        with torch.no_grad():
+            torch._fused_adam_([p], [g], [m], [v], [], [torch.ones((), **new)], amsgrad=False, lr=1e-3, beta1=0.9,
+                               beta2=0.999, weight_decay=0.0, eps=1e-8, maximize=False, grad_scale=None,
+                               found_inf=None)
+    except (RuntimeError, TypeError, AttributeError):
+        return False
+    return True
+
+
 class AdamStep:
     """``opt.step()`` of a fused ``torch.optim.Adam``, without ``Optimizer.step``'s per-call Python
     work (hooks, profiler records, lazy state set-up, grouping by device): the very kernels it
@@ -485,7 +504,7 @@ class AdamStep:
         d = opt.defaults
         self.covered = (type(opt) is torch.optim.Adam and d.get("fused") and not d.get("amsgrad")
                         and not d.get("maximize") and not d.get("capturable") and not d.get("differentiable")
-                        and not d.get("decoupled_weight_decay"))
+                        and not d.get("decoupled_weight_decay") and _fused_adam_callable(opt))
 
     def _direct(self) -> bool:
         opt = self.opt
