@@ -250,6 +250,23 @@ def test_a_probe_on_a_busy_machine_is_used_but_not_cached(tmp_path, monkeypatch)
     assert not (tmp_path / "cache" / "probe.json").exists()
 
 
+def test_a_run_held_to_other_instruction_sets_measures_its_own(tmp_path, monkeypatch):
+    """A cached answer measured with every instruction set is not reused by a run whose libraries are
+    held to AVX2 (oneDNN's or MKL's variable, or PyTorch's own kernels), and the other way round."""
+    from cvae import probe
+    model = _model()
+    kw = dict(batch_size=8, device=torch.device("cpu"), candidates=[{"step": "autograd", "precision": "float32",
+                                                                      "threads": 1}])
+    plain = probe.probe_key(model, ELBO(), **kw)
+    for variable in probe.ISA_VARIABLES:
+        monkeypatch.setenv(variable, "AVX2")
+        assert probe.probe_key(model, ELBO(), **kw) != plain, variable
+        monkeypatch.delenv(variable)
+    assert probe.probe_key(model, ELBO(), **kw) == plain
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert probe.probe_key(model, ELBO(), **kw) != plain
+
+
 def test_probe_keeps_float32_unless_the_lower_precision_is_clearly_faster():
     from cvae.probe import MARGIN, decide
 

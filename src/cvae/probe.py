@@ -54,10 +54,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def probe_key(model, objective, batch_size: int, device: torch.device, candidates: list[dict]) -> str:
-    """The machine, torch and everything about the model and the step that decides the speed."""
+    """The machine, torch and everything about the model and the step that decides the speed,
+    including the instruction sets the libraries are allowed (``ATEN_CPU_CAPABILITY``,
+    ``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``: a run held to AVX2 measures its own)."""
     shape = {
         "machine": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "device": str(device),
+        "isa": [torch.backends.cpu.get_cpu_capability()] + [os.environ.get(v, "") for v in ISA_VARIABLES],
         "version": PROBE_VERSION, "batch": batch_size, "objective": getattr(objective, "name", "?"),
         "parameters": [list(p.shape) for p in model.parameters()],
         "parts": [type(m).__name__ for m in model.modules()],
