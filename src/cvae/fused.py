@@ -158,7 +158,7 @@ class _Net:
             for i in range(len(self.layers)):
                 w = self.weights[i][0] if one else self.weights[i]
                 wt = w.t() if one else w.transpose(1, 2)
-                wg = (self.weight_grads[i] if self.cast else self.wgrads[i])
+                wg = self.weight_grads[i] if self.cast else self.wgrads[i]
                 pick = (lambda t: t[0, :b]) if one else (lambda t: t[:, :b])
                 layers.append((pick(self.inputs[i]), pick(self.inputs[i][..., :self.ins[i]]), pick(self.pre[i]),
                                pick(self.grad_in[i]), w, wt, w[..., :self.ins[i]],
@@ -480,12 +480,19 @@ def _fused_adam_callable(opt: torch.optim.Optimizer) -> bool:
     p, g, m, v = (torch.zeros(2, **new) for _ in range(4))
     try:
         with torch.no_grad():
-            torch._fused_adam_([p], [g], [m], [v], [], [torch.ones((), **new)], amsgrad=False, lr=1e-3, beta1=0.9,
-                               beta2=0.999, weight_decay=0.0, eps=1e-8, maximize=False, grad_scale=None,
-                               found_inf=None)
+            _fused_adam([p], [g], [m], [v], [torch.ones((), **new)], opt.defaults)
     except (RuntimeError, TypeError, AttributeError):
         return False
     return True
+
+
+def _fused_adam(params, grads, exp_avgs, exp_avg_sqs, steps, group: dict) -> None:
+    """One call of the private kernel ``torch._fused_adam_`` with a parameter group's settings: the
+    one place its signature is written."""
+    beta1, beta2 = group["betas"]
+    torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
+                       beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+                       grad_scale=None, found_inf=None)
 
 
 class AdamStep:
@@ -525,12 +532,9 @@ class AdamStep:
             work.append((group, params, states))
         for group, params, states in work:
             steps = [s["step"] for s in states]
-            beta1, beta2 = group["betas"]
             torch._foreach_add_(steps, 1)
-            torch._fused_adam_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                               [s["exp_avg_sq"] for s in states], [], steps, amsgrad=False, lr=group["lr"],
-                               beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"],
-                               maximize=False, grad_scale=None, found_inf=None)
+            _fused_adam(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                        [s["exp_avg_sq"] for s in states], steps, group)
         self.direct_calls += 1
         return True
 

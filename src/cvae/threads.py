@@ -112,8 +112,8 @@ def restart_openmp_workers() -> bool:
     that already ran a parallel operation keep computing denormals on the CPU's slow path: measured
     on a 2-core Xeon, an epoch that slowed from 1.35 s to 1.8 s over four epochs as tiny Adam moments
     and gradients turned denormal, with identical losses. Called from the main thread outside any
-    parallel region (``omp_pause_resource_all(omp_pause_hard)``, OpenMP 5.0), for every OpenMP
-    GNU runtime loaded. Returns whether at least one runtime ended its workers and none refused; False
+    parallel region (``omp_pause_resource_all(omp_pause_hard)``, OpenMP 5.0), for every GNU
+    OpenMP runtime loaded. Returns whether at least one runtime ended its workers and none refused; False
     where there is none that knows the call (nothing changes then).
     """
     results = [pause(2) == 0 for pause in _loaded_openmp_runtimes()]  # 2: omp_pause_hard

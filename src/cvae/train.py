@@ -1,11 +1,12 @@
 """The training loop: reads top to bottom, writes the run folder every epoch.
 
 The data set lives on the device as one tensor; an epoch draws one permutation and gathers its rows
-a batch at a time on a CPU (the whole epoch at once on a GPU). A ``.npy`` file too large for memory (or with ``stream``) stays in its memory
-map and is read a chunk of rows at a time, giving exactly the batches the in-memory path gives.
+a batch at a time on a CPU (the whole epoch at once on a GPU). A ``.npy`` file too large for memory
+(or with ``stream``) stays in its memory map and is read a chunk of rows at a time, giving exactly
+the batches the in-memory path gives.
 
-The step is lean: fused Adam, denormal floats flushed to zero in every thread, bfloat16 autocast where the
-hardware multiplies bfloat16 natively (``precision: auto``; the loss stays float32), optional
+The step is lean: fused Adam, denormal floats flushed to zero in every thread, bfloat16 autocast
+where the hardware multiplies bfloat16 natively (``precision: auto``; the loss stays float32), optional
 ``torch.compile``, and no host synchronisation per step: losses are summed on the device and read
 once per epoch (plus a progress-bar refresh every ``REFRESH_STEPS`` steps).
 
