@@ -757,13 +757,21 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+def _rows(x, idx: torch.Tensor):
+    """The rows ``idx`` of a tensor (``index_select``: about 5x faster than ``x[idx]`` for a batch of
+    MNIST rows on a CPU) or of a memory-mapped ``ArrayRows``."""
+    if isinstance(x, ArrayRows):
+        return x[idx]
+    return torch.index_select(x, 0, idx.to(x.device))
+
+
 def _batches(x, c, order: torch.Tensor, batch: int, chunk: int, device: torch.device, binarize: bool):
     """Batches of ``(x, c)`` in ``order``. ``chunk`` examples (a multiple of ``batch``) are gathered at a
     time: the whole epoch for data on the device, a few megabytes for a memory-mapped file."""
     for start in range(0, len(order), chunk):
         idx = order[start:start + chunk]
-        xs = x[idx if isinstance(x, ArrayRows) else idx.to(x.device)].to(device, non_blocking=True)
-        cs = c[idx.to(c.device)] if c is not None else None
+        xs = _rows(x, idx).to(device, non_blocking=True)
+        cs = _rows(c, idx) if c is not None else None
         if binarize:
             xs = torch.bernoulli(xs)
         for i in range(0, len(idx), batch):
@@ -779,10 +787,10 @@ def _with_labelled(batches, x, c, rows: torch.Tensor, size: int, seed: tuple, de
         while len(pool) < size:
             pool = torch.cat([pool, rows[torch.randperm(len(rows), generator=g)]])
         idx, pool = pool[:size], pool[size:]
-        xl = x[idx if isinstance(x, ArrayRows) else idx.to(x.device)].to(device, non_blocking=True)
+        xl = _rows(x, idx).to(device, non_blocking=True)
         if binarize:
             xl = torch.bernoulli(xl)
-        yield torch.cat([xb, xl]), torch.cat([cb, c[idx.to(c.device)]])
+        yield torch.cat([xb, xl]), torch.cat([cb, _rows(c, idx)])
 
 
 def _with_validation(row: dict, model: CVAE, evals: dict, precision: str, objective=None) -> dict:
