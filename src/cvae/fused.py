@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim import optimizer as _optimizer_module
 
+from . import native
 from .distributions import LOG_2PI
 from .kernels import sum_softplus_
 from .likelihoods.bernoulli import BernoulliLikelihood
@@ -83,6 +84,22 @@ def _activation(module: nn.Module):
         beta, threshold = module.beta, module.threshold
         return (lambda a, out: aten.softplus.out(a, beta, threshold, out=out),
                 lambda g, a, y, out: aten.softplus_backward.grad_input(g, a, beta, threshold, grad_input=out))
+    return None
+
+
+def _native_activation(module: nn.Module) -> tuple[int, float] | None:
+    """The native step's code and argument of an activation module (csrc/fused_step.cpp), or None."""
+    kind = type(module)
+    if kind is nn.ReLU:
+        return 0, 0.0
+    if kind is nn.Tanh:
+        return 1, 0.0
+    if kind is nn.ELU:
+        return 2, float(module.alpha)
+    if kind is nn.SiLU:
+        return 3, 0.0
+    if kind is nn.LeakyReLU:
+        return 4, float(module.negative_slope)
     return None
 
 
@@ -319,6 +336,88 @@ class FusedMLPStep:
             self.enc_out = torch.empty(k, batch_size, 2 * d, **new)
             self.dec_out = torch.empty(k, batch_size, p, **new)
             self.dz = torch.empty(k, batch_size, d, **new)
+        self.native_why = self._native_why(model, device)
+        self.native = self.native_why is None
+        self._native_steps: dict[int, object] = {}
+        self._native_fresh = None  # the masters' versions when the native Adam last wrote the low copies
+        if self.native and self.dtype != torch.float32:
+            nets = (self.encoder, self.decoder)
+            self._lows = {m.data_ptr(): w for n in nets for m, w in zip(n.master + n.master_biases, n.weights + n.biases)}
+            self._low_grads = {m.data_ptr(): g for n in nets for m, g in zip(n.master, n.weight_grads)}
+        else:
+            self._lows, self._low_grads = {}, {}
+        self._deferred = False  # the weights' gradients are in their bfloat16 buffers only
+
+    def materialize_grads(self) -> None:
+        """Copy the weights' deferred bfloat16 gradients (``defer_grads``) to their ``.grad``."""
+        if self._deferred:
+            for net in (self.encoder, self.decoder):
+                for grad, low in zip(net.wgrads, net.weight_grads):
+                    grad.copy_(low)
+            self._deferred = False
+
+    def _master_versions(self) -> tuple:
+        return tuple(m._version for n in (self.encoder, self.decoder) for m in n.master + n.master_biases)
+
+    def adam(self, group: dict, params: list, states: list) -> bool:
+        """One group's Adam step by the native kernel, which also writes the products' bfloat16 weights
+        (so the next step need not copy them); False (nothing done) where it does not cover the group."""
+        if not self.native or not self._native_steps or group.get("weight_decay") is None:
+            self.materialize_grads()
+            return False
+        lows = [self._lows.get(p.data_ptr()) for p in params] if self._lows else []
+        if any(s["step"].dtype != torch.float32 or s["step"].dim() != 0 for s in states) or any(w is None for w in lows):
+            self.materialize_grads()
+            return False
+        grads = [self._low_grads.get(p.data_ptr(), p.grad) if self._deferred else p.grad for p in params]
+        beta1, beta2 = group["betas"]
+        next(iter(self._native_steps.values())).adam(
+            params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            [s["step"] for s in states], [w.view(-1).view_as(p) for w, p in zip(lows, params)] if lows else [],
+            float(group["lr"]), float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]))
+        if lows:
+            self._native_fresh = self._master_versions()
+        return True
+
+    def _native_why(self, model, device) -> str | None:
+        """None when the native step (cvae.native: one C++ call per step, the same maths) runs this
+        model, else why not."""
+        if device.type != "cpu":
+            return f"it runs on CPUs, not {device.type}"
+        if self.k != 1:
+            return "it trains one model at a time, not a sweep"
+        if self.gaussian or self.conditional_prior or self.flagged:
+            return "it covers Bernoulli pixels, the standard prior and no condition dropout"
+        acts = {type(model.encoder.net.act), type(model.decoder.net.act)}
+        if len(acts) > 1 or _native_activation(model.encoder.net.act) is None:
+            return f"the activation {type(model.encoder.net.act).__name__} is not written natively"
+        if not native.load():
+            return native.unavailable()
+        return None
+
+    def _native_step(self, b: int):
+        """The native step for batches of b rows (built once per batch size, on views of this
+        step's buffers and of the parameters' own tensors)."""
+        step = self._native_steps.get(b)
+        if step is None:
+            enc, dec = self.encoder, self.decoder
+            low = self.dtype != torch.float32
+
+            def layers(net):
+                out = []
+                for i, (inp, own, pre, gi, _, wt, w_in, bias, wg, bg) in enumerate(net.views(b)):
+                    out += [inp, own, pre, gi, wt, w_in, bias, wg, net.wgrads[i][0], bg]
+                return out
+
+            code, arg = _native_activation(self.models[0].encoder.net.act)
+            lows = enc.weights + enc.biases + dec.weights + dec.biases if low else []
+            masters = enc.master + enc.master_biases + dec.master + dec.master_biases if low else []
+            buffers = [self.out_grad_low[0, :b] if low else self.out_grad[0, :b],
+                       self.enc_grad_low[0, :b] if low else self.enc_grad[0, :b], self.std[0, :b]]
+            step = native.step_class()(layers(enc), len(enc.layers), layers(dec), len(dec.layers), code, arg,
+                                       low, lows, masters, buffers, self.latent)
+            self._native_steps[b] = step
+        return step
 
     def _attach_grads(self) -> None:
         for k, params in enumerate(self.params):
@@ -329,7 +428,7 @@ class FusedMLPStep:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, c: torch.Tensor | None, *, progress: float = 0.0,
-                 generators: list[torch.Generator] | None = None) -> ObjectiveOutput:
+                 generators: list[torch.Generator] | None = None, defer_grads: bool = False) -> ObjectiveOutput:
         """Loss and figures of the batch (as the ELBO objective gives them); every gradient written
         into the parameters' ``.grad``, ready for the optimizer's step. One model: x (b, *shape),
         c (b, C); K models: x (K, b, *shape), c (K, b, C), the figures (K,), and each model's noise
@@ -341,6 +440,24 @@ class FusedMLPStep:
         self._attach_grads()
         k, b, d = self.k, x.shape[1], self.latent
         low = self.dtype != torch.float32
+        if self.native:
+            self.encoder.set_condition(c.float() if c is not None else None, b)
+            self.decoder.set_condition(c.float() if c is not None else None, b)
+            xf = x.reshape(b, -1)
+            if xf.dtype != torch.float32 or not xf.is_contiguous():
+                xf = xf.float().contiguous()
+            # the low-precision weights are refreshed unless the native Adam wrote them and nothing since
+            fresh = self._native_fresh is not None and self._native_fresh == self._master_versions()
+            self._native_fresh = None
+            step = self._native_step(b)
+            # the weights' bfloat16 gradients stay in their buffers for the native Adam when the caller
+            # defers them (defer_grads); otherwise they are copied to .grad, as the Python step writes them
+            defer = defer_grads and low
+            loss, rec, kl = step.run(xf, float(self.objectives[0].kl_weight(progress)), not fresh, not defer).unbind()
+            self._deferred = defer
+            if single:
+                return ObjectiveOutput(loss=loss, reconstruction=rec, kl=kl)
+            return ObjectiveOutput(loss=loss.reshape(1), reconstruction=rec.reshape(1), kl=kl.reshape(1))
         weights = [obj.kl_weight(progress) for obj in self.objectives]
         xf = x.reshape(k, b, -1)
         if xf.dtype != torch.float32:
@@ -508,6 +625,7 @@ class AdamStep:
 
     def __init__(self, opt: torch.optim.Optimizer):
         self.opt, self.direct_calls = opt, 0
+        self.native = None  # a native fused step whose ``adam`` takes a group (FusedMLPStep.adam), if any
         d = opt.defaults
         self.covered = (type(opt) is torch.optim.Adam and d.get("fused") and not d.get("amsgrad")
                         and not d.get("maximize") and not d.get("capturable") and not d.get("differentiable")
@@ -531,6 +649,8 @@ class AdamStep:
                 return False
             work.append((group, params, states))
         for group, params, states in work:
+            if self.native is not None and self.native.adam(group, params, states):
+                continue
             steps = [s["step"] for s in states]
             torch._foreach_add_(steps, 1)
             _fused_adam(params, [p.grad for p in params], [s["exp_avg"] for s in states],
@@ -541,4 +661,6 @@ class AdamStep:
     @torch.no_grad()
     def __call__(self) -> None:
         if not (self.covered and self._direct()):
+            if self.native is not None:
+                self.native.materialize_grads()
             self.opt.step()

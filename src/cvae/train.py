@@ -361,6 +361,13 @@ class Trainer:
         self._place_data()
         self.probed_step = self._probe() if config.precision == "auto" else None
         self.fused = self._fused_step()
+        # the native step's Adam also writes the products' bfloat16 weights, and, where nothing else reads
+        # the gradients (no --grad-clip, no skipping of non-finite steps), reads the weights' bfloat16
+        # gradients where the step left them instead of a float32 copy in .grad
+        self.defer_grads = False
+        if self.fused is not None and self.fused.native:
+            self.adam_step.native = self.fused
+            self.defer_grads = not config.grad_clip and not getattr(self.model, "skips_nonfinite_steps", False)
         self.metrics_path = run_dir / "metrics.jsonl"
         self.writer = self._open_logs()
 
@@ -497,6 +504,8 @@ class Trainer:
         execution["step"] = "fused-mlp" if step is not None else "autograd"
         if step is None:
             execution["step_reason"] = reason
+        else:  # the native (C++) form of the step, or why the Python one runs
+            execution["native"] = True if step.native else step.native_why
         return step
 
     def _open_logs(self):
@@ -615,7 +624,7 @@ class Trainer:
         for step, (xb, cb) in enumerate(self.epoch_batches(epoch)):
             self.before_step(epoch, step)
             if self.fused is not None:  # loss and gradients written out, straight into the parameters' .grad
-                out = self.fused(xb, cb, progress=epoch + step / self.steps)
+                out = self.fused(xb, cb, progress=epoch + step / self.steps, defer_grads=self.defer_grads)
             else:
                 with _autocast(self.device, config.precision):
                     out = self.objective(self.step_model, xb, cb, progress=epoch + step / self.steps)

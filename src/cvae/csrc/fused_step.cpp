@@ -1,0 +1,420 @@
+// The fused MLP-VAE training step of cvae.fused, one native call per step (loaded by cvae.native).
+//
+// The same maths, the same ATen kernels for the matrix products, activations and casts as the
+// Python step FusedMLPStep (one model, Bernoulli pixels, the standard normal prior): what this file
+// removes is the Python between the kernels (about 60 calls per step) and a score of small
+// element-wise passes, written here as three loops: the Bernoulli term (softplus sum, x . l and the
+// gradient sigmoid(l) - x in one pass over the logits), the reparameterisation, and the analytic KL
+// with its gradients. The tests hold its loss and every gradient to the Python step and to autograd.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/record_function.h>
+#include <torch/custom_class.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+// exp(x) as Cephes' expf computes it (x = n ln 2 + r, a degree-6 polynomial in r; about 1 ulp),
+// written so that the compiler vectorises it inside a simd loop; NaN stays NaN
+inline float vexp(float x) {
+  x = std::min(std::max(x, -87.3f), 88.3f);
+  // n = round(x / ln 2) by the 1.5 * 2^23 trick (a floor call would not be inlined in the vector loop)
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float q = 1.9875691500e-4f;
+  q = q * r + 1.3981999507e-3f;
+  q = q * r + 8.3334519073e-3f;
+  q = q * r + 4.1665795894e-2f;
+  q = q * r + 1.6666665459e-1f;
+  q = q * r + 5.0000001201e-1f;
+  const float e = q * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return e * scale;
+}
+
+inline float from_bf16(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// round to nearest even, as c10::BFloat16 rounds (NaN stays NaN)
+inline uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return f != f ? static_cast<uint16_t>(0x7FC0u) : static_cast<uint16_t>(rounded);
+}
+
+template <typename T>
+inline float load(const T* p, int64_t j) {
+  if constexpr (std::is_same_v<T, uint16_t>) return from_bf16(p[j]); else return p[j];
+}
+
+template <typename T>
+inline void store(T* p, int64_t j, float v) {
+  if constexpr (std::is_same_v<T, uint16_t>) p[j] = to_bf16(v); else p[j] = v;
+}
+
+// log(1 + e) = 2 atanh(t) for t = e / (2 + e) in [0, 1/3] (e in [0, 1]), by its series to t^11
+// (truncation below 2e-7), vectorisable; exact for tiny e (no 1 + e - 1)
+inline float log1p_t(float t) {
+  const float t2 = t * t;
+  float q = 1.0f / 11.0f;
+  q = q * t2 + 1.0f / 9.0f;
+  q = q * t2 + 1.0f / 7.0f;
+  q = q * t2 + 1.0f / 5.0f;
+  q = q * t2 + 1.0f / 3.0f;
+  q = q * t2 + 1.0f;
+  return 2.0f * t * q;
+}
+
+// The Bernoulli term of rows [r0, r1): -log p(x | l) per row into rec (sum_j softplus(l_j) - x_j l_j,
+// softplus(l) = relu(l) + log(1 + exp(-|l|))), and the gradient (sigmoid(l) - x) / b, written in the
+// type of the logits (the computing dtype); one vectorised pass over each row
+template <typename T>
+void bernoulli_rows(const T* lp, int64_t ls, const float* xp, int64_t p, T* gp, int64_t gs, float inv_b,
+                    double* rec, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* lr = lp + r * ls;
+    const float* xr = xp + r * p;
+    T* gr = gp + r * gs;
+    float sp = 0.0f, xl = 0.0f;
+#pragma omp simd reduction(+ : sp, xl)
+    for (int64_t j = 0; j < p; ++j) {
+      const float lj = load(lr, j), xj = xr[j];
+      const float e = vexp(-std::fabs(lj));
+      // one division serves both 1 / (1 + e) and e / (2 + e)
+      const float d = 1.0f / ((1.0f + e) * (2.0f + e));
+      const float inv = (2.0f + e) * d, t = e * (1.0f + e) * d;
+      const float sig = lj >= 0.0f ? inv : e * inv;
+      sp += (lj > 0.0f ? lj : 0.0f) + log1p_t(t);
+      xl += xj * lj;
+      store(gr, j, (sig - xj) * inv_b);
+    }
+    rec[r] = static_cast<double>(sp) - static_cast<double>(xl);
+  }
+}
+
+// Element-wise kernels on 2-D row-major views (rows of n contiguous elements, a row stride), in the
+// computing dtype T (float, or bfloat16 held as uint16_t)
+
+// out[j] = sum_r g[r][j] in float32 (a bias's gradient), columns split between the threads
+template <typename T>
+void column_sums(const T* g, int64_t gs, int64_t rows, int64_t n, float* out) {
+  at::parallel_for(0, n, 256, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) out[j] = 0.0f;
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* gr = g + r * gs;
+#pragma omp simd
+      for (int64_t j = j0; j < j1; ++j) out[j] += load(gr, j);
+    }
+  });
+}
+
+// out = relu(a) (NaN stays NaN, as clamp_min keeps it)
+template <typename T>
+void relu_forward(const T* a, int64_t as, T* out, int64_t os, int64_t rows, int64_t n) {
+  at::parallel_for(0, rows, 32, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* ar = a + r * as;
+      T* orow = out + r * os;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) orow[j] = load(ar, j) < 0.0f ? T(0) : ar[j];
+    }
+  });
+}
+
+// g = g where a > 0, else 0 (threshold_backward at 0), in place
+template <typename T>
+void relu_backward(T* g, int64_t gs, const T* a, int64_t as, int64_t rows, int64_t n) {
+  at::parallel_for(0, rows, 32, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T* gr = g + r * gs;
+      const T* ar = a + r * as;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) gr[j] = load(ar, j) > 0.0f ? gr[j] : T(0);
+    }
+  });
+}
+
+template <typename F>
+void typed(const Tensor& t, F&& f) {
+  if (t.scalar_type() == at::kFloat) f(static_cast<float*>(nullptr));
+  else f(static_cast<uint16_t*>(nullptr));
+}
+
+template <typename T>
+T* ptr(const Tensor& t) { return reinterpret_cast<T*>(t.data_ptr()); }
+
+enum Activation : int64_t { kReLU = 0, kTanh = 1, kELU = 2, kSiLU = 3, kLeakyReLU = 4 };
+
+// One MLP's buffers for a batch of b rows (views made once by the Python side).
+struct Net {
+  std::vector<Tensor> in, own, pre, gin, wt, w_in, bias, wg, grad, bgrad;
+  int64_t act = kReLU;
+  double act_arg = 0.0;
+  bool cast = false;
+
+  void activate(const Tensor& a, Tensor& out) const {
+    switch (act) {
+      case kReLU:
+        typed(a, [&](auto* tag) {
+          using T = std::remove_pointer_t<decltype(tag)>;
+          relu_forward(ptr<T>(a), a.stride(0), ptr<T>(out), out.stride(0), a.size(0), a.size(1));
+        });
+        break;
+      case kTanh: at::tanh_out(out, a); break;
+      case kELU: at::elu_out(out, a, act_arg, 1, 1); break;
+      case kSiLU: at::silu_out(out, a); break;
+      default: at::leaky_relu_out(out, a, act_arg); break;
+    }
+  }
+
+  // grad (in place) times the activation's derivative at pre-activation a (output y)
+  void deactivate(Tensor& g, const Tensor& a, const Tensor& y) const {
+    switch (act) {
+      case kReLU:
+        typed(g, [&](auto* tag) {
+          using T = std::remove_pointer_t<decltype(tag)>;
+          relu_backward(ptr<T>(g), g.stride(0), ptr<T>(a), a.stride(0), g.size(0), g.size(1));
+        });
+        break;
+      case kTanh: at::tanh_backward_out(g, g, y); break;
+      case kELU: at::elu_backward_out(g, g, act_arg, 1, 1, false, a); break;
+      case kSiLU: at::silu_backward_out(g, g, a); break;
+      default: at::leaky_relu_backward_out(g, g, a, act_arg, false); break;
+    }
+  }
+
+  // the last layer's pre-activation
+  const Tensor& forward() {
+    const size_t n = pre.size();
+    for (size_t i = 0; i < n; ++i) {
+      at::addmm_out(pre[i], bias[i], in[i], wt[i]);
+      if (i + 1 < n) activate(pre[i], own[i + 1]);
+    }
+    return pre[n - 1];
+  }
+
+  // weight and bias gradients from the last pre-activation's gradient g; the input's when asked
+  void backward(const Tensor& g_last, bool need_input, bool materialize) {
+    Tensor g = g_last;
+    for (size_t i = pre.size(); i-- > 0;) {
+      at::mm_out(wg[i], g.t(), in[i]);
+      if (cast && materialize) grad[i].copy_(wg[i]);  // else the native Adam reads wg itself
+      typed(g, [&](auto* tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        column_sums(ptr<T>(g), g.stride(0), g.size(0), g.size(1), bgrad[i].data_ptr<float>());
+      });
+      if (i == 0 && !need_input) return;
+      at::mm_out(gin[i], g, w_in[i]);
+      if (i == 0) return;
+      deactivate(gin[i], pre[i - 1], own[i]);
+      g = gin[i];
+    }
+  }
+};
+
+Net make_net(const std::vector<Tensor>& t, int64_t layers, int64_t act, double act_arg, bool cast) {
+  // t holds, layer after layer, 10 tensors: input, its own columns, pre-activation, input gradient,
+  // weight transposed, weight's input columns, bias, weight gradient (low precision where cast),
+  // the parameter's float32 .grad, the bias's .grad
+  TORCH_CHECK(static_cast<int64_t>(t.size()) == 10 * layers, "cvae native step: expected 10 tensors per layer");
+  Net net;
+  net.act = act;
+  net.act_arg = act_arg;
+  net.cast = cast;
+  for (int64_t i = 0; i < layers; ++i) {
+    const Tensor* p = t.data() + 10 * i;
+    net.in.push_back(p[0]);
+    net.own.push_back(p[1]);
+    net.pre.push_back(p[2]);
+    net.gin.push_back(p[3]);
+    net.wt.push_back(p[4]);
+    net.w_in.push_back(p[5]);
+    net.bias.push_back(p[6]);
+    net.wg.push_back(p[7]);
+    net.grad.push_back(p[8]);
+    net.bgrad.push_back(p[9]);
+  }
+  return net;
+}
+
+struct Step : torch::CustomClassHolder {
+  Net enc, dec;
+  std::vector<Tensor> low, master;  // low-precision weight copies and their float32 sources (refresh)
+  Tensor rows_, out_grad, enc_grad, std_;
+  int64_t latent = 0;
+  bool cast = false;
+  at::ScalarType low_type = at::kFloat;
+
+  Step(std::vector<Tensor> enc_t, int64_t enc_layers, std::vector<Tensor> dec_t, int64_t dec_layers,
+       int64_t act, double act_arg, bool cast_, std::vector<Tensor> low_, std::vector<Tensor> master_,
+       std::vector<Tensor> buffers, int64_t latent_)
+      : low(std::move(low_)), master(std::move(master_)), latent(latent_), cast(cast_) {
+    enc = make_net(enc_t, enc_layers, act, act_arg, cast);
+    dec = make_net(dec_t, dec_layers, act, act_arg, cast);
+    TORCH_CHECK(buffers.size() == 3, "cvae native step: expected 3 buffers");
+    out_grad = buffers[0];  // (b, P) computing dtype: d loss / d logits
+    enc_grad = buffers[1];  // (b, 2d) computing dtype: d loss / d (mu, log var)
+    std_ = buffers[2];      // (b, d) float32: sigma
+    for (const Net* net : {&enc, &dec})
+      for (size_t i = 0; i < net->pre.size(); ++i)
+        for (const Tensor* t : {&net->in[i], &net->own[i], &net->pre[i], &net->gin[i]})
+          TORCH_CHECK(t->dim() == 2 && t->stride(1) == 1, "cvae native step: 2-D buffers with contiguous rows");
+    for (const Tensor* t : {&out_grad, &enc_grad})
+      TORCH_CHECK(t->dim() == 2 && t->stride(1) == 1, "cvae native step: 2-D buffers with contiguous rows");
+    TORCH_CHECK(std_.is_contiguous() && std_.scalar_type() == at::kFloat, "cvae native step: sigma buffer");
+    low_type = enc.pre[0].scalar_type();
+    rows_ = at::empty({std_.size(0)}, std_.options().dtype(at::kDouble));
+  }
+
+  // x: (b, P) float32, the batch; returns (loss, reconstruction, kl), each a mean over the batch
+  Tensor run(Tensor x, double kl_weight, bool refresh, bool materialize) {
+    at::NoGradGuard no_grad;
+    const int64_t b = x.size(0), p = x.size(1), d = latent;
+    TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous(), "cvae native step: x must be contiguous float32");
+    if (cast)
+      if (refresh)
+        for (size_t i = 0; i < low.size(); ++i) low[i].copy_(master[i]);
+    enc.own[0].copy_(x);
+
+    // q(z | x): mu, log var; z = mu + sigma eps, straight into the decoder's input
+    const Tensor& h = enc.forward();
+    // the noise as the Python step draws it: from the global generator, in the computing dtype
+    const Tensor eps = at::randn({1, b, d}, x.options().dtype(low_type)).view({b, d});
+    double rec_sum = 0.0, kl_sum = 0.0;
+    typed(h, [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      const T* hp = ptr<T>(h);
+      const T* ep = ptr<T>(eps);
+      const int64_t hs = h.stride(0);
+      float* sp = std_.data_ptr<float>();
+      {
+        RECORD_FUNCTION("cvae::latent_pass", std::vector<c10::IValue>());
+        T* zp = ptr<T>(dec.own[0]);
+        const int64_t zs = dec.own[0].stride(0);
+        for (int64_t r = 0; r < b; ++r)
+          for (int64_t j = 0; j < d; ++j) {
+            const float mu = load(hp + r * hs, j), s = std::exp(load(hp + r * hs, d + j) * 0.5f);
+            sp[r * d + j] = s;
+            store(zp + r * zs, j, mu + s * load(ep + r * d, j));
+          }
+      }
+
+      // p(x | z): -log p = sum softplus(l) - x . l, its gradient (sigmoid(l) - x) / b, in one pass
+      const Tensor& l = dec.forward();
+      {
+        RECORD_FUNCTION("cvae::bernoulli_pass", std::vector<c10::IValue>());
+        double* rec = rows_.data_ptr<double>();
+        const float inv_b = 1.0f / static_cast<float>(b);
+        const float* xp = x.data_ptr<float>();
+        at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) {
+          bernoulli_rows(ptr<T>(l), l.stride(0), xp, p, ptr<T>(out_grad), out_grad.stride(0), inv_b, rec, r0, r1);
+        });
+        for (int64_t r = 0; r < b; ++r) rec_sum += rec[r];
+      }
+      dec.backward(out_grad, true, materialize);
+
+      // KL(q || N(0, I)) and the gradients at (mu, log var) through the reparameterisation
+      {
+        RECORD_FUNCTION("cvae::kl_pass", std::vector<c10::IValue>());
+        const Tensor& dz = dec.gin[0];
+        const T* dp = ptr<T>(dz);
+        const int64_t ds = dz.stride(0), gs = enc_grad.stride(0);
+        T* gp = ptr<T>(enc_grad);
+        const float scale = static_cast<float>(kl_weight / static_cast<double>(b));
+        for (int64_t r = 0; r < b; ++r)
+          for (int64_t j = 0; j < d; ++j) {
+            const float mu = load(hp + r * hs, j), logvar = load(hp + r * hs, d + j);
+            const float s = sp[r * d + j], var = s * s, g = load(dp + r * ds, j);
+            kl_sum += static_cast<double>(mu * mu + var - logvar - 1.0f);
+            store(gp + r * gs, j, g + scale * mu);
+            store(gp + r * gs, d + j, 0.5f * g * load(ep + r * d, j) * s + 0.5f * scale * (var - 1.0f));
+          }
+      }
+    });
+    enc.backward(enc_grad, false, materialize);
+    const double rec = rec_sum / b, kl = 0.5 * kl_sum / b;
+    return at::tensor({static_cast<float>(rec + kl_weight * kl), static_cast<float>(rec), static_cast<float>(kl)});
+  }
+
+  // Adam (torch.optim.Adam's update, L2 weight decay added to the gradient) on the parameters, their
+  // gradients and the optimizer's own moment and step tensors, writing each parameter's low-precision
+  // copy (the products' weights) in the same pass; lows may be empty (float32)
+  void adam(std::vector<Tensor> params, std::vector<Tensor> grads, std::vector<Tensor> exp_avgs,
+            std::vector<Tensor> exp_avg_sqs, std::vector<Tensor> steps, std::vector<Tensor> lows, double lr,
+            double beta1, double beta2, double eps, double weight_decay) {
+    at::NoGradGuard no_grad;
+    const size_t n = params.size();
+    TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && steps.size() == n &&
+                (lows.empty() || lows.size() == n), "cvae native adam: lists of different lengths");
+    for (size_t i = 0; i < n; ++i) {
+      TORCH_CHECK(params[i].scalar_type() == at::kFloat && params[i].is_contiguous() && grads[i].is_contiguous() &&
+                  grads[i].numel() == params[i].numel() && (grads[i].scalar_type() == at::kFloat || !lows.empty()) &&
+                  exp_avgs[i].is_contiguous() && exp_avg_sqs[i].is_contiguous() &&
+                  (lows.empty() || lows[i].is_contiguous()), "cvae native adam: float32 contiguous tensors only");
+      float* step = steps[i].data_ptr<float>();
+      *step += 1.0f;
+      const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(*step));
+      const double bc2 = 1.0 - std::pow(beta2, static_cast<double>(*step));
+      const float step_size = static_cast<float>(lr / bc1), bc2_sqrt = static_cast<float>(std::sqrt(bc2));
+      const float b2 = static_cast<float>(beta2), e = static_cast<float>(eps), wd = static_cast<float>(weight_decay);
+      const float one_b1 = static_cast<float>(1.0 - beta1), one_b2 = static_cast<float>(1.0 - beta2);
+      float* pp = params[i].data_ptr<float>();
+      // the gradient in float32 (.grad) or, for a weight whose bfloat16 gradient was not copied to
+      // .grad, in bfloat16 (the same values: .grad would hold them exactly)
+      const bool low_grad = grads[i].scalar_type() == at::kBFloat16;
+      const float* gp = low_grad ? nullptr : grads[i].data_ptr<float>();
+      const uint16_t* gl = low_grad ? reinterpret_cast<const uint16_t*>(grads[i].data_ptr()) : nullptr;
+      float* mp = exp_avgs[i].data_ptr<float>();
+      float* vp = exp_avg_sqs[i].data_ptr<float>();
+      uint16_t* lp = lows.empty() ? nullptr : reinterpret_cast<uint16_t*>(lows[i].data_ptr());
+      at::parallel_for(0, params[i].numel(), 16384, [&](int64_t j0, int64_t j1) {
+        auto update = [&](int64_t j, float grad) {
+          const float g = grad + wd * pp[j];
+          const float m = mp[j] + one_b1 * (g - mp[j]);
+          const float v = b2 * vp[j] + one_b2 * g * g;
+          const float p = pp[j] - step_size * m / (std::sqrt(v) / bc2_sqrt + e);
+          mp[j] = m;
+          vp[j] = v;
+          pp[j] = p;
+          return p;
+        };
+        if (lp && gl) {
+#pragma omp simd
+          for (int64_t j = j0; j < j1; ++j) lp[j] = to_bf16(update(j, from_bf16(gl[j])));
+        } else if (lp) {
+#pragma omp simd
+          for (int64_t j = j0; j < j1; ++j) lp[j] = to_bf16(update(j, gp[j]));
+        } else {
+#pragma omp simd
+          for (int64_t j = j0; j < j1; ++j) update(j, gp[j]);
+        }
+      });
+    }
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY(cvae_native, m) {
+  m.class_<Step>("Step")
+      .def(torch::init<std::vector<Tensor>, int64_t, std::vector<Tensor>, int64_t, int64_t, double, bool,
+                       std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, int64_t>())
+      .def("run", &Step::run)
+      .def("adam", &Step::adam);
+}
