@@ -150,6 +150,23 @@ void relu_backward(T* g, int64_t gs, const T* a, int64_t as, int64_t rows, int64
   });
 }
 
+// dst (n x rows, contiguous) = the transpose of src (rows x n, row stride ss), in 32-column blocks
+// whose destination rows stay in the cache while the source rows stream past; a weight gradient's
+// product g^T h runs about twice as fast on a contiguous g^T as on the transposed view of g
+template <typename T>
+void transpose_into(const T* src, int64_t ss, int64_t rows, int64_t n, T* dst) {
+  constexpr int64_t B = 32;
+  at::parallel_for(0, (n + B - 1) / B, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t j0 = blk * B, j1 = std::min(n, j0 + B);
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* sr = src + r * ss;
+        for (int64_t j = j0; j < j1; ++j) dst[j * rows + r] = sr[j];
+      }
+    }
+  });
+}
+
 template <typename F>
 void typed(const Tensor& t, F&& f) {
   if (t.scalar_type() == at::kFloat) f(static_cast<float*>(nullptr));
@@ -163,7 +180,7 @@ enum Activation : int64_t { kReLU = 0, kTanh = 1, kELU = 2, kSiLU = 3, kLeakyReL
 
 // One MLP's buffers for a batch of b rows (views made once by the Python side).
 struct Net {
-  std::vector<Tensor> in, own, pre, gin, wt, w_in, bias, wg, grad, bgrad;
+  std::vector<Tensor> in, own, pre, gin, wt, w_in, bias, wg, grad, bgrad, gT;
   int64_t act = kReLU;
   double act_arg = 0.0;
   bool cast = false;
@@ -213,7 +230,13 @@ struct Net {
   void backward(const Tensor& g_last, bool need_input, bool materialize) {
     Tensor g = g_last;
     for (size_t i = pre.size(); i-- > 0;) {
-      at::mm_out(wg[i], g.t(), in[i]);
+      Tensor& gt = gT[i];
+      if (!gt.defined() || gt.size(1) != g.size(0)) gt = at::empty({g.size(1), g.size(0)}, g.options());
+      typed(g, [&](auto* tag) {
+        using T = std::remove_pointer_t<decltype(tag)>;
+        transpose_into(ptr<T>(g), g.stride(0), g.size(0), g.size(1), ptr<T>(gt));
+      });
+      at::mm_out(wg[i], gt, in[i]);
       if (cast && materialize) grad[i].copy_(wg[i]);  // else the native Adam reads wg itself
       typed(g, [&](auto* tag) {
         using T = std::remove_pointer_t<decltype(tag)>;
@@ -249,6 +272,7 @@ Net make_net(const std::vector<Tensor>& t, int64_t layers, int64_t act, double a
     net.wg.push_back(p[7]);
     net.grad.push_back(p[8]);
     net.bgrad.push_back(p[9]);
+    net.gT.emplace_back();  // g^T of the layer, made on first use
   }
   return net;
 }
