@@ -36,8 +36,22 @@ def _machine_key() -> str:
                 break
     except OSError:
         flags = platform.processor()
-    text = "|".join([flags, torch.__version__, platform.machine(), SOURCE.read_text()])
+    text = "|".join([flags, torch.__version__, platform.machine(), " ".join(_arch_flags()), SOURCE.read_text()])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _arch_flags() -> list[str]:
+    """The instruction sets the loops are compiled for: this CPU's on x86-64 (``-march=native``), held
+    to AVX2 or to the x86-64 baseline when PyTorch's own kernels are (``ATEN_CPU_CAPABILITY=avx2`` or
+    ``default``), so that a run limited to AVX2 is limited here too."""
+    if platform.machine() != "x86_64":
+        return []
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    if capability.startswith("AVX512"):
+        return ["-march=native"]
+    if capability == "AVX2":
+        return ["-mavx2", "-mfma", "-mf16c"]
+    return []
 
 
 def fingerprint() -> str:
@@ -77,9 +91,9 @@ def load() -> bool:
     if not (build / f"{name}.so").exists():
         log.warning("compiling cvae's native training step (once for this machine and torch version, about 30 s)")
     # -fopenmp: at::parallel_for runs on PyTorch's own OpenMP threads (the library PyTorch loaded,
-    # libgomp.so.1, serves this one too); -march=native: the simd loops use this CPU's vectors;
+    # libgomp.so.1, serves this one too); _arch_flags: the simd loops use this CPU's vectors;
     # -fno-math-errno: sqrt need not set errno, so that Adam's loop vectorises
-    flags = ["-O3", "-fopenmp", "-fno-math-errno"] + (["-march=native"] if platform.machine() == "x86_64" else [])
+    flags = ["-O3", "-fopenmp", "-fno-math-errno"] + _arch_flags()
     try:
         cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
                            is_python_module=False,
