@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
+#include <omp.h>
 #include <torch/custom_class.h>
 #include <torch/library.h>
 
@@ -226,27 +227,47 @@ struct Net {
     return pre[n - 1];
   }
 
-  // weight and bias gradients from the last pre-activation's gradient g; the input's when asked
+  // weight and bias gradients from the last pre-activation's gradient g; the input's when asked.
+  // A layer's two products (g^T h for its weight, g W for its input) are independent: with two or more
+  // threads they run side by side, one thread each (oneDNN's products of these shapes gain little from
+  // a second thread: most of their time is packing the operands, which each call does alone)
   void backward(const Tensor& g_last, bool need_input, bool materialize) {
     Tensor g = g_last;
+    const bool side_by_side = at::get_num_threads() >= 2;
     for (size_t i = pre.size(); i-- > 0;) {
-      if (cast) {  // bfloat16 (oneDNN): g^T contiguous; float32 (MKL) runs as fast on the view
-        Tensor& gt = gT[i];
-        if (!gt.defined() || gt.size(1) != g.size(0)) gt = at::empty({g.size(1), g.size(0)}, g.options());
-        transpose_into(ptr<uint16_t>(g), g.stride(0), g.size(0), g.size(1), ptr<uint16_t>(gt));
-        at::mm_out(wg[i], gt, in[i]);
-      } else {
-        at::mm_out(wg[i], g.t(), in[i]);
+      auto weight_grad = [&] {
+        if (cast) {  // bfloat16 (oneDNN): g^T contiguous; float32 (MKL) runs as fast on the view
+          Tensor& gt = gT[i];
+          if (!gt.defined() || gt.size(1) != g.size(0)) gt = at::empty({g.size(1), g.size(0)}, g.options());
+          transpose_into(ptr<uint16_t>(g), g.stride(0), g.size(0), g.size(1), ptr<uint16_t>(gt));
+          at::mm_out(wg[i], gt, in[i]);
+        } else {
+          at::mm_out(wg[i], g.t(), in[i]);
+        }
+        if (cast && materialize) grad[i].copy_(wg[i]);  // else the native Adam reads wg itself
+        typed(g, [&](auto* tag) {
+          using T = std::remove_pointer_t<decltype(tag)>;
+          column_sums(ptr<T>(g), g.stride(0), g.size(0), g.size(1), bgrad[i].data_ptr<float>());
+        });
+      };
+      if (i == 0 && !need_input) {
+        weight_grad();
+        return;
       }
-      if (cast && materialize) grad[i].copy_(wg[i]);  // else the native Adam reads wg itself
-      typed(g, [&](auto* tag) {
-        using T = std::remove_pointer_t<decltype(tag)>;
-        column_sums(ptr<T>(g), g.stride(0), g.size(0), g.size(1), bgrad[i].data_ptr<float>());
-      });
-      if (i == 0 && !need_input) return;
-      at::mm_out(gin[i], g, w_in[i]);
+      auto input_grad = [&] {
+        at::mm_out(gin[i], g, w_in[i]);
+        if (i > 0) deactivate(gin[i], pre[i - 1], own[i]);
+      };
+      if (side_by_side) {
+        at::parallel_for(0, 2, 1, [&](int64_t k0, int64_t k1) {
+          omp_set_num_threads(1);  // this task's own products: one thread (the outer count is untouched)
+          for (int64_t k = k0; k < k1; ++k) k == 0 ? weight_grad() : input_grad();
+        });
+      } else {
+        weight_grad();
+        input_grad();
+      }
       if (i == 0) return;
-      deactivate(gin[i], pre[i - 1], own[i]);
       g = gin[i];
     }
   }
