@@ -11,7 +11,8 @@ trained on MNIST (60,000 training images, grey levels in [0, 1]; tested on the 1
 
   (a) cvae (``cvae.train.fit``, default settings: precision auto, which on a CPU times precision x
       step x threads on the model's shapes and takes the fastest (``cvae.probe``; its choice and
-      rates are printed), the fused MLP-VAE step where it covers the model (``cvae.fused``), fused
+      rates are printed), the fused MLP-VAE step where it covers the model (``cvae.fused``; its
+      native C++ form with its own Adam, ``cvae.native``, where a compiler is present), fused
       Adam, data on the device, a peak learning rate of 3e-3 annealed to 0 over the N epochs by a
       cosine; the peers use 1e-3 constant, as the example does, and cvae at 1e-3 constant is among
       the time-to-quality runs),
@@ -562,7 +563,9 @@ def main(argv=None) -> int:
           f"{epoch_flops / 1e9:.0f} GFLOP per epoch in the step's own matrix shapes")
     execution = json.loads((cvae_run.result.run_dir / "config.json").read_text())["execution"]
     probe = execution.get("probe", {})
-    print(f"cvae ran the {execution.get('step')} step in {cvae_run.result.config.precision} with "
+    native = execution.get("native")
+    form = "" if native is None else " (native)" if native is True else f" (Python: {native})"
+    print(f"cvae ran the {execution.get('step')}{form} step in {cvae_run.result.config.precision} with "
           f"{execution.get('threads')} thread(s) (precision auto: the probe's choice"
           f"{', cached' if probe.get('cached') else ''}); settings: {cvae_run.settings}")
     if probe.get("rates"):
