@@ -33,11 +33,18 @@ def _native_here():
         pytest.skip(f"the native step is unavailable here: {native.unavailable()}")
 
 
-def _model(act="relu", cond=False, shape=(1, 9, 11), hidden=(37, 21), latent=5, seed=0):
+def _model(act="relu", cond=False, shape=(1, 9, 11), hidden=(37, 21), latent=5, seed=0, prior="standard",
+           dropout=0.0, cond_at=0):
     torch.manual_seed(seed)
     config = ModelConfig(data_shape=shape, schema=SCHEMA if cond else {}, arch="mlp", hidden=list(hidden),
-                         latent_dim=latent, activation=act, likelihood="bernoulli", prior="standard")
-    return build_model(config)
+                         latent_dim=latent, activation=act, likelihood="bernoulli", prior=prior,
+                         condition_dropout=dropout, condition_at=cond_at)
+    model = build_model(config)
+    if prior == "conditional":  # a trained-looking prior, not its zero start
+        with torch.no_grad():
+            for p in model.prior.parameters():
+                p.normal_(0, 0.3)
+    return model
 
 
 def _batch(model, b, seed=1):
@@ -66,13 +73,19 @@ def _run(model, precision, x, c, *, use_native: bool, batch=48):
     return out, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+CONDITIONS = {"none": dict(), "input": dict(cond=True), "conditional-prior": dict(cond=True, prior="conditional"),
+              "every-layer-dropout": dict(cond=True, prior="conditional", dropout=0.5, cond_at=-1),
+              "input-dropout": dict(cond=True, dropout=0.3)}
+
+
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("act", ["relu", "tanh", "elu", "silu", "leaky_relu"])
-@pytest.mark.parametrize("cond", [False, True])
+@pytest.mark.parametrize("cond", list(CONDITIONS))
 def test_native_step_equals_the_python_step(precision, act, cond):
-    """Loss, reconstruction, KL and every gradient; 99 pixels (not a multiple of any vector width),
-    a batch smaller than the buffers (the last batch of an epoch)."""
-    model = _model(act=act, cond=cond)
+    """Loss, reconstruction, KL and every gradient (the conditional prior's too); 99 pixels (not a
+    multiple of any vector width), a batch smaller than the buffers (the last batch of an epoch);
+    with condition dropout the same rows are blanked (the noise drawn first, then the mask)."""
+    model = _model(act=act, **CONDITIONS[cond])
     x, c = _batch(model, b=37)
     want, want_grads = _run(copy.deepcopy(model), precision, x, c, use_native=False)
     got, got_grads = _run(model, precision, x, c, use_native=True)
@@ -153,12 +166,12 @@ def test_native_adam_equals_torch_adam_and_writes_the_bfloat16_copies(weight_dec
         assert torch.equal(w, p.bfloat16())  # the products' copy, rounded as .to(bfloat16) rounds
 
 
-def _trained_pair(precision, steps=3):
+def _trained_pair(precision, steps=3, **kind):
     """The same model trained a few steps by the trainer's loop: native step + native Adam with
     deferred gradients, and the Python step + torch's Adam."""
     out = []
     for use_native in (True, False):
-        model = _model()
+        model = _model(**kind)
         step = _step(model, precision)
         step.native = use_native
         opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
@@ -167,16 +180,20 @@ def _trained_pair(precision, steps=3):
             adam.native = step
         torch.manual_seed(11)
         for i in range(steps):
-            step(*_batch(model, 40, seed=i), defer_grads=use_native)
+            x, c = _batch(model, 40, seed=i)
+            step(x, c, defer_grads=use_native)
             adam()
         out.append((model, step, opt, adam))
     return out
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-def test_training_steps_native_and_python_stay_together(precision):
-    (m_native, step, _, adam), (m_python, _, _, _) = _trained_pair(precision)
-    assert adam.direct_calls >= 1  # after the first step (which makes Adam's state) the direct path ran
+@pytest.mark.parametrize("cond", ["none", "every-layer-dropout"])
+def test_training_steps_native_and_python_stay_together(precision, cond):
+    """Three steps of step + Adam (the prior's parameters have no bfloat16 copy: Adam steps them too)."""
+    (m_native, step, _, adam), (m_python, _, _, _) = _trained_pair(precision, **CONDITIONS[cond])
+    # after the first step (which makes Adam's state) the native Adam ran every group
+    assert adam.direct_calls == 2 and step.native_adam_calls == 2
     tol = dict(rtol=1e-4, atol=1e-5) if precision == "float32" else dict(rtol=0, atol=5e-3)
     for (name, a), b in zip(m_native.named_parameters(), m_python.parameters()):
         torch.testing.assert_close(a, b, **tol, msg=name)

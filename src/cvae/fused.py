@@ -340,6 +340,8 @@ class FusedMLPStep:
         self.native = self.native_why is None
         self._native_steps: dict[int, object] = {}
         self._native_fresh = None  # the masters' versions when the native Adam last wrote the low copies
+        self._no_tensor = torch.empty(0)  # an absent optional argument of the native step
+        self.native_adam_calls = 0
         if self.native and self.dtype != torch.float32:
             nets = (self.encoder, self.decoder)
             self._lows = {m.data_ptr(): w for n in nets for m, w in zip(n.master + n.master_biases, n.weights + n.biases)}
@@ -365,18 +367,21 @@ class FusedMLPStep:
         if not self.native or not self._native_steps or group.get("weight_decay") is None:
             self.materialize_grads()
             return False
-        lows = [self._lows.get(p.data_ptr()) for p in params] if self._lows else []
-        if any(s["step"].dtype != torch.float32 or s["step"].dim() != 0 for s in states) or any(w is None for w in lows):
+        # a parameter outside the networks (the conditional prior's) has no low-precision copy: an empty one
+        lows = [self._lows.get(p.data_ptr(), self._no_tensor) for p in params] if self._lows else []
+        if any(s["step"].dtype != torch.float32 or s["step"].dim() != 0 for s in states) \
+                or any(p.dtype != torch.float32 or not p.is_contiguous() for p in params):
             self.materialize_grads()
             return False
         grads = [self._low_grads.get(p.data_ptr(), p.grad) if self._deferred else p.grad for p in params]
         beta1, beta2 = group["betas"]
         next(iter(self._native_steps.values())).adam(
             params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            [s["step"] for s in states], [w.view(-1).view_as(p) for w, p in zip(lows, params)] if lows else [],
+            [s["step"] for s in states], [w.view(-1).view_as(p) if w.numel() else w for w, p in zip(lows, params)],
             float(group["lr"]), float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]))
         if lows:
             self._native_fresh = self._master_versions()
+        self.native_adam_calls += 1
         return True
 
     def _native_why(self, model, device) -> str | None:
@@ -386,8 +391,8 @@ class FusedMLPStep:
             return f"it runs on CPUs, not {device.type}"
         if self.k != 1:
             return "it trains one model at a time, not a sweep"
-        if self.gaussian or self.conditional_prior or self.flagged:
-            return "it covers Bernoulli pixels, the standard prior and no condition dropout"
+        if self.gaussian:
+            return "it covers Bernoulli pixels, not a Gaussian likelihood"
         acts = {type(model.encoder.net.act), type(model.decoder.net.act)}
         if len(acts) > 1 or _native_activation(model.encoder.net.act) is None:
             return f"the activation {type(model.encoder.net.act).__name__} is not written natively"
@@ -414,8 +419,9 @@ class FusedMLPStep:
             masters = enc.master + enc.master_biases + dec.master + dec.master_biases if low else []
             buffers = [self.out_grad_low[0, :b] if low else self.out_grad[0, :b],
                        self.enc_grad_low[0, :b] if low else self.enc_grad[0, :b], self.std[0, :b]]
+            prior = [t[0] for t in self.prior] if self.conditional_prior else []
             step = native.step_class()(layers(enc), len(enc.layers), layers(dec), len(dec.layers), code, arg,
-                                       low, lows, masters, buffers, self.latent)
+                                       low, lows, masters, buffers, self.latent, prior)
             self._native_steps[b] = step
         return step
 
@@ -441,8 +447,15 @@ class FusedMLPStep:
         k, b, d = self.k, x.shape[1], self.latent
         low = self.dtype != torch.float32
         if self.native:
-            self.encoder.set_condition(c.float() if c is not None else None, b)
-            self.decoder.set_condition(c.float() if c is not None else None, b)
+            cf = c[0].float().contiguous() if c is not None else None
+            self.encoder.set_condition(cf, b)
+            eps = self._no_tensor
+            if self.flagged:  # the noise first, then the condition-dropout mask, as the generic path draws them
+                eps = (torch.randn((k, b, d), dtype=self.dtype, device=x.device) if generators is None else
+                       torch.randn((b, d), dtype=self.dtype, generator=generators[0]).to(x.device))
+                self.decoder.set_condition(self._decoder_condition(c.float(), generators), b)
+            else:
+                self.decoder.set_condition(cf, b)
             xf = x.reshape(b, -1)
             if xf.dtype != torch.float32 or not xf.is_contiguous():
                 xf = xf.float().contiguous()
@@ -453,7 +466,8 @@ class FusedMLPStep:
             # the weights' bfloat16 gradients stay in their buffers for the native Adam when the caller
             # defers them (defer_grads); otherwise they are copied to .grad, as the Python step writes them
             defer = defer_grads and low
-            loss, rec, kl = step.run(xf, float(self.objectives[0].kl_weight(progress)), not fresh, not defer).unbind()
+            loss, rec, kl = step.run(xf, float(self.objectives[0].kl_weight(progress)), not fresh, not defer, eps,
+                                     cf if self.conditional_prior else self._no_tensor).unbind()
             self._deferred = defer
             if single:
                 return ObjectiveOutput(loss=loss, reconstruction=rec, kl=kl)

@@ -302,15 +302,26 @@ Net make_net(const std::vector<Tensor>& t, int64_t layers, int64_t act, double a
 struct Step : torch::CustomClassHolder {
   Net enc, dec;
   std::vector<Tensor> low, master;  // low-precision weight copies and their float32 sources (refresh)
-  Tensor rows_, out_grad, enc_grad, std_;
+  Tensor rows_, out_grad, enc_grad, std_, prior_w, prior_b, prior_wg, prior_bg, prior_out, prior_grad;
   int64_t latent = 0;
   bool cast = false;
   at::ScalarType low_type = at::kFloat;
 
   Step(std::vector<Tensor> enc_t, int64_t enc_layers, std::vector<Tensor> dec_t, int64_t dec_layers,
        int64_t act, double act_arg, bool cast_, std::vector<Tensor> low_, std::vector<Tensor> master_,
-       std::vector<Tensor> buffers, int64_t latent_)
+       std::vector<Tensor> buffers, int64_t latent_, std::vector<Tensor> prior_)
       : low(std::move(low_)), master(std::move(master_)), latent(latent_), cast(cast_) {
+    // the conditional prior N(m(c), v(c)), [m, log v] = c W^T + b: its weight, bias and their .grad
+    // (float32, as the Python step computes it); empty for the standard normal prior
+    TORCH_CHECK(prior_.empty() || prior_.size() == 4, "cvae native step: the prior takes 4 tensors");
+    if (!prior_.empty()) {
+      prior_w = prior_[0];
+      prior_b = prior_[1];
+      prior_wg = prior_[2];
+      prior_bg = prior_[3];
+      for (const Tensor* t : {&prior_w, &prior_b, &prior_wg, &prior_bg})
+        TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), "cvae native step: float32 prior");
+    }
     enc = make_net(enc_t, enc_layers, act, act_arg, cast);
     dec = make_net(dec_t, dec_layers, act, act_arg, cast);
     TORCH_CHECK(buffers.size() == 3, "cvae native step: expected 3 buffers");
@@ -329,7 +340,10 @@ struct Step : torch::CustomClassHolder {
   }
 
   // x: (b, P) float32, the batch; returns (loss, reconstruction, kl), each a mean over the batch
-  Tensor run(Tensor x, double kl_weight, bool refresh, bool materialize) {
+  // eps: the noise (b, d) in the computing dtype when the caller drew it (condition dropout draws its
+  // mask after it), else empty (drawn here, as the Python step draws it); c: the condition (b, C)
+  // float32 for the conditional prior, else empty
+  Tensor run(Tensor x, double kl_weight, bool refresh, bool materialize, Tensor eps_given, Tensor c) {
     at::NoGradGuard no_grad;
     const int64_t b = x.size(0), p = x.size(1), d = latent;
     TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous(), "cvae native step: x must be contiguous float32");
@@ -341,7 +355,23 @@ struct Step : torch::CustomClassHolder {
     // q(z | x): mu, log var; z = mu + sigma eps, straight into the decoder's input
     const Tensor& h = enc.forward();
     // the noise as the Python step draws it: from the global generator, in the computing dtype
-    const Tensor eps = at::randn({1, b, d}, x.options().dtype(low_type)).view({b, d});
+    const Tensor eps = eps_given.numel() ? eps_given.view({b, d})
+                                         : at::randn({1, b, d}, x.options().dtype(low_type)).view({b, d});
+    TORCH_CHECK(eps.scalar_type() == low_type && eps.is_contiguous(), "cvae native step: eps in the computing dtype");
+    const bool conditional = prior_w.defined();
+    TORCH_CHECK(!conditional || (c.scalar_type() == at::kFloat && c.is_contiguous() && c.size(0) == b),
+                "cvae native step: the conditional prior needs c, (b, C) float32");
+    float* pp = nullptr;  // [m, log v] per row (b, 2d), float32
+    float* pg = nullptr;  // d loss / d [m, log v]
+    if (conditional) {
+      if (!prior_out.defined() || prior_out.size(0) != b) {
+        prior_out = at::empty({b, 2 * d}, x.options());
+        prior_grad = at::empty({b, 2 * d}, x.options());
+      }
+      at::addmm_out(prior_out, prior_b, c, prior_w.t());
+      pp = prior_out.data_ptr<float>();
+      pg = prior_grad.data_ptr<float>();
+    }
     double rec_sum = 0.0, kl_sum = 0.0;
     typed(h, [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
@@ -387,12 +417,28 @@ struct Step : torch::CustomClassHolder {
           for (int64_t j = 0; j < d; ++j) {
             const float mu = load(hp + r * hs, j), logvar = load(hp + r * hs, d + j);
             const float s = sp[r * d + j], var = s * s, g = load(dp + r * ds, j);
-            kl_sum += static_cast<double>(mu * mu + var - logvar - 1.0f);
-            store(gp + r * gs, j, g + scale * mu);
-            store(gp + r * gs, d + j, 0.5f * g * load(ep + r * d, j) * s + 0.5f * scale * (var - 1.0f));
+            const float through = 0.5f * g * load(ep + r * d, j) * s;  // d/d log var through z = mu + sigma eps
+            if (!conditional) {
+              kl_sum += static_cast<double>(mu * mu + var - logvar - 1.0f);
+              store(gp + r * gs, j, g + scale * mu);
+              store(gp + r * gs, d + j, through + 0.5f * scale * (var - 1.0f));
+            } else {  // KL(N(mu, var) || N(m, v)) = (log v - log var + (var + (mu - m)^2) / v - 1) / 2
+              const float m = pp[r * 2 * d + j], log_v = pp[r * 2 * d + d + j];
+              const float inv_v = std::exp(-log_v), diff = mu - m, diff_iv = diff * inv_v;
+              const float spread = (var + diff * diff) * inv_v;
+              kl_sum += static_cast<double>(log_v - logvar + spread - 1.0f);
+              store(gp + r * gs, j, g + scale * diff_iv);
+              store(gp + r * gs, d + j, through + 0.5f * scale * var * inv_v - 0.5f * scale);
+              pg[r * 2 * d + j] = -scale * diff_iv;
+              pg[r * 2 * d + d + j] = 0.5f * scale * (1.0f - spread);
+            }
           }
       }
     });
+    if (conditional) {  // the prior's weight and bias gradients
+      at::mm_out(prior_wg, prior_grad.t(), c);
+      column_sums(pg, 2 * d, b, 2 * d, prior_bg.data_ptr<float>());
+    }
     enc.backward(enc_grad, false, materialize);
     const double rec = rec_sum / b, kl = 0.5 * kl_sum / b;
     return at::tensor({static_cast<float>(rec + kl_weight * kl), static_cast<float>(rec), static_cast<float>(kl)});
@@ -412,7 +458,8 @@ struct Step : torch::CustomClassHolder {
       TORCH_CHECK(params[i].scalar_type() == at::kFloat && params[i].is_contiguous() && grads[i].is_contiguous() &&
                   grads[i].numel() == params[i].numel() && (grads[i].scalar_type() == at::kFloat || !lows.empty()) &&
                   exp_avgs[i].is_contiguous() && exp_avg_sqs[i].is_contiguous() &&
-                  (lows.empty() || lows[i].is_contiguous()), "cvae native adam: float32 contiguous tensors only");
+                  (lows.empty() || lows[i].numel() == 0 || (lows[i].is_contiguous() && lows[i].numel() == params[i].numel())),
+                  "cvae native adam: float32 contiguous tensors only");
       float* step = steps[i].data_ptr<float>();
       *step += 1.0f;
       const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(*step));
@@ -428,7 +475,8 @@ struct Step : torch::CustomClassHolder {
       const uint16_t* gl = low_grad ? reinterpret_cast<const uint16_t*>(grads[i].data_ptr()) : nullptr;
       float* mp = exp_avgs[i].data_ptr<float>();
       float* vp = exp_avg_sqs[i].data_ptr<float>();
-      uint16_t* lp = lows.empty() ? nullptr : reinterpret_cast<uint16_t*>(lows[i].data_ptr());
+      // an empty low tensor: a parameter without a low-precision copy (the conditional prior's)
+      uint16_t* lp = lows.empty() || lows[i].numel() == 0 ? nullptr : reinterpret_cast<uint16_t*>(lows[i].data_ptr());
       at::parallel_for(0, params[i].numel(), 16384, [&](int64_t j0, int64_t j1) {
         auto update = [&](int64_t j, float grad) {
           const float g = grad + wd * pp[j];
@@ -460,7 +508,8 @@ struct Step : torch::CustomClassHolder {
 TORCH_LIBRARY(cvae_native, m) {
   m.class_<Step>("Step")
       .def(torch::init<std::vector<Tensor>, int64_t, std::vector<Tensor>, int64_t, int64_t, double, bool,
-                       std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, int64_t>())
+                       std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, int64_t,
+                       std::vector<Tensor>>())
       .def("run", &Step::run)
       .def("adam", &Step::adam);
 }
