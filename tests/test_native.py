@@ -34,15 +34,15 @@ def _native_here():
 
 
 def _model(act="relu", cond=False, shape=(1, 9, 11), hidden=(37, 21), latent=5, seed=0, prior="standard",
-           dropout=0.0, cond_at=0):
+           dropout=0.0, cond_at=0, likelihood="bernoulli"):
     torch.manual_seed(seed)
     config = ModelConfig(data_shape=shape, schema=SCHEMA if cond else {}, arch="mlp", hidden=list(hidden),
-                         latent_dim=latent, activation=act, likelihood="bernoulli", prior=prior,
-                         condition_dropout=dropout, condition_at=cond_at)
+                         latent_dim=latent, activation=act, likelihood=likelihood, prior=prior,
+                         condition_dropout=dropout, condition_at=cond_at, sigma=0.6)
     model = build_model(config)
-    if prior == "conditional":  # a trained-looking prior, not its zero start
-        with torch.no_grad():
-            for p in model.prior.parameters():
+    with torch.no_grad():  # a trained-looking prior and sigma, not their zero starts
+        for name, p in model.named_parameters():
+            if name.startswith("prior.") or name.endswith("log_sigma"):
                 p.normal_(0, 0.3)
     return model
 
@@ -75,7 +75,9 @@ def _run(model, precision, x, c, *, use_native: bool, batch=48):
 
 CONDITIONS = {"none": dict(), "input": dict(cond=True), "conditional-prior": dict(cond=True, prior="conditional"),
               "every-layer-dropout": dict(cond=True, prior="conditional", dropout=0.5, cond_at=-1),
-              "input-dropout": dict(cond=True, dropout=0.3)}
+              "input-dropout": dict(cond=True, dropout=0.3),
+              "gaussian": dict(likelihood="gaussian"),
+              "gaussian-learned-conditional": dict(cond=True, prior="conditional", likelihood="gaussian-learned")}
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
@@ -188,7 +190,7 @@ def _trained_pair(precision, steps=3, **kind):
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-@pytest.mark.parametrize("cond", ["none", "every-layer-dropout"])
+@pytest.mark.parametrize("cond", ["none", "every-layer-dropout", "gaussian-learned-conditional"])
 def test_training_steps_native_and_python_stay_together(precision, cond):
     """Three steps of step + Adam (the prior's parameters have no bfloat16 copy: Adam steps them too)."""
     (m_native, step, _, adam), (m_python, _, _, _) = _trained_pair(precision, **CONDITIONS[cond])

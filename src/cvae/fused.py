@@ -391,8 +391,6 @@ class FusedMLPStep:
             return f"it runs on CPUs, not {device.type}"
         if self.k != 1:
             return "it trains one model at a time, not a sweep"
-        if self.gaussian:
-            return "it covers Bernoulli pixels, not a Gaussian likelihood"
         acts = {type(model.encoder.net.act), type(model.decoder.net.act)}
         if len(acts) > 1 or _native_activation(model.encoder.net.act) is None:
             return f"the activation {type(model.encoder.net.act).__name__} is not written natively"
@@ -420,8 +418,10 @@ class FusedMLPStep:
             buffers = [self.out_grad_low[0, :b] if low else self.out_grad[0, :b],
                        self.enc_grad_low[0, :b] if low else self.enc_grad[0, :b], self.std[0, :b]]
             prior = [t[0] for t in self.prior] if self.conditional_prior else []
+            gaussian = ([self.log_sigma[0].reshape(-1),
+                         self.log_sigma_grad[0] if self.learned_sigma else self._no_tensor] if self.gaussian else [])
             step = native.step_class()(layers(enc), len(enc.layers), layers(dec), len(dec.layers), code, arg,
-                                       low, lows, masters, buffers, self.latent, prior)
+                                       low, lows, masters, buffers, self.latent, prior, gaussian)
             self._native_steps[b] = step
         return step
 

@@ -109,6 +109,35 @@ void bernoulli_rows(const T* lp, int64_t ls, const float* xp, int64_t p, T* gp, 
   }
 }
 
+// The Gaussian term of all rows, N(x; out, sigma^2) with sigma per element (learned, ls of n) or one
+// (ls of 1): returns the sum over rows of sum_j ((out - x) / sigma)^2 (the caller adds the constants),
+// writes the gradient (out - x) / sigma^2 / b in the type of the outputs, and, when colsq is given,
+// the column sums of ((out - x) / sigma)^2 (for the gradient of a learned log sigma)
+template <typename T>
+double gaussian_rows(const T* op, int64_t os, const float* xp, int64_t p, const float* ls, bool per_element,
+                     T* gp, int64_t gs, float inv_b, float* colsq, int64_t rows) {
+  double total = 0.0;
+  const float one_inv = per_element ? 0.0f : std::exp(-ls[0]);
+  if (colsq)
+    for (int64_t j = 0; j < p; ++j) colsq[j] = 0.0f;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* orow = op + r * os;
+    const float* xr = xp + r * p;
+    T* gr = gp + r * gs;
+    float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t j = 0; j < p; ++j) {
+      const float inv = per_element ? std::exp(-ls[j]) : one_inv;
+      const float rr = (load(orow, j) - xr[j]) * inv;
+      sq += rr * rr;
+      if (colsq) colsq[j] += rr * rr;
+      store(gr, j, rr * inv * inv_b);
+    }
+    total += sq;
+  }
+  return total;
+}
+
 // Element-wise kernels on 2-D row-major views (rows of n contiguous elements, a row stride), in the
 // computing dtype T (float, or bfloat16 held as uint16_t)
 
@@ -302,6 +331,7 @@ Net make_net(const std::vector<Tensor>& t, int64_t layers, int64_t act, double a
 struct Step : torch::CustomClassHolder {
   Net enc, dec;
   std::vector<Tensor> low, master;  // low-precision weight copies and their float32 sources (refresh)
+  Tensor log_sigma, log_sigma_grad, colsq;
   Tensor rows_, out_grad, enc_grad, std_, prior_w, prior_b, prior_wg, prior_bg, prior_out, prior_grad;
   int64_t latent = 0;
   bool cast = false;
@@ -309,8 +339,16 @@ struct Step : torch::CustomClassHolder {
 
   Step(std::vector<Tensor> enc_t, int64_t enc_layers, std::vector<Tensor> dec_t, int64_t dec_layers,
        int64_t act, double act_arg, bool cast_, std::vector<Tensor> low_, std::vector<Tensor> master_,
-       std::vector<Tensor> buffers, int64_t latent_, std::vector<Tensor> prior_)
+       std::vector<Tensor> buffers, int64_t latent_, std::vector<Tensor> prior_, std::vector<Tensor> gaussian_)
       : low(std::move(low_)), master(std::move(master_)), latent(latent_), cast(cast_) {
+    // a Gaussian likelihood: [log sigma (P values, learned, or 1, fixed), its .grad (learned) or empty];
+    // empty for Bernoulli pixels
+    TORCH_CHECK(gaussian_.empty() || gaussian_.size() == 2, "cvae native step: the Gaussian takes 2 tensors");
+    if (!gaussian_.empty()) {
+      log_sigma = gaussian_[0];
+      log_sigma_grad = gaussian_[1];
+      TORCH_CHECK(log_sigma.scalar_type() == at::kFloat && log_sigma.is_contiguous(), "cvae native step: log sigma");
+    }
     // the conditional prior N(m(c), v(c)), [m, log v] = c W^T + b: its weight, bias and their .grad
     // (float32, as the Python step computes it); empty for the standard normal prior
     TORCH_CHECK(prior_.empty() || prior_.size() == 4, "cvae native step: the prior takes 4 tensors");
@@ -391,17 +429,36 @@ struct Step : torch::CustomClassHolder {
           }
       }
 
-      // p(x | z): -log p = sum softplus(l) - x . l, its gradient (sigmoid(l) - x) / b, in one pass
       const Tensor& l = dec.forward();
-      {
+      const float inv_b = 1.0f / static_cast<float>(b);
+      const float* xp = x.data_ptr<float>();
+      if (!log_sigma.defined()) {
+        // p(x | z): -log p = sum softplus(l) - x . l, its gradient (sigmoid(l) - x) / b, in one pass
         RECORD_FUNCTION("cvae::bernoulli_pass", std::vector<c10::IValue>());
         double* rec = rows_.data_ptr<double>();
-        const float inv_b = 1.0f / static_cast<float>(b);
-        const float* xp = x.data_ptr<float>();
         at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) {
           bernoulli_rows(ptr<T>(l), l.stride(0), xp, p, ptr<T>(out_grad), out_grad.stride(0), inv_b, rec, r0, r1);
         });
         for (int64_t r = 0; r < b; ++r) rec_sum += rec[r];
+      } else {
+        // N(x; out, sigma^2): -log p = sum ((out - x) / sigma)^2 / 2 + log sigma + log(2 pi) / 2
+        RECORD_FUNCTION("cvae::gaussian_pass", std::vector<c10::IValue>());
+        const bool learned = log_sigma_grad.defined() && log_sigma_grad.numel() > 0;
+        const bool per_element = log_sigma.numel() == p;
+        TORCH_CHECK(per_element || log_sigma.numel() == 1, "cvae native step: log sigma of 1 or P values");
+        const float* ls = log_sigma.data_ptr<float>();
+        if (learned && (!colsq.defined() || colsq.numel() != p)) colsq = at::empty({p}, x.options());
+        const double sq = gaussian_rows(ptr<T>(l), l.stride(0), xp, p, ls, per_element, ptr<T>(out_grad),
+                                        out_grad.stride(0), inv_b, learned ? colsq.data_ptr<float>() : nullptr, b);
+        double log_sigma_sum = 0.0;
+        for (int64_t j = 0; j < log_sigma.numel(); ++j) log_sigma_sum += ls[j];
+        if (!per_element) log_sigma_sum *= static_cast<double>(p);
+        rec_sum = 0.5 * sq + static_cast<double>(b) * (0.5 * static_cast<double>(p) * std::log(2.0 * 3.14159265358979323846) + log_sigma_sum);
+        if (learned) {  // d/d log sigma_j of the batch mean: 1 - mean_b r_bj^2
+          float* lg = log_sigma_grad.data_ptr<float>();
+          const float* cq = colsq.data_ptr<float>();
+          for (int64_t j = 0; j < p; ++j) lg[j] = 1.0f - cq[j] * inv_b;
+        }
       }
       dec.backward(out_grad, true, materialize);
 
@@ -509,7 +566,7 @@ TORCH_LIBRARY(cvae_native, m) {
   m.class_<Step>("Step")
       .def(torch::init<std::vector<Tensor>, int64_t, std::vector<Tensor>, int64_t, int64_t, double, bool,
                        std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, int64_t,
-                       std::vector<Tensor>>())
+                       std::vector<Tensor>, std::vector<Tensor>>())
       .def("run", &Step::run)
       .def("adam", &Step::adam);
 }
