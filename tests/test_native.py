@@ -286,3 +286,15 @@ def test_a_failed_build_leaves_the_python_step_with_the_reason(monkeypatch):
     assert not step.native and step.native_why.startswith("its build failed (Error building extension")
     out = step(*_batch(model, 8))  # the Python step trains
     assert torch.isfinite(out.loss)
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
+    """PyTorch waits forever for the lock of a build that was killed; cvae removes one older than
+    10 minutes before building, and leaves a running build's alone."""
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    assert not native.clear_stale_lock(tmp_path)  # a build may be running
+    assert lock.exists()
+    assert native.clear_stale_lock(tmp_path, now=lock.stat().st_mtime + native.STALE_LOCK_SECONDS + 1)
+    assert not lock.exists()
+    assert not native.clear_stale_lock(tmp_path)  # nothing there

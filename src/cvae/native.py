@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -88,6 +89,7 @@ def load() -> bool:
 
     name = f"cvae_native_{_machine_key()}"
     build = Path(cpp_extension._get_build_directory(name, verbose=False))
+    clear_stale_lock(build)
     if not (build / f"{name}.so").exists():
         log.warning("compiling cvae's native training step (once for this machine and torch version, about 30 s)")
     # -fopenmp: at::parallel_for runs on PyTorch's own OpenMP threads (the library PyTorch loaded,
@@ -104,6 +106,28 @@ def load() -> bool:
         log.warning("cvae's native training step could not be built, the Python step runs instead: %s", first)
         return False
     _state["loaded"] = name
+    return True
+
+
+STALE_LOCK_SECONDS = 600
+
+
+def clear_stale_lock(build: Path, now: float | None = None) -> bool:
+    """Remove PyTorch's build lock left by a build that was killed (Ctrl-C, out of memory): PyTorch
+    waits for that file to go away, forever. A build takes well under a minute; a lock older than
+    10 minutes is nobody's. True when one was removed."""
+    lock = build / "lock"
+    try:
+        age = (time.time() if now is None else now) - lock.stat().st_mtime
+    except OSError:
+        return False
+    if age < STALE_LOCK_SECONDS:
+        return False
+    try:
+        lock.unlink()
+    except OSError:
+        return False
+    log.warning("removed a stale build lock of cvae's native step (%s, %.0f minutes old)", lock, age / 60)
     return True
 
 
