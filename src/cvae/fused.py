@@ -22,6 +22,13 @@ generator at the same point and in the same shape as the generic path draws it, 
 trains the same model either way (to float32 rounding); the tests hold the loss and every gradient
 to autograd's on every configuration it covers.
 
+For one model on a CPU the same step runs as one C++ call per step where it can be built
+(:mod:`cvae.native`, ``csrc/fused_step.cpp``: the likelihood, activation, bias and latent passes
+written as loops, the two backward products of a layer side by side, and its own Adam that also
+writes the bfloat16 weight copies); ``FusedMLPStep.native`` says whether it does and
+``native_why`` why not. The Python code below is the reference it is tested against, and what runs
+for sweeps, on GPUs and wherever the native build is off.
+
 :func:`fused_step_for` asks every registered step whether it covers a model, objective and settings
 (``why_not`` returns None or the reason) and returns the first that does, or None with the reasons:
 the trainer then takes the generic autograd path, which works for every model.
