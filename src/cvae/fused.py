@@ -384,7 +384,7 @@ class FusedMLPStep:
         beta1, beta2 = group["betas"]
         next(iter(self._native_steps.values())).adam(
             params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-            [s["step"] for s in states], [w.view(-1).view_as(p) if w.numel() else w for w, p in zip(lows, params)],
+            [s["step"] for s in states], lows,  # the kernel reads each low copy flat (same size, contiguous)
             float(group["lr"]), float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]))
         if lows:
             self._native_fresh = self._master_versions()

@@ -1,11 +1,14 @@
 // The fused MLP-VAE training step of cvae.fused, one native call per step (loaded by cvae.native).
 //
-// The same maths, the same ATen kernels for the matrix products, activations and casts as the
-// Python step FusedMLPStep (one model, Bernoulli pixels, the standard normal prior): what this file
-// removes is the Python between the kernels (about 60 calls per step) and a score of small
-// element-wise passes, written here as three loops: the Bernoulli term (softplus sum, x . l and the
-// gradient sigmoid(l) - x in one pass over the logits), the reparameterisation, and the analytic KL
-// with its gradients. The tests hold its loss and every gradient to the Python step and to autograd.
+// The same maths as the Python step FusedMLPStep for one model on a CPU (Bernoulli or Gaussian
+// pixels, the standard or the conditional prior, condition dropout drawn by the caller), with the
+// same ATen kernels for the matrix products. What this file removes is the Python between the kernels
+// (about 60 calls per step) and a score of small element-wise passes, written here as loops: the
+// likelihood term and its gradient in one pass over the decoder's outputs, ReLU and its backward,
+// the bias gradients, the reparameterisation, and the KL with its gradients. A layer's two backward
+// products run side by side, and Adam (Step::adam) writes the products' bfloat16 weights as it steps.
+// The tests (tests/test_native.py) hold its loss, every gradient and Adam to the Python step and
+// torch's Adam.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
