@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -563,6 +564,169 @@ struct Step : torch::CustomClassHolder {
   }
 };
 
+
+// -- the total correlation's minibatch estimates (beta-TCVAE, cvae.objectives.disentangle) -------------
+//
+// For codes z (B, D) and posteriors N(mu_j, exp(logvar_j)) of the batch's examples j, with log
+// importance weights log_w (B, B):
+//   M_ijd = log N(z_id; mu_jd, exp(logvar_jd)),  A_ij = sum_d M_ijd
+//   log q(z_i)       = logsumexp_j (log_w_ij + A_ij)                        -> log_qz (B)
+//   log q_d(z_id)    = logsumexp_j (log_w_ij + M_ijd)                       -> lse (B, D)
+// written row by row (a D x B scratch per row, in cache) instead of autograd's B x B x D tensors; the
+// backward recomputes M. tc_backward's gradients are those of sum_i g_qz_i log_qz_i + sum_id g_lse_id lse_id.
+
+namespace tc {
+
+constexpr float kLog2Pi = 1.8378770664093453f;
+
+struct Cols {  // mu, exp(-logvar) and -(log 2 pi + logvar) / 2 per dimension, each (D, B) contiguous
+  std::vector<float> mu, w, c;
+  Cols(const float* mu_, const float* lv_, int64_t b, int64_t d) : mu(b * d), w(b * d), c(b * d) {
+    for (int64_t j = 0; j < b; ++j)
+      for (int64_t k = 0; k < d; ++k) {
+        const float lv = lv_[j * d + k];
+        mu[k * b + j] = mu_[j * d + k];
+        w[k * b + j] = std::exp(-lv);
+        c[k * b + j] = -0.5f * (kLog2Pi + lv);
+      }
+  }
+};
+
+// M_i.. into s (D x B) and A_i. into a (B) for the code z_i (D)
+inline void rows(const Cols& col, const float* zi, int64_t b, int64_t d, float* s, float* a) {
+  std::fill(a, a + b, 0.0f);
+  for (int64_t k = 0; k < d; ++k) {
+    const float zk = zi[k];
+    const float* mu = col.mu.data() + k * b;
+    const float* w = col.w.data() + k * b;
+    const float* c = col.c.data() + k * b;
+    float* sk = s + k * b;
+#pragma omp simd
+    for (int64_t j = 0; j < b; ++j) {
+      const float diff = zk - mu[j];
+      const float m = c[j] - 0.5f * diff * diff * w[j];
+      sk[j] = m;
+      a[j] += m;
+    }
+  }
+}
+
+// exp(x), 0 below -80: a softmax weight under 2e-35 adds nothing in float32, and multiplied by a
+// small gradient it would be a denormal number, which slows the vector loops tenfold
+inline float softmax_exp(float x) { return x < -80.0f ? 0.0f : vexp(x); }
+
+// logsumexp_j (v_j + lw_j); -inf for an empty or all -inf row
+inline float lse(const float* v, const float* lw, int64_t b) {
+  float top = -INFINITY;
+#pragma omp simd reduction(max : top)
+  for (int64_t j = 0; j < b; ++j) top = std::max(top, v[j] + lw[j]);
+  if (!(top > -INFINITY)) return top;
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < b; ++j) sum += softmax_exp(v[j] + lw[j] - top);
+  return top + std::log(sum);
+}
+
+void check(const Tensor& z, const Tensor& mu, const Tensor& lv, const Tensor& lw) {
+  TORCH_CHECK(z.dim() == 2 && mu.sizes() == z.sizes() && lv.sizes() == z.sizes() && lw.dim() == 2 &&
+                  lw.size(0) == z.size(0) && lw.size(1) == z.size(0),
+              "cvae tc: z, mu, logvar (B, D) and log_w (B, B)");
+  for (const Tensor* t : {&z, &mu, &lv, &lw})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->device().is_cpu(),
+                "cvae tc: contiguous float32 CPU tensors");
+}
+
+}  // namespace tc
+
+std::tuple<Tensor, Tensor> tc_forward(Tensor z, Tensor mu, Tensor logvar, Tensor log_w) {
+  at::NoGradGuard no_grad;
+  tc::check(z, mu, logvar, log_w);
+  const int64_t b = z.size(0), d = z.size(1);
+  const tc::Cols col(mu.data_ptr<float>(), logvar.data_ptr<float>(), b, d);
+  Tensor log_qz = at::empty({b}, z.options()), out = at::empty({b, d}, z.options());
+  const float* zp = z.data_ptr<float>();
+  const float* lw = log_w.data_ptr<float>();
+  float* qp = log_qz.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, b, 8, [&](int64_t i0, int64_t i1) {
+    std::vector<float> s(d * b), a(b);
+    for (int64_t i = i0; i < i1; ++i) {
+      tc::rows(col, zp + i * d, b, d, s.data(), a.data());
+      const float* lwi = lw + i * b;
+      qp[i] = tc::lse(a.data(), lwi, b);
+      for (int64_t k = 0; k < d; ++k) op[i * d + k] = tc::lse(s.data() + k * b, lwi, b);
+    }
+  });
+  return {log_qz, out};
+}
+
+std::tuple<Tensor, Tensor, Tensor> tc_backward(Tensor z, Tensor mu, Tensor logvar, Tensor log_w, Tensor log_qz,
+                                               Tensor lse, Tensor g_qz, Tensor g_lse) {
+  at::NoGradGuard no_grad;
+  tc::check(z, mu, logvar, log_w);
+  const int64_t b = z.size(0), d = z.size(1);
+  TORCH_CHECK(log_qz.numel() == b && lse.numel() == b * d && g_qz.numel() == b && g_lse.numel() == b * d,
+              "cvae tc: the forward's outputs and their gradients");
+  g_qz = g_qz.contiguous().to(at::kFloat);
+  g_lse = g_lse.contiguous().to(at::kFloat);
+  const tc::Cols col(mu.data_ptr<float>(), logvar.data_ptr<float>(), b, d);
+  const float* zp = z.data_ptr<float>();
+  const float* lw = log_w.data_ptr<float>();
+  const float* qp = log_qz.data_ptr<float>();
+  const float* lp = lse.data_ptr<float>();
+  const float* gq = g_qz.data_ptr<float>();
+  const float* gl = g_lse.data_ptr<float>();
+  Tensor g_z = at::zeros({b, d}, z.options());
+  float* gz = g_z.data_ptr<float>();
+  // the gradients of mu and log var sum over the rows i: one (2, D, B) accumulator per thread
+  const int64_t threads = at::get_num_threads();
+  std::vector<float> acc(static_cast<size_t>(threads) * 2 * d * b, 0.0f);
+  at::parallel_for(0, b, 8, [&](int64_t i0, int64_t i1) {
+    float* gm = acc.data() + static_cast<size_t>(at::get_thread_num()) * 2 * d * b;
+    float* gv = gm + d * b;
+    std::vector<float> s(d * b), a(b), pa(b);
+    for (int64_t i = i0; i < i1; ++i) {
+      tc::rows(col, zp + i * d, b, d, s.data(), a.data());
+      const float* lwi = lw + i * b;
+      const float top = qp[i], gi = gq[i];
+#pragma omp simd
+      for (int64_t j = 0; j < b; ++j) pa[j] = gi * tc::softmax_exp(a[j] + lwi[j] - top);  // g_qz_i softmax_j
+      for (int64_t k = 0; k < d; ++k) {
+        const float zk = zp[i * d + k], lk = lp[i * d + k], gk = gl[i * d + k];
+        const float* mu = col.mu.data() + k * b;
+        const float* w = col.w.data() + k * b;
+        const float* sk = s.data() + k * b;
+        float* gmk = gm + k * b;
+        float* gvk = gv + k * b;
+        float dz = 0.0f;
+#pragma omp simd reduction(+ : dz)
+        for (int64_t j = 0; j < b; ++j) {
+          const float g = gk * tc::softmax_exp(sk[j] + lwi[j] - lk) + pa[j];  // d out / d M_ijk
+          const float diff = zk - mu[j], t = g * diff * w[j];
+          dz -= t;
+          gmk[j] += t;
+          gvk[j] += g * (0.5f * diff * diff * w[j] - 0.5f);
+        }
+        gz[i * d + k] += dz;
+      }
+    }
+  });
+  Tensor g_mu = at::empty({b, d}, z.options()), g_lv = at::empty({b, d}, z.options());
+  float* gmo = g_mu.data_ptr<float>();
+  float* gvo = g_lv.data_ptr<float>();
+  for (int64_t j = 0; j < b; ++j)
+    for (int64_t k = 0; k < d; ++k) {
+      float m = 0.0f, v = 0.0f;
+      for (int64_t t = 0; t < threads; ++t) {
+        m += acc[static_cast<size_t>(t) * 2 * d * b + k * b + j];
+        v += acc[static_cast<size_t>(t) * 2 * d * b + d * b + k * b + j];
+      }
+      gmo[j * d + k] = m;
+      gvo[j * d + k] = v;
+    }
+  return {g_z, g_mu, g_lv};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(cvae_native, m) {
@@ -572,4 +736,6 @@ TORCH_LIBRARY(cvae_native, m) {
                        std::vector<Tensor>, std::vector<Tensor>>())
       .def("run", &Step::run)
       .def("adam", &Step::adam);
+  m.def("tc_forward", &tc_forward);
+  m.def("tc_backward", &tc_backward);
 }

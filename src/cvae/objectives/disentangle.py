@@ -101,17 +101,53 @@ def log_importance_weights(batch: int, n_data: int, device=None) -> torch.Tensor
     return w.log()
 
 
+class _NativeTC(torch.autograd.Function):
+    """log q(z_i) (B,) and log q_d(z_id) (B, D) of :func:`tc_decomposition` by the native kernels
+    (``tc_forward``/``tc_backward`` in ``cvae/csrc/fused_step.cpp``): row by row, without the B x B x D
+    tensors that autograd keeps (at batch 512, about 10x faster on one CPU thread)."""
+
+    @staticmethod
+    def forward(ctx, z, mu, logvar, log_w):
+        log_qz, lse = torch.ops.cvae_native.tc_forward(z, mu, logvar, log_w)
+        ctx.save_for_backward(z, mu, logvar, log_w, log_qz, lse)
+        return log_qz, lse
+
+    @staticmethod
+    def backward(ctx, g_qz, g_lse):
+        z, mu, logvar, log_w, log_qz, lse = ctx.saved_tensors
+        g_qz = torch.zeros_like(log_qz) if g_qz is None else g_qz
+        g_lse = torch.zeros_like(lse) if g_lse is None else g_lse
+        g_z, g_mu, g_logvar = torch.ops.cvae_native.tc_backward(z, mu, logvar, log_w, log_qz, lse, g_qz, g_lse)
+        return g_z, g_mu, g_logvar, None
+
+
+def _native_tc(z: torch.Tensor) -> bool:
+    if z.device.type != "cpu" or z.dtype != torch.float32 or NATIVE_TC == "off":
+        return False
+    from .. import native  # built on first use, as for the native training step
+
+    return native.load()
+
+
+NATIVE_TC = "auto"  # "off": always the autograd expressions (the tests compare the two)
+
+
 def tc_decomposition(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, n_data: int,
                      estimator: str = "mss") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per example: log q(z|x), log q(z) and log prod_d q(z_d) at each code of the batch, each (B,),
-    q(z) being estimated from the batch with the data set size ``n_data`` in the weights."""
+    q(z) being estimated from the batch with the data set size ``n_data`` in the weights. On a CPU
+    with the native extension, log q(z) and the q(z_d) come from its kernels (the same sums)."""
     b = z.shape[0]
     log_qz_x = gaussian_log_density(z, mu, logvar).sum(-1)  # (B,)
-    mat = gaussian_log_density(z[:, None], mu[None], logvar[None])  # (B, B, D): log q(z_i,d | x_j)
     if estimator == "mws":
         log_w = torch.full((b, b), -math.log(b * n_data), device=z.device)
     else:
         log_w = log_importance_weights(b, n_data, z.device)
+    if _native_tc(z):
+        log_qz, lse = _NativeTC.apply(z.contiguous(), mu.float().contiguous(), logvar.float().contiguous(),
+                                      log_w.float().contiguous())
+        return log_qz_x, log_qz, lse.sum(-1)
+    mat = gaussian_log_density(z[:, None], mu[None], logvar[None])  # (B, B, D): log q(z_i,d | x_j)
     log_qz = torch.logsumexp(log_w + mat.sum(-1), dim=1)
     log_prod = torch.logsumexp(log_w[:, :, None] + mat, dim=1).sum(-1)
     return log_qz_x, log_qz, log_prod
