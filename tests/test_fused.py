@@ -116,6 +116,54 @@ def test_a_smaller_last_batch_uses_the_buffers_views():
         torch.testing.assert_close(f_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+LATENT_FORM = [("btcvae", dict(beta=6.0)), ("btcvae", dict(beta=3.0, tc_estimator="mws")),
+               ("capacity", dict(capacity_max=5.0)), ("dip-vae-i", {}), ("dip-vae-ii", dict(dip_lambda_od=2.0)),
+               ("factorvae", dict(gamma=10.0))]
+
+
+@pytest.mark.parametrize("use_native", [False, True], ids=["python", "native"])
+@pytest.mark.parametrize("name,settings", LATENT_FORM, ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values())))
+def test_objectives_of_the_codes_are_written_out_with_the_same_loss_terms_and_gradients(name, settings, use_native):
+    """beta-TCVAE, annealed capacity, DIP-VAE and FactorVAE: the reconstruction written out, the
+    objective's part from the codes by autograd on the codes; the loss, each logged term and every
+    gradient equal to the generic path's (FactorVAE's discriminator, trained inside the step, too)."""
+    from cvae import native
+
+    if use_native and not native.load():
+        pytest.skip(f"the native step is unavailable here: {native.unavailable()}")
+    model = _model(cond=True)
+    objective = build_objective(name, TrainConfig(objective=name, epochs=4, **settings))
+    objective.attach(1000, 1000)
+    x, c = _batch(model, b=8)
+    generic, generic_objective = copy.deepcopy(model), copy.deepcopy(objective)
+    torch.manual_seed(123)
+    want = generic_objective(generic, x, c, progress=0.5)
+    want.loss.backward()
+    step, reasons = fused_step_for(model, objective, batch_size=8, device=torch.device("cpu"))
+    assert step is not None, reasons
+    assert step.native == use_native or (not use_native and step.native)
+    step.native = use_native
+    torch.manual_seed(123)
+    got = step(x, c, progress=0.5)
+    for a, b in ((got.loss, want.loss), (got.reconstruction, want.reconstruction), (got.kl, want.kl)):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-5)
+    assert set(got.terms) == set(want.terms) and got.terms
+    for key in want.terms:
+        torch.testing.assert_close(got.terms[key].float(), want.terms[key].float(), rtol=1e-4, atol=1e-5, msg=key)
+    for (n, p), (_, q) in zip(model.named_parameters(), generic.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=n)
+        assert q.grad.abs().sum() > 0, n
+    if name == "factorvae":  # the discriminator took the same step
+        for a, b in zip(objective.discriminator.parameters(), generic_objective.discriminator.parameters()):
+            torch.testing.assert_close(a, b)
+
+
+def test_objectives_of_the_codes_with_another_prior_take_the_generic_path():
+    model = _model(cond=True, prior="conditional")
+    objective = build_objective("btcvae", TrainConfig(objective="btcvae", beta=6.0))
+    assert "standard prior only" in FusedMLPStep.why_not(model, objective)
+
+
 @pytest.mark.parametrize("what", ["free_bits", "objective", "prior", "arch", "precision"])
 def test_what_it_does_not_cover_goes_to_the_generic_path_with_a_reason(what):
     model = _model(prior="mog" if what == "prior" else "standard")
@@ -131,24 +179,29 @@ def test_what_it_does_not_cover_goes_to_the_generic_path_with_a_reason(what):
 
 
 @pytest.mark.parametrize("case", [dict(), dict(act="silu", cond_at=-1, prior="conditional", likelihood="gaussian-learned"),
-                                  dict(act="tanh", likelihood="gaussian", cond=False)], ids=["relu", "silu", "tanh"])
+                                  dict(act="tanh", likelihood="gaussian", cond=False), dict(objective="btcvae"),
+                                  dict(objective="factorvae")], ids=["relu", "silu", "tanh", "btcvae", "factorvae"])
 def test_bfloat16_is_as_close_to_float32_as_autocast_is(case):
     """In bfloat16 the step's loss and gradients are within bfloat16 rounding of the float32 autograd
     ones, as close as the generic path under autocast gets (its own error, times 2, plus a margin)."""
+    case = dict(case)
+    name = case.pop("objective", "elbo")
     model = _model(hidden=(64, 32), **case)
     x, c = _batch(model, b=32)
-    objective = ELBO()
+    objective = ELBO() if name == "elbo" else build_objective(name, TrainConfig(objective=name))
+    objective.attach(1000, 1000)
+    start = copy.deepcopy(objective)  # FactorVAE's discriminator learns in each call: every side starts from it
 
     def generic(autocast):
         m = copy.deepcopy(model)
         torch.manual_seed(5)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out = objective(m, x, c)
+            out = copy.deepcopy(start)(m, x, c)
         out.loss.backward()
         return out.loss.item(), {n: p.grad for n, p in m.named_parameters()}
 
     (loss, grads), (_, a_grads) = generic(False), generic(True)
-    step, _ = fused_step_for(model, objective, batch_size=32, device=torch.device("cpu"), precision="bfloat16")
+    step, _ = fused_step_for(model, copy.deepcopy(start), batch_size=32, device=torch.device("cpu"), precision="bfloat16")
     torch.manual_seed(5)
     f_loss = step(x, c).loss.item()
     assert f_loss == pytest.approx(loss, rel=2e-3)

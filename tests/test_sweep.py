@@ -27,7 +27,8 @@ def _rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("settings", [{}, {"condition": "none", "likelihood": "gaussian-learned", "lr_schedule": "constant"}])
+@pytest.mark.parametrize("settings", [{}, {"condition": "none", "likelihood": "gaussian-learned", "lr_schedule": "constant"},
+                                      {"condition": "none", "objective": "btcvae"}], ids=["default", "gaussian", "btcvae"])
 def test_a_sweep_writes_what_single_runs_write(tmp_path, settings):
     configs = expand(_base(**settings), {"seed": [0, 1], "beta": [1.0, 3.0], "latent_dim": [4, 6]}, tmp_path / "sweep")
     assert len(configs) == 8
@@ -37,7 +38,8 @@ def test_a_sweep_writes_what_single_runs_write(tmp_path, settings):
         a, b = _rows(result.run_dir), _rows(single.run_dir)
         assert [r["epoch"] for r in a] == [1, 2] and all(r["models_together"] == 4 for r in a)
         for ra, rb in zip(a, b):
-            for key in ("train_loss", "train_kl", "val_loss", "val_kl"):
+            assert ra.keys() - {"models_together"} == rb.keys()  # the objective's own terms too (beta-TCVAE's TC, ...)
+            for key in ("train_loss", "train_kl", "val_loss", "val_kl", *(k for k in ra if k.startswith("train_"))):
                 assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-4), key
         wa, wb = load_tensors(result.run_dir / "model.safetensors"), load_tensors(single.run_dir / "model.safetensors")
         assert wa.keys() == wb.keys()

@@ -273,10 +273,13 @@ class FusedMLPStep:
             return "the decoder gives more than one parameter per element"
         if type(model.prior) not in (StandardNormal, ConditionalGaussian):
             return f"the prior {type(model.prior).__name__} is not the standard or conditional Gaussian"
-        if type(objective) is not ELBO:
-            return f"the objective is {getattr(objective, 'name', type(objective).__name__)}, not the ELBO"
-        if objective.free_bits > 0:
+        name = getattr(objective, "name", type(objective).__name__)
+        if type(objective) is not ELBO and not getattr(objective, "latent_form", False):
+            return f"the objective is {name}, not the ELBO or one of the codes' terms (Objective.latent_form)"
+        if type(objective) is ELBO and objective.free_bits > 0:
             return "free bits are not written out"
+        if type(objective) is not ELBO and type(model.prior) is not StandardNormal:
+            return f"the objective {name} is written out with the standard prior only"
         if precision not in DTYPES:
             return f"it computes in float32 or bfloat16, not {precision}"
         if any(p.dtype != torch.float32 for p in model.parameters()):
@@ -343,6 +346,9 @@ class FusedMLPStep:
             self.enc_out = torch.empty(k, batch_size, 2 * d, **new)
             self.dec_out = torch.empty(k, batch_size, p, **new)
             self.dz = torch.empty(k, batch_size, d, **new)
+        # an objective whose loss is the reconstruction plus a function of the codes (beta-TCVAE, ...):
+        # that function and its gradients by autograd on the (B, D) codes, the KL out of the loss
+        self.latent_form = type(objectives[0]) is not ELBO
         self.native_why = self._native_why(model, device)
         self.native = self.native_why is None
         self._native_steps: dict[int, object] = {}
@@ -457,12 +463,6 @@ class FusedMLPStep:
             cf = c[0].float().contiguous() if c is not None else None
             self.encoder.set_condition(cf, b)
             eps = self._no_tensor
-            if self.flagged:  # the noise first, then the condition-dropout mask, as the generic path draws them
-                eps = (torch.randn((k, b, d), dtype=self.dtype, device=x.device) if generators is None else
-                       torch.randn((b, d), dtype=self.dtype, generator=generators[0]).to(x.device))
-                self.decoder.set_condition(self._decoder_condition(c.float(), generators), b)
-            else:
-                self.decoder.set_condition(cf, b)
             xf = x.reshape(b, -1)
             if xf.dtype != torch.float32 or not xf.is_contiguous():
                 xf = xf.float().contiguous()
@@ -470,16 +470,37 @@ class FusedMLPStep:
             fresh = self._native_fresh is not None and self._native_fresh == self._master_versions()
             self._native_fresh = None
             step = self._native_step(b)
+            if self.flagged or self.latent_form:  # the noise first, then the condition-dropout mask, as the
+                # generic path draws them
+                eps = (torch.randn((k, b, d), dtype=self.dtype, device=x.device) if generators is None else
+                       torch.randn((b, d), dtype=self.dtype, generator=generators[0]).to(x.device)).view(b, d)
+            extra, terms = self._no_tensor, {}
+            if self.latent_form:  # the encoder first, then the objective's part from the codes, then the rest
+                h = step.encode(xf, not fresh).float()
+                mu, logvar = h[:, :d], h[:, d:]
+                z = (mu + torch.exp(0.5 * logvar) * eps.float()).to(self.dtype)
+                penalty, terms, extra = self._latent_terms(z[None], mu[None], logvar[None], progress)
+                extra = extra[0]
+                fresh = True
+            if self.flagged:
+                self.decoder.set_condition(self._decoder_condition(c.float(), generators), b)
+            else:
+                self.decoder.set_condition(cf, b)
             # the weights' bfloat16 gradients stay in their buffers for the native Adam when the caller
             # defers them (defer_grads); otherwise they are copied to .grad, as the Python step writes them
             defer = defer_grads and low
-            loss, rec, kl = step.run(xf, float(self.objectives[0].kl_weight(progress)), not fresh, not defer, eps,
-                                     cf if self.conditional_prior else self._no_tensor).unbind()
+            kl_weight = 0.0 if self.latent_form else float(self.objectives[0].kl_weight(progress))
+            loss, rec, kl = step.run(xf, kl_weight, not fresh, not defer, eps,
+                                     cf if self.conditional_prior else self._no_tensor, extra).unbind()
+            if self.latent_form:
+                loss = rec + penalty[0]
+                terms = {n: v[0] for n, v in terms.items()}
             self._deferred = defer
             if single:
-                return ObjectiveOutput(loss=loss, reconstruction=rec, kl=kl)
-            return ObjectiveOutput(loss=loss.reshape(1), reconstruction=rec.reshape(1), kl=kl.reshape(1))
-        weights = [obj.kl_weight(progress) for obj in self.objectives]
+                return ObjectiveOutput(loss=loss, reconstruction=rec, kl=kl, terms=terms)
+            return ObjectiveOutput(loss=loss.reshape(1), reconstruction=rec.reshape(1), kl=kl.reshape(1),
+                                   terms={n: v.reshape(1) for n, v in terms.items()})
+        weights = [0.0 if self.latent_form else obj.kl_weight(progress) for obj in self.objectives]
         xf = x.reshape(k, b, -1)
         if xf.dtype != torch.float32:
             xf = xf.float()
@@ -530,6 +551,10 @@ class FusedMLPStep:
         if low:
             dz = self.dz[:, :b].copy_(dz)
 
+        if self.latent_form:  # the objective's part from the codes; the KL stays out of the loss
+            penalty, terms, extra = self._latent_terms(z, mu, logvar, progress)
+            dz = dz + extra[..., :d]
+            weights = [0.0] * k
         # KL(q || p) (analytic) and the gradient at (mu, logvar) through the reparameterisation
         g_enc = self.enc_grad[:, :b]
         g_mu, g_logvar = g_enc[..., :d], g_enc[..., d:]
@@ -546,13 +571,44 @@ class FusedMLPStep:
                 g_logvar.addcmul_(var - 1.0, scale, value=0.5)
         else:
             kl_sum = self._conditional_kl(c, mu, logvar, var, dz, g_mu, g_logvar, scale, b)
+        if self.latent_form:
+            g_mu.add_(extra[..., d:2 * d])
+            g_logvar.add_(extra[..., 2 * d:])
         enc.backward(self.enc_grad_low[:, :b].copy_(g_enc) if low else g_enc, b, need_input=False)
 
         rec, kl = rec_sum / b, kl_sum / b
-        loss = rec + kl * (weights[0] if k == 1 else torch.tensor(weights, device=x.device))
+        if self.latent_form:
+            loss = rec + penalty
+        else:
+            terms = {}
+            loss = rec + kl * (weights[0] if k == 1 else torch.tensor(weights, device=x.device))
         if single:
-            return ObjectiveOutput(loss=loss[0], reconstruction=rec[0], kl=kl[0])
-        return ObjectiveOutput(loss=loss, reconstruction=rec, kl=kl)
+            return ObjectiveOutput(loss=loss[0], reconstruction=rec[0], kl=kl[0], terms={n: v[0] for n, v in terms.items()})
+        return ObjectiveOutput(loss=loss, reconstruction=rec, kl=kl, terms=terms)
+
+    def _latent_terms(self, z, mu, logvar, progress: float):
+        """A latent-form objective's part of the loss for each model (K,), its terms, and its gradients
+        with respect to the codes, means and log variances, (K, B, 3D) float32 in that order: by
+        autograd on (B, D) leaves, the objective's own expressions, under the autocast the generic path
+        runs them in (bfloat16 matters to FactorVAE's discriminator)."""
+        k, b, d = z.shape
+        losses, grads, terms = [], torch.empty((k, b, 3 * d), device=z.device), {}
+        low = self.dtype != torch.float32
+        with torch.enable_grad(), torch.autocast(z.device.type, dtype=self.dtype, enabled=low):
+            for i, obj in enumerate(self.objectives):
+                leaves = [t[i].detach().float().clone().requires_grad_() for t in (z, mu, logvar)]
+                zl, ml, ll = leaves
+                log_pz = (-0.5 * (LOG_2PI + zl * zl)).sum(-1)
+                kl = 0.5 * (ml * ml + ll.exp() - ll - 1.0).sum(-1)
+                penalty, named = obj.latent_loss(zl, ml, ll, log_pz, kl, progress=progress)
+                got = torch.autograd.grad(penalty, leaves, allow_unused=True)
+                for j, g in enumerate(got):
+                    grads[i, :, j * d:(j + 1) * d] = 0.0 if g is None else g
+                losses.append(penalty.detach().float())
+                for key, v in named.items():
+                    terms.setdefault(key, []).append(torch.as_tensor(v).detach().float())
+        stack = {key: torch.stack(v) for key, v in terms.items()}
+        return torch.stack(losses), stack, grads
 
     def _decoder_condition(self, c: torch.Tensor, generators) -> torch.Tensor:
         """[c, 1] with a share ``condition_dropout`` of the rows blanked, as CVAE._decoder_condition draws it."""

@@ -144,7 +144,7 @@ def _train_together(trainers: list[Trainer], on_epoch) -> list[TrainResult]:
         if first.governor is not None:
             first.governor.update()
         t0 = time.perf_counter()
-        sums = torch.zeros(len(active), 2, device=first.device)
+        sums, names = None, []  # (K, 2 + terms): reconstruction, KL and the objective's terms, summed
         rows_seen = 0
         for step, batches in enumerate(zip(*(t.epoch_batches(epoch) for t in active))):
             for t in active:
@@ -154,12 +154,15 @@ def _train_together(trainers: list[Trainer], on_epoch) -> list[TrainResult]:
             out = step_fn(x, c, progress=epoch + step / steps, generators=[t.generator for t in active])
             for t in active:
                 t.optimizer_step()
-            sums.add_(torch.stack([out.reconstruction, out.kl], 1), alpha=x.shape[1])
+            figures = torch.stack([out.reconstruction, out.kl, *(v.float() for v in out.terms.values())], 1)
+            if sums is None:
+                sums, names = torch.zeros_like(figures), list(out.terms)
+            sums.add_(figures, alpha=x.shape[1])
             rows_seen += x.shape[1]
         seconds = time.perf_counter() - t0
         still = []
         for t, figures in zip(active, sums):
-            row = dict(t.epoch_row(epoch, figures, [], rows_seen, seconds), models_together=len(active))
+            row = dict(t.epoch_row(epoch, figures, names, rows_seen, seconds), models_together=len(active))
             torch.set_rng_state(t.generator.get_state())  # validation draws from the run's own generator
             try:
                 stop = t.end_epoch(epoch, row, None if on_epoch is None else

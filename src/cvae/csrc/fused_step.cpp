@@ -338,6 +338,7 @@ struct Step : torch::CustomClassHolder {
   Tensor log_sigma, log_sigma_grad, colsq;
   Tensor rows_, out_grad, enc_grad, std_, prior_w, prior_b, prior_wg, prior_bg, prior_out, prior_grad;
   int64_t latent = 0;
+  Tensor encoded;  // q(z | x) of the batch after encode, until run goes on from it
   bool cast = false;
   at::ScalarType low_type = at::kFloat;
 
@@ -385,17 +386,42 @@ struct Step : torch::CustomClassHolder {
   // eps: the noise (b, d) in the computing dtype when the caller drew it (condition dropout draws its
   // mask after it), else empty (drawn here, as the Python step draws it); c: the condition (b, C)
   // float32 for the conditional prior, else empty
-  Tensor run(Tensor x, double kl_weight, bool refresh, bool materialize, Tensor eps_given, Tensor c) {
+  // q(z | x) alone, before run (which then goes on from it): mu and log var (b, 2d) in the computing
+  // dtype, for an objective whose part from the codes the caller computes (extra of run)
+  Tensor encode(Tensor x, bool refresh) {
     at::NoGradGuard no_grad;
-    const int64_t b = x.size(0), p = x.size(1), d = latent;
     TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous(), "cvae native step: x must be contiguous float32");
     if (cast)
       if (refresh)
         for (size_t i = 0; i < low.size(); ++i) low[i].copy_(master[i]);
     enc.own[0].copy_(x);
+    encoded = enc.forward();
+    return encoded;
+  }
 
-    // q(z | x): mu, log var; z = mu + sigma eps, straight into the decoder's input
-    const Tensor& h = enc.forward();
+  // extra: empty, or (b, 3d) float32, the gradients of a loss term computed by the caller from the codes,
+  // with respect to z, mu and log var (after encode; kl_weight is then 0: that term replaces the KL)
+  Tensor run(Tensor x, double kl_weight, bool refresh, bool materialize, Tensor eps_given, Tensor c, Tensor extra) {
+    at::NoGradGuard no_grad;
+    const int64_t b = x.size(0), p = x.size(1), d = latent;
+    TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous(), "cvae native step: x must be contiguous float32");
+    const bool from_codes = extra.numel() > 0;
+    TORCH_CHECK(!from_codes || (encoded.defined() && extra.scalar_type() == at::kFloat && extra.is_contiguous() &&
+                                extra.size(0) == b && extra.size(1) == 3 * d),
+                "cvae native step: extra (b, 3d) float32 after encode");
+    Tensor h;
+    if (encoded.defined()) {  // encode ran: q(z | x) is there
+      h = encoded;
+      encoded = Tensor();
+    } else {
+      if (cast)
+        if (refresh)
+          for (size_t i = 0; i < low.size(); ++i) low[i].copy_(master[i]);
+      enc.own[0].copy_(x);
+      // q(z | x): mu, log var; z = mu + sigma eps, straight into the decoder's input
+      h = enc.forward();
+    }
+    const float* ex = from_codes ? extra.data_ptr<float>() : nullptr;
     // the noise as the Python step draws it: from the global generator, in the computing dtype
     const Tensor eps = eps_given.numel() ? eps_given.view({b, d})
                                          : at::randn({1, b, d}, x.options().dtype(low_type)).view({b, d});
@@ -477,19 +503,22 @@ struct Step : torch::CustomClassHolder {
         for (int64_t r = 0; r < b; ++r)
           for (int64_t j = 0; j < d; ++j) {
             const float mu = load(hp + r * hs, j), logvar = load(hp + r * hs, d + j);
-            const float s = sp[r * d + j], var = s * s, g = load(dp + r * ds, j);
+            const float s = sp[r * d + j], var = s * s;
+            // the caller's term's gradients (extra): at z (joins the decoder's), at mu and at log var
+            const float g = load(dp + r * ds, j) + (ex ? ex[r * 3 * d + j] : 0.0f);
+            const float em = ex ? ex[r * 3 * d + d + j] : 0.0f, el = ex ? ex[r * 3 * d + 2 * d + j] : 0.0f;
             const float through = 0.5f * g * load(ep + r * d, j) * s;  // d/d log var through z = mu + sigma eps
             if (!conditional) {
               kl_sum += static_cast<double>(mu * mu + var - logvar - 1.0f);
-              store(gp + r * gs, j, g + scale * mu);
-              store(gp + r * gs, d + j, through + 0.5f * scale * (var - 1.0f));
+              store(gp + r * gs, j, g + scale * mu + em);
+              store(gp + r * gs, d + j, through + 0.5f * scale * (var - 1.0f) + el);
             } else {  // KL(N(mu, var) || N(m, v)) = (log v - log var + (var + (mu - m)^2) / v - 1) / 2
               const float m = pp[r * 2 * d + j], log_v = pp[r * 2 * d + d + j];
               const float inv_v = std::exp(-log_v), diff = mu - m, diff_iv = diff * inv_v;
               const float spread = (var + diff * diff) * inv_v;
               kl_sum += static_cast<double>(log_v - logvar + spread - 1.0f);
-              store(gp + r * gs, j, g + scale * diff_iv);
-              store(gp + r * gs, d + j, through + 0.5f * scale * var * inv_v - 0.5f * scale);
+              store(gp + r * gs, j, g + scale * diff_iv + em);
+              store(gp + r * gs, d + j, through + 0.5f * scale * var * inv_v - 0.5f * scale + el);
               pg[r * 2 * d + j] = -scale * diff_iv;
               pg[r * 2 * d + d + j] = 0.5f * scale * (1.0f - spread);
             }
@@ -734,6 +763,7 @@ TORCH_LIBRARY(cvae_native, m) {
       .def(torch::init<std::vector<Tensor>, int64_t, std::vector<Tensor>, int64_t, int64_t, double, bool,
                        std::vector<Tensor>, std::vector<Tensor>, std::vector<Tensor>, int64_t,
                        std::vector<Tensor>, std::vector<Tensor>>())
+      .def("encode", &Step::encode)
       .def("run", &Step::run)
       .def("adam", &Step::adam);
   m.def("tc_forward", &tc_forward);

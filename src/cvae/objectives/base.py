@@ -63,7 +63,28 @@ class Objective:
         neutral_of = {key: neutral for key, neutral, _ in OBJECTIVE_SETTINGS}
         return cls(**{key: getattr(config, key, neutral_of.get(key)) for key in cls.uses})
 
+    # True for an objective whose loss is the reconstruction term plus a function of the codes alone,
+    # given by latent_loss: the fused step (cvae.fused) then computes the networks' part written out and
+    # this part by autograd on the (B, D) codes
+    latent_form: bool = False
+
     def __call__(self, model, x: torch.Tensor, c: torch.Tensor | None, *, progress: float = 0.0) -> ObjectiveOutput:
+        if not self.latent_form:
+            raise NotImplementedError
+        out = model(x, c)
+        if out.z.dim() != 2:
+            raise CvaeError(f"--objective {self.name} needs one code per example")
+        rec = -out.px.log_prob(x).float().mean()
+        kl = out.kl().float()
+        penalty, terms = self.latent_loss(out.z.float(), out.qz.mu.float(), out.qz.logvar.float(),
+                                          out.log_prior().float(), kl, progress=progress)
+        return ObjectiveOutput(loss=rec + penalty, reconstruction=rec, kl=kl.mean(), terms=terms)
+
+    def latent_loss(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, log_pz: torch.Tensor,
+                    kl: torch.Tensor, *, progress: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """For a ``latent_form`` objective: the loss less the reconstruction term (a scalar, a mean over
+        the batch) and its named terms, from the codes z, the posteriors' means and log variances (B, D),
+        and per example log p(z) and KL(q(z | x) || p(z)) (B,)."""
         raise NotImplementedError
 
     def schedule(self, progress: float) -> dict[str, float]:

@@ -22,7 +22,9 @@
   Cov[mu] + E[diag sigma^2] (ii). Defaults: lambda_od 10, lambda_d 10 lambda_od (i) or lambda_od (ii).
 
 Every objective reports the ELBO's two parts (reconstruction, analytic KL) like the others, so the
-figures of runs under different objectives compare.
+figures of runs under different objectives compare. Each is the reconstruction term plus a function
+of the batch's codes alone (``latent_loss``; ``Objective.latent_form``), so the fused MLP step trains
+them too: its networks' part written out, this part by autograd on the (B, D) codes.
 """
 
 from __future__ import annotations
@@ -33,14 +35,7 @@ import torch
 from torch import nn
 
 from ..distributions import LOG_2PI
-from ..errors import CvaeError
-from .base import OBJECTIVES, Objective, ObjectiveOutput
-
-
-def _elbo_parts(model, x, c):
-    out = model(x, c)
-    return out, -out.px.log_prob(x).float().mean(), out.kl().float().mean()
-
+from .base import OBJECTIVES, Objective
 
 # -- annealed capacity --------------------------------------------------------------------------
 
@@ -64,11 +59,11 @@ class AnnealedCapacity(Objective):
     def capacity(self, progress: float) -> float:
         return self.capacity_max * min(1.0, max(0.0, progress / self.capacity_epochs))
 
-    def __call__(self, model, x, c, *, progress=0.0):
-        _, rec, kl = _elbo_parts(model, x, c)
+    latent_form = True
+
+    def latent_loss(self, z, mu, logvar, log_pz, kl, *, progress=0.0):
         target = self.capacity(progress)
-        return ObjectiveOutput(loss=rec + self.gamma * (kl - target).abs(), reconstruction=rec, kl=kl,
-                               terms={"capacity": torch.as_tensor(target, device=kl.device)})
+        return self.gamma * (kl.mean() - target).abs(), {"capacity": torch.as_tensor(target, device=kl.device)}
 
     def schedule(self, progress):
         return {"capacity": self.capacity(progress)}
@@ -166,21 +161,16 @@ class BetaTCVAE(Objective):
         self.n_data = int(n_train)
         return {"beta": self.beta, "tc_estimator": self.estimator, "dataset_size": self.n_data}
 
-    def __call__(self, model, x, c, *, progress=0.0):
-        out, rec, kl = _elbo_parts(model, x, c)
-        if out.z.dim() != 2:
-            raise CvaeError("--objective btcvae needs one code per example")
-        n_data = self.n_data or len(x)
-        z, mu, logvar = out.z.float(), out.qz.mu.float(), out.qz.logvar.float()
+    latent_form = True
+
+    def latent_loss(self, z, mu, logvar, log_pz, kl, *, progress=0.0):
+        n_data = self.n_data or len(z)
         log_qz_x, log_qz, log_prod = tc_decomposition(z, mu, logvar, n_data, self.estimator)
-        log_pz = out.log_prior().float()
         mi = (log_qz_x - log_qz).mean()
         tc = (log_qz - log_prod).mean()
         dim_kl = (log_prod - log_pz).mean()
-        loss = rec + mi + self.beta * tc + dim_kl
-        return ObjectiveOutput(loss=loss, reconstruction=rec, kl=kl,
-                               terms={"mutual_information": mi.detach(), "total_correlation": tc.detach(),
-                                      "dimension_kl": dim_kl.detach()})
+        return mi + self.beta * tc + dim_kl, {"mutual_information": mi.detach(), "total_correlation": tc.detach(),
+                                              "dimension_kl": dim_kl.detach()}
 
 
 # -- FactorVAE ----------------------------------------------------------------------------------
@@ -236,11 +226,9 @@ class FactorVAE(Objective):
             self._load(self._pending)
             self._pending = None
 
-    def __call__(self, model, x, c, *, progress=0.0):
-        out, rec, kl = _elbo_parts(model, x, c)
-        z = out.z
-        if z.dim() != 2:
-            raise CvaeError("--objective factorvae needs one code per example")
+    latent_form = True
+
+    def latent_loss(self, z, mu, logvar, log_pz, kl, *, progress=0.0):
         if self.discriminator is None:
             self._build(z.shape[-1], z.device)
         d = self.discriminator
@@ -261,7 +249,7 @@ class FactorVAE(Objective):
         terms = {"total_correlation": tc.detach()}
         if torch.is_grad_enabled():
             terms.update(discriminator_loss=d_loss.detach(), discriminator_accuracy=accuracy.detach())
-        return ObjectiveOutput(loss=rec + kl + self.gamma * tc, reconstruction=rec, kl=kl, terms=terms)
+        return kl.mean() + self.gamma * tc, terms
 
     # the discriminator's weights and optimizer, saved with the trainer state (exact --resume)
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -309,19 +297,18 @@ class DIPVAE(Objective):
     def attach(self, n_train, n_labelled):
         return {"variant": self.variant, "lambda_od": self.lambda_od, "lambda_d": self.lambda_d}
 
-    def __call__(self, model, x, c, *, progress=0.0):
-        out, rec, kl = _elbo_parts(model, x, c)
-        mu = out.qz.mu.float()
+    latent_form = True
+
+    def latent_loss(self, z, mu, logvar, log_pz, kl, *, progress=0.0):
         centred = mu - mu.mean(0, keepdim=True)
         cov = centred.T @ centred / len(mu)  # (D, D): Cov[E_q(z|x)] (the biased batch estimate, as theirs)
         if self.variant == "ii":
-            cov = cov + torch.diag(out.qz.logvar.float().exp().mean(0))  # + E[Cov_q(z|x)]
+            cov = cov + torch.diag(logvar.exp().mean(0))  # + E[Cov_q(z|x)]
         diag = torch.diagonal(cov)
         off = cov - torch.diag(diag)
         od, dg = (off ** 2).sum(), ((diag - 1) ** 2).sum()
-        loss = rec + kl + self.lambda_od * od + self.lambda_d * dg
-        return ObjectiveOutput(loss=loss, reconstruction=rec, kl=kl,
-                               terms={"dip_off_diagonal": od.detach(), "dip_diagonal": dg.detach()})
+        return kl.mean() + self.lambda_od * od + self.lambda_d * dg, {"dip_off_diagonal": od.detach(),
+                                                                      "dip_diagonal": dg.detach()}
 
 
 @OBJECTIVES.register("dip-vae-ii")
