@@ -3,7 +3,10 @@
 For an MLP encoder and decoder (any widths and depth, any registered activation, the condition at
 the input or at every layer), Bernoulli or Gaussian (fixed or learned sigma) pixels, a standard or
 conditional Gaussian prior and the ELBO (any beta, KL warm-up), :class:`FusedMLPStep` computes the
-loss and every gradient without an autograd graph:
+loss and every gradient without an autograd graph. An objective that is the reconstruction term plus a
+function of the codes alone (``Objective.latent_form``: beta-TCVAE, FactorVAE, DIP-VAE, annealed
+capacity), with the standard prior, runs on it too: that function's gradients at z, mu and log var come
+from autograd on the (B, D) codes (``_latent_terms``), the rest is written out as below.
 
 - every activation, pre-activation and gradient lives in a buffer allocated once for the batch size;
 - a layer is one ``addmm`` with its bias, its weight gradient one ``mm`` written straight into the

@@ -7,8 +7,11 @@
 // likelihood term and its gradient in one pass over the decoder's outputs, ReLU and its backward,
 // the bias gradients, the reparameterisation, and the KL with its gradients. A layer's two backward
 // products run side by side, and Adam (Step::adam) writes the products' bfloat16 weights as it steps.
-// The tests (tests/test_native.py) hold its loss, every gradient and Adam to the Python step and
-// torch's Adam.
+// For an objective that adds a term of the codes (beta-TCVAE, ...), Step::encode runs q(z | x) first and
+// run takes that term's gradients at z, mu and log var (computed by the caller) in place of the KL's.
+// The same file holds beta-TCVAE's minibatch estimates of log q(z) and log q(z_d) (tc_forward and
+// tc_backward, at the end). The tests (tests/test_native.py, tests/test_fused.py) hold its loss, every
+// gradient and Adam to the Python step, autograd and torch's Adam.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
