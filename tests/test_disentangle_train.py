@@ -96,19 +96,22 @@ def test_flags_of_other_objectives_are_refused():
         TrainConfig(objective="elbo", dip_lambda_od=1.0)
 
 
-def test_factorvae_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("step", ["autograd", "fused"])
+def test_factorvae_resume_is_exact(tmp_path, step):
     from cvae.train import fit
 
     def cfg(out, epochs):
         return TrainConfig(data="dsprites", limit=128, epochs=epochs, batch_size=32, latent_dim=3, hidden=[16],
                            objective="factorvae", out=str(out), progress=False, tensorboard=False, precision="float32",
-                           lr_schedule="constant")
+                           lr_schedule="constant", step=step)
 
     fit(cfg(tmp_path / "whole", 2))
     fit(cfg(tmp_path / "split", 1))
     fit(cfg(tmp_path / "split", 2), resume=True)
     from safetensors.torch import load_file
 
+    assert json.loads((tmp_path / "split" / "config.json").read_text())["execution"]["step"] == (
+        "fused-mlp" if step == "fused" else "autograd")
     a, b = (load_file(str(tmp_path / r / "trainer_state.safetensors")) for r in ("whole", "split"))
     assert any(k.startswith("objective.discriminator.") for k in a)
     for k in a:
