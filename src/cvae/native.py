@@ -37,8 +37,17 @@ def _machine_key() -> str:
                 break
     except OSError:
         flags = platform.processor()
-    text = "|".join([flags, torch.__version__, platform.machine(), " ".join(_arch_flags()), SOURCE.read_text()])
+    text = "|".join([flags, torch.__version__, platform.machine(), " ".join(BASE_FLAGS + _arch_flags()),
+                     SOURCE.read_text()])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# -fopenmp: at::parallel_for runs on PyTorch's own OpenMP threads (the library PyTorch loaded,
+# libgomp.so.1, serves this one too); -fno-math-errno: sqrt need not set errno, so that Adam's loop
+# vectorises; -fno-trapping-math: floating-point operations do not trap (nothing here enables FP
+# exceptions), so the compiler may compute both sides of the loops' selects: the Bernoulli pass ran
+# 3.7x faster with AVX2 and 1.7x with AVX-512 (128 x 784 logits: 250 against 920 us, 82 against 142 us)
+BASE_FLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 
 
 def _arch_flags() -> list[str]:
@@ -92,10 +101,8 @@ def load() -> bool:
     clear_stale_lock(build)
     if not (build / f"{name}.so").exists():
         log.warning("compiling cvae's native training step (once for this machine and torch version, about 30 s)")
-    # -fopenmp: at::parallel_for runs on PyTorch's own OpenMP threads (the library PyTorch loaded,
-    # libgomp.so.1, serves this one too); _arch_flags: the simd loops use this CPU's vectors;
-    # -fno-math-errno: sqrt need not set errno, so that Adam's loop vectorises
-    flags = ["-O3", "-fopenmp", "-fno-math-errno"] + _arch_flags()
+    # BASE_FLAGS (above); _arch_flags: the simd loops use this CPU's vectors
+    flags = BASE_FLAGS + _arch_flags()
     try:
         cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"],
                            is_python_module=False,
