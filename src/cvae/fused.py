@@ -47,7 +47,7 @@ from torch import nn
 from torch.optim import optimizer as _optimizer_module
 
 from . import native
-from .distributions import LOG_2PI
+from .distributions import LOG_2PI, DiagonalGaussian, standard_normal_like
 from .kernels import sum_softplus_
 from .likelihoods.bernoulli import BernoulliLikelihood
 from .likelihoods.gaussian import GaussianLikelihood, LearnedGaussianLikelihood
@@ -351,7 +351,7 @@ class FusedMLPStep:
             self.dz = torch.empty(k, batch_size, d, **new)
         # an objective whose loss is the reconstruction plus a function of the codes (beta-TCVAE, ...):
         # that function and its gradients by autograd on the (B, D) codes, the KL out of the loss
-        self.latent_form = type(objectives[0]) is not ELBO
+        self.latent_form = bool(getattr(objectives[0], "latent_form", False))
         self.native_why = self._native_why(model, device)
         self.native = self.native_why is None
         self._native_steps: dict[int, object] = {}
@@ -484,7 +484,6 @@ class FusedMLPStep:
                 z = (mu + torch.exp(0.5 * logvar) * eps.float()).to(self.dtype)
                 penalty, terms, extra = self._latent_terms(z[None], mu[None], logvar[None], progress)
                 extra = extra[0]
-                fresh = True
             if self.flagged:
                 self.decoder.set_condition(self._decoder_condition(c.float(), generators), b)
             else:
@@ -557,7 +556,6 @@ class FusedMLPStep:
         if self.latent_form:  # the objective's part from the codes; the KL stays out of the loss
             penalty, terms, extra = self._latent_terms(z, mu, logvar, progress)
             dz = dz + extra[..., :d]
-            weights = [0.0] * k
         # KL(q || p) (analytic) and the gradient at (mu, logvar) through the reparameterisation
         g_enc = self.enc_grad[:, :b]
         g_mu, g_logvar = g_enc[..., :d], g_enc[..., d:]
@@ -601,8 +599,8 @@ class FusedMLPStep:
             for i, obj in enumerate(self.objectives):
                 leaves = [t[i].detach().float().clone().requires_grad_() for t in (z, mu, logvar)]
                 zl, ml, ll = leaves
-                log_pz = (-0.5 * (LOG_2PI + zl * zl)).sum(-1)
-                kl = 0.5 * (ml * ml + ll.exp() - ll - 1.0).sum(-1)
+                log_pz = standard_normal_like(zl).log_prob(zl)  # the standard prior (why_not)
+                kl = DiagonalGaussian(ml, ll).kl()
                 penalty, named = obj.latent_loss(zl, ml, ll, log_pz, kl, progress=progress)
                 got = torch.autograd.grad(penalty, leaves, allow_unused=True)
                 for j, g in enumerate(got):

@@ -394,12 +394,17 @@ struct Step : torch::CustomClassHolder {
   Tensor encode(Tensor x, bool refresh) {
     at::NoGradGuard no_grad;
     TORCH_CHECK(x.scalar_type() == at::kFloat && x.is_contiguous(), "cvae native step: x must be contiguous float32");
+    encoded = forward_encoder(x, refresh);
+    return encoded;
+  }
+
+  // the low-precision weights refreshed from the masters (when asked), then q(z | x): mu, log var
+  Tensor forward_encoder(const Tensor& x, bool refresh) {
     if (cast)
       if (refresh)
         for (size_t i = 0; i < low.size(); ++i) low[i].copy_(master[i]);
     enc.own[0].copy_(x);
-    encoded = enc.forward();
-    return encoded;
+    return enc.forward();
   }
 
   // extra: empty, or (b, 3d) float32, the gradients of a loss term computed by the caller from the codes,
@@ -417,12 +422,7 @@ struct Step : torch::CustomClassHolder {
       h = encoded;
       encoded = Tensor();
     } else {
-      if (cast)
-        if (refresh)
-          for (size_t i = 0; i < low.size(); ++i) low[i].copy_(master[i]);
-      enc.own[0].copy_(x);
-      // q(z | x): mu, log var; z = mu + sigma eps, straight into the decoder's input
-      h = enc.forward();
+      h = forward_encoder(x, refresh);  // then z = mu + sigma eps, straight into the decoder's input
     }
     const float* ex = from_codes ? extra.data_ptr<float>() : nullptr;
     // the noise as the Python step draws it: from the global generator, in the computing dtype

@@ -116,15 +116,15 @@ class _NativeTC(torch.autograd.Function):
         return g_z, g_mu, g_logvar, None
 
 
+NATIVE_TC = "auto"  # "off": always the autograd expressions (the tests compare the two)
+
+
 def _native_tc(z: torch.Tensor) -> bool:
     if z.device.type != "cpu" or z.dtype != torch.float32 or NATIVE_TC == "off":
         return False
     from .. import native  # built on first use, as for the native training step
 
     return native.load()
-
-
-NATIVE_TC = "auto"  # "off": always the autograd expressions (the tests compare the two)
 
 
 def tc_decomposition(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, n_data: int,
