@@ -78,18 +78,20 @@ def logp_picture(model, path: Path, values=(-1.0, 0.0, 1.0, 2.0), per_row: int =
     return path
 
 
-def parse_settings(spec: str) -> list[tuple[str, float, float | None, float]]:
-    """``greedy:1,sample:1,sample:1:g2:t0.7`` -> [(decode, prior temperature, guidance weight or None,
-    token temperature), ...] (None: the run's default guidance; token temperature 1 unless tT)."""
+def parse_settings(spec: str) -> list[tuple[str, float, float | None, float, float | None]]:
+    """``greedy:1,sample:1,sample:1:g2:t0.7:s2`` -> [(decode, prior temperature, guidance weight or None,
+    token temperature, steering weight or None), ...] (None: the run's default; token temperature 1
+    unless tT)."""
     out = []
     for part in spec.split(","):
         decode, *rest = part.strip().split(":")
-        extra = {f[0]: f[1:] for f in rest[1:] if f[:1] in ("g", "t")}
+        extra = {f[0]: f[1:] for f in rest[1:] if f[:1] in ("g", "t", "s")}
         if decode not in ("greedy", "sample", "beam") or len(extra) != len(rest[1:]):
-            raise SystemExit(f"--settings: {part!r} is not DECODE:TEMPERATURE[:gWEIGHT][:tTOKEN_TEMPERATURE] with "
-                             "DECODE greedy, sample or beam")
+            raise SystemExit(f"--settings: {part!r} is not DECODE:TEMPERATURE[:gWEIGHT][:tTOKEN_TEMPERATURE][:sSTEER] "
+                             "with DECODE greedy, sample or beam")
         out.append((decode, float(rest[0] if rest and rest[0] else 1.0),
-                     float(extra["g"]) if "g" in extra else None, float(extra.get("t", 1.0))))
+                     float(extra["g"]) if "g" in extra else None, float(extra.get("t", 1.0)),
+                     float(extra["s"]) if "s" in extra else None))
     return out
 
 
@@ -108,6 +110,8 @@ def main() -> None:
     p.add_argument("--condition-dropout", type=float, default=0.0,
                    help="share of training molecules whose decoder sees no condition (classifier-free guidance)")
     p.add_argument("--guidance", type=float, default=0.0, help="the run's default guidance weight (default 0)")
+    p.add_argument("--steer", type=float, default=0.0,
+                   help="train a prefix predictor and make this the run's default steering weight (FUDGE; default 0: none)")
     p.add_argument("--eval-only", action="store_true", help="measure the trained run in --out again, no training")
     p.add_argument("--out", help="the run folder (default runs/bench-molecules-DATA)")
     p.add_argument("--results", help="results path without suffix (default benchmarks/results/molecules-DATA)")
@@ -118,6 +122,8 @@ def main() -> None:
     picture_path = Path(args.picture or ROOT / "docs" / "images"
                         / f"molecules-logp{'' if args.data == 'qm9' else '-' + args.data}.png")
     extra = dict(condition_dropout=args.condition_dropout, guidance=args.guidance) if args.condition_dropout else {}
+    if args.steer:
+        extra["steer"] = args.steer
     settings = dict(data=args.data, sequence="smiles", condition="logp,qed", tokenizer="selfies", limit=args.limit,
                     epochs=args.epochs, batch_size=128, lr=3e-3, kl_warmup=args.kl_warmup, word_dropout=0.1,
                     free_bits=0.05, hidden=[args.hidden], seed=0, out=out_dir, progress=False, device="cpu", precision="float32", **extra)
@@ -129,19 +135,20 @@ def main() -> None:
     else:
         settings = {**settings, **{k: v for k, v in json.loads((Path(out_dir) / "config.json").read_text())["train"].items()
                                    if k in settings and k != "out"
-                                   or k in ("condition_dropout", "guidance") and v is not None}}
+                                   or k in ("condition_dropout", "guidance", "steer") and v is not None}}
     model = load_model(out_dir)
     picture = logp_picture(model, picture_path, values=(-1.0, 0.0, 1.0, 2.0) if args.data == "qm9"
                            else (1.0, 2.0, 3.0, 4.0))
     data = load_run_data(model)  # once for every setting (minutes on MOSES: canonical SMILES, SELFIES, QED)
     measured, posterior = {}, None
-    for decode, temp, guidance, token_temp in parse_settings(args.settings):  # the report is rewritten after each setting
+    for decode, temp, guidance, token_temp, steer in parse_settings(args.settings):  # rewritten after each setting
         ev = evaluate_run(out_dir, metrics="molecules" if posterior else "elbo,posterior,molecules", k=1,
                           molecules=args.molecules, seed=0, temperature=temp, decode=decode, data=data,
-                          guidance=guidance, token_temperature=token_temp).results
-        used = ev["molecules"]["protocol"]["guidance"]
+                          guidance=guidance, token_temperature=token_temp, steer=steer).results
+        used, steered = ev["molecules"]["protocol"]["guidance"], ev["molecules"]["protocol"]["steer"]
         measured[f"{decode}@{temp:g}" + (f"/g{used:g}" if used else "") + (f"/t{token_temp:g}" if token_temp != 1
-                                                                          else "")] = ev["molecules"]  # its "seconds": the molecules section's own time
+                                                                          else "")
+                 + (f"/s{steered:g}" if steered else "")] = ev["molecules"]  # its "seconds": the section's own time
         posterior = posterior or {k: ev["posterior"][k] for k in ("active_units", "kl_total") if k in ev["posterior"]}
         write_report(args, settings, out_dir, results, train_seconds, measured, posterior, picture)
 

@@ -108,13 +108,14 @@ def test_max_length_skips_longer_rows(capsys):
 
 
 # -- the model's numerics --------------------------------------------------------------------------------
-def _model(word_dropout=0.0, cond=0, condition_dropout=0.0):
+def _model(word_dropout=0.0, cond=0, condition_dropout=0.0, steer=0.0, schema=None):
     torch.manual_seed(0)
     tok = Tokenizer("char", SPECIALS + list("abcde"))
-    schema = {"attributes": [{"name": "v", "kind": "continuous", "classes": [], "mean": 0.0, "std": 1.0}]} if cond else {}
+    schema = schema or ({"attributes": [{"name": "v", "kind": "continuous", "classes": [], "mean": 0.0, "std": 1.0}]}
+                        if cond else {})
     cfg = SeqVAEConfig(data_shape=(7,), schema=schema, model_class="seqvae", hidden=[16], latent_dim=4,
                        likelihood="categorical", tokenizer=tok.to_dict(), embed_dim=8, word_dropout=word_dropout,
-                       condition_dropout=condition_dropout)
+                       condition_dropout=condition_dropout, prefix_predictor=bool(steer), steer=steer)
     return SeqVAE(cfg), tok
 
 
@@ -218,6 +219,72 @@ def test_beam_of_width_one_is_greedy_and_decoding_ends_with_eos_then_padding():
     # beam search scores: the best of 4 beams is at least as probable as the greedy path here
     lp_g, lp_b = model.p_x(z).log_prob(greedy.float()), model.p_x(z).log_prob(wide.float())
     assert (lp_b >= lp_g - 1e-4).float().mean() >= 0.9
+
+
+def test_prefix_predictor_loss_and_the_steered_step_written_out():
+    """The predictor's loss is -log p(c | prefix) averaged over each sequence's prefixes (a Gaussian per
+    continuous attribute, a softmax per categorical one); the steered step's GRU cell, written out for
+    every candidate token, equals nn.GRU's; steering adds s log p(c | prefix + token) to the top-k tokens."""
+    schema = {"attributes": [{"name": "v", "kind": "continuous", "classes": [], "mean": 0.0, "std": 1.0},
+                             {"name": "k", "kind": "categorical", "classes": ["p", "q", "r"]}]}
+    model, tok = _model(steer=2.0, schema=schema)
+    ids = torch.from_numpy(tok.encode(["abca", "e", "dddddd"], 7)).long()
+    c = torch.tensor([[0.3, 0, 1, 0], [-1.0, 1, 0, 0], [2.0, 0, 0, 1]])
+    states = model.prefix_states(ids)
+    want = []
+    for i, row in enumerate(ids):
+        lps = []
+        for t in range(int((row != PAD).sum())):
+            head = model.pred_head(states[i, t])
+            mean, logvar = head[0], head[1]
+            gauss = torch.distributions.Normal(mean, torch.exp(0.5 * logvar)).log_prob(c[i, 0])
+            lps.append(gauss + torch.log_softmax(head[2:], -1)[c[i, 1:].argmax()])
+        want.append(torch.stack(lps).mean())
+    assert torch.allclose(model.prefix_nll(ids.float(), c), -torch.stack(want).mean(), atol=1e-5)
+    # a missing value counts nothing: NaN for a continuous one, an all-zero block for a categorical one
+    blank = torch.tensor([[float("nan"), 0, 0, 0]])
+    assert torch.equal(model.condition_log_prob(states[:1, 0], blank), torch.zeros(1))
+    # in training, forward gives the loss as an auxiliary term and the ELBO adds and logs it
+    from cvae.objectives import ELBO
+    model.train()
+    out = ELBO()(model, ids.float(), c)
+    assert torch.allclose(out.terms["prefix_nll"], model.prefix_nll(ids.float(), c), atol=1e-6)
+    assert torch.allclose(out.loss, out.reconstruction + out.kl + out.terms["prefix_nll"], atol=1e-4)
+    model.eval()
+    assert ELBO()(model, ids.float(), c).terms == {}
+    # the steered step
+    hp = torch.randn(3, 16)
+    logp = torch.log_softmax(torch.randn(3, len(tok)), -1)
+    steered, cand, st = model._steer(logp, hp, c, 2.0)
+    for i in range(3):
+        for j in range(cand.shape[1]):
+            _, h = model.pred_gru(model.pred_embed(cand[i, j].view(1, 1)), hp[i].view(1, 1, -1))
+            assert torch.allclose(st[i, j], h[0, 0], atol=1e-5)
+    k = cand.shape[1]
+    top = logp.topk(k, -1)
+    assert torch.equal(cand, top.indices)
+    raw = top.values + 2.0 * model.condition_log_prob(st, c.unsqueeze(1))
+    assert torch.allclose(steered.gather(1, cand), torch.log_softmax(raw, -1), atol=1e-5)
+    assert torch.isinf(steered).sum(1).eq(len(tok) - k).all()  # every other token ruled out
+    token = cand[:, 3]
+    assert torch.equal(model._chosen_state(cand, st, token), st[:, 3])
+    # decoding: steer 0 is the plain decoder; steering changes it; beam of width 1 is steered greedy
+    z = torch.randn(8, 4)
+    cc = c.repeat(3, 1)[:8]
+    assert torch.equal(model.decode_tokens(z, cc, steer=0.0), model.decode_tokens(z, cc))
+    assert torch.equal(model.decode_tokens(z, cc, how="beam", beam=1, steer=2.0),
+                       model.decode_tokens(z, cc, how="greedy", steer=2.0))
+    assert not torch.equal(model.decode_tokens(z, cc, steer=20.0), model.decode_tokens(z, cc))
+    for how in ("greedy", "sample", "beam"):
+        rows = model.decode_tokens(z, cc, how=how, steer=2.0)
+        for row in rows:
+            ends = (row == EOS).nonzero()
+            assert row[0] != EOS and len(ends) == 1 and (row[ends[0, 0] + 1:] == PAD).all()
+    plain, _ = _model(cond=1)
+    with pytest.raises(CvaeError, match="--steer needs a run trained"):
+        plain.steer_weight(1.0)
+    with pytest.raises(CvaeError, match="--steer must be"):
+        model.steer_weight(-1.0)
 
 
 # -- end to end: molecules ---------------------------------------------------------------------------
@@ -350,6 +417,51 @@ def test_guided_molecules_through_the_command_line(tmp_path):
     assert r.returncode == 0, r.stderr
     r = cli("sample", plain, "--n", "5", "--guidance", "1", "-o", tmp_path / "bad.csv")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--condition-dropout" in r.stderr
+    assert not (tmp_path / "bad.csv").exists()
+
+
+def test_steered_molecules_through_the_command_line(tmp_path):
+    """Train with --steer (a prefix predictor beside the VAE, its loss logged), then sample and evaluate as a
+    user would: the run's default weight is used, --steer 0 turns it off; bad uses are one line each."""
+    run = tmp_path / "run"
+    r = cli("train", "--data", MOLECULES, "--sequence", "smiles", "--condition", "logp", "--epochs", "2",
+            "--batch-size", "32", "--hidden", "32", "--latent-dim", "4", "--steer", "3", "--out", run,
+            "--no-progress", "--no-tensorboard", "--no-pictures")
+    assert r.returncode == 0, r.stderr
+    model_cfg = json.loads((run / "config.json").read_text())["model"]
+    assert (model_cfg["prefix_predictor"], model_cfg["steer"]) == (True, 3.0)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(row["train_prefix_nll"]) for row in rows)
+    assert rows[-1]["train_loss"] == pytest.approx(rows[-1]["train_reconstruction"] + rows[-1]["train_kl"])
+
+    def sample(*flags):
+        out = tmp_path / f"mols{len(list(tmp_path.glob('mols*.csv')))}.csv"
+        r = cli("sample", run, "--condition", "logp=1.5", "--n", "40", "--decode", "sample", *flags, "-o", out)
+        assert r.returncode == 0, r.stderr
+        with open(out) as f:
+            return [row["smiles"] for row in csv.DictReader(f)]
+
+    default, explicit, off = sample(), sample("--steer", "3"), sample("--steer", "0")
+    assert default == explicit and default != off
+    r = cli("evaluate", run, "--metrics", "molecules", "--molecules", "30", "--decode", "sample", "--steer", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    mol = json.loads(r.stdout)["molecules"]
+    assert mol["protocol"]["steer"] == 1.0 and set(mol["property_control"]) == {"logp"}
+
+    r = cli("sample", run, "--n", "5", "--steer", "-1", "-o", tmp_path / "bad.csv")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--steer must be" in r.stderr, r.stderr
+    plain = tmp_path / "plain"
+    r = cli("train", "--data", MOLECULES, "--sequence", "smiles", "--condition", "logp", "--epochs", "1",
+            "--hidden", "16", "--latent-dim", "2", "--out", plain, "--no-progress", "--no-tensorboard", "--no-pictures")
+    assert r.returncode == 0, r.stderr
+    for cmd in (("sample", plain, "--n", "5", "-o", tmp_path / "bad.csv"), ("evaluate", plain, "--metrics", "molecules")):
+        r = cli(*cmd, "--steer", "1")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "trained with a prefix predictor" in r.stderr, r.stderr
+    r = cli("train", "--data", MOLECULES, "--sequence", "smiles", "--condition", "none", "--steer", "1",
+            "--out", tmp_path / "r2", "--no-progress")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--steer steers" in r.stderr, r.stderr
+    r = cli("train", "--data", "digits", "--steer", "1", "--out", tmp_path / "r3", "--no-progress")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--steer is for sequence data" in r.stderr, r.stderr
     assert not (tmp_path / "bad.csv").exists()
 
 

@@ -72,6 +72,7 @@ class TrainConfig:
     word_dropout: float | None = None  # sequence model: decoder inputs replaced by <unk> (Bowman et al., 2016)
     condition_dropout: float | None = None  # share of examples whose decoder sees no condition (guidance)
     guidance: float | None = None  # the run's default classifier-free guidance weight when generating
+    steer: float | None = None  # sequence model: train a prefix predictor; the run's default steering weight
     # disentangling objectives (cvae.objectives.disentangle); None: the objective's default
     gamma: float | None = None  # capacity: weight of |KL - C| (1000); factorvae: weight of the TC term (10)
     capacity_max: float | None = None  # capacity: the KL target C's final value, nats (25)
@@ -203,7 +204,9 @@ class TrainConfig:
         need(not self.guidance or self.condition_dropout is None or self.condition_dropout,
              "--guidance needs a decoder that also learnt to decode without the condition; leave --condition-dropout "
              "above 0 (e.g. 0.2)")
-        for name in ("tokenizer", "max_length", "word_dropout"):
+        need(self.steer is None or (_finite(self.steer) and 0 <= self.steer <= 20),
+             f"--steer must be a number from 0 to 20, got {self.steer}")
+        for name in ("tokenizer", "max_length", "word_dropout", "steer"):
             need(getattr(self, name) is None or self.sequence,
                  f"--{name.replace('_', '-')} is for sequence data; name the text column with --sequence COLUMN")
         self._check_model_size()

@@ -423,7 +423,7 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
                  device: str = "cpu", seed: int = 0, progress: bool = False, write: bool = True,
                  temperature: float = SAMPLING_TEMPERATURE, molecules: int = 10000, decode: str = "greedy",
                  beam: int = 5, data=None, token_temperature: float = 1.0,
-                 guidance: float | None = None, subset: str = "random") -> RunEvaluation:
+                 guidance: float | None = None, steer: float | None = None, subset: str = "random") -> RunEvaluation:
     """Everything ``cvae evaluate`` measures on one run folder; writes ``RUN/eval.json``.
 
     ``metrics``: any of elbo, nll, posterior, samples (default all; then samples are skipped with a
@@ -433,7 +433,8 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
     first N), with ``subset="first"`` the first N, as papers score the first N of a published test set; ``per_class`` images are generated per class for conditional accuracy;
     ``molecules`` are generated with ``decode`` (greedy, sample or beam of width ``beam``; sampled
     tokens at ``token_temperature``) for the molecule metrics; ``guidance`` is the classifier-free
-    guidance weight of every generated example, images or molecules (None: the run's). ``data``: the
+    guidance weight of every generated example, images or molecules, ``steer`` the prefix predictor's
+    steering weight of generated sequences (None: the run's). ``data``: the
     run's splits from :func:`load_run_data` when a caller that evaluates one run several times has
     them already (rebuilding MOSES or QM9 subsets takes minutes:
     every molecule is canonicalised, tokenised and its properties computed).
@@ -452,6 +453,8 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
     run = Path(run)
     model = load_model(run, device=device)
     model.guidance_weight(guidance)  # a run that cannot be guided is refused before minutes of estimates
+    if steer is not None and hasattr(model, "steer_weight"):
+        model.steer_weight(steer)  # likewise a run without a prefix predictor
     data = data if data is not None else load_run_data(model, data_dir=data_dir)
     available = [s for s in ("test", "val", "train") if getattr(data, s) is not None]
     if split is None:
@@ -532,7 +535,7 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
         t0 = time.perf_counter()
         section = _molecules_section(model, data, explicit=explicit and "molecules" in wanted, n=molecules, seed=seed,
                                      temperature=temperature, decode=decode, beam=beam,
-                                     token_temperature=token_temperature, guidance=guidance)
+                                     token_temperature=token_temperature, guidance=guidance, steer=steer)
         if section is not None:
             section["seconds"] = round(time.perf_counter() - t0, 1)
             results["molecules"] = section
@@ -558,7 +561,8 @@ def per_token_figures(rep, x: torch.Tensor) -> dict:
 
 
 def _molecules_section(model, data, *, explicit: bool, n: int, seed: int, temperature: float, decode: str = "greedy",
-                       beam: int = 5, token_temperature: float = 1.0, guidance: float | None = None) -> dict | None:
+                       beam: int = 5, token_temperature: float = 1.0, guidance: float | None = None,
+                       steer: float | None = None) -> dict | None:
     """MOSES metrics of ``n`` molecules drawn for the training conditions, against the training set
     (novelty) and the validation split (FCD); property control over a grid of requests. A run on
     MOSES also gets MOSES's own novelty (against its whole training file) and FCD/Test."""
@@ -575,7 +579,8 @@ def _molecules_section(model, data, *, explicit: bool, n: int, seed: int, temper
     if decode not in ("greedy", "sample", "beam"):
         raise CvaeError(f"--decode must be greedy, sample or beam, got {decode!r}")
     guidance = model.guidance_weight(guidance)  # refused before minutes of generation, not after
-    decoding = dict(decode=decode, beam=beam, token_temperature=token_temperature, guidance=guidance)
+    steer = model.steer_weight(steer)
+    decoding = dict(decode=decode, beam=beam, token_temperature=token_temperature, guidance=guidance, steer=steer)
     g = torch.Generator().manual_seed(seed)
     y = data.train.y[torch.randint(len(data.train.y), (n,), generator=g)] if model.schema else None
     strings, _ = model.sample_strings(n, y if y is not None else None, seed=seed, temperature=temperature, **decoding)
@@ -583,7 +588,7 @@ def _molecules_section(model, data, *, explicit: bool, n: int, seed: int, temper
     moses = model.run_config.get("train", {}).get("data") == "moses"  # MOSES's own novelty and FCD/Test too
     out = {"protocol": {"generated": n, "conditions": "drawn from the training rows" if model.schema else "none",
                         "temperature": temperature, "decode": decode if decode != "beam" else f"beam of {beam}",
-                        "token_temperature": token_temperature, "guidance": guidance,
+                        "token_temperature": token_temperature, "guidance": guidance, "steer": steer,
                         "novelty_against": "training split",
                         "fcd_reference": f"validation split ({len(reference)} molecules)"},
            **molecule_metrics(strings, set(data.meta["strings"]["train"]), reference[:max(n, 2)], moses=moses)}

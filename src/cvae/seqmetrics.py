@@ -134,7 +134,8 @@ def request_grid(model, name: str, train_values: np.ndarray, points: int = 9) ->
 
 def property_control(model, train_y: torch.Tensor, *, per_request: int = 100, points: int = 9, seed: int = 0,
                      temperature: float = 1.0, decode: str = "greedy", beam: int = 5,
-                     token_temperature: float = 1.0, guidance: float | None = None) -> dict:
+                     token_temperature: float = 1.0, guidance: float | None = None,
+                     steer: float | None = None) -> dict:
     """Per computable property: sample ``per_request`` molecules at each of ``points`` requested values
     (the other conditions at their training median / most common class), compute the achieved value,
     report MAE and Spearman's rho between requested and achieved over the valid molecules."""
@@ -154,7 +155,8 @@ def property_control(model, train_y: torch.Tensor, *, per_request: int = 100, po
         for v in grid:
             cond = {**base, name: float(v)}
             strings, _ = model.sample_strings(per_request, cond, seed=seed, temperature=temperature, decode=decode,
-                                              beam=beam, token_temperature=token_temperature, guidance=guidance)
+                                              beam=beam, token_temperature=token_temperature, guidance=guidance,
+                                              steer=steer)
             vals = properties([canonical(s) for s in strings], [name])[:, 0]
             ok = np.isfinite(vals)
             requested += [float(v)] * int(ok.sum())

@@ -183,9 +183,11 @@ def model_config_for(config: TrainConfig, data: DataSplits) -> ModelConfig:
     settings.pop("model_class")
     if config.condition_dropout is None and guided_by_default(data, model_class, settings.get("likelihood", "bernoulli")):
         settings.update(GUIDED_DEFAULTS)
-    for name in ("word_dropout", "condition_dropout", "guidance"):
+    for name in ("word_dropout", "condition_dropout", "guidance", "steer"):
         if getattr(config, name) is not None:
             settings[name] = getattr(config, name)
+    if config.steer:  # steering needs the network that steers: a prefix predictor trained beside the VAE
+        settings["prefix_predictor"] = True
     check_guided_likelihood(model_class, settings)
     if settings.get("arch") == "conv" and len(data.data_shape) == 1:
         raise CvaeError(

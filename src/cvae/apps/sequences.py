@@ -118,7 +118,8 @@ def _generate(model, n: int, condition, within: dict[str, float] | None, *, seed
 
 def sample_to_file(model, out: str | Path, *, n: int = 64, condition=None, seed: int = 0, temperature: float = 1.0,
                    decode: str = "greedy", beam: int = 5, token_temperature: float = 1.0,
-                   guidance: float | None = None, within: dict[str, float] | None = None) -> tuple[Path, dict]:
+                   guidance: float | None = None, steer: float | None = None,
+                   within: dict[str, float] | None = None) -> tuple[Path, dict]:
     """Generate ``n`` sequences and write them: .csv (requested conditions, the sequence, its validity and
     achieved properties), .smi / .txt (one per line) or .png (a picture). Returns the path and a summary.
     ``within`` ({property: distance}, see :func:`parse_within`) keeps only molecules whose RDKit-computed
@@ -130,7 +131,7 @@ def sample_to_file(model, out: str | Path, *, n: int = 64, condition=None, seed:
         raise CvaeError(f"-o {out}: a sequence model writes .csv, .smi, .txt or .png files")
     strings, y, canon, achieved, generated = _generate(
         model, n, condition, within, seed=seed, temperature=temperature, decode=decode, beam=beam,
-        token_temperature=token_temperature, guidance=guidance)
+        token_temperature=token_temperature, guidance=guidance, steer=steer)
     requested = described(model, y)
     molecular = model.tokenizer.molecular
     summary = {"n": len(strings), "generated": generated}

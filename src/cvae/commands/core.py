@@ -38,6 +38,9 @@ HELP = {
                          "p(x | z) and can be guided (classifier-free guidance; e.g. 0.2; cvae, m2 and sequence models)",
     "guidance": "the run's default classifier-free guidance weight w when generating (needs --condition-dropout; "
                 "0 none; cvae sample/evaluate --guidance override it)",
+    "steer": "sequence model: train a prefix predictor of the condition beside the VAE (FUDGE, Yang & Klein 2021) "
+             "and steer generation towards the requested condition with this default weight (e.g. 2; cvae "
+             "sample/evaluate --steer override it)",
     "data_layout": "auto | signal (each CSV row is a 1-D signal) | table",
     "image_size": "HxW: resize the images of an image folder",
     "binarize": "none | static (0/1 once) | dynamic (0/1 resampled every epoch)",
@@ -159,6 +162,9 @@ def add_parsers(sub) -> None:
                    help="runs trained with --condition-dropout: classifier-free guidance weight w, the decoder's "
                         "p(x | z, c)^(1 + w) / p(x | z)^w (each token's, for sequences; default: the run's, set at "
                         "training)")
+    s.add_argument("--steer", type=float, default=None,
+                   help="sequence runs trained with --steer: weight of the prefix predictor's log p(c | prefix) added "
+                        "to each token's (FUDGE); 0 turns it off (default: the run's)")
     s.add_argument("--within", metavar="PROPERTY=DISTANCE,...",
                    help="molecule runs: keep only molecules whose RDKit-computed property lies this near the "
                         "request (e.g. logp=0.3), generating more until --n are kept (at most 50 rounds)")
@@ -213,6 +219,8 @@ def cmd_sample(args) -> int:
         raise CvaeError("--decode is for sequence runs (trained with --sequence); use --draw to sample x ~ p(x | z, c)")
     if args.token_temperature != 1.0:
         raise CvaeError("--token-temperature is for sequence runs (trained with --sequence); leave it out for this run")
+    if args.steer is not None:
+        raise CvaeError("--steer is for sequence runs (trained with --sequence ... --steer W); leave it out for this run")
     guidance = model.guidance_weight(args.guidance)  # refused (one line) for a run that cannot be guided
     check_rows(model.config, args.n, f"--n {args.n}", "--n", hint=" (or write several files, each with its own --seed)")
     guard_outputs(model, condition_hint(model, args.condition))
@@ -231,7 +239,8 @@ def _sample_sequences(model, args) -> int:
     decode = args.decode or ("sample" if args.draw else "greedy")
     path, summary = sample_to_file(model, args.output, n=args.n, condition=args.condition, seed=args.seed,
                                    temperature=args.temperature, decode=decode, beam=args.beam,
-                                   token_temperature=args.token_temperature, guidance=args.guidance, within=within)
+                                   token_temperature=args.token_temperature, guidance=args.guidance, steer=args.steer,
+                                   within=within)
     extra = ""
     if "valid" in summary:
         extra = f"; valid {summary['valid']:.1%}, unique {summary['unique']:.1%}" + "".join(

@@ -53,6 +53,9 @@ def add_parsers(sub) -> None:
     e.add_argument("--guidance", type=float, default=None,
                    help="runs trained with --condition-dropout: classifier-free guidance weight of the generated "
                         "images or molecules (default: the run's)")
+    e.add_argument("--steer", type=float, default=None,
+                   help="sequence runs trained with --steer: weight of the prefix predictor's steering of the "
+                        "generated molecules (FUDGE; 0 turns it off; default: the run's)")
     e.add_argument("--json", action="store_true", help="print eval.json instead of the table")
     e.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     e.set_defaults(func=cmd_evaluate)
@@ -88,13 +91,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_sizes(args)
     if not 0 <= args.temperature <= 10:  # before minutes of likelihood estimates, not after
         raise CvaeError(f"--temperature must be a number from 0 to 10, got {args.temperature}")
-    if args.decode is not None or args.token_temperature != 1.0:
+    if args.decode is not None or args.token_temperature != 1.0 or args.steer is not None:
         _check_sequence_run(args)
     result = evaluate_run(args.run, split=args.split, k=args.k, metrics=args.metrics, evaluator=args.evaluator,
                           n=args.n, per_class=args.per_class, rows=args.batch_size, data_dir=args.data_dir,
                           device=args.device, seed=args.seed, progress=args.progress, temperature=args.temperature,
                           molecules=args.molecules, decode=args.decode or "greedy", beam=args.beam,
-                          token_temperature=args.token_temperature, guidance=args.guidance, subset=args.subset)
+                          token_temperature=args.token_temperature, guidance=args.guidance, steer=args.steer,
+                          subset=args.subset)
     pictures = _disentanglement_pictures(args, result.results.get("disentanglement"))
     if args.json:
         print(json.dumps(result.results, indent=2))
@@ -122,7 +126,7 @@ def _disentanglement_pictures(args, section: dict | None) -> list:
 
 
 def _check_sequence_run(args: argparse.Namespace) -> None:
-    """--decode, --beam and --token-temperature choose tokens: only a sequence run has them."""
+    """--decode, --beam, --token-temperature and --steer choose tokens: only a sequence run has them."""
     from ..runs import read_config
 
     try:
@@ -130,7 +134,8 @@ def _check_sequence_run(args: argparse.Namespace) -> None:
     except (CvaeError, KeyError, TypeError, AttributeError):
         return  # evaluate_run says what is wrong with the run
     if model_class != "seqvae":
-        flag = "--decode" if args.decode is not None else "--token-temperature"
+        flag = ("--decode" if args.decode is not None else "--steer" if args.steer is not None
+                else "--token-temperature")
         raise CvaeError(f"{flag} is for sequence runs (trained with --sequence); leave it out for this run")
     if args.beam < 1:
         raise CvaeError(f"--beam must be a whole number of at least 1, got {args.beam}")

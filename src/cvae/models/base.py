@@ -44,6 +44,9 @@ class ModelOutput:
     px: object  # p(x | z, c)
     c: torch.Tensor | None
     prior: nn.Module
+    # losses of the model's auxiliary networks, trained beside the ELBO and sharing no parameter with
+    # it (the sequence model's prefix predictor): every objective adds them to its loss and logs them
+    auxiliary: dict = field(default_factory=dict)
 
     def kl(self) -> torch.Tensor:
         """KL(q(z | x, c) || p(z | c)) per example (and sample): the prior decides how."""

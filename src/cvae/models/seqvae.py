@@ -20,10 +20,22 @@ a presence flag, one more decoder input, set to 0), so it also learns p(x | z) b
 decoding, ``guidance`` w combines the two at every step: log-probabilities (1 + w) log p(x_t | ., c)
 - w log p(x_t | ., none), renormalised; w = 0 is the plain conditional decoder. ``guidance`` in the
 config is the run's default weight (``cvae sample`` / ``evaluate --guidance`` override it).
+
+Steering by a prefix predictor (FUDGE, Yang & Klein 2021: "future discriminators"): trained with
+``prefix_predictor``, a separate small GRU reads the tokens (not z, not c) and predicts, after every
+prefix, the condition of the whole sequence: a Gaussian (mean and log variance, standardised units)
+per continuous attribute, class logits per categorical one. It is trained beside the ELBO (its loss
+is the model's auxiliary term ``prefix_nll``: the negative log-likelihood of the true condition,
+averaged over the prefixes of each sequence) and shares no parameter with the VAE. At decoding with
+``steer`` s > 0, each step keeps the ``STEER_TOP_K`` most probable next tokens and adds s log p(c |
+prefix + token) to their log-probabilities: tokens that lead towards the requested condition are
+preferred, most sharply near the end of a sequence, where the predictor is sure. ``steer`` in the
+config is the run's default weight (``cvae sample`` / ``evaluate --steer`` override it).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +50,15 @@ from ..tokens import BOS, EOS, PAD, SPECIALS, UNK, Tokenizer
 from .base import MODELS, ModelOutput, VAEModel, flatten_samples
 from .config import ModelConfig
 
+# Steering considers the k most probable next tokens of each step (FUDGE's "precondition top-k").
+STEER_TOP_K = 10
+
+
+def check_steer(w) -> None:
+    """A steering weight: a number from 0 (none) to 20."""
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 20:
+        raise CvaeError(f"--steer must be a number from 0 to 20, got {w!r}")
+
 
 @dataclass
 class SeqVAEConfig(ModelConfig):
@@ -48,6 +69,8 @@ class SeqVAEConfig(ModelConfig):
     tokenizer: dict = field(default_factory=lambda: {"kind": "char", "tokens": list(SPECIALS)})
     embed_dim: int = 64
     word_dropout: float = 0.0  # Bowman et al. 2016: decoder input tokens replaced by <unk>, training only
+    prefix_predictor: bool = False  # train a predictor of the condition from each prefix (steering, FUDGE)
+    steer: float = 0.0  # the run's default steering weight (needs prefix_predictor)
 
     def __post_init__(self):
         if not isinstance(self.tokenizer, dict) or set(self.tokenizer) != {"kind", "tokens"}:
@@ -59,6 +82,12 @@ class SeqVAEConfig(ModelConfig):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
             raise CvaeError(f"--word-dropout must be a number from 0 to below 1, got {v!r}")
         self.word_dropout = float(v)
+        if not isinstance(self.prefix_predictor, bool):
+            raise CvaeError(f"model setting prefix_predictor must be true or false, got {self.prefix_predictor!r}")
+        check_steer(self.steer)
+        self.steer = float(self.steer)
+        if self.steer and not self.prefix_predictor:
+            raise CvaeError("model setting steer needs prefix_predictor true (the network that steers)")
         if self.likelihood != "categorical":
             raise CvaeError(f"the sequence model's likelihood is categorical (one token per position), "
                             f"not {self.likelihood!r}; leave --likelihood out")
@@ -91,6 +120,15 @@ class SeqVAE(VAEModel):
         self.to_logits = nn.Linear(width, vocab)
         self.likelihood = LIKELIHOODS.get("categorical")(config.data_shape, classes=vocab, padding=PAD)
         self.prior = build_prior(config.prior, latent, cond, self, config.prior_options)
+        if config.prefix_predictor:
+            if not self.schema:
+                raise CvaeError("--steer steers generation towards a requested condition, and this run has none; "
+                                "leave it out or name the condition columns with --condition")
+            # per attribute: class logits, or a Gaussian's mean and log variance (standardised units)
+            self.predicted = [len(a.classes) if a.kind == "categorical" else 2 for a in self.schema.attributes]
+            self.pred_embed = nn.Embedding(vocab, emb, padding_idx=PAD)
+            self.pred_gru = nn.GRU(emb, width, batch_first=True)
+            self.pred_head = nn.Linear(width, sum(self.predicted))
 
     # -- the maths --------------------------------------------------------------------------------
     def q_z(self, x: torch.Tensor, c: torch.Tensor | None = None) -> DiagonalGaussian:
@@ -110,21 +148,95 @@ class SeqVAE(VAEModel):
         """One reparameterised z per example, or ``samples`` of them (z: (samples, B, latent))."""
         qz = self.q_z(x, c)
         z = qz.rsample() if samples is None else qz.rsample((samples,))
-        return ModelOutput(qz=qz, z=z, px=self.p_x(z, c), c=c, prior=self.prior)
+        out = ModelOutput(qz=qz, z=z, px=self.p_x(z, c), c=c, prior=self.prior)
+        if self.training and self.config.prefix_predictor and c is not None:
+            out.auxiliary["prefix_nll"] = self.prefix_nll(x, c)
+        return out
+
+    # -- the prefix predictor (steering) -------------------------------------------------------------
+    def prefix_states(self, x: torch.Tensor) -> torch.Tensor:
+        """The predictor's state after each prefix x_1..x_t of token rows (B, L): (B, L, width)."""
+        out, _ = self.pred_gru(self.pred_embed(x.long()))
+        return out
+
+    def condition_log_prob(self, states: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """log p(c | prefix) from predictor states (..., width) for condition rows c broadcast to them
+        (..., dim), summed over the attributes; a missing value (NaN, or an all-zero class block)
+        counts nothing."""
+        out = self.pred_head(states).float()
+        c = c.float().expand(*out.shape[:-1], c.shape[-1])
+        total, i, j = out.new_zeros(out.shape[:-1]), 0, 0
+        for a, k in zip(self.schema.attributes, self.predicted):
+            head = out[..., i:i + k]
+            if a.kind == "categorical":
+                total = total + (F.log_softmax(head, dim=-1) * c[..., j:j + k].nan_to_num()).sum(-1)
+                j += k
+            else:
+                mean, logvar = head[..., 0], head[..., 1].clamp(-10, 10)
+                target = c[..., j]
+                lp = -0.5 * (math.log(2 * math.pi) + logvar + (target.nan_to_num() - mean) ** 2 * torch.exp(-logvar))
+                total = total + torch.where(torch.isnan(target), 0.0, lp)
+                j += 1
+            i += k
+        return total
+
+    def prefix_nll(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The predictor's loss: -log p(c | x_1..x_t) averaged over the prefixes of each sequence (up to
+        and including <eos>), then over the batch."""
+        ids = x.long()
+        lp = self.condition_log_prob(self.prefix_states(ids), c.unsqueeze(1))  # (B, L)
+        real = (ids != PAD).float()
+        return -((lp * real).sum(1) / real.sum(1).clamp_min(1)).mean()
+
+    def _steer(self, logp: torch.Tensor, hp: torch.Tensor, c: torch.Tensor, weight: float):
+        """One steered step (FUDGE): of the ``STEER_TOP_K`` most probable next tokens of each row, the
+        log-probabilities plus ``weight`` log p(c | prefix + token), renormalised; every other token
+        ruled out. Returns them, the candidates (B, K) and the predictor's state after each (B, K, width)."""
+        k = min(STEER_TOP_K, logp.shape[-1])
+        top, cand = logp.topk(k, dim=-1)
+        gru = self.pred_gru  # one GRU cell step for every candidate, written out (gates r, z, n)
+        table = F.linear(self.pred_embed.weight, gru.weight_ih_l0, gru.bias_ih_l0)  # (V, 3 width)
+        gi = table[cand]  # (B, K, 3 width)
+        gh = F.linear(hp, gru.weight_hh_l0, gru.bias_hh_l0).unsqueeze(1)  # (B, 1, 3 width), shared by the K
+        i_r, i_z, i_n = gi.chunk(3, dim=-1)
+        h_r, h_z, h_n = gh.chunk(3, dim=-1)
+        r, u = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+        states = (1 - u) * torch.tanh(i_n + r * h_n) + u * hp.unsqueeze(1)
+        score = top + weight * self.condition_log_prob(states, c.unsqueeze(1))
+        steered = torch.full_like(logp, -torch.inf).scatter(-1, cand, score)  # -inf candidates stay -inf
+        return F.log_softmax(steered, dim=-1), cand, states
+
+    @staticmethod
+    def _chosen_state(cand: torch.Tensor, states: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """The predictor's state after the chosen token of each row (a token outside the candidates,
+        only <pad> after <eos>, takes the first candidate's: never read)."""
+        pos = (cand == token.unsqueeze(1)).float().argmax(1)
+        return states[torch.arange(len(token), device=token.device), pos]
+
+    def steer_weight(self, steer: float | None) -> float:
+        """The steering weight to decode with: ``steer``, or the run's default when None; refused for a
+        run trained without the prefix predictor."""
+        if steer is None:
+            return self.config.steer
+        check_steer(steer)
+        if steer and not self.config.prefix_predictor:
+            raise CvaeError("--steer needs a run trained with a prefix predictor (cvae train ... --steer W); "
+                            "retrain with it, or leave --steer out")
+        return float(steer)
 
     # -- strings in, strings out (the user's interface for sequences) ------------------------------------
     @torch.no_grad()
     def sample_strings(self, n: int, condition=None, *, seed: int = 0, temperature: float = 1.0,
                        decode: str = "greedy", beam: int = 5, token_temperature: float = 1.0,
-                       guidance: float | None = None):
+                       guidance: float | None = None, steer: float | None = None):
         """``n`` strings generated for ``condition`` (z ~ p(z | c) at ``temperature``, then greedy,
         sampled or beam decoding, tokens sampled at ``token_temperature``, classifier-free ``guidance``
-        weight, None: the run's default) and the raw condition rows (N, A) they were asked for (None
-        unconditioned)."""
+        weight and prefix-predictor ``steer`` weight, None: the run's defaults) and the raw condition
+        rows (N, A) they were asked for (None unconditioned)."""
         self.check_temperature(temperature)
         if not (isinstance(token_temperature, (int, float)) and 0 < token_temperature <= 10):
             raise CvaeError(f"--token-temperature must be a number above 0 and at most 10, got {token_temperature!r}")
-        guidance = self.guidance_weight(guidance)
+        guidance, steer = self.guidance_weight(guidance), self.steer_weight(steer)
         g = torch.Generator().manual_seed(seed)
         y = self.schema.parse(condition, n) if self.schema else None
         c = self.condition_vector(y, n) if self.schema else self.condition_vector(condition, n)
@@ -134,7 +246,7 @@ class SeqVAE(VAEModel):
             cb = c[i:i + 1000] if c is not None else None
             z = self.sample_z(len(cb) if cb is not None else min(1000, n - i), cb, g, temperature)
             out.append(self.decode_tokens(z, cb, how=decode, beam=beam, generator=g, temperature=token_temperature,
-                                          guidance=guidance))
+                                          guidance=guidance, steer=steer))
         return self.tokenizer.decode(torch.cat(out).cpu().numpy()), y
 
     @torch.no_grad()
@@ -211,12 +323,14 @@ class SeqVAE(VAEModel):
 
     def decode_tokens(self, z: torch.Tensor, c: torch.Tensor | None, *, how: str = "greedy", beam: int = 5,
                       generator: torch.Generator | None = None, temperature: float = 1.0,
-                      guidance: float = 0.0) -> torch.Tensor:
+                      guidance: float = 0.0, steer: float = 0.0) -> torch.Tensor:
         """Token ids (B, L) for codes (B, latent): greedy, sampled (at ``temperature``) or beam search,
-        each step's distribution classifier-free guided with weight ``guidance`` (0: none)."""
+        each step's distribution classifier-free guided with weight ``guidance`` and steered by the
+        prefix predictor with weight ``steer`` (0: none)."""
         guidance = guidance if c is not None else 0.0
+        steer = steer if c is not None else 0.0
         if how == "beam":
-            return self._beam(z, c, beam, guidance)
+            return self._beam(z, c, beam, guidance, steer)
         if how not in ("greedy", "sample"):
             raise CvaeError(f"decoding must be greedy, sample or beam, got {how!r}")
         zc = self._decoder_contexts(z, c, guidance)
@@ -225,11 +339,14 @@ class SeqVAE(VAEModel):
         out = torch.full((n, length), PAD, dtype=torch.long, device=z.device)
         token = torch.full((n,), BOS, dtype=torch.long, device=z.device)
         done = torch.zeros(n, dtype=torch.bool, device=z.device)
+        hp = z.new_zeros(n, self.config.hidden[0]) if steer else None  # the prefix predictor's state
         for t in range(length):
             logp, h = self.step(token.repeat(2) if guidance else token, zc, h)
             logp = self._guided(logp, guidance)
             if t == 0:  # no sequence is empty (none in training was): <eos> cannot come first
                 logp = logp.index_fill(-1, torch.tensor([EOS], device=logp.device), -torch.inf)
+            if steer and t < length - 1:
+                logp, cand, states = self._steer(logp, hp, c, steer)
             if t == length - 1:  # the last position can only end the sequence
                 token = torch.full_like(token, EOS)
             elif how == "greedy":
@@ -237,15 +354,18 @@ class SeqVAE(VAEModel):
             else:
                 probs = F.softmax(logp / max(temperature, 1e-6), dim=-1).cpu()
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(z.device)
+            if steer and t < length - 1:
+                hp = self._chosen_state(cand, states, token)
             out[:, t] = torch.where(done, torch.full_like(token, PAD), token)
             done |= token == EOS
             if bool(done.all()):
                 break
         return out
 
-    def _beam(self, z: torch.Tensor, c: torch.Tensor | None, width: int, guidance: float = 0.0) -> torch.Tensor:
+    def _beam(self, z: torch.Tensor, c: torch.Tensor | None, width: int, guidance: float = 0.0,
+              steer: float = 0.0) -> torch.Tensor:
         """Beam search: the ``width`` most probable prefixes per code; returns the most probable
-        finished sequence (sum of token log-probabilities, guided ones when ``guidance``)."""
+        finished sequence (sum of token log-probabilities, guided and steered ones when asked)."""
         if not isinstance(width, int) or width < 1:
             raise CvaeError(f"--beam must be a whole number of at least 1, got {width!r}")
         n, k, length = len(z), width, self.length
@@ -257,11 +377,15 @@ class SeqVAE(VAEModel):
         scores[:, 0] = 0.0  # one live beam at the start
         seqs = torch.zeros((n * k, 0), dtype=torch.long, device=z.device)
         done = torch.zeros(n * k, dtype=torch.bool, device=z.device)
+        target = c.repeat_interleave(k, dim=0) if steer else None
+        hp = z.new_zeros(n * k, self.config.hidden[0]) if steer else None
         for t in range(length):
             logp, h = self.step(token.repeat(2) if guidance else token, zc, h)
             logp = self._guided(logp, guidance)
             if t == 0:  # no sequence is empty
                 logp = logp.index_fill(-1, torch.tensor([EOS], device=logp.device), -torch.inf)
+            if steer and t < length - 1:
+                logp, cand, states = self._steer(logp, hp, target, steer)
             if t == length - 1:
                 logp = torch.where(torch.arange(logp.shape[1], device=z.device) == EOS, 0.0, -torch.inf).expand_as(logp)
             finished = torch.full_like(logp, -torch.inf)
@@ -273,6 +397,8 @@ class SeqVAE(VAEModel):
             rows = (torch.arange(n, device=z.device).unsqueeze(1) * k + idx // vocab).reshape(-1)
             token = (idx % vocab).reshape(-1)
             h = h[:, torch.cat([rows, rows + n * k])] if guidance else h[:, rows]
+            if steer and t < length - 1:
+                hp = self._chosen_state(cand[rows], states[rows], token)
             seqs, done = torch.cat([seqs[rows], token.unsqueeze(1)], dim=1), done[rows]
             done = done | (token == EOS) | (token == PAD)
             if bool(done.all()):
@@ -297,18 +423,22 @@ class TokenSequence:
         logits = self.model.teacher_forced_logits(ids, self.model._context(self.z, self.c))
         return self.model.likelihood(logits.transpose(-1, -2)).log_prob(ids).reshape(self.lead)
 
+    def _run_defaults(self) -> dict:
+        """The run's default guidance and steering weights."""
+        return {"guidance": self.model.config.guidance, "steer": self.model.config.steer}
+
     def _shaped(self, ids: torch.Tensor) -> torch.Tensor:
         return ids.float().reshape(*self.lead, ids.shape[-1])
 
     @property
     def mean(self) -> torch.Tensor:
         """Greedy decoding (the most probable token at each step), as float ids."""
-        return self._shaped(self.model.decode_tokens(self.z, self.c, how="greedy", guidance=self.model.config.guidance))
+        return self._shaped(self.model.decode_tokens(self.z, self.c, how="greedy", **self._run_defaults()))
 
     def sample(self, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
         return self._shaped(self.model.decode_tokens(self.z, self.c, how="sample", generator=generator,
-                                                     temperature=temperature, guidance=self.model.config.guidance))
+                                                     temperature=temperature, **self._run_defaults()))
 
     def beam(self, width: int = 5) -> torch.Tensor:
         return self._shaped(self.model.decode_tokens(self.z, self.c, how="beam", beam=width,
-                                                     guidance=self.model.config.guidance))
+                                                     **self._run_defaults()))

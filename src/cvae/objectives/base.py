@@ -78,7 +78,8 @@ class Objective:
         kl = out.kl().float()
         penalty, terms = self.latent_loss(out.z.float(), out.qz.mu.float(), out.qz.logvar.float(),
                                           out.log_prior().float(), kl, progress=progress)
-        return ObjectiveOutput(loss=rec + penalty, reconstruction=rec, kl=kl.mean(), terms=terms)
+        loss, terms = with_auxiliary(out, rec + penalty, terms)
+        return ObjectiveOutput(loss=loss, reconstruction=rec, kl=kl.mean(), terms=terms)
 
     def latent_loss(self, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, log_pz: torch.Tensor,
                     kl: torch.Tensor, *, progress: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -111,6 +112,15 @@ class Objective:
 
         with torch.no_grad():
             return elbo(model, x, c)
+
+
+def with_auxiliary(out, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """The loss plus the model's auxiliary losses (:attr:`ModelOutput.auxiliary`, e.g. the sequence
+    model's prefix predictor), each also logged as a term."""
+    for name, value in out.auxiliary.items():
+        loss = loss + value
+        terms[name] = value.detach()
+    return loss, terms
 
 
 def build_objective(name: str, config) -> Objective:

@@ -11,7 +11,7 @@ mixture, a VampPrior) all D dimensions form one group: max(lambda * D, E_batch K
 
 from __future__ import annotations
 
-from .base import OBJECTIVES, Objective, ObjectiveOutput, kl_warmup
+from .base import OBJECTIVES, Objective, ObjectiveOutput, kl_warmup, with_auxiliary
 
 
 @OBJECTIVES.register("elbo")
@@ -38,7 +38,8 @@ class ELBO(Objective):
             terms["kl_free_bits"] = kl_term.detach()
         else:
             kl_term = kl
-        return ObjectiveOutput(loss=rec + weight * kl_term, reconstruction=rec, kl=kl, terms=terms)
+        loss, terms = with_auxiliary(out, rec + weight * kl_term, terms)
+        return ObjectiveOutput(loss=loss, reconstruction=rec, kl=kl, terms=terms)
 
     def kl_weight(self, progress: float) -> float:
         """The KL term's weight at ``progress`` epochs: beta times the warm-up's factor."""

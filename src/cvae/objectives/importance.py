@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .base import OBJECTIVES, Objective, ObjectiveOutput
+from .base import OBJECTIVES, Objective, ObjectiveOutput, with_auxiliary
 
 
 def log_weights(out, x: torch.Tensor, *, detach_q: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,8 +47,8 @@ class IWAE(Objective):
         out = model(x, c, samples=self.k)
         log_w, log_px = log_weights(out, x)
         bound = torch.logsumexp(log_w, dim=0) - math.log(self.k)
-        return ObjectiveOutput(loss=-bound.mean(), reconstruction=-log_px.mean(), kl=out.kl().float().mean(),
-                               terms=self._terms(log_w))
+        loss, terms = with_auxiliary(out, -bound.mean(), self._terms(log_w))
+        return ObjectiveOutput(loss=loss, reconstruction=-log_px.mean(), kl=out.kl().float().mean(), terms=terms)
 
     @staticmethod
     def _terms(log_w: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -73,8 +73,8 @@ class DReG(IWAE):
         surrogate = -(w * log_w).sum(0).mean()
         bound = (torch.logsumexp(log_w.detach(), dim=0) - math.log(self.k)).mean()
         loss = -bound + (surrogate - surrogate.detach())  # the bound's value, DReG's gradient
-        return ObjectiveOutput(loss=loss, reconstruction=-log_px.mean(), kl=out.kl().float().mean(),
-                               terms=self._terms(log_w))
+        loss, terms = with_auxiliary(out, loss, self._terms(log_w))
+        return ObjectiveOutput(loss=loss, reconstruction=-log_px.mean(), kl=out.kl().float().mean(), terms=terms)
 
 
 def iwae(model, x: torch.Tensor, c: torch.Tensor | None = None, *, k: int = 5) -> ObjectiveOutput:
