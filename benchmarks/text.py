@@ -107,13 +107,20 @@ def main() -> None:
     p.add_argument("--latent-dim", type=int, default=32)
     p.add_argument("--k", type=int, default=25, help="importance samples per held-out sentence")
     p.add_argument("--per-label", type=int, default=200, help="sentences generated per language")
+    p.add_argument("--steer", type=float, default=0.0,
+                   help="train a prefix predictor of the language (FUDGE) and steer with this weight by default")
+    p.add_argument("--steer-weights", default="",
+                   help="with --steer: the conditional accuracy also at these weights, e.g. 0,1,4")
+    p.add_argument("--no-language-model", dest="language_model", action="store_false",
+                   help="skip the same decoder trained as a language model (10 min)")
     p.add_argument("--out", default="runs/bench-text-chatterbot")
     p.add_argument("--results", default=str(HERE / "results" / "text-chatterbot"))
     args = p.parse_args()
     settings = dict(data=f"chatterbot:{args.languages}", sequence="text", condition=args.condition, tokenizer="char",
                     max_length=args.max_length, epochs=args.epochs, batch_size=64, lr=2e-3, hidden=[args.hidden],
                     latent_dim=args.latent_dim, kl_warmup=4, word_dropout=0.25, free_bits=0.05, seed=0,
-                    out=args.out, progress=False, device="cpu", precision="float32")
+                    out=args.out, progress=False, device="cpu", precision="float32",
+                    **({"steer": args.steer} if args.steer else {}))
     t0 = time.perf_counter()
     train(overwrite=True, pictures=False, **settings)
     train_seconds = time.perf_counter() - t0
@@ -134,9 +141,12 @@ def main() -> None:
            "kl": value(post, "kl_total"), "active_units": value(post, "active_units"),
            "tokens_per_sentence": value(lik, "tokens_per_sequence")}
 
-    lm, lm_seconds = train_language_model(model, data, epochs=args.epochs, batch_size=settings["batch_size"],
-                                          lr=settings["lr"], seed=0)
-    lm_scores = language_model_nll(lm, model.schema, data.val)
+    if args.language_model:
+        lm, lm_seconds = train_language_model(model, data, epochs=args.epochs, batch_size=settings["batch_size"],
+                                              lr=settings["lr"], seed=0)
+        lm_scores = language_model_nll(lm, model.schema, data.val)
+    else:
+        lm_seconds, lm_scores = 0.0, {"nll_per_sentence": math.nan, "nll_per_token": math.nan, "perplexity": math.nan}
 
     # the independent classifier: trained on the real training sentences, read on held-out ones (the ceiling)
     classes = model.schema.attributes[0].classes
@@ -148,20 +158,33 @@ def main() -> None:
     real = {lang: (float(np.mean([p == lang for p, t in zip(real_pred, va_lab) if t == lang]))
                    if lang in va_lab else None) for lang in classes}  # None: no held-out utterance of that class
 
-    generated, control, empty, examples = {}, {}, 0, {}
-    rng = np.random.default_rng(0)
-    for j, lang in enumerate(classes):
-        texts, _ = model.sample_strings(args.per_label, {args.condition: lang}, seed=j, decode="sample")
-        empty += sum(not t for t in texts)
-        generated[lang] = float(np.mean(clf.predict(texts) == lang))
-        examples[lang] = texts[:5]
-        others = [c for c in classes if c != lang]
-        wrong = [others[i] for i in rng.integers(len(others), size=args.per_label)]
-        texts_w = []
-        for other in sorted(set(wrong)):
-            t, _ = model.sample_strings(wrong.count(other), {args.condition: other}, seed=100 + j, decode="sample")
-            texts_w += t
-        control[lang] = float(np.mean(clf.predict(texts_w) == lang))
+    def read_back(steer):
+        """Per label: the share of sentences generated for it that the classifier reads as it, and of
+        sentences generated for another label (the control)."""
+        generated, control, empty, examples = {}, {}, 0, {}
+        rng = np.random.default_rng(0)
+        for j, lang in enumerate(classes):
+            texts, _ = model.sample_strings(args.per_label, {args.condition: lang}, seed=j, decode="sample",
+                                            steer=steer)
+            empty += sum(not t for t in texts)
+            generated[lang] = float(np.mean(clf.predict(texts) == lang))
+            examples[lang] = texts[:5]
+            others = [c for c in classes if c != lang]
+            wrong = [others[i] for i in rng.integers(len(others), size=args.per_label)]
+            texts_w = []
+            for other in sorted(set(wrong)):
+                t, _ = model.sample_strings(wrong.count(other), {args.condition: other}, seed=100 + j,
+                                            decode="sample", steer=steer)
+                texts_w += t
+            control[lang] = float(np.mean(clf.predict(texts_w) == lang))
+        return generated, control, empty, examples
+
+    generated, control, empty, examples = read_back(None)  # the run's default steering weight
+    by_steer = {}
+    for w in [float(v) for v in args.steer_weights.split(",") if v.strip()]:
+        g, c, _, e = read_back(w)
+        by_steer[f"{w:g}"] = {"mean": float(np.mean(list(g.values()))), f"per_{args.condition}": g,
+                              "wrong_label_mean": float(np.mean(list(c.values()))), "examples": {k: v[:3] for k, v in e.items()}}
 
     transfer = {}
     from cvae.apps.sequences import transfer_strings
@@ -185,9 +208,10 @@ def main() -> None:
                        f"held_out_per_{args.condition}": real},
         "conditional_accuracy": {f"per_{args.condition}": generated, "mean": float(np.mean(list(generated.values()))),
                                  "decode": "sample", "temperature": 1.0, "per_label": args.per_label,
+                                 "steer": model.config.steer,
                                  "empty_share": empty / (args.per_label * len(classes))},
         "wrong_label_control": {f"per_{args.condition}": control, "mean": float(np.mean(list(control.values())))},
-        "examples": examples, "transfer": transfer,
+        "examples": examples, "transfer": transfer, "conditional_accuracy_by_steer": by_steer,
     }
     out = Path(args.results)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +240,12 @@ def main() -> None:
         lines.append(f"{lang:<14}{shown}{generated[lang]:12.3f}{control[lang]:13.3f}")
     lines.append(f"{'mean':<14}{np.mean([v for v in real.values() if v is not None]):15.3f}{report['conditional_accuracy']['mean']:12.3f}"
                  f"{report['wrong_label_control']['mean']:13.3f}")
-    lines.append(f"empty generated sentences: {report['conditional_accuracy']['empty_share']:.3f}")
+    lines.append(f"empty generated sentences: {report['conditional_accuracy']['empty_share']:.3f}"
+                 + (f"; steered with weight {model.config.steer:g} (the run's default)" if model.config.steer else ""))
+    for w, r in by_steer.items():
+        lines.append(f"steer {w}: conditional accuracy {r['mean']:.3f} (per {args.condition}: "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in r[f"per_{args.condition}"].items())
+                     + f"), wrong label {r['wrong_label_mean']:.3f}")
     for lang in classes:
         lines.append(f"  {lang}: " + " | ".join(examples[lang][:3]))
     text = "\n".join(lines)
