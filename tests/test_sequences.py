@@ -206,6 +206,23 @@ def test_guidance_mixes_conditioned_and_unconditioned_log_probabilities():
         model.guidance_weight(-1.0)
 
 
+def test_the_python_sample_of_a_guided_sequence_run_is_guided_by_the_runs_weight():
+    """model.sample() of a run trained with condition dropout and a default --guidance decodes guided
+    (it raised NotImplementedError before p_x_guided was written for sequences); guidance 0 does not."""
+    model, _ = _model(cond=1, condition_dropout=0.2)
+    model.config.guidance = 2.0
+    model.eval()
+    cond = {"v": 0.5}
+    g = torch.Generator().manual_seed(0)
+    c = model.condition_vector(model.schema.parse(cond, 6), 6)
+    z = model.sample_z(6, c, g, 0.9)
+    guided = model.decode_tokens(z, c, how="greedy", guidance=2.0).float()
+    assert torch.equal(model.sample(6, cond, generator=torch.Generator().manual_seed(0)), guided)
+    plain = model.decode_tokens(z, c, how="greedy").float()
+    assert torch.equal(model.sample(6, cond, generator=torch.Generator().manual_seed(0), guidance=0.0), plain)
+    assert not torch.equal(guided, plain)
+
+
 def test_beam_of_width_one_is_greedy_and_decoding_ends_with_eos_then_padding():
     model, tok = _model()
     model.eval()

@@ -144,6 +144,10 @@ class SeqVAE(VAEModel):
     def p_x(self, z: torch.Tensor, c: torch.Tensor | None = None) -> TokenSequence:
         return TokenSequence(self, z, c)
 
+    def p_x_guided(self, z: torch.Tensor, c: torch.Tensor, guidance: float) -> TokenSequence:
+        """p(x | z, c) whose decodings (greedy, sampled, beam) are classifier-free guided with weight w."""
+        return TokenSequence(self, z, c, guidance=guidance)
+
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, samples: int | None = None) -> ModelOutput:
         """One reparameterised z per example, or ``samples`` of them (z: (samples, B, latent))."""
         qz = self.q_z(x, c)
@@ -411,9 +415,13 @@ class SeqVAE(VAEModel):
 class TokenSequence:
     """p(x | z, c) of the autoregressive decoder, for codes with any leading sample dimensions."""
 
-    def __init__(self, model: SeqVAE, z: torch.Tensor, c: torch.Tensor | None):
+    def __init__(self, model: SeqVAE, z: torch.Tensor, c: torch.Tensor | None, *, guidance: float = 0.0,
+                 steer: float | None = None):
+        """Decodings are guided with weight ``guidance`` (0: none; ``model.p_x_guided`` sets it) and
+        steered with weight ``steer`` (None: the run's default)."""
         self.model = model
         self.z, self.c, self.lead = flatten_samples(z, c)
+        self.decoding = {"guidance": guidance, "steer": model.config.steer if steer is None else steer}
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x | z, c) per example (and sample): teacher-forced, padding excluded."""
@@ -423,22 +431,18 @@ class TokenSequence:
         logits = self.model.teacher_forced_logits(ids, self.model._context(self.z, self.c))
         return self.model.likelihood(logits.transpose(-1, -2)).log_prob(ids).reshape(self.lead)
 
-    def _run_defaults(self) -> dict:
-        """The run's default guidance and steering weights."""
-        return {"guidance": self.model.config.guidance, "steer": self.model.config.steer}
-
     def _shaped(self, ids: torch.Tensor) -> torch.Tensor:
         return ids.float().reshape(*self.lead, ids.shape[-1])
 
     @property
     def mean(self) -> torch.Tensor:
         """Greedy decoding (the most probable token at each step), as float ids."""
-        return self._shaped(self.model.decode_tokens(self.z, self.c, how="greedy", **self._run_defaults()))
+        return self._shaped(self.model.decode_tokens(self.z, self.c, how="greedy", **self.decoding))
 
     def sample(self, generator: torch.Generator | None = None, temperature: float = 1.0) -> torch.Tensor:
         return self._shaped(self.model.decode_tokens(self.z, self.c, how="sample", generator=generator,
-                                                     temperature=temperature, **self._run_defaults()))
+                                                     temperature=temperature, **self.decoding))
 
     def beam(self, width: int = 5) -> torch.Tensor:
         return self._shaped(self.model.decode_tokens(self.z, self.c, how="beam", beam=width,
-                                                     **self._run_defaults()))
+                                                     **self.decoding))
