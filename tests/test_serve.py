@@ -31,6 +31,7 @@ if importlib.util.find_spec("fastapi") is None:  # the extra is part of cvae[tes
     pytest.skip('cvae serve needs its extra: pip install "cvae[serve]"', allow_module_level=True)
 
 from _cdp import Browser, find_chromium  # noqa: E402
+from conftest import need_module  # noqa: E402
 from test_apps import heartbeats, write_beats  # noqa: E402
 from test_tables import write_wine  # noqa: E402
 
@@ -48,8 +49,10 @@ DIGITS_EPOCHS = 150 if os.environ.get("CVAE_SERVE_SCREENSHOT") else 3
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Three small runs: a conditional model of the 8x8 digits (images), a table with a categorical and
-    a continuous condition (wine), and an anomaly detector of heartbeat signals."""
+    """Four small runs: a conditional model of the 8x8 digits (images), a table with a categorical and
+    a continuous condition (wine), an anomaly detector of heartbeat signals, and molecules conditioned
+    on logP (a sequence run, guided and steered: it needs RDKit, the chem extra)."""
+    need_module("rdkit", "pip install 'cvae[chem]'")
     d = tmp_path_factory.mktemp("serve")
     cvae.train(data="digits", epochs=DIGITS_EPOCHS, batch_size=64, latent_dim=4, out=d / "digits", **QUIET)
     write_wine(d / "wine.csv")
@@ -61,6 +64,9 @@ def runs(tmp_path_factory):
     write_beats(d / "beats-test.csv", x, y)
     fit_anomaly(str(d / "beats.csv"), out=d / "beats", normal="0", data_layout="signal", epochs=5, batch_size=32,
                 hidden=[32], latent_dim=4, pictures=False, **QUIET)
+    cvae.train(data=str(ROOT / "tests" / "data" / "qm9-150.csv"), sequence="smiles", condition="logp", epochs=2,
+               batch_size=32, hidden=[32], latent_dim=4, condition_dropout=0.2, guidance=1, steer=2,
+               out=d / "mols", pictures=False, **QUIET)
     return d
 
 
@@ -71,7 +77,8 @@ def client(runs):
     from cvae.serve import create_app
     from cvae.serve.served import Limits
 
-    app = create_app([runs / "digits", runs / "wine", runs / "beats"], limits=Limits(max_upload_bytes=200_000))
+    app = create_app([runs / "digits", runs / "wine", runs / "beats", runs / "mols"],
+                     limits=Limits(max_upload_bytes=200_000))
     with TestClient(app) as c:
         yield c
 
@@ -104,8 +111,10 @@ def _rows(path):
 
 def test_each_run_is_described(client):
     info = {r["name"]: r for r in client.get("/v1/runs").json()["runs"]}
-    assert set(info) == {"digits", "wine", "beats"}
-    assert [info[n]["kind"] for n in ("digits", "wine", "beats")] == ["image", "table", "signal"]
+    assert set(info) == {"digits", "wine", "beats", "mols"}
+    assert [info[n]["kind"] for n in ("digits", "wine", "beats", "mols")] == ["image", "table", "signal", "sequence"]
+    assert info["mols"]["steer"] == {"available": True, "default": 2.0}
+    assert info["digits"]["steer"] == {"available": False, "default": 0.0}
     assert info["digits"]["conditions"] == [{"name": "label", "kind": "categorical", "classes": [str(i) for i in range(10)]}]
     alcohol = info["wine"]["conditions"][1]
     assert alcohol["kind"] == "continuous" and alcohol["min"] < alcohol["mean"] < alcohol["max"]
@@ -153,6 +162,25 @@ def test_a_table_comes_back_as_numbers_under_its_column_names(client, runs, tmp_
     np.testing.assert_allclose(np.array(out["values"]), cli, rtol=1e-5)
     t = client.post("/v1/runs/wine/traverse", json={"top": 2, "steps": 3}).json()
     assert t["kind"] == "table" and len(t["values"]) == 6 and t["values"][0] != t["values"][2]
+
+
+def test_molecules_come_back_as_strings_with_their_properties_as_cvae_sample_makes(client, runs, tmp_path):
+    body = {"condition": {"logp": 1.0}, "n": 6, "seed": 3}
+    out = client.post("/v1/runs/mols/generate", json=body).json()
+    assert out["kind"] == "sequence" and (out["guidance"], out["steer"]) == (1.0, 2.0)
+    assert len(out["strings"]) == 6 and out["conditions"] == ["logp=1"] * 6
+    assert main(["sample", str(runs / "mols"), "--condition", "logp=1", "--n", "6", "--seed", "3",
+                 "-o", str(tmp_path / "m.csv")]) == 0
+    rows = _rows(tmp_path / "m.csv")
+    assert out["strings"] == [r["smiles"] for r in rows] and out["valid"] == [r["valid"] == "1" for r in rows]
+    np.testing.assert_allclose([v for v in out["achieved"]["logp"] if v is not None],
+                               [float(r["logp"]) for r in rows if r["logp"]], atol=1e-3)
+    for flags in ({"steer": 0}, {"draw": True}, {"guidance": 0}):  # each a different decoding
+        assert client.post("/v1/runs/mols/generate", json={**body, **flags}).json()["strings"] != out["strings"]
+    d = client.post("/v1/runs/mols/decode", json={"condition": {"logp": 1.0}, "values": {"0": 2.0}}).json()
+    assert d["kind"] == "sequence" and len(d["strings"]) == 1
+    t = client.post("/v1/runs/mols/traverse", json={"top": 2, "steps": 3}).json()
+    assert t["kind"] == "sequence" and len(t["strings"]) == 6
 
 
 def test_uploads_are_reconstructed_transferred_and_encoded_as_the_cli_does(client, runs, tmp_path):
@@ -226,6 +254,10 @@ BAD = [  # (path, request, status, what the answer says)
     ("/v1/runs/wine/reconstruct", {"files": {"file": ("x.csv", b"a,b\n1,2\n", "text/csv")}}, 422, "the upload (.csv)"),
     ("/v1/runs/wine/score", {"files": {"file": ("x.csv", b"a,b\n1,2\n", "text/csv")}}, 422, "not an anomaly detector"),
     ("/v1/runs/beats/transfer", {"files": {"file": ("x.csv", b"a,b\n1,2\n", "text/csv")}}, 422, "plain VAE"),
+    ("/v1/runs/mols/reconstruct", {"files": {"file": ("x.csv", b"smiles\nCCO\n", "text/csv")}}, 415,
+     "this run models sequences"),
+    ("/v1/runs/digits/generate", {"json": {"steer": 1}}, 422, "steer is for sequence runs"),
+    ("/v1/runs/mols/generate", {"json": {"steer": 21}}, 422, "less than or equal to 20"),
 ]
 
 
@@ -284,7 +316,7 @@ def server(runs):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])}
     proc = subprocess.Popen([sys.executable, "-m", "cvae", "serve", str(runs / "digits"), str(runs / "wine"),
-                             str(runs / "beats"), "--port", "0", "--quiet"],
+                             str(runs / "beats"), str(runs / "mols"), "--port", "0", "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
@@ -442,6 +474,23 @@ def test_the_page_in_a_headless_browser(server, browser, runs, tmp_path):
     text = b.evaluate("document.getElementById('score').textContent")
     assert "flagged" in text and "threshold" in text
     assert b.evaluate("document.querySelectorAll('#reconstruction svg polyline').length") == 2 * 12
+    assert b.evaluate("document.getElementById('error').hidden")
+    # the molecules: a table of SMILES with validity and RDKit's logP; steered by default, then not
+    b.focus("#run")
+    b.press("ArrowDown")
+    b.wait("document.getElementById('run').value === 'mols' && document.body.dataset.pending === '0' && "
+           "document.querySelector('#samples table') !== null", what="the molecules run's table")
+    headers = b.evaluate("[...document.querySelectorAll('#samples th')].map(e => e.textContent)")
+    assert headers == ["condition", "sequence", "valid", "logp (RDKit)"], headers
+    assert not b.evaluate("document.getElementById('steer-control').hidden")
+    assert "steered 2" in b.evaluate("document.getElementById('samples-caption').textContent")
+    cells = "[...document.querySelectorAll('#samples td.text + td')].map(e => e.textContent).join(' ')"
+    steered = b.evaluate(cells)
+    assert _keys(b, "steer", "ArrowLeft", 4) == "0"
+    assert "steered" not in b.evaluate("document.getElementById('samples-caption').textContent")
+    assert b.evaluate(cells) != steered
+    assert b.evaluate("document.querySelectorAll('#traversal table').length") == 1
+    assert b.evaluate("document.getElementById('file').disabled")
     assert b.evaluate("document.getElementById('error').hidden")
     # offline: every request went to this server (or was a data: URL), and the console stayed clean
     outside = [u for u in b.requested_urls() if not (u.startswith(server) or u.startswith("data:"))]

@@ -63,6 +63,9 @@ class GenerateRequest(BaseModel):
     guidance: float | None = Field(None, ge=0.0, le=20.0, allow_inf_nan=False,
                                    description="classifier-free guidance weight (runs trained with --condition-dropout; "
                                                "default: the run's)")
+    steer: float | None = Field(None, ge=0.0, le=20.0, allow_inf_nan=False,
+                                description="sequence runs trained with --steer: the prefix predictor's steering "
+                                            "weight (default: the run's)")
     format: Literal["json", "png"] = Field("json", description="png: the image grid itself (image runs)")
 
 
@@ -258,7 +261,7 @@ def create_app(runs: list[str | Path] | Mapping[str, str | Path], *, device: str
         if req.format == "png" and r.kind != "image":
             raise HTTPException(422, f"format 'png' is for image runs; run {run!r} models {r.kind} data (use json)")
         out, _ = await compute(r.generate, condition=req.condition, n=req.n, seed=req.seed,
-                               temperature=req.temperature, draw=req.draw, guidance=req.guidance)
+                               temperature=req.temperature, draw=req.draw, guidance=req.guidance, steer=req.steer)
         if req.format == "png":
             import base64
 

@@ -176,6 +176,9 @@ class ServedRun:
             # classifier-free guidance: the run's weight, and whether its decoder can be guided at all
             "guidance": {"available": bool(self.model.flagged),
                          "default": float(self.model.config.guidance)},
+            # sequence runs trained with --steer: the prefix predictor's steering weight
+            "steer": {"available": bool(getattr(self.model.config, "prefix_predictor", False)),
+                      "default": float(getattr(self.model.config, "steer", 0.0))},
             "kl_per_dimension": None if self.kl is None else _numbers(self.kl),
             "kl_note": self.kl_note,
             "sliders": self.top_dims(),
@@ -197,6 +200,8 @@ class ServedRun:
         """Examples (N, *data_shape) as the page draws them: a PNG grid for images (``ncol`` a row),
         numbers for signals (N, C, L) and table rows (N, F) with the feature names."""
         x = _finite(x.detach().cpu().float())
+        if self.kind == "sequence":
+            return self.strings(self.model.tokenizer.decode(x.long().numpy()))
         n = len(x)
         if self.kind == "image" and x.ndim == 4:
             ncol = ncol or min(8, n)
@@ -207,13 +212,36 @@ class ServedRun:
         names = self.features if len(self.features) == x.shape[1] else [f"x{i}" for i in range(x.shape[1])]
         return {"kind": "table", "n": n, "features": names, "values": _numbers(x.reshape(n, -1))}
 
+    def strings(self, strings: list[str]) -> dict:
+        """Sequences as the page shows them: the strings; for molecules the canonical SMILES (the raw
+        string when invalid), whether each is valid and its RDKit-computed properties (None: invalid)."""
+        from ..apps.sequences import achieved_table
+
+        out = {"kind": "sequence", "n": len(strings), "strings": list(strings)}
+        if self.model.tokenizer.molecular:
+            canon, achieved = achieved_table(self.model, strings)
+            out.update(strings=[c or s for s, c in zip(strings, canon)], valid=[c is not None for c in canon],
+                       achieved={k: [float(v) if np.isfinite(v) else None for v in vals] for k, vals in achieved.items()})
+        return out
+
     # -- operations (each the apps function the CLI calls) -------------------------------------
     def generate(self, *, condition=None, n: int = 16, seed: int = 0, temperature: float = 0.9,
-                 draw: bool = False, guidance: float | None = None) -> tuple[dict, torch.Tensor]:
+                 draw: bool = False, guidance: float | None = None,
+                 steer: float | None = None) -> tuple[dict, torch.Tensor | None]:
         """``cvae sample``: n examples for the condition; the same seed, the same examples; classifier-free
-        ``guidance`` (None: the run's weight)."""
+        ``guidance`` (None: the run's weight); a sequence run decodes greedily (``draw``: token by token)
+        and is steered with ``steer`` (None: the run's weight)."""
         self._check_count(n, self.limits.max_n, "n")
         guidance = self.model.guidance_weight(guidance)
+        if self.kind == "sequence":
+            strings, y = self.model.sample_strings(n, condition or None, seed=seed, temperature=temperature,
+                                                   decode="sample" if draw else "greedy", guidance=guidance,
+                                                   steer=steer)
+            return {**self.strings(strings), "conditions": self._describe(y), "seed": seed,
+                    "temperature": temperature, "guidance": guidance,
+                    "steer": self.model.steer_weight(steer)}, None
+        if steer is not None:
+            raise CvaeError("steer is for sequence runs trained with --steer; leave it out")
         x, y = generate(self.model, n=n, condition=condition or None, seed=seed, mean=not draw,
                         temperature=temperature, guidance=guidance)
         return {**self.render(x), "conditions": self._describe(y), "seed": seed, "temperature": temperature,
@@ -256,6 +284,9 @@ class ServedRun:
     def read_upload(self, data: bytes, directory: str | Path):
         if len(data) > self.limits.max_upload_bytes:
             raise UploadError(f"the upload is {len(data):,} bytes; the limit is {self.limits.max_upload_bytes:,}")
+        if self.kind == "sequence":
+            raise UploadError("this run models sequences: the page's uploads are arrays (images, signals, tables); "
+                              "use `cvae transfer RUN --input TEXT` or `cvae embed RUN --input FILE` for strings")
         suffix = upload_suffix(data)
         if suffix in (".png", ".jpg") and self.kind != "image":
             raise UploadError(f"this run models {self.kind} data: upload a CSV file (one example a row, the "

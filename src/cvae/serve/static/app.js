@@ -109,9 +109,19 @@ function fmt(v) {
   return a !== 0 && (a >= 1e5 || a < 1e-3) ? v.toExponential(3) : Number(v.toPrecision(5)).toString();
 }
 
-// Examples as the run's kind asks: an image grid, line plots of signals, or a table of rows.
+// Examples as the run's kind asks: an image grid, line plots of signals, a table of rows, or a table
+// of sequences (molecules with their validity and RDKit-computed properties).
 function render(out, labels = [], width = 360) {
   if (out.kind === "image") return imageOf(out, width);
+  if (out.kind === "sequence") {
+    const lead = labels.length ? ["condition"] : [];
+    const props = Object.keys(out.achieved || {});
+    const rows = out.strings.map((s, i) => [...(labels.length ? [labels[i]] : []), s,
+      ...(out.valid ? [out.valid[i] ? "yes" : "no"] : []),
+      ...props.map((p) => (out.achieved[p][i] === null ? "" : out.achieved[p][i]))]);
+    return table([...lead, "sequence", ...(out.valid ? ["valid"] : []), ...props.map((p) => `${p} (RDKit)`)],
+      rows, lead.length + 1);
+  }
   if (out.kind === "signal") {
     const range = extent(out.values);
     return el("div", { class: "plots" }, ...out.values.map((v, i) =>
@@ -187,13 +197,14 @@ async function generate() {
   const body = { condition: conditionOf($("conditions")), n: Number($("n").value), seed: Number($("seed").value),
     temperature: Number($("temperature").value), draw: $("draw").checked };
   if (run.guidance && run.guidance.available) body.guidance = Number($("guidance").value);
+  if (run.steer && run.steer.available) body.steer = Number($("steer").value);
   const out = await api("generate", `/v1/runs/${encodeURIComponent(run.name)}/generate`, body);
   if (!out) return;
   put("samples", render(out, out.conditions, 420));
   const conds = [...new Set(out.conditions)];
   $("samples-caption").textContent = `${out.n} example(s)` + (conds.length ? ` for ${conds.length > 3 ?
     conds.slice(0, 3).join("; ") + "; ..." : conds.join("; ")}` : "") + `, seed ${out.seed}, temperature ${out.temperature}` +
-    (out.guidance ? `, guidance ${out.guidance}` : "");
+    (out.guidance ? `, guidance ${out.guidance}` : "") + (out.steer ? `, steered ${out.steer}` : "");
 }
 
 const decode = debounce(async () => {
@@ -216,9 +227,10 @@ async function traverse() {
       return plot(curves, range, `z${d} (KL ${fmt(out.kl[i])}), dark to light: ${out.steps_sd[0]} ... ${out.steps_sd.at(-1)} sd`, 260, 80);
     });
     put("traversal", el("div", { class: "plots" }, ...rows));
-  } else if (out.kind === "table") {
-    const steps = out.values.length / out.dims.length;
-    const labels = out.values.map((_, i) => `z${out.dims[Math.floor(i / steps)]} = ${out.steps_sd[i % steps]} sd`);
+  } else if (out.kind === "table" || out.kind === "sequence") {
+    const count = out.kind === "table" ? out.values.length : out.strings.length;
+    const steps = count / out.dims.length;
+    const labels = Array.from({ length: count }, (_, i) => `z${out.dims[Math.floor(i / steps)]} = ${out.steps_sd[i % steps]} sd`);
     put("traversal", render(out, labels));
   } else {
     put("traversal", el("div", {}, render(out, [], 360),
@@ -373,9 +385,17 @@ function selectRun(name) {
   $("guidance-control").hidden = !guided;
   $("guidance").value = String(guided ? run.guidance.default : 0);
   $("guidance-out").textContent = $("guidance").value;
+  const steered = Boolean(run.steer && run.steer.available);
+  $("steer-control").hidden = !steered;
+  $("steer").value = String(steered ? run.steer.default : 0);
+  $("steer-out").textContent = $("steer").value;
+  $("draw-label").textContent = run.kind === "sequence" ? "sample each token (else greedy)" : "draw x ~ p(x | z, c)";
   conditionControls($("conditions"), "gen", () => { generate(); decode(); traverse(); });
   conditionControls($("own-conditions"), "own", upload);
-  $("upload-help").textContent = run.kind === "image"
+  $("file").disabled = run.kind === "sequence";
+  $("upload-help").textContent = run.kind === "sequence"
+    ? "Strings are not uploaded here: use `cvae transfer RUN --input TEXT` or `cvae embed RUN --input FILE`."
+    : run.kind === "image"
     ? `An image (PNG or JPEG, resized to ${run.data_shape.slice(1).join("×")}) or a CSV/.npy of examples; ` +
       (run.conditions.length ? "set its own condition above." : "")
     : `A CSV with the training data's columns (${run.features.slice(0, 4).join(", ")}${run.features.length > 4 ? ", ..." : ""}), ` +
@@ -399,7 +419,7 @@ async function start() {
   $("run").replaceChildren(...runs.map((r) => el("option", { value: r.name, text: r.name })));
   $("run").addEventListener("change", () => selectRun($("run").value));
   $("generate-form").addEventListener("submit", (e) => { e.preventDefault(); generate(); });
-  for (const id of ["n", "temperature", "guidance"]) {
+  for (const id of ["n", "temperature", "guidance", "steer"]) {
     $(id).addEventListener("input", () => { $(`${id}-out`).textContent = $(id).value; });
     $(id).addEventListener("change", generate);
   }
