@@ -391,6 +391,16 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def sampled_smiles(run, folder, condition, *flags):
+    """The SMILES column of `cvae sample RUN --condition CONDITION --n 40 --decode sample FLAGS` (a new
+    file in ``folder`` each call)."""
+    out = folder / f"mols{len(list(folder.glob('mols*.csv')))}.csv"
+    r = cli("sample", run, "--condition", condition, "--n", "40", "--decode", "sample", *flags, "-o", out)
+    assert r.returncode == 0, r.stderr
+    with open(out) as f:
+        return [row["smiles"] for row in csv.DictReader(f)]
+
+
 def test_guided_molecules_through_the_command_line(tmp_path):
     """Train with --condition-dropout and a default --guidance, then sample and evaluate as a user would:
     the run's default weight is used, --guidance 0 turns it off, --token-temperature sharpens sampling."""
@@ -403,11 +413,7 @@ def test_guided_molecules_through_the_command_line(tmp_path):
     assert (model_cfg["condition_dropout"], model_cfg["guidance"]) == (0.3, 2.0)
 
     def sample(*flags):
-        out = tmp_path / f"mols{len(list(tmp_path.glob('mols*.csv')))}.csv"
-        r = cli("sample", run, "--condition", "logp=1.5,qed=0.45", "--n", "40", "--decode", "sample", *flags, "-o", out)
-        assert r.returncode == 0, r.stderr
-        with open(out) as f:
-            return [row["smiles"] for row in csv.DictReader(f)]
+        return sampled_smiles(run, tmp_path, "logp=1.5,qed=0.45", *flags)
 
     default, explicit, off = sample(), sample("--guidance", "2"), sample("--guidance", "0")
     assert default == explicit and default != off
@@ -452,11 +458,7 @@ def test_steered_molecules_through_the_command_line(tmp_path):
     assert rows[-1]["train_loss"] == pytest.approx(rows[-1]["train_reconstruction"] + rows[-1]["train_kl"])
 
     def sample(*flags):
-        out = tmp_path / f"mols{len(list(tmp_path.glob('mols*.csv')))}.csv"
-        r = cli("sample", run, "--condition", "logp=1.5", "--n", "40", "--decode", "sample", *flags, "-o", out)
-        assert r.returncode == 0, r.stderr
-        with open(out) as f:
-            return [row["smiles"] for row in csv.DictReader(f)]
+        return sampled_smiles(run, tmp_path, "logp=1.5", *flags)
 
     default, explicit, off = sample(), sample("--steer", "3"), sample("--steer", "0")
     assert default == explicit and default != off
