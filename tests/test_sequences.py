@@ -309,7 +309,7 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path):
     run = tmp_path / "run"
     r = cli("train", "--data", MOLECULES, "--sequence", "smiles", "--condition", "logp,qed", "--epochs", "2",
             "--batch-size", "32", "--hidden", "32", "--latent-dim", "4", "--kl-warmup", "1", "--word-dropout", "0.1",
-            "--out", run, "--no-progress", "--no-tensorboard")
+            "--steer", "0", "--out", run, "--no-progress", "--no-tensorboard")  # unsteered: steering's tests are below
     assert r.returncode == 0, r.stderr
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["model_class"] == "seqvae" and cfg["model"]["tokenizer"]["kind"] == "selfies"
@@ -469,10 +469,19 @@ def test_steered_molecules_through_the_command_line(tmp_path):
 
     r = cli("sample", run, "--n", "5", "--steer", "-1", "-o", tmp_path / "bad.csv")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--steer must be" in r.stderr, r.stderr
-    plain = tmp_path / "plain"
+    # a conditioned run is steered by default (weight 2); --steer 0 trains no predictor
+    default_run = tmp_path / "default"
     r = cli("train", "--data", MOLECULES, "--sequence", "smiles", "--condition", "logp", "--epochs", "1",
+            "--hidden", "16", "--latent-dim", "2", "--out", default_run, "--no-progress", "--no-tensorboard", "--no-pictures")
+    assert r.returncode == 0, r.stderr
+    model_cfg = json.loads((default_run / "config.json").read_text())["model"]
+    assert (model_cfg["prefix_predictor"], model_cfg["steer"]) == (True, 2.0)
+    plain = tmp_path / "plain"
+    r = cli("train", "--data", MOLECULES, "--sequence", "smiles", "--condition", "logp", "--epochs", "1", "--steer", "0",
             "--hidden", "16", "--latent-dim", "2", "--out", plain, "--no-progress", "--no-tensorboard", "--no-pictures")
     assert r.returncode == 0, r.stderr
+    model_cfg = json.loads((plain / "config.json").read_text())["model"]
+    assert (model_cfg["prefix_predictor"], model_cfg["steer"]) == (False, 0.0)
     for cmd in (("sample", plain, "--n", "5", "-o", tmp_path / "bad.csv"), ("evaluate", plain, "--metrics", "molecules")):
         r = cli(*cmd, "--steer", "1")
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "trained with a prefix predictor" in r.stderr, r.stderr

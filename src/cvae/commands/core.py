@@ -39,8 +39,8 @@ HELP = {
     "guidance": "the run's default classifier-free guidance weight w when generating (needs --condition-dropout; "
                 "0 none; cvae sample/evaluate --guidance override it)",
     "steer": "sequence model: train a prefix predictor of the condition beside the VAE (FUDGE, Yang & Klein 2021) "
-             "and steer generation towards the requested condition with this default weight (e.g. 2; cvae "
-             "sample/evaluate --steer override it)",
+             "and steer generation towards the requested condition with this default weight (default 2 when the "
+             "run has a condition; 0 trains no predictor; cvae sample/evaluate --steer override it)",
     "data_layout": "auto | signal (each CSV row is a 1-D signal) | table",
     "image_size": "HxW: resize the images of an image folder",
     "binarize": "none | static (0/1 once) | dynamic (0/1 resampled every epoch)",

@@ -74,6 +74,9 @@ class VAEModel(nn.Module):
     # whether p_x_guided combines two parameter sets of the run's likelihood (Likelihood.guided), so
     # that training for guidance needs a likelihood that has it; the sequence model guides per token
     guided_by_likelihood = True
+    # whether the class can be steered by a predictor of the condition (the sequence model's prefix
+    # predictor, --steer); a conditioned run of such a class is steered by default (cvae.train.STEER_DEFAULT)
+    steerable = False
 
     def __init__(self, config: ModelConfig, *, run: RunInfo | None = None):
         super().__init__()

@@ -103,6 +103,7 @@ class SeqVAE(VAEModel):
     config_class = SeqVAEConfig
     guidable = True
     guided_by_likelihood = False  # each step's token distribution is guided (_guided), not a likelihood's
+    steerable = True  # a prefix predictor steers decoding (--steer); conditioned runs are steered by default
     log_active_units = True  # the trainer logs the validation split's active units each epoch
 
     def __init__(self, config: SeqVAEConfig, *, run=None):
