@@ -297,6 +297,23 @@ def test_prefix_predictor_loss_and_the_steered_step_written_out():
         for row in rows:
             ends = (row == EOS).nonzero()
             assert row[0] != EOS and len(ends) == 1 and (row[ends[0, 0] + 1:] == PAD).all()
+    # the predictor's state carried through sampled decoding is its state after each decoded prefix
+    seen = []
+    steer_step = model._steer
+
+    def recording(logp, hp, c, weight):
+        seen.append(hp.clone())
+        return steer_step(logp, hp, c, weight)
+
+    model._steer = recording
+    rows = model.decode_tokens(z, cc, how="sample", steer=2.0, generator=torch.Generator().manual_seed(1))
+    del model._steer
+    states = model.prefix_states(rows)
+    assert torch.equal(seen[0], torch.zeros(8, 16))
+    for t in range(1, len(seen)):
+        live = (rows[:, :t] != PAD).all(1) & (rows[:, :t] != EOS).all(1)  # rows still being decoded
+        assert torch.allclose(seen[t][live], states[live, t - 1], atol=1e-5)
+        assert live.any() or t > 2
     plain, _ = _model(cond=1)
     with pytest.raises(CvaeError, match="--steer needs a run trained"):
         plain.steer_weight(1.0)
