@@ -479,6 +479,17 @@ def test_steered_molecules_through_the_command_line(tmp_path):
 
     default, explicit, off = sample(), sample("--steer", "3"), sample("--steer", "0")
     assert default == explicit and default != off
+    # transfer and interpolation decode steered towards their target condition too, with the run's weight
+    from cvae import load
+    from cvae.apps.sequences import interpolate_strings, transfer_strings
+
+    model = load(run)
+    with open(MOLECULES) as f:
+        smiles = [row["smiles"] for row in csv.DictReader(f)][:12]
+    moved = [transfer_strings(model, smiles, "logp=0.5", ["logp=3"], steer=w) for w in (None, 3.0, 0.0)]
+    assert moved[0] == moved[1] and moved[0] != moved[2]
+    paths = [interpolate_strings(model, smiles[0], smiles[1], steps=12, condition="logp=-2", steer=w) for w in (None, 0.0)]
+    assert len(paths[0]) == 12 and paths[0] != paths[1]
     r = cli("evaluate", run, "--metrics", "molecules", "--molecules", "30", "--decode", "sample", "--steer", "1", "--json")
     assert r.returncode == 0, r.stderr
     mol = json.loads(r.stdout)["molecules"]

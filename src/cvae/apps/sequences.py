@@ -210,8 +210,9 @@ def save_sequence_picture(out: Path, model, strings, canon, requested, achieved,
 
 
 def interpolate_strings(model, start: str, end: str, *, steps: int = 10, condition=None,
-                        start_condition=None, end_condition=None) -> list[str]:
-    """Decode (greedily) the straight line between the posterior means of two sequences."""
+                        start_condition=None, end_condition=None, steer: float | None = None) -> list[str]:
+    """Decode (greedily) the straight line between the posterior means of two sequences, steered
+    towards the path's conditions with weight ``steer`` (None: the run's)."""
     if steps < 2:
         raise CvaeError(f"--steps must be at least 2 (the two ends), got {steps}")
     texts = [_canonical_input(model, start), _canonical_input(model, end)]
@@ -231,25 +232,27 @@ def interpolate_strings(model, start: str, end: str, *, steps: int = 10, conditi
         c = None
     t = torch.linspace(0, 1, steps, device=model.device).unsqueeze(1)
     z = qa.mu + t * (qb.mu - qa.mu)
-    return model.tokenizer.decode(model.decode_tokens(z, c, how="greedy").cpu().numpy())
+    return model.tokenizer.decode(model.decode_tokens(z, c, how="greedy", steer=model.steer_weight(steer)).cpu().numpy())
 
 
 def transfer_strings(model, texts: list[str], own, targets: list[str], *, decode: str = "greedy",
-                     names: list[str] | None = None) -> list[dict]:
+                     names: list[str] | None = None, steer: float | None = None) -> list[dict]:
     """Encode each text with its own condition, decode the posterior mean with each target condition
-    (``label=all``, ``all`` or no target: every class, as for images). ``names`` say where each text
-    came from in errors ("line 7"; "row i" by default)."""
+    (``label=all``, ``all`` or no target: every class, as for images), steered towards it with weight
+    ``steer`` (None: the run's). ``names`` say where each text came from in errors ("line 7"; "row i"
+    by default)."""
     from .latent import transfer_targets
 
     names = list(names) if names is not None else [f"row {i}" for i in range(len(texts))]
     texts = [_canonical_input(model, t, f"--input, {n}: ") for t, n in zip(texts, names)]
     y_own = model.schema.parse(own, len(texts))
     q = model.encode_strings(texts, y_own, where="--input", names=names)
+    steer = model.steer_weight(steer)
     rows = []
     for target in transfer_targets(model, targets):
         y_t = model.schema.parse(target, len(texts))
         c = model.condition_vector(y_t, len(texts))
-        out = model.tokenizer.decode(model.decode_tokens(q.mu, c, how=decode).cpu().numpy())
+        out = model.tokenizer.decode(model.decode_tokens(q.mu, c, how=decode, steer=steer).cpu().numpy())
         label = ",".join(f"{k}={v}" for k, v in target.items())
         rows += [{"input": s, "target": label, "output": o} for s, o in zip(texts, out)]
     return rows
