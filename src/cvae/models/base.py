@@ -20,7 +20,7 @@ from torch import nn
 from ..conditions import ConditionSchema
 from ..errors import CvaeError
 from ..registry import Registry
-from .config import ModelConfig, check_guidance
+from .config import ModelConfig, check_weight
 
 MODELS = Registry("model class")
 # The default temperature of sample(): see benchmarks/defaults.py and the README.
@@ -128,7 +128,7 @@ class VAEModel(nn.Module):
         (one line) for a run whose decoder never learnt to decode without the condition."""
         if guidance is None:
             return self.config.guidance
-        check_guidance(guidance)
+        check_weight(guidance)
         if guidance and not self.flagged:
             raise CvaeError("--guidance needs a run trained with --condition-dropout (its decoder also learnt "
                             "p(x | z) without the condition); retrain with e.g. --condition-dropout 0.2, or leave "

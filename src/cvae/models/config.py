@@ -17,10 +17,11 @@ from ..nn import ACTIVATIONS, ENCODERS
 from ..priors import PRIORS
 
 
-def check_guidance(w) -> None:
-    """A classifier-free guidance weight: a number from 0 (none) to 20."""
+def check_weight(w, flag: str = "--guidance") -> None:
+    """A generation weight (classifier-free ``--guidance``, the sequence model's ``--steer``): a
+    number from 0 (none) to 20."""
     if isinstance(w, bool) or not isinstance(w, numbers.Real) or not 0 <= w <= 20:
-        raise CvaeError(f"--guidance must be a number from 0 to 20, got {w!r}")
+        raise CvaeError(f"{flag} must be a number from 0 to 20, got {w!r}")
 
 
 @dataclass
@@ -76,7 +77,7 @@ class ModelConfig:
         if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0 <= v <= 1 if full else 0 <= v < 1):
             raise CvaeError(f"--condition-dropout must be a number from 0 to {'1' if full else 'below 1'}, got {v!r}")
         self.condition_dropout = float(v)
-        check_guidance(self.guidance)
+        check_weight(self.guidance)
         self.guidance = float(self.guidance)
         if self.guidance and not self.condition_dropout:
             raise CvaeError("--guidance needs a decoder that also learnt to decode without the condition; "

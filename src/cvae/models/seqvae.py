@@ -48,16 +48,10 @@ from ..likelihoods import LIKELIHOODS
 from ..priors import build_prior
 from ..tokens import BOS, EOS, PAD, SPECIALS, UNK, Tokenizer
 from .base import MODELS, ModelOutput, VAEModel, flatten_samples
-from .config import ModelConfig
+from .config import ModelConfig, check_weight
 
 # Steering considers the k most probable next tokens of each step (FUDGE's "precondition top-k").
 STEER_TOP_K = 10
-
-
-def check_steer(w) -> None:
-    """A steering weight: a number from 0 (none) to 20."""
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w <= 20:
-        raise CvaeError(f"--steer must be a number from 0 to 20, got {w!r}")
 
 
 @dataclass
@@ -84,7 +78,7 @@ class SeqVAEConfig(ModelConfig):
         self.word_dropout = float(v)
         if not isinstance(self.prefix_predictor, bool):
             raise CvaeError(f"model setting prefix_predictor must be true or false, got {self.prefix_predictor!r}")
-        check_steer(self.steer)
+        check_weight(self.steer, "--steer")
         self.steer = float(self.steer)
         if self.steer and not self.prefix_predictor:
             raise CvaeError("model setting steer needs prefix_predictor true (the network that steers)")
@@ -223,7 +217,7 @@ class SeqVAE(VAEModel):
         run trained without the prefix predictor."""
         if steer is None:
             return self.config.steer
-        check_steer(steer)
+        check_weight(steer, "--steer")
         if steer and not self.config.prefix_predictor:
             raise CvaeError("--steer needs a run trained with a prefix predictor (cvae train ... --steer W); "
                             "retrain with it, or leave --steer out")

@@ -234,12 +234,13 @@ class ServedRun:
         self._check_count(n, self.limits.max_n, "n")
         guidance = self.model.guidance_weight(guidance)
         if self.kind == "sequence":
+            steer = self.model.steer_weight(steer)
             strings, y = self.model.sample_strings(n, condition or None, seed=seed, temperature=temperature,
                                                    decode="sample" if draw else "greedy", guidance=guidance,
                                                    steer=steer)
             return {**self.strings(strings), "conditions": self._describe(y), "seed": seed,
                     "temperature": temperature, "guidance": guidance,
-                    "steer": self.model.steer_weight(steer)}, None
+                    "steer": steer}, None
         if steer is not None:
             raise CvaeError("steer is for sequence runs trained with --steer; leave it out")
         x, y = generate(self.model, n=n, condition=condition or None, seed=seed, mean=not draw,
