@@ -115,6 +115,8 @@ def _files(run) -> dict:
     (["--condition", "none", "--condition-dropout", "0.2"], ["--condition-dropout", "a plain VAE"]),
     (["--guidance", "1"], ["--guidance needs a decoder", "--condition-dropout"]),
     (["--guidance", "nan"], ["--guidance", "from 0 to 20"]),
+    (["--steer", "nan"], ["--steer", "from 0 to 20"]),
+    (["--steer", "1"], ["--steer is for sequence data", "--sequence"]),
 ])
 def test_bad_train_flags_are_one_line_and_touch_nothing(data, tmp_path, capsys, flags, fragments):
     out = tmp_path / "out"

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -513,6 +514,20 @@ def test_steered_molecules_through_the_command_line(tmp_path):
     for cmd in (("sample", plain, "--n", "5", "-o", tmp_path / "bad.csv"), ("evaluate", plain, "--metrics", "molecules")):
         r = cli(*cmd, "--steer", "1")
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and "trained with a prefix predictor" in r.stderr, r.stderr
+    # a hand-edited run folder: each inconsistency of the predictor's settings is one line, nothing lost
+    for change, says in (({"prefix_predictor": False, "steer": 2.0}, "steer needs prefix_predictor"),
+                         ({"prefix_predictor": False, "steer": 0.0}, "pred_embed.weight"),
+                         ({"prefix_predictor": "yes"}, "prefix_predictor must be true or false")):
+        edited = tmp_path / "edited"
+        shutil.rmtree(edited, ignore_errors=True)
+        shutil.copytree(run, edited)
+        cfg = json.loads((edited / "config.json").read_text())
+        cfg["model"].update(change)
+        (edited / "config.json").write_text(json.dumps(cfg))
+        weights = (edited / "model.safetensors").read_bytes()
+        r = cli("sample", edited, "--n", "5", "-o", tmp_path / "bad.csv")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+        assert (edited / "model.safetensors").read_bytes() == weights
     r = cli("train", "--data", MOLECULES, "--sequence", "smiles", "--condition", "none", "--steer", "1",
             "--out", tmp_path / "r2", "--no-progress")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--steer steers" in r.stderr, r.stderr
