@@ -107,6 +107,8 @@ def main() -> None:
     p.add_argument("--latent-dim", type=int, default=32)
     p.add_argument("--k", type=int, default=25, help="importance samples per held-out sentence")
     p.add_argument("--per-label", type=int, default=200, help="sentences generated per language")
+    p.add_argument("--token-temperature", type=float, default=1.0,
+                   help="of each generated token (default 1: the model's own distribution; cvae sample's is 0.5)")
     p.add_argument("--steer", type=float, default=0.0,
                    help="train a prefix predictor of the language (FUDGE) and steer with this weight by default")
     p.add_argument("--steer-weights", default="",
@@ -165,7 +167,7 @@ def main() -> None:
         rng = np.random.default_rng(0)
         for j, lang in enumerate(classes):
             texts, _ = model.sample_strings(args.per_label, {args.condition: lang}, seed=j, decode="sample",
-                                            steer=steer)
+                                            token_temperature=args.token_temperature, steer=steer)
             empty += sum(not t for t in texts)
             generated[lang] = float(np.mean(clf.predict(texts) == lang))
             examples[lang] = texts[:5]
@@ -174,7 +176,8 @@ def main() -> None:
             texts_w = []
             for other in sorted(set(wrong)):
                 t, _ = model.sample_strings(wrong.count(other), {args.condition: other}, seed=100 + j,
-                                            decode="sample", steer=steer)
+                                            decode="sample", token_temperature=args.token_temperature,
+                                            steer=steer)
                 texts_w += t
             control[lang] = float(np.mean(clf.predict(texts_w) == lang))
         return generated, control, empty, examples
@@ -207,7 +210,8 @@ def main() -> None:
                        "held_out_accuracy": float(np.mean(real_pred == np.array(va_lab))),
                        f"held_out_per_{args.condition}": real},
         "conditional_accuracy": {f"per_{args.condition}": generated, "mean": float(np.mean(list(generated.values()))),
-                                 "decode": "sample", "temperature": 1.0, "per_label": args.per_label,
+                                 "decode": "sample", "temperature": args.token_temperature,
+                                 "per_label": args.per_label,
                                  "steer": model.config.steer,
                                  "empty_share": empty / (args.per_label * len(classes))},
         "wrong_label_control": {f"per_{args.condition}": control, "mean": float(np.mean(list(control.values())))},

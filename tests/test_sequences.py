@@ -378,14 +378,15 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path):
     assert set(mol["property_control"]) == {"logp", "qed"}
     assert ev["likelihood"]["nll_per_token"]["value"] > 0
 
-    # token-by-token sampling, as a user asks for it; the molecules differ from the greedy ones
-    r = cli("evaluate", run, "--metrics", "molecules", "--molecules", "40", "--decode", "sample", "--temperature", "1",
+    # the default draws each token at 0.5, as cvae sample does; greedy decoding, as a user asks for it, differs
+    assert (mol["protocol"]["decode"], mol["protocol"]["token_temperature"]) == ("sample", 0.5)
+    r = cli("evaluate", run, "--metrics", "molecules", "--molecules", "40", "--decode", "greedy", "--temperature", "1",
             "--json")
     assert r.returncode == 0, r.stderr
-    sampled = json.loads(r.stdout)["molecules"]
-    assert sampled["protocol"]["decode"] == "sample" and sampled["protocol"]["temperature"] == 1.0
-    assert sampled["validity"] >= 0.9 and set(sampled["property_control"]) == {"logp", "qed"}
-    assert (sampled["uniqueness"], sampled["int_div"]) != (mol["uniqueness"], mol["int_div"])
+    greedy = json.loads(r.stdout)["molecules"]
+    assert greedy["protocol"]["decode"] == "greedy" and greedy["protocol"]["temperature"] == 1.0
+    assert mol["validity"] >= 0.9 and set(greedy["property_control"]) == {"logp", "qed"}
+    assert (greedy["uniqueness"], greedy["int_div"]) != (mol["uniqueness"], mol["int_div"])
     r = cli("evaluate", run, "--metrics", "molecules", "--decode", "beam", "--beam", "0")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--beam must be" in r.stderr
 
@@ -409,11 +410,11 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
 
 
-def sampled_smiles(run, folder, condition, *flags):
-    """The SMILES column of `cvae sample RUN --condition CONDITION --n 40 --decode sample FLAGS` (a new
-    file in ``folder`` each call)."""
+def sampled_smiles(run, folder, condition, *flags, flag=("--decode", "sample")):
+    """The SMILES column of `cvae sample RUN --condition CONDITION --n 40 --decode sample FLAGS` (``flag``
+    None: without --decode sample; a new file in ``folder`` each call)."""
     out = folder / f"mols{len(list(folder.glob('mols*.csv')))}.csv"
-    r = cli("sample", run, "--condition", condition, "--n", "40", "--decode", "sample", *flags, "-o", out)
+    r = cli("sample", run, "--condition", condition, "--n", "40", *(flag or ()), *flags, "-o", out)
     assert r.returncode == 0, r.stderr
     with open(out) as f:
         return [row["smiles"] for row in csv.DictReader(f)]
@@ -435,6 +436,10 @@ def test_guided_molecules_through_the_command_line(tmp_path):
 
     default, explicit, off = sample(), sample("--guidance", "2"), sample("--guidance", "0")
     assert default == explicit and default != off
+    # the default token choice is sampling at 0.5; --draw samples at 1, the model's own distribution
+    assert sampled_smiles(run, tmp_path, "logp=1.5,qed=0.45", flag=None) == default == sample("--token-temperature", "0.5")
+    assert sampled_smiles(run, tmp_path, "logp=1.5,qed=0.45", "--draw", flag=None) == sample("--token-temperature", "1")
+    assert sampled_smiles(run, tmp_path, "logp=1.5,qed=0.45", "--decode", "greedy", flag=None) != default
     cold, hot = sample("--token-temperature", "0.2"), sample("--token-temperature", "3")
     assert len(set(cold)) < len(set(hot))  # a low token temperature repeats molecules
 

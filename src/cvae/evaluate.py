@@ -44,6 +44,7 @@ from .figures import NATS, Figure, figure, mean_and_stderr  # noqa: F401  (re-ex
 from .kernels import kernel_for
 from .models import CVAE
 from .models.base import SAMPLING_TEMPERATURE
+from .models.seqvae import GENERATE_DECODE, GENERATE_TOKEN_TEMPERATURE
 from .threads import ThreadGovernor, kept_thread_count
 
 # -- importance sampling ------------------------------------------------------------------------
@@ -421,8 +422,8 @@ def load_run_data(model: CVAE, *, data_dir=None):
 def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, evaluator: str | Path | None = None,
                  n: int | None = None, per_class: int = 1000, rows: int = 4096, data_dir=None,
                  device: str = "cpu", seed: int = 0, progress: bool = False, write: bool = True,
-                 temperature: float = SAMPLING_TEMPERATURE, molecules: int = 10000, decode: str = "greedy",
-                 beam: int = 5, data=None, token_temperature: float = 1.0,
+                 temperature: float = SAMPLING_TEMPERATURE, molecules: int = 10000, decode: str = GENERATE_DECODE,
+                 beam: int = 5, data=None, token_temperature: float = GENERATE_TOKEN_TEMPERATURE,
                  guidance: float | None = None, steer: float | None = None, subset: str = "random") -> RunEvaluation:
     """Everything ``cvae evaluate`` measures on one run folder; writes ``RUN/eval.json``.
 
@@ -560,8 +561,8 @@ def per_token_figures(rep, x: torch.Tensor) -> dict:
             "perplexity_bound": Figure(f"perplexity bound, exp({what} per token)", math.exp(per_token), unit="")}
 
 
-def _molecules_section(model, data, *, explicit: bool, n: int, seed: int, temperature: float, decode: str = "greedy",
-                       beam: int = 5, token_temperature: float = 1.0, guidance: float | None = None,
+def _molecules_section(model, data, *, explicit: bool, n: int, seed: int, temperature: float, decode: str = GENERATE_DECODE,
+                       beam: int = 5, token_temperature: float = GENERATE_TOKEN_TEMPERATURE, guidance: float | None = None,
                        steer: float | None = None) -> dict | None:
     """MOSES metrics of ``n`` molecules drawn for the training conditions, against the training set
     (novelty) and the validation split (FCD); property control over a grid of requests. A run on

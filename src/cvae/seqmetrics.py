@@ -24,6 +24,7 @@ import torch
 
 from .chem import PROPERTIES, canonical, properties, rdkit
 from .errors import CvaeError
+from .models.seqvae import GENERATE_DECODE, GENERATE_TOKEN_TEMPERATURE
 
 TANIMOTO_BLOCK = 2048  # fingerprints per block of the all-pairs Tanimoto matrix (2048^2 floats: 16 MB)
 
@@ -133,8 +134,8 @@ def request_grid(model, name: str, train_values: np.ndarray, points: int = 9) ->
 
 
 def property_control(model, train_y: torch.Tensor, *, per_request: int = 100, points: int = 9, seed: int = 0,
-                     temperature: float = 1.0, decode: str = "greedy", beam: int = 5,
-                     token_temperature: float = 1.0, guidance: float | None = None,
+                     temperature: float = 1.0, decode: str = GENERATE_DECODE, beam: int = 5,
+                     token_temperature: float = GENERATE_TOKEN_TEMPERATURE, guidance: float | None = None,
                      steer: float | None = None) -> dict:
     """Per computable property: sample ``per_request`` molecules at each of ``points`` requested values
     (the other conditions at their training median / most common class), compute the achieved value,

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import CvaeError
+from ..models.seqvae import GENERATE_DECODE, GENERATE_TOKEN_TEMPERATURE
 
 TEXT_SUFFIXES = (".csv", ".smi", ".txt")
 
@@ -117,7 +118,8 @@ def _generate(model, n: int, condition, within: dict[str, float] | None, *, seed
 
 
 def sample_to_file(model, out: str | Path, *, n: int = 64, condition=None, seed: int = 0, temperature: float = 1.0,
-                   decode: str = "greedy", beam: int = 5, token_temperature: float = 1.0,
+                   decode: str = GENERATE_DECODE, beam: int = 5,
+                   token_temperature: float = GENERATE_TOKEN_TEMPERATURE,
                    guidance: float | None = None, steer: float | None = None,
                    within: dict[str, float] | None = None) -> tuple[Path, dict]:
     """Generate ``n`` sequences and write them: .csv (requested conditions, the sequence, its validity and

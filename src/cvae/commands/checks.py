@@ -137,3 +137,13 @@ def condition_hint(model, *specs) -> str:
         return ""
     ranges = ", ".join(f"{a.name}: mean {a.mean:.4g}, standard deviation {a.std:.4g}" for a in cont)
     return f"check the condition(s) {'; '.join(given)}: values far outside the training range ({ranges}) can overflow"
+
+
+def token_choice(args) -> tuple[str, float]:
+    """--decode and --token-temperature of a sequence run, their defaults filled in: tokens sampled at
+    GENERATE_TOKEN_TEMPERATURE, or at 1 (the model's own distribution) with --draw."""
+    from ..models.seqvae import GENERATE_DECODE, GENERATE_TOKEN_TEMPERATURE
+
+    default = 1.0 if getattr(args, "draw", False) else GENERATE_TOKEN_TEMPERATURE
+    return (args.decode or GENERATE_DECODE,
+            default if args.token_temperature is None else args.token_temperature)

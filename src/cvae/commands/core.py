@@ -9,7 +9,7 @@ from dataclasses import fields
 
 from ..config import TrainConfig
 from ..errors import CvaeError
-from .checks import check_condition_args, check_rows, condition_hint, guard_outputs
+from .checks import check_condition_args, check_rows, condition_hint, guard_outputs, token_choice
 
 HELP = {
     "data": "a named data set (digits, mnist, fashion-mnist, binarized-mnist, dsprites, color-shapes) or a path: "
@@ -154,10 +154,12 @@ def add_parsers(sub) -> None:
     s.add_argument("-o", "--output", required=True, help="a .png grid, an .npz (x plus conditions) or a .csv "
                    "(sequence runs: .csv with the requested and achieved properties, .smi, .txt or a .png)")
     s.add_argument("--decode", choices=["greedy", "sample", "beam"], default=None,
-                   help="sequence runs: how tokens are chosen (default greedy; --draw means sample)")
+                   help="sequence runs: how tokens are chosen (default sample: each token drawn at "
+                        "--token-temperature; greedy repeats itself)")
     s.add_argument("--beam", type=int, default=5, help="sequence runs: beams of --decode beam (default 5)")
-    s.add_argument("--token-temperature", type=float, default=1.0,
-                   help="sequence runs: temperature of each sampled token's distribution (--decode sample; default 1)")
+    s.add_argument("--token-temperature", type=float, default=None,
+                   help="sequence runs: temperature of each sampled token's distribution (default 0.5; with --draw "
+                        "1, the model's own distribution)")
     s.add_argument("--guidance", type=float, default=None,
                    help="runs trained with --condition-dropout: classifier-free guidance weight w, the decoder's "
                         "p(x | z, c)^(1 + w) / p(x | z)^w (each token's, for sequences; default: the run's, set at "
@@ -217,7 +219,7 @@ def cmd_sample(args) -> int:
         raise CvaeError("--within is for molecule runs (trained with --sequence smiles or selfies); leave it out")
     if args.decode is not None:
         raise CvaeError("--decode is for sequence runs (trained with --sequence); use --draw to sample x ~ p(x | z, c)")
-    if args.token_temperature != 1.0:
+    if args.token_temperature is not None:
         raise CvaeError("--token-temperature is for sequence runs (trained with --sequence); leave it out for this run")
     if args.steer is not None:
         raise CvaeError("--steer is for sequence runs (trained with --sequence ... --steer W); leave it out for this run")
@@ -236,10 +238,10 @@ def _sample_sequences(model, args) -> int:
     if not 1 <= args.n <= 1_000_000:
         raise CvaeError(f"--n must be from 1 to 1,000,000 sequences, got {args.n}")
     within = parse_within(model, args.within) if args.within is not None else None
-    decode = args.decode or ("sample" if args.draw else "greedy")
+    decode, token_temperature = token_choice(args)
     path, summary = sample_to_file(model, args.output, n=args.n, condition=args.condition, seed=args.seed,
                                    temperature=args.temperature, decode=decode, beam=args.beam,
-                                   token_temperature=args.token_temperature, guidance=args.guidance, steer=args.steer,
+                                   token_temperature=token_temperature, guidance=args.guidance, steer=args.steer,
                                    within=within)
     extra = ""
     if "valid" in summary:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import CvaeError
+from .checks import token_choice
 
 
 def add_parsers(sub) -> None:
@@ -46,10 +47,10 @@ def add_parsers(sub) -> None:
                         "(default 10000)")
     e.add_argument("--decode", choices=["greedy", "sample", "beam"], default=None,
                    help="sequence runs: how the molecules of --metrics molecules choose their tokens (default "
-                        "greedy; sample draws each token, which gives more distinct and more novel molecules)")
+                        "sample, at --token-temperature, as cvae sample)")
     e.add_argument("--beam", type=int, default=5, help="sequence runs: beams of --decode beam (default 5)")
-    e.add_argument("--token-temperature", type=float, default=1.0,
-                   help="sequence runs: temperature of each sampled token's distribution (--decode sample; default 1)")
+    e.add_argument("--token-temperature", type=float, default=None,
+                   help="sequence runs: temperature of each sampled token's distribution (default 0.5, as cvae sample)")
     e.add_argument("--guidance", type=float, default=None,
                    help="runs trained with --condition-dropout: classifier-free guidance weight of the generated "
                         "images or molecules (default: the run's)")
@@ -91,13 +92,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_sizes(args)
     if not 0 <= args.temperature <= 10:  # before minutes of likelihood estimates, not after
         raise CvaeError(f"--temperature must be a number from 0 to 10, got {args.temperature}")
-    if args.decode is not None or args.token_temperature != 1.0 or args.steer is not None:
+    if args.decode is not None or args.token_temperature is not None or args.steer is not None:
         _check_sequence_run(args)
+    decode, token_temperature = token_choice(args)
     result = evaluate_run(args.run, split=args.split, k=args.k, metrics=args.metrics, evaluator=args.evaluator,
                           n=args.n, per_class=args.per_class, rows=args.batch_size, data_dir=args.data_dir,
                           device=args.device, seed=args.seed, progress=args.progress, temperature=args.temperature,
-                          molecules=args.molecules, decode=args.decode or "greedy", beam=args.beam,
-                          token_temperature=args.token_temperature, guidance=args.guidance, steer=args.steer,
+                          molecules=args.molecules, decode=decode, beam=args.beam,
+                          token_temperature=token_temperature, guidance=args.guidance, steer=args.steer,
                           subset=args.subset)
     pictures = _disentanglement_pictures(args, result.results.get("disentanglement"))
     if args.json:

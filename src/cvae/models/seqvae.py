@@ -52,6 +52,12 @@ from .config import ModelConfig, check_weight
 
 # Steering considers the k most probable next tokens of each step (FUDGE's "precondition top-k").
 STEER_TOP_K = 10
+# How new sequences are generated unless asked otherwise (cvae sample and evaluate, the Python API, the web
+# page): every token drawn at temperature 0.5. Measured (README, "The default decoding"): greedy decoding
+# repeated 29% of 4,000 MOSES molecules asked for at four logP values, this 1%, at the same logP control.
+# Reconstructions, transfers and interpolations stay greedy.
+GENERATE_DECODE = "sample"
+GENERATE_TOKEN_TEMPERATURE = 0.5
 
 
 @dataclass
@@ -226,10 +232,11 @@ class SeqVAE(VAEModel):
     # -- strings in, strings out (the user's interface for sequences) ------------------------------------
     @torch.no_grad()
     def sample_strings(self, n: int, condition=None, *, seed: int = 0, temperature: float = 1.0,
-                       decode: str = "greedy", beam: int = 5, token_temperature: float = 1.0,
+                       decode: str = GENERATE_DECODE, beam: int = 5,
+                       token_temperature: float = GENERATE_TOKEN_TEMPERATURE,
                        guidance: float | None = None, steer: float | None = None):
-        """``n`` strings generated for ``condition`` (z ~ p(z | c) at ``temperature``, then greedy,
-        sampled or beam decoding, tokens sampled at ``token_temperature``, classifier-free ``guidance``
+        """``n`` strings generated for ``condition`` (z ~ p(z | c) at ``temperature``, then sampled (the
+        default), greedy or beam decoding, tokens sampled at ``token_temperature``, classifier-free ``guidance``
         weight and prefix-predictor ``steer`` weight, None: the run's defaults) and the raw condition
         rows (N, A) they were asked for (None unconditioned)."""
         self.check_temperature(temperature)

@@ -229,15 +229,15 @@ class ServedRun:
                  draw: bool = False, guidance: float | None = None,
                  steer: float | None = None) -> tuple[dict, torch.Tensor | None]:
         """``cvae sample``: n examples for the condition; the same seed, the same examples; classifier-free
-        ``guidance`` (None: the run's weight); a sequence run decodes greedily (``draw``: token by token)
-        and is steered with ``steer`` (None: the run's weight)."""
+        ``guidance`` (None: the run's weight); a sequence run samples each token at the default token
+        temperature (``draw``: at 1, the model's own distribution) and is steered with ``steer`` (None: the run's weight)."""
         self._check_count(n, self.limits.max_n, "n")
         guidance = self.model.guidance_weight(guidance)
         if self.kind == "sequence":
             steer = self.model.steer_weight(steer)
             strings, y = self.model.sample_strings(n, condition or None, seed=seed, temperature=temperature,
-                                                   decode="sample" if draw else "greedy", guidance=guidance,
-                                                   steer=steer)
+                                                   guidance=guidance, steer=steer,
+                                                   **({"token_temperature": 1.0} if draw else {}))
             return {**self.strings(strings), "conditions": self._describe(y), "seed": seed,
                     "temperature": temperature, "guidance": guidance,
                     "steer": steer}, None

@@ -389,7 +389,7 @@ function selectRun(name) {
   $("steer-control").hidden = !steered;
   $("steer").value = String(steered ? run.steer.default : 0);
   $("steer-out").textContent = $("steer").value;
-  $("draw-label").textContent = run.kind === "sequence" ? "sample each token (else greedy)" : "draw x ~ p(x | z, c)";
+  $("draw-label").textContent = run.kind === "sequence" ? "draw each token at temperature 1 (else 0.5)" : "draw x ~ p(x | z, c)";
   conditionControls($("conditions"), "gen", () => { generate(); decode(); traverse(); });
   conditionControls($("own-conditions"), "own", upload);
   $("file").disabled = run.kind === "sequence";
