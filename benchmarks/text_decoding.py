@@ -23,10 +23,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
+from text import classifier  # noqa: E402
+
 from cvae.evaluate import load_run_data  # noqa: E402
 from cvae.probe import cpu_name  # noqa: E402
 from cvae.runs import load_model  # noqa: E402
-from text import classifier  # noqa: E402
 
 
 def main() -> None:

@@ -109,6 +109,11 @@ class Browser:
                 self.send("Input.dispatchKeyEvent", type=kind, key=key, code=key, windowsVirtualKeyCode=code,
                           nativeVirtualKeyCode=code)
 
+    def type_text(self, selector: str, text: str) -> None:
+        """Type ``text`` into the element (as a keyboard's input would arrive, newlines included)."""
+        self.focus(selector)
+        self.send("Input.insertText", text=text)
+
     def choose_files(self, selector: str, paths: list[Path]) -> None:
         root = self.send("DOM.getDocument")["root"]["nodeId"]
         node = self.send("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]

@@ -390,6 +390,29 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path):
     r = cli("evaluate", run, "--metrics", "molecules", "--decode", "beam", "--beam", "0")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--beam must be" in r.stderr
 
+    # reconstruct molecules: their own logP and QED computed by RDKit when --condition is left out
+    (tmp_path / "two.smi").write_text("CCO ethanol\nc1ccoc1 furan\n")
+    r = cli("reconstruct", run, "--input", tmp_path / "two.smi", "-o", tmp_path / "rec.csv")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "rec.csv") as f:
+        rec = list(csv.DictReader(f))
+    assert [row["input"] for row in rec] == ["CCO", "c1ccoc1"]
+    for row in rec:
+        assert math.isclose(float(row["logp"]), Crippen.MolLogP(Chem.MolFromSmiles(row["input"])), abs_tol=1e-3)
+        assert row["valid"] == str(int(bool(row["reconstruction"]) and Chem.MolFromSmiles(row["reconstruction"]) is not None))
+    r = cli("traverse", run, "--top", "2", "--steps", "3", "--condition", "logp=0.5,qed=0.4", "-o", tmp_path / "t.csv")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "t.csv") as f:
+        trav = list(csv.DictReader(f))
+    assert len(trav) == 6 and {"dimension", "kl", "value_sd", "smiles", "valid", "logp", "qed"} <= set(trav[0])
+    for row in trav:  # the achieved properties, recomputed here (an empty string is no molecule)
+        m = Chem.MolFromSmiles(row["smiles"]) if row["smiles"] else None
+        assert row["valid"] == str(int(m is not None))
+        if m is not None:
+            assert math.isclose(float(row["logp"]), Crippen.MolLogP(m), abs_tol=1e-3)
+    r = cli("reconstruct", run, "--input", "C1CC(", "-o", tmp_path / "bad.csv")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a valid SMILES" in r.stderr
+
     r = cli("interpolate", run, "--from", "CCO", "--to", "c1ccoc1", "--condition", "logp=0.5,qed=0.4", "--steps", "5",
             "-o", tmp_path / "path.csv")
     assert r.returncode == 0, r.stderr
@@ -650,3 +673,39 @@ def test_text_per_label_transfer_and_bad_input(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
     r = cli("train", "--data", data, "--word-dropout", "0.2", "--out", tmp_path / "x", "--no-progress")
     assert r.returncode == 2 and "--word-dropout is for sequence data" in r.stderr
+
+    # reconstruct, classify and traverse a sequence run, from strings or a .txt file
+    given = tmp_path / "given.txt"
+    given.write_text("the film was great and lovely\n\nthe film was awful and poor\n")
+    r = cli("reconstruct", run, "--input", given, "--condition", "sentiment=pos", "-o", tmp_path / "rec.csv")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "rec.csv") as f:
+        rec = list(csv.DictReader(f))
+    assert [row["input"] for row in rec] == ["the film was great and lovely", "the film was awful and poor"]
+    assert all(row["sentiment"] == "pos" and row["same"] == str(int(row["reconstruction"] == row["input"]))
+               for row in rec)
+    r = cli("classify", run, "--data", given, "-o", tmp_path / "p.csv")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "p.csv") as f:
+        pred = list(csv.DictReader(f))
+    assert [row["id"] for row in pred] == [row["input"] for row in rec]
+    assert [row["sentiment"] for row in pred] == ["pos", "neg"]  # read from the words by Bayes' rule
+    assert all(math.isclose(float(row["p_pos"]) + float(row["p_neg"]), 1, abs_tol=1e-5) for row in pred)
+    r = cli("classify", run, "--n", "10", "-o", tmp_path / "own.csv")  # the run's own validation sentences
+    assert r.returncode == 0, r.stderr
+    assert "error" in r.stdout and "on the 10 examples with a label" in r.stdout
+    r = cli("traverse", run, "--top", "2", "--steps", "3", "--condition", "sentiment=neg", "-o", tmp_path / "tr.csv")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "tr.csv") as f:
+        trav = list(csv.DictReader(f))
+    assert len(trav) == 6 and [float(row["value_sd"]) for row in trav[:3]] == [-3.0, 0.0, 3.0]
+    assert all(row["text"] for row in trav) and len({row["dimension"] for row in trav}) == 2
+    for args, says in ((("reconstruct", run, "--input", given, "-o", tmp_path / "x.csv"), "give the sequences' own"),
+                       (("reconstruct", run, "--input", tmp_path / "none.txt", "--condition", "sentiment=pos", "-o",
+                         tmp_path / "x.csv"), "no such file"),
+                       (("traverse", run, "-o", tmp_path / "x.png"), "written as a .csv file"),
+                       (("classify", run, "--data", "the film was wonderful", "-o", tmp_path / "x.csv"),
+                        "never seen in training")):
+        r = cli(*args)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+    assert not (tmp_path / "x.csv").exists()

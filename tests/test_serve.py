@@ -183,6 +183,35 @@ def test_molecules_come_back_as_strings_with_their_properties_as_cvae_sample_mak
     assert t["kind"] == "sequence" and len(t["strings"]) == 6
 
 
+def test_uploaded_molecules_are_reconstructed_transferred_and_encoded_as_the_cli_does(client, runs, tmp_path):
+    """A text file of SMILES (a name after each, as in .smi files), its logP computed by RDKit as the CLI
+    does when --condition is left out: the same strings and codes as cvae reconstruct/transfer/embed."""
+    smi = tmp_path / "two.smi"
+    smi.write_text("CCO ethanol\n\nc1ccoc1 furan\n")
+    files = {"file": ("two.smi", smi.read_bytes(), "text/plain")}
+    rec = client.post("/v1/runs/mols/reconstruct", files=files).json()
+    assert rec["ids"] == ["line 1", "line 3"] and rec["input"]["strings"] == ["CCO", "c1ccoc1"]
+    assert main(["reconstruct", str(runs / "mols"), "--input", str(smi), "-o", str(tmp_path / "r.csv")]) == 0
+    rows = _rows(tmp_path / "r.csv")
+    assert rec["reconstruction"]["strings"] == [r["reconstruction"] for r in rows]
+    assert rec["same"] == [r["same"] == "1" for r in rows] and rec["conditions"] == [f"logp={r['logp']}" for r in rows]
+    t = client.post("/v1/runs/mols/transfer", files=files, data={"targets": "logp=0;logp=2"}).json()
+    assert t["kind"] == "sequence" and t["targets"] == ["logp=0", "logp=2"] and t["inputs"] == 2
+    assert main(["transfer", str(runs / "mols"), "--input", str(smi), "--to", "logp=0", "--to", "logp=2",
+                 "-o", str(tmp_path / "t.csv")]) == 0
+    moved = {(r["input"], r["target"]): r["output"] for r in _rows(tmp_path / "t.csv")}
+    from cvae.chem import canonical
+
+    by_cli = [moved[(t["input_strings"][k // 2], t["targets"][k % 2])] for k in range(4)]  # input by input
+    assert t["strings"] == [canonical(s) or s for s in by_cli]
+    e = client.post("/v1/runs/mols/encode", files=files).json()
+    assert main(["embed", str(runs / "mols"), "--data", str(smi), "-o", str(tmp_path / "e.csv")]) == 0
+    codes = _rows(tmp_path / "e.csv")
+    np.testing.assert_allclose(e["mu"], [[float(r[f"mu_{d}"]) for d in range(len(e["mu"][0]))] for r in codes],
+                               rtol=1e-5, atol=1e-6)
+    assert e["conditions"]["logp"] == [float(r["logp"]) for r in codes]
+
+
 def test_uploads_are_reconstructed_transferred_and_encoded_as_the_cli_does(client, runs, tmp_path):
     png = digit_png(3, size=32)  # resized to 8x8 as the CLI's image reader does
     files = {"file": ("mine.png", png, "image/png")}
@@ -254,8 +283,12 @@ BAD = [  # (path, request, status, what the answer says)
     ("/v1/runs/wine/reconstruct", {"files": {"file": ("x.csv", b"a,b\n1,2\n", "text/csv")}}, 422, "the upload (.csv)"),
     ("/v1/runs/wine/score", {"files": {"file": ("x.csv", b"a,b\n1,2\n", "text/csv")}}, 422, "not an anomaly detector"),
     ("/v1/runs/beats/transfer", {"files": {"file": ("x.csv", b"a,b\n1,2\n", "text/csv")}}, 422, "plain VAE"),
-    ("/v1/runs/mols/reconstruct", {"files": {"file": ("x.csv", b"smiles\nCCO\n", "text/csv")}}, 415,
-     "this run models sequences"),
+    ("/v1/runs/mols/reconstruct", {"files": {"file": ("x.png", digit_png(), "image/png")}}, 415,
+     "this run models sequences: upload a UTF-8 text file"),
+    ("/v1/runs/mols/encode", {"files": {"file": ("x.smi", b"CCO\nC1CC(\n", "text/plain")}}, 422,
+     "'C1CC(' is not a valid SMILES"),
+    ("/v1/runs/mols/transfer", {"files": {"file": ("x.smi", b"\n\n", "text/plain")}}, 422,
+     "the upload holds no sequences"),
     ("/v1/runs/digits/generate", {"json": {"steer": 1}}, 422, "steer is for sequence runs"),
     ("/v1/runs/mols/generate", {"json": {"steer": 21}}, 422, "less than or equal to 20"),
 ]
@@ -490,7 +523,16 @@ def test_the_page_in_a_headless_browser(server, browser, runs, tmp_path):
     assert "steered" not in b.evaluate("document.getElementById('samples-caption').textContent")
     assert b.evaluate(cells) != steered
     assert b.evaluate("document.querySelectorAll('#traversal table').length") == 1
-    assert b.evaluate("document.getElementById('file').disabled")
+    # strings typed one a line: reconstructed and encoded with their own logP, which RDKit computes
+    assert b.evaluate("document.getElementById('file-label').hidden && document.getElementById('own-conditions').hidden")
+    b.type_text("#strings", "CCO\nc1ccoc1")
+    b.click("#strings-go")
+    b.wait("!document.getElementById('encode-panel').hidden && document.body.dataset.pending === '0'",
+           what="the typed molecules' codes")
+    rec = b.evaluate("[...document.querySelectorAll('#reconstruction tr')].map(r => "
+                     "[...r.children].map(c => c.textContent))")
+    assert rec[0] == ["id", "input", "reconstruction", "the same"] and [r[1] for r in rec[1:]] == ["CCO", "c1ccoc1"]
+    assert b.evaluate("document.querySelectorAll('#encode tr').length") == 3
     assert b.evaluate("document.getElementById('error').hidden")
     # offline: every request went to this server (or was a data: URL), and the console stayed clean
     outside = [u for u in b.requested_urls() if not (u.startswith(server) or u.startswith("data:"))]

@@ -36,17 +36,22 @@ class Classification:
         return classification_metrics(self.probs, self.truth, self.classes)
 
 
-def classify_inputs(model: CVAE, source: str, *, attribute: str | None = None, data_dir=None, n: int | None = None,
-                    split: str = "test") -> Classification:
-    """Class probabilities of ``attribute`` (the first categorical condition by default) for every
-    example of ``source`` (a named data set's split, .npz/.npy/.csv, image folder or image)."""
+def _attribute(model, attribute: str | None):
+    """The categorical condition to classify: ``attribute``, or the first one."""
     blocks = model.schema.categorical_blocks() if model.schema else []
     if not blocks:
         raise CvaeError("this model has no categorical condition to classify (it was trained without labels)")
     names = [a.name for a, _, _ in blocks]
     if attribute is not None and attribute not in names:
         raise CvaeError(f"{attribute!r} is not a categorical condition of this model; choose one of {', '.join(names)}")
-    attr = next(a for a, _, _ in blocks if attribute in (None, a.name))
+    return next(a for a, _, _ in blocks if attribute in (None, a.name))
+
+
+def classify_inputs(model: CVAE, source: str, *, attribute: str | None = None, data_dir=None, n: int | None = None,
+                    split: str = "test") -> Classification:
+    """Class probabilities of ``attribute`` (the first categorical condition by default) for every
+    example of ``source`` (a named data set's split, .npz/.npy/.csv, image folder or image)."""
+    attr = _attribute(model, attribute)
     inputs = read_inputs(model, source, data_dir=data_dir, n=n, split=split)
     if len(inputs.x) == 0:
         raise CvaeError(f"{source} holds no examples to classify")
@@ -55,6 +60,24 @@ def classify_inputs(model: CVAE, source: str, *, attribute: str | None = None, d
     if inputs.y is not None:
         truth = inputs.y[:, model.schema.names.index(attr.name)].numpy().astype(np.float64)
     return Classification(inputs.ids, attr.name, list(attr.classes), probs, truth)
+
+
+def classify_strings(model, texts: list[str], *, attribute: str | None = None, names: list | None = None,
+                     y=None) -> Classification:
+    """Class probabilities of ``attribute`` for sequences (a sequence run), each identified by the string
+    itself: the strings tokenised with the run's vocabulary (an unseen token or a string too long is an
+    error that names it by ``names``, "line 7"), then :meth:`classify`; ``y``: their raw conditions
+    where known (then the metrics are computed)."""
+    import torch
+
+    attr = _attribute(model, attribute)
+    if not texts:
+        raise CvaeError("there are no sequences to classify")
+    names = list(names) if names is not None else [f"row {i}" for i in range(len(texts))]
+    x = torch.as_tensor(model.tokenizer.encode(list(texts), model.length, where="--data", names=names))
+    probs = model.classify(x.float(), attr.name).cpu().numpy()
+    truth = None if y is None else y[:, model.schema.names.index(attr.name)].numpy().astype(np.float64)
+    return Classification(list(texts), attr.name, list(attr.classes), probs, truth)
 
 
 def write_predictions(path: str | Path, result: Classification) -> Path:

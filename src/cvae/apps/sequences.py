@@ -239,7 +239,8 @@ def interpolate_strings(model, start: str, end: str, *, steps: int = 10, conditi
 
 def transfer_strings(model, texts: list[str], own, targets: list[str], *, decode: str = "greedy",
                      names: list[str] | None = None, steer: float | None = None) -> list[dict]:
-    """Encode each text with its own condition, decode the posterior mean with each target condition
+    """Encode each text with its own condition ``own`` (a spec such as ``sentiment=neg``, or raw rows
+    from :func:`given_conditions`), decode the posterior mean with each target condition
     (``label=all``, ``all`` or no target: every class, as for images), steered towards it with weight
     ``steer`` (None: the run's). ``names`` say where each text came from in errors ("line 7"; "row i"
     by default)."""
@@ -247,7 +248,7 @@ def transfer_strings(model, texts: list[str], own, targets: list[str], *, decode
 
     names = list(names) if names is not None else [f"row {i}" for i in range(len(texts))]
     texts = [_canonical_input(model, t, f"--input, {n}: ") for t, n in zip(texts, names)]
-    y_own = model.schema.parse(own, len(texts))
+    y_own = own if isinstance(own, torch.Tensor) else model.schema.parse(own, len(texts))
     q = model.encode_strings(texts, y_own, where="--input", names=names)
     steer = model.steer_weight(steer)
     rows = []
@@ -257,6 +258,124 @@ def transfer_strings(model, texts: list[str], own, targets: list[str], *, decode
         out = model.tokenizer.decode(model.decode_tokens(q.mu, c, how=decode, steer=steer).cpu().numpy())
         label = ",".join(f"{k}={v}" for k, v in target.items())
         rows += [{"input": s, "target": label, "output": o} for s, o in zip(texts, out)]
+    return rows
+
+
+def lines_of(text: str, *, first_field: bool = False, what: str = "the file") -> tuple[list[str], list[str]]:
+    """The sequences of a text, one a line (``first_field``: the line's first field, as in a .smi file,
+    where a name may follow the SMILES), blank lines skipped: where each came from ("line 7") and the
+    strings."""
+    numbered = [(f"line {k}", line.split()[0] if first_field else line.strip())
+                for k, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not numbered:
+        raise CvaeError(f"{what} holds no sequences (every line is blank)")
+    return [n for n, _ in numbered], [t for _, t in numbered]
+
+
+def read_strings(spec: str, flag: str) -> tuple[list[str], list[str]]:
+    """The sequences a user gives with ``flag``: a .txt file (one per line), a .smi file (the first field
+    of each line: SMILES files often name the molecule after it) or the string itself. Returns where
+    each came from ("line 7", for errors) and the strings; blank lines are skipped."""
+    path = Path(spec)
+    suffix = path.suffix.lower()
+    if suffix in (".txt", ".smi") and path.is_file():
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            raise CvaeError(f"{flag} {spec}: the file is not UTF-8 text; save it as UTF-8, one sequence per line") from None
+        return lines_of(text, first_field=suffix == ".smi", what=f"{flag} {spec}")
+    if suffix in (".txt", ".smi", ".csv") and not path.is_file():
+        raise CvaeError(f"{flag} {spec}: no such file; give a .txt or .smi file (one sequence per line) or the "
+                        "sequence itself in quotes")
+    if not spec.strip():
+        raise CvaeError(f"{flag} is empty; give a sequence in quotes, or a .txt/.smi file with one per line")
+    return ["the string"], [spec]
+
+
+def given_conditions(model, condition, texts: list[str], flag: str = "--condition"):
+    """Raw condition rows of given sequences: ``condition`` for each; without it, for a molecule run
+    whose conditions RDKit computes (logp, qed, ...), each molecule's own properties (None for a plain
+    VAE; any other conditioned run needs ``condition``, since a string carries none of its own)."""
+    if not model.schema:
+        if condition:
+            raise CvaeError(f"{flag}: this run has no condition; leave it out")
+        return None
+    if condition:
+        return model.schema.parse(condition, len(texts))
+    from ..seqmetrics import computable
+
+    names = computable(model)
+    if names and len(names) == len(model.schema.attributes):
+        from ..chem import canonical, properties
+
+        own = properties([canonical(t) for t in texts], [a.name for a in model.schema.attributes])
+        bad = np.flatnonzero(~np.isfinite(own).all(1))
+        if len(bad):
+            raise CvaeError(f"{texts[bad[0]]!r} is not a valid SMILES string (RDKit cannot parse it), so its "
+                            f"{', '.join(names)} cannot be computed; fix it, or give {flag}")
+        return torch.as_tensor(own, dtype=torch.float32)
+    raise CvaeError(f"this model is conditioned on {', '.join(model.schema.names)}: give the sequences' own condition "
+                    f"with {flag} (e.g. {model.schema.attributes[0].name}=...)")
+
+
+def own_strings(model, n: int | None = None) -> tuple[list[str], torch.Tensor | None, torch.Tensor]:
+    """The run's own validation sequences (its training ones where it kept none), the first ``n``: the
+    strings, their raw conditions and their token ids."""
+    from ..evaluate import load_run_data
+
+    data = load_run_data(model)
+    split = "val" if data.val is not None else "train"
+    part = getattr(data, split)
+    texts = data.meta["strings"][split][:n]
+    return texts, (part.y[:len(texts)] if model.schema else None), part.x[:len(texts)]
+
+
+def reconstruct_strings(model, texts: list[str], y=None, *, names: list[str] | None = None,
+                        steer: float | None = None) -> list[dict]:
+    """Each sequence encoded with its own condition ``y`` and its posterior mean decoded greedily with
+    it (steered with ``steer``; None: the run's weight): rows ``input, conditions..., reconstruction,
+    same`` (for molecules the canonical SMILES are compared, with the reconstruction's validity)."""
+    names = list(names) if names is not None else [f"row {i}" for i in range(len(texts))]
+    texts = [_canonical_input(model, t, f"--input, {n}: ") for t, n in zip(texts, names)]
+    steer = model.steer_weight(steer)
+    conds = described(model, y) if y is not None else [{}] * len(texts)
+    out = []
+    for i in range(0, len(texts), 1000):
+        yb = y[i:i + 1000] if y is not None else None
+        q = model.encode_strings(texts[i:i + 1000], yb, where="--input", names=names[i:i + 1000])
+        c = model.condition_vector(yb, len(q.mu)) if yb is not None else None
+        out += model.tokenizer.decode(model.decode_tokens(q.mu, c, how="greedy", steer=steer).cpu().numpy())
+    canon, _ = achieved_table(model, out)
+    rows = []
+    for k, (t, o) in enumerate(zip(texts, out)):
+        row = {"input": t, **conds[k], "reconstruction": canon[k] if model.tokenizer.molecular and canon[k] else o}
+        if model.tokenizer.molecular:
+            row["valid"] = int(canon[k] is not None)
+        row["same"] = int(row["reconstruction"] == t)
+        rows.append(row)
+    return rows
+
+
+def traversal_rows(model, result) -> list[dict]:
+    """The strings of a :class:`~cvae.apps.latent.Traversal` (token ids decoded) as rows ``dimension,
+    kl, base, value_sd, sequence`` (molecules: with validity and the properties RDKit computes)."""
+    k, b, s = result.x.shape[:3]
+    strings = model.tokenizer.decode(result.x.reshape(k * b * s, -1).long().cpu().numpy())
+    canon, achieved = achieved_table(model, strings)
+    rows = []
+    for i, d in enumerate(result.dims):
+        for j in range(b):
+            for t in range(s):
+                r = (i * b + j) * s + t
+                row = {"dimension": d, "kl": round(float(result.kl[d]), 4),
+                       "base": result.base_labels[j] if j < len(result.base_labels) else j,
+                       "value_sd": round(float(result.values[t]), 4), _column(model): strings[r]}
+                if model.tokenizer.molecular:
+                    row[_column(model)] = canon[r] or strings[r]
+                    row["valid"] = int(canon[r] is not None)
+                    row.update({name: "" if not np.isfinite(v[r]) else round(float(v[r]), 4)
+                                for name, v in achieved.items()})
+                rows.append(row)
     return rows
 
 

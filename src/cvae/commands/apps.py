@@ -302,6 +302,8 @@ def cmd_traverse(args) -> int:
     from ..apps.io import conditions_of, read_inputs
     from ..apps.latent import kl_per_dimension, traverse, write_traversal
 
+    if _sequence_run(args):
+        return _traverse_sequences(args)
     model = _load(args)
     dims = len(_keys(args.dims)) if args.dims else min(args.top, model.config.latent_dim)
     codes = len(_keys(args.index)) if args.input else args.n
@@ -458,14 +460,25 @@ def cmd_embed(args) -> int:
 
 
 def cmd_classify(args) -> int:
-    from ..apps.classify import classify_inputs, write_predictions
+    from ..apps.classify import classify_inputs, classify_strings, write_predictions
 
     if args.n is not None and args.n < 1:
         raise CvaeError(f"--n must be a positive number of examples, got {args.n}")
     model = _load(args)
-    source = _own_source(model, args.data)
-    result = classify_inputs(model, source, attribute=args.attribute, data_dir=args.data_dir, n=args.n,
-                             split=args.split)
+    if _sequence_run(args):
+        from ..apps.sequences import own_strings, read_strings
+
+        if args.data:
+            names, texts = read_strings(args.data, "--data")
+            texts, names, truth = texts[:args.n], names[:args.n], None
+        else:  # the run's own validation sequences, with their labels
+            texts, truth, _ = own_strings(model, args.n)
+            names = None
+        result = classify_strings(model, texts, attribute=args.attribute, names=names, y=truth)
+    else:
+        source = _own_source(model, args.data)
+        result = classify_inputs(model, source, attribute=args.attribute, data_dir=args.data_dir, n=args.n,
+                                 split=args.split)
     path = write_predictions(args.output, result)
     print(f"wrote {path}  ({len(result.ids)} examples, {len(result.classes)} classes of {result.attribute!r})")
     m = result.metrics()
@@ -495,24 +508,70 @@ def _interpolate_sequences(args) -> int:
     return 0
 
 
+def _traverse_sequences(args) -> int:
+    """Traversals of a sequence run: the KL per dimension over the run's own validation sequences (or
+    --data, a .txt/.smi file with --condition), from the prior mean or from --input (a string or a file,
+    encoded with --condition), each step decoded greedily; a .csv of the strings."""
+    import torch
+
+    from ..apps.latent import kl_per_dimension, traverse
+    from ..apps.sequences import (
+        given_conditions,
+        own_strings,
+        read_strings,
+        traversal_rows,
+        write_rows,
+    )
+
+    model = _load(args)
+    if Path(args.output).suffix.lower() != ".csv":
+        raise CvaeError(f"-o {args.output}: a sequence run's traversal is written as a .csv file (one string a row)")
+    dims = len(_keys(args.dims)) if args.dims else min(args.top, model.config.latent_dim)
+    if args.data:
+        names, texts = read_strings(args.data, "--data")
+        texts, names = texts[:args.kl_examples], names[:args.kl_examples]
+        y_kl = given_conditions(model, args.condition, texts)
+        ids = model.tokenizer.encode(texts, model.length, where="--data", names=names)
+        kl_from = f"{len(texts)} sequences of {args.data}"
+    else:
+        _, y_kl, ids = own_strings(model, args.kl_examples)
+        kl_from = f"{len(ids)} of the run's own validation sequences"
+    kl = kl_per_dimension(model, torch.as_tensor(ids).float(), y_kl)
+    x = y = base_ids = None
+    if args.input:
+        names, texts = read_strings(args.input, "--input")
+        keep = [int(k) for k in _keys(args.index)]
+        if any(not 0 <= k < len(texts) for k in keep):
+            raise CvaeError(f"--index {args.index}: --input holds {len(texts)} sequence(s), numbered from 0")
+        texts, base_ids = [texts[k] for k in keep], [names[k] for k in keep]
+        y = given_conditions(model, args.condition, texts)
+        x = torch.as_tensor(model.tokenizer.encode(texts, model.length, where="--input", names=base_ids)).float()
+    codes = len(x) if x is not None else args.n
+    _rows(model, dims * args.steps * codes, f"{dims} dimension(s) x --steps {args.steps} x {codes} code(s)",
+          "--steps, --top (--dims) or --n")
+    result = traverse(model, kl=kl, dims=[int(d) for d in _keys(args.dims)] if args.dims else None, top=args.top,
+                      low=args.range[0], high=args.range[1], steps=args.steps, x=x, y=y,
+                      condition=None if x is not None else args.condition, n=args.n, ids=base_ids, seed=args.seed)
+    out = write_rows(args.output, traversal_rows(model, result))
+    print(f"wrote {out}")
+    print(f"  KL per dimension (nats, averaged over {kl_from}): "
+          + ", ".join(f"z{d} {float(kl[d]):.2f}" for d in result.dims))
+    return 0
+
+
 def _transfer_sequences(args) -> int:
     from ..api import load
-    from ..apps.sequences import transfer_strings, write_rows
+    from ..apps.sequences import given_conditions, read_strings, transfer_strings, write_rows
 
     model = load(args.run, device=args.device)
     if not args.input:
         raise CvaeError("give the sequences to transfer with --input: a string, or a .txt/.smi file (one per line)")
-    given = Path(args.input)
-    if given.suffix.lower() in (".txt", ".smi") and given.is_file():
-        numbered = [(f"line {k}", line.strip()) for k, line in
-                    enumerate(given.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
-    else:
-        numbered = [("the string", args.input)]
-    names, texts = [n for n, _ in numbered][:args.n], [t for _, t in numbered][:args.n]
-    if not args.condition:
-        raise CvaeError("give the inputs' own condition (--condition sentiment=neg) and, optionally, targets "
-                        "(--to sentiment=pos; default: every class)")
-    rows = transfer_strings(model, texts, args.condition, args.to, names=names)
+    names, texts = read_strings(args.input, "--input")
+    names, texts = names[:args.n], texts[:args.n]
+    if not model.schema:
+        raise CvaeError("this run is a plain VAE (no condition): there is no condition to transfer to")
+    own = given_conditions(model, args.condition, texts)  # molecules: their own properties when left out
+    rows = transfer_strings(model, texts, own, args.to, names=names)
     out = write_rows(args.output, rows)
     print(f"wrote {out}  ({len(texts)} input(s) x {len(rows) // max(1, len(texts))} target(s))")
     return 0
@@ -522,7 +581,13 @@ def _embed_sequences(args) -> int:
     """Posterior means and variances of sequences: a .smi/.txt file (one per line, every line with
     --condition) or, without --data, the run's own validation split with its own conditions."""
     from ..api import load
-    from ..apps.sequences import embed_strings, write_rows
+    from ..apps.sequences import (
+        embed_strings,
+        given_conditions,
+        own_strings,
+        read_strings,
+        write_rows,
+    )
 
     model = load(args.run, device=args.device)
     if args.data:
@@ -530,20 +595,11 @@ def _embed_sequences(args) -> int:
         if path.suffix.lower() not in (".smi", ".txt") or not path.is_file():
             raise CvaeError(f"--data {args.data}: give a .smi or .txt file, one sequence per line (or leave --data out "
                             "for the run's own validation split)")
-        numbered = [(f"line {k}", line.split()[0] if path.suffix.lower() == ".smi" else line.strip())
-                    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
-        names, texts = [n for n, _ in numbered], [t for _, t in numbered]
-        if model.schema and not args.condition:
-            raise CvaeError("this model is conditioned: give the sequences' condition with --condition (e.g. logp=1.2)")
-        y = model.schema.parse(args.condition, len(texts)) if model.schema else None
+        names, texts = read_strings(args.data, "--data")
+        y = given_conditions(model, args.condition, texts)
     else:
-        from ..evaluate import load_run_data
-
-        data = load_run_data(model)
-        part = data.val if data.val is not None else data.train
-        texts = data.meta["strings"]["val" if data.val is not None else "train"]
+        texts, y, _ = own_strings(model)
         names = None
-        y = part.y if model.schema else None
     if args.n:
         texts, y = texts[:args.n], (y[:args.n] if y is not None else None)
         names = names[:args.n] if names is not None else None

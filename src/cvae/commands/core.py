@@ -175,7 +175,8 @@ def add_parsers(sub) -> None:
 
     r = sub.add_parser("reconstruct", help="encode and decode inputs")
     r.add_argument("run", help="the run folder")
-    r.add_argument("--input", required=True, help="a named data set (its test split), .npz/.npy/.csv, image folder or image file")
+    r.add_argument("--input", required=True, help="a named data set (its test split), .npz/.npy/.csv, image folder "
+                   "or image file; for a sequence run a string or a .txt/.smi file, one sequence per line")
     r.add_argument("--condition", help="use this condition instead of the input's own")
     r.add_argument("--n", type=int, help="only the first N examples (default: 16 for a .png, all otherwise)")
     r.add_argument("--data-dir")
@@ -262,9 +263,29 @@ def cmd_reconstruct(args) -> int:
 
     model = load(args.run, device=args.device)
     check_condition_args(model, args, "condition")
+    if hasattr(model, "sample_strings"):
+        return _reconstruct_sequences(model, args)
     guard_outputs(model, condition_hint(model, args.condition))
     path = reconstruct_file(model, args.input, args.output, condition=args.condition, n=args.n, data_dir=args.data_dir)
     print(f"wrote {path}")
+    return 0
+
+
+def _reconstruct_sequences(model, args) -> int:
+    """Sequences given with --input (a string, or a .txt/.smi file) encoded with their --condition and
+    decoded greedily: a .csv of input, reconstruction and whether they are the same."""
+    from ..apps.sequences import given_conditions, read_strings, reconstruct_strings, write_rows
+
+    names, texts = read_strings(args.input, "--input")
+    if args.n is not None:
+        if args.n < 1:
+            raise CvaeError(f"--n must be a positive number of sequences, got {args.n}")
+        names, texts = names[:args.n], texts[:args.n]
+    y = given_conditions(model, args.condition, texts)
+    rows = reconstruct_strings(model, texts, y, names=names)
+    out = write_rows(args.output, rows)
+    same = sum(r["same"] for r in rows)
+    print(f"wrote {out}  ({len(rows)} sequence(s), {same} reconstructed exactly)")
     return 0
 
 

@@ -141,6 +141,11 @@ class ServedRun:
                             "min": a.mean - 3 * a.std, "max": a.mean + 3 * a.std})
         return out
 
+    def conditions_computed(self) -> bool:
+        from ..seqmetrics import computable
+
+        return bool(self.model.schema) and len(computable(self.model)) == len(self.model.schema.attributes)
+
     def top_dims(self) -> list[int]:
         d = self.model.config.latent_dim
         if self.kl is None:
@@ -179,6 +184,8 @@ class ServedRun:
             # sequence runs trained with --steer: the prefix predictor's steering weight
             "steer": {"available": bool(getattr(self.model.config, "prefix_predictor", False)),
                       "default": float(getattr(self.model.config, "steer", 0.0))},
+            # a molecule run whose every condition RDKit computes: an upload's own condition may be left out
+            "conditions_computed": self.conditions_computed(),
             "kl_per_dimension": None if self.kl is None else _numbers(self.kl),
             "kl_note": self.kl_note,
             "sliders": self.top_dims(),
@@ -285,9 +292,6 @@ class ServedRun:
     def read_upload(self, data: bytes, directory: str | Path):
         if len(data) > self.limits.max_upload_bytes:
             raise UploadError(f"the upload is {len(data):,} bytes; the limit is {self.limits.max_upload_bytes:,}")
-        if self.kind == "sequence":
-            raise UploadError("this run models sequences: the page's uploads are arrays (images, signals, tables); "
-                              "use `cvae transfer RUN --input TEXT` or `cvae embed RUN --input FILE` for strings")
         suffix = upload_suffix(data)
         if suffix in (".png", ".jpg") and self.kind != "image":
             raise UploadError(f"this run models {self.kind} data: upload a CSV file (one example a row, the "
@@ -299,8 +303,32 @@ class ServedRun:
             raise CvaeError("the upload holds no examples")
         return inputs, path
 
+    def upload_strings(self, data: bytes, condition=None) -> tuple[list[str], list[str], torch.Tensor | None]:
+        """The sequences of an upload to a sequence run (UTF-8 text, one a line; a molecule's first field
+        of each, as in a .smi file; at most ``max_rows``): where each came from, the strings and their
+        own conditions (``condition``; for molecules left without it, their RDKit-computed properties)."""
+        from ..apps.sequences import given_conditions, lines_of
+
+        if len(data) > self.limits.max_upload_bytes:
+            raise UploadError(f"the upload is {len(data):,} bytes; the limit is {self.limits.max_upload_bytes:,}")
+        if upload_suffix(data) != ".csv":
+            raise UploadError("this run models sequences: upload a UTF-8 text file with one sequence per line "
+                              "(.txt, or .smi for molecules), not an image or an array")
+        names, texts = lines_of(data.decode("utf-8-sig"), first_field=self.model.tokenizer.molecular,
+                                what="the upload")
+        names, texts = names[:self.limits.max_rows], texts[:self.limits.max_rows]
+        return names, texts, given_conditions(self.model, condition or None, texts)
+
     def reconstruct(self, data: bytes, *, condition=None) -> dict:
         """``cvae reconstruct``: the inputs encoded and decoded, each with its own condition."""
+        if self.kind == "sequence":
+            from ..apps.sequences import reconstruct_strings
+
+            names, texts, y = self.upload_strings(data, condition)
+            rows = reconstruct_strings(self.model, texts, y, names=names)
+            return {"input": self.strings([r["input"] for r in rows]),
+                    "reconstruction": self.strings([r["reconstruction"] for r in rows]),
+                    "same": [bool(r["same"]) for r in rows], "ids": names, "conditions": self._describe(y)}
         with self.upload(data) as (inputs, _):
             rec, y = reconstruct_inputs(self.model, inputs, condition=condition or None, source="the upload")
         return {"input": self.render(inputs.x), "reconstruction": self.render(rec), "ids": _ids(inputs.ids),
@@ -310,6 +338,17 @@ class ServedRun:
         """``cvae transfer``: each input decoded with every target condition (default: every class)."""
         if not self.model.schema:
             raise CvaeError("this run is a plain VAE (no condition): there is no condition to transfer to")
+        if self.kind == "sequence":
+            from ..apps.sequences import transfer_strings
+
+            names, texts, y = self.upload_strings(data, condition)
+            rows = transfer_strings(self.model, texts, y, targets or None, names=names)
+            labels = list(dict.fromkeys(r["target"] for r in rows))
+            self._check_count(len(labels), self.limits.max_targets, "targets")
+            n = len(texts)  # rows come target by target; the page reads them input by input
+            out = [rows[j * n + i]["output"] for i in range(n) for j in range(len(labels))]
+            return {**self.strings(out), "inputs": n, "targets": labels, "first_column_is_input": False,
+                    "ids": names, "input_strings": [r["input"] for r in rows[:n]], "conditions": self._describe(y)}
         with self.upload(data) as (inputs, _):
             y = conditions_of(self.model, inputs, condition if inputs.y is None else None, source="the upload")
             result = transfer(self.model, inputs.x, y, targets or None, ids=inputs.ids)
@@ -336,6 +375,15 @@ class ServedRun:
 
     def encode(self, data: bytes, *, condition=None) -> dict:
         """``cvae embed``: the posterior mean and variance of each input, encoded with its own condition."""
+        if self.kind == "sequence":
+            from ..apps.sequences import described
+
+            names, texts, y = self.upload_strings(data, condition)
+            q = self.model.encode_strings(texts, y, where="the upload", names=names)
+            rows = described(self.model, y) if y is not None else []
+            return {"ids": names, "strings": texts, "mu": _numbers(_finite(q.mu, "latent codes").cpu()),
+                    "var": _numbers(_finite(q.variance, "latent codes").cpu()),
+                    "conditions": {name: [r[name] for r in rows] for name in (rows[0] if rows else {})}}
         with self.upload(data) as (inputs, _):
             emb = embed_inputs(self.model, inputs, condition=condition or None, source="the upload")
         if not (np.isfinite(emb.mu).all() and np.isfinite(emb.var).all()):

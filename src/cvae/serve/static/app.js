@@ -259,12 +259,15 @@ function buildSliders() {
 // -- uploads ----------------------------------------------------------------------------------
 
 async function upload() {
-  const file = $("file").files[0];
+  // a sequence run's strings, typed one a line, go up as a text file; any other run's file as it is
+  const file = run.kind === "sequence"
+    ? ($("strings").value.trim() ? new Blob([$("strings").value], { type: "text/plain" }) : null)
+    : $("file").files[0];
   if (!file) return;
   const form = () => {
     const f = new FormData();
     f.append("file", file);
-    const own = conditionOf($("own-conditions"));
+    const own = run.conditions_computed ? {} : conditionOf($("own-conditions"));  // else RDKit computes them
     f.append("condition", Object.entries(own).map(([k, v]) => `${k}=${v}`).join(","));
     return f;
   };
@@ -280,7 +283,10 @@ function showReconstruction(out) {
   if (!out) return;
   $("reconstruction-panel").hidden = false;
   const ids = out.ids.map((i) => `#${i}`);
-  if (out.input.kind === "image") {
+  if (out.input.kind === "sequence") {
+    put("reconstruction", table(["id", "input", "reconstruction", "the same"],
+      out.input.strings.map((s, i) => [ids[i], s, out.reconstruction.strings[i], out.same[i] ? "yes" : "no"]), 3));
+  } else if (out.input.kind === "image") {
     put("reconstruction", el("div", {}, el("p", { class: "caption", text: "input" }), render(out.input, [], 240),
       el("p", { class: "caption", text: "reconstruction" }), render(out.reconstruction, [], 240)));
   } else if (out.input.kind === "signal") {
@@ -306,7 +312,10 @@ function showTransfer(out) {
   if (!out) return;
   $("transfer-panel").hidden = false;
   const t = out.targets.length;
-  if (out.kind === "image") {
+  if (out.kind === "sequence") {
+    put("transfer", table(["id", "input", "target", "decoded"], out.strings.map((s, k) =>
+      [`#${out.ids[Math.floor(k / t)]}`, out.input_strings[Math.floor(k / t)], out.targets[k % t], s]), 4));
+  } else if (out.kind === "image") {
     put("transfer", el("div", {}, render(out, [], 420),
       el("p", { class: "caption", text: `columns: input, ${out.targets.join(", ")}` })));
   } else if (out.kind === "signal") {
@@ -392,9 +401,15 @@ function selectRun(name) {
   $("draw-label").textContent = run.kind === "sequence" ? "draw each token at temperature 1 (else 0.5)" : "draw x ~ p(x | z, c)";
   conditionControls($("conditions"), "gen", () => { generate(); decode(); traverse(); });
   conditionControls($("own-conditions"), "own", upload);
-  $("file").disabled = run.kind === "sequence";
-  $("upload-help").textContent = run.kind === "sequence"
-    ? "Strings are not uploaded here: use `cvae transfer RUN --input TEXT` or `cvae embed RUN --input FILE`."
+  const sequence = run.kind === "sequence";
+  $("file-label").hidden = sequence;
+  $("strings-label").hidden = $("strings-go").hidden = !sequence;
+  $("own-conditions").hidden = Boolean(run.conditions_computed);
+  $("upload-help").textContent = sequence
+    ? `Sequences as the run was trained on (${run.conditions.length ? "SMILES or text" : "strings"}), one a line ` +
+      `(the first ${run.limits.max_rows} are used), encoded with ` +
+      (run.conditions_computed ? "their own properties, computed by RDKit" : "the own condition set here") +
+      ", reconstructed, moved to other conditions and shown as codes."
     : run.kind === "image"
     ? `An image (PNG or JPEG, resized to ${run.data_shape.slice(1).join("×")}) or a CSV/.npy of examples; ` +
       (run.conditions.length ? "set its own condition above." : "")
@@ -426,6 +441,7 @@ async function start() {
   $("seed").addEventListener("change", generate);
   $("draw").addEventListener("change", generate);
   $("file").addEventListener("change", upload);
+  $("strings-go").addEventListener("click", upload);
   selectRun(new URL(window.location.href).searchParams.get("run"));
   document.body.dataset.ready = "1";
 }
