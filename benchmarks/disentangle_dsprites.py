@@ -31,6 +31,8 @@ OBJECTIVES = {  # name: settings (the published defaults of each paper's dSprite
     "vae": {"objective": "elbo", "beta": 1.0},
     "beta-vae (beta 4)": {"objective": "elbo", "beta": 4.0},
     "beta-tcvae (beta 6)": {"objective": "btcvae", "beta": 6.0},
+    # the largest beta of Locatello et al.'s beta-TCVAE grid (1, 2, 4, 6, 8, 10)
+    "beta-tcvae-b10 (beta 10)": {"objective": "btcvae", "beta": 10.0},
     # minibatch-weighted sampling: the reference code's default (rtqichen/beta-tcvae vae_quant.py runs MSS
     # only with --mss) and, up to a constant, disentanglement_lib's total_correlation
     "beta-tcvae-mws (beta 6)": {"objective": "btcvae", "beta": 6.0, "tc_estimator": "mws"},
