@@ -113,6 +113,9 @@ def main() -> None:
     p.add_argument("--steer", type=float, default=0.0,
                    help="train a prefix predictor and make this the run's default steering weight (FUDGE; default 0: none, "
                         "unlike cvae train's 2, so that the earlier unsteered measurements reproduce)")
+    p.add_argument("--word-dropout", type=float, default=0.1, help="Bowman's word dropout (default 0.1)")
+    p.add_argument("--free-bits", type=float, default=0.05,
+                   help="nats per latent dimension below which the KL is not pushed down (default 0.05)")
     p.add_argument("--eval-only", action="store_true", help="measure the trained run in --out again, no training")
     p.add_argument("--out", help="the run folder (default runs/bench-molecules-DATA)")
     p.add_argument("--results", help="results path without suffix (default benchmarks/results/molecules-DATA)")
@@ -125,8 +128,8 @@ def main() -> None:
     extra = dict(condition_dropout=args.condition_dropout, guidance=args.guidance) if args.condition_dropout else {}
     extra["steer"] = args.steer  # 0 unless asked: the measurements before steering stay reproducible
     settings = dict(data=args.data, sequence="smiles", condition="logp,qed", tokenizer="selfies", limit=args.limit,
-                    epochs=args.epochs, batch_size=128, lr=3e-3, kl_warmup=args.kl_warmup, word_dropout=0.1,
-                    free_bits=0.05, hidden=[args.hidden], seed=0, out=out_dir, progress=False, device="cpu", precision="float32", **extra)
+                    epochs=args.epochs, batch_size=128, lr=3e-3, kl_warmup=args.kl_warmup,
+                    word_dropout=args.word_dropout, free_bits=args.free_bits, hidden=[args.hidden], seed=0, out=out_dir, progress=False, device="cpu", precision="float32", **extra)
     train_seconds = None
     if not args.eval_only:
         t0 = time.perf_counter()
@@ -149,7 +152,8 @@ def main() -> None:
         measured[f"{decode}@{temp:g}" + (f"/g{used:g}" if used else "") + (f"/t{token_temp:g}" if token_temp != 1
                                                                           else "")
                  + (f"/s{steered:g}" if steered else "")] = ev["molecules"]  # its "seconds": the section's own time
-        posterior = posterior or {k: ev["posterior"][k] for k in ("active_units", "kl_total") if k in ev["posterior"]}
+        posterior = posterior or {k: ev["posterior"][k] for k in ("active_units", "kl_total", "reconstructed_exactly",
+                                                                  "tokens_reconstructed") if k in ev["posterior"]}
         write_report(args, settings, out_dir, results, train_seconds, measured, posterior, picture)
 
 
@@ -171,7 +175,9 @@ def write_report(args, settings, out_dir, results, train_seconds, measured, post
              f"molecules, {len(metrics)} epochs, {report['machine']}, {report['threads']} thread(s), shared with "
              f"other jobs; training {train_seconds / 60:.1f} min; {args.molecules} molecules per evaluation",
              f"last epoch: val negative ELBO {metrics[-1].get('val_loss', float('nan')):.3f} nats, val KL "
-             f"{metrics[-1].get('val_kl', float('nan')):.3f}, active units {metrics[-1].get('val_active_units')}",
+             f"{metrics[-1].get('val_kl', float('nan')):.3f}, active units {metrics[-1].get('val_active_units')}"
+             + "".join(f"; {posterior[k]['name']}: {posterior[k]['value']:.3f}" for k in
+                       ("reconstructed_exactly", "tokens_reconstructed") if k in (posterior or {})),
              f"command: {report['command']}",
              f"{'metric':<22}" + "".join(f"{k:>12}" for k in measured) + f"{'MOSES VAE (full MOSES)':>26}"]
 

@@ -639,6 +639,26 @@ def test_moses_novelty_against_its_training_file_and_fcd_to_its_test_statistics(
 
 
 # -- end to end: text ------------------------------------------------------------------------------------
+def test_sequence_reconstruction_counts_exact_sequences_and_tokens_in_place_by_hand():
+    """Two of four sequences decoded back exactly; of the other two, one token of three and none of
+    two (padding is not counted, <eos> is)."""
+    from cvae.evaluate import sequence_reconstruction
+
+    x = torch.tensor([[5, 6, EOS, PAD], [7, EOS, PAD, PAD], [5, 5, EOS, PAD], [6, EOS, PAD, PAD]])
+    decoded = torch.tensor([[5, 6, EOS, PAD], [7, EOS, PAD, PAD], [5, 6, 6, EOS], [7, 7, EOS, PAD]])
+    seen = {}
+
+    def decode_tokens(mu, c, *, how, steer):
+        seen.update(how=how, steer=steer, c=c)
+        return decoded[mu[:, 0].long()]
+
+    model = SimpleNamespace(q_z=lambda xb, c: SimpleNamespace(mu=torch.arange(len(xb)).float()[:, None]),
+                            decode_tokens=decode_tokens, steer_weight=lambda w: 2.0)
+    out = sequence_reconstruction(model, x.float(), None)
+    assert out["reconstructed_exactly"].value == 0.5 and seen == {"how": "greedy", "steer": 2.0, "c": None}
+    assert out["tokens_reconstructed"].value == pytest.approx((3 + 2 + 1 + 0) / 10)
+
+
 def test_text_per_label_transfer_and_bad_input(tmp_path):
     rng = np.random.default_rng(0)
     good, bad = ["great", "lovely", "superb", "fine"], ["awful", "dull", "poor", "bad"]
@@ -709,3 +729,16 @@ def test_text_per_label_transfer_and_bad_input(tmp_path):
         r = cli(*args)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
     assert not (tmp_path / "x.csv").exists()
+
+    # cvae evaluate's share of sequences decoded back exactly: the strings' own reconstructions agree
+    from cvae.apps.sequences import own_strings, reconstruct_strings
+    from cvae.evaluate import evaluate_run
+    from cvae.runs import load_model
+
+    post = evaluate_run(run, metrics="posterior", write=False).results["posterior"]
+    model = load_model(run)
+    texts, y, _ = own_strings(model)
+    same = [r["same"] for r in reconstruct_strings(model, texts, y)]
+    assert post["protocol"]["n_examples"] == len(texts) and len(same) == len(texts)
+    assert post["reconstructed_exactly"]["value"] == pytest.approx(np.mean(same))
+    assert 0 <= post["tokens_reconstructed"]["value"] <= 1 and (post["tokens_reconstructed"]["value"] == 1) == all(same)

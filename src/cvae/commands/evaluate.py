@@ -213,7 +213,7 @@ def format_table(results: dict) -> str:
                 lines.append(_row(name(lik[key]), lik[key], width))
     if post:
         lines.append(f"posterior health ({post['protocol']['n_examples']} examples)")
-        for key in ("kl_total", "active_units", "mutual_information"):
+        for key in ("kl_total", "active_units", "mutual_information", "reconstructed_exactly", "tokens_reconstructed"):
             if key in post and not (key == "kl_total" and lik):
                 lines.append(_row(name(post[key]), post[key], width))
         kl = post.get("kl_per_dim", {}).get("value", [])
