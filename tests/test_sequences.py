@@ -659,6 +659,26 @@ def test_sequence_reconstruction_counts_exact_sequences_and_tokens_in_place_by_h
     assert out["tokens_reconstructed"].value == pytest.approx((3 + 2 + 1 + 0) / 10)
 
 
+def test_an_anomaly_detector_of_molecules_scores_a_smi_file(tmp_path):
+    run = tmp_path / "detector"
+    r = cli("anomaly", "fit", "--data", MOLECULES, "--sequence", "smiles", "--epochs", "2", "--hidden", "32",
+            "--latent-dim", "4", "--out", run, "--no-progress", "--no-tensorboard", "--no-pictures")
+    assert r.returncode == 0, r.stderr
+    threshold = json.loads((run / "anomaly.json").read_text())["thresholds"]["elbo"]
+    (tmp_path / "mols.smi").write_text("CCO ethanol\nFC(F)(F)C(F)(F)F\nC1CC1\n")
+    r = cli("anomaly", "score", run, "--data", tmp_path / "mols.smi", "-o", tmp_path / "s.csv")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "s.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["id"] for row in rows] == ["CCO", "FC(F)(F)C(F)(F)F", "C1CC1"]  # canonical SMILES
+    assert all(math.isfinite(float(row["score"])) and row["flag"] == str(int(float(row["score"]) > threshold))
+               for row in rows)
+    (tmp_path / "long.smi").write_text("C" * 40 + "\n")
+    r = cli("anomaly", "score", run, "--data", tmp_path / "long.smi", "-o", tmp_path / "x.csv")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "more than the model's maximum" in r.stderr
+    assert not (tmp_path / "x.csv").exists()
+
+
 def test_text_per_label_transfer_and_bad_input(tmp_path):
     rng = np.random.default_rng(0)
     good, bad = ["great", "lovely", "superb", "fine"], ["awful", "dull", "poor", "bad"]

@@ -386,6 +386,8 @@ def score_anomalies(run: str | Path | CVAE, source: str, *, data_dir=None, split
     method = score or detector.score
     if method not in detector.thresholds:
         raise CvaeError(f"unknown score {method!r}; choose one of {', '.join(detector.thresholds)}")
+    if hasattr(model, "sample_strings"):
+        return _score_strings(model, detector, method, source, n=n, condition=condition, seed=seed)
     layout = "signal" if model.run_config.get("data", {}).get("kind") == "signal" else "auto"
     available = _columns_of(source, data_dir, layout)
     explicit = label_column not in (None, "auto")
@@ -417,6 +419,24 @@ def score_anomalies(run: str | Path | CVAE, source: str, *, data_dir=None, split
             result.metrics = anomaly_metrics(result.is_anomaly, scores, result.flags)
             result.metrics.update(label_column=column, normal=normal_values)
     return result
+
+
+def _score_strings(model, detector, method: str, source: str, *, n: int | None, condition, seed: int) -> AnomalyScores:
+    """A sequence run's detector on strings (a .txt/.smi file, one per line, or one string), each
+    identified by the string itself; their own condition is ``condition`` (molecules: RDKit's when left
+    out)."""
+    from .sequences import canonical_inputs, given_conditions, read_strings
+
+    names, texts = read_strings(source, "--data")
+    names, texts = names[:n], texts[:n]
+    texts = canonical_inputs(model, texts, names, "--data")
+    y = given_conditions(model, condition, texts)
+    x = torch.as_tensor(model.tokenizer.encode(texts, model.length, where="--data", names=names)).float()
+    scores = anomaly_scores(model, x, y, method=method, k=detector.k, samples=detector.samples, seed=seed)
+    if not np.isfinite(scores).all():
+        raise CvaeError(f"the {method} score of some sequences is not finite; nothing was written")
+    threshold = detector.thresholds[method]
+    return AnomalyScores(list(texts), scores, scores > threshold, method, threshold)
 
 
 def write_scores(path: str | Path, result: AnomalyScores) -> Path:

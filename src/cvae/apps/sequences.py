@@ -397,6 +397,12 @@ def embed_strings(model, texts: list[str], y=None, *, batch_size: int = 1000,
     return rows
 
 
+def canonical_inputs(model, texts: list[str], names: list[str], flag: str) -> list[str]:
+    """Given molecules in the canonical SMILES the run was trained on (an unparseable one is an error
+    that names it: "--data, line 7: ..."); text unchanged."""
+    return [_canonical_input(model, t, f"{flag}, {n}: ") for t, n in zip(texts, names)]
+
+
 def _canonical_input(model, text: str, where: str = "") -> str:
     if not model.tokenizer.molecular:
         return text
