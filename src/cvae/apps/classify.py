@@ -73,7 +73,10 @@ def classify_strings(model, texts: list[str], *, attribute: str | None = None, n
     attr = _attribute(model, attribute)
     if not texts:
         raise CvaeError("there are no sequences to classify")
+    from .sequences import canonical_inputs
+
     names = list(names) if names is not None else [f"row {i}" for i in range(len(texts))]
+    texts = canonical_inputs(model, list(texts), names, "--data")
     x = torch.as_tensor(model.tokenizer.encode(list(texts), model.length, where="--data", names=names))
     probs = model.classify(x.float(), attr.name).cpu().numpy()
     truth = None if y is None else y[:, model.schema.names.index(attr.name)].numpy().astype(np.float64)

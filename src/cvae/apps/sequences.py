@@ -247,7 +247,7 @@ def transfer_strings(model, texts: list[str], own, targets: list[str], *, decode
     from .latent import transfer_targets
 
     names = list(names) if names is not None else [f"row {i}" for i in range(len(texts))]
-    texts = [_canonical_input(model, t, f"--input, {n}: ") for t, n in zip(texts, names)]
+    texts = canonical_inputs(model, texts, names, "--input")
     y_own = own if isinstance(own, torch.Tensor) else model.schema.parse(own, len(texts))
     q = model.encode_strings(texts, y_own, where="--input", names=names)
     steer = model.steer_weight(steer)
@@ -292,6 +292,14 @@ def read_strings(spec: str, flag: str) -> tuple[list[str], list[str]]:
     return ["the string"], [spec]
 
 
+def conditions_computable(model) -> bool:
+    """Whether every condition of the run is a molecular property RDKit computes (logp, qed, ...): then
+    a given molecule's own condition can be computed instead of asked for."""
+    from ..seqmetrics import computable
+
+    return bool(model.schema) and len(computable(model)) == len(model.schema.attributes)
+
+
 def given_conditions(model, condition, texts: list[str], flag: str = "--condition"):
     """Raw condition rows of given sequences: ``condition`` for each; without it, for a molecule run
     whose conditions RDKit computes (logp, qed, ...), each molecule's own properties (None for a plain
@@ -302,13 +310,11 @@ def given_conditions(model, condition, texts: list[str], flag: str = "--conditio
         return None
     if condition:
         return model.schema.parse(condition, len(texts))
-    from ..seqmetrics import computable
-
-    names = computable(model)
-    if names and len(names) == len(model.schema.attributes):
+    if conditions_computable(model):
         from ..chem import canonical, properties
 
-        own = properties([canonical(t) for t in texts], [a.name for a in model.schema.attributes])
+        names = model.schema.names
+        own = properties([canonical(t) for t in texts], names)
         bad = np.flatnonzero(~np.isfinite(own).all(1))
         if len(bad):
             raise CvaeError(f"{texts[bad[0]]!r} is not a valid SMILES string (RDKit cannot parse it), so its "
@@ -336,7 +342,7 @@ def reconstruct_strings(model, texts: list[str], y=None, *, names: list[str] | N
     it (steered with ``steer``; None: the run's weight): rows ``input, conditions..., reconstruction,
     same`` (for molecules the canonical SMILES are compared, with the reconstruction's validity)."""
     names = list(names) if names is not None else [f"row {i}" for i in range(len(texts))]
-    texts = [_canonical_input(model, t, f"--input, {n}: ") for t, n in zip(texts, names)]
+    texts = canonical_inputs(model, texts, names, "--input")
     steer = model.steer_weight(steer)
     conds = described(model, y) if y is not None else [{}] * len(texts)
     out = []
@@ -384,7 +390,7 @@ def embed_strings(model, texts: list[str], y=None, *, batch_size: int = 1000,
     """Rows ``sequence, conditions..., mu_0.., var_0..`` of the posterior q(z | x, c) of each string.
     ``names`` say where each text came from in errors ("line 7"; "row i" by default)."""
     names = list(names) if names is not None else [f"row {i}" for i in range(len(texts))]
-    texts = [_canonical_input(model, t, f"--data, {n}: ") for t, n in zip(texts, names)]
+    texts = canonical_inputs(model, texts, names, "--data")
     rows = []
     conds = described(model, y) if y is not None else [{}] * len(texts)
     for i in range(0, len(texts), batch_size):

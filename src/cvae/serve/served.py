@@ -34,6 +34,7 @@ from ..apps import (
     traverse,
 )
 from ..apps.anomaly import DETECTOR_FILE
+from ..apps.sequences import conditions_computable
 from ..errors import CvaeError
 from ..plots import image_grid
 from ..runs import load_model, read_metrics
@@ -141,11 +142,6 @@ class ServedRun:
                             "min": a.mean - 3 * a.std, "max": a.mean + 3 * a.std})
         return out
 
-    def conditions_computed(self) -> bool:
-        from ..seqmetrics import computable
-
-        return bool(self.model.schema) and len(computable(self.model)) == len(self.model.schema.attributes)
-
     def top_dims(self) -> list[int]:
         d = self.model.config.latent_dim
         if self.kl is None:
@@ -185,7 +181,7 @@ class ServedRun:
             "steer": {"available": bool(getattr(self.model.config, "prefix_predictor", False)),
                       "default": float(getattr(self.model.config, "steer", 0.0))},
             # a molecule run whose every condition RDKit computes: an upload's own condition may be left out
-            "conditions_computed": self.conditions_computed(),
+            "conditions_computed": conditions_computable(self.model),
             "kl_per_dimension": None if self.kl is None else _numbers(self.kl),
             "kl_note": self.kl_note,
             "sliders": self.top_dims(),
