@@ -23,13 +23,15 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, resume: bool
         config = read_yaml(config)
     if isinstance(config, TrainConfig):
         base = config.to_dict()
+        defaults = TrainConfig().to_dict()
+        explicit = {k for k, v in base.items() if v != defaults.get(k)} | set(settings)
     else:
         base = dict(config or {})
-    explicit = set(base) | set(settings)
+        explicit = set(base) | set(settings)
     base.update(settings)
     cfg = TrainConfig.from_dict(base)
     _check_out(cfg, resume)
-    result = fit(cfg, resume=resume, overwrite=overwrite, explicit=explicit if resume else None)
+    result = fit(cfg, resume=resume, overwrite=overwrite, explicit=explicit)
     if pictures and result.rank == 0:  # under torchrun only rank 0 writes the run folder
         result.summary["pictures"] = {k: str(v) for k, v in run_pictures(result.model, result.data, result.run_dir,
                                                                        seed=result.config.seed).items()}

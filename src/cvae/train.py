@@ -206,10 +206,11 @@ def model_config_for(config: TrainConfig, data: DataSplits) -> ModelConfig:
                         model_class=model_class, **settings)
 
 
-def with_class_defaults(config: TrainConfig, model_class: str) -> TrainConfig:
+def with_class_defaults(config: TrainConfig, model_class: str, explicit: set[str] = frozenset()) -> TrainConfig:
     """``config`` with the training settings that the model class sets by default
     (``train_defaults``, e.g. the hierarchical model's KL warm-up and gradient clipping) wherever
-    the user left them at their neutral value and the objective reads them."""
+    the user left them at their neutral value, did not give them (``explicit``: ``--free-bits 0`` turns
+    the class's free bits off) and the objective reads them."""
     defaults = getattr(MODELS.get(model_class), "train_defaults", {})
     if not defaults:
         return config
@@ -220,7 +221,7 @@ def with_class_defaults(config: TrainConfig, model_class: str) -> TrainConfig:
     uses = OBJECTIVES.get(objective_for(config, model_class)).uses
     changes = {}
     for key, value in defaults.items():
-        if key in neutral and key not in uses:
+        if key in explicit or key in neutral and key not in uses:
             continue
         if getattr(config, key) in (None, neutral.get(key)):
             changes[key] = value
@@ -341,13 +342,15 @@ class Trainer:
     --resume, its saved state), :meth:`train` (the epochs) and :meth:`finish` (the final figures)."""
 
     def __init__(self, config: TrainConfig, ranks: Ranks, device: torch.device, data: DataSplits, run_dir: Path,
-                 resume: bool, replacing: bool = False, governor: ThreadGovernor | None = None):
+                 resume: bool, replacing: bool = False, governor: ThreadGovernor | None = None, *,
+                 explicit: set[str] = frozenset()):
         self.config, self.ranks, self.device, self.data, self.run_dir = config, ranks, device, data, run_dir
         self.governor = governor  # one CPU thread per core the other processes leave free, set before each epoch
         # --overwrite of a trained run: the old run stays whole until the new one has a finite first epoch
         self.replacing = replacing
+        # the class's training defaults first: some of them (word dropout) are the model's settings too
+        self.config = config = with_class_defaults(config, model_class_for(config, data), explicit)
         self.model_config = model_config_for(config, data)
-        self.config = config = with_class_defaults(config, self.model_config.model_class)
         self.info = self._run_info()
         self.model = build_model(self.model_config, run=RunInfo(run_dir, self.info)).to(device)
         if data.standardize:
@@ -391,7 +394,8 @@ class Trainer:
         data = _load(config)
         run_dir, replacing, created = _on_main(ranks, _run_folder, config, data.name, resume, overwrite)
         try:
-            return cls(config.replace(out=str(run_dir)), ranks, device, data, run_dir, resume, replacing, governor)
+            return cls(config.replace(out=str(run_dir)), ranks, device, data, run_dir, resume, replacing, governor,
+                       explicit=explicit or set())
         except BaseException:
             if ranks.main:
                 let_go(run_dir)

@@ -105,6 +105,12 @@ class SeqVAE(VAEModel):
     guided_by_likelihood = False  # each step's token distribution is guided (_guided), not a likelihood's
     steerable = True  # a prefix predictor steers decoding (--steer); conditioned runs are steered by default
     log_active_units = True  # the trainer logs the validation split's active units each epoch
+    # training settings this class sets when the user leaves them out, against posterior collapse: one
+    # epoch of KL warm-up, free bits of 0.5 nats per dimension and Bowman's word dropout of 0.3. Without
+    # them a QM9 run's KL fell to 0.03 nats and a third of its sampled molecules were repeats; with 0.05
+    # and 0.1 the code carried 1.7 nats; with these, 16, and half the molecules decode back exactly
+    # (README, "Against posterior collapse, by default")
+    train_defaults = {"kl_warmup": 1.0, "free_bits": 0.5, "word_dropout": 0.3}
 
     def __init__(self, config: SeqVAEConfig, *, run=None):
         super().__init__(config, run=run)
