@@ -331,6 +331,8 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path):
     assert r.returncode == 0, r.stderr
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["model_class"] == "seqvae" and cfg["model"]["tokenizer"]["kind"] == "selfies"
+    # molecules' defaults: free bits 0.5 (not given here); what was given is kept
+    assert [cfg["train"][k] for k in ("free_bits", "word_dropout", "kl_warmup")] == [0.5, 0.1, 1.0]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all("val_active_units" in row and "val_kl" in row for row in rows)
     assert (run / "samples.png").is_file()
@@ -697,9 +699,9 @@ def test_text_per_label_transfer_and_bad_input(tmp_path):
     assert "1 empty sequence cells (line 122)" in r.stderr
     saved = json.loads((run / "config.json").read_text())
     assert saved["model"]["tokenizer"]["kind"] == "word"
-    # the sequence class's defaults against posterior collapse, unless given (0 turns each off)
+    # the sequence class's defaults for text against posterior collapse, unless given (0 turns each off)
     assert {k: saved["train"][k] for k in ("kl_warmup", "free_bits", "word_dropout")} == \
-        {"kl_warmup": 1.0, "free_bits": 0.5, "word_dropout": 0.3} and saved["model"]["word_dropout"] == 0.3
+        {"kl_warmup": 1.0, "free_bits": 0.05, "word_dropout": 0.25} and saved["model"]["word_dropout"] == 0.25
     r = cli("train", "--data", data, "--sequence", "text", "--condition", "sentiment", "--epochs", "1", "--hidden", "8",
             "--latent-dim", "2", "--free-bits", "0", "--kl-warmup", "0", "--word-dropout", "0", "--out",
             tmp_path / "off", "--no-progress", "--no-tensorboard", "--no-pictures")

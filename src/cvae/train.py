@@ -206,12 +206,13 @@ def model_config_for(config: TrainConfig, data: DataSplits) -> ModelConfig:
                         model_class=model_class, **settings)
 
 
-def with_class_defaults(config: TrainConfig, model_class: str, explicit: set[str] = frozenset()) -> TrainConfig:
-    """``config`` with the training settings that the model class sets by default
-    (``train_defaults``, e.g. the hierarchical model's KL warm-up and gradient clipping) wherever
+def with_class_defaults(config: TrainConfig, model_class: str, data: DataSplits,
+                        explicit: set[str] = frozenset()) -> TrainConfig:
+    """``config`` with the training settings that the model class sets by default for ``data``
+    (``training_defaults``, e.g. the hierarchical model's KL warm-up and gradient clipping) wherever
     the user left them at their neutral value, did not give them (``explicit``: ``--free-bits 0`` turns
     the class's free bits off) and the objective reads them."""
-    defaults = getattr(MODELS.get(model_class), "train_defaults", {})
+    defaults = MODELS.get(model_class).training_defaults(data)
     if not defaults:
         return config
     from .objectives import OBJECTIVES
@@ -349,7 +350,7 @@ class Trainer:
         # --overwrite of a trained run: the old run stays whole until the new one has a finite first epoch
         self.replacing = replacing
         # the class's training defaults first: some of them (word dropout) are the model's settings too
-        self.config = config = with_class_defaults(config, model_class_for(config, data), explicit)
+        self.config = config = with_class_defaults(config, model_class_for(config, data), data, explicit)
         self.model_config = model_config_for(config, data)
         self.info = self._run_info()
         self.model = build_model(self.model_config, run=RunInfo(run_dir, self.info)).to(device)

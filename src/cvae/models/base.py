@@ -77,6 +77,13 @@ class VAEModel(nn.Module):
     # whether the class can be steered by a predictor of the condition (the sequence model's prefix
     # predictor, --steer); a conditioned run of such a class is steered by default (cvae.train.STEER_DEFAULT)
     steerable = False
+    # training settings the class sets where the user leaves them out (cvae.train.with_class_defaults)
+    train_defaults: dict = {}
+
+    @classmethod
+    def training_defaults(cls, data) -> dict:
+        """The training settings this class sets for ``data`` (DataSplits) where the user leaves them out."""
+        return cls.train_defaults
 
     def __init__(self, config: ModelConfig, *, run: RunInfo | None = None):
         super().__init__()
