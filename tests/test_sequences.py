@@ -331,8 +331,8 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path):
     assert r.returncode == 0, r.stderr
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["model_class"] == "seqvae" and cfg["model"]["tokenizer"]["kind"] == "selfies"
-    # molecules' defaults: free bits 0.5 (not given here); what was given is kept
-    assert [cfg["train"][k] for k in ("free_bits", "word_dropout", "kl_warmup")] == [0.5, 0.1, 1.0]
+    # molecules' defaults (free bits 0.05, not given here); what was given is kept
+    assert [cfg["train"][k] for k in ("free_bits", "word_dropout", "kl_warmup")] == [0.05, 0.1, 1.0]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all("val_active_units" in row and "val_kl" in row for row in rows)
     assert (run / "samples.png").is_file()
