@@ -709,6 +709,13 @@ def test_text_per_label_transfer_and_bad_input(tmp_path):
     off = json.loads((tmp_path / "off" / "config.json").read_text())
     assert [off["train"][k] for k in ("kl_warmup", "free_bits", "word_dropout")] == [0, 0, 0]
     assert off["model"]["word_dropout"] == 0
+    # resumed without the flags, a run trains on with the settings it saved, not the class's defaults
+    r = cli("train", "--data", data, "--sequence", "text", "--condition", "sentiment", "--epochs", "2", "--resume",
+            "--out", tmp_path / "off", "--no-progress", "--no-tensorboard", "--no-pictures")
+    assert r.returncode == 0, r.stderr
+    resumed = json.loads((tmp_path / "off" / "config.json").read_text())
+    assert [resumed["train"][k] for k in ("kl_warmup", "free_bits", "word_dropout")] == [0, 0, 0]
+    assert resumed["model"]["word_dropout"] == 0 and resumed["summary"]["epochs"] == 2
     out = tmp_path / "s.csv"
     r = cli("sample", run, "--condition", "sentiment=pos", "--n", "10", "-o", out)
     assert r.returncode == 0, r.stderr

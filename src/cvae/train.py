@@ -349,8 +349,10 @@ class Trainer:
         self.governor = governor  # one CPU thread per core the other processes leave free, set before each epoch
         # --overwrite of a trained run: the old run stays whole until the new one has a finite first epoch
         self.replacing = replacing
-        # the class's training defaults first: some of them (word dropout) are the model's settings too
-        self.config = config = with_class_defaults(config, model_class_for(config, data), data, explicit)
+        # the class's training defaults first: some of them (word dropout) are the model's settings too. A
+        # resumed run keeps the settings it saved (a run saved before a default changed trains on as it began)
+        if not resume:
+            self.config = config = with_class_defaults(config, model_class_for(config, data), data, explicit)
         self.model_config = model_config_for(config, data)
         self.info = self._run_info()
         self.model = build_model(self.model_config, run=RunInfo(run_dir, self.info)).to(device)
