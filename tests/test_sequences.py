@@ -774,6 +774,19 @@ def test_text_per_label_transfer_and_bad_input(tmp_path):
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
     assert not (tmp_path / "x.csv").exists()
 
+    # the web page's strings (cvae serve, without HTTP): moved to every class, as cvae transfer moves them
+    from cvae.serve.served import ServedRun
+
+    served = ServedRun("toy", run)
+    moved = served.transfer(b"the film was awful and dull\n\nthe film was poor\n", condition="sentiment=neg")
+    assert moved["targets"] == ["sentiment=neg", "sentiment=pos"] and moved["inputs"] == 2
+    r = cli("transfer", run, "--input", "the film was poor", "--condition", "sentiment=neg", "-o", tmp_path / "m.csv")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "m.csv") as f:
+        assert [row["output"] for row in csv.DictReader(f)] == moved["strings"][2:]  # input by input
+    rec = served.reconstruct(b"the film was poor\n", condition="sentiment=neg")
+    assert rec["input"]["strings"] == ["the film was poor"] and rec["conditions"] == ["sentiment=neg"]
+
     # cvae evaluate's share of sequences decoded back exactly: the strings' own reconstructions agree
     from cvae.apps.sequences import own_strings, reconstruct_strings
     from cvae.evaluate import evaluate_run
