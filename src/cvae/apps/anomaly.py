@@ -425,13 +425,12 @@ def _score_strings(model, detector, method: str, source: str, *, n: int | None, 
     """A sequence run's detector on strings (a .txt/.smi file, one per line, or one string), each
     identified by the string itself; their own condition is ``condition`` (molecules: RDKit's when left
     out)."""
-    from .sequences import canonical_inputs, given_conditions, read_strings
+    from .sequences import given_conditions, read_strings, token_ids
 
     names, texts = read_strings(source, "--data")
     names, texts = names[:n], texts[:n]
-    texts = canonical_inputs(model, texts, names, "--data")
+    texts, x = token_ids(model, texts, names, "--data")
     y = given_conditions(model, condition, texts)
-    x = torch.as_tensor(model.tokenizer.encode(texts, model.length, where="--data", names=names)).float()
     scores = anomaly_scores(model, x, y, method=method, k=detector.k, samples=detector.samples, seed=seed)
     if not np.isfinite(scores).all():
         raise CvaeError(f"the {method} score of some sequences is not finite; nothing was written")

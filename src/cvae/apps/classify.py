@@ -68,17 +68,14 @@ def classify_strings(model, texts: list[str], *, attribute: str | None = None, n
     itself: the strings tokenised with the run's vocabulary (an unseen token or a string too long is an
     error that names it by ``names``, "line 7"), then :meth:`classify`; ``y``: their raw conditions
     where known (then the metrics are computed)."""
-    import torch
+    from .sequences import token_ids
 
     attr = _attribute(model, attribute)
     if not texts:
         raise CvaeError("there are no sequences to classify")
-    from .sequences import canonical_inputs
-
     names = list(names) if names is not None else [f"row {i}" for i in range(len(texts))]
-    texts = canonical_inputs(model, list(texts), names, "--data")
-    x = torch.as_tensor(model.tokenizer.encode(list(texts), model.length, where="--data", names=names))
-    probs = model.classify(x.float(), attr.name).cpu().numpy()
+    texts, x = token_ids(model, list(texts), names, "--data")
+    probs = model.classify(x, attr.name).cpu().numpy()
     truth = None if y is None else y[:, model.schema.names.index(attr.name)].numpy().astype(np.float64)
     return Classification(list(texts), attr.name, list(attr.classes), probs, truth)
 

@@ -409,6 +409,14 @@ def canonical_inputs(model, texts: list[str], names: list[str], flag: str) -> li
     return [_canonical_input(model, t, f"{flag}, {n}: ") for t, n in zip(texts, names)]
 
 
+def token_ids(model, texts: list[str], names: list[str], flag: str) -> tuple[list[str], torch.Tensor]:
+    """Given sequences as the model reads them: canonical (molecules, :func:`canonical_inputs`) and
+    tokenised with the run's vocabulary into float ids (N, length + 1); an unseen token or a sequence
+    too long is an error that names it ("--data, line 7")."""
+    texts = canonical_inputs(model, texts, names, flag)
+    return texts, torch.as_tensor(model.tokenizer.encode(texts, model.length, where=flag, names=names)).float()
+
+
 def _canonical_input(model, text: str, where: str = "") -> str:
     if not model.tokenizer.molecular:
         return text

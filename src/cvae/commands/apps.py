@@ -516,10 +516,10 @@ def _traverse_sequences(args) -> int:
 
     from ..apps.latent import kl_per_dimension, traverse
     from ..apps.sequences import (
-        canonical_inputs,
         given_conditions,
         own_strings,
         read_strings,
+        token_ids,
         traversal_rows,
         write_rows,
     )
@@ -531,9 +531,8 @@ def _traverse_sequences(args) -> int:
     if args.data:
         names, texts = read_strings(args.data, "--data")
         texts, names = texts[:args.kl_examples], names[:args.kl_examples]
-        texts = canonical_inputs(model, texts, names, "--data")
+        texts, ids = token_ids(model, texts, names, "--data")
         y_kl = given_conditions(model, args.condition, texts)
-        ids = model.tokenizer.encode(texts, model.length, where="--data", names=names)
         kl_from = f"{len(texts)} sequences of {args.data}"
     else:
         _, y_kl, ids = own_strings(model, args.kl_examples)
@@ -546,9 +545,8 @@ def _traverse_sequences(args) -> int:
         if any(not 0 <= k < len(texts) for k in keep):
             raise CvaeError(f"--index {args.index}: --input holds {len(texts)} sequence(s), numbered from 0")
         texts, base_ids = [texts[k] for k in keep], [names[k] for k in keep]
-        texts = canonical_inputs(model, texts, base_ids, "--input")
+        texts, x = token_ids(model, texts, base_ids, "--input")
         y = given_conditions(model, args.condition, texts)
-        x = torch.as_tensor(model.tokenizer.encode(texts, model.length, where="--input", names=base_ids)).float()
     codes = len(x) if x is not None else args.n
     _rows(model, dims * args.steps * codes, f"{dims} dimension(s) x --steps {args.steps} x {codes} code(s)",
           "--steps, --top (--dims) or --n")
