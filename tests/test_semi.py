@@ -371,3 +371,37 @@ def test_classify_bad_flags(digits_run, tmp_path, capsys):
     assert "no data set or file" in _error(capsys, ["classify", str(digits_run), "--data", str(tmp_path / "none.npz"),
                                                     "-o", out])
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_small_data_set_trains_as_many_steps_as_the_defaults_were_measured_with():
+    """Consistency needs steps, not epochs: a data set smaller than MNIST gets more epochs by default
+    (the digits: 540,000 examples seen, as 10 epochs of MNIST's 54,000), unless --epochs is given."""
+    from cvae.config import TrainConfig
+    from cvae.models.m2 import M2
+    from cvae.train import with_class_defaults
+
+    data = load_data("digits", labelled=100, seed=0)
+    epochs = math.ceil(M2.EXAMPLES_SEEN / len(data.train.x))
+    assert epochs == 334
+    config = TrainConfig(data="digits", labelled=100)
+    assert with_class_defaults(config, "m2", data).epochs == epochs
+    assert with_class_defaults(config, "m2", data, explicit={"epochs"}).epochs == 10  # --epochs 10 given
+    assert with_class_defaults(config.replace(epochs=4), "m2", data).epochs == 4
+    assert with_class_defaults(config, "cvae", data).epochs == 10  # a supervised run: as before
+    big = load_data("digits", seed=0)
+    big.train.x = big.train.x.repeat(40, 1, 1, 1)  # 64,680 images: more than MNIST's, the default stays
+    assert "epochs" not in M2.training_defaults(big)
+
+
+def test_the_default_length_reaches_the_run_folder(tmp_path, monkeypatch):
+    from cvae.models.m2 import M2
+
+    monkeypatch.setattr(M2, "EXAMPLES_SEEN", 12 * 1617)  # the digits' training split: 12 epochs instead of 334
+    out = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--labelled", "100", "--batch-size", "256", "--no-progress",
+                 "--no-tensorboard", "--out", str(out)]) == 0
+    assert _config(out)["train"]["epochs"] == 12
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 12
+    assert main(["train", "--data", "digits", "--labelled", "100", "--batch-size", "256", "--epochs", "2",
+                 "--no-progress", "--no-tensorboard", "--out", str(tmp_path / "two")]) == 0
+    assert _config(tmp_path / "two")["train"]["epochs"] == 2

@@ -209,9 +209,11 @@ def model_config_for(config: TrainConfig, data: DataSplits) -> ModelConfig:
 def with_class_defaults(config: TrainConfig, model_class: str, data: DataSplits,
                         explicit: set[str] = frozenset()) -> TrainConfig:
     """``config`` with the training settings that the model class sets by default for ``data``
-    (``training_defaults``, e.g. the hierarchical model's KL warm-up and gradient clipping) wherever
-    the user left them at their neutral value, did not give them (``explicit``: ``--free-bits 0`` turns
-    the class's free bits off) and the objective reads them."""
+    (``training_defaults``, e.g. the hierarchical model's KL warm-up and gradient clipping, the
+    semi-supervised model's number of epochs on a small data set) wherever the user left them at their
+    neutral value (an objective's) or default (any other setting), did not give them (``explicit``:
+    ``--free-bits 0`` turns the class's free bits off) and, for an objective's setting, the objective
+    reads it."""
     defaults = MODELS.get(model_class).training_defaults(data)
     if not defaults:
         return config
@@ -220,11 +222,12 @@ def with_class_defaults(config: TrainConfig, model_class: str, data: DataSplits,
 
     neutral = {key: value for key, value, _ in OBJECTIVE_SETTINGS}
     uses = OBJECTIVES.get(objective_for(config, model_class)).uses
+    plain = TrainConfig()
     changes = {}
     for key, value in defaults.items():
         if key in explicit or key in neutral and key not in uses:
             continue
-        if getattr(config, key) in (None, neutral.get(key)):
+        if getattr(config, key) in (None, neutral[key] if key in neutral else getattr(plain, key)):
             changes[key] = value
     return config.replace(**changes) if changes else config
 
