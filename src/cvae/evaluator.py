@@ -216,15 +216,19 @@ def accuracy(evaluator: Evaluator, x: torch.Tensor, labels: torch.Tensor) -> flo
     return float((evaluator.predict(x) == labels.long().cpu()).float().mean())
 
 
-def train_evaluator(data: str, *, data_dir=None, epochs: int = 10, batch_size: int = 128, lr: float = 2e-3,
+EVALUATOR_EXAMPLES = 600_000  # images seen by default: 10 epochs of MNIST's 60,000; a smaller set gets more epochs
+
+
+def train_evaluator(data: str, *, data_dir=None, epochs: int | None = None, batch_size: int = 128, lr: float = 2e-3,
                     seed: int = 0, limit: int | None = None, out: str | Path | None = None,
                     device: str = "cpu", augment: bool = True, progress: bool = True) -> EvaluatorTraining:
     """Train the evaluator on the labelled images of a data set and store it (default
     ``~/.cache/cvae/evaluators/<data>.safetensors``). Reports the held-out accuracy: on the test
-    split when the data set has one (training then uses train + validation), else on the validation split."""
+    split when the data set has one (training then uses train + validation), else on the validation split.
+    ``epochs`` defaults to 10, or on a set smaller than 60,000 images to as many as see 600,000 images."""
     from .data import load_data
 
-    if epochs < 1:
+    if epochs is not None and epochs < 1:
         raise CvaeError(f"--epochs must be at least 1, got {epochs}")
     splits = load_data(data, data_dir=data_dir, seed=seed, limit=limit)
     if splits.kind != "image":
@@ -256,6 +260,8 @@ def train_evaluator(data: str, *, data_dir=None, epochs: int = 10, batch_size: i
     if len(y) < 2 * len(attr.classes):
         raise CvaeError(f"{data!r} has {len(y)} labelled training images for {len(attr.classes)} classes of "
                         f"{attr.name!r}; the evaluator needs at least two per class (it is trained on the labels)")
+    if epochs is None:  # as many steps as on MNIST, whatever the data set's size
+        epochs = max(10, math.ceil(EVALUATOR_EXAMPLES / len(x)))
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     config = EvaluatorConfig(image_shape=tuple(x.shape[1:]), classes=list(attr.classes), attribute=attr.name,
