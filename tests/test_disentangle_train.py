@@ -158,3 +158,60 @@ def test_evaluate_disentanglement_writes_scores_codes_and_pictures(tmp_path):
     assert main(["train", "--data", "digits", "--epochs", "1", "--out", str(plain), "--no-progress",
                  "--no-tensorboard", "--condition", "none"]) == 0
     assert main(["evaluate", str(plain), "--metrics", "disentanglement"]) == 2
+
+
+def _histogram_mig(codes, factors, bins=20):
+    """MIG written again from its definition (Chen et al. 2018; disentanglement_lib's histogram of 20
+    bins per code), independently of cvae.disentangle: the check a user makes on `cvae embed` output."""
+    from sklearn.metrics import mutual_info_score
+
+    discrete = [np.digitize(c, np.histogram(c, bins)[1][:-1]) for c in codes.T]
+    mi = np.array([[mutual_info_score(f, d) for f in factors.T] for d in discrete])
+    entropy = np.array([mutual_info_score(f, f) for f in factors.T])
+    top = np.sort(mi, axis=0)[::-1]
+    return float(np.mean((top[0] - top[1]) / entropy))
+
+
+def test_evaluate_scores_the_codes_that_embed_writes_for_the_data_file(tmp_path):
+    """A user's factor file: `cvae evaluate --metrics disentanglement` scores every row of it by default,
+    so MIG recomputed from `cvae embed` on the same file (joined by id) is the reported one."""
+    import csv
+
+    from cvae.cli import main
+
+    rng = np.random.default_rng(0)
+    n = 600
+    size, pos = rng.integers(0, 3, n), rng.integers(0, 6, n)
+    x = np.zeros((n, 1, 12, 12), np.float32)
+    for i in range(n):
+        x[i, 0, 2 + pos[i]:4 + pos[i] + size[i], 3:5 + size[i]] = 1.0
+    rows = rng.permutation(n)  # the file's row order is not the factors' order
+    np.savez(tmp_path / "f.npz", x=x[rows], size=size[rows], pos=pos[rows])
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "f.npz"), "--factors", "size,pos", "--epochs", "2",
+                 "--latent-dim", "3", "--hidden", "32", "--objective", "btcvae", "--out", str(run),
+                 "--no-progress", "--no-tensorboard"]) == 0
+    assert main(["evaluate", str(run), "--metrics", "disentanglement", "--no-progress"]) == 0
+    section = json.loads((run / "eval.json").read_text())["disentanglement"]
+    assert section["protocol"]["split"] == "all" and section["protocol"]["n_examples"] == n
+    assert main(["embed", str(run), "--data", str(tmp_path / "f.npz"), "-o", str(tmp_path / "codes.csv")]) == 0
+    with open(tmp_path / "codes.csv") as f:
+        table = list(csv.DictReader(f))
+    ids = np.array([int(r["id"]) for r in table])
+    codes = np.array([[float(r[f"mu_{d}"]) for d in range(3)] for r in table])
+    factors = np.stack([size[rows], pos[rows]], 1)[ids]
+    assert _histogram_mig(codes, factors) == pytest.approx(section["mig"], abs=1e-4)
+    saved = np.load(run / "disentanglement_codes.npz")
+    assert [int(i) for i in saved["ids"]] == list(range(n))  # in the file's order
+    np.testing.assert_allclose(saved["codes"], codes.astype(np.float32), rtol=1e-4, atol=1e-5)
+    # --split all with --n: that many rows of the whole file, drawn at random; a named split as before
+    assert main(["evaluate", str(run), "--metrics", "disentanglement", "--split", "all", "--n", "200",
+                 "--no-progress"]) == 0
+    section = json.loads((run / "eval.json").read_text())["disentanglement"]
+    assert section["protocol"]["examples"] == "200 drawn at random (seed 0) of all 600"
+    drawn = np.load(run / "disentanglement_codes.npz")
+    picked = [int(i) for i in drawn["ids"]]
+    np.testing.assert_array_equal(drawn["factors"], np.stack([size[rows], pos[rows]], 1)[picked])
+    assert _histogram_mig(codes[picked], factors[picked]) == pytest.approx(section["mig"], abs=1e-4)
+    assert main(["evaluate", str(run), "--metrics", "disentanglement", "--split", "val", "--no-progress"]) == 0
+    assert json.loads((run / "eval.json").read_text())["disentanglement"]["protocol"]["n_examples"] == 60

@@ -483,20 +483,27 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
         model.steer_weight(steer)  # likewise a run without a prefix predictor
     data = data if data is not None else load_run_data(model, data_dir=data_dir)
     available = [s for s in ("test", "val", "train") if getattr(data, s) is not None]
-    if split is None:
-        split = "test" if data.test is not None else "val" if data.val is not None else "train"
-    if split not in ("test", "val", "train"):
-        raise CvaeError(f"--split must be test, val or train, not {split!r}")
-    part = getattr(data, split)
-    if part is None:
-        raise CvaeError(f"{data.name!r} has no {split} split in this run; choose one of {', '.join(available)}")
     if subset not in ("random", "first"):
         raise CvaeError(f"--subset must be random or first, not {subset!r}")
+    if split is None and wanted == ["disentanglement"] and data.factor_names:
+        # as disentanglement_lib scores a representation: over the data set itself, so that the codes are
+        # those `cvae embed` writes for the data's rows; up to its 10,000 points, drawn at random beyond that
+        split, n = "all", n or DISENTANGLEMENT_EXAMPLES
+    if split is None:
+        split = "test" if data.test is not None else "val" if data.val is not None else "train"
+    if split not in ("test", "val", "train", "all"):
+        raise CvaeError(f"--split must be test, val, train or all, not {split!r}")
     examples = None  # what --n kept, for the protocol
-    if n and n < len(part):
-        examples = (f"{n} drawn at random (seed {seed}) of the split's {len(part)}" if subset == "random"
-                    else f"the first {n} of the split's {len(part)}")
-        part = take_examples(part, n, subset, seed)
+    if split == "all":
+        part, examples = every_split(data, n, subset, seed)
+    else:
+        part = getattr(data, split)
+        if part is None:
+            raise CvaeError(f"{data.name!r} has no {split} split in this run; choose one of {', '.join(available)} or all")
+        if n and n < len(part):
+            examples = (f"{n} drawn at random (seed {seed}) of the split's {len(part)}" if subset == "random"
+                        else f"the first {n} of the split's {len(part)}")
+            part = take_examples(part, n, subset, seed)
     x_raw = part.x
     y = part.y
     binarize = model.run_config.get("train", {}).get("binarize", "none")
@@ -665,6 +672,46 @@ def _classification_section(model: CVAE, part, *, n: int, explicit: bool, split:
 
 DCI_EXAMPLES = (2000, 1000)  # DCI's train / test examples here (disentanglement_lib: 10,000 / 5,000; the trees are slow)
 CODES_FILE = "disentanglement_codes.npz"  # the codes and factors the metrics were computed on, beside eval.json
+
+
+DISENTANGLEMENT_EXAMPLES = 10000  # disentanglement_lib's num_train for MIG (mig.py) and the other scores
+
+
+def every_split(data, n: int | None = None, subset: str = "random", seed: int = 0):
+    """The examples of every split of ``data`` as one :class:`cvae.data.Dataset` (``--split all``), in
+    the source's row order where the ids are its row numbers; with ``n``, only n of them (the first, or
+    drawn at random with ``seed``), gathered split by split so that the whole set is never copied.
+    Returns the examples and, when ``n`` kept fewer than all, the protocol's words for them."""
+    from .data import Dataset
+
+    parts = [(name, part) for name in ("train", "val", "test") if (part := getattr(data, name)) is not None]
+    ids = [i if part.ids else f"{name}:{i}" for name, part in parts
+           for i in (part.ids if part.ids else range(len(part)))]
+    where = np.array([(j, i) for j, (_, part) in enumerate(parts) for i in range(len(part))]).reshape(-1, 2)
+    if all(isinstance(i, (int, np.integer)) for i in ids):
+        order = np.argsort(np.asarray(ids), kind="stable")
+        where, ids = where[order], [ids[i] for i in order]
+    total, examples = len(ids), None
+    if n and n < total:
+        rows = (np.arange(n) if subset == "first"
+                else np.sort(np.random.default_rng([seed, 0x5EED]).choice(total, n, replace=False)))
+        where, ids = where[rows], [ids[i] for i in rows]
+        examples = (f"{n} drawn at random (seed {seed}) of all {total}" if subset == "random"
+                    else f"the first {n} of all {total}")
+
+    def gather(field):
+        pieces = [getattr(part, field) for _, part in parts]
+        if any(piece is None for piece in pieces):
+            return None
+        tensor = isinstance(pieces[0], torch.Tensor)
+        out = (torch.empty if tensor else np.empty)((len(where), *pieces[0].shape[1:]), dtype=pieces[0].dtype)
+        for j, piece in enumerate(pieces):
+            at = np.flatnonzero(where[:, 0] == j)
+            local = where[at, 1]
+            out[torch.from_numpy(at) if tensor else at] = piece[torch.from_numpy(local)] if tensor else piece[local]
+        return out
+
+    return Dataset(gather("x"), gather("y"), ids, gather("labels"), gather("factors")), examples
 
 
 def take_examples(part, n: int, subset: str = "random", seed: int = 0):
