@@ -54,6 +54,13 @@ VARIANTS = {"default": {}, "unguided": {"condition_dropout": 0.0},
 
 
 
+def scored_split(data_name: str, data_dir, seed: int):
+    """The images the classifiers are scored on, with their labels: the test split, or for a data set
+    without one (scikit-learn's digits) the validation split the run held out with the same seed."""
+    data = load_data(data_name, data_dir=data_dir, seed=seed)
+    return data.test if data.test is not None else data.val
+
+
 def supervised_baseline(data_name: str, data_dir, labels: int, seed: int, steps: int) -> dict:
     """The default classifier network of a semi-supervised run, trained on its labelled images only."""
     data = load_data(data_name, data_dir=data_dir, labelled=labels, seed=seed)
@@ -78,9 +85,10 @@ def supervised_baseline(data_name: str, data_dir, labels: int, seed: int, steps:
         loss.backward()
         opt.step()
     net.eval()
+    scored = scored_split(data_name, data_dir, seed)
     with torch.no_grad():
-        probs = torch.cat([net(data.test.x[i:i + 1000]).float().softmax(1) for i in range(0, len(data.test.x), 1000)])
-    m = classification_metrics(probs.numpy(), data.test.y[:, 0].numpy(), data.schema.attributes[0].classes)
+        probs = torch.cat([net(scored.x[i:i + 1000]).float().softmax(1) for i in range(0, len(scored.x), 1000)])
+    m = classification_metrics(probs.numpy(), scored.y[:, 0].numpy(), data.schema.attributes[0].classes)
     return {"error": m["error"]["value"], "ece": m["ece"]["value"], "seconds": time.perf_counter() - t0}
 
 
@@ -93,15 +101,16 @@ class _null:
 
 
 def semi_supervised(data_name, data_dir, labels, seed, epochs, variant, out: Path) -> dict:
-    run = out / (f"{data_name}-{labels}-seed{seed}-{variant}" + ("" if epochs == 10 else f"-{epochs}ep"))
+    run = out / (f"{data_name}-{labels}-seed{seed}-{variant}" + ("" if epochs == 10 else f"-{epochs or 'default'}ep"))
     if not (run / "summary.json").is_file():
-        cvae.train(data=data_name, data_dir=data_dir, labelled=labels, seed=seed, epochs=epochs, batch_size=100,
+        length = {"epochs": epochs} if epochs else {}  # 0: the library's default for the data set's size
+        cvae.train(data=data_name, data_dir=data_dir, labelled=labels, seed=seed, **length, batch_size=100,
                    out=str(run), overwrite=True, progress=False, tensorboard=False, pictures=False,
                    **VARIANTS[variant])
     model = cvae.load(run)
-    data = load_data(data_name, data_dir=data_dir)
-    probs = model.classify(data.test.x)
-    m = classification_metrics(probs.numpy(), data.test.y[:, 0].numpy(), model.schema.attributes[0].classes)
+    scored = scored_split(data_name, data_dir, seed)
+    probs = model.classify(scored.x)
+    m = classification_metrics(probs.numpy(), scored.y[:, 0].numpy(), model.schema.attributes[0].classes)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return {"error": m["error"]["value"], "ece": m["ece"]["value"], "minutes": sum(r["seconds"] for r in rows) / 60,
             "epochs": len(rows), "run": str(run), "per_class": {k: v["accuracy"] for k, v in m["per_class_accuracy"].items()}}
@@ -115,7 +124,7 @@ def sample_accuracy(run: str, data_name: str, data_dir, out: Path, per_class: in
         if default_path(data_name).is_file():
             path = default_path(data_name)
         else:
-            trained = train_evaluator(data_name, data_dir=data_dir, epochs=5, out=path, progress=False)
+            trained = train_evaluator(data_name, data_dir=data_dir, out=path, progress=False)  # the default length
             print(f"  evaluator for {data_name}: held-out accuracy {trained.accuracy}", flush=True)
     acc = conditional_accuracy(cvae.load(run), load_evaluator(path), 0, per_class=per_class)
     worst = min(range(len(acc.per_class)), key=acc.per_class.__getitem__)
@@ -129,7 +138,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=os.environ.get("CVAE_DATA"))
     p.add_argument("--labels", default="100", help="comma-separated numbers of labels")
     p.add_argument("--seeds", default="0,1,2", help="label draws (the run's --seed)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10,
+                   help="0: the library's default (10, or more on a data set smaller than MNIST's: cvae.models.m2)")
     p.add_argument("--variants", default="default", help=f"comma-separated: {', '.join(VARIANTS)}")
     p.add_argument("--baseline-steps", type=int, default=2000)
     p.add_argument("--per-class", type=int, default=1000, help="samples per class for the conditional accuracy")
@@ -181,7 +191,8 @@ def report(rows: list[dict]) -> None:
         e = np.array([r["semi"]["error"] for r in sel]) * 100
         b = np.array([r["supervised"]["error"] for r in sel]) * 100
         mins = np.mean([r["semi"]["minutes"] for r in sel])
-        print(f"  {data} {n:5d} labels, {variant:8s} {epochs} epochs: {e.mean():.2f} ± "
+        length = f"{epochs} epochs" if epochs else f"the default {sel[0]['semi']['epochs']} epochs"
+        print(f"  {data} {n:5d} labels, {variant:8s} {length}: {e.mean():.2f} ± "
               f"{e.std(ddof=1) if len(e) > 1 else 0:.2f}% (supervised only {b.mean():.2f} ± "
               f"{b.std(ddof=1) if len(b) > 1 else 0:.2f}%), {len(sel)} draw(s) {sorted(r['seed'] for r in sel)}, "
               f"{mins:.0f} min per run")
