@@ -215,3 +215,28 @@ def test_evaluate_scores_the_codes_that_embed_writes_for_the_data_file(tmp_path)
     assert _histogram_mig(codes[picked], factors[picked]) == pytest.approx(section["mig"], abs=1e-4)
     assert main(["evaluate", str(run), "--metrics", "disentanglement", "--split", "val", "--no-progress"]) == 0
     assert json.loads((run / "eval.json").read_text())["disentanglement"]["protocol"]["n_examples"] == 60
+
+
+def test_dsprites_without_limit_trains_on_the_images_that_fit(tmp_path, monkeypatch, capsys):
+    """`cvae train --data dsprites` with no --limit: all 737,280 images would take 11 GiB as float32, so
+    it trains on those that fit the rendering budget, drawn with --seed, and says so in one line."""
+    from cvae.cli import main
+    from cvae.data import factors
+
+    monkeypatch.setattr(factors, "MAX_RENDER_BYTES", 1000 * 64 * 64 * 4)  # 1,000 images instead of 262,144
+    data = load_data("dsprites", seed=0)
+    assert (len(data.train.x), len(data.val.x)) == (900, 100)
+    err = capsys.readouterr().err
+    assert "dsprites: training on 900 of its 737,280 images, drawn at random with --seed" in err
+    assert "--limit N sets another number" in err
+    assert load_data("dsprites", seed=0).train.ids == data.train.ids  # the same draw again (evaluate, resume)
+    assert load_data("dsprites", seed=1).train.ids != data.train.ids
+    capsys.readouterr()
+    assert len(load_data("dsprites", seed=0, limit=300).train.x) == 300  # --limit as before, no line
+    assert "training on" not in capsys.readouterr().err
+    run = tmp_path / "run"
+    assert main(["train", "--data", "dsprites", "--objective", "btcvae", "--epochs", "1", "--hidden", "32",
+                 "--latent-dim", "3", "--out", str(run), "--no-progress", "--no-tensorboard"]) == 0
+    assert main(["evaluate", str(run), "--metrics", "disentanglement", "--no-progress"]) == 0
+    section = json.loads((run / "eval.json").read_text())["disentanglement"]
+    assert section["protocol"]["split"] == "all" and section["protocol"]["n_examples"] == 1000
