@@ -240,3 +240,26 @@ def test_dsprites_without_limit_trains_on_the_images_that_fit(tmp_path, monkeypa
     assert main(["evaluate", str(run), "--metrics", "disentanglement", "--no-progress"]) == 0
     section = json.loads((run / "eval.json").read_text())["disentanglement"]
     assert section["protocol"]["split"] == "all" and section["protocol"]["n_examples"] == 1000
+
+
+def test_the_summary_train_figures_are_not_the_first_examples_of_an_ordered_data_set(tmp_path, monkeypatch):
+    """dSprites is in factor order: its first training images are small squares. summary.json's train
+    figures are taken over examples drawn at random, as many as SUMMARY_TRAIN_EXAMPLES."""
+    import importlib
+
+    import cvae
+    from cvae.data import EVALUATION_SEED
+
+    training = importlib.import_module("cvae.train")  # the module (cvae.train is also the function)
+
+    monkeypatch.setattr(training, "SUMMARY_TRAIN_EXAMPLES", 100)
+    res = cvae.train(data="dsprites", limit=600, epochs=1, hidden=[32], latent_dim=3, out=str(tmp_path / "r"),
+                     progress=False, tensorboard=False, pictures=False, precision="float32")
+    x = res.data.train.x
+    rows = torch.from_numpy(np.sort(np.random.default_rng(EVALUATION_SEED).choice(len(x), 100, replace=False)))
+    # the KL term is analytic (the reconstruction term draws z): it says which examples were scored
+    drawn = training.evaluate_elbo(res.model, x[rows], None)["kl"]
+    first = training.evaluate_elbo(res.model, x[:100], None)["kl"]
+    assert res.summary["train"]["kl"] == pytest.approx(drawn, rel=1e-5)
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["train"]["kl"] == pytest.approx(drawn, rel=1e-5)
+    assert first != pytest.approx(drawn, rel=1e-3)  # the first 100 are not like the others
