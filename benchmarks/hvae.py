@@ -1,7 +1,8 @@
 """The hierarchical conditional VAE (``--preset hvae``) measured on a CPU budget.
 
     mnist    dynamically binarized MNIST, no condition: the test -log p(x) (importance-sampled, --k
-             samples, the first --n test images binarized once with seed 1234) of the hierarchical
+             samples, the first --n test images, or --n at random with --subset random, binarized once
+             with seed 1234) of the hierarchical
              model beside the one-layer VAE of Burda et al. (the ``burda`` preset) trained for the
              same number of seconds (its epochs are sized from a first timed epoch).
              Published: LVAE 81.7 (Sonderby et al. 2016), IWAE two layers 82.9 (Burda et al. 2015),
@@ -73,24 +74,29 @@ def likelihood_figures(ev) -> dict:
     return {"protocol": lik["protocol"], **{k: lik[k] for k in keep if k in lik}}
 
 
+def which_images(args) -> str:
+    return f"first {args.n}" if args.subset == "first" else f"{args.n} drawn at random (seed {args.seed}) of the"
+
+
 def run_mnist(args) -> dict:
     out = Path(args.runs)
     data = dict(data="mnist", condition="none", binarize="dynamic")
-    hv = out / "mnist-hvae"
-    cvae.train(**data, **hvae_settings(args), out=str(hv), overwrite=True)
-    seconds = train_seconds(hv)
-    # the one-layer model: a first epoch gives its pace, then a run as long as the hierarchical one's
-    probe = out / "mnist-burda-probe"
-    base = dict(**data, preset="burda", batch_size=args.batch_size, seed=args.seed, device=args.device,
-                data_dir=args.data_dir, progress=False, tensorboard=False, pictures=False)
-    cvae.train(**base, epochs=1, out=str(probe), overwrite=True)
-    epochs = max(1, round(seconds / train_seconds(probe)))
-    one = out / "mnist-burda"
-    cvae.train(**base, epochs=epochs, out=str(one), overwrite=True)
+    hv, one = out / "mnist-hvae", out / "mnist-burda"
+    if not args.eval_only:
+        cvae.train(**data, **hvae_settings(args), out=str(hv), overwrite=True)
+        seconds = train_seconds(hv)
+        # the one-layer model: a first epoch gives its pace, then a run as long as the hierarchical one's
+        probe = out / "mnist-burda-probe"
+        base = dict(**data, preset="burda", batch_size=args.batch_size, seed=args.seed, device=args.device,
+                    data_dir=args.data_dir, progress=False, tensorboard=False, pictures=False)
+        cvae.train(**base, epochs=1, out=str(probe), overwrite=True)
+        epochs = max(1, round(seconds / train_seconds(probe)))
+        cvae.train(**base, epochs=epochs, out=str(one), overwrite=True)
     rows = {}
     for name, run in (("hvae", hv), ("one-layer (burda preset)", one)):
         t = time.perf_counter()
-        ev = evaluate_run(run, subset="first", k=args.k, n=args.n, metrics="elbo,nll", data_dir=args.data_dir, progress=False,
+        ev = evaluate_run(run, subset=args.subset, seed=args.seed, k=args.k, n=args.n, metrics="elbo,nll",
+                          data_dir=args.data_dir, progress=False, write=not args.eval_only,
                           device="cpu" if args.device == "auto" else args.device)
         config = json.loads((run / "config.json").read_text())
         rows[name] = {"train_seconds": round(train_seconds(run), 1), "epochs": config["train"]["epochs"],
@@ -98,7 +104,7 @@ def run_mnist(args) -> dict:
                       "eval_seconds": round(time.perf_counter() - t, 1), **likelihood_figures(ev)}
         nll = rows[name]["importance_sampled_nll"]
         print(f"{name}: {rows[name]['epochs']} epochs, {rows[name]['train_seconds'] / 60:.1f} min of training; "
-              f"test -log p(x), k = {args.k}, first {args.n} images: {nll['value']:.2f} ± {nll['stderr']:.2f} nats",
+              f"test -log p(x), k = {args.k}, {which_images(args)} images: {nll['value']:.2f} ± {nll['stderr']:.2f} nats",
               flush=True)
     return {"models": rows, "published": PUBLISHED_MNIST}
 
@@ -113,7 +119,7 @@ def run_fashion(args) -> dict:
         cvae.train(data="fashion-mnist", likelihood=args.likelihood, condition_dropout=args.condition_dropout,
                    **hvae_settings(args), out=str(run), overwrite=True)
         t = time.perf_counter()
-        ev = evaluate_run(run, subset="first", k=args.k, n=args.n, metrics="elbo,nll", data_dir=args.data_dir, progress=False,
+        ev = evaluate_run(run, subset=args.subset, seed=args.seed, k=args.k, n=args.n, metrics="elbo,nll", data_dir=args.data_dir, progress=False,
                           device=device)
         res = {"train_seconds": round(train_seconds(run), 1), "epochs": args.epochs,
                "parameters": sum(p.numel() for p in cvae.load(run).parameters()),
@@ -121,7 +127,7 @@ def run_fashion(args) -> dict:
                "baseline_conditional_accuracy": BASELINE_FASHION_ACCURACY}
         bpd = res.get("bits_per_dim", {})
         print(f"fashion hvae ({args.likelihood}, condition dropout {args.condition_dropout}): {args.epochs} epochs, "
-              f"{res['train_seconds'] / 60:.1f} min; test bits/dim (k = {args.k}, first {args.n} images) "
+              f"{res['train_seconds'] / 60:.1f} min; test bits/dim (k = {args.k}, {which_images(args)} images) "
               f"{bpd.get('value', float('nan')):.3f} ± {bpd.get('stderr', float('nan')):.3f}", flush=True)
     # the samples at each temperature and guidance weight (0: unguided; a run without condition dropout has only 0)
     res["samples"] = {}
@@ -184,14 +190,18 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--k", type=int, default=5000, help="importance samples per test image")
-    p.add_argument("--n", type=int, default=100, help="the first N test images")
+    p.add_argument("--n", type=int, default=100, help="test images: the first N, or N at random with --subset random")
+    p.add_argument("--subset", choices=("first", "random"), default="first",
+                   help="mnist and fashion: score the first --n test images (as papers score a prefix) or --n drawn "
+                        "at random with --seed (MNIST's first 5,000 test digits are the cleaner half)")
     p.add_argument("--per-class", type=int, default=1000)
     p.add_argument("--likelihood", default="logistic-mixture", help="fashion: the likelihood (bernoulli: the preset's on grey levels)")
     p.add_argument("--condition-dropout", type=float, default=0.0,
                    help="fashion: train for classifier-free guidance (a likelihood with guidance: not logistic-mixture)")
     p.add_argument("--weights", default="0,1,2,3,4", help="fashion, guided: the guidance weights to sample at")
     p.add_argument("--temperatures", default=f"{SAMPLING_TEMPERATURE:g}", help="fashion: the prior temperatures to sample at")
-    p.add_argument("--eval-only", action="store_true", help="fashion: only sample an existing run (no training)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="only evaluate the existing runs in --runs (no training); their eval.json is left as it is")
     p.add_argument("--tag", default="", help="fashion: appended to the run's and the results file's names")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -205,8 +215,8 @@ def main(argv=None) -> int:
            "wall_minutes": round((time.perf_counter() - t0) / 60, 1), **res}
     guided = args.what == "fashion" and args.condition_dropout > 0
     tag = f"-{args.tag}" if args.what == "fashion" and args.tag else ""
-    if args.what == "fashion" and args.eval_only:
-        tag += "-eval"
+    if args.what in ("mnist", "fashion") and args.eval_only:
+        tag += "-eval" + (f"-random{args.n}" if args.subset == "random" else "")
     path = Path(args.results) / f"hvae-{args.what}{'-guided' if guided else ''}{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=2) + "\n")

@@ -263,3 +263,16 @@ def test_the_summary_train_figures_are_not_the_first_examples_of_an_ordered_data
     assert res.summary["train"]["kl"] == pytest.approx(drawn, rel=1e-5)
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["train"]["kl"] == pytest.approx(drawn, rel=1e-5)
     assert first != pytest.approx(drawn, rel=1e-3)  # the first 100 are not like the others
+
+
+def test_data_with_factors_gets_the_disentanglement_literatures_network_by_default():
+    from cvae.train import model_config_for
+
+    data = load_data("dsprites", limit=100)
+    default = model_config_for(TrainConfig(data="dsprites"), data)
+    assert (default.latent_dim, default.hidden) == (10, [400, 400])
+    given = model_config_for(TrainConfig(data="dsprites", latent_dim=6, hidden=[64]), data)
+    assert (given.latent_dim, given.hidden) == (6, [64])  # flags win
+    assert model_config_for(TrainConfig(data="dsprites", preset="burda"), data).latent_dim == 50  # another preset's own
+    plain = model_config_for(TrainConfig(data="digits", condition="none"), load_data("digits", condition="none"))
+    assert (plain.latent_dim, plain.hidden) == (20, [400])  # data without factors: as before
