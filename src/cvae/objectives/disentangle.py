@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..distributions import LOG_2PI
-from .base import OBJECTIVES, Objective
+from .base import OBJECTIVES, Objective, kl_warmup
 
 # -- annealed capacity --------------------------------------------------------------------------
 
@@ -150,16 +150,23 @@ def tc_decomposition(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, n_
 
 @OBJECTIVES.register("btcvae")
 class BetaTCVAE(Objective):
-    uses = ("beta", "tc_estimator")
+    """Chen et al. (2018): reconstruction + MI + beta TC + dimension-wise KL. ``kl_warmup`` epochs (``--kl-warmup``)
+    grow the whole latent part linearly from 0, as the ELBO's KL warm-up does (Chen et al.'s ``vae_quant.py``
+    anneals beta alone, ``--beta-anneal``; with it the MI and dimension-wise KL still weigh fully from the
+    first step, as the plain VAE's KL does)."""
 
-    def __init__(self, beta: float = 1.0, tc_estimator: str | None = None):
+    uses = ("beta", "tc_estimator", "kl_warmup")
+
+    def __init__(self, beta: float = 1.0, tc_estimator: str | None = None, kl_warmup: float = 0.0):
         self.beta = float(beta)
         self.estimator = tc_estimator or "mss"
+        self.warmup = float(kl_warmup or 0.0)
         self.n_data = None
 
     def attach(self, n_train, n_labelled):
         self.n_data = int(n_train)
-        return {"beta": self.beta, "tc_estimator": self.estimator, "dataset_size": self.n_data}
+        return {"beta": self.beta, "tc_estimator": self.estimator, "dataset_size": self.n_data,
+                **({"kl_warmup": self.warmup} if self.warmup else {})}
 
     latent_form = True
 
@@ -169,8 +176,13 @@ class BetaTCVAE(Objective):
         mi = (log_qz_x - log_qz).mean()
         tc = (log_qz - log_prod).mean()
         dim_kl = (log_prod - log_pz).mean()
-        return mi + self.beta * tc + dim_kl, {"mutual_information": mi.detach(), "total_correlation": tc.detach(),
-                                              "dimension_kl": dim_kl.detach()}
+        weight = kl_warmup(progress, self.warmup)
+        return weight * (mi + self.beta * tc + dim_kl), {"mutual_information": mi.detach(),
+                                                         "total_correlation": tc.detach(),
+                                                         "dimension_kl": dim_kl.detach()}
+
+    def schedule(self, progress):
+        return {"kl_weight": kl_warmup(progress, self.warmup)} if self.warmup else {}
 
 
 # -- FactorVAE ----------------------------------------------------------------------------------
