@@ -677,6 +677,14 @@ CODES_FILE = "disentanglement_codes.npz"  # the codes and factors the metrics we
 DISENTANGLEMENT_EXAMPLES = 10000  # disentanglement_lib's num_train for MIG (mig.py) and the other scores
 
 
+def chosen_rows(total: int, n: int, subset: str = "random", seed: int = 0) -> np.ndarray:
+    """Which ``n`` of ``total`` examples ``--n`` keeps: the first n, or n drawn uniformly without
+    replacement with ``seed``, in their order."""
+    if subset == "first":
+        return np.arange(n)
+    return np.sort(np.random.default_rng([seed, 0x5EED]).choice(total, n, replace=False))
+
+
 def every_split(data, n: int | None = None, subset: str = "random", seed: int = 0):
     """The examples of every split of ``data`` as one :class:`cvae.data.Dataset` (``--split all``), in
     the source's row order where the ids are its row numbers; with ``n``, only n of them (the first, or
@@ -693,8 +701,7 @@ def every_split(data, n: int | None = None, subset: str = "random", seed: int = 
         where, ids = where[order], [ids[i] for i in order]
     total, examples = len(ids), None
     if n and n < total:
-        rows = (np.arange(n) if subset == "first"
-                else np.sort(np.random.default_rng([seed, 0x5EED]).choice(total, n, replace=False)))
+        rows = chosen_rows(total, n, subset, seed)
         where, ids = where[rows], [ids[i] for i in rows]
         examples = (f"{n} drawn at random (seed {seed}) of all {total}" if subset == "random"
                     else f"the first {n} of all {total}")
@@ -719,8 +726,7 @@ def take_examples(part, n: int, subset: str = "random", seed: int = 0):
     replacement with ``seed`` and kept in the split's order (ids, labels and factors follow)."""
     from .data import Dataset
 
-    rows = (np.arange(n) if subset == "first"
-            else np.sort(np.random.default_rng([seed, 0x5EED]).choice(len(part), n, replace=False)))
+    rows = chosen_rows(len(part), n, subset, seed)
     index = torch.from_numpy(rows)
     return Dataset(part.x[index], part.y[index], [part.ids[i] for i in rows] if part.ids else None,
                    None if part.labels is None else part.labels[rows],
