@@ -308,3 +308,26 @@ def test_btcvae_kl_warmup_grows_every_latent_term_and_trains_on_both_steps(tmp_p
     assert [r["kl_weight"] for r in runs["fused"]] == [0.5, 1.0]
     for a, b in zip(runs["fused"], runs["autograd"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+
+
+def test_embed_of_a_rendered_run_encodes_the_rows_evaluate_scores(tmp_path):
+    """`cvae embed RUN` on a dSprites run renders only the run's rows (not all 737,280 images: 11 GiB)
+    and writes the same ids and codes that `cvae evaluate --metrics disentanglement` scored."""
+    import csv
+
+    from cvae.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "dsprites", "--limit", "270", "--epochs", "1", "--hidden", "32", "--latent-dim",
+                 "3", "--out", str(run), "--no-progress", "--no-tensorboard"]) == 0
+    assert main(["evaluate", str(run), "--metrics", "disentanglement", "--no-progress"]) == 0
+    assert main(["embed", str(run), "-o", str(tmp_path / "codes.csv")]) == 0
+    with open(tmp_path / "codes.csv") as f:
+        table = list(csv.DictReader(f))
+    saved = np.load(run / "disentanglement_codes.npz")
+    assert [r["id"] for r in table] == list(saved["ids"]) and len(table) == 300  # 270 + the validation share
+    codes = np.array([[float(r[f"mu_{d}"]) for d in range(3)] for r in table])
+    np.testing.assert_allclose(codes, saved["codes"], rtol=1e-4, atol=1e-5)
+    assert main(["embed", str(run), "--n", "20", "-o", str(tmp_path / "few.csv")]) == 0
+    with open(tmp_path / "few.csv") as f:
+        assert [r["id"] for r in csv.DictReader(f)] == list(saved["ids"][:20])

@@ -55,7 +55,17 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
     part = split if split in raw.splits else "train"
     x, raw_columns = raw.splits[part]
     ids = raw.meta.get("ids") if part == "train" else None
-    if n is not None:
+    if hasattr(x, "grid"):
+        # a set rendered on demand (dSprites: 11 GiB whole) is never read whole: the rows the run trained
+        # and validated on (what `cvae evaluate --metrics disentanglement` scores), in the grid's order
+        from ..data.core import rendered_rows
+
+        cfg = (getattr(model, "run_config", None) or {}).get("train", {})
+        rows = rendered_rows(raw, cfg.get("limit"), cfg.get("val_fraction", 0.1), cfg.get("seed", 0), quiet=True)
+        rows = (np.arange(len(x)) if rows is None else rows)[:n]
+        x, ids = x[rows], rows.tolist()
+        raw_columns = {k: np.asarray(v)[rows] for k, v in raw_columns.items()}
+    elif n is not None:
         x = x[:n]
         raw_columns = {k: v[:n] for k, v in raw_columns.items()}
         ids = ids[:n] if ids else ids

@@ -259,9 +259,9 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
     raw = read_source(source, data_dir=data_dir, condition=condition, data_layout=data_layout, image_size=image_size,
                       factors=factors)
     if hasattr(raw.splits["train"][0], "grid") and "val" not in raw.splits:
-        limit = limit if limit is not None else _limit_in_memory(raw, val_fraction)
-        if limit is not None:
-            raw = _subsample(raw, limit, val_fraction, seed)
+        rows = rendered_rows(raw, limit, val_fraction, seed)
+        if rows is not None:
+            raw = _subsample(raw, rows, seed)
     factor_names = list(raw.meta.get("factors", []))
     factor_codes = _factor_codes(raw, factor_names)
     schema, codes = build_schema(raw, condition, source)
@@ -347,7 +347,22 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
     return splits
 
 
-def _limit_in_memory(raw: RawData, val_fraction: float) -> int | None:
+def rendered_rows(raw: RawData, limit: int | None, val_fraction: float, seed: int, *,
+                  quiet: bool = False) -> np.ndarray | None:
+    """The rows of a data set rendered on demand that a run with these settings trains and validates on,
+    drawn with ``seed`` (``limit`` training examples and their validation share, or as many as fit in
+    memory when ``limit`` is None); None when that is every row."""
+    x = raw.splits["train"][0]
+    limit = limit if limit is not None else _limit_in_memory(raw, val_fraction, quiet=quiet)
+    if limit is None:
+        return None
+    keep = int(math.ceil(limit / (1.0 - val_fraction)))
+    if keep >= len(x):
+        return None
+    return np.sort(np.random.default_rng([seed, 12]).choice(len(x), keep, replace=False))
+
+
+def _limit_in_memory(raw: RawData, val_fraction: float, *, quiet: bool = False) -> int | None:
     """For a data set rendered on demand whose every image would not fit the rendering budget as float32
     (all 737,280 dSprites images: 11.2 GiB), the training examples that do (235,929 of dSprites, 4.0 GiB with
     the validation split), said on stderr; None when all of them fit."""
@@ -358,20 +373,17 @@ def _limit_in_memory(raw: RawData, val_fraction: float) -> int | None:
     if len(images) * per_image <= MAX_RENDER_BYTES:
         return None
     limit = int(MAX_RENDER_BYTES // per_image * (1.0 - val_fraction))
-    print(f"{raw.name}: training on {limit:,} of its {len(images):,} images, drawn at random with --seed "
-          f"({MAX_RENDER_BYTES / 2**30:.1f} GiB as float32 with the validation split; all of them would take "
-          f"{len(images) * per_image / 2**30:.1f} GiB); --limit N sets another number", file=sys.stderr)
+    if not quiet:
+        print(f"{raw.name}: training on {limit:,} of its {len(images):,} images, drawn at random with --seed "
+              f"({MAX_RENDER_BYTES / 2**30:.1f} GiB as float32 with the validation split; all of them would take "
+              f"{len(images) * per_image / 2**30:.1f} GiB); --limit N sets another number", file=sys.stderr)
     return limit
 
 
-def _subsample(raw: RawData, limit: int, val_fraction: float, seed: int) -> RawData:
-    """A data set rendered on demand, cut to the examples that --limit will use (drawn with ``seed``)."""
+def _subsample(raw: RawData, rows: np.ndarray, seed: int) -> RawData:
+    """A data set rendered on demand, cut to the examples ``rows`` (from :func:`rendered_rows`)."""
     x, columns = raw.splits["train"]
-    keep = int(math.ceil(limit / (1.0 - val_fraction)))
-    if keep >= len(x):
-        return raw
-    rows = np.sort(np.random.default_rng([seed, 12]).choice(len(x), keep, replace=False))
-    meta = dict(raw.meta, ids=rows.tolist(), subsample=f"{keep} of {len(x)} examples, drawn with seed {seed}")
+    meta = dict(raw.meta, ids=rows.tolist(), subsample=f"{len(rows)} of {len(x)} examples, drawn with seed {seed}")
     return RawData(raw.name, raw.kind, {"train": (x[rows], {k: v[rows] for k, v in columns.items()})},
                    raw.class_names, raw.binary, raw.unit_range, meta)
 
