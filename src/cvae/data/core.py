@@ -350,34 +350,33 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
 def rendered_rows(raw: RawData, limit: int | None, val_fraction: float, seed: int, *,
                   quiet: bool = False) -> np.ndarray | None:
     """The rows of a data set rendered on demand that a run with these settings trains and validates on,
-    drawn with ``seed`` (``limit`` training examples and their validation share, or as many as fit in
-    memory when ``limit`` is None); None when that is every row."""
+    drawn with ``seed`` (``limit`` training examples and their validation share, or, when ``limit`` is
+    None, as many as fit in memory); None when that is every row."""
     x = raw.splits["train"][0]
-    limit = limit if limit is not None else _limit_in_memory(raw, val_fraction, quiet=quiet)
-    if limit is None:
-        return None
-    keep = int(math.ceil(limit / (1.0 - val_fraction)))
-    if keep >= len(x):
+    keep = (_rows_in_memory(raw, val_fraction, quiet=quiet) if limit is None
+            else int(math.ceil(limit / (1.0 - val_fraction))))
+    if keep is None or keep >= len(x):
         return None
     return np.sort(np.random.default_rng([seed, 12]).choice(len(x), keep, replace=False))
 
 
-def _limit_in_memory(raw: RawData, val_fraction: float, *, quiet: bool = False) -> int | None:
+def _rows_in_memory(raw: RawData, val_fraction: float, *, quiet: bool = False) -> int | None:
     """For a data set rendered on demand whose every image would not fit the rendering budget as float32
-    (all 737,280 dSprites images: 11.2 GiB), the training examples that do (235,929 of dSprites, 4.0 GiB with
-    the validation split), said on stderr; None when all of them fit."""
+    (all 737,280 dSprites images: 11.2 GiB), how many do (262,144 of dSprites: 4.0 GiB, of which the
+    validation split takes its share), said on stderr; None when all of them fit."""
     from .factors import MAX_RENDER_BYTES
 
     images = raw.splits["train"][0]
     per_image = math.prod(images.shape[1:]) * 4
     if len(images) * per_image <= MAX_RENDER_BYTES:
         return None
-    limit = int(MAX_RENDER_BYTES // per_image * (1.0 - val_fraction))
+    keep = int(MAX_RENDER_BYTES // per_image)
     if not quiet:
-        print(f"{raw.name}: training on {limit:,} of its {len(images):,} images, drawn at random with --seed "
+        train = keep - max(int(round(val_fraction * keep)), int(val_fraction > 0))
+        print(f"{raw.name}: training on {train:,} of its {len(images):,} images, drawn at random with --seed "
               f"({MAX_RENDER_BYTES / 2**30:.1f} GiB as float32 with the validation split; all of them would take "
               f"{len(images) * per_image / 2**30:.1f} GiB); --limit N sets another number", file=sys.stderr)
-    return limit
+    return keep
 
 
 def _subsample(raw: RawData, rows: np.ndarray, seed: int) -> RawData:
