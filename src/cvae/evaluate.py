@@ -380,6 +380,8 @@ class RunEvaluation:
 
     path: Path | None  # eval.json, when written
     results: dict
+    model: CVAE | None = None  # the run's model and data as loaded for the evaluation, for what follows it
+    data: object = None  # (DataSplits; the disentanglement pictures, without loading or rendering them again)
 
 
 def parse_metrics(spec: str | list[str] | None) -> tuple[list[str], bool]:
@@ -501,8 +503,7 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
         if part is None:
             raise CvaeError(f"{data.name!r} has no {split} split in this run; choose one of {', '.join(available)} or all")
         if n and n < len(part):
-            examples = (f"{n} drawn at random (seed {seed}) of the split's {len(part)}" if subset == "random"
-                        else f"the first {n} of the split's {len(part)}")
+            examples = kept_words(n, f"the split's {len(part)}", subset, seed)
             part = take_examples(part, n, subset, seed)
     x_raw = part.x
     y = part.y
@@ -578,7 +579,7 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
     if write:
         path = run / "eval.json"
         write_json(path, results)
-    return RunEvaluation(path=path, results=results)
+    return RunEvaluation(path=path, results=results, model=model, data=data)
 
 
 def per_token_figures(rep, x: torch.Tensor) -> dict:
@@ -685,6 +686,11 @@ def chosen_rows(total: int, n: int, subset: str = "random", seed: int = 0) -> np
     return np.sort(np.random.default_rng([seed, 0x5EED]).choice(total, n, replace=False))
 
 
+def kept_words(n: int, of: str, subset: str, seed: int) -> str:
+    """The protocol's words for the ``n`` examples :func:`chosen_rows` keeps ``of`` ("the split's 10000")."""
+    return f"{n} drawn at random (seed {seed}) of {of}" if subset == "random" else f"the first {n} of {of}"
+
+
 def every_split(data, n: int | None = None, subset: str = "random", seed: int = 0):
     """The examples of every split of ``data`` as one :class:`cvae.data.Dataset` (``--split all``), in
     the source's row order where the ids are its row numbers; with ``n``, only n of them (the first, or
@@ -703,8 +709,7 @@ def every_split(data, n: int | None = None, subset: str = "random", seed: int = 
     if n and n < total:
         rows = chosen_rows(total, n, subset, seed)
         where, ids = where[rows], [ids[i] for i in rows]
-        examples = (f"{n} drawn at random (seed {seed}) of all {total}" if subset == "random"
-                    else f"the first {n} of all {total}")
+        examples = kept_words(n, f"all {total}", subset, seed)
 
     def gather(field):
         pieces = [getattr(part, field) for _, part in parts]

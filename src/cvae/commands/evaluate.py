@@ -105,7 +105,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           molecules=args.molecules, decode=decode, beam=args.beam,
                           token_temperature=token_temperature, guidance=args.guidance, steer=args.steer,
                           subset=args.subset)
-    pictures = _disentanglement_pictures(args, result.results.get("disentanglement"))
+    pictures = _disentanglement_pictures(args, result)
     if args.json:
         print(json.dumps(result.results, indent=2))
     else:
@@ -114,16 +114,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _disentanglement_pictures(args, section: dict | None) -> list:
-    """The heat map and the factor-labelled traversal beside eval.json."""
+def _disentanglement_pictures(args, result) -> list:
+    """The heat map and the factor-labelled traversal beside eval.json, from the model and data the
+    evaluation loaded (a rendered set such as dSprites is not rendered a second time)."""
+    section = result.results.get("disentanglement")
     if not section or "skipped" in section:
         return []
     from ..apps.disentangle import write_disentanglement_pictures
-    from ..evaluate import every_split, load_run_data
-    from ..runs import load_model
+    from ..evaluate import every_split
 
-    model = load_model(args.run, device=args.device)
-    data = load_run_data(model, data_dir=args.data_dir)
+    model, data = result.model, result.data
+    model.eval()
     split = section["protocol"]["split"]
     n = min(args.n or 2000, 2000)
     part = every_split(data, n, "first")[0] if split == "all" else getattr(data, split)
