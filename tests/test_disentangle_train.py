@@ -331,3 +331,21 @@ def test_embed_of_a_rendered_run_encodes_the_rows_evaluate_scores(tmp_path):
     assert main(["embed", str(run), "--n", "20", "-o", str(tmp_path / "few.csv")]) == 0
     with open(tmp_path / "few.csv") as f:
         assert [r["id"] for r in csv.DictReader(f)] == list(saved["ids"][:20])
+
+
+def test_bad_values_of_this_sessions_flags_are_one_error_line(tmp_path, capsys):
+    from cvae.cli import main
+
+    for argv, words in (
+        (["train", "--data", "dsprites", "--limit", "100", "--objective", "btcvae", "--kl-warmup", "-1",
+          "--out", str(tmp_path / "a")], "--kl-warmup must be zero or positive"),
+        (["train", "--data", "dsprites", "--limit", "100", "--objective", "btcvae", "--kl-warmup", "nan",
+          "--out", str(tmp_path / "b")], "--kl-warmup must be zero or positive"),
+        (["evaluator", "train", "--data", "digits", "--epochs", "0", "--out", str(tmp_path / "e.safetensors")],
+         "--epochs must be"),
+    ):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and err[0].startswith("error:") and words in err[0], (argv, err)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "e.safetensors").exists()
