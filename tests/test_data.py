@@ -125,6 +125,29 @@ def test_npz_with_labels_and_npy(tmp_path):
     assert abs(float(d.train.x.mean())) < 0.5
 
 
+def test_channel_last_images_of_a_npz_file_are_read_as_channels_first(tmp_path):
+    # Shapes3D, PIL and TensorFlow keep images as (N, H, W, C); read as (N, C, H, W) a 64x64 RGB set
+    # became 64 channels of 64x3 images, and its pictures noise.
+    rng = np.random.default_rng(0)
+    x = (rng.random((24, 10, 6, 3)) * 255).astype(np.uint8)
+    x[:, :, :, 0] = 255  # red channel full: survives only if the channel axis is the last one
+    np.savez(tmp_path / "rgb.npz", x=x, y=np.arange(24) % 2)
+    d = load_data(str(tmp_path / "rgb.npz"), val_fraction=0.25)
+    assert d.data_shape == (3, 10, 6) and d.kind == "image"
+    every = torch.cat([d.train.x, d.val.x])
+    assert torch.all(every[:, 0] == 1.0) and not torch.all(every[:, 1] == 1.0)
+    np.save(tmp_path / "rgb.npy", x)
+    from cvae.data.stream import load_npy_stream
+
+    memory, stream = load_data(str(tmp_path / "rgb.npy")), load_npy_stream(tmp_path / "rgb.npy")
+    assert stream.data_shape == memory.data_shape == (3, 10, 6)
+    assert torch.equal(stream.train.x[0:len(stream.train)], memory.train.x)  # the same rows, the same layout
+    np.save(tmp_path / "rgba.npy", np.zeros((5, 8, 8, 4), np.uint8))
+    assert load_data(str(tmp_path / "rgba.npy")).data_shape == (4, 8, 8)
+    np.save(tmp_path / "first.npy", np.zeros((5, 3, 8, 3), np.float32))  # channel-first stays as it is
+    assert load_data(str(tmp_path / "first.npy")).data_shape == (3, 8, 3)
+
+
 def test_npz_errors(tmp_path):
     np.savez(tmp_path / "two.npz", a=np.zeros((3, 4)), b=np.zeros((3, 4)))
     with pytest.raises(CvaeError, match="name the examples 'x'"):

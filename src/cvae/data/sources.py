@@ -247,6 +247,12 @@ def _array_kind(x: np.ndarray) -> str:
     return {2: "table", 3: "signal", 4: "image"}.get(x.ndim, "")
 
 
+def channel_last(shape: tuple[int, ...]) -> bool:
+    """Whether an array of this shape holds channel-last images (N, H, W, C): 4-D, its last axis 1, 3 or 4
+    long and its second not (an (N, 3, 8, 3) array stays channel-first)."""
+    return len(shape) == 4 and shape[-1] in IMAGE_CHANNELS and shape[1] not in IMAGE_CHANNELS
+
+
 def check_examples_shape(shape: tuple[int, ...], where: str) -> None:
     """Examples are (N, features), (N, C, L) or (N, C, H, W) with N > 0 and no empty dimension."""
     if not 2 <= len(shape) <= 4 or shape[0] == 0 or 0 in shape[1:]:
@@ -344,11 +350,14 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 LABEL_ARRAYS = ("y", "labels", "targets")  # .npz arrays read as the 'label' column
+IMAGE_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: a 4-D array whose last axis is one of these and whose second is not
+# holds channel-last images (Shapes3D's, PIL's and TensorFlow's order)
 
 
 def load_array_file(path: Path) -> RawData:
     """``.npy``: the examples. ``.npz``: an array ``x`` (or the only array) plus condition arrays
-    of the same length (``y``/``labels`` are read as ``label``; (N, 1) columns count as (N,))."""
+    of the same length (``y``/``labels`` are read as ``label``; (N, 1) columns count as (N,)). Images
+    may be channel-first (N, C, H, W) or channel-last (N, H, W, C) with C 1, 3 or 4."""
     if path.suffix.lower() == ".npy":
         arrays = {"x": load_npy(path)}
     else:
@@ -361,6 +370,8 @@ def load_array_file(path: Path) -> RawData:
     x = np.asarray(arrays.pop("x"))
     if x.ndim == 3 and path.suffix.lower() == ".npz" and x.shape[-1] == x.shape[-2]:
         x = x[:, None]  # (N, H, W) square images -> (N, 1, H, W)
+    if channel_last(x.shape):
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (N, H, W, C) -> (N, C, H, W)
     check_examples_shape(x.shape, f"{path} (array 'x')")
     x, unit = _as_float(x, f"{path} (array 'x')")
     columns = {}

@@ -18,7 +18,7 @@ import torch
 from ..conditions import ConditionSchema
 from ..errors import CvaeError
 from .core import Dataset, DataSplits, parse_condition_spec
-from .sources import check_examples_shape, check_values, load_npy
+from .sources import channel_last, check_examples_shape, check_values, load_npy
 
 CHUNK_BYTES = 64 * 2**20  # rows are read and converted this many bytes (as float32) at a time
 
@@ -27,7 +27,8 @@ class ArrayRows:
     """Rows ``rows`` of a (memory-mapped) array, read on demand in model units.
 
     ``x[i:j]`` and ``x[positions]`` return float32 tensors (N, *shape) of just those rows; uint8
-    values are scaled to [0, 1] and, with ``loc``/``scale``, features are standardised.
+    values are scaled to [0, 1] and, with ``loc``/``scale``, features are standardised. Channel-last
+    images (N, H, W, C) are returned channel-first, as the in-memory loader does.
     """
 
     def __init__(self, array: np.ndarray, rows: np.ndarray, *, loc: np.ndarray | None = None,
@@ -35,13 +36,15 @@ class ArrayRows:
         self.array = array
         self.rows = np.asarray(rows, dtype=np.int64)
         self.loc, self.scale = loc, scale
+        self.channel_last = channel_last(array.shape)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return (len(self.rows), *self.array.shape[1:])
+        row = self.array.shape[1:]
+        return (len(self.rows), *((row[2], row[0], row[1]) if self.channel_last else row))
 
     @property
     def row_bytes(self) -> int:
@@ -63,6 +66,8 @@ class ArrayRows:
         order = np.argsort(file_rows, kind="stable")  # read in file order, then put back
         block = np.empty((len(file_rows), *self.array.shape[1:]), np.float32)
         block[order] = self.array[file_rows[order]]
+        if self.channel_last:
+            block = np.ascontiguousarray(block.transpose(0, 3, 1, 2))
         if self.array.dtype == np.uint8:
             block /= 255.0  # as the in-memory loader does, to the last bit
         if self.loc is not None:
@@ -103,7 +108,8 @@ def split_rows(n: int, *, val_fraction: float, seed: int, limit: int | None) -> 
 
 def load_npy_stream(path: str | Path, *, condition=None, val_fraction: float = 0.1, seed: int = 0,
                     limit: int | None = None) -> DataSplits:
-    """A ``.npy`` file of examples (N, features), (N, C, L) or (N, C, H, W), read by rows on demand."""
+    """A ``.npy`` file of examples (N, features), (N, C, L) or (N, C, H, W) (or (N, H, W, C)), read by rows
+    on demand."""
     path = Path(path).expanduser()
     if path.suffix.lower() != ".npy" or not path.is_file():
         raise CvaeError(f"--stream reads a .npy file of examples through its memory map; {str(path)!r} is not one "
