@@ -278,6 +278,36 @@ def test_data_with_factors_gets_the_disentanglement_literatures_network_by_defau
     assert (plain.latent_dim, plain.hidden) == (20, [400])  # data without factors: as before
 
 
+def test_data_with_factors_trains_at_adams_rate_of_1e_3_and_by_images_seen_unless_told(tmp_path):
+    # at 3e-3 beta-TCVAE's posteriors collapsed on a Shapes3D-like colour set (README "Disentanglement")
+    from cvae.cli import main
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "f.npz", x=rng.random((80, 6)).astype(np.float32), size=rng.integers(0, 3, 80))
+    factors = [("dsprites", []), (str(tmp_path / "f.npz"), ["--factors", "size"])]
+    for data, extra in factors:
+        for flags, lr in (([], 1e-3), (["--lr", "3e-3"], 3e-3)):
+            run = tmp_path / f"r{len(flags)}-{len(extra)}"
+            assert main(["train", "--data", data, *extra, "--limit", "60", "--epochs", "1", "--batch-size", "32",
+                         "--no-pictures", *flags, "--out", str(run)]) == 0
+            assert json.loads((run / "config.json").read_text())["train"]["lr"] == lr
+    # and as many images as the dSprites default (10 epochs of its 235,930 rows in memory): more epochs of less
+    from types import SimpleNamespace
+
+    from cvae.models.cvae import CVAE
+
+    def rows(n, factors=("size",)):
+        return SimpleNamespace(train=SimpleNamespace(x=range(n)), factor_names=list(factors))
+
+    assert CVAE.training_defaults(rows(235_930)) == {"lr": 1e-3}
+    assert CVAE.training_defaults(rows(45_000)) == {"lr": 1e-3, "epochs": 53}
+    assert CVAE.training_defaults(rows(45_000, ())) == {}
+    run = tmp_path / "plain"  # data without factors: as before
+    assert main(["train", "--data", "digits", "--condition", "none", "--limit", "60", "--epochs", "1",
+                 "--no-pictures", "--out", str(run)]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["lr"] == 3e-3
+
+
 def test_btcvae_kl_warmup_grows_every_latent_term_and_trains_on_both_steps(tmp_path):
     """--kl-warmup E with beta-TCVAE: the MI, beta TC and dimension-wise KL all grow linearly from 0 over
     E epochs (the reconstruction alone at the start), on the fused step as on autograd's."""
