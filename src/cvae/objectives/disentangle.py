@@ -129,7 +129,7 @@ def _native_tc(z: torch.Tensor) -> bool:
 
 # The log-variance below which the densities of tc_decomposition stop following it (a standard deviation of
 # 1e-13). On data of discrete factors an encoder trained with beta-TCVAE can make some posteriors that
-# sharp (log variances of -48 after one epoch of a Shapes3D-like set of 64x64 colour images); past -88.7
+# sharp (log variances of -48 to -100 within one epoch on a Shapes3D-like set of 64x64 colour images); past -88.7
 # exp(-log variance) is infinite in float32, and the code's own term (z - mu)^2 exp(-log variance) became
 # 0 x inf = NaN: the run stopped as diverged. Below this bound (z - mu) is float32 rounding anyway.
 TC_MIN_LOGVAR = -60.0
