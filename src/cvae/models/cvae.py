@@ -50,8 +50,14 @@ class CVAE(VAEModel):
         defaults = super().training_defaults(data)
         if not getattr(data, "factor_names", None):
             return defaults
-        epochs = math.ceil(cls.FACTOR_EXAMPLES_SEEN / max(1, len(data.train.x)))
-        return {**defaults, "lr": cls.FACTOR_LR, **({"epochs": epochs} if epochs > cls.LEAST_EPOCHS else {})}
+        return {**defaults, "lr": cls.FACTOR_LR, **cls.epochs_to_see(cls.FACTOR_EXAMPLES_SEEN, data)}
+
+    @classmethod
+    def epochs_to_see(cls, examples: int, data) -> dict:
+        """``{"epochs": E}`` when more than ``LEAST_EPOCHS`` epochs of ``data``'s training examples are needed
+        to see ``examples`` of them, else nothing (the data set keeps --epochs' default)."""
+        epochs = math.ceil(examples / max(1, len(data.train.x)))
+        return {"epochs": epochs} if epochs > cls.LEAST_EPOCHS else {}
 
     def __init__(self, config, *, run=None):
         super().__init__(config, run=run)

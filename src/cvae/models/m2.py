@@ -14,7 +14,6 @@ stands in for it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -65,12 +64,10 @@ class M2(CVAE):
     # many steps whatever the data set's size (scikit-learn's 1,617 digits with 100 labels: 18.6% error
     # after 10 epochs, 11.6% after 30, 1.8% after 200), so a smaller data set gets more epochs unless --epochs is given
     EXAMPLES_SEEN = 540_000
-    LEAST_EPOCHS = 10  # --epochs' default: a larger data set keeps it
 
     @classmethod
     def training_defaults(cls, data) -> dict:
-        epochs = math.ceil(cls.EXAMPLES_SEEN / max(1, len(data.train.x)))
-        return {**cls.train_defaults, "epochs": epochs} if epochs > cls.LEAST_EPOCHS else cls.train_defaults
+        return {**cls.train_defaults, **cls.epochs_to_see(cls.EXAMPLES_SEEN, data)}
 
     def __init__(self, config: M2Config, *, run=None):
         super().__init__(config, run=run)
