@@ -191,6 +191,9 @@ def test_array_shapes_are_checked(tmp_path):
     raises(r"nofeatures\.npy has shape \(50, 0\)", load_npy_stream, tmp_path / "nofeatures.npy")
     np.save(tmp_path / "five.npy", np.zeros((2, 1, 1, 1, 1)))
     raises(r"five\.npy .*has shape \(2, 1, 1, 1, 1\)", load_data, str(tmp_path / "five.npy"))
+    np.save(tmp_path / "emptylast.npy", np.zeros((5, 0, 8, 3), np.uint8))  # channel-last: the file's shape is named
+    raises(r"emptylast\.npy \(array 'x'\) has shape \(5, 0, 8, 3\)", load_data, str(tmp_path / "emptylast.npy"))
+    raises(r"emptylast\.npy has shape \(5, 0, 8, 3\)", load_npy_stream, tmp_path / "emptylast.npy")
     np.savez(tmp_path / "complex.npz", x=np.zeros((4, 2), np.complex64))
     raises(r"complex\.npz .*complex64 values; expected real numbers", load_data, str(tmp_path / "complex.npz"))
 

@@ -368,11 +368,11 @@ def load_array_file(path: Path) -> RawData:
         else:
             raise CvaeError(f"{path} holds arrays {', '.join(arrays)}; name the examples 'x' (and labels 'y')")
     x = np.asarray(arrays.pop("x"))
+    check_examples_shape(x.shape, f"{path} (array 'x')")  # the file's own shape, before the layout is changed
     if x.ndim == 3 and path.suffix.lower() == ".npz" and x.shape[-1] == x.shape[-2]:
         x = x[:, None]  # (N, H, W) square images -> (N, 1, H, W)
     if channel_last(x.shape):
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (N, H, W, C) -> (N, C, H, W)
-    check_examples_shape(x.shape, f"{path} (array 'x')")
     x, unit = _as_float(x, f"{path} (array 'x')")
     columns = {}
     for k, v in arrays.items():
