@@ -94,3 +94,32 @@ def test_dynamic_binarization_is_refused_before_any_folder_is_made(tmp_path):
     with pytest.raises(CvaeError, match="--binarize dynamic is not supported in a sweep"):
         fit_sweep(expand(_base(binarize="dynamic"), {"seed": [0, 1]}, tmp_path / "s"))
     assert not (tmp_path / "s").exists()
+
+
+def test_a_varied_or_given_setting_is_kept_where_the_data_has_its_own_default(tmp_path):
+    # data with factors train at 1e-3 unless told (CVAE.training_defaults); a sweep member at 3e-3, the
+    # plain default, is told so by the sweep and must keep it, as `cvae train --lr 3e-3` does
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "f.npz", x=rng.random((80, 6)).astype(np.float32), size=rng.integers(0, 3, 80))
+    common = ["--data", str(tmp_path / "f.npz"), "--factors", "size", "--limit", "60", "--epochs", "1",
+              "--batch-size", "32", "--no-pictures", "--no-progress", "--no-tensorboard", "--precision", "float32"]
+
+    def lr(run):
+        return json.loads((run / "config.json").read_text())["train"]["lr"]
+
+    out = tmp_path / "vary"
+    assert main(["sweep", *common, "--vary", "lr=1e-3,3e-3", "--out", str(out)]) == 0
+    assert (lr(out / "lr=0.001"), lr(out / "lr=0.003")) == (1e-3, 3e-3)
+    out = tmp_path / "given"
+    assert main(["sweep", *common, "--lr", "3e-3", "--vary", "seed=0,1", "--out", str(out)]) == 0
+    assert lr(out / "seed=0") == lr(out / "seed=1") == 3e-3
+    out = tmp_path / "left"
+    assert main(["sweep", *common, "--vary", "seed=0,1", "--out", str(out)]) == 0
+    assert lr(out / "seed=0") == lr(out / "seed=1") == 1e-3  # the data's own default, as for cvae train
+    # the Python API: a varied value counts as given without being told
+    configs = expand(TrainConfig(data=str(tmp_path / "f.npz"), factors=["size"], limit=60, epochs=1, batch_size=32,
+                                 progress=False, tensorboard=False, precision="float32"),
+                     {"lr": [1e-3, 3e-3]}, tmp_path / "api")
+    assert [r.config.lr for r in fit_sweep(configs)] == [1e-3, 3e-3]

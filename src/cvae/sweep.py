@@ -72,10 +72,16 @@ def _group_key(config: TrainConfig) -> tuple:
     return tuple((k, str(v)) for k, v in sorted(config.to_dict().items()) if k not in IN_GROUP)
 
 
-def fit_sweep(configs: list[TrainConfig], *, overwrite: bool = False, on_epoch=None) -> list[TrainResult]:
+def fit_sweep(configs: list[TrainConfig], *, overwrite: bool = False, on_epoch=None,
+              explicit: set[str] | None = None) -> list[TrainResult]:
     """Train every config (a list of :class:`TrainConfig`, each with its own ``out``); runs of one shape
     together. Returns their results in the order given. ``on_epoch(config, epoch, row)`` is called after
-    each run's epoch is written."""
+    each run's epoch is written.
+
+    ``explicit`` names the settings the user gave, as for :func:`cvae.train.fit` (default: those that
+    differ from the defaults); a setting whose value differs between the configs counts as given in
+    every run, so a model class's default for the data (data with factors train at 1e-3) never
+    replaces a varied value that happens to equal the plain default."""
     if not configs:
         raise CvaeError("a sweep needs at least one run")
     outs = [c.out for c in configs]
@@ -86,9 +92,15 @@ def fit_sweep(configs: list[TrainConfig], *, overwrite: bool = False, on_epoch=N
     groups: dict[tuple, list[int]] = {}
     for i, config in enumerate(configs):
         groups.setdefault(_group_key(config), []).append(i)
+    dicts = [c.to_dict() for c in configs]
+    varied = {k for k in dicts[0] if k != "out" and len({repr(d[k]) for d in dicts}) > 1}
+    plain = TrainConfig().to_dict()
+    given = [(set(explicit) if explicit is not None else {k for k, v in d.items() if v != plain.get(k)}) | varied
+             for d in dicts]
     results: list[TrainResult | None] = [None] * len(configs)
     for members in groups.values():
-        for i, result in zip(members, _fit_group([configs[i] for i in members], overwrite, on_epoch)):
+        for i, result in zip(members, _fit_group([configs[i] for i in members], overwrite, on_epoch,
+                                                 [given[i] for i in members])):
             results[i] = result
     return results
 
@@ -112,16 +124,17 @@ def _source_read_once():
         data_core.read_source = original
 
 
-def _fit_group(configs: list[TrainConfig], overwrite: bool, on_epoch) -> list[TrainResult]:
+def _fit_group(configs: list[TrainConfig], overwrite: bool, on_epoch, given: list[set[str]]) -> list[TrainResult]:
     device = resolve_device(configs[0].device)
     trainers: list[Trainer] = []
     with _flushed_denormals(), _own_rng(device), kept_thread_count(), _source_read_once():
         try:
             precision = configs[0].precision
-            for config in configs:
+            for config, explicit in zip(configs, given):
                 # the first run's probe decides the precision of all (they share every shape)
                 config = config.replace(step="fused", precision=precision, progress=False)
-                trainer = Trainer.prepare(config, Ranks(), device, resume=False, overwrite=overwrite, explicit=None)
+                trainer = Trainer.prepare(config, Ranks(), device, resume=False, overwrite=overwrite,
+                                          explicit=explicit)
                 trainers.append(trainer)
                 precision = trainer.config.precision
                 # the noise this run's global generator would give it from here on

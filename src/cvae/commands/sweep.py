@@ -41,7 +41,8 @@ def cmd_sweep(args) -> int:
     base = TrainConfig.from_dict(settings)
     configs = expand(base, vary, args.out)
     t = time.perf_counter()
-    results = fit_sweep(configs, overwrite=getattr(args, "overwrite", False))
+    # the flags and YAML keys given (argparse leaves the others out), and the varied settings
+    results = fit_sweep(configs, overwrite=getattr(args, "overwrite", False), explicit=set(settings) | set(vary))
     seconds = time.perf_counter() - t
     print(f"{len(configs)} runs in {seconds:.1f} s ({len(configs) * 3600 / seconds:.0f} models per hour) under {args.out}")
     for config, result in zip(configs, results):
