@@ -146,6 +146,13 @@ def test_channel_last_images_of_a_npz_file_are_read_as_channels_first(tmp_path):
     assert load_data(str(tmp_path / "rgba.npy")).data_shape == (4, 8, 8)
     np.save(tmp_path / "first.npy", np.zeros((5, 3, 8, 3), np.float32))  # channel-first stays as it is
     assert load_data(str(tmp_path / "first.npy")).data_shape == (3, 8, 3)
+    # a NaN is named where the file holds it, (h, w, c), by both readers
+    bad = np.zeros((5, 8, 6, 3), np.float32)
+    bad[2, 1, 4, 2] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    for read in (lambda: load_data(str(tmp_path / "nan.npy")), lambda: load_npy_stream(tmp_path / "nan.npy")):
+        with pytest.raises(CvaeError, match=r"example 2, position \(1, 4, 2\)"):
+            read()
 
 
 def test_npz_errors(tmp_path):

@@ -368,12 +368,14 @@ def load_array_file(path: Path) -> RawData:
         else:
             raise CvaeError(f"{path} holds arrays {', '.join(arrays)}; name the examples 'x' (and labels 'y')")
     x = np.asarray(arrays.pop("x"))
-    check_examples_shape(x.shape, f"{path} (array 'x')")  # the file's own shape, before the layout is changed
+    # the file's own shape and values, before the layout is changed: a bad value's position is named as
+    # the file holds it, (h, w, c) in a channel-last array, as the streamed reader names it
+    check_examples_shape(x.shape, f"{path} (array 'x')")
+    x, unit = _as_float(x, f"{path} (array 'x')")
     if x.ndim == 3 and path.suffix.lower() == ".npz" and x.shape[-1] == x.shape[-2]:
         x = x[:, None]  # (N, H, W) square images -> (N, 1, H, W)
     if channel_last(x.shape):
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (N, H, W, C) -> (N, C, H, W)
-    x, unit = _as_float(x, f"{path} (array 'x')")
     columns = {}
     for k, v in arrays.items():
         name = "label" if k in LABEL_ARRAYS else k
