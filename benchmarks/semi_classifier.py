@@ -20,7 +20,15 @@ Berthelot et al. 2020), ``lr`` (1e-3), ``ratio`` (unlabelled rows per labelled b
 optimisation (Sohn et al. 2020, section 3 and their ablation): ``sgd`` (1: SGD with Nesterov momentum 0.9
 and their cosine decay cos(7 pi k / 16 K), at ``lr``: use lr=0.03), ``wd`` (weight decay of the weights, 0;
 theirs 5e-4) and ``ema`` (the decay of an exponential moving average of the weights that makes the
-pseudo-labels and is evaluated, 0: none; theirs 0.999).
+pseudo-labels and is evaluated, 0: none; theirs 0.999). Other methods and references: ``randaug`` (1: the
+strong view is two of eight operations chosen per image at a random magnitude, then a cut-out of half
+of each side, RandAugment in the spirit of FixMatch's, instead of cvae's strong perturbation),
+``mixmatch`` (the weight of MixMatch's unlabelled term in place of the FixMatch term, Berthelot et al.
+2019: two weak views averaged and sharpened at T 0.5, MixUp with Beta(0.75, 0.75) over the labelled and
+unlabelled batches together, the squared error on the unlabelled part, its weight ramped up over the
+first 40% of the steps; theirs 75), and ``full`` (1: every training image with its label and no
+unlabelled term: what this network reaches in the same steps with all the labels). ``--linear`` also
+reports a logistic regression on the raw pixels of the same labelled images.
 
 Besides the test error, each setting reports how the pseudo-labels went over the last 100 steps: the
 share of unlabelled images whose weak view passed the threshold, and how many of those were right
@@ -46,7 +54,7 @@ from cvae.nn import CLASSIFIERS
 from cvae.probe import cpu_name
 
 DEFAULTS = {"threshold": 0.95, "flex": 0.0, "align": 0.0, "lr": 1e-3, "ratio": 1.0, "flip": 0.0, "sgd": 0.0,
-            "wd": 0.0, "ema": 0.0}
+            "wd": 0.0, "ema": 0.0, "randaug": 0.0, "mixmatch": 0.0, "full": 0.0}
 
 
 def parse(setting: str) -> dict:
@@ -65,10 +73,69 @@ def _flip(x, g):
     return torch.where(keep[:, None, None, None], x, x.flip(-1))
 
 
+def randaug(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Images (B, C, H, W) in [0, 1]: two operations per image, each one of rotate, scale, shear,
+    translate, contrast, brightness, solarize and posterize at a random magnitude, then a cut-out of half
+    of each side."""
+    b = len(x)
+    ops = torch.randint(0, 8, (b, 2), generator=g)
+    out = x.clone()
+    for slot in range(2):
+        mag = torch.rand(b, generator=g)
+        for op in range(8):
+            sel = (ops[:, slot] == op).nonzero().flatten()
+            if len(sel) == 0:
+                continue
+            h, m = out[sel], mag[sel][:, None, None, None]
+            if op == 0:  # geometric ones draw their own magnitude: up to 30 degrees,
+                h = perturb._affine(h, 30.0, 0.0, 0.0, 0.0, g)
+            elif op == 1:  # 30% larger or smaller,
+                h = perturb._affine(h, 0.0, 0.3, 0.0, 0.0, g)
+            elif op == 2:  # 0.3 rad of shear,
+                h = perturb._affine(h, 0.0, 0.0, 0.3, 0.0, g)
+            elif op == 3:  # moved by up to 30% of the side
+                h = perturb._affine(h, 0.0, 0.0, 0.0, 0.3, g)
+            elif op == 4:
+                mean = h.mean((1, 2, 3), keepdim=True)
+                h = (mean + (h - mean) * (0.1 + 1.8 * m)).clamp(0, 1)
+            elif op == 5:
+                h = (h * (0.1 + 1.8 * m)).clamp(0, 1)
+            elif op == 6:
+                h = torch.where(h >= m, 1 - h, h)
+            else:
+                levels = 2 ** (1 + (m * 4).floor())
+                h = (h * levels).floor() / levels
+            out[sel] = h
+    return perturb._cutout(out, 0.5, g)
+
+
+def mixmatch_loss(net, xb, yb, u, pw, k, weight, ramp, g):
+    """MixMatch's labelled cross-entropy and weighted unlabelled squared error on one batch (``pw``: the
+    softmax of one weak view of ``u``; a second is drawn here)."""
+    with torch.no_grad():
+        p = (net(perturb.weak(u, generator=g)).softmax(1) + pw) / 2
+        p = p ** 2  # sharpened at T = 0.5
+        p = p / p.sum(1, keepdim=True)
+    xa = torch.cat([perturb.weak(xb, generator=g), perturb.weak(u, generator=g)])
+    ya = torch.cat([F.one_hot(yb, k).float(), p])
+    lam = torch.distributions.Beta(0.75, 0.75).sample((len(xa),))
+    lam = torch.maximum(lam, 1 - lam)  # each mixed example stays closer to its own
+    perm = torch.randperm(len(xa), generator=g)
+    xm = lam[:, None, None, None] * xa + (1 - lam[:, None, None, None]) * xa[perm]
+    ym = lam[:, None] * ya + (1 - lam[:, None]) * ya[perm]
+    out = net(xm)
+    nl = len(xb)
+    lx = -(ym[:nl] * out[:nl].log_softmax(1)).sum(1).mean()
+    lu = ((out[nl:].softmax(1) - ym[nl:]) ** 2).mean()
+    return lx + weight * ramp * lu
+
+
 def train(data, setting: dict, steps: int, seed: int, truth: torch.Tensor) -> dict:
     xl_all = data.train.x
     known = ~torch.isnan(data.train.y[:, 0])
     xl, yl = xl_all[known], data.train.y[known, 0].long()
+    if setting["full"]:
+        xl, yl = xl_all, truth
     xu = xl_all
     k = len(data.schema.attributes[0].classes)
     cfg = M2Config(data_shape=data.data_shape, schema=data.schema.to_dict())
@@ -115,9 +182,14 @@ def train(data, setting: dict, steps: int, seed: int, truth: torch.Tensor) -> di
                 mask = conf >= setting["threshold"]
             passed.append(float(mask.float().mean()))
             right.append(float((target == truth[ui])[mask].float().mean()) if mask.any() else float("nan"))
-        ls = net(perturb.strong(u, generator=g))
-        cons = (F.cross_entropy(ls, target, reduction="none") * mask.float()).mean()
-        loss = ce + cons
+        if setting["full"]:
+            loss = ce
+        elif setting["mixmatch"]:
+            loss = mixmatch_loss(net, xb, yb, u, pw, k, setting["mixmatch"], min(1.0, step / (0.4 * steps)), g)
+        else:
+            ls = net(randaug(u, g) if setting["randaug"] else perturb.strong(u, generator=g))
+            cons = (F.cross_entropy(ls, target, reduction="none") * mask.float()).mean()
+            loss = ce + cons
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -145,6 +217,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=float, default=10)
     p.add_argument("--settings", default="default")
     p.add_argument("--json", help="append each result as a JSON line to this file")
+    p.add_argument("--linear", action="store_true", help="also a logistic regression on the labelled raw pixels")
     args = p.parse_args(argv)
     data = load_data(args.data, data_dir=args.data_dir, labelled=args.labels, seed=args.seed)
     full = load_data(args.data, data_dir=args.data_dir, seed=args.seed)  # the hidden labels, for the diagnosis
@@ -154,6 +227,20 @@ def main(argv=None) -> int:
     steps = int(args.epochs * len(data.train.x) / 100)
     print(f"machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
           f"{args.data}, {args.labels} labels, draw {args.seed}, {steps} steps", flush=True)
+    if args.linear:
+        from sklearn.linear_model import LogisticRegression
+
+        known = ~torch.isnan(data.train.y[:, 0])
+        t0 = time.perf_counter()
+        fit = LogisticRegression(C=0.1, max_iter=2000).fit(data.train.x[known].flatten(1).numpy(),
+                                                          data.train.y[known, 0].long().numpy())
+        error = 1.0 - fit.score(data.test.x.flatten(1).numpy(), data.test.y[:, 0].long().numpy())
+        print(f"  {'logistic regression, pixels':30s} test error {100 * error:.2f}%", flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps({"data": args.data, "labels": args.labels, "seed": args.seed,
+                                    "setting": "logistic-regression-pixels", "C": 0.1, "error": error,
+                                    "seconds": time.perf_counter() - t0}) + "\n")
     for name in args.settings.split(","):
         r = train(data, parse(name), steps, args.seed, truth)
         worst = min(r["per_class"], key=r["per_class"].get)
