@@ -39,10 +39,16 @@ def test_temperature_scales_the_prior_draws(runs):
     cooled = model.sample_z(6, c, torch.Generator().manual_seed(1), temperature=0.5)
     torch.testing.assert_close(cooled - mean, 0.5 * (exact - mean))
     g = torch.Generator().manual_seed(1)
-    assert torch.equal(model.sample(6, "label=3", generator=g),
+    assert torch.equal(model.sample(6, "label=3", generator=g, codes="prior"),
                        model.sample(6, "label=3", generator=torch.Generator().manual_seed(1),
-                                    temperature=SAMPLING_TEMPERATURE))
-    at_zero = [model.sample(2, "label=3", generator=torch.Generator().manual_seed(s), temperature=0.0) for s in (1, 2)]
+                                    temperature=SAMPLING_TEMPERATURE, codes="prior"))
+    # this image run has a fitted aggregate posterior (cvae.aggregate): by default its codes, drawn exactly
+    assert model.aggregate is not None and model.sampling_temperature() == 1.0
+    assert torch.equal(model.sample(6, "label=3", generator=torch.Generator().manual_seed(1)),
+                       model.sample(6, "label=3", generator=torch.Generator().manual_seed(1), temperature=1.0,
+                                    codes="aggregate"))
+    at_zero = [model.sample(2, "label=3", generator=torch.Generator().manual_seed(s), temperature=0.0, codes="prior")
+               for s in (1, 2)]
     assert torch.equal(at_zero[0], at_zero[1])  # temperature 0: the prior's mean, whatever the noise
 
 
@@ -63,6 +69,8 @@ def test_evaluate_takes_the_temperature_of_its_sample_figures(runs, tmp_path, ca
     model = cvae.load(runs["conditional"])
     exact = conditional_accuracy(model, evaluator, 0, per_class=20, temperature=1.0)
     assert exact.temperature == 1.0 and "(at temperature 1.0)" in exact.to_dict()["name"]
-    assert "(at temperature 0.9)" in conditional_accuracy(model, evaluator, 0, per_class=20).to_dict()["name"]
+    assert "(at temperature 0.9)" in conditional_accuracy(model, evaluator, 0, per_class=20,
+                                                          codes="prior").to_dict()["name"]
+    assert "(at temperature 1.0)" in conditional_accuracy(model, evaluator, 0, per_class=20).to_dict()["name"]
     assert main(["evaluate", str(runs["conditional"]), "--metrics", "samples", "--temperature", "-2"]) == 2
     assert "--temperature must be a number from 0 to 10" in capsys.readouterr().err

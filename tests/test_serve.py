@@ -432,10 +432,11 @@ def _keys(b: Browser, control: str, key: str, times: int) -> str:
 
 
 def _api_png(server: str, **extra) -> str:
-    """The digits run's 16 samples of label 3 (seed 0) as the API answers them, as a data URL."""
+    """The digits run's 16 samples of label 3 (seed 0) as the API answers them (at the run's default
+    temperature), as a data URL."""
     import httpx
 
-    body = {"condition": {"label": "3"}, "n": 16, "seed": 0, "temperature": 0.9, "draw": False, **extra}
+    body = {"condition": {"label": "3"}, "n": 16, "seed": 0, "draw": False, **extra}
     return "data:image/png;base64," + httpx.post(f"{server}/v1/runs/digits/generate", json=body).json()["png"]
 
 
@@ -456,6 +457,8 @@ def test_the_page_in_a_headless_browser(server, browser, runs, tmp_path):
     # the digits run is guided by default (condition dropout at training): its weight, then none
     assert not b.evaluate("document.getElementById('guidance-control').hidden")
     assert b.evaluate("document.getElementById('guidance').value") == "2"
+    # the run samples codes from its fitted aggregate posterior: the slider starts at that default, 1
+    assert b.evaluate("document.getElementById('temperature').value") == "1"
     assert "guidance 2" in b.evaluate("document.getElementById('samples-caption').textContent")
     assert _keys(b, "guidance", "ArrowLeft", 4) == "0"
     assert b.evaluate(img) == _api_png(server, guidance=0) != shown

@@ -449,9 +449,10 @@ def load_run_data(model: CVAE, *, data_dir=None):
 def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, evaluator: str | Path | None = None,
                  n: int | None = None, per_class: int = 1000, rows: int = 4096, data_dir=None,
                  device: str = "cpu", seed: int = 0, progress: bool = False, write: bool = True,
-                 temperature: float = SAMPLING_TEMPERATURE, molecules: int = 10000, decode: str = GENERATE_DECODE,
+                 temperature: float | None = None, molecules: int = 10000, decode: str = GENERATE_DECODE,
                  beam: int = 5, data=None, token_temperature: float = GENERATE_TOKEN_TEMPERATURE,
-                 guidance: float | None = None, steer: float | None = None, subset: str = "random") -> RunEvaluation:
+                 guidance: float | None = None, steer: float | None = None, subset: str = "random",
+                 codes: str | None = None) -> RunEvaluation:
     """Everything ``cvae evaluate`` measures on one run folder; writes ``RUN/eval.json``.
 
     ``metrics``: any of elbo, nll, posterior, samples (default all; then samples are skipped with a
@@ -462,7 +463,8 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
     ``molecules`` are generated with ``decode`` (greedy, sample or beam of width ``beam``; sampled
     tokens at ``token_temperature``) for the molecule metrics; ``guidance`` is the classifier-free
     guidance weight of every generated example, images or molecules, ``steer`` the prefix predictor's
-    steering weight of generated sequences (None: the run's). ``data``: the
+    steering weight of generated sequences (None: the run's); ``codes`` where the generated images' codes
+    come from (``prior`` or ``aggregate``; None: the run's fitted aggregate posterior where it has one). ``data``: the
     run's splits from :func:`load_run_data` when a caller that evaluates one run several times has
     them already (rebuilding MOSES or QM9 subsets takes minutes:
     every molecule is canonicalised, tokenised and its properties computed).
@@ -548,7 +550,7 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
         t0 = time.perf_counter()
         section = _samples_section(model, data, part, evaluator, explicit=explicit and "samples" in wanted,
                                    n=len(x_raw), per_class=per_class, seed=seed, temperature=temperature,
-                                   guidance=guidance, subset=subset)
+                                   guidance=guidance, subset=subset, codes=codes)
         if section is not None:
             section["seconds"] = round(time.perf_counter() - t0, 1)
             results["samples"] = section
@@ -570,8 +572,9 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
     if "molecules" in wanted:
         t0 = time.perf_counter()
         section = _molecules_section(model, data, explicit=explicit and "molecules" in wanted, n=molecules, seed=seed,
-                                     temperature=temperature, decode=decode, beam=beam,
-                                     token_temperature=token_temperature, guidance=guidance, steer=steer)
+                                     temperature=SAMPLING_TEMPERATURE if temperature is None else temperature,
+                                     decode=decode, beam=beam, token_temperature=token_temperature, guidance=guidance,
+                                     steer=steer)
         if section is not None:
             section["seconds"] = round(time.perf_counter() - t0, 1)
             results["molecules"] = section
@@ -778,8 +781,8 @@ def _disentanglement_section(model: CVAE, data, part, x, c, *, explicit: bool, s
 
 
 def _samples_section(model: CVAE, data, part, evaluator, *, explicit: bool, n: int, per_class: int,
-                     seed: int, temperature: float, guidance: float | None = None,
-                     subset: str = "random") -> dict | None:
+                     seed: int, temperature: float | None, guidance: float | None = None,
+                     subset: str = "random", codes: str | None = None) -> dict | None:
     from .evaluator import find_evaluator, load_evaluator, sample_quality
 
     def skip(reason: str) -> dict:
@@ -803,7 +806,8 @@ def _samples_section(model: CVAE, data, part, evaluator, *, explicit: bool, n: i
         ref = take_examples(ref, n, subset, seed)  # as many training images as real ones, drawn like them
     report = sample_quality(model, ev, real_x, part.y[:n] if model.schema else None,
                             reference_x=None if ref is None else model.to_data_units(ref.x.to(model.device)).cpu(),
-                            per_class=per_class, seed=seed, temperature=temperature, guidance=guidance)
+                            per_class=per_class, seed=seed, temperature=temperature, guidance=guidance,
+                            codes=codes)
     return report.to_dict()
 
 

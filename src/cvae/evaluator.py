@@ -402,7 +402,7 @@ class ConditionalAccuracy:
     n_per_class: int
     mean: Figure
     confusion: list[list[int]] | None = None  # confusion[i][j]: images generated for class i read as class j
-    temperature: float = SAMPLING_TEMPERATURE  # of the prior draws
+    temperature: float = SAMPLING_TEMPERATURE  # of the draws of the codes
 
     def to_dict(self) -> dict:
         return {
@@ -420,11 +420,12 @@ class ConditionalAccuracy:
 
 @torch.no_grad()
 def conditional_accuracy(model: CVAE, evaluator: Evaluator, attribute: int, *, per_class: int = 1000,
-                         seed: int = 0, batch_size: int = 1000, temperature: float = SAMPLING_TEMPERATURE,
-                         guidance: float | None = None) -> ConditionalAccuracy:
+                         seed: int = 0, batch_size: int = 1000, temperature: float | None = None,
+                         guidance: float | None = None, codes: str | None = None) -> ConditionalAccuracy:
     """Generate ``per_class`` images for each class of the model's categorical ``attribute``
     (decoder means; the other conditions cycle / sit at their means; classifier-free ``guidance``,
     None: the run's) and classify them."""
+    temperature = model.sampling_temperature(temperature, codes)
     attr = model.schema.attributes[attribute]
     g = torch.Generator().manual_seed(seed)
     acc, se, confusion = [], [], []
@@ -433,7 +434,8 @@ def conditional_accuracy(model: CVAE, evaluator: Evaluator, attribute: int, *, p
         counts = torch.zeros(n_classes, dtype=torch.long)
         for i in range(0, per_class, batch_size):
             m = min(batch_size, per_class - i)
-            x = model.sample(m, {attr.name: [cls] * m}, generator=g, temperature=temperature, guidance=guidance).cpu()
+            x = model.sample(m, {attr.name: [cls] * m}, generator=g, temperature=temperature, guidance=guidance,
+                             codes=codes).cpu()
             counts += torch.bincount(evaluator.predict(x).cpu().long(), minlength=n_classes)[:n_classes]
         confusion.append(counts.tolist())
         p = int(counts[ci]) / per_class
@@ -447,7 +449,8 @@ def conditional_accuracy(model: CVAE, evaluator: Evaluator, attribute: int, *, p
 
 @torch.no_grad()
 def generate(model: CVAE, n: int, y: torch.Tensor | None, *, seed: int = 0, batch_size: int = 1000,
-             temperature: float = SAMPLING_TEMPERATURE, guidance: float | None = None) -> torch.Tensor:
+             temperature: float | None = None, guidance: float | None = None,
+             codes: str | None = None) -> torch.Tensor:
     """n images from the model (decoder means), with the raw conditions ``y`` (N, A) when it has any."""
     g = torch.Generator().manual_seed(seed)
     parts = []
@@ -455,7 +458,7 @@ def generate(model: CVAE, n: int, y: torch.Tensor | None, *, seed: int = 0, batc
         m = min(batch_size, n - i)
         cond = None if y is None or not model.schema else y[i:i + m]
         parts.append(model.sample(m, cond, generator=g, temperature=temperature,
-                                  guidance=guidance if cond is not None else 0.0).cpu())
+                                  guidance=guidance if cond is not None else 0.0, codes=codes).cpu())
     return torch.cat(parts)
 
 
@@ -477,9 +480,10 @@ class SampleQualityReport:
     conditional_accuracy: ConditionalAccuracy | None
     notes: list[str]
     guidance: float = 0.0  # the classifier-free guidance weight the images were generated with
+    codes: str = "prior"  # where their codes came from: the prior or the fitted aggregate posterior
 
     def to_dict(self) -> dict:
-        d = {"evaluator": self.evaluator, "guidance": self.guidance,
+        d = {"evaluator": self.evaluator, "guidance": self.guidance, "codes": self.codes,
              **{k: f.to_dict() for k, f in self.figures.items()}}
         d["conditional_accuracy"] = self.conditional_accuracy.to_dict() if self.conditional_accuracy else None
         d["notes"] = self.notes
@@ -488,13 +492,16 @@ class SampleQualityReport:
 
 def sample_quality(model: CVAE, evaluator: Evaluator, real_x: torch.Tensor, real_y: torch.Tensor | None, *,
                    reference_x: torch.Tensor | None = None, n: int | None = None, per_class: int = 1000,
-                   k: int = 3, seed: int = 0, temperature: float = SAMPLING_TEMPERATURE,
-                   guidance: float | None = None) -> SampleQualityReport:
+                   k: int = 3, seed: int = 0, temperature: float | None = None,
+                   guidance: float | None = None, codes: str | None = None) -> SampleQualityReport:
     """Conditional accuracy, Fréchet distance, precision and recall of generated images against
     ``real_x`` (N, C, H, W) in [0, 1]. ``reference_x`` (other real images, e.g. training images)
     gives the real-vs-real figures that a perfect model would reach with this many images.
-    ``guidance``: the classifier-free guidance weight of the generated images (None: the run's)."""
+    ``guidance``: the classifier-free guidance weight of the generated images (None: the run's);
+    ``codes``: where their codes come from (None: the run's fitted aggregate posterior where it has one)."""
     guidance = model.guidance_weight(guidance)
+    aggregate = model.sampling_codes(codes) == "aggregate"  # refused (one line) when asked of a run without the fit
+    temperature = model.sampling_temperature(temperature, codes)
     shape = tuple(model.config.data_shape)
     if shape != evaluator.config.image_shape:
         raise CvaeError(f"the evaluator (trained on {evaluator.config.data}) takes images of shape "
@@ -520,14 +527,16 @@ def sample_quality(model: CVAE, evaluator: Evaluator, real_x: torch.Tensor, real
              f"{evaluator.config.data or 'this data'}")
     notes = [f"Fréchet distance, precision and recall are measured in {space}: NOT the Inception FID, "
              "not comparable with published FIDs; compare models with the same evaluator and the same number of images",
-             f"generated images are decoder means E[x | z, c] with z ~ p(z | c) at temperature {temperature} (the "
-             f"prior's standard deviations scaled by it; cvae sample's default is {SAMPLING_TEMPERATURE})"
+             "generated images are decoder means E[x | z, c] with z "
+             + ("from the aggregate posterior fitted after training (aggregate.safetensors)" if aggregate else "~ p(z | c)")
+             + f" at temperature {temperature} (the standard deviations scaled by it; cvae sample's default is "
+             f"{SAMPLING_TEMPERATURE} for the prior, 1 for the fit)"
              + ("; conditions as in the real images" if model.schema else "")
              + (f"; classifier-free guidance weight {guidance:g}" if guidance else "")]
     info = {"path": evaluator.info.get("path", ""), "data": evaluator.config.data,
             "accuracy": evaluator.info.get("accuracy", {}), "classes": evaluator.config.classes}
     figures: dict[str, Figure] = {}
-    fake = generate(model, n, real_y, seed=seed, temperature=temperature, guidance=guidance)
+    fake = generate(model, n, real_y, seed=seed, temperature=temperature, guidance=guidance, codes=codes)
     f_real, f_fake = evaluator.embed(real_x), evaluator.embed(fake)
     if real_y is not None and model.schema:
         j, _ = matching_attribute(model, evaluator)
@@ -566,8 +575,8 @@ def sample_quality(model: CVAE, evaluator: Evaluator, real_x: torch.Tensor, real
     j, why = matching_attribute(model, evaluator)
     if j is not None:
         cond = conditional_accuracy(model, evaluator, j, per_class=per_class, seed=seed, temperature=temperature,
-                                    guidance=guidance)
+                                    guidance=guidance, codes=codes)
     else:
         notes.append(why)
     return SampleQualityReport(evaluator=info, figures=figures, conditional_accuracy=cond, notes=notes,
-                               guidance=guidance)
+                               guidance=guidance, codes="aggregate" if aggregate else "prior")

@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from . import aggregate
 from .errors import CvaeError, CvaeWarning
 from .models import MODELS, RunInfo, VAEModel, build_model
 from .models.config import ModelTooLarge, build_on_meta
@@ -150,7 +151,28 @@ def load_model(run: str | Path, *, device: str | torch.device = "cpu", weights: 
                         "restore config.json to the settings the run was trained with") from None
     if missing or unexpected:
         raise CvaeError(f"{path} does not match the model in config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if weights == "model.safetensors" and (run / aggregate.FILE).exists() and model.aggregate_codes:
+        model.aggregate = load_aggregate(run, model)
     return model.to(device).eval()
+
+
+def save_aggregate(run: str | Path, fit: aggregate.AggregatePosterior) -> Path:
+    path = Path(run) / aggregate.FILE
+    tensors, metadata = fit.to_tensors()
+    save_tensors(path, tensors, metadata)
+    return path
+
+
+def load_aggregate(run: str | Path, model: VAEModel) -> aggregate.AggregatePosterior:
+    """The run's fitted aggregate posterior (cvae.aggregate), checked against its model."""
+    path = Path(run) / aggregate.FILE
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CvaeError(f"cannot read {path}: {e}; delete {path} to sample from the prior (or train the run "
+                        "again)") from None
+    return aggregate.AggregatePosterior.from_tensors(load_tensors(path), metadata, model, str(path))
 
 
 def check_weights(run: str | Path, cfg: dict | None = None, *, weights: str = "model.safetensors"):

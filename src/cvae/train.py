@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from . import aggregate
 from .config import TrainConfig, model_settings
 from .data import EVALUATION_SEED, DataSplits, fixed_binarization, load_data, parse_image_size
 from .data.stream import CHUNK_BYTES, ArrayRows, load_npy_stream, npy_float32_bytes
@@ -50,6 +51,7 @@ from .runs import (
     load_tensors,
     read_config,
     read_metrics,
+    save_aggregate,
     save_tensors,
     write_json,
 )
@@ -736,8 +738,21 @@ class Trainer:
             drawn = np.random.default_rng(EVALUATION_SEED).choice(len(self.x_train), SUMMARY_TRAIN_EXAMPLES, replace=False)
             rows = torch.from_numpy(np.sort(drawn)).to(self.x_train.device)
         c_train = self.c_train[rows] if self.c_train is not None else None
-        summary["train"] = evaluate_elbo(self.model, self.x_train[rows], c_train, objective=self.objective)
+        x_rows = self.x_train[rows]
+        summary["train"] = evaluate_elbo(self.model, x_rows, c_train, objective=self.objective)
         summary["seconds_per_epoch"] = _median_seconds(self.metrics_path)
+        # where the codes of those training examples lie, for sampling (cvae.aggregate)
+        why = aggregate.why_not(self.model)
+        if why is None:
+            self.model.eval()
+            fit = aggregate.fit(self.model, x_rows.to(self.device), c_train.to(self.device) if c_train is not None
+                                else None, seed=self.config.seed)
+            save_aggregate(self.run_dir, fit)
+            self.model.aggregate = fit
+            summary["aggregate"] = {"file": aggregate.FILE, "components": fit.components, "examples": fit.counts}
+        else:
+            (self.run_dir / aggregate.FILE).unlink(missing_ok=True)  # a replaced run's would not fit this model
+            summary["aggregate"] = {"file": None, "why_not": why}
         write_json(self.run_dir / "summary.json", summary)
         self.info["status"] = "stopped early" if stopped_early else "finished"
         self.info["summary"] = summary

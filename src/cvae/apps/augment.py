@@ -72,8 +72,9 @@ def augment(model: CVAE, *, per_class: int | None = None, balance: bool = False,
         Decode to the mean of p(x | z, c) (default for images: grey levels, as in the data) or draw
         from it (default for tables and signals, whose spread the mean would understate).
     codes
-        ``"prior"``: z ~ p(z | c); ``"posterior"``: z ~ q(z | x, c) for a random real example x of the
-        class (needs ``real``).
+        ``"prior"``: z ~ p(z | c); ``"aggregate"``: z from the run's aggregate posterior fitted after
+        training (cvae.aggregate; examples more surely of their class, less varied); ``"posterior"``:
+        z ~ q(z | x, c) for a random real example x of the class (needs ``real``).
     guidance
         Classifier-free guidance weight of the decoder (None: the run's default, as ``cvae sample``;
         0: exact draws of p(x | z, c), the most varied; larger: examples that read more surely as
@@ -87,8 +88,10 @@ def augment(model: CVAE, *, per_class: int | None = None, balance: bool = False,
         raise CvaeError("give exactly one of --per-class N (synthetic examples per class) and --balance")
     if per_class is not None and per_class < 1:
         raise CvaeError(f"--per-class must be at least 1, got {per_class}")
-    if codes not in ("prior", "posterior"):
-        raise CvaeError(f"--codes must be prior or posterior, not {codes!r}")
+    if codes not in ("prior", "aggregate", "posterior"):
+        raise CvaeError(f"--codes must be prior, aggregate or posterior, not {codes!r}")
+    if codes == "aggregate":
+        model.sampling_codes(codes)  # refused (one line) for a run without the fit
     if (balance or merge or codes == "posterior") and real is None:
         raise CvaeError("--balance, --merge and --codes posterior need the real data (--data SOURCE, default the run's own)")
     if real is not None and real.y is None:
@@ -137,9 +140,9 @@ def augment(model: CVAE, *, per_class: int | None = None, balance: bool = False,
             parts.append(model.decode(z, yb, mean=mean, guidance=w).cpu())
         x_syn = torch.cat(parts)
     else:
-        # exact prior draws (temperature 1): an augmented set wants the model's whole variety
+        # exact draws (temperature 1): an augmented set wants the model's whole variety
         x_syn = torch.cat([model.sample(len(yb), yb, mean=mean, generator=g, temperature=1.0,
-                                        guidance=w).cpu()
+                                        guidance=w, codes=codes).cpu()
                            for yb in y_syn.split(batch_size)])
     generated = {c: max(0, n) for c, n in wanted.items()}
     syn_ids = [f"synthetic-{i}" for i in range(len(x_syn))]

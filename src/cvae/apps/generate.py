@@ -8,33 +8,36 @@ import torch
 
 from ..errors import CvaeError
 from ..models import CVAE
-from ..models.base import SAMPLING_TEMPERATURE
 from ..plots import save_feature_histograms, save_image_grid, save_signals
 from .io import Inputs, read_inputs, write_array_output
 
 
 def generate(model: CVAE, *, n: int = 64, condition=None, seed: int = 0, mean: bool = True,
-             temperature: float = SAMPLING_TEMPERATURE,
-             guidance: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+             temperature: float | None = None, guidance: float | None = None,
+             codes: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``n`` examples (data units, on the CPU) and their raw condition codes (N, A), or None for a
     plain VAE. A categorical condition left out cycles through its classes; the same ``seed`` gives
-    the same examples; ``guidance`` is the classifier-free guidance weight (None: the run's)."""
+    the same examples; ``guidance`` is the classifier-free guidance weight (None: the run's); ``codes``
+    prior or aggregate (None: the run's fitted aggregate posterior where it has one)."""
     if n < 1:
         raise CvaeError(f"--n must be at least 1, got {n}")
     y = model.schema.parse(condition, n) if model.schema else None
     if y is None and condition not in (None, "", "none", {}):
         raise CvaeError("this model is a plain VAE (no condition); leave --condition out")
     g = torch.Generator().manual_seed(seed)
-    return model.sample(n, y, mean=mean, generator=g, temperature=temperature, guidance=guidance).cpu(), y
+    return model.sample(n, y, mean=mean, generator=g, temperature=temperature, guidance=guidance,
+                        codes=codes).cpu(), y
 
 
 def sample_to_file(model: CVAE, out: str | Path, *, n: int = 64, condition=None, seed: int = 0,
-                   mean: bool = True, temperature: float = SAMPLING_TEMPERATURE, guidance: float | None = None) -> Path:
+                   mean: bool = True, temperature: float | None = None, guidance: float | None = None,
+                   codes: str | None = None) -> Path:
     """Generate ``n`` examples (cycling through the classes when a categorical condition is left out)
     and write a ``.png`` grid, an ``.npz`` (``x`` plus conditions) or a ``.csv`` table."""
     out = Path(out)
     schema = model.schema
-    x, y = generate(model, n=n, condition=condition, seed=seed, mean=mean, temperature=temperature, guidance=guidance)
+    x, y = generate(model, n=n, condition=condition, seed=seed, mean=mean, temperature=temperature, guidance=guidance,
+                    codes=codes)
     if out.suffix.lower() == ".png":
         kind = len(model.config.data_shape)
         labels = [schema.describe(r) for r in y] if y is not None else None

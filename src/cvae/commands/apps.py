@@ -124,9 +124,10 @@ def add_parsers(sub) -> None:
     g.add_argument("--merge", action="store_true", help="write the real data too (one data set, ready to train on)")
     g.add_argument("--data", help="the real data (default: the run's own training data)")
     g.add_argument("--split", default="train", help="split of a named data set (default train)")
-    g.add_argument("--codes", choices=["prior", "posterior"], default="prior",
-                   help="z from the prior p(z | c) (new examples), or from the posterior q(z | x, c) of real examples "
-                   "of the class (variations of them: better for classes with very few examples); default prior")
+    g.add_argument("--codes", choices=["prior", "aggregate", "posterior"], default="prior",
+                   help="z from the prior p(z | c) (new examples), from the run's fitted aggregate posterior (new "
+                   "examples more surely of their class, less varied), or from the posterior q(z | x, c) of real "
+                   "examples of the class (variations of them: better for classes with very few examples); default prior")
     g.add_argument("--draw", action=argparse.BooleanOptionalAction, default=None,
                    help="draw x ~ p(x | z, c) (default for tables and signals) or take its mean (--no-draw, "
                    "default for images)")

@@ -141,16 +141,30 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-pictures", dest="pictures", action="store_false", help="skip the pictures at the end")
     p.set_defaults(func=cmd_train)
 
+    a = sub.add_parser("aggregate", help="fit a trained run's aggregate posterior again (codes for sampling)",
+                       description="Fit the aggregate posterior of a trained image run (a Gaussian mixture per class "
+                                   "over the codes of up to 10,000 training examples) and write RUN/aggregate."
+                                   "safetensors, which cvae sample and cvae evaluate then draw codes from. Training "
+                                   "writes it; this is for runs trained before it did.")
+    a.add_argument("run", help="the run folder")
+    a.add_argument("--data-dir", help="where the run's data files are looked up first")
+    a.add_argument("--device", default="cpu")
+    a.set_defaults(func=cmd_aggregate)
+
     s = sub.add_parser("sample", help="generate examples for chosen conditions")
     s.add_argument("run", help="the run folder")
     s.add_argument("--condition", help="e.g. label=7 or color=red,size=10; left out, a categorical condition cycles")
     s.add_argument("--n", type=int, default=64, help="how many examples (default 64)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--draw", action="store_true", help="draw x ~ p(x | z, c) instead of taking its mean")
-    s.add_argument("--temperature", type=temperatures, default=0.9,
-                   help="scale of the prior's standard deviations: 1 samples the model exactly; the default 0.9 "
-                        "gives samples more typical of their condition. A hierarchical model (--preset hvae) also "
-                        "takes one per latent group, coarsest first: 1,1,0.8,0.6")
+    s.add_argument("--temperature", type=temperatures, default=None,
+                   help="scale of the standard deviations of the codes' distribution: 1 samples it exactly; by "
+                        "default 0.9 for the prior (samples more typical of their condition) and 1 for a fitted "
+                        "aggregate posterior (--codes). A hierarchical model (--preset hvae) also takes one per latent "
+                        "group, coarsest first: 1,1,0.8,0.6")
+    s.add_argument("--codes", choices=["aggregate", "prior"], default=None,
+                   help="z from the aggregate posterior fitted after training (RUN/aggregate.safetensors: codes where the "
+                        "training examples' lie, the default where the run has it) or from the prior p(z | c)")
     s.add_argument("-o", "--output", required=True, help="a .png grid, an .npz (x plus conditions) or a .csv "
                    "(sequence runs: .csv with the requested and achieved properties, .smi, .txt or a .png)")
     s.add_argument("--decode", choices=["greedy", "sample", "beam"], default=None,
@@ -208,6 +222,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_aggregate(args) -> int:
+    from ..api import fit_aggregate
+
+    fit = fit_aggregate(args.run, data_dir=args.data_dir, device=args.device)
+    print(f"wrote {args.run}/aggregate.safetensors: {sum(fit.counts)} codes, components per class "
+          + ", ".join(f"{c} {k}" for c, k in zip(fit.classes, fit.components)))
+    return 0
+
+
 def cmd_sample(args) -> int:
     from ..api import load
     from ..apps import sample_to_file
@@ -225,10 +248,12 @@ def cmd_sample(args) -> int:
     if args.steer is not None:
         raise CvaeError("--steer is for sequence runs (trained with --sequence ... --steer W); leave it out for this run")
     guidance = model.guidance_weight(args.guidance)  # refused (one line) for a run that cannot be guided
+    if args.codes == "aggregate" and model.aggregate is None:
+        model.sample(1, codes="aggregate")  # its one line: this run has no fit
     check_rows(model.config, args.n, f"--n {args.n}", "--n", hint=" (or write several files, each with its own --seed)")
     guard_outputs(model, condition_hint(model, args.condition))
     path = sample_to_file(model, args.output, n=args.n, condition=args.condition, seed=args.seed, mean=not args.draw,
-                          temperature=args.temperature, guidance=guidance)
+                          temperature=args.temperature, guidance=guidance, codes=args.codes)
     print(f"wrote {path}")
     return 0
 
@@ -241,7 +266,8 @@ def _sample_sequences(model, args) -> int:
     within = parse_within(model, args.within) if args.within is not None else None
     decode, token_temperature = token_choice(args)
     path, summary = sample_to_file(model, args.output, n=args.n, condition=args.condition, seed=args.seed,
-                                   temperature=args.temperature, decode=decode, beam=args.beam,
+                                   temperature=0.9 if args.temperature is None else args.temperature,
+                                   decode=decode, beam=args.beam,
                                    token_temperature=token_temperature, guidance=args.guidance, steer=args.steer,
                                    within=within)
     extra = ""

@@ -41,8 +41,12 @@ def add_parsers(sub) -> None:
     e.add_argument("--data-dir", help="where data files are looked up first (default: the run's)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--seed", type=int, default=0, help="seed of the importance samples and generated images")
-    e.add_argument("--temperature", type=float, default=0.9,
-                   help="of the prior draws behind the sample figures (default 0.9, as cvae sample; 1: exact)")
+    e.add_argument("--codes", choices=["aggregate", "prior"], default=None,
+                   help="generated images: z from the aggregate posterior fitted after training (RUN/aggregate."
+                        "safetensors, the default where the run has it) or from the prior p(z | c)")
+    e.add_argument("--temperature", type=float, default=None,
+                   help="of the draws of the codes behind the sample figures (default as cvae sample: 0.9 for the "
+                        "prior, 1 for a fitted aggregate posterior; 1: exact)")
     e.add_argument("--molecules", type=int, default=10000,
                    help="molecules generated for --metrics molecules (runs on SMILES): validity, uniqueness at 1k "
                         "and 10k, novelty, internal diversity, FCD to the validation split, property control "
@@ -94,7 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_run
 
     _check_sizes(args)
-    if not 0 <= args.temperature <= 10:  # before minutes of likelihood estimates, not after
+    if args.temperature is not None and not 0 <= args.temperature <= 10:  # before minutes of likelihood estimates
         raise CvaeError(f"--temperature must be a number from 0 to 10, got {args.temperature}")
     if args.decode is not None or args.token_temperature is not None or args.steer is not None:
         _check_sequence_run(args)
@@ -104,7 +108,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                           device=args.device, seed=args.seed, progress=args.progress, temperature=args.temperature,
                           molecules=args.molecules, decode=decode, beam=args.beam,
                           token_temperature=token_temperature, guidance=args.guidance, steer=args.steer,
-                          subset=args.subset)
+                          subset=args.subset, codes=args.codes)
     pictures = _disentanglement_pictures(args, result)
     if args.json:
         print(json.dumps(result.results, indent=2))

@@ -32,6 +32,7 @@ class CVAE(VAEModel):
     """
 
     guidable = True  # classifier-free guidance: condition_dropout in training, p_x_guided when generating
+    aggregate_codes = True  # one flat code: its aggregate posterior is fitted after training (cvae.aggregate)
     # On data with factors of variation (dSprites, a file with --factors) Adam's rate is 1e-3, Chen et al.
     # (2018)'s for beta-TCVAE, not 3e-3: at 3e-3 a beta-TCVAE run on a Shapes3D-like set of 64x64 colour
     # images collapsed its posteriors to log variances of -100 in the first epoch, and on dSprites 1e-3

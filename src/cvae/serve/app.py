@@ -57,8 +57,10 @@ class GenerateRequest(BaseModel):
     condition: Condition = Field(None, description=CONDITION_HELP)
     n: int = Field(16, ge=1, le=256, description="how many examples (at most the server's max_n, default 64)")
     seed: int = Field(0, ge=0, lt=2**63, description="the same seed gives the same examples, byte for byte")
-    temperature: float = Field(0.9, ge=0.0, le=10.0, allow_inf_nan=False,
-                               description="scale of the prior's standard deviations (1 samples the model exactly)")
+    temperature: float | None = Field(None, ge=0.0, le=10.0, allow_inf_nan=False,
+                                      description="scale of the standard deviations of the codes' distribution (1 "
+                                                  "samples it exactly; default as cvae sample: 0.9 for the prior, 1 "
+                                                  "for a run's fitted aggregate posterior)")
     draw: bool = Field(False, description="draw x ~ p(x | z, c) instead of its mean")
     guidance: float | None = Field(None, ge=0.0, le=20.0, allow_inf_nan=False,
                                    description="classifier-free guidance weight (runs trained with --condition-dropout; "

@@ -177,6 +177,10 @@ class ServedRun:
             # classifier-free guidance: the run's weight, and whether its decoder can be guided at all
             "guidance": {"available": bool(self.model.flagged),
                          "default": float(self.model.config.guidance)},
+            # where generated codes come from (the fitted aggregate posterior, or the prior) and the
+            # temperature cvae sample uses for them by default
+            "codes": {"default": "prior" if self.kind == "sequence" else self.model.sampling_codes(None),
+                      "temperature": 0.9 if self.kind == "sequence" else float(self.model.sampling_temperature())},
             # sequence runs trained with --steer: the prefix predictor's steering weight
             "steer": {"available": bool(getattr(self.model.config, "prefix_predictor", False)),
                       "default": float(getattr(self.model.config, "steer", 0.0))},
@@ -228,14 +232,18 @@ class ServedRun:
         return out
 
     # -- operations (each the apps function the CLI calls) -------------------------------------
-    def generate(self, *, condition=None, n: int = 16, seed: int = 0, temperature: float = 0.9,
+    def generate(self, *, condition=None, n: int = 16, seed: int = 0, temperature: float | None = None,
                  draw: bool = False, guidance: float | None = None,
                  steer: float | None = None) -> tuple[dict, torch.Tensor | None]:
         """``cvae sample``: n examples for the condition; the same seed, the same examples; classifier-free
         ``guidance`` (None: the run's weight); a sequence run samples each token at the default token
-        temperature (``draw``: at 1, the model's own distribution) and is steered with ``steer`` (None: the run's weight)."""
+        temperature (``draw``: at 1, the model's own distribution) and is steered with ``steer`` (None: the run's weight).
+        ``temperature`` None: cvae sample's default for the run (0.9 for the prior, 1 for a fitted aggregate posterior)."""
         self._check_count(n, self.limits.max_n, "n")
         guidance = self.model.guidance_weight(guidance)
+        temperature = 0.9 if temperature is None and self.kind == "sequence" else temperature
+        if self.kind != "sequence":
+            temperature = self.model.sampling_temperature(temperature)
         if self.kind == "sequence":
             steer = self.model.steer_weight(steer)
             strings, y = self.model.sample_strings(n, condition or None, seed=seed, temperature=temperature,

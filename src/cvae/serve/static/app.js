@@ -393,6 +393,8 @@ function selectRun(name) {
   const guided = Boolean(run.guidance && run.guidance.available);
   $("guidance-control").hidden = !guided;
   $("guidance").value = String(guided ? run.guidance.default : 0);
+  $("temperature").value = String(run.codes ? run.codes.temperature : 0.9);  // cvae sample's default for the run
+  $("temperature-out").textContent = $("temperature").value;
   $("guidance-out").textContent = $("guidance").value;
   const steered = Boolean(run.steer && run.steer.available);
   $("steer-control").hidden = !steered;

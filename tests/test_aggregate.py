@@ -1,0 +1,155 @@
+"""The aggregate posterior fitted after training (cvae.aggregate): written by training for image runs,
+drawn from by `cvae sample` / `cvae evaluate` by default, fitted again by `cvae aggregate RUN`, checked
+against the model when read, and the prior wherever it does not apply. Small data (scikit-learn's
+digits), two epochs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import cvae
+from cvae import aggregate
+from cvae.aggregate import AggregatePosterior
+from cvae.cli import main
+from cvae.errors import CvaeError
+from cvae.runs import load_tensors
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("agg") / "digits"
+    assert main(["train", "--data", "digits", "--epochs", "2", "--no-progress", "--no-pictures", "--no-tensorboard",
+                 "--out", str(out)]) == 0
+    return out
+
+
+def _codes_of_class(model, k: int):
+    """The fit's own input for class k: one posterior draw per training example (all of digits' 1,617),
+    the noise drawn as the fit draws it (the run's seed, 1,000 rows at a time)."""
+    from cvae.evaluate import load_run_data
+
+    data = load_run_data(model)
+    x, y = data.train.x, data.train.y
+    c = model.schema.encode(y)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        qs = [model.q_z(x[i:i + 1000], c[i:i + 1000]) for i in range(0, len(x), 1000)]
+        z = torch.cat([q.mu + q.std * torch.randn(q.mu.shape, generator=g) for q in qs])
+    return z[y[:, 0] == k]
+
+
+def test_training_writes_the_fit_and_sampling_draws_from_it(run, tmp_path, capsys):
+    summary = json.loads((run / "summary.json").read_text())["aggregate"]
+    assert summary["file"] == aggregate.FILE and len(summary["components"]) == 10
+    assert all(k >= 1 for k in summary["components"]) and sum(summary["examples"]) > 1000
+    model = cvae.load(run)
+    fit = model.aggregate
+    assert isinstance(fit, AggregatePosterior) and model.sampling_codes() == "aggregate"
+    # the mixture lies where the class's codes lie: EM keeps their mean and covariance (up to its 1e-4
+    # regularisation of the diagonal), and its draws have them
+    for k in (0, 7):
+        want = _codes_of_class(model, k).double()
+        w, mu = fit.weights[k].double(), fit.means[k].double()
+        cov = fit.scale_tril[k].double() @ fit.scale_tril[k].double().transpose(1, 2)
+        mean = (w[:, None] * mu).sum(0)
+        second = (w[:, None, None] * (cov + mu[:, :, None] * mu[:, None, :])).sum(0) - mean[:, None] * mean[None]
+        assert torch.allclose(mean, want.mean(0), atol=1e-4)
+        assert torch.allclose(second, torch.cov(want.T, correction=0), atol=2e-3)
+        got = fit.sample(torch.full((20000,), k), torch.Generator().manual_seed(1)).double()
+        assert torch.allclose(got.mean(0), mean, atol=0.05) and torch.allclose(torch.cov(got.T), second, atol=0.08)
+    # temperature 0: every draw a component's mean
+    zero = fit.sample(torch.full((50,), 3), torch.Generator().manual_seed(2), temperature=0.0)
+    assert all(any(torch.allclose(z, m) for m in fit.means[3, :fit.components[3]]) for z in zero)
+    # cvae sample: the fit by default, deterministic; --codes prior draws other images
+    for name, extra in (("a1", []), ("a2", []), ("p", ["--codes", "prior"])):
+        assert main(["sample", str(run), "--condition", "label=4", "--n", "8", "-o", str(tmp_path / f"{name}.npz"),
+                     *extra]) == 0
+    a1, a2, p = (np.load(tmp_path / f"{n}.npz")["x"] for n in ("a1", "a2", "p"))
+    assert np.array_equal(a1, a2) and not np.allclose(a1, p)
+    capsys.readouterr()
+
+
+def test_a_class_without_a_fit_draws_from_the_prior(run):
+    model = cvae.load(run)
+    fit = model.aggregate
+    weights = fit.weights.clone()
+    weights[5] = 0.0  # as if no training example had been of class 5
+    model.aggregate = AggregatePosterior(weights, fit.means, fit.scale_tril, fit.attribute, fit.classes, fit.counts)
+    y = {"label": ["5"] * 4 + ["6"] * 4}
+    mixed = model.sample(8, y, generator=torch.Generator().manual_seed(3))
+    prior = model.sample(8, y, generator=torch.Generator().manual_seed(3), codes="prior", temperature=1.0)
+    assert torch.equal(mixed[:4], prior[:4]) and not torch.allclose(mixed[4:], prior[4:])
+
+
+def test_cvae_aggregate_fits_a_run_again_exactly(run, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / aggregate.FILE).unlink()
+    assert cvae.load(copy).aggregate is None
+    assert main(["sample", str(copy), "--codes", "aggregate", "--n", "4", "-o", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err
+    assert "no fitted aggregate posterior" in err and "cvae aggregate RUN" in err and len(err.strip().splitlines()) == 1
+    assert main(["aggregate", str(copy)]) == 0
+    assert "components per class" in capsys.readouterr().out
+    a, b = load_tensors(run / aggregate.FILE), load_tensors(copy / aggregate.FILE)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # training's fit, again
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("garbage", "cannot read"),
+    ("classes", "was fitted for label"),
+    ("nan", "NaN, infinite or negative"),
+])
+def test_a_damaged_or_foreign_fit_is_one_clear_line(run, tmp_path, capsys, damage, message):
+    import shutil
+
+    from cvae.runs import save_tensors
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    path = copy / aggregate.FILE
+    fit = cvae.load(run).aggregate
+    tensors, meta = fit.to_tensors()
+    if damage == "garbage":
+        path.write_bytes(b"not a safetensors file")
+    elif damage == "classes":
+        save_tensors(path, tensors, {**meta, "classes": json.dumps([str(i) for i in range(9)] + ["ten"])})
+    else:
+        tensors["means"] = tensors["means"].clone()
+        tensors["means"][2, 0, 0] = float("nan")
+        save_tensors(path, tensors, meta)
+    with pytest.raises(CvaeError, match=message):
+        cvae.load(copy)
+    assert main(["sample", str(copy), "--n", "4", "-o", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err
+    assert message.split()[0] in err and f"delete {path}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_runs_it_does_not_apply_to_keep_the_prior(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 5)).astype(np.float32)
+    np.savez(tmp_path / "t.npz", x=x, y=rng.integers(0, 2, 120))
+    out = tmp_path / "table"
+    assert main(["train", "--data", str(tmp_path / "t.npz"), "--epochs", "1", "--no-progress", "--no-pictures",
+                 "--no-tensorboard", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())["aggregate"]
+    assert summary == {"file": None, "why_not": "fitted for images only"}
+    assert not (out / aggregate.FILE).exists() and cvae.load(out).sampling_codes() == "prior"
+    with pytest.raises(CvaeError, match="fitted for images only"):
+        cvae.api.fit_aggregate(out)
+
+
+def test_the_semi_supervised_model_fits_unlabelled_examples_by_their_inferred_class(tmp_path):
+    out = tmp_path / "semi"
+    assert main(["train", "--data", "digits", "--labelled", "50", "--epochs", "1", "--no-progress", "--no-pictures",
+                 "--no-tensorboard", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())["aggregate"]
+    model = cvae.load(out)
+    assert model.aggregate is not None and sum(summary["examples"]) == sum(model.aggregate.counts) > 1000
+    assert model.sample(10, generator=torch.Generator().manual_seed(0)).shape == (10, 1, 8, 8)
