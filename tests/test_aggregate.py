@@ -163,3 +163,16 @@ def test_the_semi_supervised_model_fits_unlabelled_examples_by_their_inferred_cl
     sure = torch.softmax(model.class_logits(x)[0], 1).max(1).values >= aggregate.CONFIDENCE
     unlabelled_sure = int((sure & torch.isnan(data.train.y[:, 0])).sum())
     assert sum(every.counts) == len(x) and sum(aggregate.fit(model, x, c).counts) == labelled + unlabelled_sure
+
+
+def test_a_dynamically_binarized_run_is_fitted_on_binary_images(tmp_path, capsys):
+    # training saw 0/1 draws of the grey levels: its codes are fitted on one fixed draw, as its held-out
+    # splits are scored, and `cvae aggregate` fits the same again
+    out = tmp_path / "dyn"
+    assert main(["train", "--data", "digits", "--binarize", "dynamic", "--epochs", "1", "--no-progress",
+                 "--no-pictures", "--no-tensorboard", "--out", str(out)]) == 0
+    trained = load_tensors(out / aggregate.FILE)
+    assert main(["aggregate", str(out)]) == 0
+    again = load_tensors(out / aggregate.FILE)
+    assert all(torch.allclose(trained[k], again[k], atol=1e-5) for k in trained)
+    capsys.readouterr()

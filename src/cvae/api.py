@@ -78,6 +78,10 @@ def fit_aggregate(run: str | Path, *, data_dir=None, device: str = "cpu"):
         drawn = np.random.default_rng(EVALUATION_SEED).choice(len(x_all), aggregate.EXAMPLES, replace=False)
         rows = torch.from_numpy(np.sort(drawn))
     x = x_all[rows].to(model.device)
+    if model.run_config.get("train", {}).get("binarize") == "dynamic":  # as training fits it: binary images
+        from .data import fixed_binarization
+
+        x = fixed_binarization(x, EVALUATION_SEED)
     c = model.schema.encode(data.train.y[rows]).to(model.device) if model.schema else None
     fit_ = aggregate.fit(model, x, c, seed=model.run_config.get("train", {}).get("seed", 0))
     save_aggregate(run, fit_)

@@ -739,6 +739,8 @@ class Trainer:
             rows = torch.from_numpy(np.sort(drawn)).to(self.x_train.device)
         c_train = self.c_train[rows] if self.c_train is not None else None
         x_rows = self.x_train[rows]
+        if self.dynamic:  # as the held-out splits are scored: binary images, one fixed draw, not grey levels
+            x_rows = fixed_binarization(x_rows, EVALUATION_SEED)
         summary["train"] = evaluate_elbo(self.model, x_rows, c_train, objective=self.objective)
         summary["seconds_per_epoch"] = _median_seconds(self.metrics_path)
         # where the codes of those training examples lie, for sampling (cvae.aggregate)
