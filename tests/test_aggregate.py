@@ -81,8 +81,11 @@ def test_a_class_without_a_fit_draws_from_the_prior(run):
     model.aggregate = AggregatePosterior(weights, fit.means, fit.scale_tril, fit.attribute, fit.classes, fit.counts)
     y = {"label": ["5"] * 4 + ["6"] * 4}
     mixed = model.sample(8, y, generator=torch.Generator().manual_seed(3))
-    prior = model.sample(8, y, generator=torch.Generator().manual_seed(3), codes="prior", temperature=1.0)
+    prior = model.sample(8, y, generator=torch.Generator().manual_seed(3), codes="prior")  # at its default 0.9
     assert torch.equal(mixed[:4], prior[:4]) and not torch.allclose(mixed[4:], prior[4:])
+    exact = model.sample(8, y, generator=torch.Generator().manual_seed(3), temperature=1.0)  # told: for both
+    assert torch.equal(exact[:4], model.sample(8, y, generator=torch.Generator().manual_seed(3), codes="prior",
+                                               temperature=1.0)[:4])
 
 
 def test_cvae_aggregate_fits_a_run_again_exactly(run, tmp_path, capsys):
@@ -147,7 +150,7 @@ def test_runs_it_does_not_apply_to_keep_the_prior(tmp_path):
 
 def test_the_semi_supervised_model_fits_unlabelled_examples_by_their_inferred_class(tmp_path):
     out = tmp_path / "semi"
-    assert main(["train", "--data", "digits", "--labelled", "50", "--epochs", "1", "--no-progress", "--no-pictures",
+    assert main(["train", "--data", "digits", "--labelled", "200", "--epochs", "1", "--no-progress", "--no-pictures",
                  "--no-tensorboard", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())["aggregate"]
     model = cvae.load(out)
@@ -176,3 +179,23 @@ def test_a_dynamically_binarized_run_is_fitted_on_binary_images(tmp_path, capsys
     again = load_tensors(out / aggregate.FILE)
     assert all(torch.allclose(trained[k], again[k], atol=1e-5) for k in trained)
     capsys.readouterr()
+
+
+def test_too_few_codes_of_every_class_leave_the_prior(run, tmp_path, monkeypatch):
+    from cvae.evaluate import load_run_data
+
+    model = cvae.load(run)
+    data = load_run_data(model)
+    rows = torch.cat([torch.nonzero(data.train.y[:, 0] == k)[:5, 0] for k in range(10)])  # 5 < latent_dim + 2
+    assert aggregate.fit(model, data.train.x[rows], model.schema.encode(data.train.y[rows])) is None
+    # a run whose fit found too few codes: no file, the prior at its temperature, and the reason on record
+    monkeypatch.setattr(aggregate, "fit", lambda *a, **k: None)
+    out = tmp_path / "few"
+    assert main(["train", "--data", "digits", "--epochs", "1", "--no-progress", "--no-pictures", "--no-tensorboard",
+                 "--out", str(out)]) == 0
+    why = json.loads((out / "summary.json").read_text())["aggregate"]["why_not"]
+    assert why.startswith("no class had the 10 codes") and not (out / aggregate.FILE).exists()
+    few = cvae.load(out)
+    assert few.sampling_codes() == "prior" and few.sampling_temperature() == 0.9
+    with pytest.raises(CvaeError, match="no class had the 10 codes"):
+        cvae.api.fit_aggregate(out)

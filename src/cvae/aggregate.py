@@ -53,6 +53,12 @@ def why_not(model) -> str | None:
     return None
 
 
+def too_few(model) -> str:
+    """Why a run got no fit although one applies: no class had enough codes."""
+    return (f"no class had the {model.config.latent_dim + 2} codes a covariance needs (a semi-supervised run counts "
+            f"its labelled examples and those q(y | x) gives a class at least {CONFIDENCE})")
+
+
 class AggregatePosterior:
     """A Gaussian mixture per class over the codes: ``weights`` (C, K) (zero rows for a class without
     examples, which then draws from the prior), ``means`` (C, K, D), ``scale_tril`` (C, K, D, D)."""
@@ -129,10 +135,11 @@ def _class_index(model, c: torch.Tensor | None, n: int) -> torch.Tensor:
 
 @torch.no_grad()
 def fit(model, x: torch.Tensor, c: torch.Tensor | None, *, seed: int = 0,
-        components: int = COMPONENTS, confidence: float = CONFIDENCE) -> AggregatePosterior:
+        components: int = COMPONENTS, confidence: float = CONFIDENCE) -> AggregatePosterior | None:
     """The fit of the codes of ``x`` (model units) with conditions ``c`` (the encoded condition
     vectors; a semi-supervised model fills a missing label with q(y | x)'s most probable class, and
-    leaves the example out where q's probability of it is under ``confidence``)."""
+    leaves the example out where q's probability of it is under ``confidence``). None when no class has
+    the latent_dim + 2 codes a covariance needs (the run then samples its prior; ``too_few`` says so)."""
     from sklearn.mixture import GaussianMixture
 
     if getattr(model, "fills_missing", False) and c is not None:
@@ -169,6 +176,8 @@ def fit(model, x: torch.Tensor, c: torch.Tensor | None, *, seed: int = 0,
         weights[k, :m] = torch.from_numpy(gm.weights_).float()
         means[k, :m] = torch.from_numpy(gm.means_).float()
         tril[k, :m] = torch.linalg.cholesky(torch.from_numpy(gm.covariances_)).float()
+    if not bool((weights.sum(1) > 0).any()):
+        return None
     if not all(math.isfinite(float(v)) for v in (weights.sum(), means.sum(), tril.sum())):
         raise CvaeError("the codes of the training examples are not finite; the model diverged (its prior still samples)")
     return AggregatePosterior(weights, means, tril, attrs[0].name if attrs else None, classes, counts)

@@ -84,5 +84,7 @@ def fit_aggregate(run: str | Path, *, data_dir=None, device: str = "cpu"):
         x = fixed_binarization(x, EVALUATION_SEED)
     c = model.schema.encode(data.train.y[rows]).to(model.device) if model.schema else None
     fit_ = aggregate.fit(model, x, c, seed=model.run_config.get("train", {}).get("seed", 0))
+    if fit_ is None:
+        raise CvaeError(f"{run}: no aggregate posterior fitted: {aggregate.too_few(model)}; it samples from its prior")
     save_aggregate(run, fit_)
     return fit_

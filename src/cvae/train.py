@@ -749,6 +749,8 @@ class Trainer:
             self.model.eval()
             fit = aggregate.fit(self.model, x_rows.to(self.device), c_train.to(self.device) if c_train is not None
                                 else None, seed=self.config.seed)
+            why = aggregate.too_few(self.model) if fit is None else None
+        if why is None:
             save_aggregate(self.run_dir, fit)
             self.model.aggregate = fit
             summary["aggregate"] = {"file": aggregate.FILE, "components": fit.components, "examples": fit.counts}
