@@ -146,6 +146,8 @@ def test_runs_it_does_not_apply_to_keep_the_prior(tmp_path):
     assert not (out / aggregate.FILE).exists() and cvae.load(out).sampling_codes() == "prior"
     with pytest.raises(CvaeError, match="fitted for images only"):
         cvae.api.fit_aggregate(out)
+    with pytest.raises(CvaeError, match="no fitted aggregate posterior"):
+        cvae.load(out).sample(2, codes="aggregate")
 
 
 def test_the_semi_supervised_model_fits_unlabelled_examples_by_their_inferred_class(tmp_path):
@@ -199,3 +201,14 @@ def test_too_few_codes_of_every_class_leave_the_prior(run, tmp_path, monkeypatch
     assert few.sampling_codes() == "prior" and few.sampling_temperature() == 0.9
     with pytest.raises(CvaeError, match="no class had the 10 codes"):
         cvae.api.fit_aggregate(out)
+
+
+def test_the_hierarchical_model_samples_its_prior(tmp_path, capsys):
+    out = tmp_path / "hvae"
+    assert main(["train", "--data", "digits", "--preset", "hvae", "--width", "8", "--epochs", "1", "--no-progress",
+                 "--no-pictures", "--no-tensorboard", "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["aggregate"] == {
+        "file": None, "why_not": "the hvae model draws from its prior"}
+    assert main(["sample", str(out), "--n", "4", "--codes", "aggregate", "-o", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err
+    assert "the hvae model samples its prior" in err and len(err.strip().splitlines()) == 1

@@ -248,6 +248,9 @@ class VAEModel(nn.Module):
         ``"prior"``; None chooses the fit where the run has one. Asking for a fit the run lacks is refused."""
         if codes not in (None, "prior", "aggregate"):
             raise CvaeError(f"codes must be prior or aggregate, got {codes!r}")
+        if codes == "aggregate" and self.aggregate is None and not self.aggregate_codes:
+            raise CvaeError(f"the {self.name} model samples its prior (no aggregate posterior is fitted for it); "
+                            "leave --codes out or use --codes prior")
         if codes == "aggregate" and self.aggregate is None:
             raise CvaeError("this run has no fitted aggregate posterior (aggregate.safetensors, written at the end of "
                             "training for image runs with no condition or one categorical condition; `cvae aggregate "
