@@ -212,3 +212,22 @@ def test_the_hierarchical_model_samples_its_prior(tmp_path, capsys):
     assert main(["sample", str(out), "--n", "4", "--codes", "aggregate", "-o", str(tmp_path / "s.png")]) == 2
     err = capsys.readouterr().err
     assert "the hvae model samples its prior" in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_and_the_served_page_say_which_codes(run, tmp_path):
+    from cvae.evaluate import evaluate_run
+    from cvae.evaluator import train_evaluator
+    from cvae.serve.served import ServedRun
+
+    ev = tmp_path / "ev.safetensors"
+    train_evaluator("digits", epochs=1, out=ev, progress=False)
+    fitted = evaluate_run(run, metrics=["samples"], evaluator=ev, n=200, per_class=20, write=False).results["samples"]
+    prior = evaluate_run(run, metrics=["samples"], evaluator=ev, n=200, per_class=20, write=False,
+                         codes="prior").results["samples"]
+    assert fitted["codes"] == "aggregate" and prior["codes"] == "prior"
+    assert "(at temperature 1.0)" in fitted["conditional_accuracy"]["name"]
+    assert "(at temperature 0.9)" in prior["conditional_accuracy"]["name"]
+    assert any("aggregate posterior fitted after training" in n for n in fitted["notes"])
+    assert fitted["frechet_distance"]["value"] != prior["frechet_distance"]["value"]
+    described = ServedRun("digits", run).info()
+    assert described["codes"] == {"default": "aggregate", "temperature": 1.0}
