@@ -5,7 +5,10 @@ samples --codes prior` (the prior at its default temperature 0.9) and `--codes a
 fitted Gaussian mixture per class, cvae.aggregate, at its default temperature 1) do, and prints what
 cvae's independent evaluator CNN reads in them (the mean and the worst class) and their Fréchet
 distance, precision and recall against the test images in the evaluator's feature space. A run
-without the fit (trained before it was written) is fitted first (`cvae aggregate RUN`).
+without the fit (trained before it was written) is fitted first (`cvae aggregate RUN`). The choices
+behind the defaults: ``--temperature T`` draws the fit at T, ``--confidence C`` fits a semi-supervised
+run again counting its unlabelled examples where q(y | x) gives their class at least C (it rewrites the
+run's aggregate.safetensors: `cvae aggregate RUN` restores the default).
 
     python benchmarks/codes.py runs/semi-defaults-s0 runs/semi-defaults-s1 runs/codes-mnist \\
         --evaluator mnist=runs/bench-semi/evaluator-mnist.safetensors --data-dir ../shared/data \\
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +39,9 @@ def main(argv=None) -> int:
     p.add_argument("--per-class", type=int, default=1000)
     p.add_argument("--n", type=int, default=10000, help="test images for the Fréchet distance, precision, recall")
     p.add_argument("--json", help="write the results here (and a .txt beside it)")
+    p.add_argument("--temperature", type=float, help="of the fit's draws (default: its default, 1)")
+    p.add_argument("--confidence", type=float, help="fit semi-supervised runs again at this threshold")
+    p.add_argument("--only", choices=["prior", "aggregate"], help="measure one of the two")
     args = p.parse_args(argv)
     evaluators = dict(e.split("=", 1) for e in args.evaluator)
     lines = [f"machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
@@ -43,18 +50,20 @@ def main(argv=None) -> int:
     results = []
     for run in args.runs:
         model = load(run)
-        if model.aggregate is None:
-            fit_aggregate(run, data_dir=args.data_dir)
+        if model.aggregate is None or args.confidence is not None:
+            fit_aggregate(run, data_dir=args.data_dir, confidence=args.confidence)
         data = model.run_config.get("train", {}).get("data")
-        for codes in ("prior", "aggregate"):
+        for codes in [args.only] if args.only else ["prior", "aggregate"]:
             t0 = time.perf_counter()
             r = evaluate_run(run, metrics=["samples"], evaluator=evaluators.get(Path(str(data)).stem), n=args.n,
-                             per_class=args.per_class, data_dir=args.data_dir, codes=codes, write=False)
+                             per_class=args.per_class, data_dir=args.data_dir, codes=codes, write=False,
+                             temperature=args.temperature if codes == "aggregate" else None)
             s = r.results["samples"]
             acc = s["conditional_accuracy"]
             per = {c: v["value"] for c, v in acc["per_class"].items()}
             worst = min(per, key=per.get)
-            row = {"run": str(run), "data": data, "codes": s["codes"], "temperature": acc["name"].split("temperature ")[1].split(")")[0],
+            row = {"run": str(run), "data": data, "codes": s["codes"], "confidence": args.confidence,
+                   "temperature": acc["name"].split("temperature ")[1].split(")")[0],
                    "accuracy": acc["mean"]["value"], "worst_class": worst, "worst": per[worst], "per_class": per,
                    "frechet_distance": s["frechet_distance"]["value"], "precision": s["precision"]["value"],
                    "recall": s["recall"]["value"], "seconds": round(time.perf_counter() - t0, 1)}
@@ -65,7 +74,7 @@ def main(argv=None) -> int:
             lines.append(line)
             print(line, flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": cpu_name(), "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": cpu_name(), "argv": sys.argv[1:] if argv is None else argv, "results": results}, indent=2))
         Path(args.json).with_suffix(".txt").write_text("\n".join(lines) + "\n")
     return 0
 

@@ -35,9 +35,9 @@ COMPONENTS = 5
 EXAMPLES_PER_COMPONENT = 50  # a class gets one component per this many examples (and per 5 x latent_dim)
 EXAMPLES = 10000
 # a semi-supervised run's example without its label counts where q(y | x) gives its class at least this:
-# measured on 100-label runs (benchmarks/codes.py), every example at q's most probable class, at 0.95 and
-# at 0.99: Fashion-MNIST 78.3%, 82.3%, 84.5% of samples read as their class (the prior's: 80.9%),
-# MNIST 97.6%, 98.5%, 98.7%, the Fréchet distance falling with it (56.1, 52.7, 50.5; 35.9, 34.4, 33.6)
+# measured on 100-label runs (benchmarks/codes.py --confidence), every example at q's most probable class,
+# at 0.95 and at 0.99: Fashion-MNIST 78.3%, 82.3%, 84.5% of samples read as their class (the prior's:
+# 80.9%), MNIST 97.6%, 98.6%, 98.5%, the Fréchet distance falling with it (56.1, 52.7, 50.5; 35.9, 34.8, 33.6)
 CONFIDENCE = 0.99
 
 

@@ -55,10 +55,11 @@ def load(run: str | Path, *, device: str = "cpu") -> VAEModel:
     return load_model(run, device=device)
 
 
-def fit_aggregate(run: str | Path, *, data_dir=None, device: str = "cpu"):
+def fit_aggregate(run: str | Path, *, data_dir=None, device: str = "cpu", confidence: float | None = None):
     """Fit (again) the aggregate posterior of a trained run and write ``RUN/aggregate.safetensors``
     (cvae.aggregate; training writes it, this is for runs trained before it did): the codes of up to
-    10,000 of the run's training examples, the same fixed draw as training's summary. Returns the fit."""
+    10,000 of the run's training examples, the same fixed draw as training's summary. ``confidence``: a
+    semi-supervised run's threshold for unlabelled examples (default ``aggregate.CONFIDENCE``). Returns the fit."""
     import numpy as np
     import torch
 
@@ -83,7 +84,8 @@ def fit_aggregate(run: str | Path, *, data_dir=None, device: str = "cpu"):
 
         x = fixed_binarization(x, EVALUATION_SEED)
     c = model.schema.encode(data.train.y[rows]).to(model.device) if model.schema else None
-    fit_ = aggregate.fit(model, x, c, seed=model.run_config.get("train", {}).get("seed", 0))
+    fit_ = aggregate.fit(model, x, c, seed=model.run_config.get("train", {}).get("seed", 0),
+                         confidence=aggregate.CONFIDENCE if confidence is None else confidence)
     if fit_ is None:
         raise CvaeError(f"{run}: no aggregate posterior fitted: {aggregate.too_few(model)}; it samples from its prior")
     save_aggregate(run, fit_)
