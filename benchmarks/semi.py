@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,10 @@ from cvae.train import native_bfloat16
 VARIANTS = {"default": {}, "unguided": {"condition_dropout": 0.0},
             "guided": {"condition_dropout": 0.2, "guidance": 3.0},
             "guided-w2": {"condition_dropout": 0.2, "guidance": 2.0},
-            "m2": {"consistency": 0.0, "condition_dropout": 0.0}}
+            "m2": {"consistency": 0.0, "condition_dropout": 0.0},
+            # the defaults with RandAugment-style strong views of images (benchmarks/semi_classifier.py's
+            # randaug) in place of cvae.perturb.strong's: a candidate default, measured here in full runs
+            "randaug": {}}
 
 
 
@@ -100,13 +104,31 @@ class _null:
         return False
 
 
+@contextmanager
+def _randaug_views():
+    """cvae.perturb.strong with images given semi_classifier.randaug's views instead (variant randaug)."""
+    from semi_classifier import randaug
+
+    original = perturb.strong
+
+    def strong(x, *, unit_range=True, generator=None):
+        return randaug(x, generator) if x.ndim == 4 else original(x, unit_range=unit_range, generator=generator)
+
+    perturb.strong = strong
+    try:
+        yield
+    finally:
+        perturb.strong = original
+
+
 def semi_supervised(data_name, data_dir, labels, seed, epochs, variant, out: Path) -> dict:
     run = out / (f"{data_name}-{labels}-seed{seed}-{variant}" + ("" if epochs == 10 else f"-{epochs or 'default'}ep"))
     if not (run / "summary.json").is_file():
         length = {"epochs": epochs} if epochs else {}  # 0: the library's default for the data set's size
-        cvae.train(data=data_name, data_dir=data_dir, labelled=labels, seed=seed, **length, batch_size=100,
-                   out=str(run), overwrite=True, progress=False, tensorboard=False, pictures=False,
-                   **VARIANTS[variant])
+        with _randaug_views() if variant == "randaug" else _null():
+            cvae.train(data=data_name, data_dir=data_dir, labelled=labels, seed=seed, **length, batch_size=100,
+                       out=str(run), overwrite=True, progress=False, tensorboard=False, pictures=False,
+                       **VARIANTS[variant])
     model = cvae.load(run)
     scored = scored_split(data_name, data_dir, seed)
     probs = model.classify(scored.x)
