@@ -9,7 +9,7 @@ the second stage of Dai & Wipf 2019's two-stage VAE is a learned version of the 
 samples that are more often the class asked for and closer to the real images. Here the density is
 a Gaussian mixture per class (full covariances, at most ``COMPONENTS`` components, fewer for a class
 with few examples), fitted by scikit-learn's EM to one draw z ~ q(z | x, c) per training example (up
-to ``EXAMPLES``, the same fixed draw as the run's summary), and written next to the weights as
+to 10,000, the same fixed draw as the run's summary: ``cvae.train.summary_examples``), and written next to the weights as
 ``aggregate.safetensors``. ``cvae sample`` and ``cvae evaluate`` draw from it by default where it
 exists (``--codes prior`` draws from the prior); ``temperature`` scales each component's deviations
 as it scales the prior's.
@@ -33,7 +33,6 @@ from .errors import CvaeError
 FILE = "aggregate.safetensors"
 COMPONENTS = 5
 EXAMPLES_PER_COMPONENT = 50  # a class gets one component per this many examples (and per 5 x latent_dim)
-EXAMPLES = 10000
 # a semi-supervised run's example without its label counts where q(y | x) gives its class at least this:
 # measured on 100-label runs (benchmarks/codes.py --confidence), every example at q's most probable class,
 # at 0.95 and at 0.99: Fashion-MNIST 78.3%, 82.3%, 84.5% of samples read as their class (the prior's:

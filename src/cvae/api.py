@@ -60,29 +60,18 @@ def fit_aggregate(run: str | Path, *, data_dir=None, device: str = "cpu", confid
     (cvae.aggregate; training writes it, this is for runs trained before it did): the codes of up to
     10,000 of the run's training examples, the same fixed draw as training's summary. ``confidence``: a
     semi-supervised run's threshold for unlabelled examples (default ``aggregate.CONFIDENCE``). Returns the fit."""
-    import numpy as np
-    import torch
-
     from . import aggregate
-    from .data import EVALUATION_SEED
     from .evaluate import load_run_data
     from .runs import save_aggregate
+    from .train import summary_examples
 
     model = load_model(run, device=device)
     why = aggregate.why_not(model)
     if why is not None:
         raise CvaeError(f"{run}: no aggregate posterior is fitted for this run ({why}); it samples from its prior")
     data = load_run_data(model, data_dir=data_dir)
-    x_all = data.train.x
-    rows = slice(0, aggregate.EXAMPLES)
-    if isinstance(x_all, torch.Tensor) and len(x_all) > aggregate.EXAMPLES:
-        drawn = np.random.default_rng(EVALUATION_SEED).choice(len(x_all), aggregate.EXAMPLES, replace=False)
-        rows = torch.from_numpy(np.sort(drawn))
-    x = x_all[rows].to(model.device)
-    if model.run_config.get("train", {}).get("binarize") == "dynamic":  # as training fits it: binary images
-        from .data import fixed_binarization
-
-        x = fixed_binarization(x, EVALUATION_SEED)
+    rows, x = summary_examples(data.train.x, model.run_config.get("train", {}).get("binarize") == "dynamic")
+    x = x.to(model.device)
     c = model.schema.encode(data.train.y[rows]).to(model.device) if model.schema else None
     fit_ = aggregate.fit(model, x, c, seed=model.run_config.get("train", {}).get("seed", 0),
                          confidence=aggregate.CONFIDENCE if confidence is None else confidence)

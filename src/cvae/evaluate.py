@@ -43,7 +43,6 @@ from .errors import CvaeError
 from .figures import NATS, Figure, figure, mean_and_stderr  # noqa: F401  (re-exported)
 from .kernels import kernel_for
 from .models import CVAE
-from .models.base import SAMPLING_TEMPERATURE
 from .models.seqvae import GENERATE_DECODE, GENERATE_TOKEN_TEMPERATURE
 from .threads import ThreadGovernor, kept_thread_count
 from .tokens import PAD
@@ -572,7 +571,7 @@ def evaluate_run(run, *, split: str | None = None, k: int = 5000, metrics=None, 
     if "molecules" in wanted:
         t0 = time.perf_counter()
         section = _molecules_section(model, data, explicit=explicit and "molecules" in wanted, n=molecules, seed=seed,
-                                     temperature=SAMPLING_TEMPERATURE if temperature is None else temperature,
+                                     temperature=model.sampling_temperature(temperature),
                                      decode=decode, beam=beam, token_temperature=token_temperature, guidance=guidance,
                                      steer=steer)
         if section is not None:

@@ -730,17 +730,8 @@ class Trainer:
                    "precision": self.config.precision}
         for name, (x, c) in self.evals.items():
             summary[name] = evaluate_elbo(self.model, x, c, precision="float32", objective=self.objective)
-        # up to 10,000 training examples drawn at random (a fixed draw): the first ones of a data set in its
-        # source's order are not typical (dSprites' first 10,000 are small squares: 58 nats of reconstruction
-        # where the validation split's average was 87); a streamed file is read from its start
-        rows = slice(0, SUMMARY_TRAIN_EXAMPLES)
-        if isinstance(self.x_train, torch.Tensor) and len(self.x_train) > SUMMARY_TRAIN_EXAMPLES:
-            drawn = np.random.default_rng(EVALUATION_SEED).choice(len(self.x_train), SUMMARY_TRAIN_EXAMPLES, replace=False)
-            rows = torch.from_numpy(np.sort(drawn)).to(self.x_train.device)
+        rows, x_rows = summary_examples(self.x_train, self.dynamic)
         c_train = self.c_train[rows] if self.c_train is not None else None
-        x_rows = self.x_train[rows]
-        if self.dynamic:  # as the held-out splits are scored: binary images, one fixed draw, not grey levels
-            x_rows = fixed_binarization(x_rows, EVALUATION_SEED)
         summary["train"] = evaluate_elbo(self.model, x_rows, c_train, objective=self.objective)
         summary["seconds_per_epoch"] = _median_seconds(self.metrics_path)
         # where the codes of those training examples lie, for sampling (cvae.aggregate)
@@ -765,6 +756,21 @@ class Trainer:
 
 
 SUMMARY_TRAIN_EXAMPLES = 10000  # the training examples summary.json's train figures are taken over
+
+
+def summary_examples(x_train, dynamic: bool):
+    """The rows of the training examples that summary.json's train figures and the aggregate posterior's
+    fit are taken over, and those examples as the model saw them: up to ``SUMMARY_TRAIN_EXAMPLES`` drawn
+    at random (a fixed draw; the first ones of a data set in its source's order are not typical:
+    dSprites' first 10,000 are small squares, 58 nats of reconstruction where the validation split's
+    average was 87; a streamed file is read from its start), binarized once with a fixed seed for a
+    dynamically binarized run, as its held-out splits are scored (not the grey levels it never saw)."""
+    rows = slice(0, SUMMARY_TRAIN_EXAMPLES)
+    if isinstance(x_train, torch.Tensor) and len(x_train) > SUMMARY_TRAIN_EXAMPLES:
+        drawn = np.random.default_rng(EVALUATION_SEED).choice(len(x_train), SUMMARY_TRAIN_EXAMPLES, replace=False)
+        rows = torch.from_numpy(np.sort(drawn)).to(x_train.device)
+    x = x_train[rows]
+    return rows, fixed_binarization(x, EVALUATION_SEED) if dynamic else x
 
 
 def _settings(config: TrainConfig, ranks: Ranks, device: torch.device, resume: bool,

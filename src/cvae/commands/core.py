@@ -248,8 +248,7 @@ def cmd_sample(args) -> int:
     if args.steer is not None:
         raise CvaeError("--steer is for sequence runs (trained with --sequence ... --steer W); leave it out for this run")
     guidance = model.guidance_weight(args.guidance)  # refused (one line) for a run that cannot be guided
-    if args.codes == "aggregate" and model.aggregate is None:
-        model.sample(1, codes="aggregate")  # its one line: this run has no fit
+    model.sampling_codes(args.codes)  # refused (one line) where the run has no fit
     check_rows(model.config, args.n, f"--n {args.n}", "--n", hint=" (or write several files, each with its own --seed)")
     guard_outputs(model, condition_hint(model, args.condition))
     path = sample_to_file(model, args.output, n=args.n, condition=args.condition, seed=args.seed, mean=not args.draw,
@@ -266,7 +265,7 @@ def _sample_sequences(model, args) -> int:
     within = parse_within(model, args.within) if args.within is not None else None
     decode, token_temperature = token_choice(args)
     path, summary = sample_to_file(model, args.output, n=args.n, condition=args.condition, seed=args.seed,
-                                   temperature=0.9 if args.temperature is None else args.temperature,
+                                   temperature=model.sampling_temperature(args.temperature),
                                    decode=decode, beam=args.beam,
                                    token_temperature=token_temperature, guidance=args.guidance, steer=args.steer,
                                    within=within)

@@ -280,12 +280,12 @@ class VAEModel(nn.Module):
         (:meth:`sampling_temperature`). ``guidance`` is
         the classifier-free guidance weight w (None: the run's default; a run trained with
         ``condition_dropout`` only): the decoder's distribution becomes p(x | z, c)^(1 + w) / p(x | z)^w."""
+        if temperature is not None:
+            self.check_temperature(temperature)
         use_fit = self.sampling_codes(codes) == "aggregate"
         # a class the fit has no codes of draws from the prior, at the prior's own default temperature
         prior_temperature = SAMPLING_TEMPERATURE if temperature is None else temperature
         temperature = self.sampling_temperature(temperature, codes)
-        self.check_temperature(temperature)
-        self.check_temperature(prior_temperature)
         w = self.guidance_weight(guidance)
         c = self.generating_condition(condition, n)
         n = len(c) if c is not None and n is None else (n or 1)

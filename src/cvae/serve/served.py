@@ -179,8 +179,7 @@ class ServedRun:
                          "default": float(self.model.config.guidance)},
             # where generated codes come from (the fitted aggregate posterior, or the prior) and the
             # temperature cvae sample uses for them by default
-            "codes": {"default": "prior" if self.kind == "sequence" else self.model.sampling_codes(None),
-                      "temperature": 0.9 if self.kind == "sequence" else float(self.model.sampling_temperature())},
+            "codes": {"default": self.model.sampling_codes(), "temperature": float(self.model.sampling_temperature())},
             # sequence runs trained with --steer: the prefix predictor's steering weight
             "steer": {"available": bool(getattr(self.model.config, "prefix_predictor", False)),
                       "default": float(getattr(self.model.config, "steer", 0.0))},
@@ -241,9 +240,7 @@ class ServedRun:
         ``temperature`` None: cvae sample's default for the run (0.9 for the prior, 1 for a fitted aggregate posterior)."""
         self._check_count(n, self.limits.max_n, "n")
         guidance = self.model.guidance_weight(guidance)
-        temperature = 0.9 if temperature is None and self.kind == "sequence" else temperature
-        if self.kind != "sequence":
-            temperature = self.model.sampling_temperature(temperature)
+        temperature = self.model.sampling_temperature(temperature)
         if self.kind == "sequence":
             steer = self.model.steer_weight(steer)
             strings, y = self.model.sample_strings(n, condition or None, seed=seed, temperature=temperature,
