@@ -231,3 +231,45 @@ def test_evaluate_and_the_served_page_say_which_codes(run, tmp_path):
     assert fitted["frechet_distance"]["value"] != prior["frechet_distance"]["value"]
     described = ServedRun("digits", run).info()
     assert described["codes"] == {"default": "aggregate", "temperature": 1.0}
+
+
+def test_fuzzed_fit_files_load_or_give_one_line(run, tmp_path):
+    """Random damage to aggregate.safetensors (flipped, cut, inserted, repeated bytes): the run loads with a
+    finite fit or is refused in one line naming the file, never another exception."""
+    import shutil
+
+    from test_fuzz_inputs import mutate, one_line
+
+    rng = np.random.default_rng(7)
+    good = (run / aggregate.FILE).read_bytes()
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    failures = []
+    for k in range(40):
+        (copy / aggregate.FILE).write_bytes(mutate(good, rng))
+        try:
+            fit = cvae.load(copy).aggregate
+            assert fit is not None and all(torch.isfinite(t).all() for t in (fit.weights, fit.means, fit.scale_tril))
+        except CvaeError as e:
+            if not (one_line(str(e)) and aggregate.FILE in str(e)):
+                failures.append(f"#{k}: {e!r}")
+        except Exception as e:  # anything else is a bug
+            failures.append(f"#{k}: {type(e).__name__}: {e}")
+    assert not failures, "\n".join(failures)
+
+
+def test_bad_input_to_the_new_command_and_flag_is_one_line(run, tmp_path, capsys):
+    for argv, message in (
+        (["aggregate", str(tmp_path / "nowhere")], "nowhere"),
+        (["sample", str(run), "--codes", "posterior", "--n", "2", "-o", str(tmp_path / "s.png")], "--codes"),
+        (["evaluate", str(run), "--metrics", "samples", "--codes", "fit"], "--codes"),
+    ):
+        capsys.readouterr()
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's own errors
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2, (argv, err)
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+        assert message in err, (argv, err)
