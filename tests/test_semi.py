@@ -151,7 +151,7 @@ def test_evaluate_reports_error_per_class_accuracy_and_calibration(tmp_path):
     assert ev["n_examples"] < 1797  # scored on the examples whose label is known
 
 
-@pytest.mark.parametrize("missing", [-1, float("nan")])
+@pytest.mark.parametrize("missing", [-1, -1.0, float("nan")])  # -1.0: a float array of class indices
 def test_npz_labels_of_minus_one_or_nan_are_missing(tmp_path, missing):
     _digits_npz(tmp_path / "d.npz", missing)
     res = cvae.train(data=str(tmp_path / "d.npz"), epochs=1, out=str(tmp_path / "r"), **QUIET)

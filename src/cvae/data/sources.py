@@ -392,14 +392,25 @@ def load_array_file(path: Path) -> RawData:
             continue  # dates, complex numbers, records: not a condition
         if len(v) != len(x):
             raise CvaeError(f"{path}: array {k!r} has {len(v)} entries but 'x' has {len(x)} examples")
-        if name == "label" and v.dtype.kind in "iu" and (v == -1).any():
-            v = np.where(v == -1, np.nan, v.astype(np.float64))  # -1: no label (semi-supervised)
+        if name == "label" and _whole_numbers(v) and (v == -1).any():
+            v = np.where(v == -1, np.nan, v.astype(np.float64))  # -1 (or -1.0): no label (semi-supervised)
         if name in columns:
             raise CvaeError(f"{path} holds more than one label array ({', '.join(a for a in LABEL_ARRAYS if a in arrays)}); "
                             "keep one, named 'y'")
         columns[name] = v
     kind = _array_kind(x)
     return RawData(path.stem, kind, {"train": (x, columns)}, unit_range=unit and kind == "image", binary=False)
+
+
+def _whole_numbers(v: np.ndarray) -> bool:
+    """Integer labels, or float ones whose values are all whole numbers or NaN (np.savez of a float array of
+    class indices, as pandas and most numeric code write them)."""
+    if v.dtype.kind in "iu":
+        return True
+    if v.dtype.kind != "f":
+        return False
+    finite = v[np.isfinite(v)]
+    return bool(np.all(finite == np.round(finite)))
 
 
 UNLABELLED_FOLDER = "unlabelled"  # an image folder's subfolder of images without a label
