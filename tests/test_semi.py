@@ -127,6 +127,16 @@ def test_every_command_works_on_a_semi_supervised_run(digits_run, tmp_path):
         assert (tmp_path / name).stat().st_size > 1000
 
 
+def test_augment_balance_on_a_file_whose_labelled_classes_are_balanced_names_the_unlabelled(digits_run, tmp_path,
+                                                                                         capsys):
+    _digits_npz(tmp_path / "u.npz", -1)  # 8 labels per class, the rest -1
+    assert main(["augment", str(digits_run), "--balance", "--data", str(tmp_path / "u.npz"),
+                 "-o", str(tmp_path / "a.npz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1717 examples without a label are not counted" in err[0] and "--per-class" in err[0]
+    assert not (tmp_path / "a.npz").exists()
+
+
 def test_inputs_without_labels_are_encoded_with_the_class_the_classifier_gives(digits_run, tmp_path):
     model = cvae.load(digits_run)
     target, hidden = _digits_npz(tmp_path / "u.npz", -1)

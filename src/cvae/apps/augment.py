@@ -127,7 +127,10 @@ def augment(model: CVAE, *, per_class: int | None = None, balance: bool = False,
         y[:, j] = float(i)
         rows.append(y)
     if not rows:
-        raise CvaeError("nothing to generate: every class already has as many examples as the largest")
+        unlabelled = int(torch.isnan(real.y[:, j]).sum()) if real is not None else 0
+        raise CvaeError("nothing to generate: every class already has as many examples as the largest"
+                        + (f" ({unlabelled} examples without a label are not counted; --per-class N generates N per "
+                           "class)" if unlabelled else ""))
     y_syn = torch.cat(rows)
     if mean is None:
         mean = len(model.config.data_shape) == 3
