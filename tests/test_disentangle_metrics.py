@@ -73,3 +73,14 @@ def test_constant_factors_are_left_out_and_bad_input_is_refused():
         dis.mig(np.zeros((5, 2)), np.zeros((4, 1)))
     with pytest.raises(CvaeError, match="NaN"):
         dis.mig(np.full((5, 2), np.nan), np.arange(5)[:, None])
+
+
+def test_collapsed_codes_are_named_in_the_report():
+    f = _factors()
+    rng = np.random.default_rng(2)
+    # posterior means that vary a little (std 0.06: above the FactorVAE score's pruning at 0.05) but carry nothing
+    collapsed = dis.disentanglement(rng.normal(scale=0.06, size=(len(f), 4)), f, num_train=2000, num_test=1000)
+    assert collapsed.details["active_units"] == 0
+    assert "collapsed" in collapsed.details["notes"][0]
+    healthy = dis.disentanglement(rng.normal(size=(len(f), 4)), f, metrics=("mig",), num_train=2000)
+    assert healthy.details["active_units"] == 4 and "notes" not in healthy.details

@@ -379,3 +379,17 @@ def test_bad_values_of_this_sessions_flags_are_one_error_line(tmp_path, capsys):
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(err) == 1 and err[0].startswith("error:") and words in err[0], (argv, err)
     assert not (tmp_path / "a").exists() and not (tmp_path / "e.safetensors").exists()
+
+
+def test_evaluate_says_when_the_posterior_has_collapsed(tmp_path, capsys):
+    from cvae.cli import main
+
+    run = tmp_path / "run"  # beta 500: every KL term driven to 0 within three epochs
+    assert main(["train", "--data", "dsprites", "--limit", "300", "--epochs", "3", "--latent-dim", "3", "--hidden",
+                 "32", "--beta", "500", "--out", str(run), "--no-progress", "--no-tensorboard"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--metrics", "disentanglement", "--split", "train", "--no-progress"]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "note:" in line]
+    assert len(notes) == 1 and "collapsed" in notes[0] and "--beta" in notes[0]
+    section = json.loads((run / "eval.json").read_text())["disentanglement"]
+    assert section["details"]["active_units"] == 0 and section["details"]["notes"]

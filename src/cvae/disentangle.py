@@ -48,6 +48,7 @@ from .errors import CvaeError
 
 BINS = 20  # histogram bins per code dimension (MIG, modularity): disentanglement_lib's configs
 PRUNE_STD = 0.05  # FactorVAE score: dimensions whose std over the data is below this are ignored
+ACTIVE_VARIANCE = 0.01  # an active unit (Burda et al. 2015): Var_x(E_q[z_d | x]) above this; none: collapse
 PAIRS = 64  # BetaVAE / FactorVAE score: examples per training point
 
 
@@ -395,5 +396,12 @@ def disentanglement(codes, factors, *, factor_names: list[str] | None = None, me
     }
     if dropped:
         protocol["constant_factors_left_out"] = dropped
+    active = int((codes.var(0) > ACTIVE_VARIANCE).sum())
+    details["active_units"] = active
+    if active == 0:
+        details["notes"] = [f"no latent dimension is active (the codes' variance over these examples is at most "
+                            f"{ACTIVE_VARIANCE} in every dimension, Burda et al.'s test): the posterior has collapsed "
+                            "and these scores measure noise; train longer (the default length for the data) or with "
+                            "a smaller --beta"]
     return DisentanglementReport(scores=scores, details=details, protocol=protocol, normalized_mi=mi.normalized,
                                  factor_names=names)

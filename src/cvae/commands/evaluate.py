@@ -269,6 +269,8 @@ def format_table(results: dict) -> str:
                                                           for d, f in enumerate(dis["dimension_follows"])))
         if dis.get("codes_file"):
             lines.append(f"  the examples' ids, codes and factors: {results.get('run', 'RUN')}/{dis['codes_file']}")
+        for note in dis.get("details", {}).get("notes", []):
+            lines.append(f"  note: {note}")
     mols = _measured(results.get("molecules"), "molecules", lines)
     if mols:
         p = mols["protocol"]
