@@ -387,7 +387,8 @@ def test_evaluate_says_when_the_posterior_has_collapsed(tmp_path, capsys):
     run = tmp_path / "run"  # beta 500: every KL term driven to 0 within three epochs
     assert main(["train", "--data", "dsprites", "--limit", "300", "--epochs", "3", "--latent-dim", "3", "--hidden",
                  "32", "--beta", "500", "--out", str(run), "--no-progress", "--no-tensorboard"]) == 0
-    capsys.readouterr()
+    trained = [line for line in capsys.readouterr().out.splitlines() if "note:" in line]
+    assert len(trained) == 1 and "collapsed" in trained[0] and "--kl-warmup" in trained[0]
     assert main(["evaluate", str(run), "--metrics", "disentanglement", "--split", "train", "--no-progress"]) == 0
     notes = [line for line in capsys.readouterr().out.splitlines() if "note:" in line]
     assert len(notes) == 1 and "collapsed" in notes[0] and "--beta" in notes[0]

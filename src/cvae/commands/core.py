@@ -217,9 +217,17 @@ def cmd_train(args) -> int:
             v = s[split]
             print(f"  {split:5s} negative ELBO {v['loss']:9.3f} nats per example"
                   f"  (reconstruction {v['reconstruction']:.3f} + KL {v['kl']:.3f})")
+    kl = s.get("val", s.get("train", {})).get("kl")
+    if kl is not None and kl < COLLAPSED_KL:
+        print(f"  note: the KL is {kl:.3f} nats per example: the posterior has collapsed (the decoder ignores z, "
+              "every code decodes alike); train longer (leave out --epochs for the default length), lower --beta, "
+              "or use --kl-warmup E or --free-bits F")
     if "pictures" in s:
         print("  pictures: " + ", ".join(str(p) for p in s["pictures"].values()))
     return 0
+
+
+COLLAPSED_KL = 0.1  # nats per example: below it, no latent carries information worth a note
 
 
 def cmd_aggregate(args) -> int:
