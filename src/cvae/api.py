@@ -23,8 +23,7 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, resume: bool
         config = read_yaml(config)
     if isinstance(config, TrainConfig):
         base = config.to_dict()
-        defaults = TrainConfig().to_dict()
-        explicit = {k for k, v in base.items() if v != defaults.get(k)} | set(settings)
+        explicit = config.differing() | set(settings)
     else:
         base = dict(config or {})
         explicit = set(base) | set(settings)

@@ -244,6 +244,12 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def differing(self) -> set[str]:
+        """The settings whose values differ from TrainConfig's defaults: what a user gave, when all there is
+        is a finished config (a default the model class would choose for the data must not replace them)."""
+        plain = TrainConfig().to_dict()
+        return {k for k, v in self.to_dict().items() if v != plain.get(k)}
+
     @classmethod
     def keys(cls) -> list[str]:
         return [f.name for f in fields(cls)]

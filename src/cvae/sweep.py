@@ -94,9 +94,7 @@ def fit_sweep(configs: list[TrainConfig], *, overwrite: bool = False, on_epoch=N
         groups.setdefault(_group_key(config), []).append(i)
     dicts = [c.to_dict() for c in configs]
     varied = {k for k in dicts[0] if k != "out" and len({repr(d[k]) for d in dicts}) > 1}
-    plain = TrainConfig().to_dict()
-    given = [(set(explicit) if explicit is not None else {k for k, v in d.items() if v != plain.get(k)}) | varied
-             for d in dicts]
+    given = [(set(explicit) if explicit is not None else c.differing()) | varied for c in configs]
     results: list[TrainResult | None] = [None] * len(configs)
     for members in groups.values():
         for i, result in zip(members, _fit_group([configs[i] for i in members], overwrite, on_epoch,
