@@ -36,6 +36,9 @@ OBJECTIVES = {  # name: settings (the published defaults of each paper's dSprite
     # minibatch-weighted sampling: the reference code's default (rtqichen/beta-tcvae vae_quant.py runs MSS
     # only with --mss) and, up to a constant, disentanglement_lib's total_correlation
     "beta-tcvae-mws (beta 6)": {"objective": "btcvae", "beta": 6.0, "tc_estimator": "mws"},
+    # tanh hidden units: Chen et al.'s dSprites decoder (rtqichen/beta-tcvae vae_quant.py, MLPDecoder) is
+    # 1200-1200-1200 with Tanh; cvae's activation is one setting for both networks
+    "beta-tcvae-tanh (beta 6)": {"objective": "btcvae", "beta": 6.0, "activation": "tanh"},
     "factorvae (gamma 35)": {"objective": "factorvae", "gamma": 35.0},
     "dip-vae-i (lambda_od 10)": {"objective": "dip-vae-i", "dip_lambda_od": 10.0},
 }
