@@ -51,6 +51,9 @@ def test_a_sweep_writes_what_single_runs_write(tmp_path, settings):
         sb = load_tensors(single.run_dir / "trainer_state.safetensors")
         assert sa.keys() == sb.keys()
         assert torch.equal(sa["rng.cpu"], sb["rng.cpu"])  # the run's own noise, drawn exactly as alone
+        ya, yb = (json.loads((r.run_dir / "summary.json").read_text()) for r in (result, single))
+        for split in ("train", "val"):  # the final figures too, their noise drawn as the single run draws it
+            assert ya[split]["loss"] == pytest.approx(yb[split]["loss"], rel=1e-4), split
 
 
 def test_a_sweep_run_resumes_as_a_single_run(tmp_path):

@@ -200,6 +200,7 @@ def _train_together(trainers: list[Trainer], on_epoch) -> list[TrainResult]:
             continue
         if stopped[id(t)] is False:
             t.close()
+        torch.set_rng_state(t.generator.get_state())  # the final figures' noise, as the single run draws it
         results.append(t.finish(bool(stopped[id(t)])))
     return results
 
