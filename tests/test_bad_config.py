@@ -303,6 +303,55 @@ def test_resume_checks_config_json_before_touching_the_run(copy, capsys, change,
     assert _files(run) == before
 
 
+def _damage_state(run, how):
+    from safetensors import safe_open
+
+    path = run / "trainer_state.safetensors"
+    tensors = load_file(path)
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    state = json.loads(meta["state"])
+    if how == "a moment missing":
+        tensors.pop("optimizer.0.exp_avg")
+    elif how == "a NaN weight":
+        key = next(k for k in tensors if k.startswith("model."))
+        tensors[key] = tensors[key].clone()
+        tensors[key].view(-1)[0] = float("nan")
+    elif how == "a negative mean of squares":
+        tensors["optimizer.1.exp_avg_sq"] = -1 - tensors["optimizer.1.exp_avg_sq"]
+    elif how == "metadata not JSON":
+        meta["state"] = "{bad"
+    elif how == "no metadata":
+        meta = None
+    elif how == "epoch not a count":
+        meta["state"] = json.dumps({**state, "epoch": "x"})
+    save_file(tensors, path, metadata=meta)
+
+
+@pytest.mark.parametrize("how, fragment", [
+    ("a moment missing", "lacks exp_avg"), ("a NaN weight", "NaN or infinite"),
+    ("a negative mean of squares", "negative"), ("metadata not JSON", "not JSON"), ("no metadata", "not JSON"),
+    ("epoch not a count", "epoch and bad_epochs counts")])
+def test_resume_refuses_a_damaged_trainer_state_and_touches_nothing(copy, capsys, how, fragment):
+    run = copy()
+    _damage_state(run, how)
+    before = _files(run)
+    _fails(["train", "--resume", "--epochs", "2", "--out", str(run), *QUIET], capsys, "trainer_state.safetensors is "
+           "damaged", fragment, "--overwrite")
+    assert _files(run) == before
+
+
+def test_trained_weights_without_a_trainer_state_are_neither_resumed_from_scratch_nor_replaced(copy, data, capsys):
+    run = copy()
+    (run / "trainer_state.safetensors").unlink()  # --resume once trained this run again from epoch 1, silently
+    before = _files(run)
+    _fails(["train", "--resume", "--epochs", "2", "--out", str(run), *QUIET], capsys, "no trainer_state.safetensors",
+           "--overwrite")
+    _fails(["train", *_train_flags(data), "--epochs", "1", "--out", str(run)], capsys, "already holds a trained model")
+    assert _files(run) == before
+    assert main(["train", *_train_flags(data), "--epochs", "1", "--out", str(run), "--overwrite"]) == 0
+
+
 def test_the_python_api_refuses_a_condition_it_cannot_compute_with(run):
     model = cvae.load(run)
     with pytest.raises(CvaeError, match="not finite once standardised"):

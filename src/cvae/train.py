@@ -915,6 +915,13 @@ def _run_folder(config: TrainConfig, data_name: str, resume: bool, overwrite: bo
     try:
         remove_orphans(run_dir, RUN_FILES)
         trained = _has_epochs(run_dir)
+        if resume and not trained and (run_dir / "model.safetensors").is_file():
+            raise CvaeError(f"{run_dir} holds trained weights but no trainer_state.safetensors, which an exact --resume "
+                            "needs (the optimizer, counters and random state); restore it from a copy of the run, "
+                            "or pass --overwrite instead of --resume to train it again from the start")
+        if not resume and not trained and (run_dir / "model.safetensors").is_file() and not overwrite:
+            raise CvaeError(f"{run_dir} already holds a trained model; pass --overwrite to replace it, or choose "
+                            "another --out")
         if not resume and trained and not overwrite:
             raise CvaeError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace "
                             "it, or choose another --out")
@@ -961,15 +968,54 @@ def _rng_states() -> dict[str, torch.Tensor]:
 
 
 def _read_trainer_state(run_dir: Path) -> dict:
+    """trainer_state.safetensors, checked: its metadata (epoch, best validation loss, patience count,
+    the optimizer's settings), every tensor finite, each of the optimizer's parameters with its moments.
+    A damaged file is one line saying so, before anything in the folder is touched."""
     path = run_dir / "trainer_state.safetensors"
     if not path.is_file():
         raise CvaeError(f"{run_dir} has no trainer_state.safetensors to resume from; start a new run instead")
+
+    def damaged(why: str) -> CvaeError:
+        return CvaeError(f"{path} is damaged ({why}); restore it from a copy of the run, or pass --overwrite instead "
+                         "of --resume to train again from the start")
+
     tensors = load_tensors(path)
     from safetensors import safe_open
 
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads(f.metadata()["state"])
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {})["state"])
+    except (KeyError, TypeError, ValueError):
+        raise damaged("its 'state' metadata is missing or not JSON") from None
+    number = (int, float)
+    if (not isinstance(meta, dict) or not _count(meta.get("epoch")) or not _count(meta.get("bad_epochs"))
+            or not isinstance(meta.get("best_val"), number) or isinstance(meta.get("best_val"), bool)
+            or not isinstance(meta.get("param_groups"), list)):
+        raise damaged("its 'state' metadata needs epoch and bad_epochs counts, best_val and param_groups")
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise damaged(f"{bad} holds NaN or infinite values")
+    moments: dict[str, set[str]] = {}
+    for key in tensors:
+        if key.startswith("optimizer."):
+            parts = key.split(".", 2)
+            if len(parts) != 3 or not parts[1].isdigit():
+                raise damaged(f"unknown entry {key!r}")
+            moments.setdefault(parts[1], set()).add(parts[2])
+    adam = {"exp_avg", "exp_avg_sq", "step"}
+    adam_like = any(names & {"exp_avg", "exp_avg_sq"} for names in moments.values())
+    lacking = next(((p, names) for p, names in moments.items() if adam_like and not adam <= names), None)
+    if lacking is not None:
+        raise damaged(f"the optimizer's parameter {lacking[0]} lacks "
+                      f"{', '.join(sorted(adam - lacking[1]))}")
+    negative = next((k for k, v in tensors.items() if k.endswith(".exp_avg_sq") and bool((v < 0).any())), None)
+    if negative is not None:
+        raise damaged(f"{negative}, a mean of squares, holds negative values")
     return {"tensors": tensors, "meta": meta}
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _restore(state: dict, model: CVAE, opt: torch.optim.Optimizer, rank: int) -> tuple[int, float, int]:
