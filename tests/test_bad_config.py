@@ -352,6 +352,37 @@ def test_trained_weights_without_a_trainer_state_are_neither_resumed_from_scratc
     assert main(["train", *_train_flags(data), "--epochs", "1", "--out", str(run), "--overwrite"]) == 0
 
 
+@pytest.mark.parametrize("device, fragment", [("banana", "unknown device 'banana'"), ("cuda", "no CUDA GPU")])
+@pytest.mark.parametrize("command", [["sample", "--n", "4", "-o", "OUT.csv"], ["evaluate", "--metrics", "elbo"],
+                                     ["embed", "-o", "OUT.csv"], ["aggregate"]])
+def test_a_bad_device_on_a_trained_run_is_one_line(run, tmp_path, capsys, command, device, fragment):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    argv = [command[0], str(run), *[a.replace("OUT", str(tmp_path / "out")) for a in command[1:]], "--device", device]
+    _fails(argv, capsys, fragment)
+    assert not list(tmp_path.iterdir())
+
+
+def test_weights_with_a_nan_are_refused_before_anything_is_written(copy, tmp_path, capsys):
+    run = copy()
+    path = run / "model.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(path)
+    key = sorted(k for k in tensors if k.endswith("weight"))[0]
+    tensors[key][...] = float("nan")
+    save_file(tensors, path, metadata=meta)
+    for argv in (["sample", str(run), "--n", "4", "-o", str(tmp_path / "s.csv")],
+                 ["evaluate", str(run), "--metrics", "elbo"],
+                 ["classify", str(run), "-o", str(tmp_path / "p.csv")]):
+        _fails(argv, capsys, "model.safetensors holds NaN or infinite values", key)
+    assert not (tmp_path / "s.csv").exists() and not (tmp_path / "p.csv").exists()
+    with pytest.raises(CvaeError, match="NaN or infinite"):
+        cvae.load(run)
+
+
 def test_the_python_api_refuses_a_condition_it_cannot_compute_with(run):
     model = cvae.load(run)
     with pytest.raises(CvaeError, match="not finite once standardised"):

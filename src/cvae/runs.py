@@ -132,11 +132,27 @@ def read_config(run: str | Path) -> dict:
     return cfg
 
 
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``--device``: auto (a CUDA GPU if there is one), cpu, cuda or cuda:N, checked in one line."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CvaeError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CvaeError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return device
+
+
 def load_model(run: str | Path, *, device: str | torch.device = "cpu", weights: str = "model.safetensors") -> VAEModel:
     """Rebuild the model of a run folder (whatever registered class its config.json names) and load
     its weights. config.json is checked field by field, and against the shapes in the weights
     file's header, before any weight is allocated."""
     run = Path(run)
+    device = resolve_device(device)
     cfg = read_config(run)
     path = run / weights
     model_config, _ = check_weights(run, cfg, weights=weights)
@@ -151,6 +167,10 @@ def load_model(run: str | Path, *, device: str | torch.device = "cpu", weights: 
                         "restore config.json to the settings the run was trained with") from None
     if missing or unexpected:
         raise CvaeError(f"{path} does not match the model in config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:  # training never saves such weights: the file was damaged or edited
+        raise CvaeError(f"{path} holds NaN or infinite values ({bad}), which training never saves: the file is "
+                        "damaged; restore it from a copy of the run")
     if weights == "model.safetensors" and (run / aggregate.FILE).exists() and model.aggregate_codes:
         model.aggregate = load_aggregate(run, model)
     return model.to(device).eval()

@@ -51,6 +51,7 @@ from .runs import (
     load_tensors,
     read_config,
     read_metrics,
+    resolve_device,
     save_aggregate,
     save_tensors,
     write_json,
@@ -84,18 +85,6 @@ class Ranks:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CvaeError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CvaeError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-    return device
 
 
 def native_bfloat16(device: torch.device) -> bool:

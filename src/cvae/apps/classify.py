@@ -84,6 +84,9 @@ def write_predictions(path: str | Path, result: Classification) -> Path:
     """``.csv``: id, the predicted class, its probability, one probability column per class
     (``p_CLASS``) and the input's own label where it has one; ``.npz``: the same as arrays."""
     path = Path(path)
+    if not np.isfinite(result.probs).all():  # checked before anything is written
+        raise CvaeError("the class probabilities are not finite (the model's weights are extreme or damaged); "
+                        "nothing was written")
     path.parent.mkdir(parents=True, exist_ok=True)
     pred = result.predicted
     truth = None
