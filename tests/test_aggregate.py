@@ -108,6 +108,7 @@ def test_cvae_aggregate_fits_a_run_again_exactly(run, tmp_path, capsys):
     ("garbage", "cannot read"),
     ("classes", "was fitted for label"),
     ("nan", "NaN, infinite or negative"),
+    ("other weights", "was fitted to other weights"),  # another run's file of the same shapes
 ])
 def test_a_damaged_or_foreign_fit_is_one_clear_line(run, tmp_path, capsys, damage, message):
     import shutil
@@ -123,15 +124,23 @@ def test_a_damaged_or_foreign_fit_is_one_clear_line(run, tmp_path, capsys, damag
         path.write_bytes(b"not a safetensors file")
     elif damage == "classes":
         save_tensors(path, tensors, {**meta, "classes": json.dumps([str(i) for i in range(9)] + ["ten"])})
+    elif damage == "other weights":
+        assert meta["model"] == aggregate.weights_fingerprint(cvae.load(run))
+        save_tensors(path, tensors, {**meta, "model": "0" * 32})
     else:
         tensors["means"] = tensors["means"].clone()
         tensors["means"][2, 0, 0] = float("nan")
         save_tensors(path, tensors, meta)
+    model = cvae.load(copy)  # what does not draw codes from the fit goes on
     with pytest.raises(CvaeError, match=message):
-        cvae.load(copy)
+        model.sample(4)
     assert main(["sample", str(copy), "--n", "4", "-o", str(tmp_path / "s.png")]) == 2
     err = capsys.readouterr().err
-    assert message.split()[0] in err and f"delete {path}" in err and len(err.strip().splitlines()) == 1
+    assert message.split()[0] in err and "cvae aggregate RUN" in err and len(err.strip().splitlines()) == 1
+    assert main(["sample", str(copy), "--n", "4", "--codes", "prior", "-o", str(tmp_path / "p.png")]) == 0
+    assert main(["embed", str(copy), "--n", "20", "-o", str(tmp_path / "e.csv")]) == 0
+    assert main(["aggregate", str(copy)]) == 0  # refits, over the damaged file
+    assert main(["sample", str(copy), "--n", "4", "-o", str(tmp_path / "s.png")]) == 0
 
 
 def test_runs_it_does_not_apply_to_keep_the_prior(tmp_path):
@@ -235,7 +244,7 @@ def test_evaluate_and_the_served_page_say_which_codes(run, tmp_path):
 
 def test_fuzzed_fit_files_load_or_give_one_line(run, tmp_path):
     """Random damage to aggregate.safetensors (flipped, cut, inserted, repeated bytes): the run loads with a
-    finite fit or is refused in one line naming the file, never another exception."""
+    finite fit, or sampling from it is refused in one line naming the file, never another exception."""
     import shutil
 
     from test_fuzz_inputs import mutate, one_line
@@ -248,7 +257,10 @@ def test_fuzzed_fit_files_load_or_give_one_line(run, tmp_path):
     for k in range(40):
         (copy / aggregate.FILE).write_bytes(mutate(good, rng))
         try:
-            fit = cvae.load(copy).aggregate
+            model = cvae.load(copy)
+            fit = model.aggregate
+            if fit is None:
+                model.sampling_codes()  # the damage is kept for the commands that draw codes from the fit
             assert fit is not None and all(torch.isfinite(t).all() for t in (fit.weights, fit.means, fit.scale_tril))
         except CvaeError as e:
             if not (one_line(str(e)) and aggregate.FILE in str(e)):

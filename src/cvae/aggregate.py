@@ -22,6 +22,7 @@ why).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -63,9 +64,10 @@ class AggregatePosterior:
     examples, which then draws from the prior), ``means`` (C, K, D), ``scale_tril`` (C, K, D, D)."""
 
     def __init__(self, weights: torch.Tensor, means: torch.Tensor, scale_tril: torch.Tensor,
-                 attribute: str | None, classes: list[str], counts: list[int]):
+                 attribute: str | None, classes: list[str], counts: list[int], fingerprint: str | None = None):
         self.weights, self.means, self.scale_tril = weights.float(), means.float(), scale_tril.float()
         self.attribute, self.classes, self.counts = attribute, list(classes), list(counts)
+        self.fingerprint = fingerprint  # weights_fingerprint of the model whose codes were fitted
 
     @property
     def components(self) -> list[int]:
@@ -93,13 +95,13 @@ class AggregatePosterior:
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
         return ({"weights": self.weights, "means": self.means, "scale_tril": self.scale_tril},
                 {"attribute": json.dumps(self.attribute), "classes": json.dumps(self.classes),
-                 "counts": json.dumps(self.counts)})
+                 "counts": json.dumps(self.counts), **({"model": self.fingerprint} if self.fingerprint else {})})
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], metadata: dict, model, where: str) -> AggregatePosterior:
         """Rebuilt from the file's tensors and metadata, each checked against the model: one clear
-        error naming the file (delete it to draw from the prior) when anything does not fit."""
-        hint = f"delete {where} to sample from the prior (or train the run again)"
+        error naming the file (`cvae aggregate RUN` refits it) when anything does not fit."""
+        hint = "`cvae aggregate RUN` fits it again (or --codes prior samples without it)"
         try:
             attribute = json.loads(metadata["attribute"])
             classes = json.loads(metadata["classes"])
@@ -121,7 +123,21 @@ class AggregatePosterior:
         finite = all(bool(torch.isfinite(t).all()) for t in (weights, means, tril))
         if not finite or bool((weights < 0).any()):
             raise CvaeError(f"{where} holds NaN, infinite or negative weights; {hint}")
-        return cls(weights, means, tril, attribute, classes, counts)
+        fingerprint = metadata.get("model")  # files written before it was recorded are taken on trust
+        if fingerprint is not None and fingerprint != weights_fingerprint(model):
+            raise CvaeError(f"{where} was fitted to other weights than the run's model.safetensors (another run's "
+                            f"file, or training went on after the fit); {hint}")
+        return cls(weights, means, tril, attribute, classes, counts, fingerprint)
+
+
+def weights_fingerprint(model) -> str:
+    """A digest of the model's weights and buffers (SHA-256 of their bytes, in name order), recorded in
+    the fit's file so that a fit is only ever used with the weights whose codes it describes."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
 
 
 def _class_index(model, c: torch.Tensor | None, n: int) -> torch.Tensor:
@@ -179,4 +195,5 @@ def fit(model, x: torch.Tensor, c: torch.Tensor | None, *, seed: int = 0,
         return None
     if not all(math.isfinite(float(v)) for v in (weights.sum(), means.sum(), tril.sum())):
         raise CvaeError("the codes of the training examples are not finite; the model diverged (its prior still samples)")
-    return AggregatePosterior(weights, means, tril, attrs[0].name if attrs else None, classes, counts)
+    return AggregatePosterior(weights, means, tril, attrs[0].name if attrs else None, classes, counts,
+                              weights_fingerprint(model))

@@ -172,7 +172,10 @@ def load_model(run: str | Path, *, device: str | torch.device = "cpu", weights: 
         raise CvaeError(f"{path} holds NaN or infinite values ({bad}), which training never saves: the file is "
                         "damaged; restore it from a copy of the run")
     if weights == "model.safetensors" and (run / aggregate.FILE).exists() and model.aggregate_codes:
-        model.aggregate = load_aggregate(run, model)
+        try:
+            model.aggregate = load_aggregate(run, model)
+        except CvaeError as e:  # refused where codes are drawn from it; encoding, scoring and refitting go on
+            model.aggregate_problem = str(e)
     return model.to(device).eval()
 
 
@@ -190,8 +193,8 @@ def load_aggregate(run: str | Path, model: VAEModel) -> aggregate.AggregatePoste
         with safe_open(str(path), "pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CvaeError(f"cannot read {path}: {e}; delete {path} to sample from the prior (or train the run "
-                        "again)") from None
+        raise CvaeError(f"cannot read {path}: {e}; `cvae aggregate RUN` fits it again (or --codes prior samples "
+                        "without it)") from None
     return aggregate.AggregatePosterior.from_tensors(load_tensors(path), metadata, model, str(path))
 
 

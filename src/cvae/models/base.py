@@ -81,6 +81,7 @@ class VAEModel(nn.Module):
     # training; a loaded run that has the fit keeps it in ``aggregate``, and sample() draws from it
     aggregate_codes = False
     aggregate = None
+    aggregate_problem = None  # why the run's aggregate.safetensors could not be used (damaged, foreign, stale)
     # whether p_x_guided combines two parameter sets of the run's likelihood (Likelihood.guided), so
     # that training for guidance needs a likelihood that has it; the sequence model guides per token
     guided_by_likelihood = True
@@ -249,6 +250,8 @@ class VAEModel(nn.Module):
         ``"prior"``; None chooses the fit where the run has one. Asking for a fit the run lacks is refused."""
         if codes not in (None, "prior", "aggregate"):
             raise CvaeError(f"codes must be prior or aggregate, got {codes!r}")
+        if codes != "prior" and self.aggregate is None and self.aggregate_problem:
+            raise CvaeError(self.aggregate_problem)
         if codes == "aggregate" and self.aggregate is None and not self.aggregate_codes:
             raise CvaeError(f"the {self.name} model samples its prior (no aggregate posterior is fitted for it); "
                             "leave --codes out or use --codes prior")
