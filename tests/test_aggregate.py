@@ -137,6 +137,10 @@ def test_a_damaged_or_foreign_fit_is_one_clear_line(run, tmp_path, capsys, damag
     assert main(["sample", str(copy), "--n", "4", "-o", str(tmp_path / "s.png")]) == 2
     err = capsys.readouterr().err
     assert message.split()[0] in err and "cvae aggregate RUN" in err and len(err.strip().splitlines()) == 1
+    from cvae.serve.served import ServedRun
+
+    with pytest.raises(CvaeError, match=message):  # the page samples from the fit: refused at start
+        ServedRun("copy", copy)
     assert main(["sample", str(copy), "--n", "4", "--codes", "prior", "-o", str(tmp_path / "p.png")]) == 0
     assert main(["embed", str(copy), "--n", "20", "-o", str(tmp_path / "e.csv")]) == 0
     assert main(["aggregate", str(copy)]) == 0  # refits, over the damaged file

@@ -110,6 +110,7 @@ class ServedRun:
         self.limits = limits or Limits()
         self.model = load_model(self.dir, device=device)
         self.model.eval()
+        self.model.sampling_codes()  # a damaged or foreign fit of the codes: refused at start, in one line
         data = self.model.run_config.get("data", {})
         shape = tuple(self.model.config.data_shape)
         self.kind = data.get("kind") or ("image" if len(shape) == 3 else "signal" if len(shape) == 2 else "table")
