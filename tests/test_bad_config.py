@@ -191,16 +191,20 @@ def test_a_far_condition_warns_and_writes_finite_numbers(run, tmp_path, capsys):
     assert len(rows) == 3 and all(math.isfinite(float(v)) for r in rows for v in r.split(",")[:4])
 
 
-def test_nan_outputs_are_never_written(copy, data, tmp_path, capsys):
+@pytest.mark.parametrize("value, fragments", [
+    (math.nan, ["model.safetensors holds NaN or infinite values", "damaged"]),  # refused as the run is loaded
+    (3e38, ["NaN or infinite", "nothing was written"]),  # finite weights whose outputs overflow
+])
+def test_nan_outputs_are_never_written(copy, data, tmp_path, capsys, value, fragments):
     broken = copy()
     weights = load_file(str(broken / "model.safetensors"))
-    bias = next(k for k in weights if k.startswith("decoder.") and k.endswith("bias"))
-    weights[bias] = torch.full_like(weights[bias], math.nan)
+    last = sorted(k for k in weights if k.startswith("decoder.") and k.endswith("weight"))[-1]
+    weights[last] = torch.full_like(weights[last], value)
     save_file(weights, str(broken / "model.safetensors"), metadata={"format": "cvae-run"})
     for argv in (["sample", str(broken), "--n", "3"], ["reconstruct", str(broken), "--input", str(data)],
                  ["interpolate", str(broken), "--input", str(data), "--n", "1"]):
         out = tmp_path / "x.csv"
-        _fails([*argv, "-o", str(out)], capsys, "NaN or infinite", "nothing was written")
+        _fails([*argv, "-o", str(out)], capsys, *fragments)
         assert not out.exists()
 
 
@@ -381,6 +385,25 @@ def test_weights_with_a_nan_are_refused_before_anything_is_written(copy, tmp_pat
     assert not (tmp_path / "s.csv").exists() and not (tmp_path / "p.csv").exists()
     with pytest.raises(CvaeError, match="NaN or infinite"):
         cvae.load(run)
+
+
+@pytest.mark.parametrize("edit, fragments", [
+    (lambda a: a.__setitem__("classes", a["classes"][::-1]), ["are not those the weights were trained with"]),
+    (lambda a: a.__setitem__("classes", [a["classes"][0]] * len(a["classes"])), ["more than once"]),
+])
+def test_hand_edited_classes_are_refused_on_every_path(copy, tmp_path, capsys, edit, fragments):
+    run = copy()  # reordered classes once gave samples of one class under another's name
+    _edit(run, lambda cfg: edit(next(a for a in cfg["model"]["schema"]["attributes"] if a["kind"] == "categorical")))
+    before = _files(run)
+    _fails(["sample", str(run), "--n", "2", "--condition", "alcohol=10,label=1", "-o", str(tmp_path / "s.csv")],
+           capsys, *fragments)
+    _fails(["train", "--resume", "--epochs", "2", "--out", str(run), *QUIET], capsys, *fragments)
+    assert _files(run) == before and not (tmp_path / "s.csv").exists()
+
+
+def test_a_condition_given_twice_is_one_line(run, tmp_path, capsys):
+    _fails(["sample", str(run), "--n", "2", "--condition", "alcohol=10,label=1,label=2", "-o",
+            str(tmp_path / "s.csv")], capsys, "'label' is given twice")
 
 
 def test_the_python_api_refuses_a_condition_it_cannot_compute_with(run):

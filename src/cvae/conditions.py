@@ -94,7 +94,13 @@ class ConditionSchema:
 
     @classmethod
     def from_dict(cls, d: Mapping | None) -> ConditionSchema:
-        return cls([Attribute(**a) for a in (d or {}).get("attributes", [])])
+        attributes = [Attribute(**a) for a in (d or {}).get("attributes", [])]
+        for a in attributes:  # a hand-edited schema: two classes of one name could not be told apart
+            twice = sorted({str(c) for c in a.classes if list(a.classes).count(c) > 1})
+            if twice:
+                raise CvaeError(f"condition {a.name!r} lists the class(es) {', '.join(twice)} more than once (each "
+                                "class is one input of the model)")
+        return cls(attributes)
 
     # -- encoding ----------------------------------------------------------------------------
     def encode(self, y: torch.Tensor) -> torch.Tensor:
@@ -205,6 +211,9 @@ def parse_assignments(text: str) -> dict[str, str]:
         if "=" not in part:
             raise CvaeError(f"cannot read condition {part!r}: write NAME=VALUE, e.g. label=7 or color=red,size=10")
         k, v = part.split("=", 1)
+        if k.strip() in out:
+            raise CvaeError(f"condition {k.strip()!r} is given twice in {text!r}; give each condition once "
+                            "(several samples of other values: one command per value, or a list in Python)")
         out[k.strip()] = v.strip()
     return out
 

@@ -198,6 +198,35 @@ def load_aggregate(run: str | Path, model: VAEModel) -> aggregate.AggregatePoste
     return aggregate.AggregatePosterior.from_tensors(load_tensors(path), metadata, model, str(path))
 
 
+def weights_metadata(model) -> dict:
+    """What model.safetensors records beside the tensors: the format, and the classes of each categorical
+    condition in the order of the model's inputs (config.json's copy is checked against it when read)."""
+    meta = {"format": FORMAT}
+    if model.schema:
+        meta["classes"] = json.dumps({a.name: list(a.classes) for a in model.schema.attributes
+                                      if a.kind == "categorical"})
+    return meta
+
+
+def _check_classes(cfg: dict, cfg_path: Path, path: Path) -> None:
+    """config.json's classes against those the weights were trained with (files that record them)."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            recorded = (f.metadata() or {}).get("classes")
+        recorded = json.loads(recorded) if recorded is not None else None
+    except (SafetensorError, OSError, ValueError):
+        return  # the tensors' own checks name a damaged file
+    if not isinstance(recorded, dict):
+        return
+    attributes = {a.get("name"): a.get("classes") for a in (cfg["model"].get("schema") or {}).get("attributes", [])
+                  if isinstance(a, dict) and a.get("kind") == "categorical"}
+    for name, classes in recorded.items():
+        if attributes.get(name) != classes:
+            raise CvaeError(f"{cfg_path}: the classes of condition {name!r} ({attributes.get(name)}) are not those the "
+                            f"weights were trained with ({classes}, in this order; recorded in {path.name}); restore "
+                            "config.json from a copy of the run")
+
+
 def check_weights(run: str | Path, cfg: dict | None = None, *, weights: str = "model.safetensors"):
     """The run's model settings, checked: every field's type and range, then the model they build
     (on the meta device: nothing allocated) against the tensor shapes in the header of ``weights``.
@@ -217,6 +246,7 @@ def check_weights(run: str | Path, cfg: dict | None = None, *, weights: str = "m
         shapes = {RENAMED_V1.get(k, k): v for k, v in shapes.items()}
     config = _model_config(cfg["model"], cfg_path, path, shapes)
     _check_shapes(config, shapes, cfg_path, path)
+    _check_classes(cfg, cfg_path, path)
     return config, shapes
 
 

@@ -54,6 +54,7 @@ from .runs import (
     resolve_device,
     save_aggregate,
     save_tensors,
+    weights_metadata,
     write_json,
 )
 from .threads import ThreadGovernor, kept_thread_count, restart_openmp_workers
@@ -705,7 +706,7 @@ class Trainer:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
             if self.ranks.main:
-                save_tensors(self.run_dir / "model.safetensors", self.model.state_dict(), {"format": FORMAT})
+                save_tensors(self.run_dir / "model.safetensors", self.model.state_dict(), weights_metadata(self.model))
 
     # -- finishing -----------------------------------------------------------------------------------
     def finish(self, stopped_early: bool) -> TrainResult:
@@ -1030,7 +1031,7 @@ def _restore(state: dict, model: CVAE, opt: torch.optim.Optimizer, rank: int) ->
 def _save_epoch(run_dir, model, opt, epoch, best_val, bad_epochs, row, metrics_path, writer, rng,
                 objective_tensors=None) -> None:
     state = model.state_dict()
-    save_tensors(run_dir / "model.safetensors", state, {"format": FORMAT})
+    save_tensors(run_dir / "model.safetensors", state, weights_metadata(model))
     tensors, groups = _optimizer_tensors(opt)
     tensors.update({f"objective.{k}": v for k, v in (objective_tensors or {}).items()})
     tensors.update({f"model.{k}": v for k, v in state.items()})
