@@ -401,6 +401,25 @@ def test_hand_edited_classes_are_refused_on_every_path(copy, tmp_path, capsys, e
     assert _files(run) == before and not (tmp_path / "s.csv").exists()
 
 
+def test_a_missing_or_damaged_weights_file_says_how_to_get_it_back(copy, tmp_path, capsys):
+    run = copy()
+    (run / "model.safetensors").unlink()
+    _fails(["sample", str(run), "--n", "2", "-o", str(tmp_path / "s.csv")], capsys, "no model.safetensors (deleted?)",
+           "--resume")
+    (run / "model.safetensors").write_bytes(b"junk")
+    _fails(["sample", str(run), "--n", "2", "-o", str(tmp_path / "s.csv")], capsys, "damaged", "copy of the run",
+           "--resume")
+    (run / "model.safetensors").unlink()
+    assert main(["train", "--resume", "--epochs", "2", "--out", str(run), *QUIET]) == 0  # written again
+    assert (run / "model.safetensors").is_file()
+
+
+def test_a_setting_the_run_left_to_its_default_cannot_change_on_resume(copy, capsys):
+    run = copy()  # the run did not give --activation: the message says where its value is, not "it was None"
+    _fails(["train", "--resume", "--epochs", "2", "--out", str(run), "--activation", "tanh", *QUIET], capsys,
+           "cannot change 'activation'", "config.json's 'model' has the value")
+
+
 def test_a_condition_given_twice_is_one_line(run, tmp_path, capsys):
     _fails(["sample", str(run), "--n", "2", "--condition", "alcohol=10,label=1,label=2", "-o",
             str(tmp_path / "s.csv")], capsys, "'label' is given twice")

@@ -77,11 +77,19 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | 
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()}))
 
 
+def _unreadable(path: Path, e: Exception) -> CvaeError:
+    fix = {"model.safetensors": "; restore it from a copy of the run (or delete it: `cvae train --resume --out "
+                                f"{path.parent} --epochs N`, N above the epochs done, trains on from "
+                                "trainer_state.safetensors and writes it again)",
+           "trainer_state.safetensors": "; restore it from a copy of the run (--resume needs it)"}.get(path.name, "")
+    return CvaeError(f"cannot read {path}: {e}. The file is damaged or not a safetensors file{fix}")
+
+
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CvaeError(f"cannot read {path}: {e}. The file is damaged or not a safetensors file") from None
+        raise _unreadable(Path(path), e) from None
 
 
 def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -90,7 +98,7 @@ def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         with safe_open(str(path), "pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CvaeError(f"cannot read {path}: {e}. The file is damaged or not a safetensors file") from None
+        raise _unreadable(Path(path), e) from None
 
 
 def read_config(run: str | Path) -> dict:
@@ -240,6 +248,10 @@ def check_weights(run: str | Path, cfg: dict | None = None, *, weights: str = "m
                             "--user-history FILE ...` or cvae.recommend.load_recommender")
         raise CvaeError(f"{cfg_path} has no 'model' settings; the run folder is damaged")
     if not path.is_file():
+        if weights == "model.safetensors" and (run / "trainer_state.safetensors").is_file():
+            raise CvaeError(f"{run} has no model.safetensors (deleted?); restore it from a copy of the run, or "
+                            f"`cvae train --resume --out {run} --epochs N` (N above the epochs done) trains on from "
+                            "trainer_state.safetensors and writes it again")
         raise CvaeError(f"{run} has no {weights} yet (training has not finished an epoch)")
     shapes = tensor_shapes(path)
     if cfg.get("format_version", 1) < 2:

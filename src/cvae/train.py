@@ -942,7 +942,10 @@ def _resumed_config(saved: TrainConfig, given: TrainConfig, explicit: set[str] |
         if key == "out" or value == getattr(saved, key) or (explicit is None and value == getattr(defaults, key)):
             continue
         if key not in RESUMABLE:
-            raise CvaeError(f"cannot change {key!r} when resuming (it was {getattr(saved, key)!r}); "
+            was = getattr(saved, key)
+            was = (f"it was {was!r}" if was is not None else
+                   "the run was trained with the default for its data and model; config.json's 'model' has the value")
+            raise CvaeError(f"cannot change {key!r} when resuming ({was}); "
                             f"only {', '.join(sorted(RESUMABLE))} may change")
         changes[key] = value
     return saved.replace(out=given.out, **changes)
