@@ -281,6 +281,7 @@ def test_resume_drops_a_cut_off_last_metrics_line_with_a_warning(copy, capsys):
     assert main(["train", "--resume", "--epochs", "2", "--out", str(run), *QUIET]) == 0
     err = capsys.readouterr().err
     assert err.startswith("warning: ") and "metrics.jsonl" in err and "cut off" in err and "Traceback" not in err
+    assert err.count("warning: ") == 1  # once, not again from the check before the trainer
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
 

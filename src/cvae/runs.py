@@ -430,4 +430,6 @@ def check_resumable(run: str | Path) -> None:
             if (list(kept) if isinstance(kept, (list, tuple)) else kept) != given:
                 raise CvaeError(f"{cfg_path}: train.{key} ({given!r}) disagrees with model.{key} ({kept!r}), the value "
                                 f"the weights were trained with; restore train.{key} to {kept!r}")
-    read_metrics(run / "metrics.jsonl")
+    with warnings.catch_warnings():  # a check: the trainer warns once when it drops a cut-off last line
+        warnings.simplefilter("ignore", CvaeWarning)
+        read_metrics(run / "metrics.jsonl")
