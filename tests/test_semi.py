@@ -171,20 +171,30 @@ def test_npz_labels_of_minus_one_or_nan_are_missing(tmp_path, missing):
     assert sum(cfg["data"]["labelled"]["label"].values()) < 80  # the validation split took some of the 80
 
 
-def test_image_folder_with_an_unlabelled_subfolder(tmp_path):
+@pytest.mark.parametrize("unlabelled", ["unlabelled", "Unlabeled"])  # either spelling, any case
+def test_image_folder_with_an_unlabelled_subfolder(tmp_path, unlabelled):
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    for name, n in (("bright", 4), ("dark", 4), ("unlabelled", 20)):
+    for name, n in (("bright", 4), ("dark", 4), (unlabelled, 20)):
         (tmp_path / "imgs" / name).mkdir(parents=True)
         for i in range(n):
             level = 200 if name == "bright" else 40 if name == "dark" else rng.choice([40, 200])
             pixels = np.clip(rng.normal(level, 20, (12, 12)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(tmp_path / "imgs" / name / f"{i}.png")
+    # what notebooks and macOS leave behind is not an image of the class
+    (tmp_path / "imgs" / "dark" / ".ipynb_checkpoints").mkdir()
+    Image.fromarray(np.full((12, 12), 255, np.uint8)).save(tmp_path / "imgs" / "dark" / ".ipynb_checkpoints" / "0.png")
+    (tmp_path / "imgs" / "dark" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (tmp_path / "imgs" / "__MACOSX" / "dark").mkdir(parents=True)
+    (tmp_path / "imgs" / "__MACOSX" / "dark" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
     res = cvae.train(data=str(tmp_path / "imgs"), epochs=2, val_fraction=0.0, out=str(tmp_path / "r"), **QUIET)
     assert res.model.schema.attributes[0].classes == ["bright", "dark"]
     assert _config(tmp_path / "r")["data"]["labelled"] == {"label": {"bright": 4, "dark": 4}}
     assert res.model.config.classifier_arch == "conv"
+    (tmp_path / "imgs" / "grey").mkdir()  # a class folder left empty: a class the model could never generate
+    with pytest.raises(CvaeError, match="imgs/grey hold no images"):
+        cvae.train(data=str(tmp_path / "imgs"), epochs=1, out=str(tmp_path / "r2"), **QUIET)
 
 
 def test_an_rgb_folder_with_unlabelled_images_through_the_evaluator_and_sample_metrics(tmp_path, capsys):
@@ -244,13 +254,15 @@ def test_csv_with_empty_cells_in_two_categorical_conditions_and_a_continuous_one
         size = rng.uniform(1, 2)
         a = 3 * shape - 1.5 + rng.normal(0, 0.3)
         b = 2 * color - 2 + size + rng.normal(0, 0.3)
-        rows.append([f"{a:.4f}", f"{b:.4f}", ["round", "square"][shape] if i % 3 == 0 else "",
-                     ["red", "green", "blue"][color] if i % 4 < 2 else "", f"{size:.3f}"])
+        # missing as pandas, R and spreadsheets write it: an empty cell, NA, N/A, null, None
+        rows.append([f"{a:.4f}", f"{b:.4f}", ["round", "square"][shape] if i % 3 == 0 else ["", "NA", "null"][i % 3],
+                     ["red", "green", "blue"][color] if i % 4 < 2 else ["N/A", "None"][i % 2], f"{size:.3f}"])
     _table(tmp_path / "t.csv", rows)
     res = cvae.train(data=str(tmp_path / "t.csv"), condition="shape,color,size:continuous", epochs=3,
                      out=str(tmp_path / "r"), **QUIET)
     model = res.model
     assert model.config.model_class == "m2" and model.config.classifier_arch == "mlp"
+    assert [a.classes for a in model.schema.attributes[:2]] == [["round", "square"], ["blue", "green", "red"]]
     x = torch.tensor([[1.5, 0.0], [-1.5, 0.0]])
     assert model.classify(x, "shape").shape == (2, 2) and model.classify(x, "color").shape == (2, 3)
     s = model.sample(6, {"shape": "square", "color": ["red", "green", "blue"] * 2, "size": 1.5})

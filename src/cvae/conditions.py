@@ -218,7 +218,10 @@ def parse_assignments(text: str) -> dict[str, str]:
     return out
 
 
-MISSING_TEXT = ("", "nan", "NaN")  # a categorical cell that says "no value" (numbers: NaN)
+# a condition cell that says "no value" (numbers: NaN): pandas' default NA strings (pandas.read_csv's
+# na_values), so that a file written by pandas, R or a spreadsheet means what it meant there
+MISSING_TEXT = frozenset(("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                          "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"))
 
 
 def is_missing(value) -> bool:

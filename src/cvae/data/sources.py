@@ -414,6 +414,7 @@ def _whole_numbers(v: np.ndarray) -> bool:
 
 
 UNLABELLED_FOLDER = "unlabelled"  # an image folder's subfolder of images without a label
+UNLABELLED_NAMES = {"unlabelled", "unlabeled"}  # either spelling, any case
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 _GREY_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 
@@ -476,19 +477,34 @@ def read_image(path: Path, channels: int | None = None, size: tuple[int, int] | 
     return image_array(im, path, mode, (size[1], size[0]) if size else None)
 
 
+def _hidden(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def load_image_folder(root: Path, image_size: tuple[int, int] | None = None) -> RawData:
     """``root/CLASS/*.png``: one subfolder per class; grey or RGB, all of one size (or resized).
-    Images in ``root/unlabelled/`` have no label (semi-supervised training)."""
+    Images in ``root/unlabelled/`` (or ``unlabeled/``, any case) have no label (semi-supervised
+    training). Hidden files and folders are skipped; a class folder without images is refused."""
     try:
-        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        classes = [c for c in folders if c != UNLABELLED_FOLDER]
-        files, labels = [], []
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
+        unlabelled = [c for c in folders if c.lower() in UNLABELLED_NAMES]
+        classes = [c for c in folders if c not in unlabelled]
+        files, labels, empty = [], [], []
         for cname in folders:
-            found = sorted(p for p in (root / cname).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            # hidden files and folders (.ipynb_checkpoints, macOS's ._name copies, __MACOSX) are not images of
+            # the class
+            found = sorted(p for p in (root / cname).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                           and not any(_hidden(part) for part in p.relative_to(root / cname).parts))
+            if not found and cname in classes:
+                empty.append(cname)
             files += found
             labels += [classes.index(cname) if cname in classes else math.nan] * len(found)
     except OSError as e:
         raise CvaeError(f"cannot list the images in {root}: {_reason(e)}") from None
+    if empty and len(empty) < len(classes):
+        raise CvaeError(f"the class folder(s) {', '.join(root.name + '/' + c for c in empty)} hold no images "
+                        f"({', '.join(sorted(IMAGE_SUFFIXES))}); a class the model never sees cannot be generated: add "
+                        "images or remove the folder")
     if not classes:
         raise CvaeError(f"{root} has no class subfolders; put images in {root}/CLASS_NAME/*.png"
                         + (f" (images in {UNLABELLED_FOLDER}/ need labelled ones beside them)" if folders else ""))
@@ -506,7 +522,7 @@ def load_image_folder(root: Path, image_size: tuple[int, int] | None = None) -> 
             )
         arrays.append(image_array(im, f, mode, size))
     x = np.stack(arrays)
-    labels = np.array(labels, np.float64) if UNLABELLED_FOLDER in folders else np.array(labels)
+    labels = np.array(labels, np.float64) if unlabelled else np.array(labels)
     return RawData(root.name, "image", {"train": (x, {"label": labels})}, {"label": classes},
                    meta={"files": [str(f.relative_to(root)) for f in files]})
 
