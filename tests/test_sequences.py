@@ -799,3 +799,29 @@ def test_text_per_label_transfer_and_bad_input(tmp_path):
     assert post["protocol"]["n_examples"] == len(texts) and len(same) == len(texts)
     assert post["reconstructed_exactly"]["value"] == pytest.approx(np.mean(same))
     assert 0 <= post["tokens_reconstructed"]["value"] <= 1 and (post["tokens_reconstructed"]["value"] == 1) == all(same)
+
+
+def test_a_very_long_smiles_is_refused_before_rdkit_sees_it(tmp_path):
+    """RDKit overflows its stack on a 20,000-character chain and kills the process (no exception): such a
+    string is never handed to it. Run in a child process, so that a crash fails the test, not the suite."""
+    import subprocess
+    import sys
+
+    rows = MOLECULES.read_text().splitlines()
+    header = rows[0].split(",")
+    long_row = ["C" * 20000 if h == "smiles" else "0" for h in header]
+    data = tmp_path / "m.csv"
+    data.write_text("\n".join(rows[:60] + [",".join(long_row)]) + "\n")
+    (tmp_path / "long.smi").write_text("C" * 20000 + "\n")
+    script = (f"from cvae.cli import main; import sys; "
+              f"sys.exit(main(['train', '--data', r'{data}', '--sequence', 'smiles', '--condition', 'logp', "
+              f"'--epochs', '1', '--hidden', '16', '--latent-dim', '2', '--max-length', '60', '--out', "
+              f"r'{tmp_path / 'run'}', '--no-progress', '--no-tensorboard', '--no-pictures']))")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]  # the long row is skipped and counted, the rest trains
+    assert "skipped 1 of 60 rows" in r.stdout + r.stderr
+    script = (f"from cvae.cli import main; import sys; sys.exit(main(['reconstruct', r'{tmp_path / 'run'}', "
+              f"'--input', r'{tmp_path / 'long.smi'}', '-o', r'{tmp_path / 'r.csv'}']))")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert "longer than 2,000 characters" in r.stderr and len(r.stderr) < 400  # the input is not repeated

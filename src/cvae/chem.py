@@ -35,11 +35,25 @@ def rdkit():
     return Chem
 
 
+# RDKit's parser and canonicaliser recurse along the chain: a SMILES of 20,000 characters overflows the
+# stack and kills the process (a segmentation fault, no exception; 10,000 survived here). No molecule of
+# this field comes near it (QM9's and MOSES' longest are under 100 characters).
+MAX_SMILES_CHARS = 2000
+
+
 def mol(smiles: str):
-    """The RDKit molecule of a SMILES string, or None when it does not parse (or is empty)."""
-    if not smiles or not smiles.strip():
+    """The RDKit molecule of a SMILES string, or None when it does not parse, is empty, or is longer than
+    ``MAX_SMILES_CHARS`` (never handed to RDKit, which would crash on it)."""
+    if not smiles or not smiles.strip() or len(smiles) > MAX_SMILES_CHARS:
         return None
     return rdkit().MolFromSmiles(smiles.strip())
+
+
+def not_a_molecule(smiles: str) -> str:
+    """Why a string that :func:`mol` refused is not a molecule, in words for an error message."""
+    if smiles and len(smiles) > MAX_SMILES_CHARS:
+        return f"is longer than {MAX_SMILES_CHARS:,} characters, the most cvae gives RDKit (its parser crashes on far longer ones)"
+    return "is not a valid SMILES string (RDKit cannot parse it)"
 
 
 def canonical(smiles: str) -> str | None:

@@ -15,3 +15,11 @@ class CvaeError(Exception):
 class CvaeWarning(Warning):
     """Something cvae repaired or worked around and the user should know of (shown by the CLI as
     one ``warning:`` line, also without --debug)."""
+
+
+def quoted(text: str, limit: int = 80) -> str:
+    """``repr(text)`` for a message, shortened past ``limit`` characters (a 20,000-character input must
+    not become a 20,000-character error line)."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit // 2]!r}...{text[-limit // 4:]!r} ({len(text):,} characters)"

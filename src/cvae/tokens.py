@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .errors import CvaeError
+from .errors import CvaeError, quoted
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -101,15 +101,15 @@ class Tokenizer:
             try:
                 tokens = self.split(str(text))
             except ValueError as e:
-                raise CvaeError(f"{where}, {row}: {text!r} cannot be read as {self.kind} ({e})") from None
+                raise CvaeError(f"{where}, {row}: {quoted(text)} cannot be read as {self.kind} ({e})") from None
             if not tokens:
                 raise CvaeError(f"{where}, {row} is empty; give a non-empty sequence")
             unknown = [t for t in tokens if t not in self.index]
             if unknown:
-                raise CvaeError(f"{where}, {row}: the token {unknown[0]!r} in {text!r} was never seen in training; "
+                raise CvaeError(f"{where}, {row}: the token {unknown[0]!r} in {quoted(text)} was never seen in training; "
                                 f"the model knows {len(self.tokens) - len(SPECIALS)} tokens (remove or replace it)")
             if len(tokens) > length - 1:
-                raise CvaeError(f"{where}, {row}: {text!r} has {len(tokens)} tokens, more than the model's maximum "
+                raise CvaeError(f"{where}, {row}: {quoted(text)} has {len(tokens)} tokens, more than the model's maximum "
                                 f"of {length - 1}; shorten it or train with a larger --max-length")
             out[i, :len(tokens)] = [self.index[t] for t in tokens]
             out[i, len(tokens)] = EOS

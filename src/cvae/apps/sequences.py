@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CvaeError
+from ..errors import CvaeError, quoted
 from ..models.seqvae import GENERATE_DECODE, GENERATE_TOKEN_TEMPERATURE
 
 TEXT_SUFFIXES = (".csv", ".smi", ".txt")
@@ -311,13 +311,13 @@ def given_conditions(model, condition, texts: list[str], flag: str = "--conditio
     if condition:
         return model.schema.parse(condition, len(texts))
     if conditions_computable(model):
-        from ..chem import canonical, properties
+        from ..chem import canonical, not_a_molecule, properties
 
         names = model.schema.names
         own = properties([canonical(t) for t in texts], names)
         bad = np.flatnonzero(~np.isfinite(own).all(1))
         if len(bad):
-            raise CvaeError(f"{texts[bad[0]]!r} is not a valid SMILES string (RDKit cannot parse it), so its "
+            raise CvaeError(f"{quoted(texts[bad[0]])} {not_a_molecule(texts[bad[0]])}, so its "
                             f"{', '.join(names)} cannot be computed; fix it, or give {flag}")
         return torch.as_tensor(own, dtype=torch.float32)
     raise CvaeError(f"this model is conditioned on {', '.join(model.schema.names)}: give the sequences' own condition "
@@ -420,11 +420,11 @@ def token_ids(model, texts: list[str], names: list[str], flag: str) -> tuple[lis
 def _canonical_input(model, text: str, where: str = "") -> str:
     if not model.tokenizer.molecular:
         return text
-    from ..chem import canonical
+    from ..chem import canonical, not_a_molecule
 
     c = canonical(text)
     if c is None:
-        raise CvaeError(f"{where}{text!r} is not a valid SMILES string (RDKit cannot parse it)")
+        raise CvaeError(f"{where}{quoted(text)} {not_a_molecule(text)}")
     return c
 
 
