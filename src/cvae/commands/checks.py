@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 
 from ..errors import CvaeError
+from ..models.base import CONDITION_LIMIT
 from ..models.config import free_memory
 
 # Count flags of the commands (attribute -> flag): each must be a positive whole number when given.
@@ -79,10 +80,10 @@ def check_conditions(model, spec, flag: str = "--condition") -> None:
         with np.errstate(over="ignore", invalid="ignore"):
             z = (np.float32(value) - np.float32(a.mean)) / np.float32(a.std)
         where = f"its training mean is {a.mean:.4g}, standard deviation {a.std:.4g}"
-        if not np.isfinite(z):
+        if not np.isfinite(z) or abs(float(z)) > CONDITION_LIMIT:
             raise CvaeError(f"{flag} {name}={text} is too far outside the training range of {name!r} to compute with "
-                            f"(it overflows 32-bit floats once standardised; {where}); give a value within a few "
-                            "standard deviations of the mean")
+                            f"(more than {CONDITION_LIMIT:,.0f} standard deviations from the mean; {where}); give a "
+                            "value within a few standard deviations of the mean")
         if abs(float(z)) > FAR:
             warnings.warn(f"{flag} {name}={text} is {abs(float(z)):.3g} standard deviations from the training mean "
                           f"({where}); the model has seen nothing like it, so its outputs are extrapolation",

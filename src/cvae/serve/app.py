@@ -24,7 +24,7 @@ from typing import Annotated, Literal
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from ..errors import CvaeError
 from .served import Limits, ServedRun, UploadError, run_names
@@ -44,7 +44,8 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
 ]
 
-Condition = dict[str, str | int | float] | str | None
+# strict numbers: JSON's true and false are not the classes 1 and 0
+Condition = dict[str, StrictStr | StrictInt | StrictFloat] | StrictStr | None
 Upload = Annotated[UploadFile, File(description="a PNG/JPEG image, a CSV file (one example a row) or .npy/.npz")]
 OwnCondition = Annotated[str, Form(description="the inputs' own condition when the file has none, e.g. label=3")]
 Targets = Annotated[str, Form(description="targets separated by ';', e.g. label=3;label=5 (default: every class of "
