@@ -108,6 +108,30 @@ def test_max_length_skips_longer_rows(capsys):
     assert ((data.train.x != PAD).sum(1) <= 11).all()
 
 
+def test_a_row_far_longer_than_the_rest_does_not_set_the_default_length(tmp_path, capsys):
+    # one row of 20,000 words made every batch 20,000 tokens long: training seemed to hang and took 17 GB
+    rng = np.random.default_rng(0)
+    words = ["the", "story", "was", "great", "dull", "superb", "slow"]
+    rows = ["text,sentiment"] + [" ".join(rng.choice(words, rng.integers(3, 9))) + f",{['pos', 'neg'][i % 2]}"
+                                 for i in range(60)]
+    rows.insert(7, " ".join(["word"] * 20000) + ",pos")  # line 8 of the file
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    data = load_sequences(str(tmp_path / "t.csv"), sequence="text", condition="sentiment", val_fraction=0.0)
+    err = capsys.readouterr().err
+    assert "skipped 1 of 61 rows" in err and "longer than 64 tokens" in err and "(line 8)" in err
+    assert data.data_shape == (9,) and len(data.train) == 60  # the longest kept row, 8 words, plus <eos>
+    data = load_sequences(str(tmp_path / "t.csv"), sequence="text", condition="sentiment", val_fraction=0.0,
+                          max_length=20000)  # asked for: kept
+    assert data.data_shape == (20001,) and len(data.train) == 61
+
+
+def test_skipped_rows_are_named_by_their_first_line_numbers(tmp_path, capsys):
+    rows = ["text,sentiment"] + [f"good film {i}," for i in range(20)] + ["a fine film,pos"] * 5
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    load_sequences(str(tmp_path / "t.csv"), sequence="text", condition="sentiment", val_fraction=0.0)
+    assert "(lines 2, 3, 4, 5, 6, ...)" in capsys.readouterr().err  # not in the shuffled reading order
+
+
 # -- the model's numerics --------------------------------------------------------------------------------
 def _model(word_dropout=0.0, cond=0, condition_dropout=0.0, steer=0.0, schema=None):
     torch.manual_seed(0)

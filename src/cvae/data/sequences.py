@@ -35,6 +35,9 @@ from .sources import RawData
 # The sequence model's settings that suit token data (flags override them).
 SEQUENCE_MODEL = {"model_class": "seqvae", "likelihood": "categorical", "hidden": [256], "latent_dim": 32}
 SHOWN_LINES = 5  # line numbers quoted per reason a row was skipped
+# without --max-length, rows longer than this many times the 90th percentile of the lengths (and than the
+# floor) are skipped and counted: the batches are as long as the longest row kept
+DEFAULT_LENGTH_FACTOR, DEFAULT_LENGTH_FLOOR = 4, 64
 
 
 def _package_file(package: str, *parts: str, install: str) -> Path:
@@ -213,11 +216,14 @@ class _Skips:
     def total(self) -> int:
         return sum(len(v) for v in self.lines.values())
 
+    def first(self, reason: str) -> list[int]:
+        return sorted(self.lines[reason])[:SHOWN_LINES]  # rows are read in a shuffled order
+
     def summary(self) -> dict:
-        return {reason: {"rows": len(v), "first_lines": v[:SHOWN_LINES]} for reason, v in self.lines.items()}
+        return {reason: {"rows": len(v), "first_lines": self.first(reason)} for reason, v in self.lines.items()}
 
     def message(self, where: str, examined: int) -> str:
-        parts = [f"{len(v):,} {reason} (line{'s' if len(v) > 1 else ''} {', '.join(map(str, v[:SHOWN_LINES]))}"
+        parts = [f"{len(v):,} {reason} (line{'s' if len(v) > 1 else ''} {', '.join(map(str, self.first(reason)))}"
                  f"{', ...' if len(v) > SHOWN_LINES else ''})" for reason, v in self.lines.items()]
         return f"{where}: skipped {self.total:,} of {examined:,} rows: " + "; ".join(parts)
 
@@ -256,6 +262,7 @@ def load_sequences(source: str, *, sequence: str, condition=None, tokenizer: str
     if molecular:
         from ..chem import canonical
     skips, texts, token_lists, values, examined = _Skips(), [], [], {n: [] for n, _ in wanted}, 0
+    lines_kept = []
     for i in order:
         if len(texts) >= needed:
             break
@@ -306,8 +313,23 @@ def load_sequences(source: str, *, sequence: str, condition=None, tokenizer: str
             continue
         texts.append(text)
         token_lists.append(tokens)
+        lines_kept.append(line)
         for n in row_values:
             values[n].append(row_values[n])
+    if max_length is None and token_lists:
+        # the default length: the longest row, unless a few rows are far longer than the rest (one row of
+        # 20,000 words made every batch 20,000 tokens long, and training seemed to hang)
+        lengths = np.array([len(t) for t in token_lists])
+        cap = max(DEFAULT_LENGTH_FACTOR * int(np.percentile(lengths, 90)), DEFAULT_LENGTH_FLOOR)
+        if lengths.max() > cap:
+            keep = lengths <= cap
+            for j in np.flatnonzero(~keep):
+                skips.add(f"longer than {cap} tokens (the default length: {DEFAULT_LENGTH_FACTOR}x the 90th percentile "
+                          f"of the rows' lengths, at least {DEFAULT_LENGTH_FLOOR}; --max-length N keeps rows up to N "
+                          "tokens)", lines_kept[j])
+            texts = [t for t, k in zip(texts, keep) if k]
+            token_lists = [t for t, k in zip(token_lists, keep) if k]
+            values = {n: [v for v, k in zip(vals, keep) if k] for n, vals in values.items()}
     if skips.total and not quiet:
         print(skips.message(str(source), examined), file=sys.stderr)
     if not texts:
