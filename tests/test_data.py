@@ -125,6 +125,20 @@ def test_npz_with_labels_and_npy(tmp_path):
     assert abs(float(d.train.x.mean())) < 0.5
 
 
+@pytest.mark.parametrize("labels, classes", [
+    (np.arange(40) % 4 * 0.5, ["0", "0.5", "1", "1.5"]),  # fractional numbers: every split named alike
+    (np.arange(40) % 2 == 1, ["False", "True"]),
+    (np.array([str(v).encode() for v in np.arange(40) % 3]), ["0", "1", "2"]),  # bytes are decoded
+    (np.arange(40) % 12, [str(k) for k in range(12)]),  # numbers in numeric order (2 before 10)
+])
+def test_categorical_labels_of_any_type_are_named_alike_in_every_split(tmp_path, labels, classes):
+    x = np.random.default_rng(0).random((40, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=labels)
+    d = load_data(str(tmp_path / "d.npz"), condition="label:categorical", val_fraction=0.25)
+    assert d.schema.attributes[0].classes == classes
+    assert not torch.isnan(d.val.y).any() and len(d.val) == 10
+
+
 def test_channel_last_images_of_a_npz_file_are_read_as_channels_first(tmp_path):
     # Shapes3D, PIL and TensorFlow keep images as (N, H, W, C); read as (N, C, H, W) a 64x64 RGB set
     # became 64 channels of 64x3 images, and its pictures noise.

@@ -255,14 +255,30 @@ def categorical_from_values(name: str, values: Sequence) -> tuple[Attribute, np.
         raise CvaeError(f"condition column {name!r} has infinite values; fix or drop those rows")
     known = arr[~gone]
     codes = np.full(arr.shape, np.nan, np.float32)
-    if known.dtype.kind in "iub" or (known.dtype.kind == "f" and np.all(known == np.round(known))):
-        uniq = np.unique(known.astype(np.int64))
-        codes[~gone] = np.searchsorted(uniq, known.astype(np.int64))
+    texts = [class_text(v) for v in known.tolist()]
+    if known.dtype.kind in "iuf":  # numbers in numeric order (2 before 10), named as class_text names them
+        order = sorted(set(texts), key=float)
     else:
-        strs = np.array([str(v) for v in known])
-        uniq = np.unique(strs)
-        codes[~gone] = np.searchsorted(uniq, strs)
-    return Attribute(name, "categorical", [str(u) for u in uniq]), codes
+        order = sorted(set(texts))
+    index = {t: i for i, t in enumerate(order)}
+    codes[~gone] = [index[t] for t in texts]
+    return Attribute(name, "categorical", order), codes
+
+
+def class_text(value) -> str:
+    """The class name of one raw categorical value, the same in every split and file: whole numbers
+    without a decimal point (3.0 and 3 are class '3'), other numbers as Python writes them ('0.5'),
+    booleans 'True' / 'False', bytes decoded as UTF-8."""
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return str(int(v)) if v.is_integer() and abs(v) < 2**53 else str(v)
+    return str(value)
 
 
 def continuous_from_values(name: str, values: Sequence) -> tuple[Attribute, np.ndarray]:

@@ -14,6 +14,7 @@ from ..conditions import (
     Attribute,
     ConditionSchema,
     categorical_from_values,
+    class_text,
     continuous_from_values,
     missing_mask,
 )
@@ -149,7 +150,7 @@ def build_schema(raw: RawData, spec, source: str | None = None) -> tuple[Conditi
                 codes[split].append(vals.astype(np.float32))
             elif kind == "categorical":
                 gone = missing_mask(vals)
-                text = [str(int(v)) if isinstance(v, (float, np.floating)) and float(v).is_integer() else str(v) for v in vals]
+                text = [class_text(v) for v in vals.tolist()]
                 unknown = sorted({t for t, g in zip(text, gone) if not g} - set(attr.classes))
                 if unknown:
                     raise CvaeError(f"{split} split: condition {name!r} has value(s) {unknown[:5]} not seen in training"
