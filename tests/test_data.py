@@ -267,3 +267,14 @@ def test_static_binarization_and_unknown_source(tmp_path):
         load_data("nope")
     with pytest.raises(CvaeError, match="--binarize"):
         load_data("digits", binarize="sometimes")
+
+
+def test_an_infinity_in_a_float16_array_is_named(tmp_path, recwarn):
+    x = np.random.default_rng(0).random((30, 8, 8)).astype(np.float16)
+    np.savez(tmp_path / "ok.npz", x=x)
+    assert load_data(str(tmp_path / "ok.npz")).data_shape == (1, 8, 8)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # no stray overflow warning
+    x[5, 1, 1] = np.inf  # once compared with MAX_ABS cast to float16 (itself inf), and let through
+    np.savez(tmp_path / "bad.npz", x=x)
+    with pytest.raises(CvaeError, match=r"infinite values \(first at example 5, position \(1, 1\)"):
+        load_data(str(tmp_path / "bad.npz"))

@@ -225,7 +225,8 @@ def check_values(x: np.ndarray, where: str, *, start: int = 0) -> None:
     for first in range(0, len(flat), step):
         block = flat[first:first + step]
         if block.dtype.kind == "f":
-            bad = ~(np.abs(block) <= MAX_ABS)  # NaN compares False: caught too
+            # compared in at least float32: MAX_ABS cast to float16 is inf, and inf <= inf let infinities pass
+            bad = ~(np.abs(block.astype(np.float32) if block.dtype.itemsize < 4 else block) <= MAX_ABS)
         else:
             bad = (block > MAX_ABS) | (block < -MAX_ABS)
         if bad.any():
