@@ -427,3 +427,15 @@ def test_the_default_length_reaches_the_run_folder(tmp_path, monkeypatch):
     assert main(["train", "--data", "digits", "--labelled", "100", "--batch-size", "256", "--epochs", "2",
                  "--no-progress", "--no-tensorboard", "--out", str(tmp_path / "two")]) == 0
     assert _config(tmp_path / "two")["train"]["epochs"] == 2
+
+
+def test_classify_with_a_supervised_run_scores_a_file_whose_labels_are_partly_missing(tmp_path, capsys):
+    run = tmp_path / "sup"
+    assert main(["train", "--data", "digits", "--epochs", "3", "--batch-size", "64", "--out", str(run),
+                 "--no-progress", "--no-tensorboard", "--no-pictures"]) == 0
+    target, hidden = _digits_npz(tmp_path / "d.npz", -1)  # most labels -1: once refused by a supervised run
+    capsys.readouterr()
+    assert main(["classify", str(run), "--data", str(tmp_path / "d.npz"), "-o", str(tmp_path / "p.csv")]) == 0
+    assert "on the 80 examples with a label" in capsys.readouterr().out
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(target) and rows[0].split(",")[-1] == "true_label"

@@ -26,10 +26,14 @@ class Inputs:
 
 
 def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None, split: str = "test",
-                columns: Sequence[str] = ()) -> Inputs:
+                columns: Sequence[str] = (), missing_ok: bool | None = None) -> Inputs:
     """Examples for ``model`` from a named data set (its test split, else train), a .npz/.npy/.csv file,
     an image folder or a single image file. Condition columns named like the model's are read too;
-    ``columns`` names further columns to read into ``Inputs.columns`` (and to keep out of the features)."""
+    ``columns`` names further columns to read into ``Inputs.columns`` (and to keep out of the features).
+    ``missing_ok``: whether a missing categorical value is read as NaN (default: where the model infers
+    it, a semi-supervised one; a caller that only scores against the labels, such as classify, too)."""
+    if missing_ok is None:
+        missing_ok = model.fills_missing
     path = Path(source)
     if data_dir is None:  # a named data set is looked for where the run found its own, as the CLI does
         data_dir = (getattr(model, "run_config", None) or {}).get("train", {}).get("data_dir")
@@ -96,7 +100,7 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
             vals = columns[a.name]
             if a.name in raw.class_names:
                 vals = [math.nan if np.isnan(v) else raw.class_names[a.name][int(v)] for v in np.asarray(vals, float)]
-            cols.append([a.code(_plain(v), missing_ok=model.fills_missing) for v in vals])
+            cols.append([a.code(_plain(v), missing_ok=missing_ok) for v in vals])
         y = torch.tensor(np.array(cols, np.float32).T.reshape(len(x), len(cols)))
     return Inputs(torch.from_numpy(np.ascontiguousarray(x)), y, list(ids) if ids else list(range(len(x))), extra)
 
