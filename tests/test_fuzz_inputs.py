@@ -114,7 +114,7 @@ def test_single_image_file_errors_name_the_file(tmp_path):
     (tmp_path / "text.png").write_text("this is not a picture")
     raises(r"text\.png is not an image", read_image, tmp_path / "text.png", 1)
     (tmp_path / "cut.png").write_bytes(png_bytes(np.arange(400, dtype=np.uint8).reshape(20, 20))[:-30])
-    raises(r"cannot read image .*cut\.png.*remove or replace it", read_image, tmp_path / "cut.png", 1)
+    raises(r"cannot read the image .*cut\.png.*remove or replace it", read_image, tmp_path / "cut.png", 1)
     (tmp_path / "bomb.png").write_bytes(huge_png_bytes())
     raises(r"bomb\.png is too large to decode \(900,000,000 pixels.*shrink", read_image, tmp_path / "bomb.png", 1)
 
@@ -123,7 +123,7 @@ def test_image_folder_errors_name_the_file(tmp_path):
     root = image_folder(tmp_path / "imgs")
     assert load_data(str(root), val_fraction=0).data_shape == (1, 6, 5)
     for name, data, match in (("bomb.png", huge_png_bytes(), "too large to decode"),
-                              ("cut.png", png_bytes(np.zeros((9, 9), np.uint8))[:-25], "cannot read image"),
+                              ("cut.png", png_bytes(np.zeros((9, 9), np.uint8))[:-25], "cannot read the image"),
                               ("text.png", b"GIF89a but not really", "is not an image")):
         (root / "b" / name).write_bytes(data)
         message = raises(name.replace(".", r"\."), load_data, str(root))

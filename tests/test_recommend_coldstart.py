@@ -231,7 +231,7 @@ def test_new_users_are_recommended_from_their_attributes_alone(tmp_path):
     recs = tmp_path / "recs.csv"
     r = run_cli("recommend", str(run), "--user-attributes", str(new), "--top", "10", "-o", str(recs))
     assert r.returncode == 0, r.stderr
-    assert "2 new, from their attributes alone" in r.stdout
+    assert "2 new users, recommended from their attributes alone" in r.stdout
     import csv
 
     with open(recs, newline="") as f:

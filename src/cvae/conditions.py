@@ -288,5 +288,7 @@ def continuous_from_values(name: str, values: Sequence) -> tuple[Attribute, np.n
         raise CvaeError(f"condition column {name!r} was declared continuous but holds non-numeric values") from None
     if not np.all(np.isfinite(arr)):
         raise CvaeError(f"condition column {name!r} has missing or non-finite values; fill or drop those rows")
+    if not len(arr):  # an empty split (one row, all of it in training): codes only, no statistics
+        return Attribute(name, "continuous"), arr.astype(np.float32)
     std = float(arr.std()) or 1.0
     return Attribute(name, "continuous", mean=float(arr.mean()), std=std), arr.astype(np.float32)

@@ -223,7 +223,9 @@ def interpolate_strings(model, start: str, end: str, *, steps: int = 10, conditi
         ya = model.schema.parse(start_condition or condition, 1) if (start_condition or condition) else y
         yb = model.schema.parse(end_condition or condition, 1) if (end_condition or condition) else y
         if ya is None or yb is None:
-            raise CvaeError("this model is conditioned: give --condition (e.g. logp=2.5) for the path")
+            a = model.schema.attributes[0]
+            example = f"{a.name}={a.classes[0]}" if a.kind == "categorical" else f"{a.name}={a.mean:.3g}"
+            raise CvaeError(f"this model is conditioned: give --condition (e.g. {example}) for the path")
         qa = model.encode_strings(texts[:1], ya, where="--from")
         qb = model.encode_strings(texts[1:], yb, where="--to")
         ys = torch.cat([ya + t * (yb - ya) for t in torch.linspace(0, 1, steps)])

@@ -144,6 +144,6 @@ def cmd_recommend(args) -> int:
 
     path, users, _ = recommend_file(args.run, args.user_history, args.output, top=args.top,
                                     user_attributes=args.user_attributes)
-    new = " new, from their attributes alone" if args.user_history is None else ""
-    print(f"wrote {path} ({users:,}{new} users, top {args.top})")
+    new = " new users, recommended from their attributes alone" if args.user_history is None else " users"
+    print(f"wrote {path} ({users:,}{new}, top {args.top})")
     return 0

@@ -438,7 +438,7 @@ def open_image(path: Path):
         raise CvaeError(f"{path} is not an image cvae can read (unknown format or a damaged header); "
                         "remove or replace it") from None
     except Exception as e:  # Pillow's decoders raise many types on a damaged file (OSError, SyntaxError, ...)
-        raise CvaeError(f"cannot read image {path} ({_reason(e)}): the file is damaged; remove or replace it") from None
+        raise CvaeError(f"cannot read the image {path} ({_reason(e)}): the file is damaged; remove or replace it") from None
 
 
 def image_array(im, path: Path, mode: str, size: tuple[int, int] | None = None) -> np.ndarray:
