@@ -278,3 +278,19 @@ def test_an_infinity_in_a_float16_array_is_named(tmp_path, recwarn):
     np.savez(tmp_path / "bad.npz", x=x)
     with pytest.raises(CvaeError, match=r"infinite values \(first at example 5, position \(1, 1\)"):
         load_data(str(tmp_path / "bad.npz"))
+
+
+def test_eight_bit_images_in_a_wider_integer_type_and_rounding_past_one_stay_grey_levels(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (30, 8, 8))  # int64, as numpy makes integers: once a Gaussian, standardised
+    np.savez(tmp_path / "i.npz", x=pixels)
+    d = load_data(str(tmp_path / "i.npz"))
+    assert not d.standardize and abs(float(d.train.x.max()) - pixels.max() / 255.0) < 1e-6
+    grey = (pixels / 255.0).astype(np.float32)
+    grey[0, 0, 0] = 1.0000001  # a rounding past 1: clipped, still an image in [0, 1]
+    np.savez(tmp_path / "g.npz", x=grey)
+    d = load_data(str(tmp_path / "g.npz"))
+    assert not d.standardize and float(d.train.x.max()) <= 1.0
+    grey[0, 0, 0] = 1.5  # beyond rounding: real values, modelled as such
+    np.savez(tmp_path / "h.npz", x=grey)
+    assert load_data(str(tmp_path / "h.npz")).standardize

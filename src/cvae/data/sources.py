@@ -261,6 +261,9 @@ def check_examples_shape(shape: tuple[int, ...], where: str) -> None:
                         "with N > 0 and every other dimension at least 1")
 
 
+UNIT_SLACK = 1e-5  # image values this far outside [0, 1] are rounding, clipped back into it
+
+
 def _as_float(x: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
     """Floats, and whether they lie in [0, 1] (uint8 images are scaled by 1/255)."""
     if x.dtype == np.uint8:
@@ -268,8 +271,17 @@ def _as_float(x: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
     if x.dtype.kind not in "fiub":
         raise CvaeError(f"{where} holds {x.dtype} values; expected real numbers (save them as float32)")
     check_values(x, where)
+    images = x.ndim == 4 or (x.ndim == 3 and x.shape[-1] == x.shape[-2])
+    if images and x.dtype.kind in "iu" and x.size and 1 < x.max() <= 255 and x.min() >= 0:
+        return x.astype(np.float32) / 255.0, True  # 8-bit pixel values in a wider integer type (int64 from numpy)
     x = x.astype(np.float32)
-    return x, bool(x.size and x.min() >= 0.0 and x.max() <= 1.0)
+    if not x.size:
+        return x, False
+    low, high = float(x.min()), float(x.max())
+    if images and -UNIT_SLACK <= low < 0.0 or images and 1.0 < high <= 1.0 + UNIT_SLACK:
+        np.clip(x, 0.0, 1.0, out=x)  # grey levels a rounding away from [0, 1] (1.0000001 after a division)
+        low, high = max(low, 0.0), min(high, 1.0)
+    return x, bool(low >= 0.0 and high <= 1.0)
 
 
 _NPY_MAGIC = b"\x93NUMPY"
