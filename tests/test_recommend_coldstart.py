@@ -254,3 +254,17 @@ def test_new_users_are_recommended_from_their_attributes_alone(tmp_path):
         recommend(plain, {"new_a": []})
     r = run_cli("recommend", str(run), "-o", str(recs))  # neither file
     assert r.returncode == 2 and "pass --user-attributes" in r.stderr
+
+
+def test_a_user_attribute_far_outside_the_training_range_is_named_not_dropped():
+    import numpy as np
+
+    from cvae.conditions import Attribute, ConditionSchema
+    from cvae.errors import CvaeError
+    from cvae.recommend.data import user_codes
+
+    schema = ConditionSchema([Attribute("age", "continuous", mean=34.0, std=12.0)])
+    assert user_codes(schema, {"age": np.array(["30", "70"])}).tolist() == [[30.0], [70.0]]
+    for value in ("1e300", "1e6"):  # the first overflowed float32: the user vanished from recs.csv
+        with pytest.raises(CvaeError, match=f"'age' = {value} is more than 1,000 standard deviations"):
+            user_codes(schema, {"age": np.array(["30", value])})

@@ -21,6 +21,10 @@ import torch.nn.functional as F
 
 from .errors import CvaeError
 
+# a continuous condition this many training standard deviations from its mean is refused (cvae sample warns
+# past 10): 1e6 sent a molecule model's token probabilities to NaN
+CONDITION_LIMIT = 1000.0
+
 
 @dataclass
 class Attribute:

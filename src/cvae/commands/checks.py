@@ -8,8 +8,8 @@ import warnings
 
 import numpy as np
 
+from ..conditions import CONDITION_LIMIT
 from ..errors import CvaeError
-from ..models.base import CONDITION_LIMIT
 from ..models.config import free_memory
 
 # Count flags of the commands (attribute -> flag): each must be a positive whole number when given.

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..conditions import ConditionSchema
+from ..conditions import CONDITION_LIMIT, ConditionSchema
 from ..errors import CvaeError
 from ..registry import Registry
 from .config import ModelConfig, check_weight
@@ -61,11 +61,6 @@ class ModelOutput:
     def log_prior(self) -> torch.Tensor:
         """log p(z | c) at the sampled code(s)."""
         return self.prior.log_prob(self.z, self.c)
-
-
-# a continuous condition this many training standard deviations from its mean is refused (cvae sample warns
-# past 10): 1e6 sent a molecule model's token probabilities to NaN
-CONDITION_LIMIT = 1000.0
 
 
 class VAEModel(nn.Module):

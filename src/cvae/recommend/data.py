@@ -28,7 +28,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..conditions import ConditionSchema, categorical_from_values, continuous_from_values
+from ..conditions import (
+    CONDITION_LIMIT,
+    ConditionSchema,
+    categorical_from_values,
+    continuous_from_values,
+)
 from ..data.files import find_file
 from ..errors import CvaeError, CvaeWarning
 
@@ -324,7 +329,14 @@ def user_codes(schema: ConditionSchema, attributes: dict[str, np.ndarray]) -> np
             raise CvaeError(f"the user attributes have no column {a.name!r}; this model is conditioned on "
                             f"{', '.join(schema.names)}")
         cols.append([a.code(v) for v in attributes[a.name]])
-    return np.array(cols, dtype=np.float32).T.reshape(-1, len(schema.attributes))
+    codes = np.array(cols, dtype=np.float64).T.reshape(-1, len(schema.attributes))
+    for j, a in enumerate(schema.attributes):  # past this the model's outputs overflow (a user silently dropped)
+        far = np.flatnonzero(~(np.abs((codes[:, j] - a.mean) / a.std) <= CONDITION_LIMIT)) if a.kind == "continuous" else []
+        if len(far):
+            raise CvaeError(f"user attribute {a.name!r} = {attributes[a.name][far[0]]} is more than "
+                            f"{CONDITION_LIMIT:,.0f} standard deviations from its training mean ({a.mean:.4g}, standard "
+                            f"deviation {a.std:.4g}); give values near the training range")
+    return codes.astype(np.float32)
 
 
 # -- the protocol of Liang et al. (2018) -------------------------------------------------------------
