@@ -294,3 +294,23 @@ def test_eight_bit_images_in_a_wider_integer_type_and_rounding_past_one_stay_gre
     grey[0, 0, 0] = 1.5  # beyond rounding: real values, modelled as such
     np.savez(tmp_path / "h.npz", x=grey)
     assert load_data(str(tmp_path / "h.npz")).standardize
+
+
+def test_a_class_left_without_training_examples_is_warned_of(tmp_path):
+    import warnings
+
+    from cvae.errors import CvaeWarning
+
+    rng = np.random.default_rng(0)
+    rows = ["a,b,label"] + [f"{rng.normal():.3f},{rng.normal():.3f},{['cat', 'dog'][i % 2]}" for i in range(40)]
+    (tmp_path / "t.csv").write_text("\n".join(rows + ["0.1,0.2,fox"]) + "\n")  # one fox: sometimes validation's
+    seen = set()
+    for seed in range(8):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            d = load_data(str(tmp_path / "t.csv"), seed=seed)
+        fox_trains = bool((d.train.y[:, 0] == d.schema.attributes[0].classes.index("fox")).any())
+        warned = [str(w.message) for w in caught if issubclass(w.category, CvaeWarning)]
+        assert bool(warned) != fox_trains and all("no training example (fox)" in m for m in warned)
+        seen.add(fox_trains)
+    assert seen == {True, False}  # both cases met

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ..conditions import (
     continuous_from_values,
     missing_mask,
 )
-from ..errors import CvaeError
+from ..errors import CvaeError, CvaeWarning
 from .sources import MAX_ABS, NAMED_SOURCES, RawData, load_array_file, load_csv, load_image_folder
 
 
@@ -442,8 +443,21 @@ def hide_labels(schema: ConditionSchema, y_train: np.ndarray, y_val: np.ndarray 
 
 
 def _check_labelled(schema: ConditionSchema, y_train: np.ndarray, source: str) -> None:
-    """Semi-supervised data needs a labelled example of every class (of every categorical condition)."""
-    if not schema or not np.isnan(y_train).any():
+    """Semi-supervised data needs a labelled example of every class (of every categorical condition); a
+    supervised run is warned of a class with no training example (its rows all went to validation, or
+    --limit left it out): the model cannot learn to generate it."""
+    if schema and not np.isnan(y_train).any():
+        for j, a in enumerate(schema.attributes):
+            if a.kind == "categorical":
+                counts = np.bincount(y_train[:, j].astype(np.int64), minlength=len(a.classes))
+                empty = [a.classes[i] for i in np.flatnonzero(counts == 0)]
+                if empty:
+                    warnings.warn(f"{source}: {len(empty)} class(es) of {a.name!r} have no training example ("
+                                  f"{', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}): the model cannot learn "
+                                  "to generate them; give each class more examples, or --val-fraction 0",
+                                  CvaeWarning, stacklevel=2)
+        return
+    if not schema:
         return
     for j, a in enumerate(schema.attributes):
         if a.kind != "categorical":
