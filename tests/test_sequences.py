@@ -445,6 +445,10 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path):
     assert len((tmp_path / "path.csv").read_text().splitlines()) == 6
     r = cli("interpolate", run, "--from", "CCO", "--to", "C1CC(", "--condition", "logp=0.5,qed=0.4", "-o", tmp_path / "p.csv")
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "not a valid SMILES" in r.stderr
+    (tmp_path / "two.smi").write_text("CCO\nc1ccoc1\n")  # row numbers into a file are the image runs' way
+    r = cli("interpolate", run, "--from", "0", "--to", "1", "--input", tmp_path / "two.smi", "--condition",
+            "logp=0.5,qed=0.4", "-o", tmp_path / "p.csv")
+    assert r.returncode == 2 and "--input is not read for a sequence run" in r.stderr
     r = cli("embed", run, "--n", "10", "-o", tmp_path / "lat.csv")
     assert r.returncode == 0, r.stderr
     with open(tmp_path / "lat.csv") as f:

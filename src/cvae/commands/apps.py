@@ -501,6 +501,9 @@ def _interpolate_sequences(args) -> int:
     from ..apps.sequences import interpolate_strings, write_rows
 
     model = load(args.run, device=args.device)
+    if getattr(args, "input", None):
+        raise CvaeError("--input is not read for a sequence run: give the two ends themselves, --from 'CCO' --to "
+                        "'c1ccccc1' (SMILES or text), not row numbers")
     if not args.start or not args.end:
         raise CvaeError("give the two ends as sequences: --from 'CCO' --to 'c1ccccc1' (SMILES or text)")
     path = interpolate_strings(model, args.start, args.end, steps=args.steps, condition=args.condition)
