@@ -381,3 +381,17 @@ def test_read_inputs_and_embed_find_a_named_data_set_where_the_run_found_it(tmp_
     test = read_inputs(model, "mnist", n=5)
     assert test.x.shape == (5, 1, 28, 28) and test.y.shape[0] == 5
     assert embed(model, "mnist", n=5).mu.shape == (5, model.config.latent_dim)
+
+
+def test_inputs_outside_the_runs_grey_levels_are_refused(digits_run, tmp_path, capsys):
+    np.save(tmp_path / "big.npy", np.full((2, 1, 8, 8), 1e6, np.float32))  # encoded to codes of 9e5 before
+    assert main(["embed", str(digits_run), "--data", str(tmp_path / "big.npy"), "--condition", "label=3",
+                 "-o", str(tmp_path / "e.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "grey levels in [0, 1]" in err and "divide 8-bit pixel values by 255" in err and err.count("\n") == 1
+    assert not (tmp_path / "e.csv").exists()
+    grey = np.full((2, 1, 8, 8), 0.5, np.float32)
+    grey[0, 0, 0, 0] = 1.0000001  # a rounding past 1 is clipped, not refused
+    np.save(tmp_path / "ok.npy", grey)
+    assert main(["embed", str(digits_run), "--data", str(tmp_path / "ok.npy"), "--condition", "label=3",
+                 "-o", str(tmp_path / "e.csv")]) == 0

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..data.core import read_source
-from ..data.sources import IMAGE_SUFFIXES
+from ..data.sources import IMAGE_SUFFIXES, UNIT_SLACK
 from ..errors import CvaeError
 from ..models import CVAE
 
@@ -93,6 +93,12 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
         x = x[..., order]
     if tuple(x.shape[1:]) != shape:
         raise CvaeError(f"{source} has examples of shape {tuple(x.shape[1:])}; this model expects {shape}")
+    if not model.config.standardize and len(shape) == 3 and x.size:
+        low, high = float(x.min()), float(x.max())  # the run's images are grey levels in [0, 1]
+        if low < -UNIT_SLACK or high > 1.0 + UNIT_SLACK:
+            raise CvaeError(f"{source} holds values from {low:g} to {high:g}, but this run's images are grey levels in "
+                            "[0, 1]: divide 8-bit pixel values by 255 (or save them as uint8)")
+        np.clip(x, 0.0, 1.0, out=x)
     y = None
     if schema and all(a.name in columns for a in schema.attributes):
         cols = []
