@@ -314,3 +314,12 @@ def test_a_class_left_without_training_examples_is_warned_of(tmp_path):
         assert bool(warned) != fox_trains and all("no training example (fox)" in m for m in warned)
         seen.add(fox_trains)
     assert seen == {True, False}  # both cases met
+
+
+def test_a_class_given_as_a_number_written_another_way_is_found():
+    from cvae.conditions import Attribute
+
+    a = Attribute("label", "categorical", ["0", "0.5", "1", "3"])
+    assert [a.code(v) for v in ("3.0", "0.50", np.str_("1"), 3)] == [3.0, 1.0, 2.0, 3.0]
+    with pytest.raises(CvaeError, match="'abc' is not a number"):  # not np.str_('abc')
+        Attribute("age", "continuous").code(np.str_("abc"))

@@ -46,6 +46,8 @@ class Attribute:
                 return math.nan
             raise CvaeError(f"condition {self.name!r} has a missing value; give one of its classes "
                             f"({', '.join(self.classes[:20])}{' ...' if len(self.classes) > 20 else ''})")
+        if isinstance(value, np.generic):
+            value = value.item()  # messages show 'abc', not np.str_('abc')
         if self.kind == "continuous":
             try:
                 v = float(value)
@@ -57,6 +59,12 @@ class Attribute:
         text = str(value)
         if text in self.classes:
             return float(self.classes.index(text))
+        try:  # a number written another way: 3.0 for the class '3', 0.50 for '0.5'
+            named = class_text(float(text))
+        except ValueError:
+            named = None
+        if named in self.classes:
+            return float(self.classes.index(named))
         if isinstance(value, (int, np.integer)) or text.lstrip("-").isdigit():
             i = int(text)
             if 0 <= i < len(self.classes):
