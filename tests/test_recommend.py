@@ -157,6 +157,10 @@ def test_reading_interactions_refuses_bad_input_and_counts_duplicates_once(tmp_p
     bad.write_text("user,item,rating\na,x,5\na,y,great\n")
     with pytest.raises(CvaeError, match=r"bad.csv, line 3, column rating: rating 'great' is not a number"):
         load_interactions(str(bad))
+    unnamed = tmp_path / "h.csv"
+    unnamed.write_text("a,b,c\n1,2,5\n")  # a header of names cvae does not know: said so, not just 'not a number'
+    with pytest.raises(CvaeError, match=r"rating 'c' is not a number.*first line was read as data"):
+        load_interactions(str(unnamed))
     nan = tmp_path / "nan.csv"
     nan.write_text("a,x,nan\n")
     with pytest.raises(CvaeError, match="line 1: rating 'nan' is not a finite number"):

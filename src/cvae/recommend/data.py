@@ -136,8 +136,10 @@ def read_rows(path: str | os.PathLike, *, what: str = "interaction file",
             try:
                 r = float(text)
             except ValueError:
+                header = (" (the first line was read as data: a header must name a user column such as 'user' or "
+                          "'userId' and an item column such as 'item' or 'movieId')") if number == 1 and not start else ""
                 raise CvaeError(f"{path}, line {number}, column {rows[0][rc] if start else rc + 1}: rating {text!r} is "
-                                "not a number; fix or drop that row") from None
+                                f"not a number; fix or drop that row{header}") from None
             if not math.isfinite(r):
                 raise CvaeError(f"{path}, line {number}: rating {text!r} is not a finite number; fix or drop that row")
             ratings.append(r)
