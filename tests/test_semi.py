@@ -353,7 +353,18 @@ def test_fewer_labels_than_classes_and_labels_for_a_plain_cvae(tmp_path, capsys)
     err = _error(capsys, ["train", "--data", "digits", "--labelled", "50", "--model", "cvae", "--out", str(tmp_path / "r")])
     assert "lack a label" in err and "--model m2" in err
     err = _error(capsys, ["train", "--data", "digits", "--condition", "none", "--labelled", "50", "--out", str(tmp_path / "r")])
-    assert "categorical condition" in err
+    assert "categorical condition" in err and "--condition none" in err
+    rows = ["a,b,label"] + [f"{i % 7 / 7:.3f},{i % 5 / 5:.3f},{['cat', 'dog'][i % 2]}" for i in range(40)]
+    (tmp_path / "t.csv").write_text("\n".join(rows + ["0.5,0.5,fox"]) + "\n")
+    for seed in range(12):  # the fox's one row in the validation split: no --labelled can include it
+        code = main(["train", "--data", str(tmp_path / "t.csv"), "--labelled", "3", "--seed", str(seed), "--epochs", "1",
+                     "--out", str(tmp_path / f"f{seed}"), "--no-progress", "--no-tensorboard", "--no-pictures"])
+        err = capsys.readouterr().err
+        if code == 2 and "training split has 0" in err:
+            assert "no training example at all" in err and "ask for fewer" not in err
+            break
+    else:
+        pytest.fail("no seed put the fox in the validation split")
     err = _error(capsys, ["train", "--data", "digits", "--labelled", "50", "--objective", "iwae", "--out", str(tmp_path / "r")])
     assert "m2" in err
     err = _error(capsys, ["train", "--data", "digits", "--model", "multvae", "--out", str(tmp_path / "r")])

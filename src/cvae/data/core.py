@@ -414,8 +414,8 @@ def hide_labels(schema: ConditionSchema, y_train: np.ndarray, y_val: np.ndarray 
     first categorical condition (the remainder to randomly chosen classes), and hide the rest (NaN)."""
     cats = [j for j, a in enumerate(schema.attributes) if a.kind == "categorical"]
     if not cats:
-        raise CvaeError("--labelled needs a categorical condition (a label) to keep some of; this data has "
-                        + ("only continuous ones" if schema else "none"))
+        raise CvaeError("--labelled needs a categorical condition (a label) to keep some of; this run has "
+                        + ("only continuous ones" if schema else "none (--condition none, or data without labels)"))
     a = schema.attributes[cats[0]]
     k = len(a.classes)
     if not isinstance(labelled, int) or labelled < k:
@@ -429,8 +429,10 @@ def hide_labels(schema: ConditionSchema, y_train: np.ndarray, y_val: np.ndarray 
     for c in range(k):
         rows = np.flatnonzero(col == c)
         if len(rows) < per_class[c]:
+            fix = ("ask for fewer" if len(rows) else "that class has no training example at all, so no number of "
+                   "labels can include it: give it examples (or --val-fraction 0 if its rows went to validation)")
             raise CvaeError(f"--labelled {labelled} asks for {per_class[c]} labelled examples of {a.name}={a.classes[c]} "
-                            f"but the training split has {len(rows)}; ask for fewer")
+                            f"but the training split has {len(rows)}; {fix}")
         keep.append(rng.choice(rows, per_class[c], replace=False))
     hidden = np.ones(len(y_train), bool)
     hidden[np.concatenate(keep)] = False
