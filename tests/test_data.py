@@ -291,9 +291,12 @@ def test_eight_bit_images_in_a_wider_integer_type_and_rounding_past_one_stay_gre
     np.savez(tmp_path / "g.npz", x=grey)
     d = load_data(str(tmp_path / "g.npz"))
     assert not d.standardize and float(d.train.x.max()) <= 1.0
-    grey[0, 0, 0] = 1.5  # beyond rounding: real values, modelled as such
+    grey[0, 0, 0] = 1.5  # beyond rounding: real values, modelled as such (and never clipped)
+    grey[0, 0, 1] = -1e-7
     np.savez(tmp_path / "h.npz", x=grey)
-    assert load_data(str(tmp_path / "h.npz")).standardize
+    d = load_data(str(tmp_path / "h.npz"), val_fraction=0.0)
+    raw = d.train.x * torch.as_tensor(d.scale) + torch.as_tensor(d.loc)
+    assert d.standardize and abs(float(raw.max()) - 1.5) < 1e-4 and float(raw.min()) < 0
 
 
 def test_a_class_left_without_training_examples_is_warned_of(tmp_path):

@@ -278,7 +278,7 @@ def _as_float(x: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
     if not x.size:
         return x, False
     low, high = float(x.min()), float(x.max())
-    if images and -UNIT_SLACK <= low < 0.0 or images and 1.0 < high <= 1.0 + UNIT_SLACK:
+    if images and -UNIT_SLACK <= low and high <= 1.0 + UNIT_SLACK and (low < 0.0 or high > 1.0):
         np.clip(x, 0.0, 1.0, out=x)  # grey levels a rounding away from [0, 1] (1.0000001 after a division)
         low, high = max(low, 0.0), min(high, 1.0)
     return x, bool(low >= 0.0 and high <= 1.0)
