@@ -79,10 +79,33 @@ def test_sweep_command_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("spec, message", [("size=1,2", "SETTING one of"), ("seed", "SETTING=V1"),
-                                           ("seed=a,b", "takes int"), ("beta=", "SETTING=V1")])
+                                           ("seed=a,b", "takes int"), ("beta=", "SETTING=V1"),
+                                           ("seed=0,0", "lists 0 more than once"),
+                                           ("seed=0,1;seed=2", "--vary seed is given twice")])
 def test_bad_vary_is_one_clear_line(spec, message):
     with pytest.raises(CvaeError, match=message):
-        parse_vary([spec])
+        parse_vary(spec.split(";"))
+
+
+def test_the_sweeps_out_folder_is_checked_before_anything_trains(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--epochs", "1", "--limit", "100", "--out", str(run), "--no-progress",
+                 "--no-pictures", "--no-tensorboard"]) == 0
+    flags = ["--data", "digits", "--epochs", "1", "--limit", "100", "--vary", "seed=0,1", "--no-progress",
+             "--no-pictures", "--no-tensorboard"]
+    for out, message in ((tmp_path / "afile", "is a file"), (run, "is a run folder")):
+        capsys.readouterr()
+        assert main(["sweep", *flags, "--out", str(out)]) == 2  # a traceback, and runs written inside a run, before
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert not (run / "seed=0").exists()
+    assert main(["sweep", *flags, "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+    assert main(["sweep", *flags, "--out", str(tmp_path / "s")]) == 2  # it said --resume, which a sweep has not
+    err = capsys.readouterr().err
+    assert "already holds a run; pass --overwrite" in err and "--resume" not in err
+    assert main(["sweep", *flags, "--out", str(tmp_path / "s"), "--overwrite"]) == 0
 
 
 def test_a_model_the_fused_step_does_not_cover_is_refused(tmp_path, capsys):

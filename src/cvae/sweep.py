@@ -48,10 +48,15 @@ def parse_vary(specs: list[str]) -> dict[str, list]:
         if not sep or key not in VARIABLE or not values.strip():
             raise CvaeError(f"--vary {spec!r}: give SETTING=V1,V2,... with SETTING one of "
                             f"{', '.join(VARIABLE)} (e.g. --vary seed=0,1,2,3 --vary beta=1,4)")
+        if key in vary:
+            raise CvaeError(f"--vary {key} is given twice; list all its values in one flag: --vary {key}=V1,V2,...")
         try:
             vary[key] = [VARIABLE[key](v) for v in values.split(",")]
         except ValueError:
             raise CvaeError(f"--vary {spec!r}: {key} takes {VARIABLE[key].__name__} values") from None
+        twice = sorted({v for v in vary[key] if vary[key].count(v) > 1})
+        if twice:
+            raise CvaeError(f"--vary {spec!r} lists {', '.join(map(str, twice))} more than once; each value is one run")
     if not vary:
         raise CvaeError("a sweep needs at least one --vary SETTING=V1,V2,... (e.g. --vary seed=0,1,2,3)")
     return vary

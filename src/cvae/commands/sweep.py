@@ -4,8 +4,10 @@ own run folder (cvae.sweep)."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..config import TrainConfig
+from ..errors import CvaeError
 from .core import add_train_flags
 
 
@@ -36,6 +38,16 @@ def cmd_sweep(args) -> int:
     from ..sweep import expand, fit_sweep, parse_vary
 
     vary = parse_vary(args.vary)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CvaeError(f"--out {out} is a file; give a folder for the sweep's runs")
+    if (out / "config.json").is_file():
+        raise CvaeError(f"--out {out} is a run folder; give a folder of its own for the sweep's runs")
+    if not getattr(args, "overwrite", False):
+        held = [c for c in expand(TrainConfig(), vary, out) if (Path(c.out) / "config.json").is_file()]
+        if held:
+            raise CvaeError(f"{held[0].out} already holds a run; pass --overwrite to replace the sweep's runs, or choose "
+                            "another --out")
     settings = read_yaml(args.config) if getattr(args, "config", None) else {}
     settings.update({k: v for k, v in vars(args).items() if k in TrainConfig.keys() and k != "out"})
     base = TrainConfig.from_dict(settings)
