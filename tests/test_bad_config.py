@@ -422,6 +422,16 @@ def test_a_setting_the_run_left_to_its_default_cannot_change_on_resume(copy, cap
            "cannot change 'activation'", "config.json's 'model' has the value")
 
 
+@pytest.mark.parametrize("argv, fragment", [
+    (["interpolate", "RUN", "--steps", "100000", "-o", "OUT.png"], "--steps 100,000 is more than 1,000"),
+    (["traverse", "RUN", "--steps", "5000", "-o", "OUT.png"], "--steps 5,000 is more than 1,000"),
+    (["evaluate", "RUN", "--metrics", "nll", "--k", "1000000000"], "--k 1,000,000,000 is more than 100,000"),
+])
+def test_counts_whose_cost_has_no_use_past_a_bound_are_refused(run, tmp_path, capsys, argv, fragment):
+    # each ran on for hours without a word
+    _fails([a.replace("RUN", str(run)).replace("OUT", str(tmp_path / "o")) for a in argv], capsys, fragment)
+
+
 def test_a_condition_given_twice_is_one_line(run, tmp_path, capsys):
     _fails(["sample", str(run), "--n", "2", "--condition", "alcohol=10,label=1,label=2", "-o",
             str(tmp_path / "s.csv")], capsys, "'label' is given twice")

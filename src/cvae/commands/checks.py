@@ -15,6 +15,10 @@ from ..models.config import free_memory
 # Count flags of the commands (attribute -> flag): each must be a positive whole number when given.
 COUNTS = {"n": "--n", "steps": "--steps", "top": "--top", "kl_examples": "--kl-examples", "per_class": "--per-class",
           "k": "--k", "samples": "--samples", "batch_size": "--batch-size", "epochs": "--epochs", "limit": "--limit"}
+# Upper bounds of counts whose cost grows with them and that no use needs larger: a path of 100,000
+# steps or 10**9 importance samples ran on for hours without a word.
+LIMITS = {"steps": ("--steps", 1000, "a path or traversal drawn with more steps than pixels across shows nothing more"),
+          "k": ("--k", 100_000, "Burda et al.'s k = 5,000 already measures the likelihood to a small fraction of a nat")}
 SEED_LIMIT = 2**63  # torch and numpy take seeds in [0, 2**63)
 FAR = 10.0  # a continuous condition this many standard deviations from its training mean is extrapolation
 
@@ -28,6 +32,10 @@ def check_args(args) -> None:
         value = getattr(args, name, None)
         if value is not None and not isinstance(value, bool) and isinstance(value, int) and value < 1:
             raise CvaeError(f"{flag} must be a positive whole number, got {value}")
+    for name, (flag, most, why) in LIMITS.items():
+        value = getattr(args, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > most:
+            raise CvaeError(f"{flag} {value:,} is more than {most:,}, the most this command takes ({why})")
     low_high = getattr(args, "range", None)
     if low_high is not None and not all(math.isfinite(v) for v in low_high):
         raise CvaeError(f"--range must be two finite numbers (prior standard deviations, e.g. -3 3), got {low_high}")
