@@ -150,11 +150,11 @@ def test_counts_and_seeds_of_the_other_commands(run, data, tmp_path, capsys):
     _fails(["sample", str(run), "--n", "0", "-o", str(out)], capsys, "--n must be a positive")
     _fails(["sample", str(run), "--seed", "-1", "-o", str(out)], capsys, "--seed")
     _fails(["sample", str(run), "--seed", "9" * 20, "-o", str(out)], capsys, "--seed")
-    _fails(["traverse", str(run), "--steps", str(10**12), "-o", str(out)], capsys, "--steps", "memory")
+    _fails(["traverse", str(run), "--steps", str(10**12), "-o", str(out)], capsys, "--steps", "more than 1,000")
     _fails(["augment", str(run), "--per-class", str(10**12), "-o", str(out)], capsys, "--per-class", "memory")
     _fails(["evaluate", str(run), "--n", "10", "--subset", "middle"], capsys, "--subset", "random", "first")
     _fails(["interpolate", str(run), "--input", str(data), "--steps", str(10**12), "-o", str(out)], capsys,
-           "--steps", "memory")
+           "--steps", "more than 1,000")
     _fails(["evaluate", str(run), "--batch-size", str(10**12)], capsys, "--batch-size", "memory")
     _fails(["embed", str(run), "--n", "-5", "-o", str(out)], capsys, "--n must be a positive")
     assert not out.exists()
@@ -458,4 +458,15 @@ def test_anomaly_scores_that_are_not_finite_are_never_written(tmp_path, capsys):
     assert main(["anomaly", "score", str(run), "--data", str(tmp_path / "bad.csv"), "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "score of 1 input(s) is not finite" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_bad_cell_among_the_normal_rows_is_named_in_the_users_file_and_nothing_is_left(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rows = ["a,b,label"] + [f"{'nan' if i == 6 else f'{rng.normal():.3f}'},{rng.normal():.3f},{i % 2}" for i in range(60)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")  # line 8: a normal row (label 0) with a NaN
+    out = tmp_path / "det"
+    # it named the run's own copy of the normal rows (its line 5) and left the folder behind
+    _fails(["anomaly", "fit", "--data", str(tmp_path / "d.csv"), "--normal", "0", "--epochs", "1", "--out", str(out),
+            "--no-progress"], capsys, f"{tmp_path / 'd.csv'}, line 8, column 'a'")
     assert not out.exists()

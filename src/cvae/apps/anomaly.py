@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -220,6 +221,23 @@ def _normal_mask(values: list[str], normal: list[str] | None, column: str, where
     return mask, normal
 
 
+_ORIGIN: dict[str, tuple[str, list[int]]] = {}  # a written normal_data.csv -> the user's file and its line numbers
+
+
+def _in_users_terms(message: str, target: Path) -> str:
+    """An error about the normal rows' copy, told in terms of the user's own file and lines."""
+    origin = _ORIGIN.get(str(target))
+    if origin is None:
+        return message
+    path, lines = origin
+
+    def line(m):
+        k = int(m.group(1)) - 2
+        return f"{path}, line {lines[k]}" if 0 <= k < len(lines) else m.group(0)
+
+    return re.sub(re.escape(str(target)) + r", line (\d+)", line, message).replace(str(target), path)
+
+
 def _write_normal_subset(data: str, out: Path, *, label_column: str | None, normal, condition, data_dir,
                          data_layout: str) -> tuple[Path, str | None, list[str] | None, int]:
     """Write the normal rows of ``data`` (without the label column) into the run folder; return the file,
@@ -248,9 +266,12 @@ def _write_normal_subset(data: str, out: Path, *, label_column: str | None, norm
             j = header.index(column)
             mask, kept = _normal_mask([_canon(r[j]) for r in rows], normal, column, str(path))
             keep = [r for r, m in zip(rows, mask) if m]
+            lines = [n for n, m in zip(rows.lines, mask) if m]
             header, keep = [h for i, h in enumerate(header) if i != j], [[v for i, v in enumerate(r) if i != j] for r in keep]
         target = out / "normal_data.csv"
         write_csv(target, header, keep)
+        # the copy's line L + 2 (after its header) is the user's line lines[L]: messages name the user's file
+        _ORIGIN[str(target)] = (str(path), lines if column is not None else list(rows.lines))
         return target, column, kept, len(keep)
     raw = read_source(data, data_dir=data_dir, data_layout=data_layout)
     x, columns = raw.splits["train"]
@@ -324,14 +345,23 @@ def fit_anomaly(data: str, *, out: str | Path, label_column: str | None = "auto"
     out = Path(out)
     if (out / "config.json").exists() and not overwrite:
         raise CvaeError(f"{out} already holds a run; pass --overwrite to replace it, or choose another --out")
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    normal_file, column, kept, n_rows = _write_normal_subset(
-        data, out, label_column=label_column, normal=normal, condition=condition, data_dir=data_dir,
-        data_layout=data_layout)
-    if n_rows < 10:
-        raise CvaeError(f"only {n_rows} normal rows in {data}; an anomaly detector needs many more")
-    result = train(data=str(normal_file), condition=condition or "none", data_layout=data_layout, out=str(out),
-                   overwrite=overwrite, pictures=pictures, seed=seed, **train_settings)
+    normal_file = None
+    try:
+        normal_file, column, kept, n_rows = _write_normal_subset(
+            data, out, label_column=label_column, normal=normal, condition=condition, data_dir=data_dir,
+            data_layout=data_layout)
+        if n_rows < 10:
+            raise CvaeError(f"only {n_rows} normal rows in {data}; an anomaly detector needs many more")
+        result = train(data=str(normal_file), condition=condition or "none", data_layout=data_layout, out=str(out),
+                       overwrite=overwrite, pictures=pictures, seed=seed, **train_settings)
+    except CvaeError as e:
+        if normal_file is not None and not (out / "config.json").exists():
+            normal_file.unlink(missing_ok=True)  # no run was made: the copy of the normal rows goes too
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a folder this call made and nothing was saved in
+        raise CvaeError(_in_users_terms(str(e), normal_file) if normal_file is not None else str(e)) from None
     model, val = result.model, result.data.val
     if val is None or len(val) == 0:
         raise CvaeError("no validation split to set the threshold on; raise --val-fraction")
