@@ -264,7 +264,9 @@ BAD = [  # (path, request, status, what the answer says)
      413, "the limit is 64 KB"),
     ("/v1/runs/wine/generate", {"json": {"format": "png"}}, 422, "format 'png' is for image runs"),
     ("/v1/runs/wine/generate", {"json": {"condition": {"alcohol": "strong"}}}, 422, "'strong' is not a number"),
-    ("/v1/runs/digits/generate", {"json": {"condition": {"label": True}}}, 422, "condition"),  # not class 1
+    ("/v1/runs/digits/generate", {"json": {"condition": {"label": True}}}, 422,  # not class 1
+     "condition 'label': give an object of condition names and values, each a string or a number"),
+    ("/v1/runs/digits/generate", {"json": {"condition": ["7"]}}, 422, "or a string such as \"label=7\""),
     ("/v1/runs/wine/generate", {"json": {"condition": {"alcohol": 1e9}}}, 422, "more than 1,000 standard deviations"),
     ("/v1/runs/nope/generate", {"json": {}}, 404, "no run named 'nope'"),
     ("/v1/runs/digits/decode", {"json": {"values": {"9": 1.0}}}, 422, "out of range: this model has 4"),

@@ -185,8 +185,12 @@ def _one_line(errors) -> str:
     for e in errors:
         if e.get("type") == "json_invalid":
             return f"the request body is not valid JSON ({e.get('ctx', {}).get('error', 'cannot parse it')})"
-        where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path"))
-        parts.append(f"{where or 'the request'}: {e.get('msg', 'invalid')}")
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")]
+        if loc and loc[0] == "condition":  # the union's every branch would be listed in pydantic's words
+            name = next((p for p in loc[1:] if not p.startswith(("dict[", "str", "int", "float"))), None)
+            return (f"condition{' ' + repr(name) if name else ''}: give an object of condition names and values, "
+                    "each a string or a number, e.g. {\"label\": \"7\"}, or a string such as \"label=7\"")
+        parts.append(f"{'.'.join(loc) or 'the request'}: {e.get('msg', 'invalid')}")
     return "; ".join(parts[:5]) or "the request is not valid"
 
 
