@@ -470,3 +470,13 @@ def test_a_bad_cell_among_the_normal_rows_is_named_in_the_users_file_and_nothing
     _fails(["anomaly", "fit", "--data", str(tmp_path / "d.csv"), "--normal", "0", "--epochs", "1", "--out", str(out),
             "--no-progress"], capsys, f"{tmp_path / 'd.csv'}, line 8, column 'a'")
     assert not out.exists()
+
+
+def test_naming_every_value_normal_is_warned_of(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rows = ["a,b,label"] + [f"{rng.normal():.3f},{rng.normal():.3f},{i % 2}" for i in range(60)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    assert main(["anomaly", "fit", "--data", str(tmp_path / "d.csv"), "--normal", "0,1", "--epochs", "1", "--out",
+                 str(tmp_path / "det"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: --normal names every value of 'label' (0, 1)") == 1

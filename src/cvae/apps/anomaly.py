@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ import torch
 
 from ..data.core import read_source
 from ..data.sources import read_csv_table
-from ..errors import CvaeError
+from ..errors import CvaeError, CvaeWarning
 from ..models import CVAE, VAEModel
 from ..objectives import iwae_bound
 from ..plots import save_score_histogram
@@ -217,6 +218,10 @@ def _normal_mask(values: list[str], normal: list[str] | None, column: str, where
     unknown = [v for v in normal if v not in counts]
     if unknown:
         raise CvaeError(f"{where}: column {column!r} has no value(s) {', '.join(unknown)}; its values: {shown}")
+    if len(counts) > 1 and set(counts) <= set(normal):
+        warnings.warn(f"--normal names every value of {column!r} ({', '.join(sorted(counts))}): the detector learns all "
+                      "of the data as normal; name only the normal value(s), or --label-column none if that is meant",
+                      CvaeWarning, stacklevel=2)
     mask = np.array([v in normal for v in values])
     return mask, normal
 
