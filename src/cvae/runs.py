@@ -140,6 +140,11 @@ def read_config(run: str | Path) -> dict:
     return cfg
 
 
+def first_nonfinite(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity, else None."""
+    return next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+
+
 def resolve_device(name: str | torch.device) -> torch.device:
     """``--device``: auto (a CUDA GPU if there is one), cpu, cuda or cuda:N, checked in one line."""
     if isinstance(name, torch.device):
@@ -175,7 +180,7 @@ def load_model(run: str | Path, *, device: str | torch.device = "cpu", weights: 
                         "restore config.json to the settings the run was trained with") from None
     if missing or unexpected:
         raise CvaeError(f"{path} does not match the model in config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    bad = first_nonfinite(state)
     if bad is not None:  # training never saves such weights: the file was damaged or edited
         raise CvaeError(f"{path} holds NaN or infinite values ({bad}), which training never saves: the file is "
                         "damaged; restore it from a copy of the run")

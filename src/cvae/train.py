@@ -48,6 +48,7 @@ from .runs import (
     FORMAT,
     FORMAT_VERSION,
     atomic_write,
+    first_nonfinite,
     load_tensors,
     read_config,
     read_metrics,
@@ -985,7 +986,7 @@ def _read_trainer_state(run_dir: Path) -> dict:
             or not isinstance(meta.get("best_val"), number) or isinstance(meta.get("best_val"), bool)
             or not isinstance(meta.get("param_groups"), list)):
         raise damaged("its 'state' metadata needs epoch and bad_epochs counts, best_val and param_groups")
-    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    bad = first_nonfinite(tensors)
     if bad is not None:
         raise damaged(f"{bad} holds NaN or infinite values")
     moments: dict[str, set[str]] = {}
