@@ -186,6 +186,18 @@ class ConditionSchema:
                 out[:, j] = torch.tensor(col, dtype=torch.float32)
         return out
 
+    def far_value(self, y) -> tuple[int, int] | None:
+        """(attribute, row) of the first continuous value of the raw codes ``y`` (N, A) more than
+        CONDITION_LIMIT training standard deviations from its mean, where the networks' products overflow;
+        None when every value is nearer."""
+        y = torch.as_tensor(y, dtype=torch.float64)
+        for j, a in enumerate(self.attributes):
+            if a.kind == "continuous":
+                far = torch.nonzero(((y[:, j] - a.mean) / a.std).abs() > CONDITION_LIMIT)
+                if len(far):
+                    return j, int(far[0, 0])
+        return None
+
     def categorical_blocks(self) -> list[tuple[Attribute, int, int]]:
         """(attribute, start, end) of each categorical attribute's one-hot block in ``encode``'s output."""
         out, start = [], 0

@@ -200,13 +200,13 @@ class VAEModel(nn.Module):
         if not torch.isfinite(c).all():
             raise CvaeError(f"the condition {condition!r} holds a value that is not finite once standardised; "
                             "give values near the training data's range")
-        for j, a in enumerate(self.schema.attributes):  # the networks' products overflow far outside the range
-            far = ((y[:, j] - a.mean) / a.std).abs() > CONDITION_LIMIT if a.kind == "continuous" else None
-            if far is not None and bool(far.any()):
-                value = float(y[far.nonzero()[0, 0], j])
-                raise CvaeError(f"condition {a.name!r} = {value:g} is more than {CONDITION_LIMIT:,.0f} standard "
-                                f"deviations from its training mean ({a.mean:.4g}, standard deviation {a.std:.4g}), "
-                                "where the model computes nothing meaningful; give a value near the training range")
+        far = self.schema.far_value(y)
+        if far is not None:
+            j, i = far
+            a = self.schema.attributes[j]
+            raise CvaeError(f"condition {a.name!r} = {float(y[i, j]):g} is more than {CONDITION_LIMIT:,.0f} standard "
+                            f"deviations from its training mean ({a.mean:.4g}, standard deviation {a.std:.4g}), "
+                            "where the model computes nothing meaningful; give a value near the training range")
         return c
 
     def generating_condition(self, condition=None, n: int | None = None) -> torch.Tensor | None:

@@ -332,12 +332,13 @@ def user_codes(schema: ConditionSchema, attributes: dict[str, np.ndarray]) -> np
                             f"{', '.join(schema.names)}")
         cols.append([a.code(v) for v in attributes[a.name]])
     codes = np.array(cols, dtype=np.float64).T.reshape(-1, len(schema.attributes))
-    for j, a in enumerate(schema.attributes):  # past this the model's outputs overflow (a user silently dropped)
-        far = np.flatnonzero(~(np.abs((codes[:, j] - a.mean) / a.std) <= CONDITION_LIMIT)) if a.kind == "continuous" else []
-        if len(far):
-            raise CvaeError(f"user attribute {a.name!r} = {attributes[a.name][far[0]]} is more than "
-                            f"{CONDITION_LIMIT:,.0f} standard deviations from its training mean ({a.mean:.4g}, standard "
-                            f"deviation {a.std:.4g}); give values near the training range")
+    far = schema.far_value(codes)  # past it the model's outputs overflow (a user silently dropped)
+    if far is not None:
+        j, i = far
+        a = schema.attributes[j]
+        raise CvaeError(f"user attribute {a.name!r} = {attributes[a.name][i]} is more than {CONDITION_LIMIT:,.0f} "
+                        f"standard deviations from its training mean ({a.mean:.4g}, standard deviation {a.std:.4g}); "
+                        "give values near the training range")
     return codes.astype(np.float32)
 
 
