@@ -226,12 +226,9 @@ def _normal_mask(values: list[str], normal: list[str] | None, column: str, where
     return mask, normal
 
 
-_ORIGIN: dict[str, tuple[str, list[int]]] = {}  # a written normal_data.csv -> the user's file and its line numbers
-
-
-def _in_users_terms(message: str, target: Path) -> str:
-    """An error about the normal rows' copy, told in terms of the user's own file and lines."""
-    origin = _ORIGIN.get(str(target))
+def _in_users_terms(message: str, target: Path, origin: tuple[str, list[int]] | None) -> str:
+    """An error about the normal rows' copy ``target``, told in terms of the user's own file and lines
+    (``origin``: that file and the line of each copied row; None for a copy that is not a CSV)."""
     if origin is None:
         return message
     path, lines = origin
@@ -244,9 +241,10 @@ def _in_users_terms(message: str, target: Path) -> str:
 
 
 def _write_normal_subset(data: str, out: Path, *, label_column: str | None, normal, condition, data_dir,
-                         data_layout: str) -> tuple[Path, str | None, list[str] | None, int]:
+                         data_layout: str) -> tuple[Path, str | None, list[str] | None, int, tuple | None]:
     """Write the normal rows of ``data`` (without the label column) into the run folder; return the file,
-    the label column, the normal values and the number of rows kept."""
+    the label column, the normal values, the number of rows kept and, for a CSV, the user's file and the
+    line of each row kept (the copy's line L + 2, after its header, is the user's line lines[L])."""
     normal = _normal_values(normal)
     path = Path(data).expanduser()
     cond_names = [c.split(":")[0].strip() for c in str(condition or "").split(",")
@@ -262,6 +260,7 @@ def _write_normal_subset(data: str, out: Path, *, label_column: str | None, norm
                 raise CvaeError(f"{path} has no header line and its last column holds whole numbers "
                                 f"({', '.join(sorted(last)[:10])}), like labels. Pass --label-column last (with "
                                 "--normal VALUE) if it is the label, or --label-column none to use it as data")
+        lines = list(rows.lines)
         if column is None:
             if normal is not None:
                 raise CvaeError(f"--normal needs a label column, but {path} has none named {', '.join(LABEL_NAMES)}; "
@@ -271,13 +270,11 @@ def _write_normal_subset(data: str, out: Path, *, label_column: str | None, norm
             j = header.index(column)
             mask, kept = _normal_mask([_canon(r[j]) for r in rows], normal, column, str(path))
             keep = [r for r, m in zip(rows, mask) if m]
-            lines = [n for n, m in zip(rows.lines, mask) if m]
+            lines = [n for n, m in zip(lines, mask) if m]
             header, keep = [h for i, h in enumerate(header) if i != j], [[v for i, v in enumerate(r) if i != j] for r in keep]
         target = out / "normal_data.csv"
         write_csv(target, header, keep)
-        # the copy's line L + 2 (after its header) is the user's line lines[L]: messages name the user's file
-        _ORIGIN[str(target)] = (str(path), lines if column is not None else list(rows.lines))
-        return target, column, kept, len(keep)
+        return target, column, kept, len(keep), (str(path), lines)
     raw = read_source(data, data_dir=data_dir, data_layout=data_layout)
     x, columns = raw.splits["train"]
     column = _resolve_label_column(label_column, list(columns), data)
@@ -302,7 +299,7 @@ def _write_normal_subset(data: str, out: Path, *, label_column: str | None, norm
         xs = as_bytes.astype(np.uint8)  # exact 8-bit images stay exact, at a quarter of the size
     target = out / "normal_data.npz"
     np.savez_compressed(target, x=xs, **arrays)
-    return target, column, kept, int(mask.sum())
+    return target, column, kept, int(mask.sum()), None
 
 
 def _summary(v: np.ndarray) -> dict:
@@ -352,9 +349,9 @@ def fit_anomaly(data: str, *, out: str | Path, label_column: str | None = "auto"
         raise CvaeError(f"{out} already holds a run; pass --overwrite to replace it, or choose another --out")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    normal_file = None
+    normal_file = origin = None
     try:
-        normal_file, column, kept, n_rows = _write_normal_subset(
+        normal_file, column, kept, n_rows, origin = _write_normal_subset(
             data, out, label_column=label_column, normal=normal, condition=condition, data_dir=data_dir,
             data_layout=data_layout)
         if n_rows < 10:
@@ -366,7 +363,7 @@ def fit_anomaly(data: str, *, out: str | Path, label_column: str | None = "auto"
             normal_file.unlink(missing_ok=True)  # no run was made: the copy of the normal rows goes too
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a folder this call made and nothing was saved in
-        raise CvaeError(_in_users_terms(str(e), normal_file) if normal_file is not None else str(e)) from None
+        raise CvaeError(_in_users_terms(str(e), normal_file, origin)) from None
     model, val = result.model, result.data.val
     if val is None or len(val) == 0:
         raise CvaeError("no validation split to set the threshold on; raise --val-fraction")
