@@ -73,6 +73,10 @@ class AggregatePosterior:
     def components(self) -> list[int]:
         return [int((w > 0).sum()) for w in self.weights]
 
+    def class_of(self, c: torch.Tensor | None, n: int) -> torch.Tensor:
+        """The class number of each row of the encoded conditions ``c`` (as the fit was indexed)."""
+        return class_index(c, n, len(self.classes) if self.attribute is not None else 0)
+
     def fitted(self, index: torch.Tensor) -> torch.Tensor:
         """Whether each row's class has a fit (else the prior draws its code)."""
         return self.weights.sum(1)[index.cpu()] > 0
@@ -140,12 +144,12 @@ def weights_fingerprint(model) -> str:
     return h.hexdigest()[:32]
 
 
-def _class_index(model, c: torch.Tensor | None, n: int) -> torch.Tensor:
-    if c is None or not model.schema:
+def class_index(c: torch.Tensor | None, n: int, classes: int) -> torch.Tensor:
+    """Each of the ``n`` rows' class number from the encoded conditions ``c``: the one categorical
+    attribute's one-hot block of ``classes`` columns leads the vector (no condition: class 0, "all")."""
+    if c is None or not classes:
         return torch.zeros(n, dtype=torch.long)
-    a = model.schema.attributes[0]
-    start = 0  # the one categorical attribute's one-hot block leads the condition vector
-    return c[:, start:start + len(a.classes)].argmax(1).cpu()
+    return c[:, :classes].argmax(1).cpu()
 
 
 @torch.no_grad()
@@ -172,8 +176,8 @@ def fit(model, x: torch.Tensor, c: torch.Tensor | None, *, seed: int = 0,
         q = model.q_z(x[i:i + 1000], c[i:i + 1000] if c is not None else None)
         codes.append((q.mu + q.std * torch.randn(q.mu.shape, generator=g, device=q.mu.device)).float().cpu())
     z = torch.cat(codes).numpy().astype(np.float64)
-    index = _class_index(model, c, len(x)).numpy()
     attrs = model.schema.attributes if model.schema else []
+    index = class_index(c, len(x), len(attrs[0].classes) if attrs else 0).numpy()
     classes = list(attrs[0].classes) if attrs else ["all"]
     d = z.shape[1]
     per = max(EXAMPLES_PER_COMPONENT, 5 * d)

@@ -301,8 +301,7 @@ class VAEModel(nn.Module):
         n = len(c) if c is not None and n is None else (n or 1)
         z = self.sample_z(n, c, generator, prior_temperature if use_fit else temperature)
         if use_fit:
-            index = (self.schema.parse(condition, n)[:, 0].long() if self.schema
-                     else torch.zeros(n, dtype=torch.long))
+            index = self.aggregate.class_of(c, n)
             fitted = self.aggregate.fitted(index).to(z.device)
             drawn = self.aggregate.sample(index, generator, temperature).to(z.device, z.dtype)
             z = torch.where(fitted[:, None], drawn, z)  # a class the fit has no examples of: the prior's
