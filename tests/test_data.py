@@ -139,6 +139,24 @@ def test_categorical_labels_of_any_type_are_named_alike_in_every_split(tmp_path,
     assert not torch.isnan(d.val.y).any() and len(d.val) == 10
 
 
+def test_square_grey_images_of_a_npy_file_are_images_as_in_a_npz_file(tmp_path):
+    # np.save("digits.npy", images) of shape (N, 28, 28) was read as 28-channel signals (standardised
+    # Gaussian data, sampled as line plots), where the same array in a .npz was grey images.
+    from cvae.data.stream import load_npy_stream
+
+    x = (np.random.default_rng(0).random((30, 9, 9)) * 255).astype(np.uint8)
+    np.save(tmp_path / "grey.npy", x)
+    np.savez(tmp_path / "grey.npz", x=x)
+    memory, stream = load_data(str(tmp_path / "grey.npy")), load_npy_stream(tmp_path / "grey.npy")
+    for d in (memory, stream, load_data(str(tmp_path / "grey.npz"))):
+        assert d.kind == "image" and d.data_shape == (1, 9, 9) and not d.standardize
+    assert torch.equal(stream.train.x[0:len(stream.train)], memory.train.x)
+    every = torch.cat([memory.train.x, memory.val.x])[:, 0]  # grey levels, the split's order aside
+    assert sorted(every.sum((1, 2)).tolist()) == pytest.approx(sorted((x / 255.0).sum((1, 2)).tolist()), rel=1e-5)
+    np.save(tmp_path / "signal.npy", np.random.default_rng(1).normal(size=(30, 2, 50)).astype(np.float32))
+    assert load_data(str(tmp_path / "signal.npy")).kind == "signal"  # (N, C, L) with C != L stays a signal
+
+
 def test_channel_last_images_of_a_npz_file_are_read_as_channels_first(tmp_path):
     # Shapes3D, PIL and TensorFlow keep images as (N, H, W, C); read as (N, C, H, W) a 64x64 RGB set
     # became 64 channels of 64x3 images, and its pictures noise.

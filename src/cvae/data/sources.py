@@ -248,6 +248,13 @@ def _array_kind(x: np.ndarray) -> str:
     return {2: "table", 3: "signal", 4: "image"}.get(x.ndim, "")
 
 
+def grey_images(shape: tuple[int, ...]) -> bool:
+    """Whether an array of this shape holds grey images without a channel axis (N, H, W): 3-D with its last
+    two axes equally long (an (N, 28, 28) array of digits), in a .npy file as in a .npz one. Signals are
+    (N, C, L) with C != L."""
+    return len(shape) == 3 and shape[1] == shape[2]
+
+
 def channel_last(shape: tuple[int, ...]) -> bool:
     """Whether an array of this shape holds channel-last images (N, H, W, C): 4-D, its last axis 1, 3 or 4
     long and its second not (an (N, 3, 8, 3) array stays channel-first)."""
@@ -385,7 +392,7 @@ def load_array_file(path: Path) -> RawData:
     # the file holds it, (h, w, c) in a channel-last array, as the streamed reader names it
     check_examples_shape(x.shape, f"{path} (array 'x')")
     x, unit = _as_float(x, f"{path} (array 'x')")
-    if x.ndim == 3 and path.suffix.lower() == ".npz" and x.shape[-1] == x.shape[-2]:
+    if grey_images(x.shape):
         x = x[:, None]  # (N, H, W) square images -> (N, 1, H, W)
     if channel_last(x.shape):
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (N, H, W, C) -> (N, C, H, W)

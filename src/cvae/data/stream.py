@@ -18,7 +18,7 @@ import torch
 from ..conditions import ConditionSchema
 from ..errors import CvaeError
 from .core import Dataset, DataSplits, parse_condition_spec
-from .sources import channel_last, check_examples_shape, check_values, load_npy
+from .sources import channel_last, check_examples_shape, check_values, grey_images, load_npy
 
 CHUNK_BYTES = 64 * 2**20  # rows are read and converted this many bytes (as float32) at a time
 
@@ -28,7 +28,8 @@ class ArrayRows:
 
     ``x[i:j]`` and ``x[positions]`` return float32 tensors (N, *shape) of just those rows; uint8
     values are scaled to [0, 1] and, with ``loc``/``scale``, features are standardised. Channel-last
-    images (N, H, W, C) are returned channel-first, as the in-memory loader does.
+    images (N, H, W, C) are returned channel-first and grey ones (N, H, W) with a channel axis, as the
+    in-memory loader does.
     """
 
     def __init__(self, array: np.ndarray, rows: np.ndarray, *, loc: np.ndarray | None = None,
@@ -37,6 +38,7 @@ class ArrayRows:
         self.rows = np.asarray(rows, dtype=np.int64)
         self.loc, self.scale = loc, scale
         self.channel_last = channel_last(array.shape)
+        self.grey = grey_images(array.shape)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -44,6 +46,8 @@ class ArrayRows:
     @property
     def shape(self) -> tuple[int, ...]:
         row = self.array.shape[1:]
+        if self.grey:
+            return (len(self.rows), 1, *row)
         return (len(self.rows), *((row[2], row[0], row[1]) if self.channel_last else row))
 
     @property
@@ -68,6 +72,8 @@ class ArrayRows:
         block[order] = self.array[file_rows[order]]
         if self.channel_last:
             block = np.ascontiguousarray(block.transpose(0, 3, 1, 2))
+        elif self.grey:
+            block = block[:, None]
         if self.array.dtype == np.uint8:
             block /= 255.0  # as the in-memory loader does, to the last bit
         if self.loc is not None:
@@ -119,7 +125,7 @@ def load_npy_stream(path: str | Path, *, condition=None, val_fraction: float = 0
     check_examples_shape(x.shape, str(path))
     if x.dtype.kind not in "fiub":
         raise CvaeError(f"{path} holds {x.dtype} values; expected real numbers (save them as float32)")
-    kind = {2: "table", 3: "signal", 4: "image"}[x.ndim]
+    kind = "image" if grey_images(x.shape) else {2: "table", 3: "signal", 4: "image"}[x.ndim]
     train_rows, val_rows = split_rows(len(x), val_fraction=val_fraction, seed=seed, limit=limit)
     if len(train_rows) == 0:
         raise CvaeError(f"no training examples left in {str(path)!r} (after the validation split)")
