@@ -42,10 +42,12 @@ def main(argv=None) -> int:
     p.add_argument("--temperature", type=float, help="of the fit's draws (default: its default, 1)")
     p.add_argument("--confidence", type=float, help="fit semi-supervised runs again at this threshold")
     p.add_argument("--only", choices=["prior", "aggregate"], help="measure one of the two")
+    p.add_argument("--guidance", type=float, nargs="+", default=[None], metavar="W",
+                   help="classifier-free guidance weights to measure, each in turn (default: the run's own)")
     args = p.parse_args(argv)
     evaluators = dict(e.split("=", 1) for e in args.evaluator)
     lines = [f"machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
-             f"{'run':34s} {'codes':9s} {'T':>4s} {'accuracy':>8s} {'worst class':>16s} {'FD':>6s} {'prec':>6s} {'recall':>6s}"]
+             f"{'run':34s} {'codes':9s} {'T':>4s} {'W':>4s} {'accuracy':>8s} {'worst class':>16s} {'FD':>6s} {'prec':>6s} {'recall':>6s}"]
     print("\n".join(lines), flush=True)
     results = []
     for run in args.runs:
@@ -53,22 +55,24 @@ def main(argv=None) -> int:
         if model.aggregate is None or args.confidence is not None:
             fit_aggregate(run, data_dir=args.data_dir, confidence=args.confidence)
         data = model.run_config.get("train", {}).get("data")
-        for codes in [args.only] if args.only else ["prior", "aggregate"]:
+        for codes, guidance in [(c, w) for c in ([args.only] if args.only else ["prior", "aggregate"])
+                                for w in args.guidance]:
             t0 = time.perf_counter()
             r = evaluate_run(run, metrics=["samples"], evaluator=evaluators.get(Path(str(data)).stem), n=args.n,
                              per_class=args.per_class, data_dir=args.data_dir, codes=codes, write=False,
-                             temperature=args.temperature if codes == "aggregate" else None)
+                             temperature=args.temperature if codes == "aggregate" else None, guidance=guidance)
             s = r.results["samples"]
             acc = s["conditional_accuracy"]
             per = {c: v["value"] for c, v in acc["per_class"].items()}
             worst = min(per, key=per.get)
-            row = {"run": str(run), "data": data, "codes": s["codes"], "confidence": args.confidence,
+            w = model.guidance_weight(guidance)
+            row = {"run": str(run), "data": data, "codes": s["codes"], "confidence": args.confidence, "guidance": w,
                    "temperature": acc["name"].split("temperature ")[1].split(")")[0],
                    "accuracy": acc["mean"]["value"], "worst_class": worst, "worst": per[worst], "per_class": per,
                    "frechet_distance": s["frechet_distance"]["value"], "precision": s["precision"]["value"],
                    "recall": s["recall"]["value"], "seconds": round(time.perf_counter() - t0, 1)}
             results.append(row)
-            line = (f"{str(run):34s} {row['codes']:9s} {row['temperature']:>4s} {row['accuracy']:8.4f} "
+            line = (f"{str(run):34s} {row['codes']:9s} {row['temperature']:>4s} {w:4g} {row['accuracy']:8.4f} "
                     f"{worst + ' ' + format(row['worst'], '.3f'):>16s} {row['frechet_distance']:6.1f} "
                     f"{row['precision']:6.3f} {row['recall']:6.3f}")
             lines.append(line)
