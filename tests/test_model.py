@@ -223,3 +223,53 @@ def test_prior_auto_is_conditional_only_with_a_condition():
     assert ModelConfig(data_shape=(4,), schema=SCHEMA.to_dict()).prior == "conditional"
     assert ModelConfig(data_shape=(4,)).prior == "standard"
     assert ModelConfig.from_dict(ModelConfig(data_shape=(4,), schema=SCHEMA.to_dict()).to_dict()).prior == "conditional"
+
+
+def test_inputs_in_any_layout_a_user_holds_give_the_same_codes():
+    # channel-last images were reshaped (not transposed) into scrambled pixels, and uint8 pixels were read
+    # as values 0..255: both silently wrong codes
+    model = make("textbook", shape=(3, 6, 5)).eval()
+    x, y, _ = batch((3, 6, 5), n=4)
+    x = (x * 255).round() / 255  # 8-bit grey levels, so that uint8 is the same data
+    want = model.encode(x, y).mu
+    np_hwc = x.permute(0, 2, 3, 1).numpy()
+    for same in (np_hwc, torch.from_numpy(np_hwc), (x * 255).round().to(torch.uint8), (np_hwc * 255).round().astype("uint8"),
+                 x.reshape(4, -1).double()):
+        assert torch.allclose(model.encode(same, y).mu, want, atol=1e-5)
+    assert torch.allclose(model.encode(x[0], y[:1]).mu, want[:1], atol=1e-5)  # one example, no batch axis
+    grey = make("textbook", shape=(1, 8, 8)).eval()
+    g, yg, _ = batch((1, 8, 8), n=4)
+    assert torch.allclose(grey.encode(g[:, 0], yg).mu, grey.encode(g, yg).mu)  # no channel axis
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda m, x, y: m.encode(x.reshape(4, 6, 15), y), "expects (N, 3, 6, 5) or flat rows (N, 90) or channel-last"),
+    (lambda m, x, y: m.encode(x * 255, y), "grey levels in [0, 1]"),
+    (lambda m, x, y: m.encode(None, y), "an array of numbers"),
+    (lambda m, x, y: m.reconstruct(x, y[:2]), "2 rows but there are 4 examples"),
+    (lambda m, x, y: m.sample(3, torch.tensor([[1.0], [1.0]])), "2 rows but there are 3"),
+    (lambda m, x, y: m.sample(2, torch.tensor([[7.0], [1.0]])), "holds 7; a categorical condition's column holds class indices 0..3"),
+    (lambda m, x, y: m.sample(2, torch.tensor([[2.5], [1.0]])), "holds 2.5"),
+    (lambda m, x, y: m.sample(2, {"label": True}), "unknown value 'True'"),
+    (lambda m, x, y: m.sample(-3), "at least 1, got -3"),
+    (lambda m, x, y: m.sample(2.5), "whole number, got 2.5"),
+    (lambda m, x, y: m.sample(10**13), "draw them in batches"),
+    (lambda m, x, y: m.decode(torch.full((2, m.config.latent_dim), math.nan), "label=1"), "NaN or infinite"),
+    (lambda m, x, y: m.decode(torch.zeros(2, m.config.latent_dim + 1), "label=1"), "have shape (2, 3); this model decodes (N, 2) codes"),
+    (lambda m, x, y: m.classify(x, samples=0), "samples must be a whole number of at least 1, got 0"),
+    (lambda m, x, y: m.classify(x, batch_size=-1), "batch_size must be"),
+])
+def test_python_api_misuse_is_one_clear_error(call, fragment):
+    model = make("textbook", shape=(3, 6, 5)).eval()
+    x, y, _ = batch((3, 6, 5), n=4)
+    with pytest.raises(CvaeError) as e:
+        call(model, x, y)
+    assert fragment in str(e.value), str(e.value)
+
+
+def test_conditions_as_tensors_and_whole_floats_are_read_as_values():
+    model = make("textbook", shape=(1, 8, 8)).eval()
+    g = torch.Generator()
+    a = model.sample(2, {"label": torch.tensor([3, 1])}, generator=g.manual_seed(0))
+    b = model.sample(2.0, {"label": [3, 1]}, generator=g.manual_seed(0))
+    assert a.shape == (2, 1, 8, 8) and torch.equal(a, b)

@@ -65,7 +65,9 @@ class Attribute:
             named = None
         if named in self.classes:
             return float(self.classes.index(named))
-        if isinstance(value, (int, np.integer)) or text.lstrip("-").isdigit():
+        if isinstance(value, bool):
+            pass  # True is not class 1: a boolean names the class 'True' or 'False' alone
+        elif isinstance(value, (int, np.integer)) or text.lstrip("-").isdigit():
             i = int(text)
             if 0 <= i < len(self.classes):
                 return float(i)
@@ -138,9 +140,23 @@ class ConditionSchema:
         take, for a categorical one, every class in turn; for a continuous one, its training mean.
         """
         if isinstance(spec, torch.Tensor) or isinstance(spec, np.ndarray):
-            y = torch.as_tensor(spec, dtype=torch.float32)
+            try:
+                y = torch.as_tensor(spec, dtype=torch.float32).cpu()
+            except (TypeError, ValueError, RuntimeError):
+                raise CvaeError(f"conditions must be an (N, {len(self.attributes)}) array of numbers (class indices "
+                                f"and values), got an array of {spec.dtype}") from None
             if y.ndim != 2 or y.shape[1] != len(self.attributes):
                 raise CvaeError(f"conditions must have shape (N, {len(self.attributes)}), got {tuple(y.shape)}")
+            if n is not None and len(y) != n:
+                raise CvaeError(f"the conditions array has {len(y)} rows but there are {n} examples; give one row per example")
+            for j, a in enumerate(self.attributes):
+                col = y[:, j][~torch.isnan(y[:, j])] if a.kind == "categorical" else y[:, j]
+                if a.kind == "categorical" and len(col) and not bool(
+                        ((col == col.round()) & (col >= 0) & (col < len(a.classes))).all()):
+                    bad = col[~((col == col.round()) & (col >= 0) & (col < len(a.classes)))][0]
+                    raise CvaeError(f"the conditions array's column {j} ({a.name!r}) holds {float(bad):g}; a categorical "
+                                    f"condition's column holds class indices 0..{len(a.classes) - 1} (or NaN for a "
+                                    "missing label); to name classes, give a mapping, e.g. {" + repr(a.name) + ": [...]}")
             return y
         if spec is None or spec == "" or spec == "none":
             spec = {}
@@ -154,7 +170,9 @@ class ConditionSchema:
         for a in self.attributes:
             if a.name in spec:
                 v = spec[a.name]
-                vals = list(v) if isinstance(v, (list, tuple, np.ndarray, torch.Tensor)) else [v]
+                if isinstance(v, torch.Tensor):
+                    v = v.detach().cpu().numpy()  # values, not tensor(3)
+                vals = list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v]
                 col = [a.code(x) for x in vals]
                 if len(col) > 1:
                     lengths.add(len(col))

@@ -14,10 +14,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..conditions import CONDITION_LIMIT, ConditionSchema
+from ..data.sources import UNIT_SLACK
 from ..errors import CvaeError
 from ..registry import Registry
 from .config import ModelConfig, check_weight
@@ -31,6 +33,61 @@ SAMPLING_TEMPERATURE = 0.9
 # recall 0.105 and 0.099 against 0.132 and 0.131, 99.0% and 98.9% read as their class against 98.4% and
 # 98.5% (README "Codes for sampling")
 AGGREGATE_TEMPERATURE = 1.0
+
+
+def check_positive(name: str, value) -> int:
+    """A setting that counts something (draws, a batch size): a whole number >= 1, as an int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise CvaeError(f"{name} must be a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
+def check_count(n, shape: tuple[int, ...]) -> int | None:
+    """A number of samples to draw, as an int: None (one, or one per condition given), or a whole number
+    >= 1 whose outputs fit in memory (float32, with room for the decoder's work)."""
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) and not (
+            isinstance(n, (float, np.floating)) and float(n).is_integer()):
+        raise CvaeError(f"the number of samples must be a whole number, got {n!r}")
+    if n < 1:
+        raise CvaeError(f"the number of samples must be at least 1, got {n}")
+    from .config import free_memory
+
+    need, free = 4 * int(n) * math.prod(shape) * 3, free_memory()  # outputs, the last layer, its activations
+    if free is not None and need > free:
+        raise CvaeError(f"{int(n):,} samples would take about {need / 1e9:,.1f} GB, more than this machine has free; "
+                        "draw them in batches (e.g. 10,000 at a time)")
+    return int(n)
+
+
+def input_layout(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``x`` as (N, *shape): as it is, one example without its batch axis, flat rows, grey images without
+    their channel axis, or channel-last images (moved, not reshaped); any other shape is a CvaeError."""
+    got = tuple(x.shape)
+    if got[1:] == shape:
+        return x
+    if got == shape:
+        return x[None]
+    if len(shape) == 3:
+        c, h, w = shape
+        if got[1:] == (h, w, c):
+            return x.permute(0, 3, 1, 2)
+        if got == (h, w, c):
+            return x.permute(2, 0, 1)[None]
+        if c == 1 and got[1:] == (h, w):
+            return x[:, None]
+        if c == 1 and got == (h, w):
+            return x[None, None]
+    size = math.prod(shape)
+    if x.ndim == 2 and got[1] == size:
+        return x.reshape(-1, *shape)
+    if x.ndim == 1 and got[0] == size:
+        return x.reshape(1, *shape)
+    ways = f"(N, {', '.join(map(str, shape))})" + (f" or flat rows (N, {size})" if len(shape) > 1 else "")
+    if len(shape) == 3:
+        ways += f" or channel-last (N, {shape[1]}, {shape[2]}, {shape[0]})"
+    raise CvaeError(f"inputs have shape {got}; this model expects {ways}")
 
 
 @dataclass
@@ -215,18 +272,33 @@ class VAEModel(nn.Module):
         return self.condition_vector(condition, n)
 
     def to_model_units(self, x) -> torch.Tensor:
-        """Data-unit inputs (any array, shape checked, NaN refused) -> the model's units (standardised
-        where the model standardises), the inverse of :meth:`to_data_units`."""
-        x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
-        shape = self.config.data_shape
-        if tuple(x.shape[1:]) != shape:
-            if x.shape[1:].numel() == math.prod(shape):
-                x = x.reshape(-1, *shape)
-            else:
-                raise CvaeError(f"inputs have shape {tuple(x.shape[1:])} per example; this model expects {shape}")
+        """Data-unit inputs -> the model's units (standardised where the model standardises), the inverse
+        of :meth:`to_data_units`. Any array of numbers: (N, *data_shape), one example without its batch
+        axis, flat rows (N, features), grey images without their channel axis (N, H, W) and channel-last
+        images (N, H, W, C) are read; another shape of the same size is refused rather than reshaped
+        (it would scramble the pixels). A run on grey levels in [0, 1] reads ``uint8`` pixels as
+        training did (divided by 255) and refuses values outside [0, 1]; NaN is refused."""
+        shape = tuple(self.config.data_shape)
+        eight_bit = getattr(x, "dtype", None) in (np.uint8, torch.uint8)
+        try:
+            x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise CvaeError(f"inputs must be an array of numbers of shape (N, {', '.join(map(str, shape))}); got "
+                            f"{type(x).__name__}" + (f" of {x.dtype}" if hasattr(x, "dtype") else "")) from None
+        x = input_layout(x, shape)
         if not torch.isfinite(x).all():
             raise CvaeError("inputs contain NaN or infinite values; clean or drop those examples")
-        return (x - self.x_loc) / self.x_scale if self.config.standardize else x
+        if self.config.standardize:
+            return (x - self.x_loc) / self.x_scale
+        if len(shape) == 3 and x.numel():
+            if eight_bit:
+                return x / 255.0  # as training read 8-bit pixels, to the last bit
+            low, high = float(x.min()), float(x.max())
+            if low < -UNIT_SLACK or high > 1.0 + UNIT_SLACK:
+                raise CvaeError(f"inputs hold values from {low:g} to {high:g}, but this run's images are grey levels in "
+                                "[0, 1]: divide 8-bit pixel values by 255 (or pass them as uint8)")
+            x = x.clamp(0.0, 1.0)
+        return x
 
     def set_units(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
         """The data's feature means and deviations (a standardising model keeps them with its weights)."""
@@ -246,7 +318,16 @@ class VAEModel(nn.Module):
     def decode(self, z, condition=None, *, mean: bool = True, guidance: float = 0.0) -> torch.Tensor:
         """Decode latent codes: the mean of p(x | z, c) (or a draw from it with ``mean=False``);
         ``guidance`` w > 0 decodes p(x | z, c)^(1 + w) / p(x | z)^w (a run trained with condition dropout)."""
-        z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
+        try:
+            z = torch.as_tensor(z, dtype=torch.float32, device=self.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise CvaeError(f"codes must be an array of numbers of shape (N, {self.config.latent_dim})") from None
+        if z.ndim == 1 and len(z) == self.config.latent_dim:
+            z = z[None]  # one code without its batch axis
+        if z.ndim != 2 or z.shape[1] != self.config.latent_dim:
+            raise CvaeError(f"codes have shape {tuple(z.shape)}; this model decodes (N, {self.config.latent_dim}) codes")
+        if not torch.isfinite(z).all():
+            raise CvaeError("codes contain NaN or infinite values; the decoder's outputs would be too")
         c = self.generating_condition(condition, len(z))
         w = self.guidance_weight(guidance)
         px = self.p_x_guided(z, c, w) if w and c is not None else self.p_x(z, c)
@@ -297,6 +378,7 @@ class VAEModel(nn.Module):
         prior_temperature = SAMPLING_TEMPERATURE if temperature is None else temperature
         temperature = self.sampling_temperature(temperature, codes)
         w = self.guidance_weight(guidance)
+        n = check_count(n, self.config.data_shape)
         c = self.generating_condition(condition, n)
         n = len(c) if c is not None and n is None else (n or 1)
         z = self.sample_z(n, c, generator, prior_temperature if use_fit else temperature)
@@ -327,6 +409,7 @@ class VAEModel(nn.Module):
             raise CvaeError("this model classifies only when its one condition is categorical; train the "
                             "semi-supervised model (--model m2) to classify with several conditions")
         a = blocks[0][0]
+        samples, batch_size = check_positive("samples", samples), check_positive("batch_size", batch_size)
         x = self.to_model_units(x)
         g = torch.Generator(device=self.device).manual_seed(0)
         out = []

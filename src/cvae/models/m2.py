@@ -21,7 +21,7 @@ import torch
 from ..conditions import ConditionSchema
 from ..errors import CvaeError
 from ..nn import CLASSIFIERS
-from .base import MODELS
+from .base import MODELS, check_positive
 from .config import ModelConfig, _whole_list
 from .cvae import CVAE
 
@@ -128,6 +128,7 @@ class M2(CVAE):
         """q(y | x): class probabilities (N, classes) of a categorical condition (the first by default)
         for inputs in the model's data units."""
         i, _ = self._categorical(attribute)
+        batch_size = check_positive("batch_size", batch_size)
         x = self.to_model_units(x)
         was = self.training
         self.eval()
