@@ -247,3 +247,17 @@ def test_the_mixtures_logsumexp_matches_torch_in_value_and_gradient():
     ours, ref = _logsumexp_finite(x), torch.logsumexp(x, -1)
     torch.testing.assert_close(ours, ref)
     torch.testing.assert_close(torch.autograd.grad(ours.sum(), x)[0], torch.autograd.grad(ref.sum(), x)[0])
+
+
+def test_a_run_of_a_part_not_imported_says_to_import_it_not_that_the_run_is_damaged(tmp_path, monkeypatch):
+    from cvae.priors import PRIORS
+
+    run = tmp_path / "lap"
+    assert main(["train", *FAST, "--prior", "laplace", "--condition", "none", "--epochs", "1", "--no-pictures",
+                 "--out", str(run)]) == 0
+    monkeypatch.delitem(PRIORS._parts, "laplace")  # a new process that has not imported the user's module
+    with pytest.raises(cvae.CvaeError) as e:
+        cvae.load(run)
+    message = str(e.value)
+    assert "was trained with the prior 'laplace'" in message and "import the module" in message
+    assert "damaged" not in message

@@ -43,6 +43,14 @@ def load_plugins() -> None:
             raise CvaeError(f"the cvae plug-in {ep.name!r} ({ep.value}) failed to load: {e}") from None
 
 
+class UnknownPart(CvaeError):
+    """A name no registered part answers to (``kind``: "prior", "likelihood", ...)."""
+
+    def __init__(self, message: str, kind: str, name: str):
+        super().__init__(message)
+        self.kind, self.name = kind, name
+
+
 class Registry:
     """Name -> class, for one kind of part (``kind`` is used in messages: 'prior', 'objective')."""
 
@@ -68,8 +76,8 @@ class Registry:
             return self._parts[name]
         except KeyError:
             how = f" ({self.flag} NAME)" if self.flag else ""
-            raise CvaeError(f"unknown {self.kind} {name!r}{how}; choose one of {', '.join(self.names())} "
-                            f"(or install the package that registers it)") from None
+            raise UnknownPart(f"unknown {self.kind} {name!r}{how}; choose one of {', '.join(self.names())} "
+                              f"(or install the package that registers it)", self.kind, name) from None
 
     def __contains__(self, name: str) -> bool:
         if name not in self._parts:

@@ -26,6 +26,7 @@ from . import aggregate
 from .errors import CvaeError, CvaeWarning
 from .models import MODELS, RunInfo, VAEModel, build_model
 from .models.config import ModelTooLarge, build_on_meta
+from .registry import UnknownPart
 
 FORMAT = "cvae-run"
 FORMAT_VERSION = 2
@@ -271,11 +272,15 @@ def _model_config(d: dict, cfg_path: Path, path: Path, shapes: dict):
     name = d.get("model_class", "cvae")
     if not isinstance(name, str):
         raise CvaeError(f"{cfg_path} is damaged: model setting model_class must be a name, got {name!r}")
-    config_class = MODELS.get(name).config_class
     try:
+        config_class = MODELS.get(name).config_class
         if hasattr(config_class, "from_saved"):
             return config_class.from_saved(d)
         return config_class.from_dict(d)
+    except UnknownPart as e:  # a part of the user's own (a plugin) that this process has not imported
+        raise CvaeError(f"{cfg_path.parent} was trained with the {e.kind} {e.name!r}, which nothing in this process "
+                        f"registers: import the module that defines it (or install the package whose cvae.parts entry "
+                        f"point registers it) before loading the run") from None
     except ModelTooLarge as e:
         saved = sum(math.prod(s) for s in shapes.values())
         if saved >= e.parameters:  # the weights are that large: the run is too large for this machine
