@@ -480,3 +480,22 @@ def test_naming_every_value_normal_is_warned_of(tmp_path, capsys):
                  str(tmp_path / "det"), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert err.count("warning: --normal names every value of 'label' (0, 1)") == 1
+
+
+@pytest.mark.parametrize("key, value", [("likelihood", "gaussian"), ("activation", "tanh"), ("data_shape", [64])])
+def test_a_model_setting_edited_in_config_json_that_keeps_the_shapes_is_refused(key, value, tmp_path):
+    # likelihood bernoulli -> gaussian (or relu -> tanh, or [1, 8, 8] -> [64]) kept every tensor's shape, so the
+    # run loaded and computed something else; model.safetensors now records the settings it was trained with
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--limit", "200", "--epochs", "1", "--hidden", "16", "--latent-dim", "2",
+                 "--no-pictures", "--no-progress", "--no-tensorboard", "--prior", "conditional", "--out", str(run)]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    before = cfg["model"][key]
+    cfg["model"][key] = value
+    (run / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CvaeError) as e:
+        cvae.load(run)
+    assert f"model setting {key} is {json.dumps(value)} but the weights were trained with {json.dumps(before)}" in str(e.value)
+    cfg["model"][key], cfg["model"]["guidance"] = before, 3.0  # the default guidance weight is the user's to change
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert cvae.load(run).config.guidance == 3.0

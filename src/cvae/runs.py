@@ -212,32 +212,54 @@ def load_aggregate(run: str | Path, model: VAEModel) -> aggregate.AggregatePoste
     return aggregate.AggregatePosterior.from_tensors(load_tensors(path), metadata, model, str(path))
 
 
+# model settings a user may change in config.json after training (they do not change what the weights compute)
+ADJUSTABLE = ("schema", "guidance")  # the schema's classes are checked on their own; guidance: the default weight
+
+
+def recorded_settings(config) -> dict:
+    """The model settings model.safetensors records: every one that decides what the weights compute."""
+    d = json.loads(json.dumps(config.to_dict()))
+    return {k: v for k, v in d.items() if k not in ADJUSTABLE}
+
+
 def weights_metadata(model) -> dict:
-    """What model.safetensors records beside the tensors: the format, and the classes of each categorical
-    condition in the order of the model's inputs (config.json's copy is checked against it when read)."""
-    meta = {"format": FORMAT}
+    """What model.safetensors records beside the tensors: the format, the model settings that decide what
+    the weights compute, and the classes of each categorical condition in the order of the model's inputs
+    (config.json's copies are checked against them when read)."""
+    meta = {"format": FORMAT, "model": json.dumps(recorded_settings(model.config))}
     if model.schema:
         meta["classes"] = json.dumps({a.name: list(a.classes) for a in model.schema.attributes
                                       if a.kind == "categorical"})
     return meta
 
 
-def _check_classes(cfg: dict, cfg_path: Path, path: Path) -> None:
-    """config.json's classes against those the weights were trained with (files that record them)."""
+def _check_recorded(cfg: dict, config, cfg_path: Path, path: Path) -> None:
+    """config.json's model settings and classes against those the weights were trained with (files that
+    record them): an edit that keeps every tensor's shape (the likelihood, the activation, the classes'
+    order) would otherwise load and compute something else."""
     try:
         with safe_open(str(path), "pt") as f:
-            recorded = (f.metadata() or {}).get("classes")
-        recorded = json.loads(recorded) if recorded is not None else None
+            meta = f.metadata() or {}
+        recorded = {k: json.loads(meta[k]) for k in ("classes", "model") if meta.get(k) is not None}
     except (SafetensorError, OSError, ValueError):
         return  # the tensors' own checks name a damaged file
-    if not isinstance(recorded, dict):
+    settings = recorded.get("model")
+    if isinstance(settings, dict):
+        now = recorded_settings(config)
+        for key, value in settings.items():
+            if key in now and now[key] != value:
+                raise CvaeError(f"{cfg_path}: model setting {key} is {json.dumps(now[key])} but the weights were trained "
+                                f"with {json.dumps(value)} (recorded in {path.name}); restore it (or config.json from a "
+                                "copy of the run)")
+    classes = recorded.get("classes")
+    if not isinstance(classes, dict):
         return
     attributes = {a.get("name"): a.get("classes") for a in (cfg["model"].get("schema") or {}).get("attributes", [])
                   if isinstance(a, dict) and a.get("kind") == "categorical"}
-    for name, classes in recorded.items():
-        if attributes.get(name) != classes:
+    for name, listed in classes.items():
+        if attributes.get(name) != listed:
             raise CvaeError(f"{cfg_path}: the classes of condition {name!r} ({attributes.get(name)}) are not those the "
-                            f"weights were trained with ({classes}, in this order; recorded in {path.name}); restore "
+                            f"weights were trained with ({listed}, in this order; recorded in {path.name}); restore "
                             "config.json from a copy of the run")
 
 
@@ -264,7 +286,7 @@ def check_weights(run: str | Path, cfg: dict | None = None, *, weights: str = "m
         shapes = {RENAMED_V1.get(k, k): v for k, v in shapes.items()}
     config = _model_config(cfg["model"], cfg_path, path, shapes)
     _check_shapes(config, shapes, cfg_path, path)
-    _check_classes(cfg, cfg_path, path)
+    _check_recorded(cfg, config, cfg_path, path)
     return config, shapes
 
 

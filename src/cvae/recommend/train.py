@@ -43,6 +43,7 @@ from ..runs import (
     load_tensors,
     read_config,
     save_tensors,
+    weights_metadata,
     write_json,
 )
 from .config import (
@@ -214,7 +215,7 @@ def _fit(cfg: RecommenderConfig, splits: Splits, run_dir: Path, device: torch.de
             if row["val_ndcg@100"] > best:
                 best, best_row = row["val_ndcg@100"], dict(row)
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                save_tensors(run_dir / "model.safetensors", best_state, {"format": FORMAT})
+                save_tensors(run_dir / "model.safetensors", best_state, weights_metadata(model))
         row["seconds"] = time.perf_counter() - t0
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
