@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cvae import disentangle as dis
+from cvae.disentangle import disentanglement, factor_classes
 from cvae.errors import CvaeError
 
 
@@ -84,3 +85,62 @@ def test_collapsed_codes_are_named_in_the_report():
     assert "collapsed" in collapsed.details["notes"][0]
     healthy = dis.disentanglement(rng.normal(size=(len(f), 4)), f, metrics=("mig",), num_train=2000)
     assert healthy.details["active_units"] == 4 and "notes" not in healthy.details
+
+
+def test_a_continuous_factor_is_binned_not_one_class_per_example():
+    # each float value was its own class: "examples sharing the factor" were the example itself, so the
+    # BetaVAE score of random codes came out 1.0, and DCI's boosted trees ran for minutes
+    rng = np.random.default_rng(0)
+    n = 1500
+    report = disentanglement(rng.normal(size=(n, 5)), np.c_[rng.integers(0, 3, n), rng.uniform(size=n)],
+                             factor_names=["shape", "size"], num_train=1000, num_test=500)
+    assert report.protocol["binned_factors"] == {"size": n}
+    assert any("size (1,500 values)" in note and "20 equal-width bins" in note for note in report.details["notes"])
+    assert report.scores["beta_vae"] < 0.8  # near chance (0.5) for random codes, not 1.0
+    index, binned = factor_classes(np.linspace(0, 1, 200)[:, None])
+    assert binned == [200] and index.max() == 19  # 20 bins
+    assert factor_classes(np.arange(40)[:, None])[1] == [0]  # dSprites' 40 orientations stay classes
+
+
+def test_per_factor_mig_keeps_each_factors_own_name_when_a_rare_value_is_not_drawn():
+    # a factor that varies in the data but not in MIG's 10,000 examples was dropped inside mig() while the
+    # names were zipped with the full list: 'rare' got the gap of 'a', and 'b' vanished
+    rng = np.random.default_rng(0)
+    n = 20000
+    factors = np.c_[np.arange(n) == 7, rng.integers(0, 3, n), rng.integers(0, 4, n)]
+    codes = rng.normal(size=(n, 3))
+    codes[:, 0] += 3 * factors[:, 1]
+    report = disentanglement(codes, factors, factor_names=["rare", "a", "b"], metrics=["mig", "modularity"])
+    per = report.details["mig_per_factor"]
+    assert set(per) <= {"rare", "a", "b"} and per["a"] > 0.5 and per["b"] < 0.05
+    assert "rare" not in per or per["rare"] < 0.05
+    assert "modularity" in report.scores
+
+
+@pytest.mark.parametrize("factors", [
+    lambda n, rng: rng.integers(0, 3, n),  # one factor
+    lambda n, rng: np.c_[rng.integers(0, 3, n), np.zeros(n)],  # one varies, one constant
+])
+def test_metrics_that_compare_factors_say_why_they_are_left_out_with_one_factor(factors):
+    rng = np.random.default_rng(0)
+    report = disentanglement(rng.normal(size=(300, 4)), factors(300, rng), num_train=200, num_test=100)
+    assert {"mig", "sap", "dci_completeness", "dci_informativeness"} <= set(report.scores)
+    assert not {"beta_vae", "factor_vae", "modularity", "dci_disentanglement"} & set(report.scores)
+    assert any("need at least two that vary" in note for note in report.details["notes"])
+
+
+def test_degenerate_inputs_of_the_metric_function_are_scored_or_refused_in_one_line():
+    rng = np.random.default_rng(0)
+    rare = np.c_[rng.integers(0, 3, 600), np.eye(1, 600, 5)[0]]  # a factor with one differing row
+    assert 0 <= disentanglement(rng.normal(size=(600, 4)), rare, num_train=400, num_test=200).scores["dci_completeness"] <= 1
+    assert "dci_informativeness" in disentanglement(rng.normal(size=(2, 3)), [[0, 1], [1, 0]]).scores  # n = 2
+    assert set(disentanglement(rng.normal(size=(300, 3)), rng.integers(0, 3, (300, 2)), metrics="mig,sap").scores) == {"mig", "sap"}
+    for codes, factors, fragment in [
+        (rng.normal(size=(5, 0)), rng.integers(0, 2, (5, 2)), "no dimension"),
+        (np.array([["a", "b"]] * 5), rng.integers(0, 2, (5, 2)), "must be numbers"),
+        (rng.normal(size=(4, 3)), np.array([[1, "x"], [None, "y"], [2, "x"], [3, "y"]], object), "missing values"),
+    ]:
+        with pytest.raises(CvaeError, match=fragment):
+            disentanglement(codes, factors)
+    with pytest.raises(CvaeError, match="named twice"):
+        disentanglement(rng.normal(size=(10, 2)), rng.integers(0, 2, (10, 2)), factor_names=["a", "a"])

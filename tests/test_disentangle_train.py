@@ -43,6 +43,23 @@ def test_factors_of_a_npz_file_are_held_out(tmp_path):
         load_data("dsprites", limit=10, factors="size")
 
 
+def test_a_factor_named_label_is_held_out_and_factor_columns_are_checked(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.random((200, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, label=rng.integers(0, 3, 200), b=rng.integers(0, 4, 200),
+             width=rng.normal(size=200))
+    data = load_data(str(tmp_path / "d.npz"), factors="label,b,width")
+    assert not data.schema and data.factor_names == ["label", "b", "width"]  # the model was conditioned on it
+    assert data.meta["binned_factors"] == {"width": 200} and data.train.factors[:, 2].max() <= 19
+    assert load_data(str(tmp_path / "d.npz"), factors="b").schema.names == ["label"]  # not a factor: the condition
+    with pytest.raises(CvaeError, match="names b more than once"):
+        load_data(str(tmp_path / "d.npz"), factors="b,b")
+    (tmp_path / "t.csv").write_text("u,v,s\n" + "".join(f"{i % 7},{i % 5},{'' if i == 3 else 'ab'[i % 2]}\n"
+                                                         for i in range(40)))
+    with pytest.raises(CvaeError, match="factor 's' has missing"):  # a blank cell in a text factor was a class
+        load_data(str(tmp_path / "t.csv"), factors="s", condition="none")
+
+
 def test_a_damaged_published_dsprites_file_is_refused_by_its_checksum(tmp_path):
     from cvae.data.factors import DSPRITES_FILE
 
@@ -340,22 +357,24 @@ def test_btcvae_kl_warmup_grows_every_latent_term_and_trains_on_both_steps(tmp_p
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
 
 
-def test_embed_of_a_rendered_run_encodes_the_rows_evaluate_scores(tmp_path):
+@pytest.mark.parametrize("limit, rows", [(270, 300), (2000, 2222)])  # 2,223 rendered, 2,001 left for 2,000 to train
+def test_embed_of_a_rendered_run_encodes_the_rows_evaluate_scores(tmp_path, limit, rows):
     """`cvae embed RUN` on a dSprites run renders only the run's rows (not all 737,280 images: 11 GiB)
-    and writes the same ids and codes that `cvae evaluate --metrics disentanglement` scored."""
+    and writes the same ids and codes that `cvae evaluate --metrics disentanglement` scored (it wrote
+    one row more where the rendered count rounds up past the validation share and --limit)."""
     import csv
 
     from cvae.cli import main
 
     run = tmp_path / "run"
-    assert main(["train", "--data", "dsprites", "--limit", "270", "--epochs", "1", "--hidden", "32", "--latent-dim",
+    assert main(["train", "--data", "dsprites", "--limit", str(limit), "--epochs", "1", "--hidden", "32", "--latent-dim",
                  "3", "--out", str(run), "--no-progress", "--no-tensorboard"]) == 0
     assert main(["evaluate", str(run), "--metrics", "disentanglement", "--no-progress"]) == 0
     assert main(["embed", str(run), "-o", str(tmp_path / "codes.csv")]) == 0
     with open(tmp_path / "codes.csv") as f:
         table = list(csv.DictReader(f))
     saved = np.load(run / "disentanglement_codes.npz")
-    assert [r["id"] for r in table] == list(saved["ids"]) and len(table) == 300  # 270 + the validation share
+    assert [r["id"] for r in table] == list(saved["ids"]) and len(table) == rows  # --limit + the validation share
     codes = np.array([[float(r[f"mu_{d}"]) for d in range(3)] for r in table])
     np.testing.assert_allclose(codes, saved["codes"], rtol=1e-4, atol=1e-5)
     assert main(["embed", str(run), "--n", "20", "-o", str(tmp_path / "few.csv")]) == 0

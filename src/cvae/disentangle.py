@@ -50,11 +50,18 @@ BINS = 20  # histogram bins per code dimension (MIG, modularity): disentanglemen
 PRUNE_STD = 0.05  # FactorVAE score: dimensions whose std over the data is below this are ignored
 ACTIVE_VARIANCE = 0.01  # an active unit (Burda et al. 2015): Var_x(E_q[z_d | x]) above this; none: collapse
 PAIRS = 64  # BetaVAE / FactorVAE score: examples per training point
+# a numeric factor with more distinct values than this is continuous: binned into BINS bins (dSprites' most
+# finely sampled factor, orientation, has 40 values; MPI3D's 40; Shapes3D's 15)
+MAX_FACTOR_VALUES = 64
 
 
 def _check(codes, factors) -> tuple[np.ndarray, np.ndarray]:
-    """Codes as float64 (N, D); factors as class indices int64 (N, F) in sorted order of their values."""
-    codes = np.asarray(codes, dtype=np.float64)
+    """Codes as float64 (N, D); factors as class indices int64 (N, F) in sorted order of their values
+    (:func:`factor_classes`)."""
+    try:
+        codes = np.asarray(codes, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise CvaeError("the codes must be numbers (an (N, D) array of floats)") from None
     factors = np.asarray(factors)
     if codes.ndim == 1:
         codes = codes[:, None]
@@ -70,10 +77,39 @@ def _check(codes, factors) -> tuple[np.ndarray, np.ndarray]:
         raise CvaeError("the codes hold NaN or infinite values; the model has diverged")
     if factors.dtype.kind == "f" and not np.isfinite(factors).all():
         raise CvaeError("the factors hold NaN or infinite values; every example needs every factor")
+    if codes.shape[1] == 0:
+        raise CvaeError("the codes have no dimension (shape (N, 0)); a representation needs at least one")
+    return codes, factor_classes(factors)[0]
+
+
+def factor_classes(factors: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Each factor column as class indices 0..K-1 in sorted order of its values; a numeric column with more
+    than MAX_FACTOR_VALUES distinct values (a continuous factor: every example would be its own class, and
+    "examples sharing a factor" only the example itself) is first cut into BINS equal-width bins, as the
+    codes are. Returns the indices and, per column, its number of distinct values where it was binned
+    (0 where it was not)."""
     index = np.empty(factors.shape, np.int64)
+    binned = []
     for k in range(factors.shape[1]):
-        index[:, k] = np.unique(factors[:, k], return_inverse=True)[1].reshape(-1)
-    return codes, index
+        column = factors[:, k]
+        if column.dtype.kind == "O":
+            if any(v is None or (isinstance(v, float) and v != v) for v in column):
+                raise CvaeError(f"factor column {k} has missing values (None or NaN); every example needs every factor")
+            column = column.astype(str)
+        index[:, k], distinct = factor_index(column)
+        binned.append(distinct)
+    return index, binned
+
+
+def factor_index(column: np.ndarray) -> tuple[np.ndarray, int]:
+    """One factor's values as class indices 0..K-1 in sorted order, a continuous one's (numeric, more than
+    MAX_FACTOR_VALUES distinct values) after cutting it into BINS equal-width bins; and its number of
+    distinct values where it was binned, else 0."""
+    values, inverse = np.unique(column, return_inverse=True)
+    if column.dtype.kind in "iuf" and len(values) > MAX_FACTOR_VALUES:
+        bins = np.digitize(column, np.histogram(column.astype(np.float64), BINS)[1][:-1])
+        return np.unique(bins, return_inverse=True)[1].reshape(-1), len(values)
+    return np.asarray(inverse).reshape(-1), 0
 
 
 def varying(factors: np.ndarray) -> np.ndarray:
@@ -132,9 +168,11 @@ def mig(codes, factors, *, bins: int = BINS) -> dict:
     mi = mutual_information(codes, factors[:, keep], bins=bins)
     top = np.sort(mi.matrix, axis=0)[::-1]  # (D, F), descending per factor
     second = top[1] if len(top) > 1 else np.zeros_like(top[0])
-    per_factor = (top[0] - second) / mi.entropy
-    return {"score": float(per_factor.mean()), "per_factor": per_factor.tolist(), "matrix": mi.matrix,
-            "entropy": mi.entropy}
+    gaps = (top[0] - second) / mi.entropy
+    per_factor = [None] * len(keep)  # one entry per given factor: None for a constant one
+    for k, gap in zip(np.flatnonzero(keep), gaps):
+        per_factor[k] = float(gap)
+    return {"score": float(gaps.mean()), "per_factor": per_factor, "matrix": mi.matrix, "entropy": mi.entropy}
 
 
 def modularity(codes, factors, *, bins: int = BINS) -> dict:
@@ -210,6 +248,10 @@ def dci(codes, factors, *, num_train: int = 10000, num_test: int = 5000, seed: i
     importance = np.zeros((d, f))
     train_acc, test_acc = [], []
     for k in range(f):
+        if len(np.unique(factors[tr, k])) < 2:  # one value among the training examples: nothing to learn
+            train_acc.append(1.0)
+            test_acc.append(float(np.mean(factors[te, k] == factors[tr[0], k])))
+            continue
         model = GradientBoostingClassifier(random_state=seed)
         model.fit(codes[tr], factors[tr, k])
         importance[:, k] = np.abs(model.feature_importances_)
@@ -351,9 +393,14 @@ def disentanglement(codes, factors, *, factor_names: list[str] | None = None, me
     names = list(factor_names) if factor_names else [f"factor_{k}" for k in range(index.shape[1])]
     if len(names) != index.shape[1]:
         raise CvaeError(f"{len(names)} factor names for {index.shape[1]} factors")
+    if len(set(names)) != len(names):
+        raise CvaeError(f"factor names must differ; {sorted({n for n in names if names.count(n) > 1})} named twice")
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
     unknown = [m for m in metrics if m not in METRIC_NAMES]
     if unknown:
         raise CvaeError(f"unknown disentanglement metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)}")
+    binned = {n: b for n, b in zip(names, factor_classes(np.asarray(factors).reshape(len(codes), -1))[1]) if b}
     keep = varying(index)
     dropped = [n for n, k in zip(names, keep) if not k]
     index, names = index[:, keep], [n for n, k in zip(names, keep) if k]
@@ -361,20 +408,31 @@ def disentanglement(codes, factors, *, factor_names: list[str] | None = None, me
         raise CvaeError("every factor is constant over these examples; nothing to measure")
     rng = np.random.default_rng(seed)
     sub = rng.permutation(len(codes))[:num_train]
-    scores, details = {}, {}
+    scores, details, notes = {}, {}, []
     mi = mutual_information(codes[sub], index[sub])
-    if "mig" in metrics:
+    in_sub = varying(index[sub])  # a rare value may be absent from MIG's and modularity's examples
+    if "mig" in metrics and in_sub.any():
         r = mig(codes[sub], index[sub])
         scores["mig"] = r["score"]
-        details["mig_per_factor"] = dict(zip(names, np.round(r["per_factor"], 6).tolist()))
-    if "modularity" in metrics and index.shape[1] > 1:
+        details["mig_per_factor"] = {n: round(v, 6) for n, v in zip(names, r["per_factor"]) if v is not None}
+    if not in_sub.all():
+        notes.append(f"factor(s) {', '.join(n for n, k in zip(names, in_sub) if not k)} take one value over the "
+                     f"{len(sub):,} examples MIG and modularity use, so those leave them out")
+    one_factor = index.shape[1] < 2
+    few = [m for m in ("beta_vae", "factor_vae", "modularity") if m in metrics] + (["dci_disentanglement"] if "dci" in metrics else [])
+    if one_factor and few:
+        notes.append(f"{', '.join(few)} compare factors and need at least two that vary (here: {', '.join(names)}); "
+                     "not computed")
+        metrics = [m for m in metrics if m not in few]
+    if "modularity" in metrics and in_sub.sum() > 1:
         scores["modularity"] = modularity(codes[sub], index[sub])["score"]
     if "sap" in metrics:
         r = sap(codes, index, num_train=num_train, num_test=num_test, seed=seed)
         scores["sap"] = r["score"]
     if "dci" in metrics:
         r = dci(codes, index, num_train=dci_train or num_train, num_test=dci_test or num_test, seed=seed)
-        scores.update({f"dci_{k}": r[k] for k in ("disentanglement", "completeness", "informativeness")})
+        scores.update({f"dci_{k}": r[k] for k in ("disentanglement", "completeness", "informativeness")
+                       if not (one_factor and k == "disentanglement")})
         details["dci_importance"] = np.round(r["importance"], 6).tolist()
     if "beta_vae" in metrics:
         scores["beta_vae"] = beta_vae_score(codes, index, num_train=num_train, num_eval=num_test, seed=seed)["score"]
@@ -396,12 +454,19 @@ def disentanglement(codes, factors, *, factor_names: list[str] | None = None, me
     }
     if dropped:
         protocol["constant_factors_left_out"] = dropped
+    if binned:
+        protocol["binned_factors"] = binned
+        notes.append(f"factor(s) {', '.join(f'{n} ({b:,} values)' for n, b in binned.items())} have more than "
+                     f"{MAX_FACTOR_VALUES} distinct values: continuous, so each was cut into {BINS} equal-width bins "
+                     "(as the codes are) before scoring")
     active = int((codes.var(0) > ACTIVE_VARIANCE).sum())
     details["active_units"] = active
     if active == 0:
-        details["notes"] = [f"no latent dimension is active (the codes' variance over these examples is at most "
+        notes.append(f"no latent dimension is active (the codes' variance over these examples is at most "
                             f"{ACTIVE_VARIANCE} in every dimension, Burda et al.'s test): the posterior has collapsed "
                             "and these scores measure noise; train longer (the default length for the data) or with "
-                            "a smaller --beta"]
+                            "a smaller --beta")
+    if notes:
+        details["notes"] = notes
     return DisentanglementReport(scores=scores, details=details, protocol=protocol, normalized_mi=mi.normalized,
                                  factor_names=names)

@@ -62,11 +62,10 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
     if hasattr(x, "grid"):
         # a set rendered on demand (dSprites: 11 GiB whole) is never read whole: the rows the run trained
         # and validated on (what `cvae evaluate --metrics disentanglement` scores), in the grid's order
-        from ..data.core import rendered_rows
+        from ..data.core import run_rows
 
         cfg = (getattr(model, "run_config", None) or {}).get("train", {})
-        rows = rendered_rows(raw, cfg.get("limit"), cfg.get("val_fraction", 0.1), cfg.get("seed", 0), quiet=True)
-        rows = (np.arange(len(x)) if rows is None else rows)[:n]
+        rows = run_rows(raw, cfg.get("limit"), cfg.get("val_fraction", 0.1), cfg.get("seed", 0), quiet=True)[:n]
         x, ids = x[rows], rows.tolist()
         raw_columns = {k: np.asarray(v)[rows] for k, v in raw_columns.items()}
     elif n is not None:

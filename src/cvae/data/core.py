@@ -191,6 +191,9 @@ def read_source(source: str, *, data_dir=None, condition=None, data_layout: str 
     raw = _read_path(source, data_dir=data_dir, condition=condition, data_layout=data_layout, image_size=image_size,
                      factors=factors)
     names = _factor_list(factors)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise CvaeError(f"--factors names {', '.join(twice)} more than once; name each factor column once")
     if names:
         missing = [n for n in names if n not in raw.columns]
         if missing:
@@ -266,6 +269,8 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
             raw = _subsample(raw, rows, seed)
     factor_names = list(raw.meta.get("factors", []))
     factor_codes = _factor_codes(raw, factor_names)
+    if condition is None and "label" in factor_names:
+        condition = "none"  # a factor is held out: the default condition, 'label', is not taken from it
     schema, codes = build_schema(raw, condition, source)
     label_schema, label_codes = build_schema(raw, "label:categorical", source) if "label" in raw.columns else (None, None)
     labels_of = ({split: np.nan_to_num(label_codes[split][:, 0], nan=-1).astype(np.int64) for split in raw.splits}
@@ -273,26 +278,16 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
     rng = np.random.default_rng(seed)
     x_train, y_train = raw.splits["train"][0], codes["train"]
     ids_train = raw.meta.get("ids") or list(range(len(x_train)))
-    order = rng.permutation(len(x_train))
+    order, val_idx = split_positions(len(x_train), None if "val" in raw.splits else val_fraction, limit, rng)
     if "val" in raw.splits:
         x_val, y_val = raw.splits["val"][0], codes["val"]
         val_ids, val_labels = None, labels_of.get("val")
         val_factors = factor_codes.get("val")
     else:
-        n_val = int(round(val_fraction * len(x_train)))
-        if val_fraction > 0 and len(x_train) > 1:
-            n_val = max(n_val, 1)
-        val_idx, order = order[:n_val], order[n_val:]
-        val_idx.sort()
         x_val, y_val = x_train[val_idx], y_train[val_idx]
         val_ids = [ids_train[i] for i in val_idx]
         val_factors = factor_codes["train"][val_idx] if factor_names else None
         val_labels = labels_of["train"][val_idx] if labels_of else None
-    if limit is not None:
-        if limit < 1:
-            raise CvaeError(f"--limit must be a positive number of examples, got {limit}")
-        order = order[:limit]
-    order = np.sort(order)
     x_train, y_train = np.asarray(x_train[order]), y_train[order]
     train_ids = [ids_train[i] for i in order]
     train_labels = labels_of["train"][order] if labels_of else None
@@ -349,6 +344,25 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
     return splits
 
 
+def split_positions(n: int, val_fraction: float | None, limit: int | None,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The training and validation positions (each sorted) of ``n`` examples: a random ``val_fraction`` of
+    them for validation (at least one where the fraction is above 0; None: the data has its own validation
+    split), then the first ``limit`` of the rest, in the order ``rng`` drew them, for training."""
+    order = rng.permutation(n)
+    val_idx = order[:0]
+    if val_fraction is not None:
+        n_val = int(round(val_fraction * n))
+        if val_fraction > 0 and n > 1:
+            n_val = max(n_val, 1)
+        val_idx, order = np.sort(order[:n_val]), order[n_val:]
+    if limit is not None:
+        if limit < 1:
+            raise CvaeError(f"--limit must be a positive number of examples, got {limit}")
+        order = order[:limit]
+    return np.sort(order), val_idx
+
+
 def rendered_rows(raw: RawData, limit: int | None, val_fraction: float, seed: int, *,
                   quiet: bool = False) -> np.ndarray | None:
     """The rows of a data set rendered on demand that a run with these settings trains and validates on,
@@ -360,6 +374,17 @@ def rendered_rows(raw: RawData, limit: int | None, val_fraction: float, seed: in
     if keep is None or keep >= len(x):
         return None
     return np.sort(np.random.default_rng([seed, 12]).choice(len(x), keep, replace=False))
+
+
+def run_rows(raw: RawData, limit: int | None, val_fraction: float, seed: int, *, quiet: bool = False) -> np.ndarray:
+    """The rows of a data set rendered on demand that a run trained and validated on, in the grid's order:
+    of the :func:`rendered_rows` (every row when None), those :func:`load_data` keeps (the validation share,
+    then at most ``limit`` for training; ``ceil(limit / (1 - val_fraction))`` are rendered, one more than
+    that where the rounding falls so)."""
+    rows = rendered_rows(raw, limit, val_fraction, seed, quiet=quiet)
+    rows = np.arange(len(raw.splits["train"][0])) if rows is None else rows
+    train, val = split_positions(len(rows), val_fraction, limit, np.random.default_rng(seed))
+    return rows[np.sort(np.concatenate([train, val]))]
 
 
 def _rows_in_memory(raw: RawData, val_fraction: float, *, quiet: bool = False) -> int | None:
@@ -393,18 +418,26 @@ def _factor_codes(raw: RawData, names: list[str]) -> dict[str, np.ndarray]:
     """Per split, the factor columns as class indices (N, F) in the sorted order of their values."""
     if not names:
         return {}
+    from ..disentangle import factor_index
+
     out = {split: np.zeros((len(x), len(names)), np.int64) for split, (x, _) in raw.splits.items()}
+    binned = {}
     for k, name in enumerate(names):
         values = [np.asarray(cols[name]) for _, cols in raw.splits.values()]
         allv = np.concatenate(values)
-        if allv.dtype.kind == "f" and not np.isfinite(allv).all():
+        if (allv.dtype.kind == "f" and not np.isfinite(allv).all()) or (
+                allv.dtype.kind in "OUS" and missing_mask(allv).any()):
             raise CvaeError(f"{raw.name}: factor {name!r} has missing or non-finite values; every example needs "
                             "every factor")
-        codes = np.unique(allv, return_inverse=True)[1].reshape(-1)
+        codes, distinct = factor_index(allv)  # a continuous factor: cut into bins, as the metrics would
+        if distinct:
+            binned[name] = distinct
         start = 0
         for split, v in zip(raw.splits, values):
             out[split][:, k] = codes[start:start + len(v)]
             start += len(v)
+    if binned:
+        raw.meta["binned_factors"] = binned
     return out
 
 
