@@ -344,3 +344,63 @@ def test_a_class_given_as_a_number_written_another_way_is_found():
     assert [a.code(v) for v in ("3.0", "0.50", np.str_("1"), 3)] == [3.0, 1.0, 2.0, 3.0]
     with pytest.raises(CvaeError, match="'abc' is not a number"):  # not np.str_('abc')
         Attribute("age", "continuous").code(np.str_("abc"))
+
+
+def test_image_arrays_a_user_saves_are_read_in_their_own_scale_and_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    rgb = np.zeros((40, 4, 4, 3), np.uint8)
+    rgb[y == 0, ..., 0] = 255
+    rgb[y == 1, ..., 2] = 255  # square channel-last images were read as 4 channels of 4x3 pixels
+    np.savez(tmp_path / "hwc.npz", x=rgb, y=y)
+    d = load_data(str(tmp_path / "hwc.npz"), val_fraction=0.0)
+    assert d.data_shape == (3, 4, 4) and set(torch.unique(d.train.x[:, 1]).tolist()) == {0.0}
+    masks = (rng.random((40, 1, 6, 6)) < 0.5).astype(np.uint8)  # 0/1 masks were divided by 255
+    np.savez(tmp_path / "mask.npz", x=masks, y=y)
+    assert float(load_data(str(tmp_path / "mask.npz")).train.x.max()) == 1.0
+    pixels = rng.random((40, 3, 6, 6)).astype(np.float32) * 255  # float 0..255 became standardised features
+    np.savez(tmp_path / "f255.npz", x=pixels, y=y)
+    d = load_data(str(tmp_path / "f255.npz"), val_fraction=0.0)
+    assert not d.standardize and torch.allclose(d.train.x, torch.from_numpy(pixels / 255), atol=1e-6)
+    deep = (rng.random((40, 1, 6, 6)) * 65535).astype(np.uint16)
+    np.savez(tmp_path / "u16.npz", x=deep, y=y)
+    d = load_data(str(tmp_path / "u16.npz"), val_fraction=0.0)
+    assert not d.standardize and torch.allclose(d.train.x, torch.from_numpy(deep / np.float32(65535)), atol=1e-6)
+
+
+def test_float_tiffs_in_0_1_and_the_size_message_of_an_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in "ab":
+        (tmp_path / "f" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.random((8, 8)).astype(np.float32) * 0.9 + 0.1, "F").save(tmp_path / "f" / c / f"{i}.tif")
+    assert float(load_data(str(tmp_path / "f"), val_fraction=0.0).train.x.max()) > 0.5  # were divided by 255
+    for c, size in (("a", (16, 16)), ("b", (23, 17))):  # PIL sizes are (width, height)
+        (tmp_path / "m" / c).mkdir(parents=True)
+        Image.fromarray(np.zeros(size[::-1], np.uint8)).save(tmp_path / "m" / c / "0.png")
+    with pytest.raises(CvaeError, match=r"0.png is 17x23 \(height x width\) but .* is 16x16"):
+        load_data(str(tmp_path / "m"))
+
+
+def test_image_size_resizes_array_files_and_named_sets_too(tmp_path):
+    x = np.random.default_rng(0).random((30, 1, 10, 10)).astype(np.float32)
+    np.savez(tmp_path / "sq.npz", x=x, y=np.arange(30) % 3)
+    d = load_data(str(tmp_path / "sq.npz"), image_size=(8, 8))  # it was silently ignored
+    assert d.data_shape == (1, 8, 8) and float(d.train.x.min()) >= 0 and float(d.train.x.max()) <= 1
+    assert load_data("digits", image_size=(16, 12)).data_shape == (1, 16, 12)
+    np.save(tmp_path / "t.npy", np.random.default_rng(1).normal(size=(20, 5)))
+    with pytest.raises(CvaeError, match="--image-size resizes images"):
+        load_data(str(tmp_path / "t.npy"), image_size=(8, 8))
+
+
+def test_four_channel_images_are_drawn_in_colour_over_white():
+    from cvae.plots import to_display
+
+    green = np.zeros((1, 4, 2, 2), np.float32)
+    green[:, 1] = green[:, 3] = 1.0  # opaque green: drawn as channel 0, black
+    assert to_display(green)[0, 0, 0].tolist() == [0.0, 1.0, 0.0]
+    clear = np.zeros((1, 4, 2, 2), np.float32)  # fully transparent: the page shows
+    assert to_display(clear)[0, 0, 0].tolist() == [1.0, 1.0, 1.0]
+    assert to_display(np.ones((1, 2, 2, 2), np.float32)).shape == (1, 2, 2)  # grey + alpha: grey

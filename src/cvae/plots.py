@@ -25,13 +25,18 @@ def _plt():
 
 
 def to_display(images: np.ndarray | torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) -> (N, H, W) grey or (N, H, W, 3) RGB, clipped to [0, 1]."""
+    """(N, C, H, W) -> (N, H, W) grey or (N, H, W, 3) RGB, clipped to [0, 1]. Four channels are RGBA and
+    two grey + alpha, each drawn over white; other channel counts show their first channel."""
     a = images.detach().cpu().float().numpy() if torch.is_tensor(images) else np.asarray(images, np.float32)
     if a.ndim == 3:
         return np.clip(a, 0, 1)
+    a = np.clip(a, 0, 1)
+    if a.shape[1] in (2, 4):  # composite over a white page, as an image viewer shows transparency
+        alpha = a[:, -1:]
+        a = a[:, :-1] * alpha + (1.0 - alpha)
     if a.shape[1] == 3:
-        return np.clip(a.transpose(0, 2, 3, 1), 0, 1)
-    return np.clip(a[:, 0], 0, 1)
+        return a.transpose(0, 2, 3, 1)
+    return a[:, 0]
 
 
 def image_grid(images, ncol: int, pad: int = 1) -> np.ndarray:

@@ -56,6 +56,10 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
     condition = ",".join(wanted) or "none"
     raw = read_source(source, data_dir=data_dir, condition=condition if path.suffix.lower() == ".csv" else None,
                       data_layout=layout)
+    if len(shape) == 3 and raw.kind == "image" and not hasattr(raw.splits["train"][0], "grid"):
+        from ..data.core import resized
+
+        raw = resized(raw, tuple(shape[1:]))  # images of another size: resized as training's were (--image-size)
     part = split if split in raw.splits else "train"
     x, raw_columns = raw.splits[part]
     ids = raw.meta.get("ids") if part == "train" else None

@@ -183,6 +183,8 @@ def read_source(source: str, *, data_dir=None, condition=None, data_layout: str 
     are factors of variation: held out of the features, recorded in ``meta["factors"]``."""
     if source in NAMED_SOURCES:
         raw = NAMED_SOURCES[source](data_dir)
+        if image_size:
+            raw = resized(raw, image_size)
         if factors not in (None, "", "none") and _factor_list(factors) != raw.meta.get("factors"):
             have = ", ".join(raw.meta.get("factors", [])) or "none"
             raise CvaeError(f"--factors names the factor columns of a .npz or CSV file; {source!r} has its own "
@@ -222,7 +224,8 @@ def _read_path(source: str, *, data_dir=None, condition=None, data_layout: str =
         return load_image_folder(path, image_size)
     suffix = path.suffix.lower()
     if suffix in (".npz", ".npy"):
-        return load_array_file(path)
+        raw = load_array_file(path)
+        return resized(raw, image_size) if image_size else raw
     if suffix in (".csv", ".tsv", ".txt"):
         names = [n for n, _ in parse_condition_spec(condition, _csv_header(path), str(path))]
         extra = [f for f in _factor_list(factors) if f not in names]
@@ -233,6 +236,36 @@ def _read_path(source: str, *, data_dir=None, condition=None, data_layout: str =
         raw = load_csv(path, names + extra, layout="signal" if data_layout == "signal" else "table")
         return raw
     raise CvaeError(f"cannot read {path}: expected a .npz, .npy or .csv file or an image folder")
+
+
+def resized(raw: RawData, image_size: tuple[int, int]) -> RawData:
+    """The images of an array file resized to ``image_size`` (height, width), as an image folder's are
+    (bilinear, antialiased when shrinking); anything but images is refused."""
+    import torch.nn.functional as F
+
+    x = raw.splits["train"][0]
+    if raw.kind != "image":
+        raise CvaeError(f"--image-size resizes images; {raw.name} holds {raw.kind} data (leave --image-size out)")
+    h, w = image_size
+    if tuple(x.shape[2:]) == (h, w):
+        return raw
+    if hasattr(x, "grid"):
+        raise CvaeError(f"--image-size resizes images read from files; {raw.name} is rendered at its own size "
+                        "(leave --image-size out)")
+    splits = {}
+    for split, (x, columns) in raw.splits.items():
+        out = []
+        for i in range(0, len(x), 4096):  # a chunk at a time: the whole set as float32 once more at most
+            part = torch.from_numpy(np.ascontiguousarray(x[i:i + 4096], np.float32))
+            out.append(F.interpolate(part, size=(h, w), mode="bilinear", align_corners=False,
+                                     antialias=h < x.shape[2] or w < x.shape[3]).numpy())
+        resized = np.concatenate(out)
+        if raw.unit_range:
+            np.clip(resized, 0.0, 1.0, out=resized)
+        splits[split] = (resized, columns)
+    shape = raw.splits["train"][0].shape
+    return RawData(raw.name, raw.kind, splits, raw.class_names, False, raw.unit_range,  # resampled: grey levels, not 0/1
+                   dict(raw.meta, resized=f"{shape[2]}x{shape[3]} -> {h}x{w}"))
 
 
 def _csv_header(path: Path) -> list[str]:

@@ -256,9 +256,12 @@ def grey_images(shape: tuple[int, ...]) -> bool:
 
 
 def channel_last(shape: tuple[int, ...]) -> bool:
-    """Whether an array of this shape holds channel-last images (N, H, W, C): 4-D, its last axis 1, 3 or 4
-    long and its second not (an (N, 3, 8, 3) array stays channel-first)."""
-    return len(shape) == 4 and shape[-1] in IMAGE_CHANNELS and shape[1] not in IMAGE_CHANNELS
+    """Whether an array of this shape holds channel-last images (N, H, W, C): 4-D, its last axis 1 to 4
+    long (grey, grey + alpha, RGB, RGBA) and its second not, or its second and third equal (square images:
+    (N, 4, 4, 3) is 4x4 RGB, not four channels of 4x3); an (N, 3, 8, 3) array stays channel-first."""
+    if len(shape) != 4 or shape[-1] not in IMAGE_CHANNELS:
+        return False
+    return shape[1] not in IMAGE_CHANNELS or shape[1] == shape[2] != shape[3]
 
 
 def check_examples_shape(shape: tuple[int, ...], where: str) -> None:
@@ -273,14 +276,19 @@ UNIT_SLACK = 1e-5  # image values this far outside [0, 1] are rounding, clipped 
 
 def _as_float(x: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
     """Floats, and whether they lie in [0, 1] (uint8 images are scaled by 1/255)."""
+    images = x.ndim == 4 or (x.ndim == 3 and x.shape[-1] == x.shape[-2])
     if x.dtype == np.uint8:
+        if images and x.size and x.max() <= 1:
+            return x.astype(np.float32), True  # 0/1 masks stored as bytes: already in [0, 1]
         return x.astype(np.float32) / 255.0, True
     if x.dtype.kind not in "fiub":
         raise CvaeError(f"{where} holds {x.dtype} values; expected real numbers (save them as float32)")
     check_values(x, where)
-    images = x.ndim == 4 or (x.ndim == 3 and x.shape[-1] == x.shape[-2])
-    if images and x.dtype.kind in "iu" and x.size and 1 < x.max() <= 255 and x.min() >= 0:
-        return x.astype(np.float32) / 255.0, True  # 8-bit pixel values in a wider integer type (int64 from numpy)
+    if images and x.dtype.kind in "iuf" and x.size and x.min() >= 0 and 1.0 + UNIT_SLACK < x.max():
+        if x.max() <= 255:  # 8-bit pixel values in a wider integer type (int64 from numpy) or as floats
+            return x.astype(np.float32) / 255.0, True
+        if x.dtype.kind in "iu" and x.max() <= 65535:  # 16-bit pixel values, as a 16-bit PNG's are read
+            return x.astype(np.float32) / 65535.0, True
     x = x.astype(np.float32)
     if not x.size:
         return x, False
@@ -370,7 +378,7 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 LABEL_ARRAYS = ("y", "labels", "targets")  # .npz arrays read as the 'label' column
-IMAGE_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA: a 4-D array whose last axis is one of these and whose second is not
+IMAGE_CHANNELS = (1, 2, 3, 4)  # grey, grey + alpha, RGB, RGBA: the channel counts channel_last recognises
 # holds channel-last images (Shapes3D's, PIL's and TensorFlow's order)
 
 
@@ -463,7 +471,8 @@ def open_image(path: Path):
 def image_array(im, path: Path, mode: str, size: tuple[int, int] | None = None) -> np.ndarray:
     """A decoded image as float32 (C, H, W) in [0, 1], ``mode`` "L" (C=1) or "RGB" (C=3), resized to
     ``size`` (width, height) when given. 8-bit values are divided by 255, 16-bit ones by 65535; 32-bit
-    pixels are read when they lie in 0..255 and refused otherwise (never clipped)."""
+    pixels are read when they lie in 0..255 (floating-point ones in [0, 1] as they are) and refused
+    otherwise (never clipped)."""
     from PIL import Image
 
     if im.mode.startswith("I;16") or im.mode in ("I", "F"):
@@ -473,7 +482,7 @@ def image_array(im, path: Path, mode: str, size: tuple[int, int] | None = None) 
         elif not (np.all(np.isfinite(a)) and a.min() >= 0 and a.max() <= 255):
             raise CvaeError(f"{path} has 32-bit ({im.mode}) pixels outside 0..255; cvae reads 8- and 16-bit images: "
                             "save it as an 8- or 16-bit PNG")
-        else:
+        elif not (im.mode == "F" and a.max() <= 1.0):  # a float image in [0, 1] holds grey levels already
             a /= 255.0
         a = a.astype(np.float32)
         if size is not None and (a.shape[1], a.shape[0]) != size:
@@ -537,8 +546,8 @@ def load_image_folder(root: Path, image_size: tuple[int, int] | None = None) -> 
     for f, im in zip(files, images):
         if im.size != size and image_size is None:
             raise CvaeError(
-                f"{f} is {im.size[0]}x{im.size[1]} but {files[0]} is {size[0]}x{size[1]}; "
-                "make all images one size or pass --image-size HxW to resize them"
+                f"{f} is {im.size[1]}x{im.size[0]} (height x width) but {files[0]} is {size[1]}x{size[0]}; "
+                f"make all images one size or pass --image-size HxW to resize them (e.g. --image-size {size[1]}x{size[0]})"
             )
         arrays.append(image_array(im, f, mode, size))
     x = np.stack(arrays)
