@@ -273,3 +273,14 @@ def test_conditions_as_tensors_and_whole_floats_are_read_as_values():
     a = model.sample(2, {"label": torch.tensor([3, 1])}, generator=g.manual_seed(0))
     b = model.sample(2.0, {"label": [3, 1]}, generator=g.manual_seed(0))
     assert a.shape == (2, 1, 8, 8) and torch.equal(a, b)
+
+
+def test_a_class_name_with_a_comma_is_asked_for_in_quotes():
+    # a class folder named 'x,y' trained, but --condition label=x,y split at its comma
+    from cvae.conditions import parse_assignments
+
+    assert parse_assignments('label="x,y",size=3') == {"label": "x,y", "size": "3"}
+    assert parse_assignments("label='a,b'") == {"label": "a,b"}
+    assert parse_assignments("name=O'Brien,size=3") == {"name": "O'Brien", "size": "3"}  # an apostrophe is a letter
+    schema = ConditionSchema([Attribute("label", "categorical", ["x,y", "z"])])
+    assert schema.parse('label="x,y"').tolist() == [[0.0]]

@@ -244,20 +244,43 @@ class ConditionSchema:
 
 
 def parse_assignments(text: str) -> dict[str, str]:
-    """``"color=red,size=10"`` -> ``{"color": "red", "size": "10"}``."""
+    """``"color=red,size=10"`` -> ``{"color": "red", "size": "10"}``. A value holding a comma is quoted:
+    ``label="x,y"`` (or single quotes)."""
     out: dict[str, str] = {}
-    for part in text.split(","):
+    for part in _split_unquoted(text):
         part = part.strip()
         if not part:
             continue
         if "=" not in part:
-            raise CvaeError(f"cannot read condition {part!r}: write NAME=VALUE, e.g. label=7 or color=red,size=10")
+            raise CvaeError(f"cannot read condition {part!r}: write NAME=VALUE, e.g. label=7 or color=red,size=10 "
+                            "(quote a value that holds a comma: label=\"x,y\")")
         k, v = part.split("=", 1)
         if k.strip() in out:
             raise CvaeError(f"condition {k.strip()!r} is given twice in {text!r}; give each condition once "
                             "(several samples of other values: one command per value, or a list in Python)")
-        out[k.strip()] = v.strip()
+        v = v.strip()
+        if len(v) >= 2 and v[0] == v[-1] and v[0] in "\"'":
+            v = v[1:-1]
+        out[k.strip()] = v
     return out
+
+
+def _split_unquoted(text: str) -> list[str]:
+    """``text`` split at the commas outside a quoted value (a quote right after ``=`` opens one: an
+    apostrophe inside a value, O'Brien, is a letter)."""
+    parts, current, quote = [], [], None
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'" and "".join(current).rstrip().endswith("="):
+            quote = ch
+        elif ch == ",":
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return parts
 
 
 # a condition cell that says "no value" (numbers: NaN): pandas' default NA strings (pandas.read_csv's

@@ -220,8 +220,12 @@ def save_loss_curves(path, metrics_path) -> Path:
 
 # -- the pictures of a finished run ---------------------------------------------------------------
 
+ROWS = 20  # classes drawn in a run's samples.png (the first ones; the title says how many there are)
+
+
 def condition_rows(model) -> tuple[list[str], torch.Tensor | None]:
-    """One row per class of the first categorical attribute (others at their first class / mean)."""
+    """One row per class of the first categorical attribute, the first ROWS of them (others at their first
+    class / mean)."""
     schema = model.schema
     if not schema:
         return [""], None
@@ -230,7 +234,7 @@ def condition_rows(model) -> tuple[list[str], torch.Tensor | None]:
         y = schema.parse({}, 1)
         return [schema.describe(y[0])], y
     first = cat[0]
-    classes = first.classes[:20]
+    classes = first.classes[:ROWS]
     y = schema.parse({first.name: classes}, len(classes))
     for a in cat[1:]:
         y[:, schema.names.index(a.name)] = 0.0
@@ -272,8 +276,12 @@ def run_pictures(model, data, run_dir, *, seed: int = 0) -> dict[str, Path]:
     show = data.test or data.val or data.train
     if kind == "image":
         ncol = 8 if y_rows is None else per_row
+        title = "samples from p(x | z, c)"
+        cats = [a for a in (model.schema.attributes if model.schema else []) if a.kind == "categorical"]
+        if cats and len(cats[0].classes) > ROWS:
+            title += f": the first {ROWS} of {len(cats[0].classes)} classes (cvae sample RUN --condition for the others)"
         out["samples"] = save_image_grid(run_dir / "samples.png", samples, ncol,
-                                         row_labels=None if y_rows is None else labels, title="samples from p(x | z, c)")
+                                         row_labels=None if y_rows is None else labels, title=title)
     elif kind == "signal":
         rows = [samples] if y_rows is None else list(samples.split(20))
         out["samples"] = save_signals(run_dir / "samples.png", [r[:8].numpy() for r in rows],
