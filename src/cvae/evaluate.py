@@ -263,7 +263,9 @@ class PosteriorReport:
         return {
             **{k: f.to_dict() for k, f in self.figures.items()},
             "kl_per_dim": {"name": "E_x KL(q(z_d|x) || p(z_d)) per latent dimension d (analytic for a Gaussian "
-                                   "prior; for a mixture, one sample against its marginal in dimension d)",
+                                   "prior; for a mixture, one sample against its marginal in dimension d; for a "
+                                   "hierarchical model, one sample of log q - log p given the groups above, so a "
+                                   "dimension that carries nothing can come out slightly negative)",
                            "unit": NATS, "value": self.kl_per_dim, "stderr": self.kl_per_dim_stderr},
             "posterior_mean_variance_per_dim": {
                 "name": "Cov_x(E_q[z_d|x]) per latent dimension d (Burda et al.'s activity statistic)",

@@ -228,8 +228,12 @@ def format_table(results: dict) -> str:
             if key in post and not (key == "kl_total" and lik):
                 lines.append(_row(name(post[key]), post[key], width))
         kl = post.get("kl_per_dim", {}).get("value", [])
-        if kl:
+        if kl and len(kl) <= 64:
             lines.append("  KL per latent dimension (nats): " + " ".join(f"{v:.2f}" for v in kl))
+        elif kl:  # a hierarchical model's hundreds of dimensions: the largest, the rest in eval.json
+            top = sorted(range(len(kl)), key=lambda d: -kl[d])[:10]
+            lines.append(f"  KL per latent dimension (nats), the 10 largest of {len(kl)} (all in eval.json): "
+                         + " ".join(f"z{d} {kl[d]:.2f}" for d in top))
     samples = _measured(samples, "sample quality", lines)
     if samples:
         ev = samples.get("evaluator", {})
