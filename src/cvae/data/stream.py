@@ -17,7 +17,7 @@ import torch
 
 from ..conditions import ConditionSchema
 from ..errors import CvaeError
-from .core import Dataset, DataSplits, parse_condition_spec
+from .core import Dataset, DataSplits, parse_condition_spec, split_positions
 from .sources import channel_last, check_examples_shape, check_values, grey_images, load_npy
 
 CHUNK_BYTES = 64 * 2**20  # rows are read and converted this many bytes (as float32) at a time
@@ -99,17 +99,7 @@ def _chunks(n: int, row_bytes: int):
 
 def split_rows(n: int, *, val_fraction: float, seed: int, limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     """The training and validation rows, exactly as :func:`cvae.data.load_data` draws them."""
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n)
-    n_val = int(round(val_fraction * n))
-    if val_fraction > 0 and n > 1:
-        n_val = max(n_val, 1)
-    val_rows, order = np.sort(order[:n_val]), order[n_val:]
-    if limit is not None:
-        if limit < 1:
-            raise CvaeError(f"--limit must be a positive number of examples, got {limit}")
-        order = order[:limit]
-    return np.sort(order), val_rows
+    return split_positions(n, val_fraction, limit, np.random.default_rng(seed))
 
 
 def load_npy_stream(path: str | Path, *, condition=None, val_fraction: float = 0.1, seed: int = 0,
