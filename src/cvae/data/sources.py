@@ -636,7 +636,8 @@ def load_csv(path: Path, condition_columns: list[str], *, layout: str = "table",
                 x[i, j] = float(cell)
             except ValueError:
                 what = "an empty cell" if not cell else f"text {cell!r}"
-                hint = "" if feature_columns else f" (if {features[j]!r} is a condition, pass --condition {features[j]})"
+                hint = "" if feature_columns else (f" (if {features[j]!r} is a condition, pass --condition {features[j]}; "
+                                                   f"a factor of variation, --factors {features[j]})")
                 raise CvaeError(f"{path}, line {rows.lines[i]}, column {features[j]!r}: {what} where a number was "
                                 f"expected{hint}") from None
     bad = ~(np.abs(x) <= MAX_ABS)  # NaN and inf too
