@@ -404,3 +404,27 @@ def test_four_channel_images_are_drawn_in_colour_over_white():
     clear = np.zeros((1, 4, 2, 2), np.float32)  # fully transparent: the page shows
     assert to_display(clear)[0, 0, 0].tolist() == [1.0, 1.0, 1.0]
     assert to_display(np.ones((1, 2, 2, 2), np.float32)).shape == (1, 2, 2)  # grey + alpha: grey
+
+
+@pytest.mark.parametrize("array", [
+    (np.random.default_rng(0).random((40, 9, 9)) < 0.5).astype(np.uint8),  # 0/1 masks
+    (np.random.default_rng(0).random((40, 9, 9)) * 255).astype(np.float32),  # floats in 0..255
+    (np.random.default_rng(0).random((40, 9, 9)) * 65535).astype(np.uint16),  # 16-bit
+])
+def test_a_streamed_file_is_read_in_the_same_units_as_in_memory(tmp_path, array):
+    import warnings
+
+    from cvae.data.stream import load_npy_stream
+
+    np.save(tmp_path / "a.npy", array)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        memory, stream = load_data(str(tmp_path / "a.npy")), load_npy_stream(tmp_path / "a.npy")
+    assert not stream.standardize and not memory.standardize
+    assert torch.allclose(stream.train.x[0:len(stream.train)], memory.train.x)
+
+
+def test_small_square_arrays_are_matrices_not_pictures(tmp_path):
+    np.save(tmp_path / "m.npy", np.random.default_rng(0).uniform(0, 100, (50, 3, 3)).astype(np.float32))
+    d = load_data(str(tmp_path / "m.npy"))
+    assert d.kind == "signal" and d.standardize  # (N, 3, 3) distances: not 3x3 pictures divided by 255

@@ -237,6 +237,9 @@ def test_inputs_in_any_layout_a_user_holds_give_the_same_codes():
                  x.reshape(4, -1).double()):
         assert torch.allclose(model.encode(same, y).mu, want, atol=1e-5)
     assert torch.allclose(model.encode(x[0], y[:1]).mu, want[:1], atol=1e-5)  # one example, no batch axis
+    assert torch.allclose(model.encode(x.numpy() * 255, y).mu, want, atol=1e-5)  # floats in 0..255, as training reads them
+    masks = (x > 0.5).to(torch.uint8)  # 0/1 masks as bytes: read as 0/1, as training reads them (not / 255)
+    assert torch.allclose(model.encode(masks, y).mu, model.encode(masks.float(), y).mu)
     grey = make("textbook", shape=(1, 8, 8)).eval()
     g, yg, _ = batch((1, 8, 8), n=4)
     assert torch.allclose(grey.encode(g[:, 0], yg).mu, grey.encode(g, yg).mu)  # no channel axis
@@ -244,7 +247,8 @@ def test_inputs_in_any_layout_a_user_holds_give_the_same_codes():
 
 @pytest.mark.parametrize("call, fragment", [
     (lambda m, x, y: m.encode(x.reshape(4, 6, 15), y), "expects (N, 3, 6, 5) or flat rows (N, 90) or channel-last"),
-    (lambda m, x, y: m.encode(x * 255, y), "grey levels in [0, 1]"),
+    (lambda m, x, y: m.encode(x * 1000, y), "grey levels in [0, 1]"),
+    (lambda m, x, y: m.encode(x - 0.5, y), "grey levels in [0, 1]"),
     (lambda m, x, y: m.encode(None, y), "an array of numbers"),
     (lambda m, x, y: m.reconstruct(x, y[:2]), "2 rows but there are 4 examples"),
     (lambda m, x, y: m.sample(3, torch.tensor([[1.0], [1.0]])), "2 rows but there are 3"),
@@ -273,6 +277,7 @@ def test_conditions_as_tensors_and_whole_floats_are_read_as_values():
     a = model.sample(2, {"label": torch.tensor([3, 1])}, generator=g.manual_seed(0))
     b = model.sample(2.0, {"label": [3, 1]}, generator=g.manual_seed(0))
     assert a.shape == (2, 1, 8, 8) and torch.equal(a, b)
+    assert model.sample(torch.tensor(3), {"label": torch.tensor(2)}).shape == (3, 1, 8, 8)  # 0-d tensors: one value
 
 
 def test_a_class_name_with_a_comma_is_asked_for_in_quotes():
@@ -282,5 +287,6 @@ def test_a_class_name_with_a_comma_is_asked_for_in_quotes():
     assert parse_assignments('label="x,y",size=3') == {"label": "x,y", "size": "3"}
     assert parse_assignments("label='a,b'") == {"label": "a,b"}
     assert parse_assignments("name=O'Brien,size=3") == {"name": "O'Brien", "size": "3"}  # an apostrophe is a letter
+    assert parse_assignments("cls='90s,size=0.5") == {"cls": "'90s", "size": "0.5"}  # a quote never closed too
     schema = ConditionSchema([Attribute("label", "categorical", ["x,y", "z"])])
     assert schema.parse('label="x,y"').tolist() == [[0.0]]

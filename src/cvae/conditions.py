@@ -172,6 +172,8 @@ class ConditionSchema:
                 v = spec[a.name]
                 if isinstance(v, torch.Tensor):
                     v = v.detach().cpu().numpy()  # values, not tensor(3)
+                if isinstance(v, np.ndarray) and v.ndim == 0:
+                    v = v.item()  # one value (np.array(3), torch.tensor(3))
                 vals = list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v]
                 col = [a.code(x) for x in vals]
                 if len(col) > 1:
@@ -279,6 +281,8 @@ def _split_unquoted(text: str) -> list[str]:
             current = []
             continue
         current.append(ch)
+    if quote:  # a quote that never closes was a letter (cls='90s): split at every comma, as before quoting
+        return text.split(",")
     parts.append("".join(current))
     return parts
 

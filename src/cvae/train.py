@@ -789,6 +789,8 @@ def _load(config: TrainConfig) -> DataSplits:
             raise CvaeError("--binarize needs the data in memory; binarize the .npy file beforehand or drop --stream")
         if config.labelled is not None:
             raise CvaeError("--labelled needs labels, which a streamed .npy file does not have; drop --stream")
+        if config.image_size:
+            raise CvaeError("--image-size resizes images in memory; resize the .npy file beforehand or drop --stream")
         return load_npy_stream(config.data, condition=config.condition, val_fraction=config.val_fraction,
                                seed=config.seed, limit=config.limit)
     from .data.sequences import named_source

@@ -166,6 +166,17 @@ def build_schema(raw: RawData, spec, source: str | None = None) -> tuple[Conditi
     return ConditionSchema(attrs), out
 
 
+def feature_scale(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The standardising scale of each feature: its standard deviation, in whatever units (a concentration
+    of 2e-6 +- 5e-7 mol/L keeps its 5e-7: a floor of 1e-6 gave it the decoder's noise in units of 1, 50,000
+    times its spread); 1 only where the feature is constant, or constant within float32's precision of its
+    mean."""
+    scale = np.asarray(std, np.float64).copy()
+    scale[~(scale > 1e-6 * np.abs(np.asarray(mean, np.float64)))] = 1.0
+    scale[scale < np.finfo(np.float32).tiny] = 1.0  # below float32's normal range (and 0): constant
+    return scale.astype(np.float32)
+
+
 def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Feature means and standard deviations in float64 (float32 squares of large values overflow),
     a block of rows at a time (no float64 copy of the whole array)."""
@@ -227,6 +238,8 @@ def _read_path(source: str, *, data_dir=None, condition=None, data_layout: str =
         raw = load_array_file(path)
         return resized(raw, image_size) if image_size else raw
     if suffix in (".csv", ".tsv", ".txt"):
+        if image_size:
+            raise CvaeError(f"--image-size resizes images; {path.name} is a table (leave --image-size out)")
         names = [n for n, _ in parse_condition_spec(condition, _csv_header(path), str(path))]
         extra = [f for f in _factor_list(factors) if f not in names]
         missing = [f for f in extra if f not in _csv_header(path)]
@@ -338,8 +351,7 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
         if not (np.all(np.isfinite(loc64)) and np.all(np.isfinite(scale64))):
             raise CvaeError(f"{source!r}: the feature means or standard deviations are not finite; "
                             "rescale the data (change its units or take logarithms)")
-        loc, scale = loc64.astype(np.float32), scale64.astype(np.float32)
-        scale[scale < 1e-6] = 1.0
+        loc, scale = loc64.astype(np.float32), feature_scale(loc64, scale64)
 
     def tensor(x):
         x = np.asarray(x, np.float32)

@@ -15,6 +15,7 @@ import math
 import re
 import struct
 import tokenize
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..conditions import MISSING_TEXT
-from ..errors import CvaeError
+from ..errors import CvaeError, CvaeWarning
 from .files import require
 
 
@@ -248,11 +249,14 @@ def _array_kind(x: np.ndarray) -> str:
     return {2: "table", 3: "signal", 4: "image"}.get(x.ndim, "")
 
 
+MIN_GREY_SIDE = 8  # (N, H, W) arrays are grey images from 8 x 8 (scikit-learn's digits) up; (N, 3, 3) are matrices
+
+
 def grey_images(shape: tuple[int, ...]) -> bool:
     """Whether an array of this shape holds grey images without a channel axis (N, H, W): 3-D with its last
-    two axes equally long (an (N, 28, 28) array of digits), in a .npy file as in a .npz one. Signals are
-    (N, C, L) with C != L."""
-    return len(shape) == 3 and shape[1] == shape[2]
+    two axes equally long, at least MIN_GREY_SIDE (an (N, 28, 28) array of digits), in a .npy file as in a
+    .npz one. Signals are (N, C, L) with C != L; (N, 3, 3) arrays are tables of small matrices."""
+    return len(shape) == 3 and shape[1] == shape[2] >= MIN_GREY_SIDE
 
 
 def channel_last(shape: tuple[int, ...]) -> bool:
@@ -274,21 +278,48 @@ def check_examples_shape(shape: tuple[int, ...], where: str) -> None:
 UNIT_SLACK = 1e-5  # image values this far outside [0, 1] are rounding, clipped back into it
 
 
+def pixel_divisor(dtype: np.dtype, low: float, high: float) -> float | None:
+    """What image values of this type and range are divided by to become grey levels in [0, 1] (the one
+    rule for files, streamed files and the Python API): 1 for values in [0, 1] (``uint8`` 0/1 masks
+    included), 255 for 8-bit pixel values (``uint8``, a wider integer type, or floats up to 255), 65535
+    for 16-bit integers; None for anything else (standardised features)."""
+    if low < 0:
+        return None
+    if high <= 1.0 + UNIT_SLACK:
+        return 1.0
+    if high <= 255 and (dtype == np.uint8 or np.dtype(dtype).kind in "iuf"):
+        return 255.0
+    if high <= 65535 and np.dtype(dtype).kind in "iu":
+        return 65535.0
+    return None
+
+
+def warn_float_pixels(where: str, low: float, high: float) -> None:
+    warnings.warn(f"{where} holds floats from {low:g} to {high:g}: read as 8-bit pixel values and divided by 255 "
+                  "(save grey levels in [0, 1] to read them as they are)", CvaeWarning, stacklevel=4)
+
+
+def image_shaped(shape: tuple[int, ...]) -> bool:
+    """Images: (N, C, H, W) / (N, H, W, C), or square grey (N, H, W) (:func:`grey_images`)."""
+    return len(shape) == 4 or grey_images(shape)
+
+
 def _as_float(x: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
-    """Floats, and whether they lie in [0, 1] (uint8 images are scaled by 1/255)."""
-    images = x.ndim == 4 or (x.ndim == 3 and x.shape[-1] == x.shape[-2])
-    if x.dtype == np.uint8:
-        if images and x.size and x.max() <= 1:
-            return x.astype(np.float32), True  # 0/1 masks stored as bytes: already in [0, 1]
-        return x.astype(np.float32) / 255.0, True
+    """Floats, and whether they lie in [0, 1] (images in pixel values are divided: :func:`pixel_divisor`)."""
+    images = image_shaped(x.shape)
     if x.dtype.kind not in "fiub":
         raise CvaeError(f"{where} holds {x.dtype} values; expected real numbers (save them as float32)")
-    check_values(x, where)
-    if images and x.dtype.kind in "iuf" and x.size and x.min() >= 0 and 1.0 + UNIT_SLACK < x.max():
-        if x.max() <= 255:  # 8-bit pixel values in a wider integer type (int64 from numpy) or as floats
-            return x.astype(np.float32) / 255.0, True
-        if x.dtype.kind in "iu" and x.max() <= 65535:  # 16-bit pixel values, as a 16-bit PNG's are read
-            return x.astype(np.float32) / 65535.0, True
+    if x.dtype != np.uint8:
+        check_values(x, where)
+    if images and x.size:
+        low, high = float(x.min()), float(x.max())
+        divisor = pixel_divisor(x.dtype, low, high)
+        if divisor is not None and divisor != 1.0:
+            if x.dtype.kind == "f":
+                warn_float_pixels(where, low, high)
+            return x.astype(np.float32) / np.float32(divisor), True
+    elif x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0, True
     x = x.astype(np.float32)
     if not x.size:
         return x, False

@@ -17,8 +17,16 @@ import torch
 
 from ..conditions import ConditionSchema
 from ..errors import CvaeError
-from .core import Dataset, DataSplits, parse_condition_spec, split_positions
-from .sources import channel_last, check_examples_shape, check_values, grey_images, load_npy
+from .core import Dataset, DataSplits, feature_scale, parse_condition_spec, split_positions
+from .sources import (
+    channel_last,
+    check_examples_shape,
+    check_values,
+    grey_images,
+    load_npy,
+    pixel_divisor,
+    warn_float_pixels,
+)
 
 CHUNK_BYTES = 64 * 2**20  # rows are read and converted this many bytes (as float32) at a time
 
@@ -33,8 +41,9 @@ class ArrayRows:
     """
 
     def __init__(self, array: np.ndarray, rows: np.ndarray, *, loc: np.ndarray | None = None,
-                 scale: np.ndarray | None = None):
+                 scale: np.ndarray | None = None, divisor: float | None = None):
         self.array = array
+        self.divisor = divisor  # images: what the stored values are divided by (sources.pixel_divisor)
         self.rows = np.asarray(rows, dtype=np.int64)
         self.loc, self.scale = loc, scale
         self.channel_last = channel_last(array.shape)
@@ -74,8 +83,11 @@ class ArrayRows:
             block = np.ascontiguousarray(block.transpose(0, 3, 1, 2))
         elif self.grey:
             block = block[:, None]
-        if self.array.dtype == np.uint8:
-            block /= 255.0  # as the in-memory loader does, to the last bit
+        if self.divisor is not None:
+            if self.divisor != 1.0:
+                block /= np.float32(self.divisor)  # as the in-memory loader does, to the last bit
+        elif self.array.dtype == np.uint8:
+            block /= 255.0
         if self.loc is not None:
             block -= self.loc
             block /= self.scale
@@ -127,9 +139,10 @@ def load_npy_stream(path: str | Path, *, condition=None, val_fraction: float = 0
     lo, hi, count = math.inf, -math.inf, 0
     mean = m2 = None
     for part in _chunks(len(x), plain.row_bytes):
-        check_values(np.asarray(x[part]), str(path), start=part.start)  # as stored: before float32 turns 1e300 into inf
+        stored = np.asarray(x[part])
+        check_values(stored, str(path), start=part.start)  # as stored: before float32 turns 1e300 into inf
+        lo, hi = min(lo, float(stored.min())), max(hi, float(stored.max()))
         block = plain[part].numpy()
-        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
         rows = block[is_train[part]].astype(np.float64)
         if len(rows):  # merge the chunk's mean and squared deviations (Chan et al., 1979)
             m, d2, k = rows.mean(0), ((rows - rows.mean(0)) ** 2).sum(0), len(rows)
@@ -140,20 +153,22 @@ def load_npy_stream(path: str | Path, *, condition=None, val_fraction: float = 0
                 mean = mean + delta * (k / total)
                 m2 = m2 + d2 + delta**2 * (count * k / total)
                 count = total
-    unit_range = kind == "image" and (x.dtype == np.uint8 or (lo >= 0.0 and hi <= 1.0))
+    divisor = pixel_divisor(x.dtype, lo, hi) if kind == "image" else None  # the in-memory loader's rule
+    unit_range = divisor is not None
+    if divisor == 255.0 and x.dtype.kind == "f":
+        warn_float_pixels(str(path), lo, hi)
     loc = scale = None
     if not unit_range:
         std = np.sqrt(m2 / count)
         if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
             raise CvaeError(f"{path}: the feature means or standard deviations are not finite; "
                             "rescale the data (change its units or take logarithms)")
-        loc, scale = mean.astype(np.float32), std.astype(np.float32)
-        scale[scale < 1e-6] = 1.0
+        loc, scale = mean.astype(np.float32), feature_scale(mean, std)
 
     def part(rows):
         if len(rows) == 0:
             return None
-        return Dataset(ArrayRows(x, rows, loc=loc, scale=scale), torch.zeros((len(rows), 0)), None)
+        return Dataset(ArrayRows(x, rows, loc=loc, scale=scale, divisor=divisor), torch.zeros((len(rows), 0)), None)
 
     return DataSplits(name=path.stem, kind=kind, schema=ConditionSchema([]), train=part(train_rows),
                       val=part(val_rows), test=None, binary=False, standardize=not unit_range, loc=loc,

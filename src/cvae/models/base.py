@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..conditions import CONDITION_LIMIT, ConditionSchema
-from ..data.sources import UNIT_SLACK
+from ..data.sources import UNIT_SLACK, pixel_divisor
 from ..errors import CvaeError
 from ..registry import Registry
 from .config import ModelConfig, check_weight
@@ -37,6 +37,8 @@ AGGREGATE_TEMPERATURE = 1.0
 
 def check_positive(name: str, value) -> int:
     """A setting that counts something (draws, a batch size): a whole number >= 1, as an int."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)  # 2.0, as sample(2.0) takes it
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise CvaeError(f"{name} must be a whole number of at least 1, got {value!r}")
     return int(value)
@@ -47,6 +49,8 @@ def check_count(n, shape: tuple[int, ...]) -> int | None:
     >= 1 whose outputs fit in memory (float32, with room for the decoder's work)."""
     if n is None:
         return None
+    if isinstance(n, (torch.Tensor, np.ndarray)) and n.ndim == 0:
+        n = n.item()  # torch.tensor(4)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) and not (
             isinstance(n, (float, np.floating)) and float(n).is_integer()):
         raise CvaeError(f"the number of samples must be a whole number, got {n!r}")
@@ -59,6 +63,18 @@ def check_count(n, shape: tuple[int, ...]) -> int | None:
         raise CvaeError(f"{int(n):,} samples would take about {need / 1e9:,.1f} GB, more than this machine has free; "
                         "draw them in batches (e.g. 10,000 at a time)")
     return int(n)
+
+
+def _numpy_dtype(dtype) -> np.dtype:
+    """The NumPy type of an input's values (a torch dtype mapped; float32 when unknown: lists, scalars)."""
+    if isinstance(dtype, torch.dtype):
+        if dtype == torch.uint8:
+            return np.dtype(np.uint8)
+        return np.dtype(np.int64) if not (dtype.is_floating_point or dtype.is_complex) else np.dtype(np.float32)
+    try:
+        return np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
+    except TypeError:
+        return np.dtype(np.float32)
 
 
 def input_layout(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -279,7 +295,7 @@ class VAEModel(nn.Module):
         (it would scramble the pixels). A run on grey levels in [0, 1] reads ``uint8`` pixels as
         training did (divided by 255) and refuses values outside [0, 1]; NaN is refused."""
         shape = tuple(self.config.data_shape)
-        eight_bit = getattr(x, "dtype", None) in (np.uint8, torch.uint8)
+        dtype = _numpy_dtype(getattr(x, "dtype", None))
         try:
             x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
         except (TypeError, ValueError, RuntimeError):
@@ -291,12 +307,13 @@ class VAEModel(nn.Module):
         if self.config.standardize:
             return (x - self.x_loc) / self.x_scale
         if len(shape) == 3 and x.numel():
-            if eight_bit:
-                return x / 255.0  # as training read 8-bit pixels, to the last bit
             low, high = float(x.min()), float(x.max())
-            if low < -UNIT_SLACK or high > 1.0 + UNIT_SLACK:
+            divisor = pixel_divisor(dtype, low, high) if low >= -UNIT_SLACK else None
+            if divisor is None:
                 raise CvaeError(f"inputs hold values from {low:g} to {high:g}, but this run's images are grey levels in "
-                                "[0, 1]: divide 8-bit pixel values by 255 (or pass them as uint8)")
+                                "[0, 1] (or 8-bit pixel values up to 255, 16-bit integers up to 65535): rescale them")
+            if divisor != 1.0:
+                return x / divisor  # pixel values, read as training read them (cvae.data.sources.pixel_divisor)
             x = x.clamp(0.0, 1.0)
         return x
 
