@@ -197,3 +197,23 @@ def test_a_feature_of_tiny_spread_keeps_its_own_scale(tmp_path):
     (tmp_path / "c.csv").write_text("\n".join(rows) + "\n")
     d = load_data(str(tmp_path / "c.csv"), condition="grp")
     assert abs(float(d.train.x[:, 1].std()) - 1.0) < 0.2  # standardised by its own spread
+
+
+def test_tab_and_semicolon_files_with_long_lines_train_and_their_runs_are_usable(tmp_path):
+    # the delimiter was guessed from the first 4,096 characters (a line of 800 samples is longer), and a run
+    # trained on a .tsv could not be used by reconstruct, embed or transfer (they read .csv files only)
+    rng = np.random.default_rng(0)
+    header = ";".join([f"t{i}" for i in range(800)] + ["label"])
+    lines = [";".join(f"{v:.3f}" for v in rng.normal(size=800)) + f";{i % 2}" for i in range(30)]
+    (tmp_path / "sig.csv").write_text(header + "\n" + "\n".join(lines) + "\n")
+    data = load_data(str(tmp_path / "sig.csv"), data_layout="signal")
+    assert data.data_shape == (1, 800) and data.schema.names == ["label"]
+    rows = ["a\tb\tgrp"] + [f"{rng.normal():.3f}\t{rng.normal():.3f}\t{'xy'[i % 2]}" for i in range(60)]
+    (tmp_path / "tab.tsv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "tab.tsv"), "--condition", "grp", "--epochs", "1", "--out", str(run),
+                 "--no-progress", "--no-tensorboard", "--no-pictures"]) == 0
+    assert main(["reconstruct", str(run), "--input", str(tmp_path / "tab.tsv"), "-o", str(tmp_path / "r.csv")]) == 0
+    assert main(["embed", str(run), "-o", str(tmp_path / "e.csv")]) == 0
+    with open(tmp_path / "r.csv") as f:
+        assert len(list(csv.reader(f))) == 61

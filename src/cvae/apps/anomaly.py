@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..data.core import read_source
-from ..data.sources import read_csv_table
+from ..data.sources import TABLE_SUFFIXES, read_csv_table
 from ..errors import CvaeError, CvaeWarning
 from ..models import CVAE, VAEModel
 from ..objectives import iwae_bound
@@ -249,7 +249,7 @@ def _write_normal_subset(data: str, out: Path, *, label_column: str | None, norm
     path = Path(data).expanduser()
     cond_names = [c.split(":")[0].strip() for c in str(condition or "").split(",")
                   if c.strip() and c.strip() != "none"]
-    if path.suffix.lower() in (".csv", ".tsv", ".txt") and path.is_file():
+    if path.suffix.lower() in TABLE_SUFFIXES and path.is_file():
         header, rows = read_csv_table(path)
         column = _resolve_label_column(label_column, header, str(path))
         if column in cond_names:
@@ -399,7 +399,7 @@ class AnomalyScores:
 
 def _columns_of(source: str, data_dir, layout: str) -> list[str]:
     path = Path(source).expanduser()
-    if path.suffix.lower() in (".csv", ".tsv", ".txt") and path.is_file():
+    if path.suffix.lower() in TABLE_SUFFIXES and path.is_file():
         return read_csv_table(path)[0]
     if path.is_file() and path.suffix.lower() not in (".npz", ".npy"):
         return []  # a single image

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..data.core import read_source
-from ..data.sources import IMAGE_SUFFIXES, UNIT_SLACK
+from ..data.sources import IMAGE_SUFFIXES, TABLE_SUFFIXES, UNIT_SLACK
 from ..errors import CvaeError
 from ..models import CVAE
 
@@ -45,7 +45,7 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
         return Inputs(x[None], None, [path.name])
     info = getattr(model, "run_config", {}).get("data", {})
     layout = "signal" if info.get("kind") == "signal" else "auto"
-    if path.suffix.lower() == ".csv" and path.is_file():
+    if path.suffix.lower() in TABLE_SUFFIXES and path.is_file():
         missing = [c for c in columns if not _has_column(path, c)]
         if missing:
             from ..data.sources import read_csv_table
@@ -54,7 +54,7 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
                             + ", ".join(read_csv_table(path)[0]))
     wanted = [a.name for a in schema.attributes if _has_column(path, a.name)] + list(columns)
     condition = ",".join(wanted) or "none"
-    raw = read_source(source, data_dir=data_dir, condition=condition if path.suffix.lower() == ".csv" else None,
+    raw = read_source(source, data_dir=data_dir, condition=condition if path.suffix.lower() in TABLE_SUFFIXES else None,
                       data_layout=layout)
     if len(shape) == 3 and raw.kind == "image" and not hasattr(raw.splits["train"][0], "grid"):
         from ..data.core import resized
@@ -140,7 +140,7 @@ def _plain(v):
 
 
 def _has_column(path: Path, name: str) -> bool:
-    if path.suffix.lower() != ".csv" or not path.is_file():
+    if path.suffix.lower() not in TABLE_SUFFIXES or not path.is_file():
         return True
     from ..data.sources import read_csv_table
 

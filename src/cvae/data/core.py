@@ -20,7 +20,15 @@ from ..conditions import (
     missing_mask,
 )
 from ..errors import CvaeError, CvaeWarning
-from .sources import MAX_ABS, NAMED_SOURCES, RawData, load_array_file, load_csv, load_image_folder
+from .sources import (
+    MAX_ABS,
+    NAMED_SOURCES,
+    TABLE_SUFFIXES,
+    RawData,
+    load_array_file,
+    load_csv,
+    load_image_folder,
+)
 
 
 @dataclass
@@ -237,7 +245,7 @@ def _read_path(source: str, *, data_dir=None, condition=None, data_layout: str =
     if suffix in (".npz", ".npy"):
         raw = load_array_file(path)
         return resized(raw, image_size) if image_size else raw
-    if suffix in (".csv", ".tsv", ".txt"):
+    if suffix in TABLE_SUFFIXES:
         if image_size:
             raise CvaeError(f"--image-size resizes images; {path.name} is a table (leave --image-size out)")
         names = [n for n, _ in parse_condition_spec(condition, _csv_header(path), str(path))]

@@ -409,6 +409,7 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 LABEL_ARRAYS = ("y", "labels", "targets")  # .npz arrays read as the 'label' column
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt")  # delimited text files of rows (the delimiter is detected)
 IMAGE_CHANNELS = (1, 2, 3, 4)  # grey, grey + alpha, RGB, RGBA: the channel counts channel_last recognises
 # holds channel-last images (Shapes3D's, PIL's and TensorFlow's order)
 
@@ -592,7 +593,8 @@ def read_csv_table(path: Path) -> tuple[list[str], list[list[str]]]:
     rows, lines, reader = [], [], None
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            sample = f.read(4096)
+            # the first lines whole (a signal's line of 800 samples is longer than any fixed-size sample)
+            sample = "".join(f.readline(1 << 20) for _ in range(5))
             f.seek(0)
             try:
                 dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
