@@ -217,3 +217,49 @@ def test_tab_and_semicolon_files_with_long_lines_train_and_their_runs_are_usable
     assert main(["embed", str(run), "-o", str(tmp_path / "e.csv")]) == 0
     with open(tmp_path / "r.csv") as f:
         assert len(list(csv.reader(f))) == 61
+
+
+def test_a_column_whose_name_holds_a_comma_is_a_condition_in_quotes(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ['a,b,"city, state"'] + [f"{rng.normal():.3f},{rng.normal():.3f},{['Austin, TX', 'Reno, NV'][i % 2]!r}"
+                                    .replace("'", '"') for i in range(40)]
+    (tmp_path / "q.csv").write_text("\n".join(rows) + "\n")
+    data = load_data(str(tmp_path / "q.csv"), condition='"city, state"')
+    assert data.schema.names == ["city, state"] and data.schema.attributes[0].classes == ["Austin, TX", "Reno, NV"]
+    assert load_data(str(tmp_path / "q.csv"), condition="'city, state':categorical").schema.names == ["city, state"]
+
+
+def test_a_comma_at_the_end_of_every_line_is_not_a_column():
+    import tempfile
+    from pathlib import Path
+
+    from cvae.data.sources import read_csv_table
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "t.csv"
+        p.write_text("a,b,grp,\n1,2,x,\n3,4,y,\n")
+        header, rows = read_csv_table(p)
+    assert header == ["a", "b", "grp"] and [list(r) for r in rows] == [["1", "2", "x"], ["3", "4", "y"]]
+
+
+def test_reconstructions_keep_ids_and_signal_samples_get_a_panel_per_class(tmp_path, monkeypatch):
+    import importlib
+
+    generate = importlib.import_module("cvae.apps.generate")
+
+    rng = np.random.default_rng(0)
+    rows = ["id,a,b,grp"] + [f"S{i:04d},{rng.normal():.3f},{rng.normal():.3f},{'xy'[i % 2]}" for i in range(40)]
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    common = ["--epochs", "1", "--no-progress", "--no-tensorboard", "--no-pictures"]
+    assert main(["train", "--data", str(tmp_path / "t.csv"), "--condition", "grp", "--out", str(run), *common]) == 0
+    assert main(["reconstruct", str(run), "--input", str(tmp_path / "t.csv"), "-o", str(tmp_path / "r.csv")]) == 0
+    with open(tmp_path / "r.csv") as f:
+        table = list(csv.DictReader(f))
+    assert table[0]["id"] == "S0000" and table[-1]["id"] == "S0039"  # the rows can be joined back
+    np.savez(tmp_path / "s.npz", x=rng.normal(size=(40, 1, 30)).astype(np.float32), label=np.arange(40) % 2)
+    assert main(["train", "--data", str(tmp_path / "s.npz"), "--out", str(tmp_path / "sig"), *common]) == 0
+    seen = {}
+    monkeypatch.setattr(generate, "save_signals", lambda out, rows, **kw: seen.update(rows=rows, **kw) or out)
+    assert main(["sample", str(tmp_path / "sig"), "--n", "6", "-o", str(tmp_path / "s.png")]) == 0
+    assert seen["row_labels"] == ["label=0", "label=1"] and [len(r) for r in seen["rows"]] == [3, 3]

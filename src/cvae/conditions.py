@@ -249,7 +249,7 @@ def parse_assignments(text: str) -> dict[str, str]:
     """``"color=red,size=10"`` -> ``{"color": "red", "size": "10"}``. A value holding a comma is quoted:
     ``label="x,y"`` (or single quotes)."""
     out: dict[str, str] = {}
-    for part in _split_unquoted(text):
+    for part in split_quoted(text, after="="):
         part = part.strip()
         if not part:
             continue
@@ -267,15 +267,18 @@ def parse_assignments(text: str) -> dict[str, str]:
     return out
 
 
-def _split_unquoted(text: str) -> list[str]:
-    """``text`` split at the commas outside a quoted value (a quote right after ``=`` opens one: an
-    apostrophe inside a value, O'Brien, is a letter)."""
+def split_quoted(text: str, *, after: str) -> list[str]:
+    """``text`` split at the commas outside quotes. A quote opens only right after ``after`` ("=" for the
+    value of ``name="x,y"``, "," for an element ``"city, state"``) or at the start: an apostrophe inside a
+    word (O'Brien) is a letter, and a quote never closed is too (the text is split at every comma)."""
     parts, current, quote = [], [], None
     for ch in text:
         if quote:
             quote = None if ch == quote else quote
-        elif ch in "\"'" and "".join(current).rstrip().endswith("="):
-            quote = ch
+        elif ch in "\"'":
+            before = "".join(current).strip()
+            if (not before) if after == "," else before.endswith(after):
+                quote = ch
         elif ch == ",":
             parts.append("".join(current))
             current = []

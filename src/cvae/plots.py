@@ -96,6 +96,9 @@ def save_signals(path, rows: list[np.ndarray], row_labels: list[str] | None = No
     With ``cmap`` (a matplotlib colour map name) the signals of a panel run through its colours in
     order, which shows a path (an interpolation, a traversal) as a gradient."""
     plt = _plt()
+    channels = max((np.asarray(r).shape[1] if np.asarray(r).ndim == 3 else 1) for r in rows) if rows else 1
+    if channels > 1:  # the first channel is drawn; say so rather than show a part as the whole
+        title = f"{title + ': ' if title else ''}channel 0 of {channels}"
     fig, axes = plt.subplots(len(rows), 1, figsize=(7, 1.3 * len(rows) + 0.6), squeeze=False, sharex=True)
     for i, (ax, sig) in enumerate(zip(axes[:, 0], rows)):
         s = np.asarray(sig)

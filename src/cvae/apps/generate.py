@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import CvaeError
@@ -46,6 +47,10 @@ def sample_to_file(model: CVAE, out: str | Path, *, n: int = 64, condition=None,
             rows = labels[::ncol] if labels and len(set(labels)) > 1 else None
             return save_image_grid(out, x, ncol, row_labels=rows, title=labels[0] if labels and not rows else None)
         if kind == 2:
+            if labels and len(set(labels)) > 1:  # one panel per condition, in the order they were generated
+                order = list(dict.fromkeys(labels))
+                panels = [x[[i for i, lab in enumerate(labels) if lab == want]].numpy() for want in order]
+                return save_signals(out, panels, row_labels=order)
             return save_signals(out, [x.numpy()], title=labels[0] if labels else None)
         return save_feature_histograms(out, x.numpy(), None, model.run_config.get("data", {}).get("features", []))
     return write_array_output(out, model, x, y)
@@ -96,4 +101,6 @@ def reconstruct_file(model: CVAE, source: str, out: str | Path, *, condition=Non
                                 reference=[inputs.x[i:i + 1].numpy() for i in range(min(4, len(rec)))],
                                 title="input (black) and reconstruction")
         raise CvaeError("a table's reconstructions are written as .csv or .npz, not .png")
-    return write_array_output(out, model, rec, y, extra={"input": inputs.x.numpy()} if out.suffix == ".npz" else None)
+    ids = np.array([str(i) for i in inputs.ids])  # the inputs' own ids (an id column), else row numbers: to join back
+    extra = {"input": inputs.x.numpy(), "ids": ids} if out.suffix.lower() == ".npz" else {"id": ids}
+    return write_array_output(out, model, rec, y, extra=extra)

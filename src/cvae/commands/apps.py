@@ -371,7 +371,8 @@ def cmd_anomaly_fit(args) -> int:
     if "val" in fit.summary:
         v = fit.summary["val"]
         print(f"  validation negative ELBO {v['loss']:.3f} nats per example")
-    print(f"  threshold ({d.score}): {d.threshold:.6g}, flags {d.fpr:.1%} of {d.n_val} held-out normal examples")
+    print(f"  threshold ({d.score}): {d.threshold:.6g}, set to flag {d.fpr:.1%} of normal examples (--fpr; the "
+          f"{1 - d.fpr:.1%} quantile of {d.n_val} held-out normal examples' scores)")
     print(f"  detector: {fit.run_dir / 'anomaly.json'}" + (f"; picture: {fit.pictures['val_scores']}" if fit.pictures else ""))
     return 0
 

@@ -18,6 +18,7 @@ from ..conditions import (
     class_text,
     continuous_from_values,
     missing_mask,
+    split_quoted,
 )
 from ..errors import CvaeError, CvaeWarning
 from .sources import (
@@ -101,8 +102,15 @@ def parse_condition_spec(spec, available: list[str], where: str = "the data") ->
     if spec in ("", "none"):
         return []
     out = []
-    for part in spec.split(","):
-        name, _, kind = part.strip().partition(":")
+    for part in split_quoted(spec, after=","):  # a column named "city, state" is given in quotes
+        part = part.strip()
+        end = part.find(part[0], 1) if part[:1] in ("'", '"') else -1
+        if end > 0:  # "name":kind
+            name, rest = part[1:end], part[end + 1:].strip()
+            kind = rest[1:] if rest.startswith(":") else rest
+        else:
+            name, _, kind = part.partition(":")
+            name = name.strip()
         kind = kind.strip() or None
         if kind not in (None, "categorical", "continuous"):
             raise CvaeError(f"condition {part!r}: the kind after ':' must be categorical or continuous")

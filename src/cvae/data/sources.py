@@ -619,6 +619,9 @@ def read_csv_table(path: Path) -> tuple[list[str], list[list[str]]]:
         # No header line (e.g. the heartbeat CSVs of MIT-BIH / PTB): every line is data and the
         # columns are named x0, x1, ... in order.
         header, data = [f"x{i}" for i in range(len(header))], CsvRows(rows, lines)
+    if header and header[-1] == "" and all(len(r) == len(header) and not r[-1].strip() for r in data):
+        # a comma at the end of every line (some exporters write one): an unnamed, empty last column
+        header, data = header[:-1], CsvRows([r[:-1] for r in data], data.lines)
     if len(set(header)) != len(header):
         dup = sorted({h for h in header if header.count(h) > 1})
         raise CvaeError(f"{path}: duplicate column name(s) {', '.join(dup)}")
