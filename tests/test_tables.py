@@ -257,6 +257,9 @@ def test_reconstructions_keep_ids_and_signal_samples_get_a_panel_per_class(tmp_p
     with open(tmp_path / "r.csv") as f:
         table = list(csv.DictReader(f))
     assert table[0]["id"] == "S0000" and table[-1]["id"] == "S0039"  # the rows can be joined back
+    noted = [rows[0] + ",notes"] + [r + ",seen twice" for r in rows[1:]]  # a text column the model never had
+    (tmp_path / "n.csv").write_text("\n".join(noted) + "\n")
+    assert main(["reconstruct", str(run), "--input", str(tmp_path / "n.csv"), "-o", str(tmp_path / "n-r.csv")]) == 0
     np.savez(tmp_path / "s.npz", x=rng.normal(size=(40, 1, 30)).astype(np.float32), label=np.arange(40) % 2)
     assert main(["train", "--data", str(tmp_path / "s.npz"), "--out", str(tmp_path / "sig"), *common]) == 0
     seen = {}

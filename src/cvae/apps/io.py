@@ -54,8 +54,10 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
                             + ", ".join(read_csv_table(path)[0]))
     wanted = [a.name for a in schema.attributes if _has_column(path, a.name)] + list(columns)
     condition = ",".join(wanted) or "none"
-    raw = read_source(source, data_dir=data_dir, condition=condition if path.suffix.lower() in TABLE_SUFFIXES else None,
-                      data_layout=layout)
+    table = path.suffix.lower() in TABLE_SUFFIXES
+    # a table's own feature columns, read by name: another column (notes, a date) is not the model's input
+    raw = read_source(source, data_dir=data_dir, condition=condition if table else None, data_layout=layout,
+                      features=info.get("features") if table and info.get("features") else None)
     if len(shape) == 3 and raw.kind == "image" and not hasattr(raw.splits["train"][0], "grid"):
         from ..data.core import resized
 

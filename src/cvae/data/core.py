@@ -205,7 +205,7 @@ def _mean_std(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_source(source: str, *, data_dir=None, condition=None, data_layout: str = "auto",
-                image_size=None, factors=None) -> RawData:
+                image_size=None, factors=None, features: list[str] | None = None) -> RawData:
     """The raw data of a named source or a path. ``factors`` names columns of a .npz / CSV file that
     are factors of variation: held out of the features, recorded in ``meta["factors"]``."""
     if source in NAMED_SOURCES:
@@ -218,7 +218,7 @@ def read_source(source: str, *, data_dir=None, condition=None, data_layout: str 
                             f"({have}): leave --factors out")
         return raw
     raw = _read_path(source, data_dir=data_dir, condition=condition, data_layout=data_layout, image_size=image_size,
-                     factors=factors)
+                     factors=factors, features=features)
     names = _factor_list(factors)
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
@@ -240,7 +240,7 @@ def _factor_list(spec) -> list[str]:
 
 
 def _read_path(source: str, *, data_dir=None, condition=None, data_layout: str = "auto", image_size=None,
-               factors=None) -> RawData:
+               factors=None, features: list[str] | None = None) -> RawData:
     path = Path(source).expanduser()
     if not path.exists():
         raise CvaeError(
@@ -262,7 +262,8 @@ def _read_path(source: str, *, data_dir=None, condition=None, data_layout: str =
         if missing:
             raise CvaeError(f"{path} has no factor column(s) {', '.join(missing)} (--factors); its columns are: "
                             f"{', '.join(_csv_header(path))}")
-        raw = load_csv(path, names + extra, layout="signal" if data_layout == "signal" else "table")
+        raw = load_csv(path, names + extra, layout="signal" if data_layout == "signal" else "table",
+                       feature_columns=features)
         return raw
     raise CvaeError(f"cannot read {path}: expected a .npz, .npy or .csv file or an image folder")
 
