@@ -654,6 +654,10 @@ def load_csv(path: Path, condition_columns: list[str], *, layout: str = "table",
     ``layout="signal"`` reads each row's features as a 1-D signal of shape (1, L).
     """
     header, rows = read_csv_table(path)
+    missing = [c for c in feature_columns or [] if c not in header]
+    if missing:  # the columns a trained model reads
+        raise CvaeError(f"{path} lacks the feature column(s) {', '.join(missing)} the model was trained on; its "
+                        f"columns are: {', '.join(header)}")
     for c in condition_columns + (feature_columns or []) + ([id_column] if id_column else []):
         if c not in header:
             raise CvaeError(f"{path} has no column {c!r}; its columns are: {', '.join(header)}")
