@@ -266,3 +266,19 @@ def test_reconstructions_keep_ids_and_signal_samples_get_a_panel_per_class(tmp_p
     monkeypatch.setattr(generate, "save_signals", lambda out, rows, **kw: seen.update(rows=rows, **kw) or out)
     assert main(["sample", str(tmp_path / "sig"), "--n", "6", "-o", str(tmp_path / "s.png")]) == 0
     assert seen["row_labels"] == ["label=0", "label=1"] and [len(r) for r in seen["rows"]] == [3, 3]
+
+
+def test_an_id_column_is_known_by_its_name(tmp_path):
+    # only a column named exactly 'id' was ids: 'Sample Id' was refused as text (whose advice made it a
+    # 150-class condition) and a numeric patient_id silently became a feature
+    import warnings
+
+    rng = np.random.default_rng(0)
+    for name, value in (("Sample Id", lambda i: f"S{i:03d}"), ("patient_id", lambda i: str(1000 + i))):
+        rows = [f'"{name}",a,b,grp'] + [f"{value(i)},{rng.normal():.3f},{rng.normal():.3f},{'xy'[i % 2]}" for i in range(30)]
+        (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = load_data(str(tmp_path / "t.csv"), condition="grp", val_fraction=0.0)
+        assert data.data_shape == (2,) and data.meta["features"] == ["a", "b"]
+        assert data.train.ids[0] == value(0) and any("read as the rows' ids" in str(w.message) for w in caught)

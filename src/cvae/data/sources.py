@@ -409,6 +409,8 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 LABEL_ARRAYS = ("y", "labels", "targets")  # .npz arrays read as the 'label' column
+# a column of row ids, by its name: id, ID, sample_id, "Sample Id", patient-id, patientID (not "valid", "grid")
+ID_NAME = re.compile(r"^(?i:id)$|[ _-](?i:id)$|[a-z](?:Id|ID)$")
 TABLE_SUFFIXES = (".csv", ".tsv", ".txt")  # delimited text files of rows (the delimiter is detected)
 IMAGE_CHANNELS = (1, 2, 3, 4)  # grey, grey + alpha, RGB, RGBA: the channel counts channel_last recognises
 # holds channel-last images (Shapes3D's, PIL's and TensorFlow's order)
@@ -661,8 +663,12 @@ def load_csv(path: Path, condition_columns: list[str], *, layout: str = "table",
     for c in condition_columns + (feature_columns or []) + ([id_column] if id_column else []):
         if c not in header:
             raise CvaeError(f"{path} has no column {c!r}; its columns are: {', '.join(header)}")
-    if id_column is None and "id" in header and "id" not in condition_columns:
-        id_column = "id"
+    if id_column is None:
+        named = [h for h in header if ID_NAME.search(h) and h not in condition_columns and h not in (feature_columns or [])]
+        id_column = "id" if "id" in named else (named[0] if named else None)
+        if id_column not in (None, "id") and feature_columns is None:
+            warnings.warn(f"{path}: column {id_column!r} is read as the rows' ids (its name says so), not as a feature",
+                          CvaeWarning, stacklevel=2)
     exclude = set(condition_columns) | ({id_column} if id_column else set())
     features = feature_columns or [h for h in header if h not in exclude]
     if not features:
