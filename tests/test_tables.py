@@ -282,3 +282,19 @@ def test_an_id_column_is_known_by_its_name(tmp_path):
             data = load_data(str(tmp_path / "t.csv"), condition="grp", val_fraction=0.0)
         assert data.data_shape == (2,) and data.meta["features"] == ["a", "b"]
         assert data.train.ids[0] == value(0) and any("read as the rows' ids" in str(w.message) for w in caught)
+
+
+def test_a_class_or_target_column_is_the_default_condition(tmp_path):
+    # a 'Class' text column was refused as text in a feature; a numeric 'target' silently became a feature
+    import warnings
+
+    rng = np.random.default_rng(0)
+    for name, value in (("Class", lambda i: "ab"[i % 2]), ("target", lambda i: str(i % 3))):
+        rows = [f"a,b,{name}"] + [f"{rng.normal():.3f},{rng.normal():.3f},{value(i)}" for i in range(30)]
+        (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = load_data(str(tmp_path / "t.csv"))
+        assert data.schema.names == [name] and data.data_shape == (2,)
+        assert any("is the condition (its name says so)" in str(w.message) for w in caught)
+        assert not load_data(str(tmp_path / "t.csv"), condition="none", data_layout="auto").schema if name == "target" else True

@@ -92,10 +92,26 @@ class DataSplits:
         return "gaussian-learned" if self.standardize else "bernoulli"
 
 
+LABEL_COLUMNS = ("label", "labels", "class", "target")  # a column named so is the default condition
+
+
+def default_condition(available: list[str]) -> str | None:
+    """The column that is the condition when none is named: ``label``, else the first whose name is one of
+    LABEL_COLUMNS in any case (``Class``, ``target``), else None."""
+    if "label" in available:
+        return "label"
+    for want in LABEL_COLUMNS:
+        for name in available:
+            if name.lower() == want:
+                return name
+    return None
+
+
 def parse_condition_spec(spec, available: list[str], where: str = "the data") -> list[tuple[str, str | None]]:
-    """``None`` -> ``label`` when there is one, else none; ``"none"``; ``"a,b:continuous"``."""
+    """``None`` -> the default condition (:func:`default_condition`), else none; ``"none"``; ``"a,b:continuous"``."""
     if spec is None:
-        return [("label", None)] if "label" in available else []
+        name = default_condition(available)
+        return [(name, None)] if name else []
     if isinstance(spec, (list, tuple)):
         spec = ",".join(spec)
     spec = str(spec).strip()
@@ -332,8 +348,11 @@ def load_data(source: str, *, data_dir=None, condition=None, val_fraction: float
             raw = _subsample(raw, rows, seed)
     factor_names = list(raw.meta.get("factors", []))
     factor_codes = _factor_codes(raw, factor_names)
-    if condition is None and "label" in factor_names:
-        condition = "none"  # a factor is held out: the default condition, 'label', is not taken from it
+    if condition is None and default_condition(raw.columns) in factor_names:
+        condition = "none"  # a factor is held out: the default condition is not taken from it
+    elif condition is None and default_condition(raw.columns) not in (None, "label"):
+        warnings.warn(f"{source}: column {default_condition(raw.columns)!r} is the condition (its name says so); "
+                      "--condition none trains without one, --condition COLUMN names another", CvaeWarning, stacklevel=2)
     schema, codes = build_schema(raw, condition, source)
     label_schema, label_codes = build_schema(raw, "label:categorical", source) if "label" in raw.columns else (None, None)
     labels_of = ({split: np.nan_to_num(label_codes[split][:, 0], nan=-1).astype(np.int64) for split in raw.splits}
