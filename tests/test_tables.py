@@ -298,3 +298,18 @@ def test_a_class_or_target_column_is_the_default_condition(tmp_path):
         assert data.schema.names == [name] and data.data_shape == (2,)
         assert any("is the condition (its name says so)" in str(w.message) for w in caught)
         assert not load_data(str(tmp_path / "t.csv"), condition="none", data_layout="auto").schema if name == "target" else True
+
+
+def test_whole_number_columns_are_written_back_as_whole_numbers(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ["count,a,age,grp"] + [f"{rng.integers(0, 10)},{rng.normal():.3f},{rng.integers(20, 70)},{'xy'[i % 2]}"
+                                  for i in range(60)]
+    (tmp_path / "c.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "c.csv"), "--condition", "grp,age:continuous", "--epochs", "1",
+                 "--out", str(run), "--no-progress", "--no-tensorboard", "--no-pictures"]) == 0
+    assert main(["sample", str(run), "--condition", "grp=x,age=45", "--n", "5", "-o", str(tmp_path / "s.csv")]) == 0
+    with open(tmp_path / "s.csv") as f:
+        table = list(csv.DictReader(f))
+    assert all(r["count"].lstrip("-").isdigit() and r["age"] == "45" for r in table)  # not 4.83271, not 45.0
+    assert any("." in r["a"] for r in table)  # a real-valued column keeps its fractions

@@ -423,7 +423,7 @@ class Trainer:
                 "binary": data.binary, "standardize": data.standardize, "n_train": len(data.train),
                 "n_val": len(data.val) if data.val else 0, "n_test": len(data.test) if data.test else 0,
                 **({"labelled": data.labels_seen()} if data.schema.categorical_blocks() else {}),
-                **{k: v for k, v in data.meta.items() if k in ("features", "sequences")},
+                **{k: v for k, v in data.meta.items() if k in ("features", "whole_features", "sequences")},
             },
             "execution": {"processes": self.ranks.world, "device": str(self.device),
                           "threads": torch.get_num_threads(), "native_bfloat16": native_bfloat16(self.device)},

@@ -179,8 +179,12 @@ def write_array_output(path: str | Path, model: CVAE, x: torch.Tensor, y: torch.
         if len(names) != flat.shape[1]:
             names = [f"x{i}" for i in range(flat.shape[1])]
         lead = {k: np.asarray(v) for k, v in (extra or {}).items() if np.ndim(v) == 1 and len(v) == len(flat)}
+        whole = set(getattr(model, "run_config", {}).get("data", {}).get("whole_features") or [])
+        whole = np.array([n in whole for n in names])  # features the data held as whole numbers: rounded back
         write_csv(path, list(lead) + list(names) + list(conds),
-                  ([csv_cell(lead[k][i]) for k in lead] + [f"{v:.6g}" for v in flat[i]] + [conds[k][i] for k in conds]
+                  ([csv_cell(lead[k][i]) for k in lead]
+                   + [f"{round(v):d}" if w else f"{v:.6g}" for v, w in zip(flat[i].tolist(), whole)]
+                   + [csv_cell(conds[k][i]) for k in conds]
                    for i in range(len(flat))))
     else:
         raise CvaeError(f"cannot write {path}: use a .png, .npz or .csv file name")

@@ -706,6 +706,9 @@ def load_csv(path: Path, condition_columns: list[str], *, layout: str = "table",
         except ValueError:
             columns[c] = np.array(vals)
     meta = {"features": features}
+    if layout != "signal" and len(x):  # counts, years, ratings: written back as whole numbers
+        whole = np.all(x == np.round(x), axis=0)
+        meta["whole_features"] = [f for f, w in zip(features, whole) if w]
     if id_column:
         meta["ids"] = [r[header.index(id_column)] for r in rows]
     if layout == "signal":
