@@ -243,6 +243,8 @@ def test_inputs_in_any_layout_a_user_holds_give_the_same_codes():
     grey = make("textbook", shape=(1, 8, 8)).eval()
     g, yg, _ = batch((1, 8, 8), n=4)
     assert torch.allclose(grey.encode(g[:, 0], yg).mu, grey.encode(g, yg).mu)  # no channel axis
+    big = torch.nn.functional.interpolate(g, size=(16, 16), mode="nearest")  # another size: resized, as the CLI does
+    assert grey.encode(big, yg).mu.shape == (4, grey.config.latent_dim)
 
 
 @pytest.mark.parametrize("call, fragment", [

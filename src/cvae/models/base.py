@@ -291,7 +291,7 @@ class VAEModel(nn.Module):
         """Data-unit inputs -> the model's units (standardised where the model standardises), the inverse
         of :meth:`to_data_units`. Any array of numbers: (N, *data_shape), one example without its batch
         axis, flat rows (N, features), grey images without their channel axis (N, H, W) and channel-last
-        images (N, H, W, C) are read; another shape of the same size is refused rather than reshaped
+        images (N, H, W, C) are read, and (N, C, H', W') images of another size resized; another shape of the same size is refused rather than reshaped
         (it would scramble the pixels). A run on grey levels in [0, 1] reads ``uint8`` pixels as
         training did (divided by 255) and refuses values outside [0, 1]; NaN is refused."""
         shape = tuple(self.config.data_shape)
@@ -301,6 +301,10 @@ class VAEModel(nn.Module):
         except (TypeError, ValueError, RuntimeError):
             raise CvaeError(f"inputs must be an array of numbers of shape (N, {', '.join(map(str, shape))}); got "
                             f"{type(x).__name__}" + (f" of {x.dtype}" if hasattr(x, "dtype") else "")) from None
+        if len(shape) == 3 and x.ndim == 4 and x.shape[1] == shape[0] and tuple(x.shape[2:]) != shape[1:]:
+            # images of another size: resized as the command line resizes its inputs (and --image-size its data)
+            x = torch.nn.functional.interpolate(x, size=shape[1:], mode="bilinear", align_corners=False,
+                                                antialias=x.shape[2] > shape[1] or x.shape[3] > shape[2])
         x = input_layout(x, shape)
         if not torch.isfinite(x).all():
             raise CvaeError("inputs contain NaN or infinite values; clean or drop those examples")
