@@ -292,3 +292,12 @@ def test_a_class_name_with_a_comma_is_asked_for_in_quotes():
     assert parse_assignments("cls='90s,size=0.5") == {"cls": "'90s", "size": "0.5"}  # a quote never closed too
     schema = ConditionSchema([Attribute("label", "categorical", ["x,y", "z"])])
     assert schema.parse('label="x,y"').tolist() == [[0.0]]
+
+
+def test_a_number_names_a_class_it_is_not_an_index_into_numbered_classes():
+    # label=0 on a run with classes 1, 2, 5 silently gave class '1' (index 0)
+    numbered = Attribute("label", "categorical", ["1", "2", "5"])
+    with pytest.raises(CvaeError, match="unknown value '0'"):
+        numbered.code(0)
+    assert numbered.code(5) == 2.0 and numbered.code("2") == 1.0
+    assert Attribute("label", "categorical", ["cat", "dog"]).code(1) == 1.0  # named classes: an index still works

@@ -248,7 +248,32 @@ def test_anomaly_scores_are_the_cli_scores_against_the_run_threshold(client, run
     assert rec["input"]["kind"] == "signal" and np.array(rec["reconstruction"]["values"]).shape == (12, 1, 64)
 
 
+def zeros_npz(rows: int) -> bytes:
+    """A small compressed .npz whose array decompresses to rows x 8 x 8 float32 (zeros)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=np.zeros((rows, 8, 8), np.float32), y=np.zeros(rows, np.int64))
+    return buf.getvalue()
+
+
+def flat_png(side: int) -> bytes:
+    """A PNG of one grey level, a few kilobytes for any size."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (side, side), 128).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 BAD = [  # (path, request, status, what the answer says)
+    # a small upload that decodes to gigabytes is refused before it is decoded (a 1 MB .npz took 2 GB)
+    ("/v1/runs/digits/reconstruct", {"files": {"file": ("x.npz", zeros_npz(300_000), "application/octet-stream")}},
+     422, "decompressed; the limit is"),
+    ("/v1/runs/digits/reconstruct", {"files": {"file": ("x.png", flat_png(5000), "image/png")},
+                                     "data": {"condition": "label=1"}}, 422, "5000x5000 pixels; the limit is"),
+    # a long list of targets is counted before the work (50,000 took 35 s and 11 GB first)
+    ("/v1/runs/digits/transfer", {"files": {"file": ("x.png", digit_png(), "image/png")},
+                                  "data": {"condition": "label=3", "targets": ";".join(["label=1"] * 500)}}, 422,
+     "targets must be from 1 to 32, got 500"),
     ("/v1/runs/digits/generate", {"json": {"condition": {"label": "11"}}}, 422, "unknown value '11' for condition 'label'"),
     ("/v1/runs/digits/generate", {"json": {"condition": "colour=red"}}, 422, "unknown condition 'colour'"),
     ("/v1/runs/digits/generate", {"json": {"n": 100}}, 422, "n must be from 1 to 64"),
@@ -268,6 +293,8 @@ BAD = [  # (path, request, status, what the answer says)
      "condition 'label': give an object of condition names and values, each a string or a number"),
     ("/v1/runs/digits/generate", {"json": {"condition": ["7"]}}, 422, "or a string such as \"label=7\""),
     ("/v1/runs/wine/generate", {"json": {"condition": {"alcohol": 1e9}}}, 422, "more than 1,000 standard deviations"),
+    ("/v1/runs/wine/generate", {"json": {"condition": {"alcohol": 1e39}}}, 422,  # was a 16-row tensor in the message
+     "condition 'alcohol' = inf is not finite once standardised"),
     ("/v1/runs/nope/generate", {"json": {}}, 404, "no run named 'nope'"),
     ("/v1/runs/digits/decode", {"json": {"values": {"9": 1.0}}}, 422, "out of range: this model has 4"),
     ("/v1/runs/digits/traverse", {"json": {"low": 2, "high": 1}}, 422, "LOW < HIGH"),

@@ -65,8 +65,8 @@ class Attribute:
             named = None
         if named in self.classes:
             return float(self.classes.index(named))
-        if isinstance(value, bool):
-            pass  # True is not class 1: a boolean names the class 'True' or 'False' alone
+        if isinstance(value, bool) or any(_numeric(c) for c in self.classes):
+            pass  # True is not class 1; nor is 0 the first of classes named 1, 2, 5 (a number names a class)
         elif isinstance(value, (int, np.integer)) or text.lstrip("-").isdigit():
             i = int(text)
             if 0 <= i < len(self.classes):
@@ -335,6 +335,14 @@ def categorical_from_values(name: str, values: Sequence) -> tuple[Attribute, np.
     index = {t: i for i, t in enumerate(order)}
     codes[~gone] = [index[t] for t in texts]
     return Attribute(name, "categorical", order), codes
+
+
+def _numeric(name: str) -> bool:
+    try:
+        float(name)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def class_text(value) -> str:

@@ -271,8 +271,11 @@ class VAEModel(nn.Module):
                             "semi-supervised model, --model m2, infers a missing label)")
         c = self.schema.encode(y).to(self.device)
         if not torch.isfinite(c).all():
-            raise CvaeError(f"the condition {condition!r} holds a value that is not finite once standardised; "
-                            "give values near the training data's range")
+            j, a = next((j, a) for j, a in enumerate(self.schema.attributes) if a.kind == "continuous"
+                        and not torch.isfinite((y[:, j].float() - a.mean) / a.std).all())
+            i = int(torch.nonzero(~torch.isfinite((y[:, j].float() - a.mean) / a.std))[0, 0])
+            raise CvaeError(f"condition {a.name!r} = {float(y[i, j]):g} is not finite once standardised (its training "
+                            f"mean is {a.mean:.4g}, standard deviation {a.std:.4g}); give a value near the training range")
         far = self.schema.far_value(y)
         if far is not None:
             j, i = far

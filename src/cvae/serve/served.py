@@ -54,6 +54,8 @@ class Limits:
     max_n: int = 64  # examples generated per request
     max_rows: int = 64  # rows of an upload that are read
     max_upload_bytes: int = 5 * 2**20  # an uploaded file
+    max_decoded_bytes: int = 64 * 2**20  # the arrays of an uploaded .npz once decompressed
+    max_pixels: int = 4096 * 4096  # an uploaded image once decoded
     max_targets: int = 32  # transfer targets per request
 
 
@@ -217,7 +219,12 @@ class ServedRun:
         if x.ndim == 3:
             return {"kind": "signal", "n": n, "shape": list(x.shape[1:]), "values": _numbers(x)}
         names = self.features if len(self.features) == x.shape[1] else [f"x{i}" for i in range(x.shape[1])]
-        return {"kind": "table", "n": n, "features": names, "values": _numbers(x.reshape(n, -1))}
+        x = x.reshape(n, -1)
+        whole = set(self.model.run_config.get("data", {}).get("whole_features") or [])
+        cols = [j for j, name in enumerate(names) if name in whole]
+        if cols:  # whole-number columns (counts, ages) as the CSV outputs write them
+            x[:, cols] = x[:, cols].round()
+        return {"kind": "table", "n": n, "features": names, "values": _numbers(x)}
 
     def strings(self, strings: list[str]) -> dict:
         """Sequences as the page shows them: the strings; for molecules the canonical SMILES (the raw
@@ -300,6 +307,7 @@ class ServedRun:
                               f"columns of the training data) or a .npy/.npz array, not an image")
         path = Path(directory) / f"upload{suffix}"
         path.write_bytes(data)
+        self._check_expansion(path, suffix)
         inputs = read_inputs(self.model, str(path), n=self.limits.max_rows)
         if len(inputs.x) == 0:
             raise CvaeError("the upload holds no examples")
@@ -340,6 +348,8 @@ class ServedRun:
         """``cvae transfer``: each input decoded with every target condition (default: every class)."""
         if not self.model.schema:
             raise CvaeError("this run is a plain VAE (no condition): there is no condition to transfer to")
+        if targets:  # counted before anything is decoded (each target decodes every input)
+            self._check_count(len(targets), self.limits.max_targets, "targets")
         if self.kind == "sequence":
             from ..apps.sequences import transfer_strings
 
@@ -393,6 +403,32 @@ class ServedRun:
         return {"ids": _ids(emb.ids), "mu": _numbers(emb.mu), "var": _numbers(emb.var),
                 "conditions": {k: [v.item() if hasattr(v, "item") else v for v in vals]
                                for k, vals in emb.conditions.items()}}
+
+    def _check_expansion(self, path: Path, suffix: str) -> None:
+        """A small compressed upload can decode to gigabytes (a .npz of zeros, a PNG of one colour): the
+        decompressed size of a .npz and the pixels of an image are bounded before anything is decoded."""
+        import zipfile
+
+        if suffix == ".npz":
+            try:
+                with zipfile.ZipFile(path) as z:
+                    size = sum(info.file_size for info in z.infolist())
+            except (zipfile.BadZipFile, OSError, ValueError):
+                return  # the reader names a damaged file
+            if size > self.limits.max_decoded_bytes:
+                raise CvaeError(f"the upload's arrays take {size:,} bytes decompressed; the limit is "
+                                  f"{self.limits.max_decoded_bytes:,} (send at most {self.limits.max_rows} examples)")
+        elif suffix in (".png", ".jpg"):
+            from PIL import Image
+
+            try:
+                with Image.open(path) as im:
+                    width, height = im.size
+            except Exception:  # noqa: BLE001 - the reader names a damaged image
+                return
+            if width * height > self.limits.max_pixels:
+                raise CvaeError(f"the uploaded image is {width}x{height} pixels; the limit is "
+                                  f"{self.limits.max_pixels:,} pixels: shrink it first")
 
     @staticmethod
     def _check_count(value: int, limit: int, what: str) -> None:
