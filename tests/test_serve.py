@@ -278,6 +278,9 @@ BAD = [  # (path, request, status, what the answer says)
     ("/v1/runs/digits/generate", {"json": {"condition": "colour=red"}}, 422, "unknown condition 'colour'"),
     ("/v1/runs/digits/generate", {"json": {"n": 100}}, 422, "n must be from 1 to 64"),
     ("/v1/runs/digits/generate", {"json": {"n": 0}}, 422, "n: Input should be greater than or equal to 1"),
+    ("/v1/runs/digits/generate", {"json": {"n": True}}, 422, "n: Input should be a valid integer"),  # was 1
+    ("/v1/runs/digits/generate", {"json": {"n": "5"}}, 422, "n: Input should be a valid integer"),  # was 5
+    ("/v1/runs/digits/traverse", {"json": {"dims": []}}, 422, "dims: List should have at least 1 item"),  # blank PNG
     ("/v1/runs/digits/generate", {"json": {"temperature": -1}}, 422, "temperature"),
     ("/v1/runs/digits/generate", {"json": {"seed": 2**63}}, 422, "seed"),
     ("/v1/runs/digits/generate", {"json": {"nn": 3}}, 422, "nn: Extra inputs are not permitted"),

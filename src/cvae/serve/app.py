@@ -24,7 +24,7 @@ from typing import Annotated, Literal
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from ..errors import CvaeError
 from .served import Limits, ServedRun, UploadError, run_names
@@ -56,13 +56,13 @@ CONDITION_HELP = "the condition, e.g. {\"label\": \"7\"} or \"label=7\"; left ou
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     condition: Condition = Field(None, description=CONDITION_HELP)
-    n: int = Field(16, ge=1, le=256, description="how many examples (at most the server's max_n, default 64)")
-    seed: int = Field(0, ge=0, lt=2**63, description="the same seed gives the same examples, byte for byte")
+    n: StrictInt = Field(16, ge=1, le=256, description="how many examples (at most the server's max_n, default 64)")
+    seed: StrictInt = Field(0, ge=0, lt=2**63, description="the same seed gives the same examples, byte for byte")
     temperature: float | None = Field(None, ge=0.0, le=10.0, allow_inf_nan=False,
                                       description="scale of the standard deviations of the codes' distribution (1 "
                                                   "samples it exactly; default as cvae sample: 0.9 for the prior, 1 "
                                                   "for a run's fitted aggregate posterior)")
-    draw: bool = Field(False, description="draw x ~ p(x | z, c) instead of its mean")
+    draw: StrictBool = Field(False, description="draw x ~ p(x | z, c) instead of its mean")
     guidance: float | None = Field(None, ge=0.0, le=20.0, allow_inf_nan=False,
                                    description="classifier-free guidance weight (runs trained with --condition-dropout; "
                                                "default: the run's)")
@@ -82,9 +82,10 @@ class DecodeRequest(BaseModel):
 class TraverseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     condition: Condition = Field(None, description=CONDITION_HELP)
-    dims: list[int] | None = Field(None, max_length=16, description="dimensions (default: the top ones by KL)")
-    top: int = Field(5, ge=1, le=16)
-    steps: int = Field(9, ge=2, le=15)
+    dims: list[StrictInt] | None = Field(None, min_length=1, max_length=16,
+                                         description="dimensions (default: the top ones by KL)")
+    top: StrictInt = Field(5, ge=1, le=16)
+    steps: StrictInt = Field(9, ge=2, le=15)
     low: float = Field(-3.0, ge=-10.0, le=10.0, allow_inf_nan=False)
     high: float = Field(3.0, ge=-10.0, le=10.0, allow_inf_nan=False)
 
