@@ -574,3 +574,23 @@ def test_the_page_in_a_headless_browser(server, browser, runs, tmp_path):
     # offline: every request went to this server (or was a data: URL), and the console stayed clean
     outside = [u for u in b.requested_urls() if not (u.startswith(server) or u.startswith("data:"))]
     assert outside == [] and b.console_errors() == [], [e[:300] for e in b.console_errors()]
+
+
+def test_a_detector_fitted_from_an_array_scores_a_labelled_csv_upload_as_the_cli_does(tmp_path):
+    # the upload was read before the detector's label column was known: "(1, 17); this model expects (1, 16)"
+    from fastapi.testclient import TestClient
+
+    from cvae.apps import fit_anomaly
+    from cvae.serve import create_app
+
+    rng = np.random.default_rng(0)
+    y = np.arange(120) % 2
+    x = (np.sin(np.linspace(0, 6, 16))[None, None] * (1 + y[:, None, None]) + rng.normal(0, 0.1, (120, 1, 16)))
+    np.savez(tmp_path / "sig.npz", x=x.astype(np.float32), y=y)
+    fit_anomaly(str(tmp_path / "sig.npz"), out=tmp_path / "det", normal="0", epochs=2, batch_size=32, pictures=False)
+    rows = "label," + ",".join(f"t{i}" for i in range(16)) + "\n" + "".join(
+        f"{y[i]}," + ",".join(f"{v:.4f}" for v in x[i, 0]) + "\n" for i in range(8))
+    with TestClient(create_app([tmp_path / "det"])) as client:
+        r = client.post("/v1/runs/det/score", files={"file": ("rows.csv", rows.encode(), "text/csv")})
+    assert r.status_code == 200, r.text
+    assert len(r.json()["scores"]) == 8

@@ -286,19 +286,21 @@ class ServedRun:
                 "base": result.base_labels[0] if result.base_labels else ""}
 
     @contextmanager
-    def upload(self, data: bytes):
+    def upload(self, data: bytes, *, read: bool = True):
         """The examples of an uploaded file (at most ``max_rows``) and the file itself, written under a
         name the server chooses in a temporary folder of its own (removed afterwards) and read by the
         readers the CLI uses; their errors name "the upload", not the temporary file."""
         with tempfile.TemporaryDirectory(prefix="cvae-serve-") as tmp:
             try:
-                yield self.read_upload(data, tmp)
+                yield self.read_upload(data, tmp, read=read)
             except CvaeError as e:
                 text = str(e).replace(str(Path(tmp) / "upload"), "the upload").replace(tmp, "the upload's folder")
                 text = re.sub(r"the upload\.(png|jpg|npy|npz|csv)", r"the upload (.\1)", text)
                 raise type(e)(text) from None
 
-    def read_upload(self, data: bytes, directory: str | Path):
+    def read_upload(self, data: bytes, directory: str | Path, *, read: bool = True):
+        """The file written (its type and decoded size checked) and, with ``read``, its examples (a detector
+        reads its own: it knows its label column)."""
         if len(data) > self.limits.max_upload_bytes:
             raise UploadError(f"the upload is {len(data):,} bytes; the limit is {self.limits.max_upload_bytes:,}")
         suffix = upload_suffix(data)
@@ -308,6 +310,8 @@ class ServedRun:
         path = Path(directory) / f"upload{suffix}"
         path.write_bytes(data)
         self._check_expansion(path, suffix)
+        if not read:
+            return None, path
         inputs = read_inputs(self.model, str(path), n=self.limits.max_rows)
         if len(inputs.x) == 0:
             raise CvaeError("the upload holds no examples")
@@ -377,7 +381,7 @@ class ServedRun:
         if self.detector is None:
             raise CvaeError(f"run {self.name!r} is not an anomaly detector (it has no {DETECTOR_FILE}); "
                             "fit one with `cvae anomaly fit`")
-        with self.upload(data) as (_, path):
+        with self.upload(data, read=False) as (_, path):
             result = score_anomalies(self.model, str(path), n=self.limits.max_rows, condition=condition or None)
         out = {"score": result.score, "threshold": result.threshold, "fpr": self.detector.fpr,
                "scores": _numbers(result.scores), "flags": [bool(f) for f in result.flags], "ids": _ids(result.ids)}
