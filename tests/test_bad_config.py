@@ -499,3 +499,16 @@ def test_a_model_setting_edited_in_config_json_that_keeps_the_shapes_is_refused(
     cfg["model"][key], cfg["model"]["guidance"] = before, 3.0  # the default guidance weight is the user's to change
     (run / "config.json").write_text(json.dumps(cfg))
     assert cvae.load(run).config.guidance == 3.0
+
+
+def test_resume_keeps_a_default_guidance_weight_edited_in_config_json(tmp_path):
+    run = tmp_path / "run"
+    common = ["--data", "digits", "--limit", "200", "--hidden", "16", "--latent-dim", "2", "--no-pictures", "--no-progress",
+              "--no-tensorboard", "--out", str(run)]
+    assert main(["train", *common, "--epochs", "1"]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["guidance"] = 3.5  # the user's own default for sampling
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["model"]["guidance"] == 3.5  # was rewritten to 2.0
+    assert cvae.load(run).config.guidance == 3.5

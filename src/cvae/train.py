@@ -25,7 +25,7 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -358,6 +358,10 @@ class Trainer:
         if not resume:
             self.config = config = with_class_defaults(config, model_class_for(config, data), data, explicit)
         self.model_config = model_config_for(config, data)
+        if resume and not (explicit and "guidance" in explicit):  # the default weight is the user's to edit
+            saved = (read_config(run_dir).get("model") or {}).get("guidance") if (run_dir / "config.json").is_file() else None
+            if isinstance(saved, (int, float)) and not isinstance(saved, bool) and saved != self.model_config.guidance:
+                self.model_config = replace(self.model_config, guidance=float(saved))
         self.info = self._run_info()
         self.model = build_model(self.model_config, run=RunInfo(run_dir, self.info)).to(device)
         if data.standardize:
