@@ -428,3 +428,10 @@ def test_small_square_arrays_are_matrices_not_pictures(tmp_path):
     np.save(tmp_path / "m.npy", np.random.default_rng(0).uniform(0, 100, (50, 3, 3)).astype(np.float32))
     d = load_data(str(tmp_path / "m.npy"))
     assert d.kind == "signal" and d.standardize  # (N, 3, 3) distances: not 3x3 pictures divided by 255
+
+
+def test_a_signal_array_that_looks_channel_last_is_read_as_stored_with_a_warning(tmp_path):
+    np.savez(tmp_path / "s.npz", x=np.random.default_rng(0).normal(size=(30, 64, 3)).astype(np.float32))
+    with pytest.warns(Warning, match=r"read as 64 channels of 3 steps.*x.transpose\(0, 2, 1\)"):
+        d = load_data(str(tmp_path / "s.npz"))
+    assert d.data_shape == (64, 3)

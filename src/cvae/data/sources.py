@@ -436,6 +436,10 @@ def load_array_file(path: Path) -> RawData:
     x, unit = _as_float(x, f"{path} (array 'x')")
     if grey_images(x.shape):
         x = x[:, None]  # (N, H, W) square images -> (N, 1, H, W)
+    elif x.ndim == 3 and x.shape[2] <= 4 < x.shape[1]:  # many channels of a few steps: likely (N, L, C)
+        warnings.warn(f"{path}: 'x' has shape {tuple(x.shape)}, read as {x.shape[1]} channels of {x.shape[2]} steps "
+                      f"each; if it holds {x.shape[2]} channel(s) of {x.shape[1]} steps (channel-last), save it as "
+                      f"x.transpose(0, 2, 1)", CvaeWarning, stacklevel=2)
     if channel_last(x.shape):
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (N, H, W, C) -> (N, C, H, W)
     columns = {}
