@@ -313,3 +313,13 @@ def test_whole_number_columns_are_written_back_as_whole_numbers(tmp_path):
         table = list(csv.DictReader(f))
     assert all(r["count"].lstrip("-").isdigit() and r["age"] == "45" for r in table)  # not 4.83271, not 45.0
     assert any("." in r["a"] for r in table)  # a real-valued column keeps its fractions
+
+
+def test_a_headerless_file_whose_last_column_looks_like_labels_says_so(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = [",".join(f"{v:.4f}" for v in rng.normal(size=20)) + f",{i % 3}" for i in range(30)]
+    (tmp_path / "beats.csv").write_text("\n".join(lines) + "\n")
+    with pytest.warns(Warning, match="last column holds whole numbers .* pass --condition x20"):
+        data = load_data(str(tmp_path / "beats.csv"), data_layout="signal")
+    assert data.data_shape == (1, 21)  # read as data, as stored
+    assert load_data(str(tmp_path / "beats.csv"), data_layout="signal", condition="x20").data_shape == (1, 20)

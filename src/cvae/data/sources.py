@@ -675,6 +675,12 @@ def load_csv(path: Path, condition_columns: list[str], *, layout: str = "table",
                           CvaeWarning, stacklevel=2)
     exclude = set(condition_columns) | ({id_column} if id_column else set())
     features = feature_columns or [h for h in header if h not in exclude]
+    if feature_columns is None and header == [f"x{i}" for i in range(len(header))] and header[-1] in features:
+        last = {r[-1].strip() for r in rows}
+        if len(last) <= 20 and all(v.lstrip("-").removesuffix(".0").isdigit() for v in last):
+            warnings.warn(f"{path} has no header line and its last column holds whole numbers ({', '.join(sorted(last)[:10])}), "
+                          f"like labels; it is read as data ({header[-1]}). If it is the label, pass --condition "
+                          f"{header[-1]} (or add a header line naming it label)", CvaeWarning, stacklevel=2)
     if not features:
         raise CvaeError(f"{path}: no feature columns left after the condition columns {condition_columns}")
     idx = [header.index(h) for h in features]
