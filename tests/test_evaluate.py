@@ -396,3 +396,38 @@ def test_cli_evaluate_errors_say_what_to_do(digits_runs, capsys):
     assert main(["evaluate", run, "--metrics", "likelihood", "--no-progress"]) == 2
     assert "unknown metric" in capsys.readouterr().err
     assert main(["evaluate", run, "--k", "0", "--no-progress"]) == 2
+
+
+def test_collapse_of_a_conditional_model_is_seen_within_each_condition():
+    # codes that follow the label alone (q(z | x, c) = N(3 c, 0.1), x ignored): collapsed, yet Burda's active
+    # units over all x counted every dimension and I(x, c; z) came out near log 2 (the label's entropy)
+    from cvae.conditions import Attribute, ConditionSchema
+    from cvae.distributions import DiagonalGaussian
+    from cvae.evaluate import posterior_health
+
+    schema = ConditionSchema([Attribute("label", "categorical", ["a", "b"])])
+
+    class Prior:
+        analytic_kl = True
+
+        def kl_per_dim(self, q, z, c):
+            return 0.5 * (q.logvar.exp() + q.mu ** 2 - 1 - q.logvar)
+
+        def kl(self, q, z, c):
+            return self.kl_per_dim(q, z, c).sum(1)
+
+    class Collapsed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.schema, self.prior = schema, Prior()
+
+        def q_z(self, x, c):
+            mu = 3 * c[:, 1:2].repeat(1, 3)
+            return DiagonalGaussian(mu, torch.full_like(mu, math.log(0.1)))
+
+    y = (torch.arange(400) % 2).float()[:, None]
+    report = posterior_health(Collapsed(), torch.zeros(400, 5), schema.encode(y))
+    figures = report.figures
+    assert figures["active_units"].value == 0 and "within a condition" in figures["active_units"].name
+    assert "3 counting the variation across conditions" in figures["active_units"].note
+    assert abs(figures["mutual_information"].value) < 0.05  # I(x; z | c) ~ 0, not log 2

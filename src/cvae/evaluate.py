@@ -305,6 +305,23 @@ def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, *, generator: tor
     return log_q_own - log_q_agg
 
 
+def condition_groups(model, c: torch.Tensor | None) -> torch.Tensor | None:
+    """(N,) an index per distinct combination of the categorical conditions of encoded conditions ``c``
+    (a missing label is a group of its own); None without a categorical condition."""
+    if c is None or not model.schema or not model.schema.categorical_blocks():
+        return None
+    cols = torch.cat([c[:, s:e] for _, s, e in model.schema.categorical_blocks()], dim=1).cpu()
+    return torch.unique(cols, dim=0, return_inverse=True)[1]
+
+
+def _group_means(mu: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Each row's group mean of ``mu`` (N, D)."""
+    k = int(groups.max()) + 1
+    sums = torch.zeros((k, mu.shape[1]), dtype=torch.float64).index_add_(0, groups, mu.double())
+    counts = torch.bincount(groups, minlength=k).double().clamp_min(1)[:, None]
+    return (sums / counts)[groups].to(mu.dtype)
+
+
 @torch.no_grad()
 def posterior_health(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None, *, threshold: float = 0.01,
                      seed: int = 0, batch_size: int = 1000, mi_examples: int = 10000) -> PosteriorReport:
@@ -324,21 +341,40 @@ def posterior_health(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None
     model.train(was_training)
     mu, logvar, kl = torch.cat(mus), torch.cat(logvars), torch.cat(kls)  # (N, D) each
     kl_total = torch.cat(totals)  # (N,)
-    n_au, var = active_units(mu, threshold)
-    m = min(len(mu), mi_examples)
-    mi_terms = mutual_information(mu[:m], logvar[:m], generator=torch.Generator().manual_seed(seed))
     xc, zc, qc = ("x,c", "z|c", "z|x,c") if c is not None else ("x", "z", "z|x")
     d = mu.shape[1]
-    figures = {
-        "active_units": Figure(f"active units, Cov_x(E_q[z_d|{xc}]) > {threshold}", n_au, None,
-                               unit=f"of {d} latent dimensions", note="Burda et al. (2015), sec. 5.2"),
-        "kl_total": figure(f"KL(q({qc}) || p({zc}))", kl_total,
-                           note="analytic" if model.prior.analytic_kl else "Monte Carlo, one sample per example"),
-        "mutual_information": figure(
+    m = min(len(mu), mi_examples)
+    groups = condition_groups(model, c)
+    figures = {"kl_total": figure(f"KL(q({qc}) || p({zc}))", kl_total,
+                                  note="analytic" if model.prior.analytic_kl else "Monte Carlo, one sample per example")}
+    if groups is None:
+        n_au, var = active_units(mu, threshold)
+        mi_terms = mutual_information(mu[:m], logvar[:m], generator=torch.Generator().manual_seed(seed))
+        figures["active_units"] = Figure(f"active units, Cov_x(E_q[z_d|{xc}]) > {threshold}", n_au, None,
+                                         unit=f"of {d} latent dimensions", note="Burda et al. (2015), sec. 5.2")
+        figures["mutual_information"] = figure(
             f"I({xc}; z) under the aggregate posterior", mi_terms, unit="nats",
             note=f"q(z) = mean of q({qc}) over {m} examples, one z per example; cannot exceed log N = "
-                 f"{math.log(m):.3f}; stderr over examples"),
-    }
+                 f"{math.log(m):.3f}; stderr over examples" + ("" if c is None else " (continuous conditions: "
+                                                               "the code's variation with them counts too)"))
+    else:
+        # a conditional model: how much z varies with x within a condition, which is what collapses; across
+        # conditions z also follows the label, which the marginal figures count (I(x,c; z) ~ H(c) collapsed)
+        n_au, var = active_units(mu - _group_means(mu, groups), threshold)
+        marginal, _ = active_units(mu, threshold)
+        g = torch.Generator().manual_seed(seed)
+        parts = [mutual_information(mu[:m][groups[:m] == k], logvar[:m][groups[:m] == k], generator=g)
+                 for k in torch.unique(groups[:m]).tolist() if int((groups[:m] == k).sum()) > 1]
+        mi_terms = torch.cat(parts) if parts else torch.zeros(1, dtype=torch.float64)  # one example a condition
+        figures["active_units"] = Figure(
+            f"active units within a condition, Cov_x(E_q[z_d|x,c] | c) > {threshold}", n_au, None,
+            unit=f"of {d} latent dimensions",
+            note=f"Burda et al. (2015), sec. 5.2, within each categorical condition ({marginal} counting the "
+                 "variation across conditions too)")
+        figures["mutual_information"] = figure(
+            "I(x; z | c) under each condition's aggregate posterior", mi_terms, unit="nats",
+            note=f"q(z|c) = mean of q(z|x,c) over the condition's examples (of {m}), one z per example; at most "
+                 "E KL(q(z|x,c) || p(z|c)) (Hoffman & Johnson 2016); stderr over examples")
     kl_mean = kl.mean(0)
     kl_se = kl.std(0, unbiased=True) / math.sqrt(len(kl)) if len(kl) > 1 else torch.zeros_like(kl_mean)
     return PosteriorReport(kl_per_dim=kl_mean.tolist(), kl_per_dim_stderr=kl_se.tolist(),

@@ -218,7 +218,7 @@ def format_table(results: dict) -> str:
         for key in ("binarization", "caution", "units"):
             if key in p:
                 lines.append(f"  {key}: {p[key]}")
-        for key in ("negative_elbo", "reconstruction", "kl", "importance_sampled_nll", "elbo_gap",
+        for key in ("negative_elbo", "reconstruction", "kl", "importance_sampled_nll", "bits_per_dim", "elbo_gap",
                     "effective_sample_size", "tokens_per_sequence", "nll_per_token", "perplexity_bound"):
             if key in lik:
                 lines.append(_row(name(lik[key]), lik[key], width))
