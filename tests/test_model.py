@@ -238,6 +238,9 @@ def test_inputs_in_any_layout_a_user_holds_give_the_same_codes():
         assert torch.allclose(model.encode(same, y).mu, want, atol=1e-5)
     assert torch.allclose(model.encode(x[0], y[:1]).mu, want[:1], atol=1e-5)  # one example, no batch axis
     assert torch.allclose(model.encode(x.numpy() * 255, y).mu, want, atol=1e-5)  # floats in 0..255, as training reads them
+    rounded = x.clone()
+    rounded[0, 0, 0, 0], rounded[1, 0, 0, 0] = -1e-7, 1 + 1e-7  # a rounding away from [0, 1]: clipped, not refused
+    assert torch.isfinite(model.encode(rounded, y).mu).all()
     masks = (x > 0.5).to(torch.uint8)  # 0/1 masks as bytes: read as 0/1, as training reads them (not / 255)
     assert torch.allclose(model.encode(masks, y).mu, model.encode(masks.float(), y).mu)
     grey = make("textbook", shape=(1, 8, 8)).eval()

@@ -294,9 +294,10 @@ class VAEModel(nn.Module):
         """Data-unit inputs -> the model's units (standardised where the model standardises), the inverse
         of :meth:`to_data_units`. Any array of numbers: (N, *data_shape), one example without its batch
         axis, flat rows (N, features), grey images without their channel axis (N, H, W) and channel-last
-        images (N, H, W, C) are read, and (N, C, H', W') images of another size resized; another shape of the same size is refused rather than reshaped
-        (it would scramble the pixels). A run on grey levels in [0, 1] reads ``uint8`` pixels as
-        training did (divided by 255) and refuses values outside [0, 1]; NaN is refused."""
+        images (N, H, W, C) are read, and (N, C, H', W') images of another size resized; another shape of
+        the same size is refused rather than reshaped (it would scramble the pixels). A run on grey levels
+        reads pixel values as training read its files (``cvae.data.sources.pixel_divisor``: 8-bit values
+        divided by 255, 16-bit integers by 65535, [0, 1] as it is) and refuses other values; NaN is refused."""
         shape = tuple(self.config.data_shape)
         dtype = _numpy_dtype(getattr(x, "dtype", None))
         try:
