@@ -190,8 +190,9 @@ def test_a_feature_of_tiny_spread_keeps_its_own_scale(tmp_path):
     # a concentration of 2e-6 +- 5e-7 mol/L had its scale floored to 1: generated values came back +-0.1
     from cvae.data.core import feature_scale
 
-    scale = feature_scale(np.array([2e-6, 7.0, 1e6, 0.0]), np.array([5e-7, 0.0, 1e-4, 0.0]))
+    scale = feature_scale(np.array([2e-6, 7.0, 1e6, 0.0, 1e6]), np.array([5e-7, 0.0, 1e-4, 0.0, 0.5]))
     assert scale[0] == np.float32(5e-7) and scale[1] == 1.0 and scale[2] == 1.0 and scale[3] == 1.0
+    assert scale[4] == np.float32(0.5)  # 1e6 +- 0.5 is a spread float32 resolves (0.06 at 1e6)
     rng = np.random.default_rng(0)
     rows = ["x1,conc,grp"] + [f"{rng.normal(10, 1):.4f},{rng.normal(2e-6, 5e-7):.4e},{'ab'[i % 2]}" for i in range(200)]
     (tmp_path / "c.csv").write_text("\n".join(rows) + "\n")

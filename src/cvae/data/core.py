@@ -204,7 +204,7 @@ def feature_scale(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     times its spread); 1 only where the feature is constant, or constant within float32's precision of its
     mean."""
     scale = np.asarray(std, np.float64).copy()
-    scale[~(scale > 1e-6 * np.abs(np.asarray(mean, np.float64)))] = 1.0
+    scale[~(scale > np.finfo(np.float32).eps * np.abs(np.asarray(mean, np.float64)))] = 1.0  # float32's resolution
     scale[scale < np.finfo(np.float32).tiny] = 1.0  # below float32's normal range (and 0): constant
     return scale.astype(np.float32)
 
