@@ -95,9 +95,14 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """The name and shape of every tensor of a safetensors file, read from its header alone."""
+    return read_header(path)[0]
+
+
+def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """The tensor shapes and the metadata of a safetensors file, from one read of its header."""
     try:
         with safe_open(str(path), "pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}, f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise _unreadable(Path(path), e) from None
 
@@ -233,16 +238,14 @@ def weights_metadata(model) -> dict:
     return meta
 
 
-def _check_recorded(cfg: dict, config, cfg_path: Path, path: Path) -> None:
-    """config.json's model settings and classes against those the weights were trained with (files that
-    record them): an edit that keeps every tensor's shape (the likelihood, the activation, the classes'
-    order) would otherwise load and compute something else."""
+def _check_recorded(cfg: dict, config, cfg_path: Path, path: Path, meta: dict[str, str]) -> None:
+    """config.json's model settings and classes against those the weights were trained with (``meta``, the
+    header's metadata of files that record them): an edit that keeps every tensor's shape (the likelihood,
+    the activation, the classes' order) would otherwise load and compute something else."""
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
         recorded = {k: json.loads(meta[k]) for k in ("classes", "model") if meta.get(k) is not None}
-    except (SafetensorError, OSError, ValueError):
-        return  # the tensors' own checks name a damaged file
+    except ValueError:
+        return  # metadata that is not JSON: written by something else, nothing to compare
     settings = recorded.get("model")
     if isinstance(settings, dict):
         now = recorded_settings(config)
@@ -281,12 +284,12 @@ def check_weights(run: str | Path, cfg: dict | None = None, *, weights: str = "m
                             f"`cvae train --resume --out {run} --epochs N` (N above the epochs done) trains on from "
                             "trainer_state.safetensors and writes it again")
         raise CvaeError(f"{run} has no {weights} yet (training has not finished an epoch)")
-    shapes = tensor_shapes(path)
+    shapes, meta = read_header(path)
     if cfg.get("format_version", 1) < 2:
         shapes = {RENAMED_V1.get(k, k): v for k, v in shapes.items()}
     config = _model_config(cfg["model"], cfg_path, path, shapes)
     _check_shapes(config, shapes, cfg_path, path)
-    _check_recorded(cfg, config, cfg_path, path)
+    _check_recorded(cfg, config, cfg_path, path, meta)
     return config, shapes
 
 
