@@ -58,6 +58,12 @@ MAX_FACTOR_VALUES = 64
 def _check(codes, factors) -> tuple[np.ndarray, np.ndarray]:
     """Codes as float64 (N, D); factors as class indices int64 (N, F) in sorted order of their values
     (:func:`factor_classes`)."""
+    codes, index, _ = _checked(codes, factors)
+    return codes, index
+
+
+def _checked(codes, factors) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """:func:`_check`, and per factor its number of distinct values where it was binned (0 where not)."""
     try:
         codes = np.asarray(codes, dtype=np.float64)
     except (TypeError, ValueError):
@@ -79,7 +85,7 @@ def _check(codes, factors) -> tuple[np.ndarray, np.ndarray]:
         raise CvaeError("the factors hold NaN or infinite values; every example needs every factor")
     if codes.shape[1] == 0:
         raise CvaeError("the codes have no dimension (shape (N, 0)); a representation needs at least one")
-    return codes, factor_classes(factors)[0]
+    return (codes, *factor_classes(factors))
 
 
 def factor_classes(factors: np.ndarray) -> tuple[np.ndarray, list[int]]:
@@ -384,12 +390,15 @@ METRIC_NAMES = ("mig", "sap", "dci", "beta_vae", "factor_vae", "modularity")
 
 def disentanglement(codes, factors, *, factor_names: list[str] | None = None, metrics=METRIC_NAMES,
                     num_train: int = 10000, num_test: int = 5000, dci_train: int | None = None,
-                    dci_test: int | None = None, seed: int = 0) -> DisentanglementReport:
+                    dci_test: int | None = None, seed: int = 0,
+                    binned: dict[str, int] | None = None) -> DisentanglementReport:
     """Every metric of :data:`METRIC_NAMES` asked for, on one pair. MIG and modularity use up to
     ``num_train`` examples (drawn with ``seed``); SAP and DCI disjoint train / test sets of
     ``num_train`` / ``num_test`` (DCI's can be made smaller: its boosted trees are the slow part);
-    the BetaVAE and FactorVAE scores ``num_train`` training and ``num_test`` evaluation points."""
-    codes, index = _check(codes, factors)
+    the BetaVAE and FactorVAE scores ``num_train`` training and ``num_test`` evaluation points.
+    ``binned``: factors (name: distinct values) the caller already cut into bins, reported as this
+    function reports those it cuts itself."""
+    codes, index, cut = _checked(codes, factors)
     names = list(factor_names) if factor_names else [f"factor_{k}" for k in range(index.shape[1])]
     if len(names) != index.shape[1]:
         raise CvaeError(f"{len(names)} factor names for {index.shape[1]} factors")
@@ -400,7 +409,7 @@ def disentanglement(codes, factors, *, factor_names: list[str] | None = None, me
     unknown = [m for m in metrics if m not in METRIC_NAMES]
     if unknown:
         raise CvaeError(f"unknown disentanglement metric(s) {', '.join(unknown)}; choose from {', '.join(METRIC_NAMES)}")
-    binned = {n: b for n, b in zip(names, factor_classes(np.asarray(factors).reshape(len(codes), -1))[1]) if b}
+    binned = {**(binned or {}), **{n: b for n, b in zip(names, cut) if b}}
     keep = varying(index)
     dropped = [n for n, k in zip(names, keep) if not k]
     index, names = index[:, keep], [n for n, k in zip(names, keep) if k]

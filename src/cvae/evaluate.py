@@ -794,7 +794,7 @@ def _disentanglement_section(model: CVAE, data, part, x, c, *, explicit: bool, s
                              examples: str | None = None) -> dict | None:
     """The disentanglement metrics (:mod:`cvae.disentangle`) of the posterior means against the data's
     held-out factors; the codes, factors and ids are written to RUN/disentanglement_codes.npz."""
-    from .disentangle import BINS, MAX_FACTOR_VALUES, disentanglement
+    from .disentangle import disentanglement
 
     if part.factors is None or not data.factor_names:
         reason = (f"disentanglement needs data with known factors of variation; {data.name!r} has none (train on "
@@ -806,16 +806,9 @@ def _disentanglement_section(model: CVAE, data, part, x, c, *, explicit: bool, s
     codes = posterior_means(model, x, c)
     report = disentanglement(codes, factors, factor_names=data.factor_names, num_train=num_train, num_test=num_test,
                              dci_train=min(num_train, DCI_EXAMPLES[0]), dci_test=min(num_test, DCI_EXAMPLES[1]),
-                             seed=seed)
-    out = report.to_dict()
+                             seed=seed, binned=(getattr(data, "meta", None) or {}).get("binned_factors"))
+    out = report.to_dict()  # continuous factors were cut into bins when the data was read: the codes file holds bins
     out["protocol"] = {**out["protocol"], "split": split, **({"examples": examples} if examples else {})}
-    binned = (getattr(data, "meta", None) or {}).get("binned_factors")
-    if binned:  # continuous factors, cut into bins when the data was read (their codes are the bins)
-        out["protocol"]["binned_factors"] = binned
-        out["details"].setdefault("notes", []).append(
-            f"factor(s) {', '.join(f'{n} ({b:,} values)' for n, b in binned.items())} have more than "
-            f"{MAX_FACTOR_VALUES} distinct values: continuous, so each was cut into {BINS} equal-width bins before "
-            "scoring (disentanglement_codes.npz holds the bins)")
     if run is not None:
         ids = np.array([str(i) for i in (part.ids[:len(x)] if part.ids else range(len(x)))])
         np.savez_compressed(run / CODES_FILE, ids=ids, codes=codes.astype(np.float32), factors=factors,
