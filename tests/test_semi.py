@@ -450,3 +450,41 @@ def test_classify_with_a_supervised_run_scores_a_file_whose_labels_are_partly_mi
     assert "on the 80 examples with a label" in capsys.readouterr().out
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert len(rows) == 1 + len(target) and rows[0].split(",")[-1] == "true_label"
+
+
+def test_the_web_api_classifies_an_upload_as_cvae_classify_does(digits_run, tmp_path):
+    """POST /v1/runs/NAME/classify: q(y | x) of every row of an uploaded .npz, the same probabilities
+    and error as `cvae classify` on that file; a single image has no error to report."""
+    from fastapi.testclient import TestClient  # the serve extra is part of cvae[test]
+
+    from cvae.serve import create_app
+
+    truth, hidden = _digits_npz(tmp_path / "some.npz", -1)
+    with np.load(tmp_path / "some.npz") as d:  # 40 rows, 5 of them labelled
+        rows = np.r_[np.flatnonzero(~hidden)[:5], np.flatnonzero(hidden)[:35]]
+        np.savez(tmp_path / "up.npz", x=d["x"][rows], y=d["y"][rows])
+    assert main(["classify", str(digits_run), "--data", str(tmp_path / "up.npz"), "-o", str(tmp_path / "p.csv")]) == 0
+    with open(tmp_path / "p.csv") as f:
+        cli = list(csv.DictReader(f))
+    with TestClient(create_app([digits_run])) as client:
+        info = client.get("/v1/runs/run").json()
+        assert info["classifies"] == ["label"]
+        out = client.post("/v1/runs/run/classify", files={"file": ("up.npz", (tmp_path / "up.npz").read_bytes(),
+                                                                    "application/octet-stream")}).json()
+        assert out["attribute"] == "label" and out["classes"] == [str(k) for k in range(10)]
+        assert out["ids"] == [int(r["id"]) for r in cli] and out["predicted"] == [r["label"] for r in cli]
+        np.testing.assert_allclose(out["probs"], [[float(r[f"p_{k}"]) for k in range(10)] for r in cli], atol=1e-6)
+        assert out["labelled"] == 5
+        assert out["error"] == np.mean([r["label"] != r["true_label"] for r in cli if r["true_label"]])
+        # one image, as the page sends it: no labels, so no error
+        from PIL import Image
+
+        buf = tmp_path / "one.png"
+        Image.fromarray((np.load(tmp_path / "up.npz")["x"][7, 0] * 255).round().astype(np.uint8)).save(buf)
+        one = client.post("/v1/runs/run/classify", files={"file": ("one.png", buf.read_bytes(), "image/png")}).json()
+        assert len(one["probs"]) == 1 and "error" not in one
+        assert abs(sum(one["probs"][0]) - 1) < 1e-5 and one["predicted"][0] == out["predicted"][7]
+        bad = client.post("/v1/runs/run/classify", data={"attribute": "colour"},
+                          files={"file": ("one.png", buf.read_bytes(), "image/png")})
+        assert bad.status_code == 422 and bad.json()["detail"] == ("'colour' is not a condition this run classifies; "
+                                                                   "it classifies label")

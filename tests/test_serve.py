@@ -127,8 +127,10 @@ def test_each_run_is_described(client):
     assert client.get("/v1/runs/digits/pictures/samples.png").content[:8] == b"\x89PNG\r\n\x1a\n"
     assert info["digits"]["metrics"]["summary"]["epochs"] == DIGITS_EPOCHS
     paths = client.get("/openapi.json").json()["paths"]
-    for op in ("generate", "reconstruct", "transfer", "score", "encode", "traverse", "decode"):
+    for op in ("generate", "reconstruct", "transfer", "score", "encode", "traverse", "decode", "classify"):
         assert f"/v1/runs/{{run}}/{op}" in paths
+    # one categorical condition alone: Bayes' rule; a categorical and a continuous one, or none: no
+    assert [info[n]["classifies"] for n in ("digits", "wine", "beats", "mols")] == [["label"], [], [], []]
 
 
 def test_generate_is_deterministic_and_is_what_cvae_sample_makes(client, runs, tmp_path):
@@ -234,6 +236,19 @@ def test_uploads_are_reconstructed_transferred_and_encoded_as_the_cli_does(clien
     assert rec["reconstruction"]["kind"] == "table" and len(rec["reconstruction"]["values"]) == 3
 
 
+def test_an_upload_is_classified_as_cvae_classify_does(client, runs, tmp_path):
+    # a run conditioned on one categorical condition classifies by Bayes' rule (cvae classify)
+    png = digit_png(3, size=32)
+    out = client.post("/v1/runs/digits/classify", files={"file": ("mine.png", png, "image/png")}).json()
+    (tmp_path / "mine.png").write_bytes(png)
+    assert main(["classify", str(runs / "digits"), "--data", str(tmp_path / "mine.png"), "-o",
+                 str(tmp_path / "p.csv")]) == 0
+    row = _rows(tmp_path / "p.csv")[0]
+    assert out["attribute"] == "label" and out["predicted"] == [row["label"]] and "error" not in out
+    np.testing.assert_allclose(out["probs"][0], [float(row[f"p_{k}"]) for k in range(10)], atol=1e-6)
+    assert out["probability"] == [max(out["probs"][0])]
+
+
 def test_anomaly_scores_are_the_cli_scores_against_the_run_threshold(client, runs, tmp_path):
     data = (runs / "beats-test.csv").read_bytes()
     out = client.post("/v1/runs/beats/score", files={"file": ("b.csv", data, "text/csv")}).json()
@@ -324,6 +339,10 @@ BAD = [  # (path, request, status, what the answer says)
     ("/v1/runs/mols/transfer", {"files": {"file": ("x.smi", b"\n\n", "text/plain")}}, 422,
      "the upload holds no sequences"),
     ("/v1/runs/digits/generate", {"json": {"steer": 1}}, 422, "steer is for sequence runs"),
+    ("/v1/runs/wine/classify", {"files": {"file": ("x.csv", b"a,b\n1,2\n", "text/csv")}}, 422,
+     "run 'wine' does not classify: it needs one categorical condition alone, or the semi-supervised model"),
+    ("/v1/runs/digits/classify", {"files": {"file": ("x.csv", b"a,b\n1,2\n", "text/csv")}}, 422, "the upload (.csv)"),
+    ("/v1/runs/digits/classify", {"json": {"file": "x"}}, 415, "takes multipart/form-data"),
     ("/v1/runs/mols/generate", {"json": {"steer": 21}}, 422, "less than or equal to 20"),
 ]
 
@@ -519,6 +538,11 @@ def test_the_page_in_a_headless_browser(server, browser, runs, tmp_path):
     assert "label=9" in b.evaluate("document.querySelector('#transfer .caption').textContent")
     assert b.evaluate("document.querySelectorAll('#reconstruction img').length") == 2
     assert b.evaluate("document.querySelectorAll('#encode th').length") == 1 + 4
+    # the run classifies (one categorical condition): the three most probable classes of the upload
+    b.wait("!document.getElementById('classify-panel').hidden", what="the upload's classes")
+    assert b.evaluate("[...document.querySelectorAll('#classify th')].map(e => e.textContent)") == [
+        "id", "label", "next", "then"]
+    assert re.fullmatch(r"\d \(\d+\.\d%\)", b.evaluate("document.querySelectorAll('#classify td')[1].textContent"))
     assert b.evaluate("document.querySelectorAll('#pictures img').length") >= 4
     shot = b.screenshot(tmp_path / "serve.png")
     assert png_array(shot.read_bytes()).shape[1] >= 1000

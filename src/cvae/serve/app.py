@@ -32,7 +32,7 @@ from .served import Limits, ServedRun, UploadError, run_names
 log = logging.getLogger("cvae.serve")
 
 JSON_BODY_LIMIT = 64 * 1024  # a JSON request is a few numbers and names
-UPLOAD_OPS = ("reconstruct", "transfer", "score", "encode")
+UPLOAD_OPS = ("reconstruct", "transfer", "score", "encode", "classify")
 JSON_OPS = ("generate", "decode", "traverse")
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "style.css": "text/css; charset=utf-8"}
@@ -50,6 +50,7 @@ Upload = Annotated[UploadFile, File(description="a PNG/JPEG image, a CSV file (o
 OwnCondition = Annotated[str, Form(description="the inputs' own condition when the file has none, e.g. label=3")]
 Targets = Annotated[str, Form(description="targets separated by ';', e.g. label=3;label=5 (default: every class of "
                               "the first categorical condition)")]
+Attribute = Annotated[str, Form(description="the categorical condition to classify (default: the first)")]
 CONDITION_HELP = "the condition, e.g. {\"label\": \"7\"} or \"label=7\"; left out, a categorical one cycles"
 
 
@@ -313,6 +314,11 @@ def create_app(runs: list[str | Path] | Mapping[str, str | Path], *, device: str
     async def encode(run: str, file: Upload, condition: OwnCondition = ""):
         r = run_of(run)
         return await compute(r.encode, await _read(file, r), condition=condition)
+
+    @app.post("/v1/runs/{run}/classify", summary="Class probabilities of an uploaded file (cvae classify)")
+    async def classify(run: str, file: Upload, attribute: Attribute = ""):
+        r = run_of(run)
+        return await compute(r.classify, await _read(file, r), attribute=attribute)
 
     guarded = Guard(app, upload_limit=limits.max_upload_bytes, max_waiting=max_waiting, max_uploads=max_uploads)
     guarded.fastapi, guarded.worker = app, worker

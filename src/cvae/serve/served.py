@@ -191,6 +191,8 @@ class ServedRun:
             "kl_per_dimension": None if self.kl is None else _numbers(self.kl),
             "kl_note": self.kl_note,
             "sliders": self.top_dims(),
+            # the categorical conditions an upload can be classified by (cvae classify), first the default
+            "classifies": self.classifies(),
             "detector": None if d is None else {"score": d.score, "threshold": d.threshold, "fpr": d.fpr,
                                                 "label_column": d.label_column, "normal": d.normal},
             "pictures": list(self.pictures),
@@ -198,6 +200,16 @@ class ServedRun:
             "limits": {"max_n": self.limits.max_n, "max_rows": self.limits.max_rows,
                        "max_upload_bytes": self.limits.max_upload_bytes},
         }
+
+    def classifies(self) -> list[str]:
+        """The categorical conditions ``cvae classify`` answers for this run: every one of a
+        semi-supervised run (its q(y | x)), the single condition of a run conditioned on one categorical
+        condition alone (Bayes' rule over its classes), none otherwise."""
+        schema = self.model.schema
+        blocks = schema.categorical_blocks() if schema else []
+        if self.model.config.model_class == "m2":
+            return [a.name for a, _, _ in blocks]
+        return [blocks[0][0].name] if blocks and len(schema.attributes) == 1 else []
 
     # -- rendering ----------------------------------------------------------------------------
     def _describe(self, y) -> list[str]:
@@ -407,6 +419,35 @@ class ServedRun:
         return {"ids": _ids(emb.ids), "mu": _numbers(emb.mu), "var": _numbers(emb.var),
                 "conditions": {k: [v.item() if hasattr(v, "item") else v for v in vals]
                                for k, vals in emb.conditions.items()}}
+
+    def classify(self, data: bytes, *, attribute: str | None = None) -> dict:
+        """``cvae classify``: the class probabilities of each input (the first categorical condition, or
+        ``attribute``), the predicted class and its probability; with the error against the upload's own
+        labels where it has them (a labelled CSV or .npz)."""
+        from ..apps.classify import classify_inputs, classify_strings
+
+        can = self.classifies()
+        if not can:
+            raise CvaeError(f"run {self.name!r} does not classify: it needs one categorical condition alone, or the "
+                            "semi-supervised model (cvae train --model m2, or data with missing labels)")
+        if attribute and attribute not in can:
+            raise CvaeError(f"{attribute!r} is not a condition this run classifies; it classifies {', '.join(can)}")
+        if self.kind == "sequence":
+            names, texts, _ = self.upload_strings(data)
+            result = classify_strings(self.model, texts, attribute=attribute or None, names=names)
+            ids = names
+        else:
+            with self.upload(data, read=False) as (_, path):
+                result = classify_inputs(self.model, str(path), attribute=attribute or None, n=self.limits.max_rows)
+            ids = _ids(result.ids)
+        probs = _finite(torch.as_tensor(result.probs), "class probabilities").numpy()
+        out = {"attribute": result.attribute, "classes": result.classes, "ids": ids, "predicted": result.predicted,
+               "probability": _numbers(probs.max(1)), "probs": _numbers(probs)}
+        m = result.metrics()
+        if m is not None:
+            out["error"] = m["error"]["value"]
+            out["labelled"] = m["n_examples"]
+        return out
 
     def _check_expansion(self, path: Path, suffix: str) -> None:
         """A small compressed upload can decode to gigabytes (a .npz of zeros, a PNG of one colour): the

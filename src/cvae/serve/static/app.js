@@ -276,6 +276,11 @@ async function upload() {
     api("encode", `${base}/encode`, form()).then(showCode)];
   if (run.conditions.some((c) => c.kind === "categorical")) jobs.push(api("transfer", `${base}/transfer`, form()).then(showTransfer));
   if (run.detector) jobs.push(api("score", `${base}/score`, form()).then(showScore));
+  if (run.classifies.length) {
+    const f = new FormData();
+    f.append("file", file);
+    jobs.push(api("classify", `${base}/classify`, f).then(showClasses));
+  }
   await Promise.all(jobs);
 }
 
@@ -348,6 +353,23 @@ function showScore(out) {
   box.dataset.version = String(Number(box.dataset.version || 0) + 1);
 }
 
+function showClasses(out) {
+  if (!out) return;
+  $("classify-panel").hidden = false;
+  // each input: the most probable class and the next two, with their probabilities
+  const rows = out.probs.map((p, i) => {
+    const order = p.map((v, k) => k).sort((a, b) => p[b] - p[a]).slice(0, 3);
+    return [`#${out.ids[i]}`, ...order.map((k) => `${out.classes[k]} (${(100 * p[k]).toFixed(1)}%)`)];
+  });
+  const header = ["id", out.attribute, "next", "then"].slice(0, 1 + Math.min(3, out.classes.length));
+  const parts = [table(header, rows.map((r) => r.slice(0, header.length)), header.length)];
+  if (out.error !== undefined) {
+    parts.push(el("p", { class: "caption", text: `error ${(100 * out.error).toFixed(1)}% on the ${out.labelled} ` +
+      "inputs with their own label" }));
+  }
+  put("classify", el("div", {}, ...parts));
+}
+
 function showCode(out) {
   if (!out) return;
   $("encode-panel").hidden = false;
@@ -417,7 +439,7 @@ function selectRun(name) {
       (run.conditions.length ? "set its own condition above." : "")
     : `A CSV with the training data's columns (${run.features.slice(0, 4).join(", ")}${run.features.length > 4 ? ", ..." : ""}), ` +
       `one example a row (the first ${run.limits.max_rows} rows are used)` + (run.conditions.length ? "; its condition columns, or set them above." : ".");
-  for (const id of ["score", "reconstruction-panel", "transfer-panel", "encode-panel"]) $(id).hidden = true;
+  for (const id of ["score", "reconstruction-panel", "transfer-panel", "encode-panel", "classify-panel"]) $(id).hidden = true;
   $("file").value = "";
   buildSliders();
   showFacts();
