@@ -783,6 +783,19 @@ def test_text_per_label_transfer_and_bad_input(tmp_path):
     probs = model.classify(torch.as_tensor(model.tokenizer.encode([r["input"] for r in rec], model.length)).float())
     np.testing.assert_allclose([[float(row["p_neg"]), float(row["p_pos"])] for row in pred], probs.numpy(), rtol=1e-4)
     assert [row["sentiment"] for row in pred] == [model.schema.attributes[0].classes[int(k)] for k in probs.argmax(1)]
+    # the web API classifies uploaded lines the same way, without a condition of their own
+    from fastapi.testclient import TestClient  # the serve extra is part of cvae[test]
+
+    from cvae.serve import create_app
+
+    with TestClient(create_app([run])) as client:
+        up = {"file": ("given.txt", given.read_bytes(), "text/plain")}
+        web = client.post("/v1/runs/run/classify", files=up).json()
+        assert web["strings"] == [row["input"] for row in rec] and web["ids"] == ["line 1", "line 3"]
+        np.testing.assert_allclose(web["probs"], probs.numpy(), rtol=1e-4)
+        up = {"file": ("x.txt", b"the film was wonderful\n", "text/plain")}
+        r = client.post("/v1/runs/run/classify", files=up)
+        assert r.status_code == 422 and r.json()["detail"].startswith("the upload, line 1: the token 'wonderful'")
     r = cli("classify", run, "--n", "10", "-o", tmp_path / "own.csv")  # the run's own validation sentences
     assert r.returncode == 0, r.stderr
     assert "error" in r.stdout and "on the 10 examples with a label" in r.stdout

@@ -63,18 +63,18 @@ def classify_inputs(model: CVAE, source: str, *, attribute: str | None = None, d
 
 
 def classify_strings(model, texts: list[str], *, attribute: str | None = None, names: list | None = None,
-                     y=None) -> Classification:
+                     y=None, where: str = "--data") -> Classification:
     """Class probabilities of ``attribute`` for sequences (a sequence run), each identified by the string
     itself: the strings tokenised with the run's vocabulary (an unseen token or a string too long is an
-    error that names it by ``names``, "line 7"), then :meth:`classify`; ``y``: their raw conditions
-    where known (then the metrics are computed)."""
+    error that names it by ``where`` and ``names``, "--data, line 7"), then :meth:`classify`; ``y``: their
+    raw conditions where known (then the metrics are computed)."""
     from .sequences import token_ids
 
     attr = _attribute(model, attribute)
     if not texts:
         raise CvaeError("there are no sequences to classify")
     names = list(names) if names is not None else [f"row {i}" for i in range(len(texts))]
-    texts, x = token_ids(model, list(texts), names, "--data")
+    texts, x = token_ids(model, list(texts), names, where)
     probs = model.classify(x, attr.name).cpu().numpy()
     truth = None if y is None else y[:, model.schema.names.index(attr.name)].numpy().astype(np.float64)
     return Classification(list(texts), attr.name, list(attr.classes), probs, truth)

@@ -333,7 +333,14 @@ class ServedRun:
         """The sequences of an upload to a sequence run (UTF-8 text, one a line; a molecule's first field
         of each, as in a .smi file; at most ``max_rows``): where each came from, the strings and their
         own conditions (``condition``; for molecules left without it, their RDKit-computed properties)."""
-        from ..apps.sequences import given_conditions, lines_of
+        from ..apps.sequences import given_conditions
+
+        names, texts = self.upload_lines(data)
+        return names, texts, given_conditions(self.model, condition or None, texts)
+
+    def upload_lines(self, data: bytes) -> tuple[list[str], list[str]]:
+        """The sequences of an upload to a sequence run and where each came from (``line 3``)."""
+        from ..apps.sequences import lines_of
 
         if len(data) > self.limits.max_upload_bytes:
             raise UploadError(f"the upload is {len(data):,} bytes; the limit is {self.limits.max_upload_bytes:,}")
@@ -342,8 +349,7 @@ class ServedRun:
                               "(.txt, or .smi for molecules), not an image or an array")
         names, texts = lines_of(data.decode("utf-8-sig"), first_field=self.model.tokenizer.molecular,
                                 what="the upload")
-        names, texts = names[:self.limits.max_rows], texts[:self.limits.max_rows]
-        return names, texts, given_conditions(self.model, condition or None, texts)
+        return names[:self.limits.max_rows], texts[:self.limits.max_rows]
 
     def reconstruct(self, data: bytes, *, condition=None) -> dict:
         """``cvae reconstruct``: the inputs encoded and decoded, each with its own condition."""
@@ -433,16 +439,16 @@ class ServedRun:
         if attribute and attribute not in can:
             raise CvaeError(f"{attribute!r} is not a condition this run classifies; it classifies {', '.join(can)}")
         if self.kind == "sequence":
-            names, texts, _ = self.upload_strings(data)
-            result = classify_strings(self.model, texts, attribute=attribute or None, names=names)
-            ids = names
+            names, texts = self.upload_lines(data)  # classified without a condition of their own
+            result = classify_strings(self.model, texts, attribute=attribute or None, names=names, where="the upload")
+            ids, extra = names, {"strings": texts}
         else:
             with self.upload(data, read=False) as (_, path):
                 result = classify_inputs(self.model, str(path), attribute=attribute or None, n=self.limits.max_rows)
-            ids = _ids(result.ids)
+            ids, extra = _ids(result.ids), {}
         probs = _finite(torch.as_tensor(result.probs), "class probabilities").numpy()
         out = {"attribute": result.attribute, "classes": result.classes, "ids": ids, "predicted": result.predicted,
-               "probability": _numbers(probs.max(1)), "probs": _numbers(probs)}
+               "probability": _numbers(probs.max(1)), "probs": _numbers(probs), **extra}
         m = result.metrics()
         if m is not None:
             out["error"] = m["error"]["value"]
