@@ -507,6 +507,9 @@ def test_the_page_in_a_headless_browser(server, browser, runs, tmp_path):
     shown = b.evaluate(img)
     assert shown != first
     assert shown == _api_png(server)  # the page shows what the API answers
+    # what an image run does not have is not shown: the steering slider, the box for typed sequences
+    for hidden in ("steer-control", "strings-label", "strings-go"):
+        assert b.evaluate(f"getComputedStyle(document.getElementById('{hidden}')).display") == "none", hidden
     # the digits run is guided by default (condition dropout at training): its weight, then none
     assert not b.evaluate("document.getElementById('guidance-control').hidden")
     assert b.evaluate("document.getElementById('guidance').value") == "2"
