@@ -484,7 +484,20 @@ def _whole_numbers(v: np.ndarray) -> bool:
 UNLABELLED_FOLDER = "unlabelled"  # an image folder's subfolder of images without a label
 UNLABELLED_NAMES = {"unlabelled", "unlabeled"}  # either spelling, any case
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-_GREY_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+_GREY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def on_white(im):
+    """An image with transparency (an alpha channel, or a transparent palette colour) drawn on a white
+    background, as a viewer shows it on a page: where a pixel is transparent its colour channels can
+    hold anything (black, or what the drawing program left there), so they are not read alone."""
+    if not ("A" in im.mode or "a" in im.mode or "transparency" in im.info):
+        return im
+    from PIL import Image
+
+    rgba = im.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba)
 
 
 def open_image(path: Path):
@@ -510,7 +523,7 @@ def open_image(path: Path):
 
 def image_array(im, path: Path, mode: str, size: tuple[int, int] | None = None) -> np.ndarray:
     """A decoded image as float32 (C, H, W) in [0, 1], ``mode`` "L" (C=1) or "RGB" (C=3), resized to
-    ``size`` (width, height) when given. 8-bit values are divided by 255, 16-bit ones by 65535; 32-bit
+    ``size`` (width, height) when given; a transparent one drawn on white (:func:`on_white`). 8-bit values are divided by 255, 16-bit ones by 65535; 32-bit
     pixels are read when they lie in 0..255 (floating-point ones in [0, 1] as they are) and refused
     otherwise (never clipped)."""
     from PIL import Image
@@ -528,7 +541,7 @@ def image_array(im, path: Path, mode: str, size: tuple[int, int] | None = None) 
         if size is not None and (a.shape[1], a.shape[0]) != size:
             a = np.asarray(Image.fromarray(a, "F").resize(size, Image.BILINEAR), np.float32).clip(0.0, 1.0)
         return np.repeat(a[None], 3, axis=0) if mode == "RGB" else a[None]
-    im = im.convert(mode)
+    im = on_white(im).convert(mode)
     if size is not None and im.size != size:
         im = im.resize(size, Image.BILINEAR)
     a = np.asarray(im, dtype=np.float32) / 255.0
