@@ -465,3 +465,23 @@ def test_a_signal_array_that_looks_channel_last_is_read_as_stored_with_a_warning
     with pytest.warns(Warning, match=r"read as 64 channels of 3 steps.*x.transpose\(0, 2, 1\)"):
         d = load_data(str(tmp_path / "s.npz"))
     assert d.data_shape == (64, 3)
+
+
+def test_seventeen_digit_class_codes_stay_apart(tmp_path):
+    """Whole-number labels past float64's exact integers (barcodes, 17-digit ids) were read as floats,
+    so ...567 and ...568 became one class named '1.2345678901234568e+16'."""
+    from cvae.cli import main
+
+    rng = np.random.default_rng(0)
+    codes = [12345678901234567, 12345678901234568, 7]
+    path = write_csv(tmp_path / "big.csv", ["a", "b", "label"],
+                     [[f"{rng.normal():.3f}", f"{rng.normal():.3f}", codes[i % 3]] for i in range(30)])
+    d = load_data(path, val_fraction=0.0)
+    assert d.schema.attributes[0].classes == ["7", "12345678901234567", "12345678901234568"]
+    assert np.bincount(d.train.y.numpy()[:, 0].astype(int)).tolist() == [10, 10, 10]
+    run = tmp_path / "run"
+    assert main(["train", "--data", path, "--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--no-progress",
+                 "--no-tensorboard", "--no-pictures", "--out", str(run)]) == 0
+    assert main(["sample", str(run), "--condition", "label=12345678901234568", "--n", "3",
+                 "-o", str(tmp_path / "s.csv")]) == 0
+    assert "12345678901234568" in (tmp_path / "s.csv").read_text()

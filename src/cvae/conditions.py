@@ -330,6 +330,8 @@ def categorical_from_values(name: str, values: Sequence) -> tuple[Attribute, np.
     texts = [class_text(v) for v in known.tolist()]
     if known.dtype.kind in "iuf":  # numbers in numeric order (2 before 10), named as class_text names them
         order = sorted(set(texts), key=float)
+    elif all(t.lstrip("+-").isdigit() for t in texts):  # whole numbers kept as text (17-digit codes): in order too
+        order = sorted(set(texts), key=int)
     else:
         order = sorted(set(texts))
     index = {t: i for i, t in enumerate(order)}

@@ -668,6 +668,14 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _beyond_float(text: str) -> bool:
+    """A whole number past float64's exact integers (2^53: 17-digit codes, barcodes): as a float it
+    would share its class with its neighbours (12345678901234567 and ...568 are one float), so such a
+    condition column is read as text, each code exact."""
+    digits = text.lstrip("+-")
+    return digits.isdigit() and abs(int(digits)) > 2**53
+
+
 def load_csv(path: Path, condition_columns: list[str], *, layout: str = "table",
              feature_columns: list[str] | None = None, id_column: str | None = None) -> RawData:
     """Feature columns (numeric) plus named condition columns.
@@ -726,7 +734,7 @@ def load_csv(path: Path, condition_columns: list[str], *, layout: str = "table",
         vals = [r[header.index(c)].strip() for r in rows]
         try:  # numbers, with empty cells as NaN (a missing label), else text
             columns[c] = np.array([math.nan if v in MISSING_TEXT else float(v) for v in vals])
-            if np.isnan(columns[c]).all():
+            if np.isnan(columns[c]).all() or any(_beyond_float(v) for v in vals):
                 columns[c] = np.array(vals)
         except ValueError:
             columns[c] = np.array(vals)
