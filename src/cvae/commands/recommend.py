@@ -86,7 +86,7 @@ def add_parsers(sub) -> None:
     parser_class = type(use)
     train = parser_class(prog="cvae recommend train", argument_default=argparse.SUPPRESS,
                          description="Train Mult-VAE or Mult-DAE (Liang et al. 2018) on interaction data, with the "
-                                     "paper's protocol: held-out users, 80%% of their items folded in, 20%% scored.")
+                                     "paper's protocol: held-out users, 80% of their items folded in, 20% scored.")
     for f in fields(RecommenderConfig):
         flag = "--" + f.name.replace("_", "-")
         t = str(f.type)
