@@ -254,6 +254,9 @@ def test_new_users_are_recommended_from_their_attributes_alone(tmp_path):
         recommend(plain, {"new_a": []})
     r = run_cli("recommend", str(run), "-o", str(recs))  # neither file
     assert r.returncode == 2 and "pass --user-attributes" in r.stderr
+    # an unknown kind names the user whose row holds it
+    with pytest.raises(CvaeError, match=r"^user 'new_c': unknown value 'c' for condition 'kind'; known values: a, b$"):
+        recommend(run, {"new_c": []}, top=10, attributes={"new_c": {"kind": "c"}})
 
 
 def test_a_user_attribute_far_outside_the_training_range_is_named_not_dropped():

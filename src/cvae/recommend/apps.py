@@ -110,7 +110,7 @@ def _codes(model, users: list[str], attributes: dict | None) -> np.ndarray | Non
         raise CvaeError(f"the user attributes have no row for user(s) {', '.join(map(repr, missing[:5]))}; this model "
                         f"is conditioned on {names}: add a row for each user")
     columns = {a: np.array([str(attributes[u].get(a, "")) for u in users]) for a in model.schema.names}
-    return user_codes(model.schema, columns)
+    return user_codes(model.schema, columns, users)
 
 
 def read_histories(path, *, min_rating: float | None = None) -> tuple[dict[str, list[str]], list[str]]:

@@ -322,15 +322,21 @@ def _as_numbers(values: np.ndarray) -> np.ndarray | None:
     return out if np.isfinite(out).all() else None
 
 
-def user_codes(schema: ConditionSchema, attributes: dict[str, np.ndarray]) -> np.ndarray:
+def user_codes(schema: ConditionSchema, attributes: dict[str, np.ndarray], users: list | None = None) -> np.ndarray:
     """Raw codes (U, A) of users' attribute values under a trained model's ``schema`` (an unknown
-    category or a value that is not a number is an error naming it)."""
+    category or a value that is not a number is an error naming it, and the user where ``users`` are given)."""
     cols = []
     for a in schema.attributes:
         if a.name not in attributes:
             raise CvaeError(f"the user attributes have no column {a.name!r}; this model is conditioned on "
                             f"{', '.join(schema.names)}")
-        cols.append([a.code(v) for v in attributes[a.name]])
+        col = []
+        for i, v in enumerate(attributes[a.name]):
+            try:
+                col.append(a.code(v))
+            except CvaeError as e:
+                raise (CvaeError(f"user {users[i]!r}: {e}") if users is not None else e) from None
+        cols.append(col)
     codes = np.array(cols, dtype=np.float64).T.reshape(-1, len(schema.attributes))
     far = schema.far_value(codes)  # past it the model's outputs overflow (a user silently dropped)
     if far is not None:
