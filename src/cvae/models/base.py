@@ -51,11 +51,7 @@ def check_count(n, shape: tuple[int, ...]) -> int | None:
         return None
     if isinstance(n, (torch.Tensor, np.ndarray)) and n.ndim == 0:
         n = n.item()  # torch.tensor(4)
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) and not (
-            isinstance(n, (float, np.floating)) and float(n).is_integer()):
-        raise CvaeError(f"the number of samples must be a whole number, got {n!r}")
-    if n < 1:
-        raise CvaeError(f"the number of samples must be at least 1, got {n}")
+    n = check_positive("the number of samples", n)
     from .config import free_memory
 
     need, free = 4 * int(n) * math.prod(shape) * 3, free_memory()  # outputs, the last layer, its activations
