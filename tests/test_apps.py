@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -323,11 +324,22 @@ def test_anomaly_threshold_matches_the_false_positive_rate_and_the_scores_are_ri
     iwae = anomaly_scores(model, x, method="iwae", k=500)
     assert (elbo > iwae - 0.05).all()
     xm = (x - model.x_loc) / model.x_scale  # model units: standardised time points
-    torch.manual_seed(0)  # the same random stream as anomaly_scores(seed=0): the same estimate
+    torch.manual_seed(0)
     with torch.no_grad():
-        direct = -iwae_bound(model, xm, None, k=500, chunk=100).numpy()
+        direct = -iwae_bound(model, xm, None, k=500, chunk=100).numpy()  # the objective's own draws
         mean = model.p_x(model.q_z(xm).mu).mean
-    np.testing.assert_allclose(iwae, direct, rtol=1e-5)
+    np.testing.assert_allclose(iwae, direct, rtol=0.01)  # two estimates of 500 draws each
+    with torch.no_grad():  # the same estimate by hand, from the same draws: seed 0's (500, 1, D) normals
+        qz = model.q_z(xm)
+        z = qz.mu + qz.std * torch.randn((500, 1, qz.mu.shape[-1]), generator=torch.Generator().manual_seed(0))
+        lw = model.p_x(z).log_prob(xm).double() + model.prior.log_prob(z, None).double() - qz.log_prob(z).double()
+    np.testing.assert_allclose(iwae, -(torch.logsumexp(lw, 0) - math.log(500)).numpy(), rtol=1e-5)
+    # a row's score does not depend on the other rows beside it (one set of draws for every row)
+    for method in ("elbo", "iwae"):
+        whole = anomaly_scores(model, x, method=method, k=50)
+        np.testing.assert_allclose(anomaly_scores(model, x[3:4], method=method, k=50), whole[3:4], rtol=1e-5)
+        np.testing.assert_allclose(anomaly_scores(model, x, method=method, k=50, batch_size=7), whole, rtol=1e-5)
+        assert not np.allclose(anomaly_scores(model, x, method=method, k=50, seed=1), whole, rtol=1e-5)
     recon = anomaly_scores(model, x, method="recon")
     np.testing.assert_allclose(recon, ((mean - xm) ** 2).flatten(1).sum(1).numpy(), rtol=1e-5)
 

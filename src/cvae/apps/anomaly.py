@@ -48,14 +48,30 @@ LABEL_NAMES = ("label", "labels", "class", "target", "y", "anomaly", "is_anomaly
 
 @torch.no_grad()
 def _scores_model_units(model: CVAE, x: torch.Tensor, c: torch.Tensor | None, method: str, *, k: int,
-                        samples: int) -> torch.Tensor:
+                        samples: int, seed: int) -> torch.Tensor:
+    """Every example's codes are made from one set of standard normal draws (``seed``'s): an example's
+    score does not depend on the other rows of its batch. A hierarchical model's IWAE takes the
+    model's own draws."""
     qz = model.q_z(x, c)
+    eps = None
+    if method == "elbo" or (method == "iwae" and len(model.latent_groups()) == 1):
+        g = torch.Generator().manual_seed(seed)
+        eps = torch.randn((k if method == "iwae" else samples, 1, qz.mu.shape[-1]), generator=g).to(qz.mu)
     if method == "recon":
         err = (model.p_x(qz.mu, c).mean - x) ** 2
         return err.flatten(1).sum(1)
-    if method == "iwae":
+    if method == "iwae" and eps is None:
         return -iwae_bound(model, x, c, k=k, chunk=min(k, 100))
-    z = qz.rsample((samples,))  # (S, B, D)
+    if method == "iwae":  # log mean_k p(x, z_k | c) / q(z_k | x, c), 100 draws at a time
+        total = None
+        for i in range(0, len(eps), 100):
+            z = qz.mu + qz.std * eps[i:i + 100]
+            lw = (model.p_x(z, c).log_prob(x).double() + model.prior.log_prob(z, c).double()
+                  - qz.log_prob(z).double())
+            lse = torch.logsumexp(lw, dim=0)
+            total = lse if total is None else torch.logaddexp(total, lse)
+        return -(total - math.log(len(eps))).float()
+    z = qz.mu + qz.std * eps  # (S, B, D)
     rec = -model.p_x(z, c).log_prob(x).mean(0)  # (B,)
     return rec + model.prior.kl(qz, z, c).mean(0)
 
@@ -87,7 +103,9 @@ def anomaly_scores(model: CVAE, x, y=None, *, method: str = "elbo", k: int = 100
         cb = None
         if model.schema:
             cb = model.schema.encode(torch.as_tensor(y[i:i + batch_size], dtype=torch.float32)).to(model.device)
-        out.append(_scores_model_units(model, xb, cb, method, k=k, samples=samples).float().cpu())
+        # the same draws for every batch (common random numbers): a row's score is the same alone, in its
+        # file or beside other rows (per-batch draws moved it by up to a nat, and could flip its flag)
+        out.append(_scores_model_units(model, xb, cb, method, k=k, samples=samples, seed=seed).float().cpu())
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
