@@ -137,6 +137,21 @@ def test_augment_balance_on_a_file_whose_labelled_classes_are_balanced_names_the
     assert not (tmp_path / "a.npz").exists()
 
 
+def test_augment_merged_into_an_image_folder_keeps_the_unlabelled_images_apart(digits_run, tmp_path):
+    """Merged real images without a label go to OUT/unlabelled/, which cvae train reads as such (the
+    writer indexed the classes with the missing label's code and stopped half-way, leaving the folder)."""
+    target, hidden = _digits_npz(tmp_path / "u.npz", -1)
+    out = tmp_path / "aug"
+    assert main(["augment", str(digits_run), "--per-class", "2", "--merge", "--data", str(tmp_path / "u.npz"),
+                 "-o", str(out)]) == 0
+    assert len(list((out / "unlabelled").glob("real-*.png"))) == hidden.sum()
+    assert sum(len(list((out / str(k)).glob("real-*.png"))) for k in range(10)) == (~hidden).sum() == 80
+    assert all(len(list((out / str(k)).glob("synthetic-*.png"))) == 2 for k in range(10))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial folder left
+    d = load_data(str(out), val_fraction=0.0)
+    assert int(np.isnan(d.train.y.numpy()).sum()) == hidden.sum()
+
+
 def test_inputs_without_labels_are_encoded_with_the_class_the_classifier_gives(digits_run, tmp_path):
     model = cvae.load(digits_run)
     target, hidden = _digits_npz(tmp_path / "u.npz", -1)

@@ -165,7 +165,8 @@ def _folder_name(name: str) -> str:
 
 def write_augmented(path: str | Path, model: CVAE, aug: Augmented) -> Path:
     """``.npz`` (x, the conditions by name, ``synthetic``), ``.csv`` (id, features, conditions) or, for
-    images, an image folder ``OUT/CLASS/{real,synthetic}-N.png`` that ``cvae train --data OUT`` reads."""
+    images, an image folder ``OUT/CLASS/{real,synthetic}-N.png`` that ``cvae train --data OUT`` reads (merged
+    real images without a label in ``OUT/unlabelled/``)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npz":
@@ -178,15 +179,34 @@ def write_augmented(path: str | Path, model: CVAE, aug: Augmented) -> Path:
         raise CvaeError(f"{path}: an image folder is for images; write this data as .npz or .csv")
     if path.exists() and any(path.iterdir()):
         raise CvaeError(f"{path} already exists and is not empty; choose a new folder")
+    import shutil
+    import tempfile
+
     from PIL import Image
+
+    from ..data.sources import UNLABELLED_FOLDER
 
     a = model.schema.attribute(aug.attribute)
     j = model.schema.names.index(a.name)
     images = (aug.x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    for cls in a.classes:
-        (path / _folder_name(cls)).mkdir(parents=True, exist_ok=True)
-    for i, (img, code) in enumerate(zip(images, aug.y[:, j].long().tolist())):
-        arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
-        name = f"{'synthetic' if aug.synthetic[i] else 'real'}-{i:06d}.png"
-        Image.fromarray(arr).save(path / _folder_name(a.classes[code]) / name)
+    codes = aug.y[:, j].numpy()
+    # written into a folder of its own beside OUT, renamed to OUT when complete: a failure leaves no half
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        for cls in a.classes:
+            (part / _folder_name(cls)).mkdir()
+        for i, (img, code) in enumerate(zip(images, codes)):
+            arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+            name = f"{'synthetic' if aug.synthetic[i] else 'real'}-{i:06d}.png"
+            # a merged real image without a label goes where the folder reader looks for those
+            folder = _folder_name(a.classes[int(code)]) if np.isfinite(code) else UNLABELLED_FOLDER
+            (part / folder).mkdir(exist_ok=True)
+            Image.fromarray(arr).save(part / folder / name)
+        if path.exists():
+            path.rmdir()  # empty (checked above)
+        part.rename(path)
+    except BaseException:
+        shutil.rmtree(part, ignore_errors=True)
+        raise
     return path
