@@ -278,6 +278,17 @@ def test_python_api_misuse_is_one_clear_error(call, fragment):
     assert fragment in str(e.value), str(e.value)
 
 
+def test_bayes_rule_classification_of_a_row_does_not_depend_on_the_rows_beside_it():
+    """One set of draws for every row and class: a row's class probabilities are the same alone, in its
+    batch or in smaller batches (each row's draws depended on its position), and another seed draws anew."""
+    model = make("textbook", shape=(1, 8, 8)).eval()
+    x, _, _ = batch((1, 8, 8), n=9)
+    whole = model.classify(x)
+    torch.testing.assert_close(model.classify(x[4:5]), whole[4:5])
+    torch.testing.assert_close(model.classify(x, batch_size=2), whole)
+    assert not torch.allclose(model.classify(x, seed=1), whole)
+
+
 def test_conditions_as_tensors_and_whole_floats_are_read_as_values():
     model = make("textbook", shape=(1, 8, 8)).eval()
     g = torch.Generator()

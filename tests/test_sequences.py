@@ -703,6 +703,21 @@ def test_an_anomaly_detector_of_molecules_scores_a_smi_file(tmp_path):
     assert [row["id"] for row in rows] == ["CCO", "FC(F)(F)C(F)(F)F", "C1CC1"]  # canonical SMILES
     assert all(math.isfinite(float(row["score"])) and row["flag"] == str(int(float(row["score"]) > threshold))
                for row in rows)
+    # the training CSV itself: its smiles column is scored (its name was read as one SMILES string)
+    r = cli("anomaly", "score", run, "--data", MOLECULES, "-o", tmp_path / "all.csv")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "all.csv") as f:
+        assert len(list(csv.DictReader(f))) == 150
+    # and the web API scores an upload of SMILES lines as the command scores the file (it never could)
+    from fastapi.testclient import TestClient  # the serve extra is part of cvae[test]
+
+    from cvae.serve import create_app
+
+    with TestClient(create_app([run])) as client:
+        up = {"file": ("m.smi", (tmp_path / "mols.smi").read_bytes(), "text/plain")}
+        web = client.post("/v1/runs/detector/score", files=up).json()
+    assert web["ids"] == [row["id"] for row in rows]
+    np.testing.assert_allclose(web["scores"], [float(row["score"]) for row in rows], rtol=1e-5)
     (tmp_path / "long.smi").write_text("C" * 40 + "\n")
     r = cli("anomaly", "score", run, "--data", tmp_path / "long.smi", "-o", tmp_path / "x.csv")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "more than the model's maximum" in r.stderr
@@ -783,6 +798,10 @@ def test_text_per_label_transfer_and_bad_input(tmp_path):
     probs = model.classify(torch.as_tensor(model.tokenizer.encode([r["input"] for r in rec], model.length)).float())
     np.testing.assert_allclose([[float(row["p_neg"]), float(row["p_pos"])] for row in pred], probs.numpy(), rtol=1e-4)
     assert [row["sentiment"] for row in pred] == [model.schema.attributes[0].classes[int(k)] for k in probs.argmax(1)]
+    r = cli("classify", run, "--data", data, "-o", tmp_path / "all.csv")  # the training CSV: its text column
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "all.csv") as f:
+        assert len(list(csv.DictReader(f))) == 120
     # the web API classifies uploaded lines the same way, without a condition of their own
     from fastapi.testclient import TestClient  # the serve extra is part of cvae[test]
 

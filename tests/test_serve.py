@@ -114,6 +114,7 @@ def test_each_run_is_described(client):
     assert set(info) == {"digits", "wine", "beats", "mols"}
     assert [info[n]["kind"] for n in ("digits", "wine", "beats", "mols")] == ["image", "table", "signal", "sequence"]
     assert info["mols"]["steer"] == {"available": True, "default": 2.0}
+    assert len(info["mols"]["kl_per_dimension"]) == 4 and "examples of qm9-150.csv" in info["mols"]["kl_note"]
     assert info["digits"]["steer"] == {"available": False, "default": 0.0}
     assert info["digits"]["conditions"] == [{"name": "label", "kind": "categorical", "classes": [str(i) for i in range(10)]}]
     alcohol = info["wine"]["conditions"][1]
@@ -247,6 +248,14 @@ def test_an_upload_is_classified_as_cvae_classify_does(client, runs, tmp_path):
     assert out["attribute"] == "label" and out["predicted"] == [row["label"]] and "error" not in out
     np.testing.assert_allclose(out["probs"][0], [float(row[f"p_{k}"]) for k in range(10)], atol=1e-6)
     assert out["probability"] == [max(out["probs"][0])]
+
+
+def test_a_molecule_is_encoded_as_its_canonical_smiles_as_cvae_embed_does(client, runs, tmp_path):
+    # 'OCC' is ethanol as 'CCO' is: the same code (it was encoded as another token string)
+    out = client.post("/v1/runs/mols/encode", files={"file": ("m.smi", b"CCO\nOCC\n", "text/plain")}).json()
+    assert out["strings"] == ["CCO", "CCO"] and out["mu"][0] == out["mu"][1]
+    table = client.post("/v1/runs/mols/encode", files={"file": ("m.csv", b"smiles,name\nOCC,ethanol\n", "text/csv")})
+    np.testing.assert_allclose(table.json()["mu"], out["mu"][:1], rtol=1e-5)  # a CSV: the run's sequence column
 
 
 def test_anomaly_scores_are_the_cli_scores_against_the_run_threshold(client, runs, tmp_path):

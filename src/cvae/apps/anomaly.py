@@ -475,9 +475,9 @@ def _score_strings(model, detector, method: str, source: str, *, n: int | None, 
     """A sequence run's detector on strings (a .txt/.smi file, one per line, or one string), each
     identified by the string itself; their own condition is ``condition`` (molecules: RDKit's when left
     out)."""
-    from .sequences import given_conditions, read_strings, token_ids
+    from .sequences import given_conditions, read_strings, sequence_column, token_ids
 
-    names, texts = read_strings(source, "--data")
+    names, texts = read_strings(source, "--data", sequence_column(model))
     names, texts = names[:n], texts[:n]
     texts, x = token_ids(model, texts, names, "--data")
     y = given_conditions(model, condition, texts)

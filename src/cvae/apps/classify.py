@@ -48,14 +48,14 @@ def _attribute(model, attribute: str | None):
 
 
 def classify_inputs(model: CVAE, source: str, *, attribute: str | None = None, data_dir=None, n: int | None = None,
-                    split: str = "test") -> Classification:
+                    split: str = "test", seed: int = 0) -> Classification:
     """Class probabilities of ``attribute`` (the first categorical condition by default) for every
     example of ``source`` (a named data set's split, .npz/.npy/.csv, image folder or image)."""
     attr = _attribute(model, attribute)
     inputs = read_inputs(model, source, data_dir=data_dir, n=n, split=split, missing_ok=True)  # labels: truth only
     if len(inputs.x) == 0:
         raise CvaeError(f"{source} holds no examples to classify")
-    probs = model.classify(inputs.x, attr.name).cpu().numpy()
+    probs = model.classify(inputs.x, attr.name, seed=seed).cpu().numpy()
     truth = None
     if inputs.y is not None:
         truth = inputs.y[:, model.schema.names.index(attr.name)].numpy().astype(np.float64)
@@ -63,7 +63,7 @@ def classify_inputs(model: CVAE, source: str, *, attribute: str | None = None, d
 
 
 def classify_strings(model, texts: list[str], *, attribute: str | None = None, names: list | None = None,
-                     y=None, where: str = "--data") -> Classification:
+                     y=None, where: str = "--data", seed: int = 0) -> Classification:
     """Class probabilities of ``attribute`` for sequences (a sequence run), each identified by the string
     itself: the strings tokenised with the run's vocabulary (an unseen token or a string too long is an
     error that names it by ``where`` and ``names``, "--data, line 7"), then :meth:`classify`; ``y``: their
@@ -75,7 +75,7 @@ def classify_strings(model, texts: list[str], *, attribute: str | None = None, n
         raise CvaeError("there are no sequences to classify")
     names = list(names) if names is not None else [f"row {i}" for i in range(len(texts))]
     texts, x = token_ids(model, list(texts), names, where)
-    probs = model.classify(x, attr.name).cpu().numpy()
+    probs = model.classify(x, attr.name, seed=seed).cpu().numpy()
     truth = None if y is None else y[:, model.schema.names.index(attr.name)].numpy().astype(np.float64)
     return Classification(list(texts), attr.name, list(attr.classes), probs, truth)
 

@@ -274,10 +274,16 @@ def lines_of(text: str, *, first_field: bool = False, what: str = "the file") ->
     return [n for n, _ in numbered], [t for _, t in numbered]
 
 
-def read_strings(spec: str, flag: str) -> tuple[list[str], list[str]]:
+def sequence_column(model) -> str | None:
+    """The column of a table that a sequence run was trained on (``smiles``, ``text``)."""
+    return (model.run_config.get("data", {}).get("sequences") or {}).get("column")
+
+
+def read_strings(spec: str, flag: str, column: str | None = None) -> tuple[list[str], list[str]]:
     """The sequences a user gives with ``flag``: a .txt file (one per line), a .smi file (the first field
-    of each line: SMILES files often name the molecule after it) or the string itself. Returns where
-    each came from ("line 7", for errors) and the strings; blank lines are skipped."""
+    of each line: SMILES files often name the molecule after it), a CSV/TSV table's ``column`` (the run's
+    sequence column) or the string itself. Returns where each came from ("line 7", for errors) and the
+    strings; blank lines and empty cells are skipped."""
     path = Path(spec)
     suffix = path.suffix.lower()
     if suffix in (".txt", ".smi") and path.is_file():
@@ -286,9 +292,22 @@ def read_strings(spec: str, flag: str) -> tuple[list[str], list[str]]:
         except UnicodeDecodeError:
             raise CvaeError(f"{flag} {spec}: the file is not UTF-8 text; save it as UTF-8, one sequence per line") from None
         return lines_of(text, first_field=suffix == ".smi", what=f"{flag} {spec}")
-    if suffix in (".txt", ".smi", ".csv") and not path.is_file():
-        raise CvaeError(f"{flag} {spec}: no such file; give a .txt or .smi file (one sequence per line) or the "
-                        "sequence itself in quotes")
+    if suffix in (".csv", ".tsv") and path.is_file():  # a table: its sequence column, not its file name
+        from ..data.sources import read_csv_table
+
+        header, rows = read_csv_table(path)
+        if column is None or column not in header:
+            raise CvaeError(f"{flag} {spec}: " + (f"the table has no column {column!r} (the run's sequences); its "
+                                                 f"columns are: {', '.join(header)}" if column else
+                                                 "give a .txt or .smi file, one sequence per line"))
+        j = header.index(column)
+        kept = [(f"line {line}", r[j].strip()) for line, r in zip(rows.lines, rows) if r[j].strip()]
+        if not kept:
+            raise CvaeError(f"{flag} {spec}: the column {column!r} holds no sequences")
+        return [n for n, _ in kept], [t for _, t in kept]
+    if suffix in (".txt", ".smi", ".csv", ".tsv") and not path.is_file():
+        raise CvaeError(f"{flag} {spec}: no such file; give a .txt or .smi file (one sequence per line), a CSV with "
+                        "the run's sequence column, or the sequence itself in quotes")
     if not spec.strip():
         raise CvaeError(f"{flag} is empty; give a sequence in quotes, or a .txt/.smi file with one per line")
     return ["the string"], [spec]

@@ -468,19 +468,19 @@ def cmd_classify(args) -> int:
         raise CvaeError(f"--n must be a positive number of examples, got {args.n}")
     model = _load(args)
     if _sequence_run(args):
-        from ..apps.sequences import own_strings, read_strings
+        from ..apps.sequences import own_strings, read_strings, sequence_column
 
         if args.data:
-            names, texts = read_strings(args.data, "--data")
+            names, texts = read_strings(args.data, "--data", sequence_column(model))
             texts, names, truth = texts[:args.n], names[:args.n], None
         else:  # the run's own validation sequences, with their labels
             texts, truth, _ = own_strings(model, args.n)
             names = None
-        result = classify_strings(model, texts, attribute=args.attribute, names=names, y=truth)
+        result = classify_strings(model, texts, attribute=args.attribute, names=names, y=truth, seed=args.seed)
     else:
         source = _own_source(model, args.data)
         result = classify_inputs(model, source, attribute=args.attribute, data_dir=args.data_dir, n=args.n,
-                                 split=args.split)
+                                 split=args.split, seed=args.seed)
     path = write_predictions(args.output, result)
     print(f"wrote {path}  ({len(result.ids)} examples, {len(result.classes)} classes of {result.attribute!r})")
     m = result.metrics()
@@ -524,6 +524,7 @@ def _traverse_sequences(args) -> int:
         given_conditions,
         own_strings,
         read_strings,
+        sequence_column,
         token_ids,
         traversal_rows,
         write_rows,
@@ -534,7 +535,7 @@ def _traverse_sequences(args) -> int:
         raise CvaeError(f"-o {args.output}: a sequence run's traversal is written as a .csv file (one string a row)")
     dims = len(_keys(args.dims)) if args.dims else min(args.top, model.config.latent_dim)
     if args.data:
-        names, texts = read_strings(args.data, "--data")
+        names, texts = read_strings(args.data, "--data", sequence_column(model))
         texts, names = texts[:args.kl_examples], names[:args.kl_examples]
         texts, ids = token_ids(model, texts, names, "--data")
         y_kl = given_conditions(model, args.condition, texts)
@@ -545,7 +546,7 @@ def _traverse_sequences(args) -> int:
     kl = kl_per_dimension(model, torch.as_tensor(ids).float(), y_kl)
     x = y = base_ids = None
     if args.input:
-        names, texts = read_strings(args.input, "--input")
+        names, texts = read_strings(args.input, "--input", sequence_column(model))
         keep = [int(k) for k in _keys(args.index)]
         if any(not 0 <= k < len(texts) for k in keep):
             raise CvaeError(f"--index {args.index}: --input holds {len(texts)} sequence(s), numbered from 0")
@@ -567,12 +568,18 @@ def _traverse_sequences(args) -> int:
 
 def _transfer_sequences(args) -> int:
     from ..api import load
-    from ..apps.sequences import given_conditions, read_strings, transfer_strings, write_rows
+    from ..apps.sequences import (
+        given_conditions,
+        read_strings,
+        sequence_column,
+        transfer_strings,
+        write_rows,
+    )
 
     model = load(args.run, device=args.device)
     if not args.input:
         raise CvaeError("give the sequences to transfer with --input: a string, or a .txt/.smi file (one per line)")
-    names, texts = read_strings(args.input, "--input")
+    names, texts = read_strings(args.input, "--input", sequence_column(model))
     names, texts = names[:args.n], texts[:args.n]
     if not model.schema:
         raise CvaeError("this run is a plain VAE (no condition): there is no condition to transfer to")
@@ -592,16 +599,17 @@ def _embed_sequences(args) -> int:
         given_conditions,
         own_strings,
         read_strings,
+        sequence_column,
         write_rows,
     )
 
     model = load(args.run, device=args.device)
     if args.data:
         path = Path(args.data)
-        if path.suffix.lower() not in (".smi", ".txt") or not path.is_file():
-            raise CvaeError(f"--data {args.data}: give a .smi or .txt file, one sequence per line (or leave --data out "
-                            "for the run's own validation split)")
-        names, texts = read_strings(args.data, "--data")
+        if path.suffix.lower() not in (".smi", ".txt", ".csv", ".tsv") or not path.is_file():
+            raise CvaeError(f"--data {args.data}: give a .smi or .txt file, one sequence per line, or a CSV with the "
+                            "run's sequence column (or leave --data out for the run's own validation split)")
+        names, texts = read_strings(args.data, "--data", sequence_column(model))
         y = given_conditions(model, args.condition, texts)
     else:
         texts, y, _ = own_strings(model)

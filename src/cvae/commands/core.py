@@ -307,9 +307,15 @@ def cmd_reconstruct(args) -> int:
 def _reconstruct_sequences(model, args) -> int:
     """Sequences given with --input (a string, or a .txt/.smi file) encoded with their --condition and
     decoded greedily: a .csv of input, reconstruction and whether they are the same."""
-    from ..apps.sequences import given_conditions, read_strings, reconstruct_strings, write_rows
+    from ..apps.sequences import (
+        given_conditions,
+        read_strings,
+        reconstruct_strings,
+        sequence_column,
+        write_rows,
+    )
 
-    names, texts = read_strings(args.input, "--input")
+    names, texts = read_strings(args.input, "--input", sequence_column(model))
     if args.n is not None:
         if args.n < 1:
             raise CvaeError(f"--n must be a positive number of sequences, got {args.n}")

@@ -421,10 +421,13 @@ class VAEModel(nn.Module):
 
 
     @torch.no_grad()
-    def classify(self, x, attribute: str | None = None, *, samples: int = 16, batch_size: int = 250) -> torch.Tensor:
+    def classify(self, x, attribute: str | None = None, *, samples: int = 16, batch_size: int = 250,
+                 seed: int = 0) -> torch.Tensor:
         """p(y | x) of the categorical condition by Bayes' rule with p(y) uniform: log p(x | y) from the
         importance-weighted bound with ``samples`` draws of q(z | x, y) per class (a generative
-        classifier). Class probabilities (N, classes). A semi-supervised model answers from q(y | x)."""
+        classifier), every example's and class's codes made from the same ``seed``'s standard normals
+        (an example's answer does not depend on the rows beside it). Class probabilities (N, classes).
+        A semi-supervised model answers from q(y | x)."""
         blocks = self.schema.categorical_blocks()
         if not blocks or len(self.schema.attributes) != 1 or attribute not in (None, blocks[0][0].name):
             raise CvaeError("this model classifies only when its one condition is categorical; train the "
@@ -432,7 +435,8 @@ class VAEModel(nn.Module):
         a = blocks[0][0]
         samples, batch_size = check_positive("samples", samples), check_positive("batch_size", batch_size)
         x = self.to_model_units(x)
-        g = torch.Generator(device=self.device).manual_seed(0)
+        g = torch.Generator().manual_seed(int(seed))
+        eps = None
         out = []
         for i in range(0, len(x), batch_size):
             xb = x[i:i + batch_size]
@@ -440,7 +444,8 @@ class VAEModel(nn.Module):
             for k in range(a.dim):
                 c = torch.nn.functional.one_hot(torch.full((len(xb),), k, device=self.device), a.dim).float()
                 qz = self.q_z(xb, c)
-                eps = torch.randn((samples, *qz.mu.shape), generator=g, device=self.device)
+                if eps is None:  # (samples, 1, D): one set of draws for every example and class
+                    eps = torch.randn((samples, 1, qz.mu.shape[-1]), generator=g).to(qz.mu)
                 z = qz.mu + eps * qz.std
                 lw = self.p_x(z, c).log_prob(xb).float() + self.prior.log_prob(z, c).float() - qz.log_prob(z).float()
                 ll[:, k] = torch.logsumexp(lw, 0) - math.log(samples)

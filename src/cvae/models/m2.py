@@ -124,9 +124,9 @@ class M2(CVAE):
                         + ", ".join(a.name for a, _, _ in self.blocks))
 
     @torch.no_grad()
-    def classify(self, x, attribute: str | None = None, *, batch_size: int = 1000) -> torch.Tensor:
+    def classify(self, x, attribute: str | None = None, *, batch_size: int = 1000, seed: int = 0) -> torch.Tensor:
         """q(y | x): class probabilities (N, classes) of a categorical condition (the first by default)
-        for inputs in the model's data units."""
+        for inputs in the model's data units (``seed``: unused, q(y | x) draws nothing)."""
         i, _ = self._categorical(attribute)
         batch_size = check_positive("batch_size", batch_size)
         x = self.to_model_units(x)

@@ -177,7 +177,9 @@ async def _answer(send, status: int, detail: str, extra: list | None = None) -> 
 
 
 def as_field_names(message: str) -> str:
-    """The apps' messages name command-line flags (--condition, --n); here they are request fields."""
+    """The apps' messages name command-line flags (--condition, --n); here they are request fields, and
+    what the flags --input and --data name is the uploaded file."""
+    message = re.sub(r"(?<![\w-])--(input|data)(?![\w-])(,? the string| the upload)?", "the upload", message)
     return re.sub(r"(?<![\w-])--([a-z][a-z-]*)", lambda m: "'" + m.group(1).replace("-", "_") + "'", message)
 
 

@@ -9,6 +9,7 @@ Nothing here imports the web stack: :mod:`cvae.serve.app` puts these methods beh
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
 import re
@@ -129,11 +130,17 @@ class ServedRun:
         if not source:
             return None, "the run does not record its data"
         try:
-            inputs = read_inputs(self.model, source, n=KL_EXAMPLES)
-            kl = kl_per_dimension(self.model, inputs.x, conditions_of(self.model, inputs, None, source=source))
+            if self.kind == "sequence":  # the run's own sequences, read as cvae traverse reads them
+                from ..apps.sequences import own_strings
+
+                _, y, x = own_strings(self.model, KL_EXAMPLES)
+            else:
+                inputs = read_inputs(self.model, source, n=KL_EXAMPLES)
+                x, y = inputs.x, conditions_of(self.model, inputs, None, source=source)
+            kl = kl_per_dimension(self.model, x, y)
         except CvaeError as e:
             return None, f"the run's data could not be read ({e}); dimensions are in their own order"
-        return kl, f"averaged over {len(inputs.x)} examples of {Path(str(source)).name}"
+        return kl, f"averaged over {len(x)} examples of {Path(str(source)).name}"
 
     def conditions(self) -> list[dict]:
         out = []
@@ -307,7 +314,7 @@ class ServedRun:
                 yield self.read_upload(data, tmp, read=read)
             except CvaeError as e:
                 text = str(e).replace(str(Path(tmp) / "upload"), "the upload").replace(tmp, "the upload's folder")
-                text = re.sub(r"the upload\.(png|jpg|npy|npz|csv)", r"the upload (.\1)", text)
+                text = re.sub(r"(--data )?the upload\.(png|jpg|npy|npz|csv|txt|smi)", r"the upload (.\2)", text)
                 raise type(e)(text) from None
 
     def read_upload(self, data: bytes, directory: str | Path, *, read: bool = True):
@@ -315,7 +322,7 @@ class ServedRun:
         reads its own: it knows its label column)."""
         if len(data) > self.limits.max_upload_bytes:
             raise UploadError(f"the upload is {len(data):,} bytes; the limit is {self.limits.max_upload_bytes:,}")
-        suffix = upload_suffix(data)
+        suffix = self.sequence_suffix(data) if self.kind == "sequence" else upload_suffix(data)
         if suffix in (".png", ".jpg") and self.kind != "image":
             raise UploadError(f"this run models {self.kind} data: upload a CSV file (one example a row, the "
                               f"columns of the training data) or a .npy/.npz array, not an image")
@@ -338,17 +345,35 @@ class ServedRun:
         names, texts = self.upload_lines(data)
         return names, texts, given_conditions(self.model, condition or None, texts)
 
-    def upload_lines(self, data: bytes) -> tuple[list[str], list[str]]:
-        """The sequences of an upload to a sequence run and where each came from (``line 3``)."""
-        from ..apps.sequences import lines_of
+    def sequence_suffix(self, data: bytes) -> str:
+        """How a sequence run reads an upload of text: a CSV whose header names the run's sequence column
+        (that column), else one sequence a line (.smi for molecules: a name may follow each)."""
+        from ..apps.sequences import sequence_column
 
         if len(data) > self.limits.max_upload_bytes:
             raise UploadError(f"the upload is {len(data):,} bytes; the limit is {self.limits.max_upload_bytes:,}")
         if upload_suffix(data) != ".csv":
             raise UploadError("this run models sequences: upload a UTF-8 text file with one sequence per line "
-                              "(.txt, or .smi for molecules), not an image or an array")
-        names, texts = lines_of(data.decode("utf-8-sig"), first_field=self.model.tokenizer.molecular,
-                                what="the upload")
+                              "(.txt, or .smi for molecules) or a CSV with the run's sequence column, not an image "
+                              "or an array")
+        first = data.decode("utf-8-sig", "replace").splitlines()[:1]
+        column = sequence_column(self.model)
+        if first and column and column in [c.strip() for c in next(csv.reader(first))]:
+            return ".csv"
+        return ".smi" if self.model.tokenizer.molecular else ".txt"
+
+    def upload_lines(self, data: bytes) -> tuple[list[str], list[str]]:
+        """The sequences of an upload to a sequence run and where each came from (``line 3``)."""
+        from ..apps.sequences import read_strings, sequence_column
+
+        suffix = self.sequence_suffix(data)
+        with tempfile.TemporaryDirectory(prefix="cvae-serve-") as tmp:
+            path = Path(tmp) / f"upload{suffix}"
+            path.write_bytes(data)
+            try:
+                names, texts = read_strings(str(path), "the upload", sequence_column(self.model))
+            except CvaeError as e:
+                raise CvaeError(str(e).replace(f"the upload {path}", "the upload")) from None
         return names[:self.limits.max_rows], texts[:self.limits.max_rows]
 
     def reconstruct(self, data: bytes, *, condition=None) -> dict:
@@ -410,9 +435,10 @@ class ServedRun:
     def encode(self, data: bytes, *, condition=None) -> dict:
         """``cvae embed``: the posterior mean and variance of each input, encoded with its own condition."""
         if self.kind == "sequence":
-            from ..apps.sequences import described
+            from ..apps.sequences import canonical_inputs, described
 
             names, texts, y = self.upload_strings(data, condition)
+            texts = canonical_inputs(self.model, texts, names, "the upload")  # as cvae embed reads molecules
             q = self.model.encode_strings(texts, y, where="the upload", names=names)
             rows = described(self.model, y) if y is not None else []
             return {"ids": names, "strings": texts, "mu": _numbers(_finite(q.mu, "latent codes").cpu()),
