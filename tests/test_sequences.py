@@ -885,3 +885,19 @@ def test_a_very_long_smiles_is_refused_before_rdkit_sees_it(tmp_path):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr[-2000:]
     assert "longer than 2,000 characters" in r.stderr and len(r.stderr) < 400  # the input is not repeated
+
+
+def test_a_reconstruction_is_the_same_when_its_tokens_are(tmp_path):
+    """The word tokeniser lower-cases and spaces punctuation: "Hello, World." decoded back as
+    "hello , world ." is the same sequence (reconstruct said 0 where evaluate said every one came back)."""
+    lines = ["text,label"] + [('"Hello, World.",a' if i % 2 else "Good night!,b") for i in range(150)]
+    (tmp_path / "two.csv").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    r = cli("train", "--data", tmp_path / "two.csv", "--sequence", "text", "--condition", "label", "--epochs", "40",
+            "--hidden", "32", "--latent-dim", "4", "--out", run, "--no-progress", "--no-tensorboard", "--no-pictures")
+    assert r.returncode == 0, r.stderr
+    r = cli("reconstruct", run, "--input", "Hello, World.", "--condition", "label=a", "-o", tmp_path / "r.csv")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "r.csv") as f:
+        row = next(csv.DictReader(f))
+    assert row["input"] == "Hello, World." and row["reconstruction"] == "hello , world ." and row["same"] == "1"

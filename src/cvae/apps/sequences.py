@@ -373,12 +373,16 @@ def reconstruct_strings(model, texts: list[str], y=None, *, names: list[str] | N
         c = model.condition_vector(yb, len(q.mu)) if yb is not None else None
         out += model.tokenizer.decode(model.decode_tokens(q.mu, c, how="greedy", steer=steer).cpu().numpy())
     canon, _ = achieved_table(model, out)
+    # text is compared as the tokeniser reads it (the word tokeniser lower-cases and spaces punctuation:
+    # "Hello, World." comes back as "hello , world .", the same tokens)
+    read = texts if model.tokenizer.molecular else model.tokenizer.decode(
+        model.tokenizer.encode(texts, model.length, where="--input", names=names))
     rows = []
     for k, (t, o) in enumerate(zip(texts, out)):
         row = {"input": t, **conds[k], "reconstruction": canon[k] if model.tokenizer.molecular and canon[k] else o}
         if model.tokenizer.molecular:
             row["valid"] = int(canon[k] is not None)
-        row["same"] = int(row["reconstruction"] == t)
+        row["same"] = int(row["reconstruction"] == read[k])
         rows.append(row)
     return rows
 
