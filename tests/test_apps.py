@@ -407,3 +407,33 @@ def test_inputs_outside_the_runs_grey_levels_are_refused(digits_run, tmp_path, c
     np.save(tmp_path / "ok.npy", grey)
     assert main(["embed", str(digits_run), "--data", str(tmp_path / "ok.npy"), "--condition", "label=3",
                  "-o", str(tmp_path / "e.csv")]) == 0
+
+
+def test_scores_of_an_image_folder_name_its_files_at_any_size_and_channels(tmp_path):
+    """An image folder's scores carry each file's name (they carried row numbers, in the folder's
+    lexical order: 0, 1, 10, ...), and a folder of mixed sizes and channels is read at the run's (the
+    message asked for --image-size, which the command does not have)."""
+    from PIL import Image
+
+    from cvae.apps import fit_anomaly, score_anomalies
+
+    rng = np.random.default_rng(0)
+    for cls in "ab":
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    fit_anomaly(str(tmp_path / "imgs"), out=tmp_path / "det", normal="a", epochs=1, batch_size=8, hidden=[16],
+                latent_dim=2, progress=False, tensorboard=False, pictures=False)
+    Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)).save(tmp_path / "imgs" / "b" / "rgb.png")
+    res = score_anomalies(tmp_path / "det", str(tmp_path / "imgs"), score="recon")
+    assert res.ids[:3] == ["a/0.png", "a/1.png", "a/10.png"] and "b/rgb.png" in res.ids and len(res.ids) == 25
+    alone = score_anomalies(tmp_path / "det", str(tmp_path / "imgs" / "a" / "10.png"), score="recon")
+    np.testing.assert_allclose(alone.scores, res.scores[2:3], rtol=1e-5)
+    # a named set without the split asked for says whose rows it reads
+    from cvae.errors import CvaeWarning
+    from cvae.models import build_model
+    from cvae.models.config import ModelConfig
+
+    digits = build_model(ModelConfig(data_shape=(1, 8, 8), hidden=[8], latent_dim=2))
+    with pytest.warns(CvaeWarning, match="digits has no test split; its training split is read"):
+        read_inputs(digits, "digits", split="test", n=5, scored=True)

@@ -421,6 +421,8 @@ def _columns_of(source: str, data_dir, layout: str) -> list[str]:
         return read_csv_table(path)[0]
     if path.is_file() and path.suffix.lower() not in (".npz", ".npy"):
         return []  # a single image
+    if path.is_dir():
+        return ["label"]  # an image folder: its class folders (read at the run's size by read_inputs)
     return list(read_source(source, data_dir=data_dir, data_layout=layout).columns)
 
 
@@ -448,7 +450,8 @@ def score_anomalies(run: str | Path | CVAE, source: str, *, data_dir=None, split
     else:  # a detector fitted on unlabelled normal rows, scoring labelled data
         features = set(model.run_config.get("data", {}).get("features") or [])
         column = next((c for c in LABEL_NAMES if c in available and c not in features), None)
-    inputs = read_inputs(model, source, data_dir=data_dir, n=n, split=split, columns=[column] if column else [])
+    inputs = read_inputs(model, source, data_dir=data_dir, n=n, split=split, columns=[column] if column else [],
+                         scored=True)
     y = conditions_of(model, inputs, condition, source=source)
     scores = anomaly_scores(model, inputs.x, y, method=method, k=detector.k, samples=detector.samples, seed=seed)
     bad = (~torch.isfinite(torch.as_tensor(scores))).nonzero().flatten().tolist()

@@ -52,7 +52,8 @@ def classify_inputs(model: CVAE, source: str, *, attribute: str | None = None, d
     """Class probabilities of ``attribute`` (the first categorical condition by default) for every
     example of ``source`` (a named data set's split, .npz/.npy/.csv, image folder or image)."""
     attr = _attribute(model, attribute)
-    inputs = read_inputs(model, source, data_dir=data_dir, n=n, split=split, missing_ok=True)  # labels: truth only
+    inputs = read_inputs(model, source, data_dir=data_dir, n=n, split=split, missing_ok=True,  # labels: truth only
+                         scored=True)
     if len(inputs.x) == 0:
         raise CvaeError(f"{source} holds no examples to classify")
     probs = model.classify(inputs.x, attr.name, seed=seed).cpu().numpy()

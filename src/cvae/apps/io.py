@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 
 from ..data.core import read_source
 from ..data.sources import IMAGE_SUFFIXES, TABLE_SUFFIXES, UNIT_SLACK
-from ..errors import CvaeError
+from ..errors import CvaeError, CvaeWarning
 from ..models import CVAE
 
 
@@ -26,12 +27,14 @@ class Inputs:
 
 
 def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None, split: str = "test",
-                columns: Sequence[str] = (), missing_ok: bool | None = None) -> Inputs:
+                columns: Sequence[str] = (), missing_ok: bool | None = None, scored: bool = False) -> Inputs:
     """Examples for ``model`` from a named data set (its test split, else train), a .npz/.npy/.csv file,
     an image folder or a single image file. Condition columns named like the model's are read too;
     ``columns`` names further columns to read into ``Inputs.columns`` (and to keep out of the features).
     ``missing_ok``: whether a missing categorical value is read as NaN (default: where the model infers
-    it, a semi-supervised one; a caller that only scores against the labels, such as classify, too)."""
+    it, a semi-supervised one; a caller that only scores against the labels, such as classify, too).
+    ``scored``: the caller measures something against these examples' labels (an error, an AUROC): a
+    named set without ``split`` warns that its training rows are read instead."""
     if missing_ok is None:
         missing_ok = model.fills_missing
     path = Path(source)
@@ -55,16 +58,26 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
     wanted = [a.name for a in schema.attributes if _has_column(path, a.name)] + list(columns)
     condition = ",".join(wanted) or "none"
     table = path.suffix.lower() in TABLE_SUFFIXES
-    # a table's own feature columns, read by name: another column (notes, a date) is not the model's input
-    raw = read_source(source, data_dir=data_dir, condition=condition if table else None, data_layout=layout,
-                      features=info.get("features") if table and info.get("features") else None)
+    if len(shape) == 3 and path.is_dir():
+        # an image folder is read at the run's size and channels, as a single image is (a folder of mixed
+        # sizes too: the commands that read inputs have no --image-size, the run's size is the one)
+        from ..data.sources import load_image_folder
+
+        raw = load_image_folder(path, tuple(shape[1:]), shape[0] if shape[0] in (1, 3) else None)
+    else:  # a table's own feature columns, read by name: another column (notes, a date) is not the input
+        raw = read_source(source, data_dir=data_dir, condition=condition if table else None, data_layout=layout,
+                          features=info.get("features") if table and info.get("features") else None)
     if len(shape) == 3 and raw.kind == "image" and not hasattr(raw.splits["train"][0], "grid"):
         from ..data.core import resized
 
         raw = resized(raw, tuple(shape[1:]))  # images of another size: resized as training's were (--image-size)
     part = split if split in raw.splits else "train"
+    if scored and part != split and split != "train" and not path.exists():  # a named set without that split
+        warnings.warn(f"{source} has no {split} split; its training split is read (a run trained on {source} has "
+                      "seen these examples)", CvaeWarning, stacklevel=2)
     x, raw_columns = raw.splits[part]
-    ids = raw.meta.get("ids") if part == "train" else None
+    # ids: a table's id column, an image folder's file names (class/name.png), else the row numbers
+    ids = (raw.meta.get("ids") or raw.meta.get("files")) if part == "train" else None
     if hasattr(x, "grid"):
         # a set rendered on demand (dSprites: 11 GiB whole) is never read whole: the rows the run trained
         # and validated on (what `cvae evaluate --metrics disentanglement` scores), in the grid's order

@@ -563,7 +563,7 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def load_image_folder(root: Path, image_size: tuple[int, int] | None = None) -> RawData:
+def load_image_folder(root: Path, image_size: tuple[int, int] | None = None, channels: int | None = None) -> RawData:
     """``root/CLASS/*.png``: one subfolder per class; grey or RGB, all of one size (or resized).
     Images in ``root/unlabelled/`` (or ``unlabeled/``, any case) have no label (semi-supervised
     training). Hidden files and folders are skipped; a class folder without images is refused."""
@@ -593,7 +593,7 @@ def load_image_folder(root: Path, image_size: tuple[int, int] | None = None) -> 
     if not files:
         raise CvaeError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under the class folders of {root}")
     images = [open_image(f) for f in files]
-    mode = "L" if all(im.mode in _GREY_MODES for im in images) else "RGB"
+    mode = {1: "L", 3: "RGB"}.get(channels) or ("L" if all(im.mode in _GREY_MODES for im in images) else "RGB")
     size = (image_size[1], image_size[0]) if image_size else images[0].size
     arrays = []
     for f, im in zip(files, images):
