@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -437,3 +438,26 @@ def test_scores_of_an_image_folder_name_its_files_at_any_size_and_channels(tmp_p
     digits = build_model(ModelConfig(data_shape=(1, 8, 8), hidden=[8], latent_dim=2))
     with pytest.warns(CvaeWarning, match="digits has no test split; its training split is read"):
         read_inputs(digits, "digits", split="test", n=5, scored=True)
+
+
+@pytest.mark.parametrize("edit,says", [
+    (lambda d: d["thresholds"].update(elbo=None), "the threshold of 'elbo' is None, not a number"),
+    (lambda d: d.update(k="100"), "k is '100', not a whole number"),
+    (lambda d: d.update(normal="10"), "normal is '10', not a list of label values"),  # was a substring test
+    (lambda d: d.update(fpr=5), "fpr is 5, not a rate between 0 and 1"),
+    (lambda d: d.update(score="magic"), "score 'magic' has no threshold"),
+    (None, "it holds a list, not an object"),
+])
+def test_a_hand_edited_detector_file_is_named_damaged_in_one_line(tmp_path, edit, says):
+    from cvae.apps import load_detector
+    from cvae.apps.anomaly import Detector
+
+    d = Detector(score="elbo", fpr=0.05, thresholds={"elbo": 8.8, "recon": 2.0}, k=100, samples=10, source="x.csv",
+                 label_column="label", normal=["0"], n_train=10, n_val=5).to_dict()
+    if edit is None:
+        d = [1, 2]
+    else:
+        edit(d)
+    (tmp_path / "anomaly.json").write_text(json.dumps(d))
+    with pytest.raises(cvae.CvaeError, match=r"anomaly.json is damaged \(" + re.escape(says) + r"\); fit the detector again"):
+        load_detector(tmp_path)

@@ -162,8 +162,32 @@ class Detector:
 
     @classmethod
     def from_dict(cls, d: dict) -> Detector:
+        """The detector a dict describes, each value of the type it must have (a hand-edited file's
+        ``"k": "100"`` or ``"normal": "10"`` is a TypeError here, not a wrong answer later)."""
+        if not isinstance(d, dict):
+            raise TypeError(f"it holds a {type(d).__name__}, not an object")
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        out = cls(**{k: v for k, v in d.items() if k in known})
+
+        def number(v, whole=False):
+            return (isinstance(v, int) or (not whole and isinstance(v, float))) and not isinstance(v, bool) \
+                and math.isfinite(v)
+
+        if out.score not in SCORES or not isinstance(out.thresholds, dict) or out.score not in out.thresholds:
+            raise TypeError(f"score {out.score!r} has no threshold")
+        bad = [k for k, v in out.thresholds.items() if k not in SCORES or not number(v)]
+        if bad:
+            raise TypeError(f"the threshold of {bad[0]!r} is {out.thresholds[bad[0]]!r}, not a number")
+        for name in ("k", "samples", "n_train", "n_val"):
+            if not number(getattr(out, name), whole=True) or getattr(out, name) < (1 if name in ("k", "samples") else 0):
+                raise TypeError(f"{name} is {getattr(out, name)!r}, not a whole number")
+        if not number(out.fpr) or not 0 < out.fpr < 1:
+            raise TypeError(f"fpr is {out.fpr!r}, not a rate between 0 and 1")
+        if out.normal is not None and not (isinstance(out.normal, list) and all(isinstance(v, str) for v in out.normal)):
+            raise TypeError(f"normal is {out.normal!r}, not a list of label values")
+        if out.label_column is not None and not isinstance(out.label_column, str):
+            raise TypeError(f"label_column is {out.label_column!r}, not a column name")
+        return out
 
 
 def load_detector(run: str | Path) -> Detector:
