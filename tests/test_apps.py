@@ -461,3 +461,21 @@ def test_a_hand_edited_detector_file_is_named_damaged_in_one_line(tmp_path, edit
     (tmp_path / "anomaly.json").write_text(json.dumps(d))
     with pytest.raises(cvae.CvaeError, match=r"anomaly.json is damaged \(" + re.escape(says) + r"\); fit the detector again"):
         load_detector(tmp_path)
+
+
+def test_augment_merged_into_a_csv_writes_the_real_rows_as_read(tmp_path):
+    """Real rows merged into a CSV come back as the float32 values training read (6 significant digits
+    had turned 4481245.819 into 4.48125e+06 and -132104.863 into -132105)."""
+    rng = np.random.default_rng(0)
+    rows = [[f"{rng.normal() * 1e6 + 4e6:.3f}", f"{rng.normal() * 1e5:.3f}", "xy"[i % 2]] for i in range(40)]
+    src = tmp_path / "big.csv"
+    src.write_text("a,b,kind\n" + "\n".join(",".join(r) for r in rows) + "\n")
+    run = tmp_path / "run"
+    cvae.train(data=str(src), condition="kind", epochs=1, hidden=[8], latent_dim=2, out=run, progress=False,
+               tensorboard=False, pictures=False)
+    assert main(["augment", str(run), "--per-class", "2", "--merge", "--data", str(src), "-o", str(tmp_path / "m.csv")]) == 0
+    with open(tmp_path / "m.csv") as f:
+        out = {r["id"]: r for r in csv.DictReader(f)}
+    for i, r in enumerate(rows):
+        got = out[f"real-{i}"]
+        assert np.float32(got["a"]) == np.float32(r[0]) and np.float32(got["b"]) == np.float32(r[1]), (got, r)

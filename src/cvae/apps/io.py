@@ -174,7 +174,9 @@ def _read_image(path: Path, shape) -> torch.Tensor:
 def write_array_output(path: str | Path, model: CVAE, x: torch.Tensor, y: torch.Tensor | None, *,
                        extra: dict[str, np.ndarray] | None = None) -> Path:
     """``.npz`` (``x`` plus the conditions by name, plus ``extra`` arrays) or ``.csv`` (the one-value-per-row
-    arrays of ``extra`` first, then the feature columns, then the conditions)."""
+    arrays of ``extra`` first, then the feature columns, then the conditions). A feature is written as the
+    shortest text that reads back as the same float32 (6 digits changed merged real rows: 4481245.819
+    came back as 4.48125e+06)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = x.detach().cpu().float().numpy()
@@ -196,12 +198,23 @@ def write_array_output(path: str | Path, model: CVAE, x: torch.Tensor, y: torch.
         whole = np.array([n in whole for n in names])  # features the data held as whole numbers: rounded back
         write_csv(path, list(lead) + list(names) + list(conds),
                   ([csv_cell(lead[k][i]) for k in lead]
-                   + [f"{round(v):d}" if w else f"{v:.6g}" for v, w in zip(flat[i].tolist(), whole)]
+                   + [f"{round(v):d}" if w else float32_text(v) for v, w in zip(flat[i], whole)]
                    + [csv_cell(conds[k][i]) for k in conds]
                    for i in range(len(flat))))
     else:
         raise CvaeError(f"cannot write {path}: use a .png, .npz or .csv file name")
     return path
+
+
+def float32_text(v) -> str:
+    """The shortest text that reads back as the same float32, without an exponent where one is not needed
+    (4481246, -132104.86, 0.1; 1e-30)."""
+    v = np.float32(v)
+    if v == 0:
+        return "0"
+    if 1e-4 <= abs(v) < 1e16:
+        return np.format_float_positional(v, unique=True, trim="-")
+    return np.format_float_scientific(v, unique=True, trim="-")
 
 
 def csv_cell(v):
