@@ -172,6 +172,14 @@ def write_augmented(path: str | Path, model: CVAE, aug: Augmented) -> Path:
     if suffix == ".npz":
         return write_array_output(path, model, aug.x, aug.y, extra={"synthetic": aug.synthetic})
     if suffix == ".csv":
+        if len(model.config.data_shape) == 3:
+            import warnings
+
+            from ..errors import CvaeWarning
+
+            warnings.warn(f"{path}: an image run's .csv holds one column per pixel, and cvae train reads it as a "
+                          "table; write .npz or a folder (no suffix) to train an image model on it", CvaeWarning,
+                          stacklevel=2)
         return write_array_output(path, model, aug.x, aug.y, extra={"id": np.array(aug.ids)})
     if suffix:
         raise CvaeError(f"cannot write {path}: use .npz, .csv, or a folder name (no suffix) for images")
