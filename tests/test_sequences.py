@@ -449,11 +449,12 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path):
     r = cli("interpolate", run, "--from", "0", "--to", "1", "--input", tmp_path / "two.smi", "--condition",
             "logp=0.5,qed=0.4", "-o", tmp_path / "p.csv")
     assert r.returncode == 2 and "--input is not read for a sequence run" in r.stderr
-    r = cli("embed", run, "--n", "10", "-o", tmp_path / "lat.csv")
+    r = cli("embed", run, "--n", "10", "-o", tmp_path / "lat.csv", "--map", tmp_path / "map.png")
     assert r.returncode == 0, r.stderr
     with open(tmp_path / "lat.csv") as f:
         lat = list(csv.DictReader(f))
     assert len(lat) == 10 and {"smiles", "logp", "qed", "mu_0", "var_3"} <= set(lat[0])
+    assert (tmp_path / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # --map was ignored on sequence runs
     (tmp_path / "two.smi").write_text("CCO\nc1ccoc1\n")
     r = cli("embed", run, "--data", tmp_path / "two.smi", "--condition", "logp=0.1,qed=0.4", "-o", tmp_path / "l2.csv")
     assert r.returncode == 0, r.stderr

@@ -620,4 +620,14 @@ def _embed_sequences(args) -> int:
     rows = embed_strings(model, texts, y, names=names)
     out = write_rows(args.output, rows)
     print(f"wrote {out}  ({len(rows)} sequences, {model.config.latent_dim} latent dimensions)")
+    if args.map:  # the same 2-D map as for other runs, coloured by a condition
+        import numpy as np
+
+        from ..apps.embed import Embedding, save_embedding_map
+
+        d = model.config.latent_dim
+        mu = np.array([[r[f"mu_{j}"] for j in range(d)] for r in rows], np.float32)
+        conds = {a: np.array([r[a] for r in rows]) for a in (model.schema.names if model.schema else [])}
+        emb = Embedding(ids=list(range(len(rows))), mu=mu, var=np.ones_like(mu), conditions=conds)
+        print(f"  map: {save_embedding_map(args.map, emb, args.color_by)}")
     return 0
