@@ -438,6 +438,9 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path):
             assert math.isclose(float(row["logp"]), Crippen.MolLogP(m), abs_tol=1e-3)
     r = cli("reconstruct", run, "--input", "C1CC(", "-o", tmp_path / "bad.csv")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a valid SMILES" in r.stderr
+    (tmp_path / "bad.smi").write_text("CCO\nC1CC(\n")  # its logp and qed are computed: the bad line is named
+    r = cli("reconstruct", run, "--input", tmp_path / "bad.smi", "-o", tmp_path / "bad.csv")
+    assert r.returncode == 2 and "line 2: 'C1CC(' is not a valid SMILES" in r.stderr
 
     r = cli("interpolate", run, "--from", "CCO", "--to", "c1ccoc1", "--condition", "logp=0.5,qed=0.4", "--steps", "5",
             "-o", tmp_path / "path.csv")
@@ -719,6 +722,9 @@ def test_an_anomaly_detector_of_molecules_scores_a_smi_file(tmp_path):
         web = client.post("/v1/runs/detector/score", files=up).json()
     assert web["ids"] == [row["id"] for row in rows]
     np.testing.assert_allclose(web["scores"], [float(row["score"]) for row in rows], rtol=1e-5)
+    (tmp_path / "bad.smi").write_text("CCO\nXYZ\n")  # its logp cannot be computed: the line is named
+    r = cli("anomaly", "score", run, "--data", tmp_path / "bad.smi", "-o", tmp_path / "x.csv")
+    assert r.returncode == 2 and "line 2: 'XYZ' is not a valid SMILES string" in r.stderr
     (tmp_path / "long.smi").write_text("C" * 40 + "\n")
     r = cli("anomaly", "score", run, "--data", tmp_path / "long.smi", "-o", tmp_path / "x.csv")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "more than the model's maximum" in r.stderr

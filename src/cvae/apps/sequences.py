@@ -321,10 +321,11 @@ def conditions_computable(model) -> bool:
     return bool(model.schema) and len(computable(model)) == len(model.schema.attributes)
 
 
-def given_conditions(model, condition, texts: list[str], flag: str = "--condition"):
+def given_conditions(model, condition, texts: list[str], flag: str = "--condition", *, names: list[str] | None = None):
     """Raw condition rows of given sequences: ``condition`` for each; without it, for a molecule run
     whose conditions RDKit computes (logp, qed, ...), each molecule's own properties (None for a plain
-    VAE; any other conditioned run needs ``condition``, since a string carries none of its own)."""
+    VAE; any other conditioned run needs ``condition``, since a string carries none of its own).
+    ``names`` say where each came from ("line 7") in the message about one that is not a molecule."""
     if not model.schema:
         if condition:
             raise CvaeError(f"{flag}: this run has no condition; leave it out")
@@ -334,12 +335,13 @@ def given_conditions(model, condition, texts: list[str], flag: str = "--conditio
     if conditions_computable(model):
         from ..chem import canonical, not_a_molecule, properties
 
-        names = model.schema.names
-        own = properties([canonical(t) for t in texts], names)
+        props = model.schema.names
+        own = properties([canonical(t) for t in texts], props)
         bad = np.flatnonzero(~np.isfinite(own).all(1))
         if len(bad):
-            raise CvaeError(f"{quoted(texts[bad[0]])} {not_a_molecule(texts[bad[0]])}, so its "
-                            f"{', '.join(names)} cannot be computed; fix it, or give {flag}")
+            where = f"{names[bad[0]]}: " if names else ""
+            raise CvaeError(f"{where}{quoted(texts[bad[0]])} {not_a_molecule(texts[bad[0]])}, so its "
+                            f"{', '.join(props)} cannot be computed; fix it, or give {flag}")
         return torch.as_tensor(own, dtype=torch.float32)
     raise CvaeError(f"this model is conditioned on {', '.join(model.schema.names)}: give the sequences' own condition "
                     f"with {flag} (e.g. {model.schema.attributes[0].name}=...)")

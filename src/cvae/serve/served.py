@@ -343,7 +343,7 @@ class ServedRun:
         from ..apps.sequences import given_conditions
 
         names, texts = self.upload_lines(data)
-        return names, texts, given_conditions(self.model, condition or None, texts)
+        return names, texts, given_conditions(self.model, condition or None, texts, names=names)
 
     def sequence_suffix(self, data: bytes) -> str:
         """How a sequence run reads an upload of text: a CSV whose header names the run's sequence column
