@@ -47,7 +47,7 @@ from ..errors import CvaeError
 from ..likelihoods import LIKELIHOODS
 from ..priors import build_prior
 from ..tokens import BOS, EOS, MOLECULAR, PAD, SPECIALS, UNK, Tokenizer
-from .base import MODELS, ModelOutput, VAEModel, flatten_samples
+from .base import MODELS, ModelOutput, VAEModel, check_positive, flatten_samples
 from .config import ModelConfig, check_weight
 
 # Steering considers the k most probable next tokens of each step (FUDGE's "precondition top-k").
@@ -254,6 +254,7 @@ class SeqVAE(VAEModel):
         weight and prefix-predictor ``steer`` weight, None: the run's defaults) and the raw condition
         rows (N, A) they were asked for (None unconditioned)."""
         self.check_temperature(temperature)
+        n = check_positive("the number of samples", n)
         if not (isinstance(token_temperature, (int, float)) and 0 < token_temperature <= 10):
             raise CvaeError(f"--token-temperature must be a number above 0 and at most 10, got {token_temperature!r}")
         guidance, steer = self.guidance_weight(guidance), self.steer_weight(steer)
