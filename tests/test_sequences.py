@@ -908,3 +908,22 @@ def test_a_reconstruction_is_the_same_when_its_tokens_are(tmp_path):
     with open(tmp_path / "r.csv") as f:
         row = next(csv.DictReader(f))
     assert row["input"] == "Hello, World." and row["reconstruction"] == "hello , world ." and row["same"] == "1"
+
+
+def test_a_txt_of_samples_holds_one_sequence_a_line(tmp_path, monkeypatch):
+    """A generated string with a line break in it (a character vocabulary that learnt '\\n') is one line,
+    and an empty one is left out with a note, not written as a blank line that readers skip."""
+    import cvae.apps.sequences as seq
+    from cvae.runs import load_model
+
+    lines = ["text"] + [f"good film {i % 7}" for i in range(60)]
+    (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "run"
+    r = cli("train", "--data", tmp_path / "t.csv", "--sequence", "text", "--epochs", "1", "--hidden", "16",
+            "--latent-dim", "2", "--out", run, "--no-progress", "--no-tensorboard", "--no-pictures")
+    assert r.returncode == 0, r.stderr
+    model = load_model(run)
+    made = ["good\nfilm", "", "good film 3"]
+    monkeypatch.setattr(seq, "_generate", lambda *a, **k: (made, None, [None] * 3, {}, 3))
+    path, summary = seq.sample_to_file(model, tmp_path / "s.txt", n=3)
+    assert path.read_text().splitlines() == ["good film", "good film 3"] and summary["left_out_empty"] == 1

@@ -151,8 +151,13 @@ def sample_to_file(model, out: str | Path, *, n: int = 64, condition=None, seed:
     shown = [c if c else (s if not molecular else s) for s, c in zip(strings, canon)]
     tmp = out.with_name(out.name + ".part")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
-        if suffix in (".smi", ".txt"):
-            for s in shown:
+        if suffix in (".smi", ".txt"):  # one sequence a line: line breaks inside one become spaces, and an
+            # empty one (a SELFIES string without an atom decodes to "") is left out, not a blank line that
+            # a reader skips, shifting every line after it
+            lines = [" ".join(s.splitlines()) for s in shown]
+            kept = [s for s in lines if s.strip()]
+            summary["left_out_empty"] = len(lines) - len(kept)
+            for s in kept:
                 f.write(s + "\n")
         else:
             w = csv.writer(f)

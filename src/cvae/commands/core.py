@@ -284,6 +284,9 @@ def _sample_sequences(model, args) -> int:
     if within:
         extra += f"; kept of {summary['generated']:,} generated"
     print(f"wrote {path}  ({summary['n']} sequences{extra})")
+    if summary.get("left_out_empty"):
+        print(f"note: {summary['left_out_empty']} of them decoded to an empty sequence and are not in {path} (one "
+              "sequence a line; the .csv output keeps every one)")
     if within and summary["n"] < args.n:
         print(f"note: only {summary['n']} of the {args.n} asked for came within --within {args.within} in "
               f"{summary['generated']:,} generated; widen the distances or ask for values nearer the training data's")
