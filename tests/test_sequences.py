@@ -809,6 +809,11 @@ def test_text_per_label_transfer_and_bad_input(tmp_path):
     assert r.returncode == 0, r.stderr
     with open(tmp_path / "all.csv") as f:
         assert len(list(csv.DictReader(f))) == 120
+    # and its own sentiment column is each line's condition (--condition was demanded)
+    r = cli("embed", run, "--data", data, "-o", tmp_path / "codes.csv")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "codes.csv") as f:
+        assert [row["sentiment"] for row in csv.DictReader(f)] == ["neg", "pos"] * 60
     # the web API classifies uploaded lines the same way, without a condition of their own
     from fastapi.testclient import TestClient  # the serve extra is part of cvae[test]
 

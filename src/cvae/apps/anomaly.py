@@ -507,7 +507,7 @@ def _score_strings(model, detector, method: str, source: str, *, n: int | None, 
     names, texts = read_strings(source, "--data", sequence_column(model))
     names, texts = names[:n], texts[:n]
     texts, x = token_ids(model, texts, names, "--data")
-    y = given_conditions(model, condition, texts, names=names)
+    y = given_conditions(model, condition, texts, names=names, source=source)
     scores = anomaly_scores(model, x, y, method=method, k=detector.k, samples=detector.samples, seed=seed)
     if not np.isfinite(scores).all():
         raise CvaeError(f"the {method} score of some sequences is not finite; nothing was written")

@@ -326,17 +326,41 @@ def conditions_computable(model) -> bool:
     return bool(model.schema) and len(computable(model)) == len(model.schema.attributes)
 
 
-def given_conditions(model, condition, texts: list[str], flag: str = "--condition", *, names: list[str] | None = None):
-    """Raw condition rows of given sequences: ``condition`` for each; without it, for a molecule run
-    whose conditions RDKit computes (logp, qed, ...), each molecule's own properties (None for a plain
-    VAE; any other conditioned run needs ``condition``, since a string carries none of its own).
-    ``names`` say where each came from ("line 7") in the message about one that is not a molecule."""
+def table_conditions(model, spec, names: list[str]):
+    """The condition cells of the rows :func:`read_strings` kept from a CSV/TSV table (``names``: their
+    "line N"), as a mapping for ``schema.parse``; None when ``spec`` is not such a table or lacks one of
+    the run's condition columns."""
+    path = Path(str(spec)) if spec is not None else None
+    if not model.schema or path is None or path.suffix.lower() not in (".csv", ".tsv") or not path.is_file():
+        return None
+    from ..data.sources import read_csv_table
+
+    header, rows = read_csv_table(path)
+    if not all(a in header for a in model.schema.names):
+        return None
+    by_line = {f"line {line}": r for line, r in zip(rows.lines, rows)}
+    return {a: [by_line[n][header.index(a)].strip() for n in names] for a in model.schema.names}
+
+
+def given_conditions(model, condition, texts: list[str], flag: str = "--condition", *, names: list[str] | None = None,
+                     source=None):
+    """Raw condition rows of given sequences: ``condition`` for each; without it, the condition columns
+    of ``source`` when it is a CSV table that has them, else for a molecule run whose conditions RDKit
+    computes (logp, qed, ...) each molecule's own properties (None for a plain VAE; any other
+    conditioned run needs ``condition``, since a string carries none of its own). ``names`` say where
+    each came from ("line 7") in messages."""
     if not model.schema:
         if condition:
             raise CvaeError(f"{flag}: this run has no condition; leave it out")
         return None
     if condition:
         return model.schema.parse(condition, len(texts))
+    own = table_conditions(model, source, names) if names is not None else None
+    if own is not None:
+        try:
+            return model.schema.parse(own, len(texts))
+        except CvaeError as e:
+            raise CvaeError(f"{source}: {e}") from None
     if conditions_computable(model):
         from ..chem import canonical, not_a_molecule, properties
 

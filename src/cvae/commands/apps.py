@@ -538,7 +538,7 @@ def _traverse_sequences(args) -> int:
         names, texts = read_strings(args.data, "--data", sequence_column(model))
         texts, names = texts[:args.kl_examples], names[:args.kl_examples]
         texts, ids = token_ids(model, texts, names, "--data")
-        y_kl = given_conditions(model, args.condition, texts, names=names)
+        y_kl = given_conditions(model, args.condition, texts, names=names, source=args.data)
         kl_from = f"{len(texts)} sequences of {args.data}"
     else:
         _, y_kl, ids = own_strings(model, args.kl_examples)
@@ -552,7 +552,7 @@ def _traverse_sequences(args) -> int:
             raise CvaeError(f"--index {args.index}: --input holds {len(texts)} sequence(s), numbered from 0")
         texts, base_ids = [texts[k] for k in keep], [names[k] for k in keep]
         texts, x = token_ids(model, texts, base_ids, "--input")
-        y = given_conditions(model, args.condition, texts, names=names)
+        y = given_conditions(model, args.condition, texts, names=base_ids, source=args.input)
     codes = len(x) if x is not None else args.n
     _rows(model, dims * args.steps * codes, f"{dims} dimension(s) x --steps {args.steps} x {codes} code(s)",
           "--steps, --top (--dims) or --n")
@@ -583,7 +583,7 @@ def _transfer_sequences(args) -> int:
     names, texts = names[:args.n], texts[:args.n]
     if not model.schema:
         raise CvaeError("this run is a plain VAE (no condition): there is no condition to transfer to")
-    own = given_conditions(model, args.condition, texts, names=names)  # molecules: their own properties when left out
+    own = given_conditions(model, args.condition, texts, names=names, source=args.input)  # molecules: their own properties when left out
     rows = transfer_strings(model, texts, own, args.to, names=names)
     out = write_rows(args.output, rows)
     print(f"wrote {out}  ({len(texts)} input(s) x {len(rows) // max(1, len(texts))} target(s))")
@@ -610,7 +610,7 @@ def _embed_sequences(args) -> int:
             raise CvaeError(f"--data {args.data}: give a .smi or .txt file, one sequence per line, or a CSV with the "
                             "run's sequence column (or leave --data out for the run's own validation split)")
         names, texts = read_strings(args.data, "--data", sequence_column(model))
-        y = given_conditions(model, args.condition, texts, names=names)
+        y = given_conditions(model, args.condition, texts, names=names, source=args.data)
     else:
         texts, y, _ = own_strings(model)
         names = None

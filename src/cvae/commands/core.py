@@ -323,7 +323,7 @@ def _reconstruct_sequences(model, args) -> int:
         if args.n < 1:
             raise CvaeError(f"--n must be a positive number of sequences, got {args.n}")
         names, texts = names[:args.n], texts[:args.n]
-    y = given_conditions(model, args.condition, texts, names=names)
+    y = given_conditions(model, args.condition, texts, names=names, source=args.input)
     rows = reconstruct_strings(model, texts, y, names=names)
     out = write_rows(args.output, rows)
     same = sum(r["same"] for r in rows)
