@@ -466,6 +466,8 @@ def cmd_classify(args) -> int:
 
     if args.n is not None and args.n < 1:
         raise CvaeError(f"--n must be a positive number of examples, got {args.n}")
+    if Path(args.output).suffix.lower() not in (".csv", ".npz"):  # before any work
+        raise CvaeError(f"cannot write {args.output}: use a .csv or .npz file name")
     model = _load(args)
     if _sequence_run(args):
         from ..apps.sequences import own_strings, read_strings, sequence_column
