@@ -647,8 +647,8 @@ def _molecules_section(model, data, *, explicit: bool, n: int, seed: int, temper
     tok = getattr(model, "tokenizer", None)
     if tok is None or not tok.molecular:
         if explicit:
-            raise CvaeError("--metrics molecules needs a run trained on molecules (--sequence with the selfies, "
-                            "smiles or char tokeniser on SMILES)")
+            raise CvaeError("--metrics molecules needs a run trained on molecules (--sequence on SMILES with the "
+                            "selfies or smiles tokeniser; the char tokeniser reads them as text)")
         return None
     if n < 2:
         raise CvaeError(f"--molecules must be at least 2, got {n}")
