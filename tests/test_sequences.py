@@ -932,3 +932,13 @@ def test_a_txt_of_samples_holds_one_sequence_a_line(tmp_path, monkeypatch):
     monkeypatch.setattr(seq, "_generate", lambda *a, **k: (made, None, [None] * 3, {}, 3))
     path, summary = seq.sample_to_file(model, tmp_path / "s.txt", n=3)
     assert path.read_text().splitlines() == ["good film", "good film 3"] and summary["left_out_empty"] == 1
+
+
+def test_a_property_rdkit_computes_needs_a_molecular_tokeniser(tmp_path):
+    """--tokenizer char reads SMILES as text: asking for a property RDKit computes says so (it said the
+    file had no column 'mw' and no labels)."""
+    (tmp_path / "m.smi").write_text("CCO\nc1ccoc1\nCCN\n")
+    r = cli("train", "--data", tmp_path / "m.smi", "--sequence", "smiles", "--condition", "mw", "--tokenizer", "char",
+            "--epochs", "1", "--out", tmp_path / "run", "--no-progress")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "--condition mw: RDKit computes it for molecules read by the selfies or smiles tokeniser" in r.stderr

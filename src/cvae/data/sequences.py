@@ -244,11 +244,16 @@ def load_sequences(source: str, *, sequence: str, condition=None, tokenizer: str
     molecular = kind in MOLECULAR
     name, header, rows, lines = _read_rows(source, sequence, molecular)
     col = header.index(sequence)
-    computable = []
-    if molecular:
-        from ..chem import PROPERTIES
+    from ..chem import PROPERTIES
 
-        computable = [p for p in PROPERTIES if p not in header]
+    computable = [p for p in PROPERTIES if p not in header] if molecular else []
+    if not molecular and condition not in (None, "", "none"):
+        asked = [n.split(":")[0].strip() for n in str(condition).split(",")]
+        lost = [n for n in asked if n in PROPERTIES and n not in header]
+        if lost:
+            raise CvaeError(f"--condition {', '.join(lost)}: RDKit computes {'it' if len(lost) == 1 else 'them'} for "
+                            f"molecules read by the selfies or smiles tokeniser; the {kind} tokeniser reads "
+                            f"{sequence!r} as text: pass --tokenizer selfies (or smiles), or give a column of values")
     wanted = parse_condition_spec(condition if condition is not None else "none", [h for h in header if h != sequence]
                                   + computable, str(source))
     wanted_kind = dict(wanted)
