@@ -265,7 +265,7 @@ def load_sequences(source: str, *, sequence: str, condition=None, tokenizer: str
     needed = math.inf if limit is None else limit + max(1, math.ceil(limit * val_fraction / (1 - val_fraction)))
     tok = Tokenizer(kind, ["<pad>", "<bos>", "<eos>", "<unk>"])
     if molecular:
-        from ..chem import canonical
+        from ..chem import MAX_SMILES_CHARS, canonical
     skips, texts, token_lists, values, examined = _Skips(), [], [], {n: [] for n, _ in wanted}, 0
     lines_kept = []
     for i in order:
@@ -278,9 +278,10 @@ def load_sequences(source: str, *, sequence: str, condition=None, tokenizer: str
             skips.add("empty sequence cells", line)
             continue
         if molecular:
+            too_long = len(text) > MAX_SMILES_CHARS
             text = canonical(text)
             if text is None:
-                skips.add("unparseable SMILES", line)
+                skips.add(f"SMILES over {MAX_SMILES_CHARS:,} characters" if too_long else "unparseable SMILES", line)
                 continue
         try:
             tokens = tok.split(text)
