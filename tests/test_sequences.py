@@ -81,13 +81,14 @@ def test_bad_rows_are_skipped_counted_and_located(tmp_path, capsys):
     rows = MOLECULES.read_text().splitlines()
     bad = tmp_path / "mols.csv"
     # line 3: a SMILES RDKit cannot parse; line 5: an empty cell; line 7: a logP that is not a number
-    lines = rows[:2] + ["C1CC(,0.5"] + rows[2:3] + [",1.0"] + rows[3:4] + ["CCO,abc"] + rows[4:40]
+    lines = rows[:2] + ["C1CC(,0.5"] + rows[2:3] + [",1.0"] + rows[3:4] + ["CCO,abc"] + rows[4:40] + ["C" * 2001 + ",1"]
     bad.write_text("\n".join(lines) + "\n")
     data = load_sequences(str(bad), sequence="smiles", condition="logp:continuous,qed", val_fraction=0.1, seed=0)
     err = capsys.readouterr().err
-    assert "skipped 3 of" in err and "1 unparseable SMILES (line 3)" in err and "line 5" in err and "line 7" in err
+    assert "skipped 4 of" in err and "1 unparseable SMILES (line 3)" in err and "line 5" in err and "line 7" in err
+    assert "1 SMILES over 2,000 characters (line 44)" in err
     seq = data.meta["sequences"]
-    assert seq["rows_skipped"] == 3 and seq["computed_conditions"] == ["qed"]
+    assert seq["rows_skipped"] == 4 and seq["computed_conditions"] == ["qed"]
     assert len(data.train) + len(data.val) == 39
     # qed computed by RDKit, logp read from the file
     strings = data.meta["strings"]["train"]
