@@ -345,6 +345,12 @@ def test_anomaly_threshold_matches_the_false_positive_rate_and_the_scores_are_ri
     np.testing.assert_allclose(recon, ((mean - xm) ** 2).flatten(1).sum(1).numpy(), rtol=1e-5)
 
 
+def test_normal_label_values_keep_seventeen_digit_codes_exact():
+    from cvae.apps.anomaly import _normal_values
+
+    assert _normal_values("12345678901234567, 1.0,x") == ["12345678901234567", "1", "x"]  # ...567 was ...568
+
+
 def test_anomaly_metrics_by_hand():
     truth = np.array([0, 0, 0, 1, 1], bool)
     scores = np.array([0.1, 0.4, 0.35, 0.8, 0.3])
@@ -430,6 +436,11 @@ def test_scores_of_an_image_folder_name_its_files_at_any_size_and_channels(tmp_p
     assert res.ids[:3] == ["a/0.png", "a/1.png", "a/10.png"] and "b/rgb.png" in res.ids and len(res.ids) == 25
     alone = score_anomalies(tmp_path / "det", str(tmp_path / "imgs" / "a" / "10.png"), score="recon")
     np.testing.assert_allclose(alone.scores, res.scores[2:3], rtol=1e-5)
+    # an unlabelled/ folder's images are scored too, their label left empty (a traceback before)
+    (tmp_path / "imgs" / "unlabelled").mkdir()
+    Image.fromarray(rng.integers(0, 256, (12, 12), dtype=np.uint8)).save(tmp_path / "imgs" / "unlabelled" / "u.png")
+    res = score_anomalies(tmp_path / "det", str(tmp_path / "imgs"), score="recon")
+    assert "unlabelled/u.png" in res.ids and len(res.ids) == 26
     # a named set without the split asked for says whose rows it reads
     from cvae.errors import CvaeWarning
     from cvae.models import build_model
@@ -438,6 +449,18 @@ def test_scores_of_an_image_folder_name_its_files_at_any_size_and_channels(tmp_p
     digits = build_model(ModelConfig(data_shape=(1, 8, 8), hidden=[8], latent_dim=2))
     with pytest.warns(CvaeWarning, match="digits has no test split; its training split is read"):
         read_inputs(digits, "digits", split="test", n=5, scored=True)
+    # a folder of the built-in set's name beside it does not replace the built-in set
+    (tmp_path / "cwd" / "digits" / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "cwd" / "digits" / "a" / "0.png")
+    import os
+
+    here = os.getcwd()
+    os.chdir(tmp_path / "cwd")
+    try:
+        assert len(read_inputs(digits, "digits", split="train").x) == 1797
+        assert len(read_inputs(digits, "./digits").x) == 1
+    finally:
+        os.chdir(here)
 
 
 @pytest.mark.parametrize("edit,says", [

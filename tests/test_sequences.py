@@ -808,8 +808,9 @@ def test_text_per_label_transfer_and_bad_input(tmp_path):
     assert [row["sentiment"] for row in pred] == [model.schema.attributes[0].classes[int(k)] for k in probs.argmax(1)]
     r = cli("classify", run, "--data", data, "-o", tmp_path / "all.csv")  # the training CSV: its text column
     assert r.returncode == 0, r.stderr
+    assert "on the 120 examples with a label" in r.stdout  # scored against its own sentiment column
     with open(tmp_path / "all.csv") as f:
-        assert len(list(csv.DictReader(f))) == 120
+        assert [row["true_sentiment"] for row in csv.DictReader(f)] == ["neg", "pos"] * 60
     # and its own sentiment column is each line's condition (--condition was demanded)
     r = cli("embed", run, "--data", data, "-o", tmp_path / "codes.csv")
     assert r.returncode == 0, r.stderr
@@ -825,6 +826,10 @@ def test_text_per_label_transfer_and_bad_input(tmp_path):
         web = client.post("/v1/runs/run/classify", files=up).json()
         assert web["strings"] == [row["input"] for row in rec] and web["ids"] == ["line 1", "line 3"]
         np.testing.assert_allclose(web["probs"], probs.numpy(), rtol=1e-4)
+        # a CSV upload: its text column, each line with its own sentiment column (it asked for 'condition')
+        head = "\n".join(data.read_text().splitlines()[:3]).encode() + b"\n"
+        code = client.post("/v1/runs/run/encode", files={"file": ("r.csv", head, "text/csv")}).json()
+        assert code["conditions"] == {"sentiment": ["neg", "pos"]} and len(code["mu"]) == 2
         up = {"file": ("x.txt", b"the film was wonderful\n", "text/plain")}
         r = client.post("/v1/runs/run/classify", files=up)
         assert r.status_code == 422 and r.json()["detail"].startswith("the upload, line 1: the token 'wonderful'")

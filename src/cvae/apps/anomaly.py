@@ -214,6 +214,8 @@ class AnomalyFit:
 def _canon(v) -> str:
     """A label value as text: 1, 1.0 and '1.000e+00' all read '1'."""
     text = str(v.item() if hasattr(v, "item") else v).strip()
+    if text.lstrip("+-").isdigit():  # whole numbers exactly (17-digit codes are not floats)
+        return str(int(text))
     try:
         f = float(text)
     except ValueError:

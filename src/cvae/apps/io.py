@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.core import read_source
+from ..data.core import NAMED_SOURCES, read_source
 from ..data.sources import IMAGE_SUFFIXES, TABLE_SUFFIXES, UNIT_SLACK
 from ..errors import CvaeError, CvaeWarning
 from ..models import CVAE
@@ -58,7 +58,7 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
     wanted = [a.name for a in schema.attributes if _has_column(path, a.name)] + list(columns)
     condition = ",".join(wanted) or "none"
     table = path.suffix.lower() in TABLE_SUFFIXES
-    if len(shape) == 3 and path.is_dir():
+    if len(shape) == 3 and path.is_dir() and source not in NAMED_SOURCES:  # a built-in name is the built-in set
         # an image folder is read at the run's size and channels, as a single image is (a folder of mixed
         # sizes too: the commands that read inputs have no --image-size, the run's size is the one)
         from ..data.sources import load_image_folder
@@ -97,8 +97,8 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
             have = ", ".join(raw_columns) or "none"
             raise CvaeError(f"{source} has no column {c!r} (its label/condition columns: {have})")
         vals = np.asarray(raw_columns[c])
-        if c in raw.class_names:
-            vals = np.array([raw.class_names[c][int(v)] for v in vals])
+        if c in raw.class_names:  # an unlabelled/ image's NaN label: an empty cell
+            vals = np.array(["" if not np.isfinite(v) else raw.class_names[c][int(v)] for v in vals])
         extra[c] = vals
     columns = raw_columns
     x = np.asarray(x, np.float32)

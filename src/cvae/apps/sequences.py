@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..conditions import is_missing
 from ..errors import CvaeError, quoted
 from ..models.seqvae import GENERATE_DECODE, GENERATE_TOKEN_TEMPERATURE
 
@@ -340,6 +341,26 @@ def table_conditions(model, spec, names: list[str]):
         return None
     by_line = {f"line {line}": r for line, r in zip(rows.lines, rows)}
     return {a: [by_line[n][header.index(a)].strip() for n in names] for a in model.schema.names}
+
+
+def table_labels(model, spec, names: list[str]):
+    """Raw condition rows (N, A) of a CSV's categorical condition columns for the kept rows ``names``, NaN
+    where a cell is empty or the column is continuous (the labels classify scores against); None when
+    ``spec`` is not a table with the run's condition columns. A label the run does not know is an error."""
+    own = table_conditions(model, spec, names)
+    if own is None:
+        return None
+    y = torch.full((len(names), len(model.schema.attributes)), float("nan"))
+    for j, a in enumerate(model.schema.attributes):
+        if a.kind != "categorical":
+            continue
+        for i, v in enumerate(own[a.name]):
+            if v in a.classes:
+                y[i, j] = a.classes.index(v)
+            elif v and not is_missing(v):
+                raise CvaeError(f"{spec}, {names[i]}: unknown value {v!r} for condition {a.name!r}; known values: "
+                                f"{', '.join(a.classes)}")
+    return y
 
 
 def given_conditions(model, condition, texts: list[str], flag: str = "--condition", *, names: list[str] | None = None,

@@ -470,11 +470,12 @@ def cmd_classify(args) -> int:
         raise CvaeError(f"cannot write {args.output}: use a .csv or .npz file name")
     model = _load(args)
     if _sequence_run(args):
-        from ..apps.sequences import own_strings, read_strings, sequence_column
+        from ..apps.sequences import own_strings, read_strings, sequence_column, table_labels
 
         if args.data:
             names, texts = read_strings(args.data, "--data", sequence_column(model))
-            texts, names, truth = texts[:args.n], names[:args.n], None
+            texts, names = texts[:args.n], names[:args.n]
+            truth = table_labels(model, args.data, names)  # a CSV's own labels: scored against
         else:  # the run's own validation sequences, with their labels
             texts, truth, _ = own_strings(model, args.n)
             names = None

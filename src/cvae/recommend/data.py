@@ -335,7 +335,7 @@ def user_codes(schema: ConditionSchema, attributes: dict[str, np.ndarray], users
             try:
                 col.append(a.code(v))
             except CvaeError as e:
-                raise (CvaeError(f"user {users[i]!r}: {e}") if users is not None else e) from None
+                raise (CvaeError(f"user {str(users[i])!r}: {e}") if users is not None else e) from None
         cols.append(col)
     codes = np.array(cols, dtype=np.float64).T.reshape(-1, len(schema.attributes))
     far = schema.far_value(codes)  # past it the model's outputs overflow (a user silently dropped)

@@ -338,12 +338,10 @@ class ServedRun:
 
     def upload_strings(self, data: bytes, condition=None) -> tuple[list[str], list[str], torch.Tensor | None]:
         """The sequences of an upload to a sequence run (UTF-8 text, one a line; a molecule's first field
-        of each, as in a .smi file; at most ``max_rows``): where each came from, the strings and their
-        own conditions (``condition``; for molecules left without it, their RDKit-computed properties)."""
-        from ..apps.sequences import given_conditions
-
-        names, texts = self.upload_lines(data)
-        return names, texts, given_conditions(self.model, condition or None, texts, names=names)
+        of each, as in a .smi file; or a CSV with the run's sequence column; at most ``max_rows``): where
+        each came from, the strings and their own conditions (``condition``; else a CSV's condition
+        columns; for molecules left without them, their RDKit-computed properties)."""
+        return self.upload_lines(data, conditions=True, condition=condition)
 
     def sequence_suffix(self, data: bytes) -> str:
         """How a sequence run reads an upload of text: a CSV whose header names the run's sequence column
@@ -362,9 +360,10 @@ class ServedRun:
             return ".csv"
         return ".smi" if self.model.tokenizer.molecular else ".txt"
 
-    def upload_lines(self, data: bytes) -> tuple[list[str], list[str]]:
-        """The sequences of an upload to a sequence run and where each came from (``line 3``)."""
-        from ..apps.sequences import read_strings, sequence_column
+    def upload_lines(self, data: bytes, *, conditions: bool = False, condition=None):
+        """The sequences of an upload to a sequence run and where each came from (``line 3``); with
+        ``conditions``, their raw conditions too (see :meth:`upload_strings`)."""
+        from ..apps.sequences import given_conditions, read_strings, sequence_column
 
         suffix = self.sequence_suffix(data)
         with tempfile.TemporaryDirectory(prefix="cvae-serve-") as tmp:
@@ -372,9 +371,14 @@ class ServedRun:
             path.write_bytes(data)
             try:
                 names, texts = read_strings(str(path), "the upload", sequence_column(self.model))
+                names, texts = names[:self.limits.max_rows], texts[:self.limits.max_rows]
+                if not conditions:
+                    return names, texts
+                return names, texts, given_conditions(self.model, condition or None, texts, names=names,
+                                                      source=path)
             except CvaeError as e:
-                raise CvaeError(str(e).replace(f"the upload {path}", "the upload")) from None
-        return names[:self.limits.max_rows], texts[:self.limits.max_rows]
+                raise CvaeError(str(e).replace(f"the upload {path}", "the upload").replace(str(path), "the upload")) \
+                    from None
 
     def reconstruct(self, data: bytes, *, condition=None) -> dict:
         """``cvae reconstruct``: the inputs encoded and decoded, each with its own condition."""
@@ -461,7 +465,7 @@ class ServedRun:
         can = self.classifies()
         if not can:
             raise CvaeError(f"run {self.name!r} does not classify: it needs one categorical condition alone, or the "
-                            "semi-supervised model (cvae train --model m2, or data with missing labels)")
+                            "semi-supervised model (model class m2: data with missing labels trains it)")
         if attribute and attribute not in can:
             raise CvaeError(f"{attribute!r} is not a condition this run classifies; it classifies {', '.join(can)}")
         if self.kind == "sequence":
