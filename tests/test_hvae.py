@@ -108,6 +108,28 @@ def test_importance_weights_average_to_the_elbo():
     assert bool((res.log_likelihood >= -neg_elbo.double() - 0.5).all())  # the bound is at least the ELBO
 
 
+def test_kl_per_dimension_sums_to_the_elbos_kl():
+    """evaluate's posterior KL and the KL per dimension traverse ranks by are the ELBO's KL terms: each
+    group's q and p on the same drawn path (q_z's mean path against p at a drawn one was 3% off here, 60%
+    on a trained MNIST model)."""
+    from cvae.apps.latent import kl_per_dimension
+    from cvae.evaluate import posterior_health
+
+    model = _model().eval()
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # the zero-initialised last layers drawn at random: a posterior far from the prior
+        for p in model.parameters():
+            if float(p.abs().max()) == 0:
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+        torch.manual_seed(0)
+        x, c = torch.rand(40, 1, 16, 16).round(), _c(40)
+        elbo_kl = float(model(x, c, samples=200).kl().mean())
+    health = posterior_health(model, x, c)
+    assert elbo_kl > 100 and abs(health.figures["kl_total"].value - elbo_kl) < 0.01 * elbo_kl
+    per_dim = kl_per_dimension(model, x, (torch.arange(40) % 3).float()[:, None])
+    assert abs(float(per_dim.sum()) - elbo_kl) < 0.01 * elbo_kl
+
+
 def test_temperature_per_group_and_zero_temperature_is_deterministic():
     model = _model()
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)

@@ -333,9 +333,14 @@ def posterior_health(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None
     for i in range(0, len(x), batch_size):
         cb = None if c is None else c[i:i + batch_size]
         qz = model.q_z(x[i:i + batch_size], cb)
-        z = qz.mu + qz.std * torch.randn(qz.mu.shape, generator=g).to(qz.mu.device)
         mus.append(qz.mu.float().cpu())
         logvars.append(qz.logvar.float().cpu())
+        if hasattr(model, "sequential_kl"):  # a hierarchy: q and p of each group on one drawn path above it
+            per_dim = model.sequential_kl(x[i:i + batch_size], cb, g).double().cpu()
+            kls.append(per_dim)
+            totals.append(per_dim.sum(1))
+            continue
+        z = qz.mu + qz.std * torch.randn(qz.mu.shape, generator=g).to(qz.mu.device)
         kls.append(model.prior.kl_per_dim(qz, z, cb).double().cpu())
         totals.append(model.prior.kl(qz, z, cb).double().cpu())
     model.train(was_training)
@@ -346,7 +351,9 @@ def posterior_health(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None
     m = min(len(mu), mi_examples)
     groups = condition_groups(model, c)
     figures = {"kl_total": figure(f"KL(q({qc}) || p({zc}))", kl_total,
-                                  note="analytic" if model.prior.analytic_kl else "Monte Carlo, one sample per example")}
+                                  note="analytic per group, at one draw of the groups above it"
+                                  if hasattr(model, "sequential_kl") else "analytic" if model.prior.analytic_kl
+                                  else "Monte Carlo, one sample per example")}
     if groups is None:
         n_au, var = active_units(mu, threshold)
         mi_terms = mutual_information(mu[:m], logvar[:m], generator=torch.Generator().manual_seed(seed))

@@ -238,6 +238,10 @@ def kl_per_dimension(model: CVAE, x, y=None, *, batch_size: int = 500) -> torch.
     g = torch.Generator().manual_seed(0)  # the draws of a prior without a per-dimension closed form
     for i in range(0, len(x), batch_size):
         yb = None if y is None else y[i:i + batch_size]
+        if hasattr(model, "sequential_kl"):  # a hierarchy: each group's KL on one drawn path above it
+            xb = model.to_model_units(x[i:i + batch_size])
+            total += model.sequential_kl(xb, _c(model, yb) if model.schema else None, g).double().sum(0).cpu()
+            continue
         qz = model.encode(x[i:i + batch_size], yb)
         z = qz.mu + qz.std * torch.randn(qz.mu.shape, generator=g).to(qz.mu.device)
         total += model.prior.kl_per_dim(qz, z, _c(model, yb) if model.schema else None).double().sum(0).cpu()

@@ -342,6 +342,15 @@ class HVAE(VAEModel):
         super().check_temperature(temperature)
 
     @torch.no_grad()
+    def sequential_kl(self, x, c=None, generator=None) -> torch.Tensor:
+        """KL per dimension (B, latent) of each group's q(z_i | z_<i, x, c) against p(z_i | z_<i, c), both
+        at one draw of the groups above from the sequential posterior: the training objective's KL terms
+        (their sum is the KL of the ELBO). ``q_z``'s mean path against the prior at a drawn path would
+        set the two on different z_<i (30 nats where the ELBO's KL is 19)."""
+        _, qz, pz, _ = self._pass(x, c, None, self._noise(generator, x.device))
+        return 0.5 * (pz.logvar - qz.logvar + (qz.logvar.exp() + (qz.mu - pz.mu) ** 2) / pz.logvar.exp() - 1)
+
+    @torch.no_grad()
     def importance_terms(self, x, c, s: int, generator=None):
         """log p(x | z, c), log p(z | c) and log q(z | x, c) for s draws of the sequential posterior
         per example, each (B, s): the importance sampler's terms (:mod:`cvae.evaluate`)."""
