@@ -166,3 +166,18 @@ def test_run_files_are_readable_by_others_as_the_umask_allows(tmp_path):
         os.umask(old)
     for name in ("config.json", "model.safetensors", "summary.json", "trainer_state.safetensors"):
         assert (run / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_a_hand_edited_train_setting_of_the_wrong_type_is_one_line_for_every_command(tmp_path, capsys):
+    """evaluate and aggregate rebuild the run's data from config.json's train settings: a value of the
+    wrong type is named as train --resume names it (they ended in tracebacks)."""
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "--epochs", "1", "--out", str(run)]) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["train"]["seed"] = "x"
+    (run / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    for argv in (["evaluate", str(run), "--n", "20", "--k", "5", "--no-progress"], ["aggregate", str(run)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "config.json is damaged: its 'train' settings:" in err[0] and "'x'" in err[0], err

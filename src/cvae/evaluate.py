@@ -465,9 +465,16 @@ def protocol_text(run_config: dict, model: CVAE) -> dict:
 
 def load_run_data(model: CVAE, *, data_dir=None):
     """The data splits of a trained run, rebuilt from its config.json exactly as training made them."""
+    from .config import TrainConfig
     from .data import load_data
 
     cfg = model.run_config.get("train", {})
+    where = f"{model.run_dir / 'config.json'}" if model.run_dir else "the run's config.json"
+    try:  # a hand-edited value of the wrong type: one line, as train --resume says it; "400" read as 400
+        train = TrainConfig.from_dict(cfg if isinstance(cfg, dict) else {"data": cfg}, where=where)
+    except CvaeError as e:
+        raise CvaeError(f"{where} is damaged: its 'train' settings: {e}; restore it from a copy of the run") from None
+    cfg = {k: getattr(train, k.replace("-", "_"), v) for k, v in cfg.items()}
     if cfg.get("sequence"):
         from .data.sequences import load_sequences
 
