@@ -181,3 +181,26 @@ def test_a_hand_edited_train_setting_of_the_wrong_type_is_one_line_for_every_com
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "config.json is damaged: its 'train' settings:" in err[0] and "'x'" in err[0], err
+
+
+def test_an_interrupted_run_says_so_in_its_config(tmp_path):
+    """Ctrl-C after an epoch: config.json's status names the epoch the folder keeps (it stayed "running",
+    and every command used the run without a word); --resume finishes it."""
+    import pytest
+
+    from cvae.config import TrainConfig
+    from cvae.train import fit
+
+    run = tmp_path / "run"
+    config = TrainConfig(data="digits", epochs=4, batch_size=64, out=str(run), progress=False, tensorboard=False)
+
+    def stop(epoch, model, row):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, on_epoch=stop)
+    status = json.loads((run / "config.json").read_text())["status"]
+    assert status.startswith("interrupted after epoch 2 of 4"), status
+    assert main(["train", *FAST, "--epochs", "4", "--out", str(run), "--resume"]) == 0
+    assert json.loads((run / "config.json").read_text())["status"] == "finished"

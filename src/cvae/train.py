@@ -563,8 +563,19 @@ class Trainer:
                 if stop is not None:
                     return stop
             return False
+        except KeyboardInterrupt:  # the folder keeps its last finished epoch, and says so
+            self._mark_interrupted()
+            raise
         finally:
             self.close()
+
+    def _mark_interrupted(self) -> None:
+        done = _epochs_done(self.metrics_path) if self.metrics_path.is_file() else 0
+        if not self.ranks.main or self.replacing or done == 0 or not (self.run_dir / "config.json").is_file():
+            return  # nothing of this run was saved (an overwrite keeps the old run as it was)
+        self.info["status"] = (f"interrupted after epoch {done} of {self.config.epochs}; the weights are that epoch's "
+                               "(continue with --resume)")
+        write_json(self.run_dir / "config.json", self.info)
 
     def close(self) -> None:
         if getattr(self, "bar", None) is not None:
