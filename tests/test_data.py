@@ -394,21 +394,21 @@ def test_transparent_images_are_read_as_drawn_on_white(tmp_path):
     rgba[..., :3] = (0, 255, 0)  # hidden colour under alpha 0
     rgba[:3, :, :3], rgba[:3, :, 3] = (200, 40, 40), 255  # an opaque red top half
     rgba[3, 0] = (0, 0, 0, 128)  # one half-transparent black pixel
-    for c in "ab":
-        (tmp_path / "icons" / c).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rgba, "RGBA").save(tmp_path / "icons" / c / f"{i}.png")
-    x = load_data(str(tmp_path / "icons"), val_fraction=0.0).train.x[0].numpy()
+
+    def first_image(folder, array, mode):  # a two-class folder of copies of one picture, read back
+        for c in "ab":
+            (tmp_path / folder / c).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(array, mode).save(tmp_path / folder / c / f"{i}.png")
+        return load_data(str(tmp_path / folder), val_fraction=0.0).train.x[0].numpy()
+
+    x = first_image("icons", rgba, "RGBA")
     assert x.shape == (3, 6, 6)
     np.testing.assert_allclose(x[:, 4:, :], 1.0)  # transparent: white, not green
     np.testing.assert_allclose(x[:, 0, 0], np.array([200, 40, 40]) / 255, atol=1e-6)
     np.testing.assert_allclose(x[:, 3, 0], 127 / 255, atol=1 / 255)  # half of white
     la = np.stack([np.full((6, 6), 30, np.uint8), np.where(np.arange(6) < 3, 255, 0).astype(np.uint8)[None].repeat(6, 0)], -1)
-    for c in "ab":
-        (tmp_path / "grey" / c).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(la, "LA").save(tmp_path / "grey" / c / f"{i}.png")
-    g = load_data(str(tmp_path / "grey"), val_fraction=0.0).train.x[0].numpy()
+    g = first_image("grey", la, "LA")
     assert g.shape == (1, 6, 6)
     np.testing.assert_allclose(g[0, :, :3], 30 / 255, atol=1e-6)
     np.testing.assert_allclose(g[0, :, 3:], 1.0)
