@@ -948,3 +948,20 @@ def test_a_property_rdkit_computes_needs_a_molecular_tokeniser(tmp_path):
             "--epochs", "1", "--out", tmp_path / "run", "--no-progress")
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "--condition mw: RDKit computes it for molecules read by the selfies or smiles tokeniser" in r.stderr
+
+
+def test_an_anomaly_detector_of_text_measures_auroc_on_a_labelled_csv(tmp_path):
+    """anomaly score on a sequence run's CSV reads its label column as it does a table's (no AUROC before)."""
+    rng = np.random.default_rng(0)
+    words = ["the", "film", "was", "great", "fine"]  # one vocabulary: the detector sees only the normal rows
+    lines = ["text,sentiment"] + [(" ".join(words[:3] + [str(rng.choice(words[3:]))]) + ",pos") if i % 2 else
+                                  (" ".join(rng.choice(words, 4)) + ",neg") for i in range(80)]
+    (tmp_path / "r.csv").write_text("\n".join(lines) + "\n")
+    run = tmp_path / "det"
+    r = cli("anomaly", "fit", "--data", tmp_path / "r.csv", "--sequence", "text", "--label-column", "sentiment",
+            "--normal", "pos", "--epochs", "2", "--hidden", "16", "--latent-dim", "2", "--out", run, "--no-progress",
+            "--no-pictures")
+    assert r.returncode == 0, r.stderr
+    r = cli("anomaly", "score", run, "--data", tmp_path / "r.csv", "-o", tmp_path / "s.csv")
+    assert r.returncode == 0, r.stderr
+    assert "labels (sentiment; normal = pos): 40 normal, 40 anomalous" in r.stdout and "AUROC" in r.stdout

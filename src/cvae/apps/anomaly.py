@@ -465,17 +465,12 @@ def score_anomalies(run: str | Path | CVAE, source: str, *, data_dir=None, split
     if method not in detector.thresholds:
         raise CvaeError(f"unknown score {method!r}; choose one of {', '.join(detector.thresholds)}")
     if hasattr(model, "sample_strings"):
-        return _score_strings(model, detector, method, source, n=n, condition=condition, seed=seed)
+        return _score_strings(model, detector, method, source, n=n, condition=condition, seed=seed,
+                              label_column=label_column, normal=normal)
     layout = "signal" if model.run_config.get("data", {}).get("kind") == "signal" else "auto"
     available = _columns_of(source, data_dir, layout)
-    explicit = label_column not in (None, "auto")
-    if explicit:
-        column = _resolve_label_column(label_column, available, source)
-    elif detector.label_column in available:
-        column = detector.label_column
-    else:  # a detector fitted on unlabelled normal rows, scoring labelled data
-        features = set(model.run_config.get("data", {}).get("features") or [])
-        column = next((c for c in LABEL_NAMES if c in available and c not in features), None)
+    column = _label_column_of(model, detector, label_column, available, source,
+                              set(model.run_config.get("data", {}).get("features") or []))
     inputs = read_inputs(model, source, data_dir=data_dir, n=n, split=split, columns=[column] if column else [],
                          scored=True)
     y = conditions_of(model, inputs, condition, source=source)
@@ -487,23 +482,39 @@ def score_anomalies(run: str | Path | CVAE, source: str, *, data_dir=None, split
     threshold = detector.thresholds[method]
     result = AnomalyScores(list(inputs.ids), scores, scores > threshold, method, threshold)
     if column:
-        labels = [_canon(v) for v in inputs.columns[column]]
-        normal_values = _normal_values(normal) or detector.normal
-        result.labels = labels
-        if normal_values is None:
-            result.metrics = {"note": f"the data has labels ({column}) but the normal values are unknown; "
-                                      "pass --normal to measure AUROC"}
-        else:
-            result.is_anomaly = np.array([v not in normal_values for v in labels])
-            result.metrics = anomaly_metrics(result.is_anomaly, scores, result.flags)
-            result.metrics.update(label_column=column, normal=normal_values)
+        _measure(result, [_canon(v) for v in inputs.columns[column]], column, normal, detector)
     return result
 
 
-def _score_strings(model, detector, method: str, source: str, *, n: int | None, condition, seed: int) -> AnomalyScores:
-    """A sequence run's detector on strings (a .txt/.smi file, one per line, or one string), each
-    identified by the string itself; their own condition is ``condition`` (molecules: RDKit's when left
-    out)."""
+def _label_column_of(model, detector, label_column, available: list[str], source, exclude: set[str]):
+    """The column that says which rows are normal: ``label_column`` (checked), the detector's, or one
+    named like a label (not one of ``exclude``, the model's inputs); None when there is none."""
+    if label_column not in (None, "auto"):
+        return _resolve_label_column(label_column, available, source)
+    if detector.label_column in available:
+        return detector.label_column
+    return next((c for c in LABEL_NAMES if c in available and c not in exclude), None)
+
+
+def _measure(result: AnomalyScores, labels: list[str], column: str, normal, detector) -> None:
+    """AUROC, AP and the confusion matrix of ``result`` against the rows' ``labels`` and the normal values."""
+    normal_values = _normal_values(normal) or detector.normal
+    result.labels = labels
+    if normal_values is None:
+        result.metrics = {"note": f"the data has labels ({column}) but the normal values are unknown; "
+                                  "pass --normal to measure AUROC"}
+    else:
+        result.is_anomaly = np.array([v not in normal_values for v in labels])
+        result.metrics = anomaly_metrics(result.is_anomaly, result.scores, result.flags)
+        result.metrics.update(label_column=column, normal=normal_values)
+
+
+def _score_strings(model, detector, method: str, source: str, *, n: int | None, condition, seed: int,
+                   label_column=None, normal=None) -> AnomalyScores:
+    """A sequence run's detector on strings (a .txt/.smi file, one per line, a CSV with the run's
+    sequence column, or one string), each identified by the string itself; their own condition is
+    ``condition`` (else a CSV's columns; molecules: RDKit's when left out). A CSV's label column (as
+    for tables) measures AUROC."""
     from .sequences import given_conditions, read_strings, sequence_column, token_ids
 
     names, texts = read_strings(source, "--data", sequence_column(model))
@@ -514,7 +525,16 @@ def _score_strings(model, detector, method: str, source: str, *, n: int | None, 
     if not np.isfinite(scores).all():
         raise CvaeError(f"the {method} score of some sequences is not finite; nothing was written")
     threshold = detector.thresholds[method]
-    return AnomalyScores(list(texts), scores, scores > threshold, method, threshold)
+    result = AnomalyScores(list(texts), scores, scores > threshold, method, threshold)
+    path = Path(source)
+    if path.suffix.lower() in (".csv", ".tsv") and path.is_file():
+        header, rows = read_csv_table(path)
+        exclude = {sequence_column(model), *(model.schema.names if model.schema else [])}
+        column = _label_column_of(model, detector, label_column, header, source, exclude)
+        if column:
+            by_line = {f"line {line}": r for line, r in zip(rows.lines, rows)}
+            _measure(result, [_canon(by_line[nm][header.index(column)]) for nm in names], column, normal, detector)
+    return result
 
 
 def write_scores(path: str | Path, result: AnomalyScores) -> Path:
