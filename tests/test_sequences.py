@@ -816,6 +816,9 @@ def test_text_per_label_transfer_and_bad_input(tmp_path):
     assert r.returncode == 0, r.stderr
     with open(tmp_path / "codes.csv") as f:
         assert [row["sentiment"] for row in csv.DictReader(f)] == ["neg", "pos"] * 60
+    (tmp_path / "gap.csv").write_text("text,sentiment\nthe film was great and lovely,pos\nthe film was dull and poor,\n")
+    r = cli("embed", run, "--data", tmp_path / "gap.csv", "-o", tmp_path / "x.csv")  # the line is named
+    assert r.returncode == 2 and "gap.csv, line 3: condition 'sentiment' has a missing value" in r.stderr
     # the web API classifies uploaded lines the same way, without a condition of their own
     from fastapi.testclient import TestClient  # the serve extra is part of cvae[test]
 

@@ -381,6 +381,11 @@ def given_conditions(model, condition, texts: list[str], flag: str = "--conditio
         try:
             return model.schema.parse(own, len(texts))
         except CvaeError as e:
+            for i, name in enumerate(names):  # the first line whose cells are wrong, named
+                try:
+                    model.schema.parse({a: [v[i]] for a, v in own.items()}, 1)
+                except CvaeError as row_error:
+                    raise CvaeError(f"{source}, {name}: {row_error}") from None
             raise CvaeError(f"{source}: {e}") from None
     if conditions_computable(model):
         from ..chem import canonical, not_a_molecule, properties
