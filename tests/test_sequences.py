@@ -443,6 +443,8 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path):
     r = cli("reconstruct", run, "--input", tmp_path / "bad.smi", "-o", tmp_path / "bad.csv")
     assert r.returncode == 2 and "line 2: 'C1CC(' is not a valid SMILES" in r.stderr
 
+    r = cli("interpolate", run, "--from", "CCO", "--to", "c1ccoc1", "--steps", "3", "-o", tmp_path / "own.csv")
+    assert r.returncode == 0, r.stderr  # each end with its own logP and QED, as RDKit computes them
     r = cli("interpolate", run, "--from", "CCO", "--to", "c1ccoc1", "--condition", "logp=0.5,qed=0.4", "--steps", "5",
             "-o", tmp_path / "path.csv")
     assert r.returncode == 0, r.stderr

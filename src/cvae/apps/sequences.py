@@ -220,7 +220,8 @@ def save_sequence_picture(out: Path, model, strings, canon, requested, achieved,
 def interpolate_strings(model, start: str, end: str, *, steps: int = 10, condition=None,
                         start_condition=None, end_condition=None, steer: float | None = None) -> list[str]:
     """Decode (greedily) the straight line between the posterior means of two sequences, steered
-    towards the path's conditions with weight ``steer`` (None: the run's)."""
+    towards the path's conditions with weight ``steer`` (None: the run's). Without conditions, a molecule
+    run whose conditions RDKit computes takes each end's own, and the path goes from one to the other."""
     if steps < 2:
         raise CvaeError(f"--steps must be at least 2 (the two ends), got {steps}")
     texts = [_canonical_input(model, start), _canonical_input(model, end)]
@@ -228,6 +229,9 @@ def interpolate_strings(model, start: str, end: str, *, steps: int = 10, conditi
         y = model.schema.parse(condition, 1) if condition else None
         ya = model.schema.parse(start_condition or condition, 1) if (start_condition or condition) else y
         yb = model.schema.parse(end_condition or condition, 1) if (end_condition or condition) else y
+        if (ya is None or yb is None) and conditions_computable(model):  # each end's own RDKit properties
+            ya = given_conditions(model, None, texts[:1], names=["--from"]) if ya is None else ya
+            yb = given_conditions(model, None, texts[1:], names=["--to"]) if yb is None else yb
         if ya is None or yb is None:
             a = model.schema.attributes[0]
             example = f"{a.name}={a.classes[0]}" if a.kind == "categorical" else f"{a.name}={a.mean:.3g}"
