@@ -835,6 +835,8 @@ def test_text_per_label_transfer_and_bad_input(tmp_path):
         head = "\n".join(data.read_text().splitlines()[:3]).encode() + b"\n"
         code = client.post("/v1/runs/run/encode", files={"file": ("r.csv", head, "text/csv")}).json()
         assert code["conditions"] == {"sentiment": ["neg", "pos"]} and len(code["mu"]) == 2
+        scored = client.post("/v1/runs/run/classify", files={"file": ("r.csv", head, "text/csv")}).json()
+        assert scored["labelled"] == 2 and 0 <= scored["error"] <= 1  # against the CSV's own labels
         up = {"file": ("x.txt", b"the film was wonderful\n", "text/plain")}
         r = client.post("/v1/runs/run/classify", files=up)
         assert r.status_code == 422 and r.json()["detail"].startswith("the upload, line 1: the token 'wonderful'")

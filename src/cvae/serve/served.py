@@ -360,10 +360,11 @@ class ServedRun:
             return ".csv"
         return ".smi" if self.model.tokenizer.molecular else ".txt"
 
-    def upload_lines(self, data: bytes, *, conditions: bool = False, condition=None):
+    def upload_lines(self, data: bytes, *, conditions: bool = False, condition=None, labels: bool = False):
         """The sequences of an upload to a sequence run and where each came from (``line 3``); with
-        ``conditions``, their raw conditions too (see :meth:`upload_strings`)."""
-        from ..apps.sequences import given_conditions, read_strings, sequence_column
+        ``conditions``, their raw conditions too (see :meth:`upload_strings`); with ``labels``, a CSV's
+        own labels (None for lines of text), which classify scores against."""
+        from ..apps.sequences import given_conditions, read_strings, sequence_column, table_labels
 
         suffix = self.sequence_suffix(data)
         with tempfile.TemporaryDirectory(prefix="cvae-serve-") as tmp:
@@ -372,6 +373,8 @@ class ServedRun:
             try:
                 names, texts = read_strings(str(path), "the upload", sequence_column(self.model))
                 names, texts = names[:self.limits.max_rows], texts[:self.limits.max_rows]
+                if labels:
+                    return names, texts, table_labels(self.model, path, names)
                 if not conditions:
                     return names, texts
                 return names, texts, given_conditions(self.model, condition or None, texts, names=names,
@@ -469,8 +472,9 @@ class ServedRun:
         if attribute and attribute not in can:
             raise CvaeError(f"{attribute!r} is not a condition this run classifies; it classifies {', '.join(can)}")
         if self.kind == "sequence":
-            names, texts = self.upload_lines(data)  # classified without a condition of their own
-            result = classify_strings(self.model, texts, attribute=attribute or None, names=names, where="the upload")
+            names, texts, truth = self.upload_lines(data, labels=True)  # no condition of their own needed
+            result = classify_strings(self.model, texts, attribute=attribute or None, names=names, y=truth,
+                                      where="the upload")
             ids, extra = names, {"strings": texts}
         else:
             with self.upload(data, read=False) as (_, path):
