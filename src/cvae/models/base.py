@@ -420,6 +420,12 @@ class VAEModel(nn.Module):
         return self.to_data_units(self.p_x(qz.rsample() if sample_z else qz.mu, c).mean)
 
 
+    def classifies(self) -> list[str]:
+        """The categorical conditions :meth:`classify` answers: a model's one condition when it is
+        categorical and alone (Bayes' rule over its classes), none otherwise."""
+        blocks = self.schema.categorical_blocks()
+        return [blocks[0][0].name] if blocks and len(self.schema.attributes) == 1 else []
+
     @torch.no_grad()
     def classify(self, x, attribute: str | None = None, *, samples: int = 16, batch_size: int = 250,
                  seed: int = 0) -> torch.Tensor:
@@ -428,11 +434,10 @@ class VAEModel(nn.Module):
         classifier), every example's and class's codes made from the same ``seed``'s standard normals
         (an example's answer does not depend on the rows beside it). Class probabilities (N, classes).
         A semi-supervised model answers from q(y | x)."""
-        blocks = self.schema.categorical_blocks()
-        if not blocks or len(self.schema.attributes) != 1 or attribute not in (None, blocks[0][0].name):
+        if not self.classifies() or attribute not in (None, *self.classifies()):
             raise CvaeError("this model classifies only when its one condition is categorical; train the "
                             "semi-supervised model (--model m2) to classify with several conditions")
-        a = blocks[0][0]
+        a = self.schema.categorical_blocks()[0][0]
         samples, batch_size = check_positive("samples", samples), check_positive("batch_size", batch_size)
         x = self.to_model_units(x)
         g = torch.Generator().manual_seed(int(seed))

@@ -123,6 +123,10 @@ class M2(CVAE):
         raise CvaeError(f"{attribute!r} is not a categorical condition of this model; it classifies "
                         + ", ".join(a.name for a, _, _ in self.blocks))
 
+    def classifies(self) -> list[str]:
+        """Every categorical condition: q(y | x) answers each."""
+        return [a.name for a, _, _ in self.blocks]
+
     @torch.no_grad()
     def classify(self, x, attribute: str | None = None, *, batch_size: int = 1000, seed: int = 0) -> torch.Tensor:
         """q(y | x): class probabilities (N, classes) of a categorical condition (the first by default)

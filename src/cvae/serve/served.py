@@ -199,7 +199,7 @@ class ServedRun:
             "kl_note": self.kl_note,
             "sliders": self.top_dims(),
             # the categorical conditions an upload can be classified by (cvae classify), first the default
-            "classifies": self.classifies(),
+            "classifies": self.model.classifies(),
             "detector": None if d is None else {"score": d.score, "threshold": d.threshold, "fpr": d.fpr,
                                                 "label_column": d.label_column, "normal": d.normal},
             "pictures": list(self.pictures),
@@ -208,15 +208,6 @@ class ServedRun:
                        "max_upload_bytes": self.limits.max_upload_bytes},
         }
 
-    def classifies(self) -> list[str]:
-        """The categorical conditions ``cvae classify`` answers for this run: every one of a
-        semi-supervised run (its q(y | x)), the single condition of a run conditioned on one categorical
-        condition alone (Bayes' rule over its classes), none otherwise."""
-        schema = self.model.schema
-        blocks = schema.categorical_blocks() if schema else []
-        if self.model.config.model_class == "m2":
-            return [a.name for a, _, _ in blocks]
-        return [blocks[0][0].name] if blocks and len(schema.attributes) == 1 else []
 
     # -- rendering ----------------------------------------------------------------------------
     def _describe(self, y) -> list[str]:
@@ -465,7 +456,7 @@ class ServedRun:
         labels where it has them (a labelled CSV or .npz)."""
         from ..apps.classify import classify_inputs, classify_strings
 
-        can = self.classifies()
+        can = self.model.classifies()
         if not can:
             raise CvaeError(f"run {self.name!r} does not classify: it needs one categorical condition alone, or the "
                             "semi-supervised model (model class m2: data with missing labels trains it)")
