@@ -332,7 +332,10 @@ class ServedRun:
         of each, as in a .smi file; or a CSV with the run's sequence column; at most ``max_rows``): where
         each came from, the strings and their own conditions (``condition``; else a CSV's condition
         columns; for molecules left without them, their RDKit-computed properties)."""
-        return self.upload_lines(data, conditions=True, condition=condition)
+        from ..apps.sequences import given_conditions
+
+        with self.upload_lines(data) as (names, texts, path):
+            return names, texts, given_conditions(self.model, condition or None, texts, names=names, source=path)
 
     def sequence_suffix(self, data: bytes) -> str:
         """How a sequence run reads an upload of text: a CSV whose header names the run's sequence column
@@ -351,11 +354,12 @@ class ServedRun:
             return ".csv"
         return ".smi" if self.model.tokenizer.molecular else ".txt"
 
-    def upload_lines(self, data: bytes, *, conditions: bool = False, condition=None, labels: bool = False):
-        """The sequences of an upload to a sequence run and where each came from (``line 3``); with
-        ``conditions``, their raw conditions too (see :meth:`upload_strings`); with ``labels``, a CSV's
-        own labels (None for lines of text), which classify scores against."""
-        from ..apps.sequences import given_conditions, read_strings, sequence_column, table_labels
+    @contextmanager
+    def upload_lines(self, data: bytes):
+        """The sequences of an upload to a sequence run, where each came from (``line 3``) and the file
+        they were read from (a CSV's other columns are read from it inside the block); errors name "the
+        upload", not the temporary file."""
+        from ..apps.sequences import read_strings, sequence_column
 
         suffix = self.sequence_suffix(data)
         with tempfile.TemporaryDirectory(prefix="cvae-serve-") as tmp:
@@ -363,13 +367,7 @@ class ServedRun:
             path.write_bytes(data)
             try:
                 names, texts = read_strings(str(path), "the upload", sequence_column(self.model))
-                names, texts = names[:self.limits.max_rows], texts[:self.limits.max_rows]
-                if labels:
-                    return names, texts, table_labels(self.model, path, names)
-                if not conditions:
-                    return names, texts
-                return names, texts, given_conditions(self.model, condition or None, texts, names=names,
-                                                      source=path)
+                yield names[:self.limits.max_rows], texts[:self.limits.max_rows], path
             except CvaeError as e:
                 raise CvaeError(str(e).replace(f"the upload {path}", "the upload").replace(str(path), "the upload")) \
                     from None
@@ -463,9 +461,11 @@ class ServedRun:
         if attribute and attribute not in can:
             raise CvaeError(f"{attribute!r} is not a condition this run classifies; it classifies {', '.join(can)}")
         if self.kind == "sequence":
-            names, texts, truth = self.upload_lines(data, labels=True)  # no condition of their own needed
-            result = classify_strings(self.model, texts, attribute=attribute or None, names=names, y=truth,
-                                      where="the upload")
+            from ..apps.sequences import table_labels
+
+            with self.upload_lines(data) as (names, texts, path):  # no condition of their own needed
+                result = classify_strings(self.model, texts, attribute=attribute or None, names=names,
+                                          y=table_labels(self.model, path, names), where="the upload")
             ids, extra = names, {"strings": texts}
         else:
             with self.upload(data, read=False) as (_, path):
