@@ -515,7 +515,14 @@ def _score_strings(model, detector, method: str, source: str, *, n: int | None, 
     sequence column, or one string), each identified by the string itself; their own condition is
     ``condition`` (else a CSV's columns; molecules: RDKit's when left out). A CSV's label column (as
     for tables) measures AUROC."""
-    from .sequences import given_conditions, read_strings, sequence_column, token_ids
+    from .sequences import (
+        given_conditions,
+        input_table,
+        read_strings,
+        sequence_column,
+        table_cells,
+        token_ids,
+    )
 
     names, texts = read_strings(source, "--data", sequence_column(model))
     names, texts = names[:n], texts[:n]
@@ -526,14 +533,12 @@ def _score_strings(model, detector, method: str, source: str, *, n: int | None, 
         raise CvaeError(f"the {method} score of some sequences is not finite; nothing was written")
     threshold = detector.thresholds[method]
     result = AnomalyScores(list(texts), scores, scores > threshold, method, threshold)
-    path = Path(source)
-    if path.suffix.lower() in (".csv", ".tsv") and path.is_file():
-        header, rows = read_csv_table(path)
+    table = input_table(source)
+    if table is not None:
         exclude = {sequence_column(model), *(model.schema.names if model.schema else [])}
-        column = _label_column_of(model, detector, label_column, header, source, exclude)
+        column = _label_column_of(model, detector, label_column, table[0], source, exclude)
         if column:
-            by_line = {f"line {line}": r for line, r in zip(rows.lines, rows)}
-            _measure(result, [_canon(by_line[nm][header.index(column)]) for nm in names], column, normal, detector)
+            _measure(result, [_canon(v) for v in table_cells(table, names, [column])[column]], column, normal, detector)
     return result
 
 

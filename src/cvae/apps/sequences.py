@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..conditions import is_missing
 from ..errors import CvaeError, quoted
 from ..models.seqvae import GENERATE_DECODE, GENERATE_TOKEN_TEMPERATURE
 
@@ -289,6 +288,27 @@ def sequence_column(model) -> str | None:
     return (model.run_config.get("data", {}).get("sequences") or {}).get("column")
 
 
+TABLE_INPUTS = (".csv", ".tsv")  # inputs of a sequence run read as tables (by its sequence column)
+
+
+def input_table(spec):
+    """The header and rows of a CSV/TSV file given to a sequence run; None for anything else."""
+    path = Path(str(spec)) if spec is not None else None
+    if path is None or path.suffix.lower() not in TABLE_INPUTS or not path.is_file():
+        return None
+    from ..data.sources import read_csv_table
+
+    return read_csv_table(path)
+
+
+def table_cells(table, names: list[str], columns) -> dict[str, list[str]]:
+    """The cells of ``columns`` in the rows :func:`read_strings` kept from ``table`` (``names``: their
+    "line N"), in that order."""
+    header, rows = table
+    by_line = {f"line {line}": r for line, r in zip(rows.lines, rows)}
+    return {c: [by_line[n][header.index(c)].strip() for n in names] for c in columns}
+
+
 def read_strings(spec: str, flag: str, column: str | None = None) -> tuple[list[str], list[str]]:
     """The sequences a user gives with ``flag``: a .txt file (one per line), a .smi file (the first field
     of each line: SMILES files often name the molecule after it), a CSV/TSV table's ``column`` (the run's
@@ -302,10 +322,9 @@ def read_strings(spec: str, flag: str, column: str | None = None) -> tuple[list[
         except UnicodeDecodeError:
             raise CvaeError(f"{flag} {spec}: the file is not UTF-8 text; save it as UTF-8, one sequence per line") from None
         return lines_of(text, first_field=suffix == ".smi", what=f"{flag} {spec}")
-    if suffix in (".csv", ".tsv") and path.is_file():  # a table: its sequence column, not its file name
-        from ..data.sources import read_csv_table
-
-        header, rows = read_csv_table(path)
+    table = input_table(path)
+    if table is not None:  # a table: its sequence column, not its file name
+        header, rows = table
         if column is None or column not in header:
             raise CvaeError(f"{flag} {spec}: " + (f"the table has no column {column!r} (the run's sequences); its "
                                                  f"columns are: {', '.join(header)}" if column else
@@ -315,7 +334,7 @@ def read_strings(spec: str, flag: str, column: str | None = None) -> tuple[list[
         if not kept:
             raise CvaeError(f"{flag} {spec}: the column {column!r} holds no sequences")
         return [n for n, _ in kept], [t for _, t in kept]
-    if suffix in (".txt", ".smi", ".csv", ".tsv") and not path.is_file():
+    if suffix in (".txt", ".smi", *TABLE_INPUTS) and not path.is_file():
         raise CvaeError(f"{flag} {spec}: no such file; give a .txt or .smi file (one sequence per line), a CSV with "
                         "the run's sequence column, or the sequence itself in quotes")
     if not spec.strip():
@@ -335,16 +354,10 @@ def table_conditions(model, spec, names: list[str]):
     """The condition cells of the rows :func:`read_strings` kept from a CSV/TSV table (``names``: their
     "line N"), as a mapping for ``schema.parse``; None when ``spec`` is not such a table or lacks one of
     the run's condition columns."""
-    path = Path(str(spec)) if spec is not None else None
-    if not model.schema or path is None or path.suffix.lower() not in (".csv", ".tsv") or not path.is_file():
+    table = input_table(spec) if model.schema else None
+    if table is None or not all(a in table[0] for a in model.schema.names):
         return None
-    from ..data.sources import read_csv_table
-
-    header, rows = read_csv_table(path)
-    if not all(a in header for a in model.schema.names):
-        return None
-    by_line = {f"line {line}": r for line, r in zip(rows.lines, rows)}
-    return {a: [by_line[n][header.index(a)].strip() for n in names] for a in model.schema.names}
+    return table_cells(table, names, model.schema.names)
 
 
 def table_labels(model, spec, names: list[str]):
@@ -359,11 +372,10 @@ def table_labels(model, spec, names: list[str]):
         if a.kind != "categorical":
             continue
         for i, v in enumerate(own[a.name]):
-            if v in a.classes:
-                y[i, j] = a.classes.index(v)
-            elif v and not is_missing(v):
-                raise CvaeError(f"{spec}, {names[i]}: unknown value {v!r} for condition {a.name!r}; known values: "
-                                f"{', '.join(a.classes)}")
+            try:
+                y[i, j] = a.code(v, missing_ok=True)
+            except CvaeError as e:
+                raise CvaeError(f"{spec}, {names[i]}: {e}") from None
     return y
 
 
