@@ -35,6 +35,7 @@ from ..data.sources import TABLE_SUFFIXES, read_csv_table
 from ..errors import CvaeError, CvaeWarning
 from ..models import CVAE, VAEModel
 from ..objectives import iwae_bound
+from ..objectives.importance import log_mean_exp
 from ..plots import save_score_histogram
 from ..runs import load_model, write_json
 from .io import conditions_of, read_inputs, write_csv
@@ -63,14 +64,8 @@ def _scores_model_units(model: CVAE, x: torch.Tensor, c: torch.Tensor | None, me
     if method == "iwae" and eps is None:
         return -iwae_bound(model, x, c, k=k, chunk=min(k, 100))
     if method == "iwae":  # log mean_k p(x, z_k | c) / q(z_k | x, c), 100 draws at a time
-        total = None
-        for i in range(0, len(eps), 100):
-            z = qz.mu + qz.std * eps[i:i + 100]
-            lw = (model.p_x(z, c).log_prob(x).double() + model.prior.log_prob(z, c).double()
-                  - qz.log_prob(z).double())
-            lse = torch.logsumexp(lw, dim=0)
-            total = lse if total is None else torch.logaddexp(total, lse)
-        return -(total - math.log(len(eps))).float()
+        return -log_mean_exp((model.log_weights_at(x, c, qz, qz.mu + qz.std * eps[i:i + 100], torch.float64)
+                              for i in range(0, len(eps), 100)), len(eps))
     z = qz.mu + qz.std * eps  # (S, B, D)
     rec = -model.p_x(z, c).log_prob(x).mean(0)  # (B,)
     return rec + model.prior.kl(qz, z, c).mean(0)

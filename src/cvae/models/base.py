@@ -420,6 +420,12 @@ class VAEModel(nn.Module):
         return self.to_data_units(self.p_x(qz.rsample() if sample_z else qz.mu, c).mean)
 
 
+    def log_weights_at(self, x, c, qz, z, dtype=torch.float32) -> torch.Tensor:
+        """log p(x | z, c) + log p(z | c) - log q(z | x, c) at given codes z (S, B, latent): the logs of the
+        importance weights, (S, B), each term in ``dtype``."""
+        return (self.p_x(z, c).log_prob(x).to(dtype) + self.prior.log_prob(z, c).to(dtype)
+                - qz.log_prob(z).to(dtype))
+
     def classifies(self) -> list[str]:
         """The categorical conditions :meth:`classify` answers: a model's one condition when it is
         categorical and alone (Bayes' rule over its classes), none otherwise."""
@@ -451,8 +457,7 @@ class VAEModel(nn.Module):
                 qz = self.q_z(xb, c)
                 if eps is None:  # (samples, 1, D): one set of draws for every example and class
                     eps = torch.randn((samples, 1, qz.mu.shape[-1]), generator=g).to(qz.mu)
-                z = qz.mu + eps * qz.std
-                lw = self.p_x(z, c).log_prob(xb).float() + self.prior.log_prob(z, c).float() - qz.log_prob(z).float()
+                lw = self.log_weights_at(xb, c, qz, qz.mu + eps * qz.std)
                 ll[:, k] = torch.logsumexp(lw, 0) - math.log(samples)
             out.append(ll.softmax(1))
         return torch.cat(out) if out else torch.zeros((0, a.dim))

@@ -87,17 +87,20 @@ def iwae_log_weights(model, x: torch.Tensor, c: torch.Tensor | None, k: int) -> 
     return log_weights(model(x, c, samples=k), x)[0]
 
 
+def log_mean_exp(chunks, k: int) -> torch.Tensor:
+    """log (1/k) sum_i exp(w_i) per example (B,) of k log weights given in chunks of shape (m, B), the
+    log-sum-exp accumulated stably in float64 one chunk at a time."""
+    total = None
+    for lw in chunks:
+        lse = torch.logsumexp(lw.double(), dim=0)  # (B,)
+        total = lse if total is None else torch.logaddexp(total, lse)
+    return (total - math.log(k)).float()
+
+
 def iwae_bound(model, x: torch.Tensor, c: torch.Tensor | None = None, *, k: int = 5000,
                chunk: int = 500) -> torch.Tensor:
     """Importance-sampled log p(x | c) per example (shape (B,)), drawing k samples in chunks.
 
     Memory is bounded by ``chunk`` samples at a time; the log-sum-exp is accumulated stably.
     """
-    total = None
-    done = 0
-    while done < k:
-        m = min(chunk, k - done)
-        lse = torch.logsumexp(iwae_log_weights(model, x, c, m).double(), dim=0)  # (B,)
-        total = lse if total is None else torch.logaddexp(total, lse)
-        done += m
-    return (total - math.log(k)).float()
+    return log_mean_exp((iwae_log_weights(model, x, c, min(chunk, k - done)) for done in range(0, k, chunk)), k)
