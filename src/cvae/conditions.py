@@ -330,7 +330,7 @@ def categorical_from_values(name: str, values: Sequence) -> tuple[Attribute, np.
     texts = [class_text(v) for v in known.tolist()]
     if known.dtype.kind in "iuf":  # numbers in numeric order (2 before 10), named as class_text names them
         order = sorted(set(texts), key=float)
-    elif all(t.lstrip("+-").isdigit() for t in texts):  # whole numbers kept as text (17-digit codes): in order too
+    elif all(whole_number_text(t) for t in texts):  # whole numbers kept as text (17-digit codes): in order too
         order = sorted(set(texts), key=int)
     else:
         order = sorted(set(texts))
@@ -345,6 +345,12 @@ def _numeric(name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def whole_number_text(text: str) -> bool:
+    """Whether ``text`` writes a whole number in digits ('17', '-3', '12345678901234567'): read exactly, as
+    an int, never through a float (past 2^53 neighbouring codes would become one float)."""
+    return text.lstrip("+-").isdecimal()  # isdigit would take "²", which int() refuses
 
 
 def class_text(value) -> str:

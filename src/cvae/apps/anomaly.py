@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..conditions import whole_number_text
 from ..data.core import read_source
 from ..data.sources import TABLE_SUFFIXES, read_csv_table
 from ..errors import CvaeError, CvaeWarning
@@ -209,7 +210,7 @@ class AnomalyFit:
 def _canon(v) -> str:
     """A label value as text: 1, 1.0 and '1.000e+00' all read '1'."""
     text = str(v.item() if hasattr(v, "item") else v).strip()
-    if text.lstrip("+-").isdigit():  # whole numbers exactly (17-digit codes are not floats)
+    if whole_number_text(text):  # whole numbers exactly (17-digit codes are not floats)
         return str(int(text))
     try:
         f = float(text)

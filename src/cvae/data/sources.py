@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..conditions import MISSING_TEXT
+from ..conditions import MISSING_TEXT, whole_number_text
 from ..errors import CvaeError, CvaeWarning
 from .files import require
 
@@ -672,8 +672,7 @@ def _beyond_float(text: str) -> bool:
     """A whole number past float64's exact integers (2^53: 17-digit codes, barcodes): as a float it
     would share its class with its neighbours (12345678901234567 and ...568 are one float), so such a
     condition column is read as text, each code exact."""
-    digits = text.lstrip("+-")
-    return digits.isdigit() and abs(int(digits)) > 2**53
+    return whole_number_text(text) and abs(int(text)) > 2**53
 
 
 def load_csv(path: Path, condition_columns: list[str], *, layout: str = "table",
