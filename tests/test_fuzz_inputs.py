@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cvae.apps.sequences import read_strings
 from cvae.cli import main
 from cvae.data import load_data, read_image
 from cvae.data.stream import load_npy_stream, npy_float32_bytes
@@ -371,6 +372,8 @@ def test_fuzz_every_reader(tmp_path):
     x_table = rng.normal(size=(12, 4)).astype(np.float32)
     formats = {
         "single.png": png_bytes(grey),
+        "rgba.png": png_bytes(rng.integers(0, 256, (6, 5, 4), dtype=np.uint8)),  # drawn on white
+        "seq.csv": b"text,label\nthe film was great,pos\nthe film was dull,neg\n\"a, quoted\",pos\n",  # read by its column
         "folder.png": png_bytes(grey),
         "x.npy": npy_bytes(x_table),
         "stream.npy": npy_bytes(x_table),
@@ -387,11 +390,17 @@ def test_fuzz_every_reader(tmp_path):
             case = tmp_path / f"{fmt.replace('.', '_')}{k}"
             case.mkdir()
             try:
-                if fmt == "single.png":
+                if fmt in ("single.png", "rgba.png"):
                     path = case / "x.png"
                     path.write_bytes(mutate(good, rng))
-                    a = read_image(path, 1, (6, 5))
-                    assert a.shape == (1, 6, 5) and np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1
+                    a = read_image(path, 1 if fmt == "single.png" else 3, (6, 5))
+                    assert a.shape[1:] == (6, 5) and np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1
+                    continue
+                if fmt == "seq.csv":  # a sequence run's --data/--input table
+                    path = case / "x.csv"
+                    path.write_bytes(mutate(good, rng))
+                    names, texts = read_strings(str(path), "--data", "text")
+                    assert len(names) == len(texts) and all(isinstance(t, str) and t for t in texts)
                     continue
                 if fmt == "folder.png":
                     image_folder(case / "imgs")
