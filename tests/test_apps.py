@@ -502,3 +502,53 @@ def test_augment_merged_into_a_csv_writes_the_real_rows_as_read(tmp_path):
     for i, r in enumerate(rows):
         got = out[f"real-{i}"]
         assert np.float32(got["a"]) == np.float32(r[0]) and np.float32(got["b"]) == np.float32(r[1]), (got, r)
+
+
+def test_a_supervised_runs_inputs_without_a_label_take_the_condition_given_for_them(tmp_path, capsys):
+    """An image folder with an unlabelled/ subfolder, given to a run trained on labelled images, was
+    refused even with --condition: its own labels were read (and the missing one refused) before the
+    override applied. Now the missing rows take --condition (the labelled keep their own where the
+    command prefers them: transfer, interpolate, traverse), and without it the line says to pass it."""
+    from PIL import Image
+
+    from cvae.apps.io import conditions_of
+
+    rng = np.random.default_rng(0)
+    imgs = tmp_path / "imgs"
+    for cls in "ab":
+        (imgs / cls).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(imgs / cls / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(imgs), "--epochs", "1", "--hidden", "16", "--latent-dim", "2",
+                 "--out", str(run), "--no-progress", "--no-pictures"]) == 0
+    (imgs / "unlabelled").mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(imgs / "unlabelled" / f"u{i}.png")
+    capsys.readouterr()
+    rec = tmp_path / "rec.csv"
+    assert main(["reconstruct", str(run), "--input", str(imgs), "-o", str(rec)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "3 of the 23 examples" in err and "pass --condition label=..." in err, err
+    assert not rec.exists()
+    assert main(["reconstruct", str(run), "--input", str(imgs), "--condition", "label=b", "-o", str(rec)]) == 0
+    with open(rec) as f:
+        assert [r["label"] for r in csv.DictReader(f)] == ["b"] * 23  # reconstruct's --condition is for all
+    assert main(["embed", str(run), "--data", str(imgs), "--condition", "label=a", "-o", str(tmp_path / "e.csv")]) == 0
+    model = cvae.load(run)
+    inputs = read_inputs(model, str(imgs))
+    y = conditions_of(model, inputs, "label=b", own_first=True)
+    own = ~torch.isnan(inputs.y[:, 0])
+    assert int((~own).sum()) == 3 and torch.equal(y[own], inputs.y[own]) and bool((y[~own] == 1).all())
+    assert main(["transfer", str(run), "--input", str(imgs), "--condition", "label=a", "-o",
+                 str(tmp_path / "t.npz")]) == 0
+    assert main(["traverse", str(run), "--input", str(imgs), "--index", "unlabelled/u0.png", "-o",
+                 str(tmp_path / "tr.png")]) == 2
+    assert "pass --condition label=..." in capsys.readouterr().err
+    assert main(["traverse", str(run), "--input", str(imgs), "--index", "a/0.png", "-o", str(tmp_path / "tr.png")]) == 0
+    # an augmented copy keeps the unlabelled images (never encoded: nothing to start them from)
+    out = tmp_path / "aug"
+    assert main(["augment", str(run), "--data", str(imgs), "--per-class", "2", "--merge", "--codes", "posterior",
+                 "-o", str(out)]) == 0
+    assert len(list((out / "unlabelled").glob("*.png"))) == 3
+    assert len(list((out / "a").glob("*.png"))) == 12 and len(list((out / "b").glob("*.png"))) == 12

@@ -96,7 +96,10 @@ def augment(model: CVAE, *, per_class: int | None = None, balance: bool = False,
         raise CvaeError("--balance, --merge and --codes posterior need the real data (--data SOURCE, default the run's own)")
     if real is not None and real.y is None:
         raise CvaeError(f"the real data have no condition column {a.name!r}")
-    real_codes = real.y[:, j].long().numpy() if real is not None else None
+    real_codes = real.y[:, j].nan_to_num(-1).long().numpy() if real is not None else None
+    # a row is a starting point only with every condition known (or inferred by the model): a supervised
+    # model's real rows without a label (unlabelled/ images) are kept in a merge, never encoded
+    usable = ~torch.isnan(real.y).any(dim=1).numpy() if real is not None and real.missing else True
     real_counts = {c: int((real_codes == i).sum()) for i, c in enumerate(a.classes)} if real is not None else {}
     if balance:
         top = max(real_counts.values())
@@ -110,7 +113,7 @@ def augment(model: CVAE, *, per_class: int | None = None, balance: bool = False,
         m = wanted[c]
         if m <= 0:
             continue
-        pool = np.flatnonzero(real_codes == i) if real is not None else np.zeros(0, int)
+        pool = np.flatnonzero(usable & (real_codes == i)) if real is not None else np.zeros(0, int)
         if codes == "posterior" and not len(pool):
             raise CvaeError(f"--codes posterior starts from real examples, but {a.name}={c} has none")
         if len(pool):

@@ -10,7 +10,7 @@ import torch
 from ..errors import CvaeError
 from ..models import CVAE
 from ..plots import save_feature_histograms, save_image_grid, save_signals
-from .io import Inputs, read_inputs, write_array_output
+from .io import Inputs, conditions_of, read_inputs, write_array_output
 
 
 def generate(model: CVAE, *, n: int = 64, condition=None, seed: int = 0, mean: bool = True,
@@ -71,12 +71,7 @@ def reconstruct_inputs(model: CVAE, inputs: Inputs, *, condition=None,
                        source: str = "the input") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Reconstructions of ``inputs`` (data units, on the CPU), each encoded and decoded with its own
     condition or with ``condition`` when given; returns them with the raw condition codes used."""
-    y = inputs.y
-    if condition not in (None, ""):
-        y = model.schema.parse(condition, len(inputs.x)) if model.schema else None
-    if model.schema and y is None:
-        names = ", ".join(model.schema.names)
-        raise CvaeError(f"{source} has no condition column(s) {names}; pass --condition (e.g. {model.schema.names[0]}=...)")
+    y = conditions_of(model, inputs, condition, source=source)
     return model.reconstruct(inputs.x, y).cpu(), y
 
 

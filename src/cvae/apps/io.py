@@ -24,6 +24,13 @@ class Inputs:
     y: torch.Tensor | None  # (N, A) raw condition codes, or None when the input has no conditions
     ids: list
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # extra columns asked for (class names decoded)
+    missing: str = ""  # why rows of y whose categorical value is missing (NaN) cannot be used as they are
+
+    def own_conditions(self) -> torch.Tensor | None:
+        """``y``, refused (one line) where a row lacks a value that the model cannot infer."""
+        if self.missing and self.y is not None and bool(torch.isnan(self.y).any()):
+            raise CvaeError(self.missing)
+        return self.y
 
 
 def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None, split: str = "test",
@@ -31,8 +38,10 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
     """Examples for ``model`` from a named data set (its test split, else train), a .npz/.npy/.csv file,
     an image folder or a single image file. Condition columns named like the model's are read too;
     ``columns`` names further columns to read into ``Inputs.columns`` (and to keep out of the features).
-    ``missing_ok``: whether a missing categorical value is read as NaN (default: where the model infers
-    it, a semi-supervised one; a caller that only scores against the labels, such as classify, too).
+    ``missing_ok``: whether a missing categorical value may be used as NaN (default: where the model infers
+    it, a semi-supervised one; a caller that only scores against the labels, such as classify, too). Where
+    not, it is still read as NaN and ``Inputs.missing`` says why those rows' own conditions cannot be
+    used: a condition given for them (``conditions_of``) takes their place, else that is the error.
     ``scored``: the caller measures something against these examples' labels (an error, an AUROC): a
     named set without ``split`` warns that its training rows are read instead."""
     if missing_ok is None:
@@ -117,35 +126,52 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
             raise CvaeError(f"{source} holds values from {low:g} to {high:g}, but this run's images are grey levels in "
                             "[0, 1]: divide 8-bit pixel values by 255 (or save them as uint8)")
         np.clip(x, 0.0, 1.0, out=x)
-    y = None
+    y, why = None, ""
     if schema and all(a.name in columns for a in schema.attributes):
         cols = []
         for a in schema.attributes:
             vals = columns[a.name]
             if a.name in raw.class_names:
                 vals = [math.nan if np.isnan(v) else raw.class_names[a.name][int(v)] for v in np.asarray(vals, float)]
-            cols.append([a.code(_plain(v), missing_ok=missing_ok) for v in vals])
+            cols.append([a.code(_plain(v), missing_ok=True) for v in vals])
+            lacking = int(np.isnan(cols[-1]).sum())
+            if lacking and not missing_ok and not why:
+                why = (f"{lacking} of the {len(vals)} examples of {source} have no value for the condition {a.name!r} "
+                       "(an empty cell, an image in unlabelled/) and this model cannot infer it: pass --condition "
+                       f"{a.name}=... (one of {', '.join(a.classes[:10])}{' ...' if len(a.classes) > 10 else ''}) "
+                       "for them, or give them a label")
         y = torch.tensor(np.array(cols, np.float32).T.reshape(len(x), len(cols)))
-    return Inputs(torch.from_numpy(np.ascontiguousarray(x)), y, list(ids) if ids else list(range(len(x))), extra)
+    return Inputs(torch.from_numpy(np.ascontiguousarray(x)), y, list(ids) if ids else list(range(len(x))), extra,
+                  why)
 
 
 def schema_names(model: CVAE) -> list[str]:
     return model.schema.names if model.schema else []
 
 
-def conditions_of(model: CVAE, inputs: Inputs, condition=None, *, source: str = "the input") -> torch.Tensor | None:
+def conditions_of(model: CVAE, inputs: Inputs, condition=None, *, source: str = "the input",
+                  own_first: bool = False) -> torch.Tensor | None:
     """The raw condition codes to encode ``inputs`` with: ``condition`` when given (it overrides the
-    inputs' own), else the inputs' own; ``None`` for a plain VAE. A conditional model needs one of them."""
+    inputs' own), else the inputs' own; ``None`` for a plain VAE. A conditional model needs one of them.
+    ``own_first``: the inputs' own conditions win, and ``condition`` stands in only where they have none
+    (no condition columns at all, or a row whose missing value the model cannot infer)."""
     if not model.schema:
         if condition not in (None, "", "none"):
             raise CvaeError("this model is a plain VAE (no condition); leave --condition out")
         return None
-    if condition not in (None, ""):
+    given = condition not in (None, "")
+    if given and (not own_first or inputs.y is None):
         return model.schema.parse(condition, len(inputs.x))
     if inputs.y is None:
         names = ", ".join(model.schema.names)
         raise CvaeError(f"{source} has no condition column(s) {names}; pass --condition (e.g. {model.schema.names[0]}=...)")
-    return inputs.y
+    if given and inputs.missing:
+        rows = torch.isnan(inputs.y).any(dim=1)
+        if bool(rows.any()):
+            y = inputs.y.clone()
+            y[rows] = model.schema.parse(condition, int(rows.sum()))
+            return y
+    return inputs.own_conditions()
 
 
 def _plain(v):

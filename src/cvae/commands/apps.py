@@ -229,7 +229,7 @@ def _select(inputs, keys: list[str], source: str):
         rows.append(i)
     idx = torch.tensor(rows, dtype=torch.long)
     return Inputs(inputs.x[idx], None if inputs.y is None else inputs.y[idx], [inputs.ids[i] for i in rows],
-                  {k: v[rows] for k, v in inputs.columns.items()})
+                  {k: v[rows] for k, v in inputs.columns.items()}, inputs.missing)
 
 
 def _keys(spec: str) -> list[str]:
@@ -290,8 +290,8 @@ def cmd_interpolate(args) -> int:
                 raise CvaeError(f"--from gives {len(a.x)} example(s) and --to {len(b.x)}; give as many of each")
         _rows(model, len(a.x) * per_path, f"{len(a.x)} path(s) x --steps {args.steps}", "--steps")
         fixed = args.condition if args.condition not in (None, "") else None
-        ya = conditions_of(model, a, None if a.y is not None else fixed, source=args.start or source)
-        yb = conditions_of(model, b, None if b.y is not None else fixed, source=args.end or source)
+        ya = conditions_of(model, a, fixed, source=args.start or source, own_first=True)
+        yb = conditions_of(model, b, fixed, source=args.end or source, own_first=True)
         result = interpolate_inputs(model, a.x, b.x, y_from=ya, y_to=yb, condition=fixed, steps=args.steps,
                                     method=args.method, ids_from=a.ids, ids_to=b.ids)
     path = write_interpolation(args.output, model, result)
@@ -312,13 +312,22 @@ def cmd_traverse(args) -> int:
           "--steps, --top (--dims) or --n")
     kl_source = _own_source(model, args.data or args.input)
     kl_inputs = read_inputs(model, kl_source, data_dir=args.data_dir, n=args.kl_examples, split=args.split)
-    kl = kl_per_dimension(model, kl_inputs.x, conditions_of(model, kl_inputs, None, source=kl_source))
+    kl_x = kl_inputs.x
+    if kl_inputs.missing and args.condition in (None, ""):  # the KL of the examples whose labels are known
+        import torch
+
+        known = ~torch.isnan(kl_inputs.y).any(dim=1)
+        if bool(known.any()):  # (none known: conditions_of says to pass --condition)
+            kl_x, kl_inputs.y = kl_x[known], kl_inputs.y[known]
+    kl = kl_per_dimension(model, kl_x, conditions_of(model, kl_inputs, args.condition, source=kl_source,
+                                                     own_first=True))
     x = y = ids = None
     if args.input:
         base = _select(read_inputs(model, args.input, data_dir=args.data_dir, split=args.split), _keys(args.index),
                        args.input)
         x, ids = base.x, base.ids
-        y = base.y if model.schema else None
+        has = model.schema and (base.y is not None or args.condition not in (None, ""))
+        y = conditions_of(model, base, args.condition, source=args.input, own_first=True) if has else None
     dims = [int(d) for d in _keys(args.dims)] if args.dims else None
     result = traverse(model, kl=kl, dims=dims, top=args.top, low=args.range[0], high=args.range[1], steps=args.steps,
                       x=x, y=y, condition=args.condition, n=args.n, ids=ids, seed=args.seed)
@@ -344,7 +353,7 @@ def cmd_transfer(args) -> int:
     classes = largest_class_count(model.schema)
     targets = sum(classes if t.strip().endswith("=all") else 1 for t in args.to) if args.to else classes
     _rows(model, len(inputs.x) * targets, f"{len(inputs.x)} input(s) x {targets} target(s)", "--n (or give fewer --to)")
-    y = conditions_of(model, inputs, args.condition if inputs.y is None else None, source=source)
+    y = conditions_of(model, inputs, args.condition, source=source, own_first=True)
     result = transfer(model, inputs.x, y, args.to, ids=inputs.ids)
     path = write_transfer(args.output, model, result)
     print(f"wrote {path}  ({len(inputs.x)} input(s) x {len(result.target_labels)} target(s): "

@@ -405,7 +405,7 @@ class ServedRun:
             return {**self.strings(out), "inputs": n, "targets": labels, "first_column_is_input": False,
                     "ids": names, "input_strings": [r["input"] for r in rows[:n]], "conditions": self._describe(y)}
         with self.upload(data) as (inputs, _):
-            y = conditions_of(self.model, inputs, condition if inputs.y is None else None, source="the upload")
+            y = conditions_of(self.model, inputs, condition, source="the upload", own_first=True)
             result = transfer(self.model, inputs.x, y, targets or None, ids=inputs.ids)
         n, t = result.x.shape[:2]
         self._check_count(t, self.limits.max_targets, "targets")
