@@ -99,7 +99,7 @@ def augment(model: CVAE, *, per_class: int | None = None, balance: bool = False,
     real_codes = real.y[:, j].nan_to_num(-1).long().numpy() if real is not None else None
     # a row is a starting point only with every condition known (or inferred by the model): a supervised
     # model's real rows without a label (unlabelled/ images) are kept in a merge, never encoded
-    usable = ~torch.isnan(real.y).any(dim=1).numpy() if real is not None and real.missing else True
+    usable = ~schema.missing(real.y).numpy() if real is not None and real.missing else True
     real_counts = {c: int((real_codes == i).sum()) for i, c in enumerate(a.classes)} if real is not None else {}
     if balance:
         top = max(real_counts.values())

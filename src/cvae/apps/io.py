@@ -166,7 +166,7 @@ def conditions_of(model: CVAE, inputs: Inputs, condition=None, *, source: str = 
         names = ", ".join(model.schema.names)
         raise CvaeError(f"{source} has no condition column(s) {names}; pass --condition (e.g. {model.schema.names[0]}=...)")
     if given and inputs.missing:
-        rows = torch.isnan(inputs.y).any(dim=1)
+        rows = model.schema.missing(inputs.y)
         if bool(rows.any()):
             y = inputs.y.clone()
             y[rows] = model.schema.parse(condition, int(rows.sum()))

@@ -314,9 +314,7 @@ def cmd_traverse(args) -> int:
     kl_inputs = read_inputs(model, kl_source, data_dir=args.data_dir, n=args.kl_examples, split=args.split)
     kl_x = kl_inputs.x
     if kl_inputs.missing and args.condition in (None, ""):  # the KL of the examples whose labels are known
-        import torch
-
-        known = ~torch.isnan(kl_inputs.y).any(dim=1)
+        known = ~model.schema.missing(kl_inputs.y)
         if bool(known.any()):  # (none known: conditions_of says to pass --condition)
             kl_x, kl_inputs.y = kl_x[known], kl_inputs.y[known]
     kl = kl_per_dimension(model, kl_x, conditions_of(model, kl_inputs, args.condition, source=kl_source,
