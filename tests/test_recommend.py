@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -371,3 +372,95 @@ def test_resume_is_exact(tmp_path):
     assert strip[0] == strip[1]
     with pytest.raises(CvaeError, match="already trained 4 epochs"):
         train_recommender(out=str(tmp_path / "twice"), resume=True, epochs=4)
+
+
+def test_what_the_recommendation_audit_found(tmp_path, capsys):
+    """Each found by a QA audit: a traceback, a silently ignored input or a user dropped without a word."""
+    import shutil
+
+    from cvae.cli import main
+    from cvae.recommend import train_recommender
+    from cvae.recommend.apps import recommend
+
+    inter, attrs = synthetic(tmp_path, users=80)
+    small = dict(hidden=[8], latent_dim=2, epochs=1, batch_size=16, heldout_users=0.2, progress=False)
+    # a held-out fraction that scores no item: one line before anything is written (a KeyError before)
+    with pytest.raises(CvaeError, match="none of the 16 validation users has an item to score"):
+        train_recommender(data=str(inter), heldout_fraction=0.01, out=str(tmp_path / "hf"), **small)
+    assert not (tmp_path / "hf").exists()
+    with pytest.raises(CvaeError, match="at least --min-user-interactions 100 interactions"):
+        train_recommender(data=str(inter), min_user_interactions=100, out=str(tmp_path / "mu"), **small)
+    with pytest.raises(CvaeError, match="no CUDA GPU is available"):  # an AssertionError from torch before
+        train_recommender(data=str(inter), device="cuda", out=str(tmp_path / "dv"), **small)
+    with pytest.raises(CvaeError, match="--dropout must be a number from 0 to below 1"):
+        train_recommender(data=str(inter), dropout=1.0, out=str(tmp_path / "dr"), **small)
+    with pytest.raises(CvaeError, match="has no user attributes to condition on; pass --user-attributes"):
+        train_recommender(data=str(inter), condition="age", out=str(tmp_path / "na"), **small)
+    # --user-attributes without --condition conditions on every column (they were read, then ignored)
+    train_recommender(data=str(inter), user_attributes=str(attrs), min_rating=4, out=str(tmp_path / "all"), **small)
+    assert cvae.load(tmp_path / "all").schema.names == ["kind", "age"]
+    run = tmp_path / "plain"
+    result = train_recommender(data=str(inter), min_rating=4, **{**small, "heldout_users": 1},
+                               out=str(run))
+    assert result.summary["test"]["ndcg@100"]["se"] is None  # one user: no spread (NaN in JSON before)
+    assert '"se": null' in (run / "summary.json").read_text()
+    # a user whose every row is below the run's --min-rating is named, not silently left out
+    hist = tmp_path / "h.csv"
+    hist.write_text("user,item,rating\nu0,i1,5\nu1,i3,1\n")
+    assert main(["recommend", str(run), "--user-history", str(hist), "-o", str(tmp_path / "r.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "user 'u1' has no history" in err and "no row rated 4 or more (e.g. 'u1')" in err
+    # item ids given as whole numbers in Python are the run's ids; a string is not a list of items
+    items = [row[1] for row in list(csv.reader(open(run / "items.csv")))[1:]]
+    numbered = tmp_path / "numbered"
+    numbered.mkdir()
+    shutil.copytree(run, numbered / "run")
+    with open(numbered / "run" / "items.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["index", "item", "train_users"])
+        w.writerows([j, 100 + j, 1] for j in range(len(items)))
+    by_int = recommend(numbered / "run", {"a": [100, np.int64(101)]}, top=3)
+    by_text = recommend(numbered / "run", {"a": ["100", "101"]}, top=3)
+    assert by_int == by_text and len(by_int) == 3
+    with pytest.raises(CvaeError, match="the history of user 'a' is 'i1', not a list of item ids"):
+        recommend(run, {"a": "i1"})
+    # a hand-edited items.csv: one line, not an IndexError or a shape mismatch inside a product
+    for edit, says in ((lambda rows: rows[:4] + ["garbage"] + rows[5:], "items.csv is damaged (line 5 is 'garbage'"),
+                       (lambda rows: rows[:10], "lists 9 items but the model scores")):
+        damaged = tmp_path / f"damaged{len(says)}"
+        shutil.copytree(run, damaged)
+        rows = (run / "items.csv").read_text().splitlines()
+        (damaged / "items.csv").write_text("\n".join(edit(rows)) + "\n")
+        with pytest.raises(CvaeError, match=re.escape(says)):
+            recommend(damaged, {"a": [items[0]]})
+    # a deleted model.safetensors: the advice names the recommender's command, and following it works
+    lost = tmp_path / "lost"
+    shutil.copytree(run, lost)
+    (lost / "model.safetensors").unlink()
+    with pytest.raises(CvaeError, match=re.escape(f"`cvae recommend train --resume --out {lost} --epochs N`")):
+        recommend(lost, {"a": [items[0]]})
+    with pytest.warns(CvaeWarning, match="the epoch it kept \\(epoch 1\\) is lost"):
+        train_recommender(out=str(lost), resume=True, epochs=2, progress=False)
+    assert len(recommend(lost, {"a": [items[0]]}, top=2)) == 2
+    # an unknown header is read as data, with a warning; a user who has seen everything is said so
+    visitor = tmp_path / "v.csv"
+    visitor.write_text("visitor,article\n" + "".join(f"u0,{i}\n" for i in items))
+    with pytest.warns(CvaeWarning) as caught:
+        from cvae.recommend.apps import recommend_file
+
+        with pytest.raises(CvaeError, match="user 'visitor' has no item this model knows"):
+            recommend_file(run, visitor, tmp_path / "r.csv")
+    assert "line 1 (visitor, article) is read as an interaction" in str(caught[0].message)
+    visitor.write_text("user,item\n" + "".join(f"u0,{i}\n" for i in items))
+    with pytest.warns(CvaeWarning, match="1 user\\(s\\) have seen every item the model knows"):
+        recommend_file(run, visitor, tmp_path / "r.csv")
+    # a recommender run is refused by cvae serve in one line (it served nonsense before)
+    from cvae.serve.served import ServedRun
+
+    with pytest.raises(CvaeError, match="is a recommender run: cvae serve does not serve recommendations"):
+        ServedRun("plain", run)
+    # a .npy saved under the name .npz
+    np.save(tmp_path / "m.npy", np.ones((3, 3)))
+    (tmp_path / "m.npy").rename(tmp_path / "m.npz")
+    with pytest.raises(CvaeError, match="cannot read .* as a sparse matrix saved by scipy.sparse.save_npz"):
+        load_interactions(str(tmp_path / "m.npz"))

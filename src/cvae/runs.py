@@ -78,9 +78,18 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | 
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()}))
 
 
+def resume_command(run: Path) -> str:
+    """The command that resumes ``run``: ``cvae recommend train`` for a recommender run, else ``cvae train``."""
+    try:
+        recommender = "recommend" in json.loads((Path(run) / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        recommender = False
+    return "cvae recommend train" if recommender else "cvae train"
+
+
 def _unreadable(path: Path, e: Exception) -> CvaeError:
-    fix = {"model.safetensors": "; restore it from a copy of the run (or delete it: `cvae train --resume --out "
-                                f"{path.parent} --epochs N`, N above the epochs done, trains on from "
+    fix = {"model.safetensors": f"; restore it from a copy of the run (or delete it: `{resume_command(path.parent)} "
+                                f"--resume --out {path.parent} --epochs N`, N above the epochs done, trains on from "
                                 "trainer_state.safetensors and writes it again)",
            "trainer_state.safetensors": "; restore it from a copy of the run (--resume needs it)"}.get(path.name, "")
     return CvaeError(f"cannot read {path}: {e}. The file is damaged or not a safetensors file{fix}")
@@ -281,7 +290,8 @@ def check_weights(run: str | Path, cfg: dict | None = None, *, weights: str = "m
     if not path.is_file():
         if weights == "model.safetensors" and (run / "trainer_state.safetensors").is_file():
             raise CvaeError(f"{run} has no model.safetensors (deleted?); restore it from a copy of the run, or "
-                            f"`cvae train --resume --out {run} --epochs N` (N above the epochs done) trains on from "
+                            f"`{resume_command(run)} --resume --out {run} --epochs N` (N above the epochs done) trains "
+                            "on from "
                             "trainer_state.safetensors and writes it again")
         raise CvaeError(f"{run} has no {weights} yet (training has not finished an epoch)")
     shapes, meta = read_header(path)

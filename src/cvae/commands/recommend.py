@@ -10,7 +10,8 @@ HELP = {
             "timestamp]) rows, or a .npz sparse matrix (scipy.sparse.save_npz; rows users, columns items)",
     "data_dir": "where ml-100k/ml-100k.inter is looked up first (then $CVAE_DATA, ~/.cache/cvae, the recbole package)",
     "user_attributes": "a CSV of users' attributes: a user column, then one column per attribute (ml-100k: its own)",
-    "condition": "attributes to condition on, e.g. age:continuous,gender,occupation (ml-100k's default); none",
+    "condition": "attributes to condition on, e.g. age:continuous,gender,occupation (ml-100k's default); none "
+                 "(default: every column of --user-attributes)",
     "min_rating": "keep rows rated at least this (ml-100k: 4, the paper's threshold); default: every row",
     "min_user_interactions": "keep users with at least this many interactions (default 5)",
     "heldout_users": "share (< 1) or number (>= 1) of users held out for validation, and again for test (default 0.1)",
@@ -131,12 +132,16 @@ def cmd_train(args) -> int:
         print(f"  kept epoch {s['best_epoch']} (best validation NDCG@100; KL weight {s['kl_weight_at_best_epoch']:.3g})")
     for split in ("val", "test"):
         v = s[split]
-        print(f"  {split:5s} " + "  ".join(f"{_NAMES[k.split('@')[0]]}@{k.split('@')[1]} {m['mean']:.4f} ± {m['se']:.4f}"
+        print(f"  {split:5s} " + "  ".join(f"{_NAMES[k.split('@')[0]]}@{k.split('@')[1]} {m['mean']:.4f} ± {_se(m['se'])}"
                                           for k, m in v.items()) + f"  ({next(iter(v.values()))['users']} users)")
     return 0
 
 
 _NAMES = {"ndcg": "NDCG", "recall": "Recall"}
+
+
+def _se(se) -> str:
+    return "n/a (1 user)" if se is None else f"{se:.4f}"
 
 
 def cmd_recommend(args) -> int:
@@ -145,5 +150,9 @@ def cmd_recommend(args) -> int:
     path, users, _ = recommend_file(args.run, args.user_history, args.output, top=args.top,
                                     user_attributes=args.user_attributes)
     new = " new users, recommended from their attributes alone" if args.user_history is None else " users"
-    print(f"wrote {path} ({users:,}{new}, top {args.top})")
+    from ..recommend.train import read_items
+
+    count = len(read_items(args.run)[0])
+    top = f"top {args.top}" if args.top < count else f"every item not seen (--top {args.top}; the model knows {count:,})"
+    print(f"wrote {path} ({users:,}{new}, {top})")
     return 0

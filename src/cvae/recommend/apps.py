@@ -53,10 +53,15 @@ def recommend(run, histories: dict[str, list[str]], *, top: int = 20,
     if not isinstance(top, int) or isinstance(top, bool) or top < 1:
         raise CvaeError(f"--top must be a whole number of at least 1, got {top!r}")
     items, _ = read_items(model.run_dir)
+    width = model.weights.shape[0] if hasattr(model, "weights") else model.config.data_shape[0]
+    if len(items) != width:
+        raise CvaeError(f"{model.run_dir / 'items.csv'} lists {len(items):,} items but the model scores {width:,}: the "
+                        "run folder is damaged; restore items.csv from a copy of the run, or train the run again")
     index = {item: j for j, item in enumerate(items)}
     users = list(histories)
     if not users:
         raise CvaeError("the history holds no users; give at least one (user, item) row")
+    histories = {user: _item_ids(user, histories[user]) for user in users}
     unknown: dict[str, list[str]] = {}
     rows, cols = [], []
     for r, user in enumerate(users):
@@ -85,7 +90,7 @@ def recommend(run, histories: dict[str, list[str]], *, top: int = 20,
     score = run_scorer(model)
     top = min(top, len(items))
     as_probability = getattr(model, "scores_are_log_probabilities", True)
-    out = []
+    out, saw_all = [], []
     for start in range(0, len(users), batch_size):
         idx = np.arange(start, min(start + batch_size, len(users)))
         xb = dense_rows(x, idx, model.device)
@@ -95,6 +100,25 @@ def recommend(run, histories: dict[str, list[str]], *, top: int = 20,
             ranked = [(j, v) for j, v in zip(best[b].tolist(), values[b].tolist()) if np.isfinite(v)]  # not seen
             out.extend((users[r], rank, str(items[j]), float(np.exp(v)) if as_probability else float(v))
                        for rank, (j, v) in enumerate(ranked, 1))
+            if not ranked:
+                saw_all.append(users[r])
+    if saw_all:
+        warnings.warn(f"{len(saw_all):,} user(s) have seen every item the model knows, so nothing is left to recommend "
+                      f"to them (e.g. {', '.join(map(repr, saw_all[:3]))})", CvaeWarning, stacklevel=2)
+    return out
+
+
+def _item_ids(user, history) -> list[str]:
+    """A user's items as the run's ids (text: items.csv's), from a list of strings or whole numbers."""
+    if isinstance(history, (str, bytes)) or not hasattr(history, "__iter__"):
+        raise CvaeError(f"the history of user {user!r} is {history!r}, not a list of item ids; give a list such as "
+                        "['i1', 'i7'] (an empty list for a new user)")
+    out = []
+    for item in history:
+        if isinstance(item, (bool, float, np.floating)) or not isinstance(item, (str, int, np.integer)):
+            raise CvaeError(f"user {user!r} has the item {item!r}: item ids are text or whole numbers, as in the "
+                            "run's items.csv")
+        out.append(str(item))
     return out
 
 
@@ -117,23 +141,29 @@ def read_histories(path, *, min_rating: float | None = None) -> tuple[dict[str, 
     """user -> items of a CSV of (user, item[, rating]) rows, and notes on what was dropped."""
     users, items, ratings = read_rows(path, what="history file")
     notes = []
+    # every user of the file, in its order: one whose rows are all dropped below is kept with no item, so that
+    # recommend names them (or, for a conditioned model, recommends from their attributes alone)
+    out: dict[str, list[str]] = {u: [] for u in users.tolist()}
     if ratings is not None and min_rating is not None:
         keep = ratings >= min_rating
         if (~keep).any():
             notes.append(f"{int((~keep).sum()):,} row(s) rated below {min_rating:g} (the run's --min-rating) dropped")
+            emptied = sorted(set(users[~keep].tolist()) - set(users[keep].tolist()))
+            if emptied:
+                notes.append(f"{len(emptied):,} user(s) have no row rated {min_rating:g} or more (e.g. "
+                             f"{', '.join(map(repr, emptied[:3]))})")
         users, items = users[keep], items[keep]
     pairs = set()
-    out: dict[str, list[str]] = {}
     duplicates = 0
     for u, i in zip(users.tolist(), items.tolist()):
         if (u, i) in pairs:
             duplicates += 1
             continue
         pairs.add((u, i))
-        out.setdefault(u, []).append(i)
+        out[u].append(i)
     if duplicates:
         notes.append(f"{duplicates:,} duplicate (user, item) row(s) counted once")
-    if not out:
+    if not any(out.values()):
         raise CvaeError(f"{path}: no interaction is left (every row was rated below {min_rating:g}); the model needs "
                         "at least one item per user")
     return out, notes

@@ -91,6 +91,8 @@ class RecommenderConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise CvaeError(f"--{name.replace('_', '-')} must be a finite number of at least 0, got {v!r}")
+        if not self.dropout < 1:
+            raise CvaeError(f"--dropout must be a number from 0 to below 1, got {self.dropout!r} (1 would drop every item)")
         if self.fold and not self.folds:
             raise CvaeError(f"--fold {self.fold!r} needs --folds K (the number of folds the users are cut into)")
         if self.anneal_steps is not None and self.anneal_steps < 1:

@@ -145,6 +145,12 @@ def read_rows(path: str | os.PathLike, *, what: str = "interaction file",
             ratings.append(r)
     if not users:
         raise CvaeError(f"{what} {path} holds no interactions (only a header); it needs one (user, item) row each")
+    if not start and len(users) > 1 and all(c.strip().replace("_", "").isalpha() for c in rows[0][:width]) \
+            and users[0] not in users[1:] and items[0] not in items[1:]:
+        warnings.warn(f"{path}: line 1 ({', '.join(c.strip() for c in rows[0][:width])}) is read as an interaction; "
+                      "if it is a header, name the columns as cvae knows them: a user column "
+                      f"({', '.join(USER_NAMES[:4])}, ...) and an item column ({', '.join(ITEM_NAMES[:4])}, ...)",
+                      CvaeWarning, stacklevel=2)
     if need_rating and rc is None:
         raise CvaeError(f"{path} has no rating column, so --min-rating cannot apply; leave it out (every row is "
                         "then an interaction) or add a 'rating' column")
@@ -262,7 +268,7 @@ def _from_matrix(path: Path, attr_path: Path | None, notes: list[str]) -> Intera
         matrix = sp.load_npz(path).tocsr().astype(np.float32)
     except FileNotFoundError:
         raise CvaeError(f"--data {path}: no such file") from None
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # a .npy named .npz: TypeError
         raise CvaeError(f"cannot read {path} as a sparse matrix saved by scipy.sparse.save_npz ({e})") from None
     if matrix.nnz and not np.isfinite(matrix.data).all():
         raise CvaeError(f"{path} holds NaN or infinite entries; a sparse interaction matrix holds counts")
@@ -277,7 +283,7 @@ def _from_matrix(path: Path, attr_path: Path | None, notes: list[str]) -> Intera
 def _attributes_for(users: np.ndarray, path: Path) -> dict[str, np.ndarray]:
     ids, columns = read_user_attributes(path)
     where = {u: i for i, u in enumerate(ids)}
-    missing = [u for u in users if u not in where]
+    missing = [str(u) for u in users if u not in where]
     if missing:
         raise CvaeError(f"{path} has no row for {len(missing):,} user(s) of the interactions (e.g. "
                         f"{', '.join(map(repr, missing[:3]))}); add them, or train without --user-attributes")
@@ -392,13 +398,17 @@ def split(data: Interactions, *, condition: str | None = None, heldout_users: fl
     if folds and not (isinstance(folds, int) and folds >= 3 and isinstance(fold, int) and 0 <= fold < folds):
         raise CvaeError(f"--folds K needs a whole K of at least 3 and --fold from 0 to K - 1, got --folds {folds!r} "
                         f"--fold {fold!r}")
+    if condition not in (None, "none") and not data.attributes:
+        raise CvaeError(f"{data.name} has no user attributes to condition on; pass --user-attributes FILE or "
+                        "--condition none")
     schema, codes = condition_schema(data.attributes, condition, f"the user attributes of {data.name}")
     matrix = data.matrix
     counts = np.diff(matrix.indptr)
     kept = np.flatnonzero(counts >= min_user_interactions)
-    if condition not in (None, "none") and not data.attributes:
-        raise CvaeError(f"{data.name} has no user attributes to condition on; pass --user-attributes FILE or "
-                        "--condition none")
+    if len(kept) < 3:
+        raise CvaeError(f"{len(kept):,} of the {len(counts):,} users have at least --min-user-interactions "
+                        f"{min_user_interactions} interactions; training, validation and test need at least one each: "
+                        "lower --min-user-interactions (default 5) or give more data")
     n = len(kept)
     rng = np.random.default_rng(seed)
     if folds:
@@ -427,6 +437,11 @@ def split(data: Interactions, *, condition: str | None = None, heldout_users: fl
         part, _ = _fold_in_split(matrix[rows][:, item_cols].tocsr(), heldout_fraction, rng)
         keep = np.flatnonzero(part[1].getnnz(axis=1) > 0)  # users with nothing to score are not evaluated
         dropped += len(rows) - len(keep)
+        if not len(keep):
+            raise CvaeError(f"none of the {len(rows):,} {'validation' if name == 'val' else 'test'} users has an item to "
+                            f"score: a held-out user is scored on --heldout-fraction {heldout_fraction:g} of their items, "
+                            "which must come to at least 1 of 5 or more items; raise --heldout-fraction (default 0.2) "
+                            "or --min-user-interactions (default 5), or give the users more items")
         held[name] = HeldOut(data.users[rows][keep], part[0][keep], part[1][keep], None if codes is None
                              else codes[rows][keep])
     meta = {"users": int(matrix.shape[0]), "items": int(matrix.shape[1]), "interactions": int(matrix.nnz),

@@ -25,7 +25,15 @@ import torch
 
 from ..conditions import ConditionSchema
 from ..errors import CvaeError
-from ..runs import FORMAT, FORMAT_VERSION, load_tensors, read_config, save_tensors, write_json
+from ..runs import (
+    FORMAT,
+    FORMAT_VERSION,
+    load_tensors,
+    read_config,
+    resolve_device,
+    save_tensors,
+    write_json,
+)
 from .config import EASE_LAMBDAS, RecommenderConfig
 from .data import Splits
 from .metrics import ease_weights, evaluate_scorer, model_scorer
@@ -41,7 +49,7 @@ class EaseRecommender:
                  device: str | torch.device = "cpu"):
         if weights.ndim != 2 or weights.shape[0] != weights.shape[1]:
             raise CvaeError(f"EASE weights must be a square items x items matrix, got shape {tuple(weights.shape)}")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.weights = weights.float().to(self.device)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.run_config = run_config or {}

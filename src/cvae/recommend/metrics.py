@@ -54,7 +54,7 @@ def per_user_metrics(scores: torch.Tensor, fold_in: torch.Tensor, scored: sp.csr
 @dataclass
 class Figure:
     mean: float
-    se: float
+    se: float | None  # None over a single user: no spread to estimate (JSON null, never NaN)
     users: int
 
     def to_dict(self) -> dict:
@@ -77,7 +77,7 @@ def per_user_scores(score: Scorer, part: HeldOut, *, batch_size: int = 500, metr
 def summarise(values: np.ndarray) -> Figure:
     """Mean and standard error over users."""
     n = len(values)
-    return Figure(float(values.mean()), float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan, n)
+    return Figure(float(values.mean()), float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else None, n)
 
 
 def evaluate_scorer(score: Scorer, part: HeldOut, *, batch_size: int = 500, metrics=METRICS) -> dict[str, Figure]:

@@ -25,13 +25,14 @@ import csv
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import CvaeError
+from ..errors import CvaeError, CvaeWarning
 from ..lock import hold, let_go
 from ..models import MULTVAE_DEFAULTS, RunInfo, build_model
 from ..models.config import ModelConfig
@@ -42,6 +43,7 @@ from ..runs import (
     atomic_write,
     load_tensors,
     read_config,
+    resolve_device,
     save_tensors,
     weights_metadata,
     write_json,
@@ -93,7 +95,7 @@ def train_recommender(cfg: RecommenderConfig | dict | None = None, *, resume: bo
     cfg = RecommenderConfig.from_dict({**base, **settings})
     if resume:
         cfg = _resumed(cfg, set(settings) | set(base))
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     data = load_interactions(cfg.data, data_dir=cfg.data_dir, min_rating=cfg.min_rating,
                              user_attributes=cfg.user_attributes)
     if cfg.model == "ease" and cfg.popularity_mix:
@@ -102,8 +104,9 @@ def train_recommender(cfg: RecommenderConfig | dict | None = None, *, resume: bo
     if cfg.model == "ease" and cfg.condition not in (None, "none"):
         raise CvaeError("EASE (--model ease) does not use user attributes; leave --condition out or pass "
                         "--condition none")
+    # without --condition: the source's own choice (ml-100k's), else every column of --user-attributes
     condition = None if cfg.model == "ease" else cfg.condition if cfg.condition is not None else (
-        data.defaults.get("condition") if data.attributes else None)
+        data.defaults.get("condition", ",".join(data.attributes)) if data.attributes else None)
     splits = split(data, condition=condition, heldout_users=cfg.heldout_users,
                    heldout_fraction=cfg.heldout_fraction, min_user_interactions=cfg.min_user_interactions,
                    seed=cfg.seed, folds=cfg.folds, fold=cfg.fold)
@@ -288,8 +291,13 @@ def _restore(run_dir: Path, model, opt, g: torch.Generator, splits: Splits, epoc
     if epoch >= epochs:
         raise CvaeError(f"{run_dir} has already trained {epoch} epochs; pass --epochs N with N > {epoch} to go on")
     _truncate_metrics(run_dir / "metrics.jsonl", epoch)
-    best_state = load_tensors(run_dir / "model.safetensors") if meta["best_row"] else None
-    return epoch, meta["best_val"], meta["best_row"], best_state
+    best, best_row = meta["best_val"], meta["best_row"]
+    if best_row and not (run_dir / "model.safetensors").is_file():  # deleted (a damaged one, as its message says)
+        warnings.warn(f"{run_dir} has no model.safetensors: the epoch it kept (epoch {best_row['epoch']}) is lost; the "
+                      "best of the epochs still to train is kept instead", CvaeWarning, stacklevel=3)
+        best, best_row = -math.inf, None
+    best_state = load_tensors(run_dir / "model.safetensors") if best_row else None
+    return epoch, best, best_row, best_state
 
 
 def _truncate_metrics(path: Path, epochs: int) -> None:
@@ -325,8 +333,14 @@ def read_items(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise CvaeError(f"{run_dir} has no items.csv: it is not a recommender run (train one with "
                         "`cvae recommend train`)")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))[1:]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))[1:]
+        for n, r in enumerate(rows):
+            if len(r) != 3 or r[0] != str(n) or not r[2].isdecimal():
+                raise ValueError(f"line {n + 2} is {','.join(r)[:60]!r}, not 'index,item,train_users' with index {n}")
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as e:
+        raise CvaeError(f"{path} is damaged ({e}); restore it from a copy of the run, or train the run again") from None
     return np.array([r[1] for r in rows]), np.array([int(r[2]) for r in rows])
 
 

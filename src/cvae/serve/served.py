@@ -112,6 +112,9 @@ class ServedRun:
         self.dir = Path(run)
         self.limits = limits or Limits()
         self.model = load_model(self.dir, device=device)
+        if self.model.run_config.get("data", {}).get("kind") == "interactions":  # Mult-VAE: item vectors, not data
+            raise CvaeError(f"{self.dir} is a recommender run: cvae serve does not serve recommendations; use `cvae "
+                            f"recommend {self.dir} --user-history FILE -o recs.csv` or cvae.recommend.recommend in Python")
         self.model.eval()
         self.model.sampling_codes()  # a damaged or foreign fit of the codes: refused at start, in one line
         data = self.model.run_config.get("data", {})
