@@ -503,3 +503,27 @@ def test_the_web_api_classifies_an_upload_as_cvae_classify_does(digits_run, tmp_
                           files={"file": ("one.png", buf.read_bytes(), "image/png")})
         assert bad.status_code == 422 and bad.json()["detail"] == ("'colour' is not a condition this run classifies; "
                                                                    "it classifies label")
+
+
+def test_a_known_label_trains_its_classifier_where_another_condition_is_missing(tmp_path):
+    """With two categorical conditions, q(shape | x) learnt only from rows where both were known: a row
+    with its shape but not its colour taught the shape classifier nothing (found by a QA audit)."""
+    import torch.nn.functional as F
+
+    from cvae.objectives.semi import SemiSupervised
+
+    rng = np.random.default_rng(0)
+    rows = [["a", "b", "shape", "color"]]
+    for i in range(60):
+        shape, color = rng.integers(2), rng.integers(3)
+        rows.append([f"{3 * shape + rng.normal(0, 0.3):.4f}", f"{color + rng.normal(0, 0.3):.4f}",
+                     ["round", "square"][shape], ["red", "green", "blue"][color] if i % 2 else ""])
+    _table(tmp_path / "t.csv", rows)
+    model = cvae.train(data=str(tmp_path / "t.csv"), condition="shape,color", epochs=1, out=str(tmp_path / "r"),
+                       **QUIET).model
+    x = torch.tensor([[0.1, 0.0], [3.0, 1.0], [0.2, 2.0]])
+    c = model.schema.encode(model.schema.parse({"shape": ["round", "square", "round"], "color": "red"}, 3))
+    c[:, 2:] = 0.0  # every row's colour missing, every shape known
+    out = SemiSupervised(alpha=1.0, consistency=0.0)(model, x, c)
+    want = F.cross_entropy(model.class_logits(x)[0].float(), torch.tensor([0, 1, 0]))
+    assert out.terms["classifier_ce"].item() == pytest.approx(want.item(), rel=1e-5)

@@ -25,7 +25,7 @@ Two variants, measured in benchmarks/semi.py:
   error went up: see the README).
 
 Several categorical conditions: the sum runs over every combination of a row's missing ones (q
-factorises over them).
+factorises over them), and each one's classifier learns from every row where it is known.
 
 Reported as the ELBO's parts: ``reconstruction`` is the (q-weighted) reconstruction term and ``kl``
 the rest of the bound (KL of z, KL(q(y|x) || p(y)) or log K), so that train_loss is the bound.
@@ -91,12 +91,16 @@ class SemiSupervised(Objective):
             rec_sum, kl_sum = rec_sum + rec, kl_sum + kl
         loss = (rec_sum + kl_sum) / n
 
-        if labelled.any():
-            xl = x[labelled]
+        # each condition's classifier learns from every row where that condition is known (a row that lacks
+        # another one too: its known label was left out before)
+        some = ~gone.all(1)
+        if some.any():
+            xl = x[some]
             if self.consistency > 0:  # the labelled rows as the weak view too, as FixMatch does
                 xl = perturb.weak(xl, unit_range=not core.config.standardize)
-            ce = sum(F.cross_entropy(lg.float(), c[labelled, s:e].argmax(1))
-                     for lg, (_, s, e) in zip(core.class_logits(xl), blocks))
+            known, cl = ~gone[some], c[some]
+            ce = sum(F.cross_entropy(lg[known[:, i]].float(), cl[known[:, i], s:e].argmax(1))
+                     for i, (lg, (_, s, e)) in enumerate(zip(core.class_logits(xl), blocks)) if known[:, i].any())
             loss = loss + self.alpha * ce
             terms["classifier_ce"] = ce.detach()
         if self.consistency > 0 and (~labelled).any():
