@@ -345,6 +345,31 @@ def test_anomaly_threshold_matches_the_false_positive_rate_and_the_scores_are_ri
     np.testing.assert_allclose(recon, ((mean - xm) ** 2).flatten(1).sum(1).numpy(), rtol=1e-5)
 
 
+def test_rows_without_a_label_are_left_out_of_the_anomaly_figures(beats, tmp_path, capsys):
+    """An empty label cell is neither normal nor anomalous: it was counted as an anomaly (not among the
+    normal values), which moved the AUROC and the confusion matrix (found by a QA audit)."""
+    from cvae.apps import fit_anomaly, score_anomalies
+
+    fit_anomaly(str(beats / "train.csv"), out=tmp_path / "d", normal="0", data_layout="signal", epochs=2,
+                batch_size=32, hidden=[16], latent_dim=2, progress=False, tensorboard=False, pictures=False)
+    rows = list(csv.reader(open(beats / "test.csv")))
+    for r in rows[1:41]:
+        r[-1] = ""  # 40 rows lose their label
+    with open(tmp_path / "part.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    whole = score_anomalies(tmp_path / "d", str(beats / "test.csv"))
+    part = score_anomalies(tmp_path / "d", str(tmp_path / "part.csv"))
+    np.testing.assert_allclose(part.scores, whole.scores)
+    keep = np.arange(300) >= 40
+    want = anomaly_metrics(whole.is_anomaly[keep], whole.scores[keep], whole.flags[keep])
+    assert part.metrics["auroc"] == pytest.approx(want["auroc"]) and part.metrics["unlabelled"] == 40
+    assert part.metrics["n_normal"] + part.metrics["n_anomaly"] == 260
+    assert main(["anomaly", "score", str(tmp_path / "d"), "--data", str(tmp_path / "part.csv"), "-o",
+                 str(tmp_path / "s.csv"), "--plot", str(tmp_path / "s.png")]) == 0
+    assert "(40 without a label, left out of the figures below)" in capsys.readouterr().out
+    assert len(_rows(tmp_path / "s.csv")) == 300  # every row is still scored
+
+
 def test_normal_label_values_keep_seventeen_digit_codes_exact():
     from cvae.apps.anomaly import _normal_values
 

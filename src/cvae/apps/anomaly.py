@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..conditions import whole_number_text
+from ..conditions import missing_mask, whole_number_text
 from ..data.core import read_source
 from ..data.sources import TABLE_SUFFIXES, read_csv_table
 from ..errors import CvaeError, CvaeWarning
@@ -435,6 +435,7 @@ class AnomalyScores:
     labels: list[str] | None = None  # the label column's values, when the data had it
     is_anomaly: np.ndarray | None = None  # (N,) bool, from the labels and the normal values
     metrics: dict | None = None
+    labelled: np.ndarray | None = None  # (N,) bool: the row has a label (an empty cell is neither kind)
 
 
 def _columns_of(source: str, data_dir, layout: str) -> list[str]:
@@ -500,9 +501,15 @@ def _measure(result: AnomalyScores, labels: list[str], column: str, normal, dete
         result.metrics = {"note": f"the data has labels ({column}) but the normal values are unknown; "
                                   "pass --normal to measure AUROC"}
     else:
-        result.is_anomaly = np.array([v not in normal_values for v in labels])
-        result.metrics = anomaly_metrics(result.is_anomaly, result.scores, result.flags)
+        known = result.labelled = ~missing_mask(labels)
+        result.is_anomaly = np.array([v not in normal_values for v in labels]) & known
+        if not known.any():
+            result.metrics = {"note": f"every value of the label column {column} is empty; nothing to measure"}
+            return
+        result.metrics = anomaly_metrics(result.is_anomaly[known], result.scores[known], result.flags[known])
         result.metrics.update(label_column=column, normal=normal_values)
+        if not known.all():  # counted as anomalies before (not among the normal values)
+            result.metrics["unlabelled"] = int((~known).sum())
 
 
 def _score_strings(model, detector, method: str, source: str, *, n: int | None, condition, seed: int,
@@ -552,7 +559,10 @@ def write_scores(path: str | Path, result: AnomalyScores) -> Path:
 def save_scores_picture(path: str | Path, result: AnomalyScores) -> Path:
     """Histograms of the scores (normal and anomalous apart when labels are known) with the threshold."""
     if result.is_anomaly is not None:
-        groups = {"normal": result.scores[~result.is_anomaly], "anomaly": result.scores[result.is_anomaly]}
+        known = result.labelled if result.labelled is not None else np.ones(len(result.scores), bool)
+        groups = {"normal": result.scores[known & ~result.is_anomaly], "anomaly": result.scores[result.is_anomaly]}
+        if not known.all():
+            groups["no label"] = result.scores[~known]
     else:
         groups = {"all examples": result.scores}
     title = f"{result.score} scores; {result.flags.mean():.1%} flagged"

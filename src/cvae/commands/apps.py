@@ -400,7 +400,8 @@ def cmd_anomaly_score(args) -> int:
         m = result.metrics
         if "auroc" in m:
             print(f"  labels ({m['label_column']}; normal = {', '.join(m['normal'])}): {m['n_normal']} normal, "
-                  f"{m['n_anomaly']} anomalous")
+                  f"{m['n_anomaly']} anomalous" + (f" ({m['unlabelled']} without a label, left out of the figures "
+                                                  "below)" if m.get("unlabelled") else ""))
             print(f"  AUROC {m['auroc']:.4f}   average precision {m['average_precision']:.4f}")
             (tn, fp), (fn, tp) = m["confusion_matrix"]
             print("  confusion matrix        flagged   not flagged")
