@@ -527,3 +527,36 @@ def test_a_known_label_trains_its_classifier_where_another_condition_is_missing(
     out = SemiSupervised(alpha=1.0, consistency=0.0)(model, x, c)
     want = F.cross_entropy(model.class_logits(x)[0].float(), torch.tensor([0, 1, 0]))
     assert out.terms["classifier_ce"].item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_inputs_with_no_label_column_at_all_are_classified_by_the_run(digits_run, tmp_path, capsys):
+    """A .npy of images, a folder of images without class subfolders and a single image have no label
+    column: a semi-supervised run fills the class from q(y | x) for them too (it asked for --condition,
+    and refused a flat folder; found by a QA audit). The README says every command works so."""
+    from PIL import Image
+
+    model = cvae.load(digits_run)
+    x = load_data("digits").train.x[:6]
+    np.save(tmp_path / "x.npy", x.numpy())
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(6):
+        Image.fromarray((x[i, 0].numpy() * 255).round().astype(np.uint8)).save(flat / f"{i}.png")
+    run = str(digits_run)
+    for source in (str(tmp_path / "x.npy"), str(flat), str(flat / "0.png")):
+        for argv in (["reconstruct", run, "--input", source, "-o", str(tmp_path / "r.npz")],
+                     ["transfer", run, "--input", source, "-o", str(tmp_path / "t.npz")],
+                     ["embed", run, "--data", source, "-o", str(tmp_path / "e.csv")],
+                     ["classify", run, "--data", source, "-o", str(tmp_path / "c.csv")]):
+            assert main(argv) == 0, (argv, capsys.readouterr().err)
+    recon = np.load(tmp_path / "r.npz")
+    from cvae.apps.io import read_inputs
+
+    png = read_inputs(model, str(flat / "0.png")).x  # the 8-bit image, as the command read it
+    by_hand = model.reconstruct(png, {"label": model.classify(png).argmax(1).tolist()})
+    np.testing.assert_allclose(recon["x"], by_hand.numpy(), rtol=1e-5, atol=1e-6)  # the last source: one image
+    with open(tmp_path / "c.csv") as f:
+        assert [r["id"] for r in csv.DictReader(f)] == ["0.png"]
+    assert main(["classify", run, "--data", str(flat), "-o", str(tmp_path / "c.csv")]) == 0
+    with open(tmp_path / "c.csv") as f:
+        assert sorted(r["id"] for r in csv.DictReader(f)) == [f"{i}.png" for i in range(6)]

@@ -72,7 +72,7 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
         # sizes too: the commands that read inputs have no --image-size, the run's size is the one)
         from ..data.sources import load_image_folder
 
-        raw = load_image_folder(path, tuple(shape[1:]), shape[0] if shape[0] in (1, 3) else None)
+        raw = load_image_folder(path, tuple(shape[1:]), shape[0] if shape[0] in (1, 3) else None, unlabelled_ok=True)
     else:  # a table's own feature columns, read by name: another column (notes, a date) is not the input
         raw = read_source(source, data_dir=data_dir, condition=condition if table else None, data_layout=layout,
                           features=info.get("features") if table and info.get("features") else None)
@@ -127,10 +127,13 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
                             "[0, 1]: divide 8-bit pixel values by 255 (or save them as uint8)")
         np.clip(x, 0.0, 1.0, out=x)
     y, why = None, ""
-    if schema and all(a.name in columns for a in schema.attributes):
+    # a model that infers a missing class reads an absent categorical column as missing in every row
+    inferred = bool(schema) and model.fills_missing and any(a.name in columns for a in schema.attributes) and all(
+        a.name in columns or a.kind == "categorical" for a in schema.attributes)
+    if schema and (inferred or all(a.name in columns for a in schema.attributes)):
         cols = []
         for a in schema.attributes:
-            vals = columns[a.name]
+            vals = columns[a.name] if a.name in columns else [math.nan] * len(x)
             if a.name in raw.class_names:
                 vals = [math.nan if np.isnan(v) else raw.class_names[a.name][int(v)] for v in np.asarray(vals, float)]
             cols.append([a.code(_plain(v), missing_ok=True) for v in vals])
@@ -162,6 +165,8 @@ def conditions_of(model: CVAE, inputs: Inputs, condition=None, *, source: str = 
     given = condition not in (None, "")
     if given and (not own_first or inputs.y is None):
         return model.schema.parse(condition, len(inputs.x))
+    if inputs.y is None and model.fills_missing and all(a.kind == "categorical" for a in model.schema.attributes):
+        return torch.full((len(inputs.x), len(model.schema.attributes)), math.nan)  # q(y | x) infers each
     if inputs.y is None:
         names = ", ".join(model.schema.names)
         raise CvaeError(f"{source} has no condition column(s) {names}; pass --condition (e.g. {model.schema.names[0]}=...)")

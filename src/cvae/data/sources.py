@@ -563,15 +563,23 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def load_image_folder(root: Path, image_size: tuple[int, int] | None = None, channels: int | None = None) -> RawData:
+def load_image_folder(root: Path, image_size: tuple[int, int] | None = None, channels: int | None = None, *,
+                      unlabelled_ok: bool = False) -> RawData:
     """``root/CLASS/*.png``: one subfolder per class; grey or RGB, all of one size (or resized).
     Images in ``root/unlabelled/`` (or ``unlabeled/``, any case) have no label (semi-supervised
-    training). Hidden files and folders are skipped; a class folder without images is refused."""
+    training). Hidden files and folders are skipped; a class folder without images is refused.
+    ``unlabelled_ok`` (inputs to a trained run): a folder without class subfolders holds images without
+    a label, those at its top level too."""
     try:
         folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
         unlabelled = [c for c in folders if c.lower() in UNLABELLED_NAMES]
         classes = [c for c in folders if c not in unlabelled]
         files, labels, empty = [], [], []
+        if unlabelled_ok and not classes:  # images alone: read at the top level, and in unlabelled/
+            files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                           and not _hidden(p.name))
+            labels = [math.nan] * len(files)
+            unlabelled = unlabelled or [None]
         for cname in folders:
             # hidden files and folders (.ipynb_checkpoints, macOS's ._name copies, __MACOSX) are not images of
             # the class
@@ -587,11 +595,12 @@ def load_image_folder(root: Path, image_size: tuple[int, int] | None = None, cha
         raise CvaeError(f"the class folder(s) {', '.join(root.name + '/' + c for c in empty)} hold no images "
                         f"({', '.join(sorted(IMAGE_SUFFIXES))}); a class the model never sees cannot be generated: add "
                         "images or remove the folder")
-    if not classes:
+    if not classes and not unlabelled_ok:
         raise CvaeError(f"{root} has no class subfolders; put images in {root}/CLASS_NAME/*.png"
                         + (f" (images in {UNLABELLED_FOLDER}/ need labelled ones beside them)" if folders else ""))
     if not files:
-        raise CvaeError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under the class folders of {root}")
+        raise CvaeError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under the class folders of {root}"
+                        if classes else f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {root}")
     images = [open_image(f) for f in files]
     mode = {1: "L", 3: "RGB"}.get(channels) or ("L" if all(im.mode in _GREY_MODES for im in images) else "RGB")
     size = (image_size[1], image_size[0]) if image_size else images[0].size
