@@ -97,9 +97,10 @@ def augment(model: CVAE, *, per_class: int | None = None, balance: bool = False,
     if real is not None and real.y is None:
         raise CvaeError(f"the real data have no condition column {a.name!r}")
     real_codes = real.y[:, j].nan_to_num(-1).long().numpy() if real is not None else None
-    # a row is a starting point only with every condition known (or inferred by the model): a supervised
-    # model's real rows without a label (unlabelled/ images) are kept in a merge, never encoded
-    usable = ~schema.missing(real.y).numpy() if real is not None and real.missing else True
+    # a row lends its other conditions only where every one is known (the class of ``a`` is set below): a row
+    # lacking one (an unlabelled/ image, an empty cell) is kept in a merge, never a starting point
+    others = [k for k in range(len(schema.attributes)) if k != j]
+    usable = ~schema.missing(real.y[:, others]).numpy() if real is not None and others else True
     real_counts = {c: int((real_codes == i).sum()) for i, c in enumerate(a.classes)} if real is not None else {}
     if balance:
         top = max(real_counts.values())
