@@ -581,3 +581,29 @@ def test_augment_a_run_with_two_categorical_conditions_each_missing_in_some_rows
         with open(out) as f:
             got = [r for r in csv.DictReader(f) if r["id"].startswith("synthetic")]
         assert got and all(r["color"] and r["size"] for r in got)  # every synthetic row has each condition
+
+
+def test_a_tiny_image_folder_trains_and_draws_its_pictures(tmp_path, monkeypatch):
+    """Six labelled images and four unlabelled: one validation image, whose latent map had no principal
+    components (a traceback after the weights were saved; found by a QA audit). And a picture that
+    cannot be drawn is one warning: the run is saved."""
+    from PIL import Image
+
+    from cvae.errors import CvaeWarning
+
+    rng = np.random.default_rng(0)
+    for c, n in (("a", 2), ("b", 2), ("c", 2), ("unlabelled", 4)):
+        (tmp_path / "tiny" / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / "tiny" / c / f"{i}.png")
+    assert main(["train", "--data", str(tmp_path / "tiny"), "--epochs", "1", "--out", str(tmp_path / "r"),
+                 "--no-progress"]) == 0
+    assert (tmp_path / "r" / "latent.png").stat().st_size > 1000
+
+    def broken(*args, **kwargs):
+        raise ValueError("no room to draw")
+
+    monkeypatch.setattr("cvae.api.run_pictures", broken)
+    with pytest.warns(CvaeWarning, match="pictures could not be drawn \\(ValueError: no room to draw\\)"):
+        cvae.train(data=str(tmp_path / "tiny"), epochs=1, out=str(tmp_path / "r2"), progress=False)
+    assert _config(tmp_path / "r2")["status"] == "finished"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from .config import TrainConfig, read_yaml
-from .errors import CvaeError
+from .errors import CvaeError, CvaeWarning
 from .models import VAEModel
 from .plots import run_pictures
 from .runs import check_resumable, load_model
@@ -32,8 +33,14 @@ def train(config: TrainConfig | dict | str | Path | None = None, *, resume: bool
     _check_out(cfg, resume)
     result = fit(cfg, resume=resume, overwrite=overwrite, explicit=explicit)
     if pictures and result.rank == 0:  # under torchrun only rank 0 writes the run folder
-        result.summary["pictures"] = {k: str(v) for k, v in run_pictures(result.model, result.data, result.run_dir,
-                                                                       seed=result.config.seed).items()}
+        try:
+            drawn = run_pictures(result.model, result.data, result.run_dir, seed=result.config.seed)
+        except Exception as e:  # the run is saved and finished: a picture that cannot be drawn must not hide that
+            warnings.warn(f"the run is saved in {result.run_dir}, but its pictures could not be drawn ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200] if str(e) else ''}); `cvae sample` and the other commands "
+                          "work on it", CvaeWarning, stacklevel=2)
+            drawn = {}
+        result.summary["pictures"] = {k: str(v) for k, v in drawn.items()}
     return result
 
 

@@ -153,8 +153,8 @@ def save_latent_map(path, mu: np.ndarray, labels: np.ndarray | None, class_names
     mu = np.asarray(mu, np.float64)
     if mu.shape[1] == 1:
         pts, axis_names = np.concatenate([mu, np.zeros_like(mu)], 1), ("z1", "")
-    elif mu.shape[1] == 2:
-        pts, axis_names = mu, ("z1", "z2")
+    elif mu.shape[1] == 2 or len(mu) < 2:  # (one example has no principal components: its first two dimensions)
+        pts, axis_names = mu[:, :2], ("z1", "z2")
     else:
         from sklearn.decomposition import PCA
 
