@@ -577,3 +577,24 @@ def test_a_supervised_runs_inputs_without_a_label_take_the_condition_given_for_t
                  "-o", str(out)]) == 0
     assert len(list((out / "unlabelled").glob("*.png"))) == 3
     assert len(list((out / "a").glob("*.png"))) == 12 and len(list((out / "b").glob("*.png"))) == 12
+
+
+def test_a_run_trained_on_a_relative_path_finds_its_data_from_elsewhere(tmp_path, monkeypatch):
+    """--data folder (relative) worked only from the folder training ran in: evaluate, embed and the
+    other commands that read the run's own data said there was no data set 'folder' (a QA audit)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in "ab":
+        (tmp_path / "work" / "imgs" / cls).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / "work" / "imgs" / cls / f"{i}.png")
+    monkeypatch.chdir(tmp_path / "work")
+    assert main(["train", "--data", "imgs", "--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--out", "run",
+                 "--no-progress", "--no-pictures"]) == 0
+    cfg = json.loads((tmp_path / "work" / "run" / "config.json").read_text())
+    assert cfg["train"]["data"] == "imgs" and cfg["data"]["path"] == str((tmp_path / "work" / "imgs").resolve())
+    monkeypatch.chdir(tmp_path)
+    assert main(["embed", "work/run", "-o", "e.csv"]) == 0
+    assert len(_rows(tmp_path / "e.csv")) == 16
+    assert main(["evaluate", "work/run", "--metrics", "elbo", "--k", "5"]) == 0

@@ -475,6 +475,10 @@ def load_run_data(model: CVAE, *, data_dir=None):
     except CvaeError as e:
         raise CvaeError(f"{where} is damaged: its 'train' settings: {e}; restore it from a copy of the run") from None
     cfg = {k: getattr(train, k.replace("-", "_"), v) for k, v in cfg.items()}
+    from .data.core import recorded_source
+
+    if recorded_source(model.run_config):  # a relative path, found from elsewhere too
+        cfg["data"] = recorded_source(model.run_config)
     if cfg.get("sequence"):
         from .data.sequences import load_sequences
 

@@ -35,6 +35,7 @@ import torch.distributed as dist
 from . import aggregate
 from .config import TrainConfig, model_settings
 from .data import EVALUATION_SEED, DataSplits, fixed_binarization, load_data, parse_image_size
+from .data.core import local_path
 from .data.stream import CHUNK_BYTES, ArrayRows, load_npy_stream, npy_float32_bytes
 from .errors import CvaeError
 from .fused import AdamStep, fused_step_for
@@ -424,6 +425,7 @@ class Trainer:
             "train": config.to_dict(),
             "data": {
                 "name": data.name, "kind": data.kind, "source": config.data, "data_shape": list(data.data_shape),
+                **({"path": local_path(config.data)} if local_path(config.data) else {}),
                 "binary": data.binary, "standardize": data.standardize, "n_train": len(data.train),
                 "n_val": len(data.val) if data.val else 0, "n_test": len(data.test) if data.test else 0,
                 **({"labelled": data.labels_seen()} if data.schema.categorical_blocks() else {}),

@@ -198,7 +198,9 @@ def _rows(model, rows: int, what: str, lower: str) -> None:
 def _own_source(model, given: str | None) -> str:
     if given:
         return given
-    source = model.run_config.get("data", {}).get("source")
+    from ..data.core import recorded_source
+
+    source = recorded_source(model.run_config)
     if not source:
         raise CvaeError("this run does not record its data; pass --input/--data SOURCE")
     return source

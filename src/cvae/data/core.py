@@ -610,3 +610,25 @@ def parse_image_size(text) -> tuple[int, int] | None:
         return h, w
     except ValueError:
         raise CvaeError(f"--image-size must look like 28x28 (height x width), not {text!r}") from None
+
+
+def local_path(source) -> str | None:
+    """The absolute path of a data source that is a file or folder here (not a built-in set's name): what
+    a run records beside the source as given, so that a relative path still finds the data from elsewhere."""
+    if not isinstance(source, str) or source in NAMED_SOURCES or not Path(source).exists():
+        return None
+    return str(Path(source).resolve())
+
+
+def recorded_source(run_config: dict) -> str | None:
+    """A run's data source as its commands should read it: as given at training (a built-in name, a path
+    relative to where training ran), or, where that path is not found from here, the absolute path the
+    run recorded (``data.path``)."""
+    data = run_config.get("data", {}) if isinstance(run_config.get("data"), dict) else {}
+    train = run_config.get("train", {}) if isinstance(run_config.get("train"), dict) else {}
+    given = data.get("source") or train.get("data")
+    path = data.get("path")
+    if isinstance(given, str) and given not in NAMED_SOURCES and not Path(given).exists() \
+            and isinstance(path, str) and Path(path).exists():
+        return path
+    return given

@@ -129,7 +129,9 @@ class ServedRun:
     def _kl(self) -> tuple[torch.Tensor | None, str]:
         """KL per latent dimension on up to KL_EXAMPLES examples of the run's own data (the order of
         the sliders); None with the reason when the data cannot be read here."""
-        source = self.model.run_config.get("data", {}).get("source")
+        from ..data.core import recorded_source
+
+        source = recorded_source(self.model.run_config)
         if not source:
             return None, "the run does not record its data"
         try:
