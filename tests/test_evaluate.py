@@ -338,7 +338,12 @@ def test_evaluator_is_stored_as_safetensors_with_its_config(digits_evaluator):
     info = json.loads(digits_evaluator.with_suffix(".json").read_text())
     assert info["format"] == "cvae-evaluator" and info["config"]["classes"] == [str(i) for i in range(10)]
     assert info["accuracy"]["val"] > 0.7  # 4 epochs on 1617 digits; the full figures are in the README
+    assert info["held_out"] == {"val": 180}  # what the accuracy was measured on, said beside it
     assert ev.config.image_shape == (1, 8, 8)
+    from cvae.evaluator import accuracy_text
+
+    assert accuracy_text({"val": 0.5}, {"val": 1}) == "val accuracy 0.5000 (1 labelled image)"
+    assert accuracy_text({}, {}).startswith("no held-out labelled image")
 
 
 def test_cli_evaluate_a_conditional_run(digits_runs, digits_evaluator, capsys):

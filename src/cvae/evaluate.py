@@ -719,7 +719,9 @@ def _classification_section(model: CVAE, part, *, n: int, explicit: bool, split:
             continue
         truth = part.y[:n, j].numpy()
         if not np.isfinite(truth).any():
-            reason = (f"the {split} split has no known {a.name!r} labels in this run (--labelled hides them); "
+            why = ("--labelled hides them" if model.run_config.get("train", {}).get("labelled")
+                   else "its examples have no label in the data")
+            reason = (f"the {split} split has no known {a.name!r} labels in this run ({why}); "
                       f"choose another --split, or score a labelled file with `cvae classify RUN --data FILE`")
             if explicit:
                 raise CvaeError(reason)

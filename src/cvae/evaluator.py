@@ -188,6 +188,16 @@ class EvaluatorTraining:
     accuracy: dict[str, float]  # held-out accuracy per split ("test", or "val" when there is no test split)
     epochs: int
     seconds: float
+    held_out: dict[str, int] = field(default_factory=dict)  # labelled examples each accuracy was measured on
+
+
+def accuracy_text(accuracy: dict, held_out: dict | None) -> str:
+    """``val accuracy 0.9731 (1,500 labelled images)``, or why there is none."""
+    if not accuracy:
+        return "no held-out labelled image, so its accuracy is not measured (give the data a test split or more labels)"
+    held_out = held_out or {}
+    return ", ".join(f"{split} accuracy {v:.4f}" + (f" ({held_out[split]:,} labelled image{'s' * (held_out[split] != 1)})"
+                                                    if split in held_out else "") for split, v in accuracy.items())
 
 
 def _shifted(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
@@ -300,10 +310,12 @@ def train_evaluator(data: str, *, data_dir=None, epochs: int | None = None, batc
     model.eval()
     acc = {name: accuracy(model, hx, hy) for name, (hx, hy) in held_out.items()}
     path = Path(out) if out else default_path(splits.name)
-    info = {"accuracy": acc, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "augment": augment,
+    info = {"accuracy": acc, "held_out": {name: len(pair[1]) for name, pair in held_out.items()}, "epochs": epochs,
+            "batch_size": batch_size, "lr": lr, "seed": seed, "augment": augment,
             "n_train": len(x), "limit": limit, "seconds": round(seconds, 1), "source": data}
     path = save_evaluator(path, model, info)
-    return EvaluatorTraining(path=path, evaluator=model, accuracy=acc, epochs=epochs, seconds=seconds)
+    return EvaluatorTraining(path=path, evaluator=model, accuracy=acc, epochs=epochs, seconds=seconds,
+                             held_out=info["held_out"])
 
 
 # -- the measures -------------------------------------------------------------------------------------
@@ -534,7 +546,8 @@ def sample_quality(model: CVAE, evaluator: Evaluator, real_x: torch.Tensor, real
              + ("; conditions as in the real images" if model.schema else "")
              + (f"; classifier-free guidance weight {guidance:g}" if guidance else "")]
     info = {"path": evaluator.info.get("path", ""), "data": evaluator.config.data,
-            "accuracy": evaluator.info.get("accuracy", {}), "classes": evaluator.config.classes}
+            "accuracy": evaluator.info.get("accuracy", {}), "classes": evaluator.config.classes,
+            **({"held_out": evaluator.info["held_out"]} if "held_out" in evaluator.info else {})}
     figures: dict[str, Figure] = {}
     fake = generate(model, n, real_y, seed=seed, temperature=temperature, guidance=guidance, codes=codes)
     f_real, f_fake = evaluator.embed(real_x), evaluator.embed(fake)

@@ -177,8 +177,10 @@ def cmd_evaluator_train(args: argparse.Namespace) -> int:
     res = train_evaluator(args.data, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, seed=args.seed, limit=args.limit, out=args.out, device=args.device,
                           augment=args.augment, progress=args.progress)
-    acc = ", ".join(f"{split} accuracy {v:.4f}" for split, v in res.accuracy.items())
-    print(f"evaluator for {res.evaluator.config.data}: {acc} ({res.epochs} epochs, {res.seconds:.0f} s)")
+    from ..evaluator import accuracy_text
+
+    print(f"evaluator for {res.evaluator.config.data}: {accuracy_text(res.accuracy, res.held_out)} ({res.epochs} "
+          f"epochs, {res.seconds:.0f} s)")
     print(f"wrote {res.path} and {res.path.with_suffix('.json')}")
     return 0
 
@@ -237,9 +239,11 @@ def format_table(results: dict) -> str:
     samples = _measured(samples, "sample quality", lines)
     if samples:
         ev = samples.get("evaluator", {})
-        acc = ", ".join(f"{k} {v:.4f}" for k, v in ev.get("accuracy", {}).items())
+        from ..evaluator import accuracy_text
+
+        acc = accuracy_text(ev.get("accuracy", {}), ev.get("held_out")) if ev.get("accuracy") else "unknown"
         lines.append(f"sample quality in the evaluator's feature space, NOT the Inception FID (evaluator: "
-                     f"{ev.get('path', '')}; its held-out accuracy: {acc or 'unknown'})")
+                     f"{ev.get('path', '')}; its held-out {acc})")
         for fig in samples.values():
             if isinstance(fig, dict) and "value" in fig and "name" in fig:
                 lines.append(_row(name(fig), fig, width))
