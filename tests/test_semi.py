@@ -607,3 +607,19 @@ def test_a_tiny_image_folder_trains_and_draws_its_pictures(tmp_path, monkeypatch
     with pytest.warns(CvaeWarning, match="pictures could not be drawn \\(ValueError: no room to draw\\)"):
         cvae.train(data=str(tmp_path / "tiny"), epochs=1, out=str(tmp_path / "r2"), progress=False)
     assert _config(tmp_path / "r2")["status"] == "finished"
+
+
+def test_output_piped_to_a_reader_that_leaves_early_is_no_traceback(digits_run, tmp_path):
+    """`cvae classify ... | head -0`: the print after the file is written met a closed pipe (a QA audit)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(cvae.__file__).resolve().parents[1]
+    cmd = (f"{sys.executable} -m cvae classify {digits_run} --data digits --n 10 -o {tmp_path / 'c.csv'} | head -c 0; "
+           "exit ${PIPESTATUS[0]}")
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"})
+    assert "Traceback" not in r.stderr and r.returncode in (0, 1), r.stderr
+    assert (tmp_path / "c.csv").is_file()

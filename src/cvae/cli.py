@@ -74,6 +74,10 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the run folder keeps the last finished epoch (continue with --resume)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cvae ... | head`: the reader left; what was written is written (Python's own recipe)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the exit's flush of stdout does not raise again
+        return 1
     except MemoryError:
         print("error: out of memory; lower --batch-size or use --limit", file=sys.stderr)
         return 2
