@@ -68,6 +68,13 @@ def test_labelled_keeps_a_balanced_draw_of_labels_and_the_run_records_them(digit
     assert torch.isnan(data.val.y).all()  # the validation labels are hidden too
     other = load_data("digits", labelled=50, seed=1)
     assert not torch.equal(torch.isnan(data.train.y), torch.isnan(other.train.y))  # --seed draws other labels
+    from cvae.errors import CvaeWarning
+
+    with pytest.warns(CvaeWarning, match="--labelled 53 over the 10 classes of 'label' is not the same number for "
+                                         "each: 3 classes .* keep 6 labels, the others 5"):
+        odd = load_data("digits", labelled=53, seed=0)
+    counts = np.bincount(odd.train.y[~torch.isnan(odd.train.y[:, 0]), 0].long().numpy(), minlength=10)
+    assert sorted(counts.tolist()) == [5] * 7 + [6] * 3
 
 
 def test_semi_supervised_classifier_beats_the_same_network_on_the_labels_alone(digits_run):

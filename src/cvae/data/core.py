@@ -539,6 +539,11 @@ def hide_labels(schema: ConditionSchema, y_train: np.ndarray, y_val: np.ndarray 
     col = y_train[:, cats[0]]
     per_class = np.full(k, labelled // k)
     per_class[rng.permutation(k)[:labelled % k]] += 1
+    if labelled % k:
+        warnings.warn(f"--labelled {labelled} over the {k} classes of {a.name!r} is not the same number for each: "
+                      f"{labelled % k} classes (drawn with --seed) keep {labelled // k + 1} labels, the others "
+                      f"{labelled // k} (--labelled {labelled - labelled % k} or {labelled - labelled % k + k}: "
+                      "the same for each)", CvaeWarning, stacklevel=2)
     keep = []
     for c in range(k):
         rows = np.flatnonzero(col == c)
