@@ -598,3 +598,32 @@ def test_a_run_trained_on_a_relative_path_finds_its_data_from_elsewhere(tmp_path
     assert main(["embed", "work/run", "-o", "e.csv"]) == 0
     assert len(_rows(tmp_path / "e.csv")) == 16
     assert main(["evaluate", "work/run", "--metrics", "elbo", "--k", "5"]) == 0
+
+
+def test_picture_grids_label_each_row_with_its_one_condition_and_show_every_input(digits_run, model, tmp_path):
+    """Found by a QA audit: `sample --n 25` (classes in runs of 3 and 2) labelled mixed rows with their
+    first cell's class; `reconstruct --n 15` drew 8 of the 15; `-o REC.PNG` drew every input of the set."""
+    from PIL import Image
+
+    from cvae.apps.generate import _rows_by_condition
+    from cvae.plots import input_and_output_rows
+
+    cells, rows, ncol = _rows_by_condition(["a", "a", "b", "b", "b"], most=2)
+    assert cells.tolist() == [0, 1, 2, 3, 4, -1] and rows == ["a", "b", ""] and ncol == 2
+    cells, rows, ncol = _rows_by_condition(["a", "b", "a", "b"])
+    assert cells.tolist() == [0, 2, 1, 3] and rows == ["a", "b"]  # each row one condition, whatever the order
+    from cvae.apps.generate import generate
+
+    _, y = generate(model, n=25)
+    labels = [model.schema.describe(r) for r in y]
+    cells, rows, ncol = _rows_by_condition(labels)
+    assert ncol == 3 and len(rows) == 10 and all(len({labels[c] for c in cells[r * 3:(r + 1) * 3] if c >= 0}) == 1
+                                                  for r in range(10))
+    assert main(["sample", str(digits_run), "--n", "25", "-o", str(tmp_path / "s.png")]) == 0
+    x = torch.rand(15, 1, 8, 8)
+    pairs, k = input_and_output_rows(x, x)
+    assert k == 8 and len(pairs) == 32 and torch.equal(pairs[16:23], x[8:15]) and bool((pairs[23] == 1).all())
+    for name in ("rec.png", "REC.PNG"):
+        assert main(["reconstruct", str(digits_run), "--input", "digits", "-o", str(tmp_path / name)]) == 0
+    small, upper = (Image.open(tmp_path / name).size for name in ("rec.png", "REC.PNG"))
+    assert small == upper  # 16 inputs either way (the upper-case suffix read all 1,797)

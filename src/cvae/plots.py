@@ -53,6 +53,18 @@ def image_grid(images, ncol: int, pad: int = 1) -> np.ndarray:
     return grid
 
 
+def input_and_output_rows(inputs: torch.Tensor, outputs: torch.Tensor, ncol: int = 8) -> tuple[torch.Tensor, int]:
+    """Rows of up to ``ncol`` inputs, each above the row of their outputs (reconstructions), every input
+    shown: a last, shorter row is filled with blank (white) cells. Returns the cells and the row length."""
+    k = max(1, min(ncol, len(inputs)))
+    blank = torch.ones_like(inputs[:1])
+    rows = []
+    for i in range(0, len(inputs), k):
+        fill = [blank] * (k - len(inputs[i:i + k]))
+        rows += [torch.cat([inputs[i:i + k], *fill]), torch.cat([outputs[i:i + k], *fill])]
+    return torch.cat(rows), k
+
+
 def save_image_grid(path, images, ncol: int, *, row_labels: list[str] | None = None, title: str | None = None,
                     col_labels: list[str] | None = None) -> Path:
     plt = _plt()
@@ -299,13 +311,9 @@ def run_pictures(model, data, run_dir, *, seed: int = 0) -> dict[str, Path]:
     rec = model.reconstruct(model.to_data_units(x), y if model.schema else None).cpu()
     x_units = model.to_data_units(x).cpu()
     if kind == "image":
-        k = min(len(x), 32)
-        pairs = torch.cat([torch.stack([x_units[i:i + 8], rec[i:i + 8]]) for i in range(0, k - k % 8 or k, 8)])
-        pairs = pairs.reshape(-1, *x_units.shape[1:])
-        ncol = min(8, k)
-        n_pairs = len(pairs) // (2 * ncol)
+        pairs, ncol = input_and_output_rows(x_units, rec)
         out["reconstructions"] = save_image_grid(run_dir / "reconstructions.png", pairs, ncol,
-                                                 row_labels=["input", "recon."] * n_pairs,
+                                                 row_labels=["input", "recon."] * (len(pairs) // (2 * ncol)),
                                                  title="inputs and their reconstructions")
     elif kind == "signal":
         out["reconstructions"] = save_signals(run_dir / "reconstructions.png", [rec[i:i + 1].numpy() for i in range(4)],

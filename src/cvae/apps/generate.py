@@ -9,7 +9,7 @@ import torch
 
 from ..errors import CvaeError
 from ..models import CVAE
-from ..plots import save_feature_histograms, save_image_grid, save_signals
+from ..plots import input_and_output_rows, save_feature_histograms, save_image_grid, save_signals
 from .io import Inputs, conditions_of, read_inputs, write_array_output
 
 
@@ -43,9 +43,10 @@ def sample_to_file(model: CVAE, out: str | Path, *, n: int = 64, condition=None,
         kind = len(model.config.data_shape)
         labels = [schema.describe(r) for r in y] if y is not None else None
         if kind == 3:
-            ncol = _row_length(labels, n)
-            rows = labels[::ncol] if labels and len(set(labels)) > 1 else None
-            return save_image_grid(out, x, ncol, row_labels=rows, title=labels[0] if labels and not rows else None)
+            if labels and len(set(labels)) > 1:  # one condition a row, labelled: never a row of two classes
+                cells, rows, ncol = _rows_by_condition(labels)
+                return save_image_grid(out, torch.cat([x, torch.ones_like(x[:1])])[cells], ncol, row_labels=rows)
+            return save_image_grid(out, x, _row_length(labels, n), title=labels[0] if labels else None)
         if kind == 2:
             if labels and len(set(labels)) > 1:  # one panel per condition, in the order they were generated
                 order = list(dict.fromkeys(labels))
@@ -54,6 +55,23 @@ def sample_to_file(model: CVAE, out: str | Path, *, n: int = 64, condition=None,
             return save_signals(out, [x.numpy()], title=labels[0] if labels else None)
         return save_feature_histograms(out, x.numpy(), None, model.run_config.get("data", {}).get("features", []))
     return write_array_output(out, model, x, y)
+
+
+def _rows_by_condition(labels: list[str], most: int = 16) -> tuple[torch.Tensor, list[str], int]:
+    """A grid of the samples one condition a row (up to ``most`` a row, a condition's further samples on
+    rows below it): the sample index of each cell (-1: a blank cell), the row labels ('' under the first
+    row of a condition) and the row length."""
+    groups: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        groups.setdefault(lab, []).append(i)
+    ncol = min(most, max(len(v) for v in groups.values()))
+    cells, rows = [], []
+    for lab, idx in groups.items():
+        for r in range(0, len(idx), ncol):
+            chunk = idx[r:r + ncol]
+            cells += chunk + [-1] * (ncol - len(chunk))
+            rows.append(lab if r == 0 else "")
+    return torch.tensor(cells), rows, ncol
 
 
 def _row_length(labels, n: int) -> int:
@@ -80,16 +98,13 @@ def reconstruct_file(model: CVAE, source: str, out: str | Path, *, condition=Non
     """Reconstruct the examples of ``source`` and write a picture (inputs above reconstructions) or
     an ``.npz`` / ``.csv`` of the reconstructions."""
     out = Path(out)
-    inputs = read_inputs(model, source, data_dir=data_dir, n=n if n is not None else (16 if out.suffix == ".png" else None))
+    inputs = read_inputs(model, source, data_dir=data_dir,
+                         n=n if n is not None else (16 if out.suffix.lower() == ".png" else None))
     rec, y = reconstruct_inputs(model, inputs, condition=condition, source=source)
     if out.suffix.lower() == ".png":
         kind = len(model.config.data_shape)
         if kind == 3:
-            k = min(len(rec), 8)
-            rows = []
-            for i in range(0, len(rec), k):
-                rows += [inputs.x[i:i + k], rec[i:i + k]]
-            pairs = torch.cat([r for r in rows if len(r) == k])
+            pairs, k = input_and_output_rows(inputs.x, rec)  # every input (the last row filled with blanks)
             return save_image_grid(out, pairs, k, row_labels=["input", "recon."] * (len(pairs) // (2 * k)))
         if kind == 2:
             return save_signals(out, [rec[i:i + 1].numpy() for i in range(min(4, len(rec)))],
