@@ -419,7 +419,8 @@ def fit_anomaly(data: str, *, out: str | Path, label_column: str | None = "auto"
     if pictures:
         pics["val_scores"] = save_score_histogram(
             out / "anomaly_val_scores.png", {"normal (validation)": scores[score]}, thresholds[score],
-            title=f"{score} scores of held-out normal data; {fpr:.0%} lie above the threshold", xlabel=score)
+            title=f"{score} scores of held-out normal data; {(scores[score] > thresholds[score]).mean():.1%} lie "
+                  "above the threshold", xlabel=score)
     return AnomalyFit(out, model, detector, scores, result.summary, pics)
 
 

@@ -380,8 +380,11 @@ def cmd_anomaly_fit(args) -> int:
     if "val" in fit.summary:
         v = fit.summary["val"]
         print(f"  validation negative ELBO {v['loss']:.3f} nats per example")
+    above = float((fit.val_scores[d.score] > d.threshold).mean())
     print(f"  threshold ({d.score}): {d.threshold:.6g}, set to flag {d.fpr:.1%} of normal examples (--fpr; the "
-          f"{1 - d.fpr:.1%} quantile of {d.n_val} held-out normal examples' scores)")
+          f"{1 - d.fpr:.1%} quantile of the scores of {d.n_val} held-out normal examples, taken at one of them: "
+          f"{above:.1%} lie above it" + ("; more held-out examples (--val-fraction) come closer to --fpr)"
+                                                 if abs(above - d.fpr) > 0.01 else ")"))
     print(f"  detector: {fit.run_dir / 'anomaly.json'}" + (f"; picture: {fit.pictures['val_scores']}" if fit.pictures else ""))
     return 0
 
