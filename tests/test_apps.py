@@ -637,3 +637,27 @@ def test_the_threshold_says_how_many_held_out_scores_lie_above_it(beats, tmp_pat
                  str(tmp_path / "d"), *QUIET]) == 0
     out = capsys.readouterr().out
     assert "15 held-out normal examples, taken at one of them: 0.0% lie above it; more held-out examples" in out, out
+
+
+def test_a_latent_map_of_thirty_classes_draws_each_apart_with_its_legend_beside(tmp_path, monkeypatch):
+    """tab20 repeated its colours past 20 classes (class 0 and class 20 alike), and the legend of many or
+    long names covered the points (a QA audit)."""
+    import matplotlib.axes
+
+    from cvae.plots import save_latent_map
+
+    drawn = []
+    original = matplotlib.axes.Axes.scatter
+
+    def scatter(self, *args, **kwargs):
+        drawn.append((tuple(np.round(kwargs["color"], 4)), kwargs["marker"]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", scatter)
+    rng = np.random.default_rng(0)
+    save_latent_map(tmp_path / "m.png", rng.normal(size=(600, 2)), np.arange(600) % 30, [f"c{i}" for i in range(30)])
+    assert len(drawn) == 30 and len(set(drawn)) == 30  # thirty looks for thirty classes
+    from PIL import Image
+
+    w, h = Image.open(tmp_path / "m.png").size
+    assert w > 1.3 * h  # the legend beside the map, which keeps its own width

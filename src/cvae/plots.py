@@ -178,11 +178,20 @@ def save_latent_map(path, mu: np.ndarray, labels: np.ndarray | None, class_names
     fig, ax = plt.subplots(figsize=(6.2, 5.2))
     if labels is not None and class_names is not None:
         cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+        markers = "os^Dv<>PXph*"  # past the palette's colours, another marker: 240 classes drawn apart
         for k, name in enumerate(class_names):
             sel = labels == k
             if sel.any():
-                ax.scatter(pts[sel, 0], pts[sel, 1], s=4, alpha=0.6, color=cmap(k % cmap.N), label=name)
-        ax.legend(markerscale=3, fontsize=7, loc="best", ncol=1 + len(class_names) // 12)
+                ax.scatter(pts[sel, 0], pts[sel, 1], s=4 if k < cmap.N else 9, alpha=0.6, color=cmap(k % cmap.N),
+                           marker=markers[(k // cmap.N) % len(markers)], label=name)
+        if len(class_names) > 10 or max(map(len, class_names), default=0) > 16:  # beside the map, not over it
+            ncol = 1 + len(class_names) // 25
+            longest = max(map(len, class_names), default=0)
+            fig.set_size_inches(6.2 + ncol * (0.6 + 0.045 * min(longest, 60)), 5.2)  # the map keeps its width
+            ax.legend(markerscale=3, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+                      ncol=ncol)
+        else:
+            ax.legend(markerscale=3, fontsize=7, loc="best")
     elif labels is not None:
         sc = ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.6, c=labels, cmap="viridis")
         fig.colorbar(sc, ax=ax)
