@@ -391,6 +391,22 @@ def test_cli_evaluate_a_plain_vae(digits_runs, digits_evaluator):
     assert ev["samples"]["frechet_distance"]["value"] >= 0
 
 
+def test_cli_evaluate_says_which_flags_shaped_what_it_measured(digits_runs, capsys):
+    """--k with the ELBO alone, --n above the split's size, and a mutual information below 0 by Monte
+    Carlo noise were printed without a word (a QA audit)."""
+    from cvae.commands.evaluate import _row
+
+    _, result = digits_runs
+    assert main(["evaluate", str(result.run_dir), "--metrics", "elbo", "--k", "10", "--n", "100000",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "180 examples, k = 1 (one sample: the ELBO alone; --metrics nll adds" in out
+    assert "(--n 100000: the split has 180 examples, all of them used)" in out
+    row = _row("I(x; z)", {"value": -0.01, "stderr": 0.02, "unit": "nats", "name": "I(x; z) under"}, 10)
+    assert row.endswith("(below 0 by Monte Carlo noise: the information itself is at least 0)")
+    assert "noise" not in _row("I(x; z)", {"value": 0.5, "stderr": 0.02, "unit": "nats", "name": "I(x; z)"}, 10)
+
+
 def test_cli_evaluate_errors_say_what_to_do(digits_runs, capsys):
     result, _ = digits_runs
     run = str(result.run_dir)

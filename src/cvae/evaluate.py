@@ -363,7 +363,8 @@ def posterior_health(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None
             f"I({xc}; z) under the aggregate posterior", mi_terms, unit="nats",
             note=f"q(z) = mean of q({qc}) over {m} examples, one z per example; cannot exceed log N = "
                  f"{math.log(m):.3f}; stderr over examples" + ("" if c is None else " (continuous conditions: "
-                                                               "the code's variation with them counts too)"))
+                                                               "the code's variation with them counts too)")
+                 + MI_SIGN)
     else:
         # a conditional model: how much z varies with x within a condition, which is what collapses; across
         # conditions z also follows the label, which the marginal figures count (I(x,c; z) ~ H(c) collapsed)
@@ -381,12 +382,16 @@ def posterior_health(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None
         figures["mutual_information"] = figure(
             "I(x; z | c) under each condition's aggregate posterior", mi_terms, unit="nats",
             note=f"q(z|c) = mean of q(z|x,c) over the condition's examples (of {m}), one z per example; at most "
-                 "E KL(q(z|x,c) || p(z|c)) (Hoffman & Johnson 2016); stderr over examples")
+                 "E KL(q(z|x,c) || p(z|c)) (Hoffman & Johnson 2016); stderr over examples" + MI_SIGN)
     kl_mean = kl.mean(0)
     kl_se = kl.std(0, unbiased=True) / math.sqrt(len(kl)) if len(kl) > 1 else torch.zeros_like(kl_mean)
     return PosteriorReport(kl_per_dim=kl_mean.tolist(), kl_per_dim_stderr=kl_se.tolist(),
                            mean_variance_per_dim=var.tolist(), active_units=n_au, threshold=threshold,
                            figures=figures)
+
+
+MI_SIGN = ("; a Monte Carlo estimate, so where the information is near 0 it may come out slightly below 0 (the "
+           "true value never is)")
 
 
 @torch.no_grad()

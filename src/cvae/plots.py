@@ -163,10 +163,10 @@ def save_latent_map(path, mu: np.ndarray, labels: np.ndarray | None, class_names
     """The 2-D latent itself, else its first two principal components, coloured by a label."""
     plt = _plt()
     mu = np.asarray(mu, np.float64)
-    if mu.shape[1] == 1:
-        pts, axis_names = np.concatenate([mu, np.zeros_like(mu)], 1), ("z1", "")
+    if mu.shape[1] == 1:  # named z0, z1, ... as traverse, evaluate and embed (mu_0) name them
+        pts, axis_names = np.concatenate([mu, np.zeros_like(mu)], 1), ("z0", "")
     elif mu.shape[1] == 2 or len(mu) < 2:  # (one example has no principal components: its first two dimensions)
-        pts, axis_names = mu[:, :2], ("z1", "z2")
+        pts, axis_names = mu[:, :2], ("z0", "z1")
     else:
         from sklearn.decomposition import PCA
 
@@ -199,6 +199,8 @@ def save_latent_map(path, mu: np.ndarray, labels: np.ndarray | None, class_names
         ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.5)
     ax.set_xlabel(axis_names[0])
     ax.set_ylabel(axis_names[1])
+    if not axis_names[1]:  # a 1-D latent: the points lie on a line, the vertical axis means nothing
+        ax.set_yticks([])
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
@@ -238,6 +240,7 @@ def save_loss_curves(path, metrics_path) -> Path:
             ax.plot(ep, [r[f"val_{key}"] for r in rows], marker="o", ms=3, label="validation")
         ax.set_title(f"{name} (nats per example)", fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole: no tick at 1.2
         ax.legend(fontsize=7)
     return _save(fig, path)
 

@@ -114,6 +114,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result.results, indent=2))
     else:
         print(format_table(result.results))
+        used = (result.results.get("likelihood") or {}).get("protocol", {}).get("n_examples")
+        if args.n is not None and isinstance(used, int) and used < args.n:
+            print(f"  (--n {args.n}: the split has {used} examples, all of them used)")
         print(f"wrote {result.path}" + "".join(f", {p}" for p in pictures))
     return 0
 
@@ -195,7 +198,9 @@ def _row(name: str, fig: dict, width: int) -> str:
         text = f"{value:>7}     " if isinstance(value, int) else f"{value!s:>12}"
     se = fig.get("stderr")
     se_text = f"± {se:<9.3g}" if se is not None else " " * 11
-    return f"  {name:<{width}} {text} {se_text} {fig.get('unit', '')}"
+    noise = ("  (below 0 by Monte Carlo noise: the information itself is at least 0)"
+             if isinstance(value, float) and value < 0 and fig.get("name", "").startswith("I(") else "")
+    return f"  {name:<{width}} {text} {se_text} {fig.get('unit', '')}{noise}"
 
 
 def format_table(results: dict) -> str:
@@ -215,8 +220,10 @@ def format_table(results: dict) -> str:
 
     if lik:
         p = lik["protocol"]
+        one = " (one sample: the ELBO alone; --metrics nll adds the importance-sampled NLL)" if p.get("k") == 1 \
+            and "importance_sampled_nll" not in lik else ""
         lines.append(f"likelihood: {p.get('data')} {p.get('split')} split, {p.get('n_examples')} examples, "
-                     f"k = {p.get('k')}, {p.get('likelihood')} decoder")
+                     f"k = {p.get('k')}{one}, {p.get('likelihood')} decoder")
         for key in ("binarization", "caution", "units"):
             if key in p:
                 lines.append(f"  {key}: {p[key]}")
