@@ -661,3 +661,13 @@ def test_a_latent_map_of_thirty_classes_draws_each_apart_with_its_legend_beside(
 
     w, h = Image.open(tmp_path / "m.png").size
     assert w > 1.3 * h  # the legend beside the map, which keeps its own width
+
+
+def test_a_grid_of_images_one_pixel_high_has_rows_its_labels_fit(tmp_path):
+    """1 x 40 strips made rows about 3 pixels high, their labels stacked on each other (a QA audit)."""
+    from PIL import Image
+
+    from cvae.plots import ROW_INCHES, save_image_grid
+
+    save_image_grid(tmp_path / "g.png", torch.rand(16, 1, 1, 40), 4, row_labels=[f"label=c{i}" for i in range(4)])
+    assert Image.open(tmp_path / "g.png").size[1] >= 4 * ROW_INCHES * 110 * 0.9  # dpi 110, less the margins cut

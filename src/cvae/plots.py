@@ -65,6 +65,9 @@ def input_and_output_rows(inputs: torch.Tensor, outputs: torch.Tensor, ncol: int
     return torch.cat(rows), k
 
 
+ROW_INCHES = 0.22  # the least height of a picture grid's row: its label (8 points) needs 0.11 inch
+
+
 def save_image_grid(path, images, ncol: int, *, row_labels: list[str] | None = None, title: str | None = None,
                     col_labels: list[str] | None = None) -> Path:
     plt = _plt()
@@ -72,10 +75,13 @@ def save_image_grid(path, images, ncol: int, *, row_labels: list[str] | None = N
     nrow = max(1, -(-len(images) // ncol))
     h, w = to_display(images[:1]).shape[1:3]
     scale = max(0.35, min(1.2, 28 / max(h, w)))
+    row_h = h * scale / 28 * 0.9  # inches
+    flat = row_h < ROW_INCHES  # images a few pixels high (1 x 40 strips): stretched to a readable row height
     fig_w = max(3.0, ncol * w * scale / 28 * 0.9 + (1.2 if row_labels else 0.2))
-    fig_h = max(2.0, nrow * h * scale / 28 * 0.9 + (0.6 if title else 0.2) + (0.4 if col_labels else 0))
+    fig_h = max(2.0, nrow * max(row_h, ROW_INCHES) + (0.6 if title else 0.2) + (0.4 if col_labels else 0))
     fig, ax = plt.subplots(figsize=(fig_w, fig_h))
-    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest",
+              aspect="auto" if flat else "equal")
     ax.set_xticks([])
     ax.set_yticks([])
     if row_labels:
