@@ -671,3 +671,15 @@ def test_a_grid_of_images_one_pixel_high_has_rows_its_labels_fit(tmp_path):
 
     save_image_grid(tmp_path / "g.png", torch.rand(16, 1, 1, 40), 4, row_labels=[f"label=c{i}" for i in range(4)])
     assert Image.open(tmp_path / "g.png").size[1] >= 4 * ROW_INCHES * 110 * 0.9  # dpi 110, less the margins cut
+
+
+def test_a_character_no_font_has_is_one_warning_that_says_what_to_install(tmp_path):
+    """Class names in scripts the installed fonts lack were drawn as boxes, and the command line hid
+    matplotlib's warnings, one per character (a QA audit): one line now says which, and what to install."""
+    from cvae.errors import CvaeWarning
+    from cvae.plots import save_image_grid
+
+    odd = "\U0010fffd"  # a private-use character of the last plane: in no font
+    with pytest.warns(CvaeWarning, match=f"no installed font has the character\\(s\\) {odd}, drawn as boxes; install"):
+        save_image_grid(tmp_path / "g.png", torch.rand(4, 1, 8, 8), 2, row_labels=[f"a{odd}", "b"])
+    assert (tmp_path / "g.png").is_file()

@@ -7,12 +7,20 @@ feature. Every function writes one PNG and returns its path.
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import CvaeError
+from .errors import CvaeError, CvaeWarning
+
+FALLBACK_FONTS = ("Noto Sans CJK", "Noto Sans JP", "Noto Sans SC", "Noto Sans TC", "Noto Sans KR", "Source Han Sans",
+                  "WenQuanYi", "Droid Sans Fallback", "AR PL", "IPAGothic", "IPAexGothic", "Unifont",
+                  "Arial Unicode MS", "Noto Sans Arabic", "Noto Sans Hebrew", "Noto Sans Devanagari",
+                  "Noto Sans Thai", "Noto Color Emoji", "Noto Emoji", "Symbola")
+_fonts_set = False
 
 
 def _plt():
@@ -21,6 +29,15 @@ def _plt():
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    global _fonts_set
+    if not _fonts_set:  # class names in other scripts (猫, 犬): the fonts installed that have them, after DejaVu
+        _fonts_set = True
+        from matplotlib import font_manager
+
+        have = sorted({f.name for f in font_manager.fontManager.ttflist if f.name.startswith(FALLBACK_FONTS)})
+        if have:
+            plt.rcParams["font.sans-serif"] = [*plt.rcParams["font.sans-serif"][:1], *have,
+                                               *plt.rcParams["font.sans-serif"][1:]]
     return plt
 
 
@@ -101,9 +118,17 @@ def save_image_grid(path, images, ncol: int, *, row_labels: list[str] | None = N
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.05)  # long row labels stay whole
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.05)  # long row labels stay whole
     _plt().close(fig)
+    missing = sorted({chr(int(m.group(1))) for w in caught
+                      if (m := re.search(r"Glyph (\d+) .*missing from font", str(w.message)))})
+    if missing:  # one line that says why the boxes, not a warning per character (the CLI showed none)
+        warnings.warn(f"{path.name}: no installed font has the character(s) {' '.join(missing[:12])}"
+                      f"{' ...' if len(missing) > 12 else ''}, drawn as boxes; install a font that has them (Debian: "
+                      "fonts-noto-cjk for Chinese, Japanese and Korean) and cvae uses it", CvaeWarning, stacklevel=2)
     return path
 
 
