@@ -683,3 +683,18 @@ def test_a_character_no_font_has_is_one_warning_that_says_what_to_install(tmp_pa
     with pytest.warns(CvaeWarning, match=f"no installed font has the character\\(s\\) {odd}, drawn as boxes; install"):
         save_image_grid(tmp_path / "g.png", torch.rand(4, 1, 8, 8), 2, row_labels=[f"a{odd}", "b"])
     assert (tmp_path / "g.png").is_file()
+
+
+def test_a_table_runs_sample_picture_says_its_condition_and_how_many_features_it_shows(tmp_path, monkeypatch):
+    """The histogram picture had no title naming the condition, drew 12 of 200 features without saying so,
+    and drew one row's values as density bars (a QA audit)."""
+    import matplotlib.figure
+
+    from cvae.plots import save_feature_histograms
+
+    titles = []
+    original = matplotlib.figure.Figure.suptitle
+    monkeypatch.setattr(matplotlib.figure.Figure, "suptitle",
+                        lambda self, t, **kw: titles.append(t) or original(self, t, **kw))
+    save_feature_histograms(tmp_path / "h.png", np.random.rand(1, 200), None, [], title="1 generated row: color=red")
+    assert titles == ["1 generated row: color=red; the first 12 of 200 features (all in the .csv/.npz output)"]

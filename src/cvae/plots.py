@@ -164,9 +164,12 @@ def save_signals(path, rows: list[np.ndarray], row_labels: list[str] | None = No
 
 def save_feature_histograms(path, generated: np.ndarray, real: np.ndarray | None, names: list[str],
                             title: str | None = None) -> Path:
-    """Per-feature histograms of generated rows (and real rows, for comparison), up to 12 features."""
+    """Per-feature histograms of generated rows (and real rows, for comparison), up to 12 features (the
+    title says so where there are more); a few rows are drawn as points, not as densities."""
     plt = _plt()
     k = min(12, generated.shape[1])
+    if generated.shape[1] > k:
+        title = f"{title + '; ' if title else ''}the first {k} of {generated.shape[1]} features (all in the .csv/.npz output)"
     ncol = min(4, k)
     nrow = -(-k // ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol, 1.9 * nrow + 0.5), squeeze=False)
@@ -180,7 +183,12 @@ def save_feature_histograms(path, generated: np.ndarray, real: np.ndarray | None
         bins = np.linspace(lo, hi if hi > lo else lo + 1, 25)
         if real is not None:
             ax.hist(real[:, j], bins=bins, density=True, alpha=0.5, color="gray", label="real")
-        ax.hist(generated[:, j], bins=bins, density=True, alpha=0.6, color="C0", label="generated")
+        if len(generated) < 5:  # a density of one or two values is a bar of any height: their values, as marks
+            for v in generated[:, j]:
+                ax.axvline(v, color="C0", lw=1.5, label="generated" if v == generated[0, j] else None)
+            ax.set_yticks([])
+        else:
+            ax.hist(generated[:, j], bins=bins, density=True, alpha=0.6, color="C0", label="generated")
         ax.set_title(names[j] if j < len(names) else f"feature {j}", fontsize=8)
         ax.tick_params(labelsize=6)
     axes.flat[0].legend(fontsize=6)

@@ -53,7 +53,9 @@ def sample_to_file(model: CVAE, out: str | Path, *, n: int = 64, condition=None,
                 panels = [x[[i for i, lab in enumerate(labels) if lab == want]].numpy() for want in order]
                 return save_signals(out, panels, row_labels=order)
             return save_signals(out, [x.numpy()], title=labels[0] if labels else None)
-        return save_feature_histograms(out, x.numpy(), None, model.run_config.get("data", {}).get("features", []))
+        asked = (labels[0] if len(set(labels)) == 1 else f"{len(set(labels))} conditions") if labels else None
+        return save_feature_histograms(out, x.numpy(), None, model.run_config.get("data", {}).get("features", []),
+                                       title=f"{len(x)} generated row{'s' * (len(x) != 1)}" + (f": {asked}" if asked else ""))
     return write_array_output(out, model, x, y)
 
 
