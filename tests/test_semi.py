@@ -630,3 +630,34 @@ def test_output_piped_to_a_reader_that_leaves_early_is_no_traceback(digits_run, 
                        env={**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"})
     assert "Traceback" not in r.stderr and r.returncode in (0, 1), r.stderr
     assert (tmp_path / "c.csv").is_file()
+
+
+def test_evaluate_sums_the_class_out_of_the_likelihood_of_unlabelled_rows(digits_run, capsys):
+    """A semi-supervised run's rows without a class were scored as -log p(x | the class q guessed) and
+    labelled -log p(x|c) (a QA audit). Now log p(x) = log sum_y p(y) p(x | y), held here to each class's
+    importance-sampled log p(x | y) by brute force, and the bound is M2's U(x)."""
+    from cvae.evaluate import class_summed, importance_sampled
+    from cvae.objectives.semi import SemiSupervised
+
+    model = cvae.load(digits_run)
+    model.eval()
+    x = load_data("digits").train.x[:3]
+    c = torch.zeros(3, 10)
+    c[0, 4] = 1.0  # one row labelled, two without
+    res = class_summed(model, x, c, k=10000, generator=torch.Generator().manual_seed(0))  # 1,000 a class
+    per_class = torch.stack([importance_sampled(model, x, torch.eye(10)[[y] * 3], k=1000,
+                                                generator=torch.Generator().manual_seed(1 + y)).log_likelihood
+                             for y in range(10)]) - math.log(10)
+    brute = torch.logsumexp(per_class, 0)
+    assert res.log_likelihood[1:].tolist() == pytest.approx(brute[1:].tolist(), abs=0.1)  # two estimates
+    assert res.log_likelihood[0].item() == pytest.approx(per_class[4, 0].item() + math.log(10), abs=0.1)
+    torch.manual_seed(0)
+    with torch.no_grad():  # U(x) by the objective, one draw of z per class: averaged over 100 draws
+        bound = sum(SemiSupervised(alpha=0.0, consistency=0.0)(model, x[1:], c[1:]).neg_elbo.item()
+                    for _ in range(100)) / 100
+    assert res.negative_elbo[1:].mean().item() == pytest.approx(bound, abs=0.2)
+    assert (res.negative_elbo[1:] >= -res.log_likelihood[1:] - 0.05).all()  # the bound is above -log p(x)
+    assert main(["evaluate", str(digits_run), "--metrics", "elbo,nll", "--k", "20", "--n", "30",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "30 of the 30 examples have no class" in out and "-log p(x), importance-sampled, k = 20" in out

@@ -181,6 +181,63 @@ def importance_sampled(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = No
                       ess=torch.exp(2.0 * out["lse"] - out["lse2"]), k=k)
 
 
+@torch.no_grad()
+def class_summed(model: CVAE, x: torch.Tensor, c: torch.Tensor, *, k: int = 5000, rows: int = 4096,
+                 generator: torch.Generator | None = None, progress: bool = False) -> PerExample:
+    """:func:`importance_sampled` for a semi-supervised model (M2) whose rows may lack a class: a labelled
+    row as there, log p(x | c); a row without its class, log p(x) = log sum_y p(y) p(x | y) with p(y)
+    uniform, each class's p(x | y) importance-sampled with k / (number of classes) draws (the same k in
+    all), and its bound the M2 one, U(x) = sum_y q(y|x) L(x, y) + KL(q(y|x) || p(y)), whose terms are
+    ``reconstruction`` (the q-weighted one) and ``kl`` (both KLs). Several missing conditions: summed
+    over every combination of their classes."""
+    import itertools
+
+    gone = model.missing_blocks(c)  # (N, A)
+    lacking = gone.any(1)
+    n = len(x)
+    out = {key: torch.empty(n, dtype=torch.float64) for key in ("ll", "rec", "kl", "ess")}
+    if (~lacking).any():
+        own = importance_sampled(model, x[~lacking], c[~lacking], k=k, rows=rows, generator=generator,
+                                 progress=progress)
+        for key, v in (("ll", own.log_likelihood), ("rec", own.reconstruction), ("kl", own.kl), ("ess", own.ess)):
+            out[key][~lacking] = v
+    blocks = model.blocks
+    for pattern in torch.unique(gone[lacking], dim=0):
+        rows_p = (gone == pattern).all(1) & lacking
+        xp, cp = x[rows_p], c[rows_p]
+        missing = [i for i, g in enumerate(pattern.tolist()) if g]
+        sizes = [blocks[i][0].dim for i in missing]
+        combos = list(itertools.product(*[range(m) for m in sizes]))
+        kk = max(1, math.ceil(k / len(combos)))
+        log_py = -sum(math.log(m) for m in sizes)
+        logits = [lg.float().log_softmax(1).double().cpu() for lg in model.class_logits(xp)]
+        lls, recs, kls, log_qs, lse2s = [], [], [], [], []
+        for combo in combos:
+            cf = cp.clone()
+            log_q = torch.zeros(len(xp), dtype=torch.float64)
+            for i, cls in zip(missing, combo):
+                _, s, _ = blocks[i]
+                cf[:, s + cls] = 1.0
+                log_q += logits[i][:, cls]
+            r = importance_sampled(model, xp, cf, k=kk, rows=rows, generator=generator, progress=progress)
+            lls.append(r.log_likelihood + log_py)  # log p(y) p^(x | y)
+            recs.append(r.reconstruction)
+            kls.append(r.kl)
+            log_qs.append(log_q)
+            # sum of the squared weights of this class's draws, scaled as its share of the estimate: for the ESS
+            lse = r.log_likelihood + math.log(kk)
+            lse2s.append(2 * lse - r.ess.log() + 2 * (log_py - math.log(kk)))
+        ll, rec, kl, log_q, lse2 = (torch.stack(v) for v in (lls, recs, kls, log_qs, lse2s))  # (M, b)
+        q = log_q.exp()
+        total = torch.logsumexp(ll, 0)  # log p^(x)
+        out["ll"][rows_p] = total
+        out["rec"][rows_p] = (q * rec).sum(0)
+        out["kl"][rows_p] = (q * kl).sum(0) + (q * log_q).sum(0) - log_py  # + KL(q(y|x) || p(y))
+        # (sum_m a_m S_m)^2 / sum_m a_m^2 S2_m with a_m = p(y_m) / kk: the ESS of the whole estimate, in draws
+        out["ess"][rows_p] = torch.exp(2 * total - torch.logsumexp(lse2, 0))
+    return PerExample(log_likelihood=out["ll"], reconstruction=out["rec"], kl=out["kl"], ess=out["ess"], k=k)
+
+
 # -- the likelihood report ----------------------------------------------------------------------
 
 @dataclass
@@ -210,9 +267,20 @@ def likelihood(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None, *, k
     the data's own units (the log-Jacobian of the standardisation is added).
     """
     g = torch.Generator().manual_seed(seed)
-    res = importance_sampled(model, x, c, k=k, rows=rows, generator=g, progress=progress)
+    lacking = int(model.missing_blocks(c).any(1).sum()) if c is not None and hasattr(model, "missing_blocks") else 0
+    if lacking:  # a semi-supervised model's rows without their class: the class summed out, not guessed
+        res = class_summed(model, x, c, k=k, rows=rows, generator=g, progress=progress)
+        rest = "" if lacking == len(x) else "; the others' are conditional on their class"
+        protocol = {**(protocol or {}), "n_unlabelled": lacking,
+                    "unlabelled": f"{lacking} of the {len(x)} examples have no class: their figures are -log p(x) = "
+                                  "-log sum_y p(y) p(x|y) (p(y) uniform, k / classes draws for each class) and the M2 "
+                                  f"bound U(x){rest}"}
+    else:
+        res = importance_sampled(model, x, c, k=k, rows=rows, generator=g, progress=progress)
     jac = log_jacobian(model)
     xc, zc, qc, px = ("x|c", "z|c", "z|x,c", "p(x|z,c)") if c is not None else ("x", "z", "z|x", "p(x|z)")
+    if lacking == len(x):  # every row without its class: the figures of (x, y) with y summed out
+        xc, zc, qc, px = "x", "z,y", "z,y|x", "p(x|z,y)"
     samples = f"averaged over k = {k} samples z ~ q({qc})" if k > 1 else f"one sample z ~ q({qc})"
     figures = {
         "negative_elbo": figure(f"negative ELBO, E_q[-log p(x,{zc}) + log q({qc})]", res.negative_elbo + jac,

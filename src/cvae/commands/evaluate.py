@@ -224,7 +224,7 @@ def format_table(results: dict) -> str:
             and "importance_sampled_nll" not in lik else ""
         lines.append(f"likelihood: {p.get('data')} {p.get('split')} split, {p.get('n_examples')} examples, "
                      f"k = {p.get('k')}{one}, {p.get('likelihood')} decoder")
-        for key in ("binarization", "caution", "units"):
+        for key in ("binarization", "caution", "units", "unlabelled"):
             if key in p:
                 lines.append(f"  {key}: {p[key]}")
         for key in ("negative_elbo", "reconstruction", "kl", "importance_sampled_nll", "bits_per_dim", "elbo_gap",
