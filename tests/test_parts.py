@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("laplace_prior", ROOT / "examples" / "laplace_prior.py")
 laplace_prior = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(laplace_prior)  # registers --prior laplace, as a user's own module would
+from cvae.registry import load_plugins  # noqa: E402
+
+load_plugins()  # and the parts of every installed package's cvae.parts entry point run here too
 
 SCHEMA = ConditionSchema([Attribute("label", "categorical", ["a", "b", "c"])])
 SHAPE = (1, 4, 4)
@@ -261,3 +264,21 @@ def test_a_run_of_a_part_not_imported_says_to_import_it_not_that_the_run_is_dama
     message = str(e.value)
     assert "was trained with the prior 'laplace'" in message and "import the module" in message
     assert "damaged" not in message
+
+
+def test_a_parts_own_options_are_set_from_the_command_line_and_python(tmp_path, capsys):
+    """The README's example prior says its scale is an option; nothing but --prior-components could set
+    one (a QA audit of the README). --prior-options / prior_options set any part's own."""
+    run = tmp_path / "lap"
+    assert main(["train", *FAST, "--prior", "laplace", "--prior-options", "scale=2.5", "--condition", "none",
+                 "--epochs", "1", "--no-pictures", "--out", str(run)]) == 0
+    model = cvae.load(run)
+    assert model.config.prior_options == {"scale": 2.5}
+    res = cvae.train(data="digits", prior="mog", condition="none", prior_options={"components": 3}, epochs=1,
+                     limit=200, progress=False, pictures=False, out=str(tmp_path / "mog"))
+    assert res.model.config.prior_options == {"components": 3}
+    assert main(["train", *FAST, "--prior", "laplace", "--prior-options", "width=2", "--condition", "none",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "the prior 'laplace' has no option(s) width; its options: scale" in capsys.readouterr().err
+    assert main(["train", *FAST, "--prior-options", "scale", "--out", str(tmp_path / "bad")]) == 2
+    assert "--prior-options 'scale': give name=value pairs" in capsys.readouterr().err

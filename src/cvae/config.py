@@ -55,6 +55,9 @@ class TrainConfig:
     prior: str | None = None
     prior_components: int | None = None  # K of a mixture prior (mog: 10, vamp: 500 by default)
     likelihood_components: int | None = None  # K of the logistic-mixture likelihood (10 by default)
+    # any registered part's own options, "scale=2,b=x" (or a dict from Python / YAML): a user's part's too
+    prior_options: str | None = None
+    likelihood_options: str | None = None
     # the hierarchical model (--preset hvae): its ladder (None: the preset's)
     depth: int | None = None  # resolutions with latent groups (the image is halved this many times)
     width: int | None = None  # channels of the residual stream
@@ -139,6 +142,8 @@ class TrainConfig:
              f"--free-bits must be zero or positive (nats per latent dimension), got {self.free_bits}")
         need(self.prior in (None, "auto") or self.prior in PRIORS,
              f"unknown prior {self.prior!r} (--prior); choose one of auto, {', '.join(PRIORS.names())}")
+        for key in ("prior_options", "likelihood_options"):
+            part_options(getattr(self, key), "--" + key.replace("_", "-"))  # the form; the part checks the names
         need(self.prior_components is None or (_whole(self.prior_components) and self.prior_components >= 1),
              f"--prior-components must be a positive whole number, got {self.prior_components}")
         need(self.model is None or self.model in MODELS,
@@ -236,6 +241,9 @@ class TrainConfig:
 
     def model_overrides(self) -> dict:
         out = {k: getattr(self, k) for k in self.MODEL_KEYS if getattr(self, k) is not None}
+        for key in ("prior_options", "likelihood_options"):
+            if getattr(self, key):
+                out[key] = part_options(getattr(self, key), "--" + key.replace("_", "-"))
         for key, (field_name, option) in self.PART_OPTIONS.items():
             if getattr(self, key) is not None:
                 out.setdefault(field_name, {})[option] = getattr(self, key)
@@ -265,8 +273,9 @@ class TrainConfig:
             )
         types = {f.name: f.type for f in fields(cls)}
         clean = {}
-        for k, v in d.items():
-            clean[k] = _coerce(k, v, types[k], where)
+        for k, v in d.items():  # a part's options may be given as a mapping (Python, YAML): kept so
+            clean[k] = v if k in ("prior_options", "likelihood_options") and isinstance(v, dict) else \
+                _coerce(k, v, types[k], where)
         try:
             return cls(**clean)
         except TypeError as e:
@@ -356,3 +365,24 @@ def read_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise CvaeError(f"{p} must hold a mapping of settings (key: value), not {type(data).__name__}")
     return data
+
+
+def part_options(value, flag: str) -> dict:
+    """A part's options from ``scale=2,mode=fast`` (numbers read as numbers) or a dict; {} for None."""
+    if value in (None, ""):
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    if not isinstance(value, str):
+        raise CvaeError(f"{flag} must be text such as scale=2,mode=fast, got {value!r}")
+    out = {}
+    for item in value.split(","):
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip() or not text.strip():
+            raise CvaeError(f"{flag} {value!r}: give name=value pairs separated by commas, such as scale=2")
+        text = text.strip()
+        try:
+            out[name.strip()] = int(text) if text.lstrip("-").isdecimal() else float(text)
+        except ValueError:
+            out[name.strip()] = {"true": True, "false": False}.get(text.lower(), text)
+    return out

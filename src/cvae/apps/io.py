@@ -118,8 +118,11 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
             raise CvaeError(f"{source} lacks the feature column(s) {', '.join(missing)} the model was trained on")
         order = [raw.meta["features"].index(f) for f in features]
         x = x[..., order]
+    if len(shape) == 3 and x.ndim == 2 and x.shape[1] == math.prod(shape):
+        x = x.reshape(len(x), *shape)  # images as flat rows (augment's .csv of an image run): C x H x W each
     if tuple(x.shape[1:]) != shape:
-        raise CvaeError(f"{source} has examples of shape {tuple(x.shape[1:])}; this model expects {shape}")
+        raise CvaeError(f"{source} has examples of shape {tuple(x.shape[1:])}; this model expects {shape}"
+                        + (f" (or flat rows of {math.prod(shape)} values)" if len(shape) == 3 else ""))
     if not model.config.standardize and len(shape) == 3 and x.size:
         low, high = float(x.min()), float(x.max())  # the run's images are grey levels in [0, 1]
         if low < -UNIT_SLACK or high > 1.0 + UNIT_SLACK:

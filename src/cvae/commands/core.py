@@ -73,6 +73,8 @@ HELP = {
              "conditional (a learned Gaussian p(z | c)) | mog (a learned mixture of Gaussians) | vamp (VampPrior, "
              "Tomczak & Welling 2018), or any registered prior",
     "prior_components": "components K of a mixture prior (default: mog 10, vamp 500 pseudo-inputs)",
+    "prior_options": "the prior's own options as name=value pairs, e.g. scale=2 (a part you registered too)",
+    "likelihood_options": "the likelihood's own options as name=value pairs, e.g. components=5",
     "free_bits": "free bits (Kingma et al., 2016): nats per latent dimension below which the ELBO's KL is not pressed",
     "beta": "weight of the KL term: 1 is the VAE, >1 the beta-VAE (Higgins et al., 2017), 0 an autoencoder; "
             "btcvae: weight of the total correlation (Chen et al., 2018)",

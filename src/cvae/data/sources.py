@@ -25,6 +25,7 @@ import numpy as np
 
 from ..conditions import MISSING_TEXT, whole_number_text
 from ..errors import CvaeError, CvaeWarning
+from ..units import UNIT_SLACK, pixel_divisor  # noqa: F401 (read from here too)
 from .files import require
 
 
@@ -273,27 +274,6 @@ def check_examples_shape(shape: tuple[int, ...], where: str) -> None:
     if not 2 <= len(shape) <= 4 or shape[0] == 0 or 0 in shape[1:]:
         raise CvaeError(f"{where} has shape {tuple(shape)}; expected (N, features), (N, C, L) or (N, C, H, W) "
                         "with N > 0 and every other dimension at least 1")
-
-
-UNIT_SLACK = 1e-5  # image values this far outside [0, 1] are rounding, clipped back into it
-
-
-def pixel_divisor(dtype: np.dtype, low: float, high: float) -> float | None:
-    """What image values of this type and range are divided by to become grey levels in [0, 1] (the one
-    rule for files, streamed files and the Python API): 1 for values in [0, 1] (``uint8`` 0/1 masks
-    included), 255 for 8-bit pixel values (``uint8``, a wider integer type, or floats up to 255), 65535
-    for 16-bit integers; None for anything else (standardised features)."""
-    if low < -UNIT_SLACK:
-        return None
-    if high <= 1.0 + UNIT_SLACK:
-        return 1.0  # grey levels (a rounding below 0 or past 1 is clipped by the caller)
-    if low < 0:
-        return None
-    if high <= 255 and (dtype == np.uint8 or np.dtype(dtype).kind in "iuf"):
-        return 255.0
-    if high <= 65535 and np.dtype(dtype).kind in "iu":
-        return 65535.0
-    return None
 
 
 def warn_float_pixels(where: str, low: float, high: float) -> None:

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from ..conditions import CONDITION_LIMIT, ConditionSchema
-from ..data.sources import UNIT_SLACK, pixel_divisor
 from ..errors import CvaeError
 from ..registry import Registry
+from ..units import UNIT_SLACK, pixel_divisor
 from .config import ModelConfig, check_weight
 
 MODELS = Registry("model class")
