@@ -698,3 +698,17 @@ def test_a_table_runs_sample_picture_says_its_condition_and_how_many_features_it
                         lambda self, t, **kw: titles.append(t) or original(self, t, **kw))
     save_feature_histograms(tmp_path / "h.png", np.random.rand(1, 200), None, [], title="1 generated row: color=red")
     assert titles == ["1 generated row: color=red; the first 12 of 200 features (all in the .csv/.npz output)"]
+
+
+def test_an_image_run_reads_its_own_augmented_csv_of_flat_rows(digits_run, tmp_path):
+    """augment writes an image run's .csv as one column per pixel; the same run's commands refused it
+    (shape (64,), expected (1, 8, 8); a QA audit of the README), which the Python API accepts."""
+    assert main(["augment", str(digits_run), "--per-class", "2", "-o", str(tmp_path / "aug.csv")]) == 0
+    assert main(["reconstruct", str(digits_run), "--input", str(tmp_path / "aug.csv"), "-o", str(tmp_path / "r.npz")]) == 0
+    assert np.load(tmp_path / "r.npz")["x"].shape == (20, 1, 8, 8)
+    np.save(tmp_path / "flat.npy", np.random.default_rng(0).random((3, 64), dtype=np.float32))
+    assert main(["embed", str(digits_run), "--data", str(tmp_path / "flat.npy"), "--condition", "label=3",
+                 "-o", str(tmp_path / "e.csv")]) == 0
+    np.save(tmp_path / "odd.npy", np.zeros((3, 63), np.float32))
+    with pytest.raises(cvae.CvaeError, match="this model expects \\(1, 8, 8\\) \\(or flat rows of 64 values\\)"):
+        read_inputs(cvae.load(digits_run), str(tmp_path / "odd.npy"))
