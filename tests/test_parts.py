@@ -282,3 +282,11 @@ def test_a_parts_own_options_are_set_from_the_command_line_and_python(tmp_path, 
     assert "the prior 'laplace' has no option(s) width; its options: scale" in capsys.readouterr().err
     assert main(["train", *FAST, "--prior-options", "scale", "--out", str(tmp_path / "bad")]) == 2
     assert "--prior-options 'scale': give name=value pairs" in capsys.readouterr().err
+
+
+def test_an_unknown_prior_names_the_usable_ones_and_how_to_bring_ones_own(capsys):
+    """The list named top-down, which --prior then refused, and said nothing of plug-ins (a README audit)."""
+    assert main(["train", *FAST, "--prior", "nosuch", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown prior 'nosuch' (--prior); choose one of auto, " in err and "top-down" not in err
+    assert "install the package whose cvae.parts entry point names it" in err and err.count("\n") == 1

@@ -140,8 +140,11 @@ class TrainConfig:
         need(_finite(self.beta) and self.beta >= 0, f"--beta must be zero or positive, got {self.beta}")
         need(_finite(self.free_bits) and self.free_bits >= 0,
              f"--free-bits must be zero or positive (nats per latent dimension), got {self.free_bits}")
+        # (a prior of one model class's own, the hierarchy's top-down one, is named with that class's preset)
+        usable = [n for n in PRIORS.names() if not getattr(PRIORS.get(n), "model_class", None)]
         need(self.prior in (None, "auto") or self.prior in PRIORS,
-             f"unknown prior {self.prior!r} (--prior); choose one of auto, {', '.join(PRIORS.names())}")
+             f"unknown prior {self.prior!r} (--prior); choose one of auto, {', '.join(usable)} (or import the module "
+             "that registers it: from the command line, install the package whose cvae.parts entry point names it)")
         for key in ("prior_options", "likelihood_options"):
             part_options(getattr(self, key), "--" + key.replace("_", "-"))  # the form; the part checks the names
         need(self.prior_components is None or (_whole(self.prior_components) and self.prior_components >= 1),
