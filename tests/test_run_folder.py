@@ -89,6 +89,11 @@ def test_a_diverged_epoch_is_never_saved(tmp_path, capsys):
     assert "diverged in epoch 2" in json.loads((run / "config.json").read_text())["status"]
     model = cvae.load(run)
     assert all(bool(p.isfinite().all()) for p in model.parameters())
+    # a new run diverging in its first epoch: its config.json says so (it said "running"), and it runs again
+    fresh = tmp_path / "fresh"
+    assert main(["train", *FAST, "--epochs", "2", "--lr", "1e30", "--out", str(fresh)]) == 2
+    assert json.loads((fresh / "config.json").read_text())["status"].startswith("diverged in epoch 1; no epoch was saved")
+    assert main(["train", *FAST, "--epochs", "1", "--out", str(fresh)]) == 0
 
 
 def test_a_run_killed_before_its_first_epoch_goes_on_with_either_command(tmp_path):

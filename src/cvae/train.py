@@ -706,6 +706,9 @@ class Trainer:
             write_json(self.run_dir / "config.json", self.info)
         else:
             kept = "no epoch was saved, so the command can simply be run again"
+            if self.ranks.main and (self.run_dir / "config.json").is_file():  # it said "running" (a README audit)
+                self.info["status"] = "diverged in epoch 1; no epoch was saved (run the command again, changed)"
+                write_json(self.run_dir / "config.json", self.info)
         raise CvaeError(f"training diverged in epoch {epoch} ({what} is not finite); {kept}. Lower --lr, set "
                         "--grad-clip 1.0, or check the data for extreme values")
 
