@@ -202,7 +202,7 @@ class ConditionSchema:
                 out[:, j] = a.mean
             elif col is not None:
                 if len(col) not in (1, n):
-                    raise CvaeError(f"condition {a.name!r} has {len(col)} values but {n} samples were asked for")
+                    raise CvaeError(f"condition {a.name!r} has {len(col)} values for {n} examples (give one value, or one per example)")
                 out[:, j] = torch.tensor(col, dtype=torch.float32)
         return out
 
