@@ -712,3 +712,16 @@ def test_an_image_run_reads_its_own_augmented_csv_of_flat_rows(digits_run, tmp_p
     np.save(tmp_path / "odd.npy", np.zeros((3, 63), np.float32))
     with pytest.raises(cvae.CvaeError, match="this model expects \\(1, 8, 8\\) \\(or flat rows of 64 values\\)"):
         read_inputs(cvae.load(digits_run), str(tmp_path / "odd.npy"))
+
+
+def test_a_feature_of_one_value_in_32_bits_draws_without_numeric_warnings(tmp_path):
+    """17-digit values that are one float32 value made zero-width histogram bins: divide-by-zero warnings
+    from numpy and matplotlib (a README audit)."""
+    import warnings
+
+    from cvae.plots import save_feature_histograms
+
+    x = np.array([[12345678901234567.0, 0.1], [12345678901234568.0, 0.2]] * 5, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        save_feature_histograms(tmp_path / "h.png", x, x, ["code", "a"])

@@ -180,7 +180,8 @@ def save_feature_histograms(path, generated: np.ndarray, real: np.ndarray | None
             continue
         lo = np.nanmin(np.concatenate([generated[:, j], real[:, j]]) if real is not None else generated[:, j])
         hi = np.nanmax(np.concatenate([generated[:, j], real[:, j]]) if real is not None else generated[:, j])
-        bins = np.linspace(lo, hi if hi > lo else lo + 1, 25)
+        lo, hi = float(lo), float(hi)
+        bins = np.linspace(lo, hi if hi > lo else lo + max(1.0, abs(lo) * 1e-6), 25)  # one value: a visible width
         if real is not None:
             ax.hist(real[:, j], bins=bins, density=True, alpha=0.5, color="gray", label="real")
         if len(generated) < 5:  # a density of one or two values is a bar of any height: their values, as marks
