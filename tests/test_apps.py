@@ -725,3 +725,25 @@ def test_a_feature_of_one_value_in_32_bits_draws_without_numeric_warnings(tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         save_feature_histograms(tmp_path / "h.png", x, x, ["code", "a"])
+
+
+def test_augment_keeps_class_names_as_folder_names_where_it_can(tmp_path):
+    """A class 'a,b' was written to the folder 'a-b', so a run trained on the augmented folder learnt another
+    class (a QA audit); only what a file system refuses is changed now, and a warning says so."""
+    from cvae.apps.augment import _folder_name
+    from cvae.errors import CvaeWarning
+
+    assert [_folder_name(n) for n in ("a,b", "café crème", "猫", "x/y", ".h", "")] == \
+        ["a,b", "café crème", "猫", "x-y", "_h", "class"]
+    rng = np.random.default_rng(0)
+    labels = np.array(["a,b", "x/y"] * 20)
+    np.savez(tmp_path / "d.npz", x=rng.random((40, 1, 8, 8), dtype=np.float32), label=labels)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "d.npz"), "--epochs", "1", "--hidden", "8", "--latent-dim", "2",
+                 "--out", str(run), "--no-progress", "--no-pictures"]) == 0
+    with pytest.warns(CvaeWarning, match="1 class name\\(s\\) cannot be folder names as they are: 'x/y' -> 'x-y'"):
+        from cvae.apps.augment import augment, write_augmented
+
+        model = cvae.load(run)
+        write_augmented(tmp_path / "aug", model, augment(model, per_class=2))
+    assert sorted(p.name for p in (tmp_path / "aug").iterdir()) == ["a,b", "x-y"]

@@ -15,13 +15,14 @@ images, an image folder (``OUT/CLASS/*.png``), optionally with the real data mer
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import CvaeError
+from ..errors import CvaeError, CvaeWarning
 from ..models import CVAE
 from .io import Inputs, write_array_output
 
@@ -164,7 +165,11 @@ def augment(model: CVAE, *, per_class: int | None = None, balance: bool = False,
 
 
 def _folder_name(name: str) -> str:
-    return re.sub(r"[^\w.\- ]+", "-", name).strip() or "class"
+    """A class's folder: its own name where a file system allows it (commas, accents, spaces and other
+    scripts kept: the folder's name is the class a run trained on it learns); a path separator or a
+    character Windows refuses becomes '-', and a leading '.' (a hidden folder, skipped) '_'."""
+    safe = re.sub(r'[\\/:*?"<>|\x00-\x1f]+', "-", name).strip()
+    return ("_" + safe[1:] if safe.startswith(".") else safe) or "class"
 
 
 def write_augmented(path: str | Path, model: CVAE, aug: Augmented) -> Path:
@@ -177,10 +182,6 @@ def write_augmented(path: str | Path, model: CVAE, aug: Augmented) -> Path:
         return write_array_output(path, model, aug.x, aug.y, extra={"synthetic": aug.synthetic})
     if suffix == ".csv":
         if len(model.config.data_shape) == 3:
-            import warnings
-
-            from ..errors import CvaeWarning
-
             warnings.warn(f"{path}: an image run's .csv holds one column per pixel, and cvae train reads it as a "
                           "table; write .npz or a folder (no suffix) to train an image model on it", CvaeWarning,
                           stacklevel=2)
@@ -205,6 +206,15 @@ def write_augmented(path: str | Path, model: CVAE, aug: Augmented) -> Path:
     # written into a folder of its own beside OUT, renamed to OUT when complete: a failure leaves no half
     path.parent.mkdir(parents=True, exist_ok=True)
     part = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    folders = [_folder_name(c) for c in a.classes]
+    if len(set(folders)) < len(folders):
+        raise CvaeError(f"the classes of {a.name!r} ({', '.join(a.classes)}) would share folder names "
+                        f"({', '.join(folders)}); write .npz or .csv instead")
+    renamed = [f"{c!r} -> {f!r}" for c, f in zip(a.classes, folders) if c != f]
+    if renamed:
+        warnings.warn(f"{len(renamed)} class name(s) cannot be folder names as they are: {', '.join(renamed[:5])}; a run "
+                      "trained on the folder learns these names (write .npz or .csv to keep them)", CvaeWarning,
+                      stacklevel=2)
     try:
         for cls in a.classes:
             (part / _folder_name(cls)).mkdir()
