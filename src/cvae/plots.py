@@ -106,7 +106,10 @@ def save_image_grid(path, images, ncol: int, *, row_labels: list[str] | None = N
         ax.set_yticklabels(row_labels, fontsize=8)
     if col_labels:
         ax.set_xticks([1 + c * (w + 1) + w / 2 for c in range(len(col_labels))])
-        ax.set_xticklabels(col_labels, fontsize=7, rotation=45 if max(len(s) for s in col_labels) > 3 else 0)
+        slanted = max(len(s) for s in col_labels) > 3
+        # a slanted label starts at its own column (centred, a long one began over the columns to its left)
+        ax.set_xticklabels(col_labels, fontsize=7, rotation=45 if slanted else 0, ha="left" if slanted else "center",
+                           rotation_mode="anchor")
         ax.xaxis.tick_top()
     for side in ax.spines.values():
         side.set_visible(False)
