@@ -109,11 +109,11 @@ def test_the_sweeps_out_folder_is_checked_before_anything_trains(tmp_path, capsy
 
 
 def test_a_model_the_fused_step_does_not_cover_is_refused(tmp_path, capsys):
-    with pytest.raises(CvaeError, match="--step fused does not cover this run: free bits"):
+    with pytest.raises(CvaeError, match="a sweep trains only models the fused step covers, and this one is not: free bits"):
         fit_sweep(expand(_base(free_bits=0.1), {"seed": [0, 1]}, tmp_path / "s"))
     assert main(["sweep", "--data", "digits", "--vary", "seed=0", "--out", str(tmp_path / "x"),
                  "--objective", "iwae", "--no-progress"]) == 2
-    assert "error: --step fused does not cover this run" in capsys.readouterr().err
+    assert "train it with cvae train (one run at a time)" in capsys.readouterr().err
 
 
 def test_dynamic_binarization_is_refused_before_any_folder_is_made(tmp_path):
@@ -149,3 +149,65 @@ def test_a_varied_or_given_setting_is_kept_where_the_data_has_its_own_default(tm
                                  progress=False, tensorboard=False, precision="float32"),
                      {"lr": [1e-3, 3e-3]}, tmp_path / "api")
     assert [r.config.lr for r in fit_sweep(configs)] == [1e-3, 3e-3]
+
+
+def test_a_factorvae_sweep_run_is_its_single_run_whatever_runs_are_beside_it(tmp_path):
+    """FactorVAE's permutations came from the process's generator, so a run's losses depended on the
+    other runs of its sweep (a QA audit); they come from the run's own now."""
+    base = _base(condition="none", objective="factorvae", latent_dim=4, hidden=[32], epochs=1)
+    a = fit_sweep(expand(base, {"seed": [0, 1]}, tmp_path / "a"))[0]
+    b = fit_sweep(expand(base, {"seed": [0, 2]}, tmp_path / "b"))[0]
+    single = fit(base.replace(seed=0, out=str(tmp_path / "single")))
+    ra, rb, rs = (_rows(r.run_dir)[0] for r in (a, b, single))
+    assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-6)
+    assert ra["train_loss"] == pytest.approx(rs["train_loss"], rel=1e-6)
+    assert ra["train_discriminator_loss"] == pytest.approx(rs["train_discriminator_loss"], rel=1e-5)
+
+
+def test_what_the_sweep_audit_found(tmp_path, capsys, monkeypatch):
+    flags = ["--data", "digits", "--limit", "200", "--epochs", "1", "--hidden", "16", "--latent-dim", "2",
+             "--no-progress", "--no-pictures", "--no-tensorboard"]
+    # values that print alike get folders that tell them apart (one --out folder error, before)
+    names = [c.out.rsplit("/", 1)[1] for c in expand(_base(), {"lr": [0.0010000001, 0.001]}, tmp_path)]
+    assert names == ["lr=0.0010000001", "lr=0.001"]
+    # one line that says what to do, nothing left behind; --step autograd is not silently dropped
+    assert main(["sweep", *flags, "--vary", "seed=0,1", "--arch", "conv", "--out", str(tmp_path / "u1")]) == 2
+    err = capsys.readouterr().err
+    assert "a sweep trains only models the fused step covers, and this one is not" in err and "--step auto" not in err
+    assert not (tmp_path / "u1").exists()
+    assert main(["sweep", *flags, "--vary", "seed=0,1", "--step", "autograd", "--out", str(tmp_path / "u2")]) == 2
+    assert "leave --step out" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["sweep", *flags, "--vary", "seed=0,1", "--out", str(tmp_path / "u3")]) == 2
+    assert "run it without torchrun" in capsys.readouterr().err and not (tmp_path / "u3").exists()
+    monkeypatch.delenv("WORLD_SIZE")
+    # every run diverged: the exit says so, and the folders (no epoch saved) are reused without --overwrite
+    div = ["sweep", *flags, "--vary", "lr=1e20,1e30", "--lr-schedule", "constant", "--out", str(tmp_path / "div")]
+    assert main(div) == 2
+    out, err = capsys.readouterr()
+    assert "diverged in epoch 1" in out and "2 of the 2 runs did not finish" in err
+    assert main(div) == 2 and "already holds a run" not in capsys.readouterr().err
+    # a run whose end fails (its summary) leaves the others finished, and says so in its own folder
+    from cvae.train import Trainer
+
+    original = Trainer.finish
+
+    def finish(self, stopped):
+        if self.config.seed == 1:
+            raise RuntimeError("linalg.cholesky: not positive-definite")
+        return original(self, stopped)
+
+    monkeypatch.setattr(Trainer, "finish", finish)
+    assert main(["sweep", *flags, "--vary", "seed=0,1", "--out", str(tmp_path / "f")]) == 2
+    status = [json.loads((tmp_path / "f" / f"seed={s}" / "config.json").read_text())["status"] for s in (0, 1)]
+    assert status[0] == "finished" and status[1].startswith("trained 1 epochs, but its summary failed (RuntimeError")
+    monkeypatch.setattr(Trainer, "finish", original)
+    # Ctrl-C: each folder says it was interrupted, and the command names the per-run resume
+
+    def interrupt(config, epoch, row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_sweep(expand(_base(epochs=3), {"seed": [0, 1]}, tmp_path / "ki"), on_epoch=interrupt)
+    status = json.loads((tmp_path / "ki" / "seed=0" / "config.json").read_text())["status"]  # (seed 1: no epoch yet)
+    assert status.startswith("interrupted after epoch 1 of 3")

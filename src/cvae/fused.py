@@ -482,7 +482,7 @@ class FusedMLPStep:
                 h = step.encode(xf, not fresh).float()
                 mu, logvar = h[:, :d], h[:, d:]
                 z = (mu + torch.exp(0.5 * logvar) * eps.float()).to(self.dtype)
-                penalty, terms, extra = self._latent_terms(z[None], mu[None], logvar[None], progress)
+                penalty, terms, extra = self._latent_terms(z[None], mu[None], logvar[None], progress, generators)
                 extra = extra[0]
             if self.flagged:
                 self.decoder.set_condition(self._decoder_condition(c.float(), generators), b)
@@ -554,7 +554,7 @@ class FusedMLPStep:
             dz = self.dz[:, :b].copy_(dz)
 
         if self.latent_form:  # the objective's part from the codes; the KL stays out of the loss
-            penalty, terms, extra = self._latent_terms(z, mu, logvar, progress)
+            penalty, terms, extra = self._latent_terms(z, mu, logvar, progress, generators)
             dz = dz + extra[..., :d]
         # KL(q || p) (analytic) and the gradient at (mu, logvar) through the reparameterisation
         g_enc = self.enc_grad[:, :b]
@@ -587,11 +587,13 @@ class FusedMLPStep:
             return ObjectiveOutput(loss=loss[0], reconstruction=rec[0], kl=kl[0], terms={n: v[0] for n, v in terms.items()})
         return ObjectiveOutput(loss=loss, reconstruction=rec, kl=kl, terms=terms)
 
-    def _latent_terms(self, z, mu, logvar, progress: float):
+    def _latent_terms(self, z, mu, logvar, progress: float, generators=None):
         """A latent-form objective's part of the loss for each model (K,), its terms, and its gradients
         with respect to the codes, means and log variances, (K, B, 3D) float32 in that order: by
         autograd on (B, D) leaves, the objective's own expressions, under the autocast the generic path
-        runs them in (bfloat16 matters to FactorVAE's discriminator)."""
+        runs them in (bfloat16 matters to FactorVAE's discriminator). With ``generators`` (a sweep's
+        runs), what an objective draws (FactorVAE's permutations) comes from its own run's generator, as
+        a single run's would from the global one."""
         k, b, d = z.shape
         losses, grads, terms = [], torch.empty((k, b, 3 * d), device=z.device), {}
         low = self.dtype != torch.float32
@@ -601,7 +603,16 @@ class FusedMLPStep:
                 zl, ml, ll = leaves
                 log_pz = standard_normal_like(zl).log_prob(zl)  # the standard prior (why_not)
                 kl = DiagonalGaussian(ml, ll).kl()
-                penalty, named = obj.latent_loss(zl, ml, ll, log_pz, kl, progress=progress)
+                own = generators is not None and len(generators) == k
+                if own:
+                    kept = torch.get_rng_state()
+                    torch.set_rng_state(generators[i].get_state())
+                try:
+                    penalty, named = obj.latent_loss(zl, ml, ll, log_pz, kl, progress=progress)
+                finally:
+                    if own:
+                        generators[i].set_state(torch.get_rng_state())
+                        torch.set_rng_state(kept)
                 got = torch.autograd.grad(penalty, leaves, allow_unused=True)
                 for j, g in enumerate(got):
                     grads[i, :, j * d:(j + 1) * d] = 0.0 if g is None else g

@@ -31,8 +31,17 @@ from .data import core as data_core
 from .errors import CvaeError
 from .fused import FusedMLPStep
 from .lock import let_go
+from .runs import write_json
 from .threads import kept_thread_count
-from .train import Ranks, Trainer, TrainResult, _flushed_denormals, _own_rng, resolve_device
+from .train import (
+    FusedNotCovered,
+    Ranks,
+    Trainer,
+    TrainResult,
+    _flushed_denormals,
+    _own_rng,
+    resolve_device,
+)
 
 # the settings a sweep may vary (within a group: seed, beta, lr, kl_warmup; latent_dim makes groups)
 VARIABLE = {"seed": int, "beta": float, "lr": float, "kl_warmup": float, "latent_dim": int}
@@ -67,8 +76,11 @@ def expand(base: TrainConfig, vary: dict[str, list], out: str | Path) -> list[Tr
     (named by the values, e.g. ``out/seed=1,beta=4``)."""
     keys = list(vary)
     configs = []
+    # a value's folder name: the short form (1e-3 -> 0.001), or the exact one where two values would share it
+    exact = {k for k in keys if len({f"{v:g}" if isinstance(v, float) else str(v) for v in vary[k]}) < len(vary[k])}
     for values in itertools.product(*(vary[k] for k in keys)):
-        name = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in zip(keys, values))
+        name = ",".join(f"{k}={v!r}" if k in exact else f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in zip(keys, values))
         configs.append(base.replace(**dict(zip(keys, values)), out=str(Path(out) / name)))
     return configs
 
@@ -89,6 +101,13 @@ def fit_sweep(configs: list[TrainConfig], *, overwrite: bool = False, on_epoch=N
     replaces a varied value that happens to equal the plain default."""
     if not configs:
         raise CvaeError("a sweep needs at least one run")
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: each process would train the whole sweep
+        raise CvaeError("cvae sweep trains its runs together in one process; run it without torchrun")
+    if any(c.step == "autograd" for c in configs):
+        raise CvaeError("a sweep trains its runs with the fused step (--step autograd trains one run: cvae train); "
+                        "leave --step out")
     outs = [c.out for c in configs]
     if any(o is None for o in outs) or len(set(outs)) != len(outs):
         raise CvaeError("every run of a sweep needs its own --out folder")
@@ -136,13 +155,22 @@ def _fit_group(configs: list[TrainConfig], overwrite: bool, on_epoch, given: lis
             for config, explicit in zip(configs, given):
                 # the first run's probe decides the precision of all (they share every shape)
                 config = config.replace(step="fused", precision=precision, progress=False)
-                trainer = Trainer.prepare(config, Ranks(), device, resume=False, overwrite=overwrite,
-                                          explicit=explicit)
+                try:
+                    trainer = Trainer.prepare(config, Ranks(), device, resume=False, overwrite=overwrite,
+                                              explicit=explicit)
+                except FusedNotCovered as e:
+                    raise CvaeError(f"a sweep trains only models the fused step covers, and this one is not: "
+                                    f"{e.reason}; train it with cvae train (one run at a time)") from None
                 trainers.append(trainer)
                 precision = trainer.config.precision
                 # the noise this run's global generator would give it from here on
                 trainer.generator = torch.Generator().set_state(torch.get_rng_state())
-            return _train_together(trainers, on_epoch)
+            try:
+                return _train_together(trainers, on_epoch)
+            except KeyboardInterrupt:  # each folder keeps its last finished epoch, and says so
+                for trainer in trainers:
+                    trainer._mark_interrupted()
+                raise
         finally:
             for trainer in trainers:
                 let_go(trainer.run_dir)
@@ -206,7 +234,13 @@ def _train_together(trainers: list[Trainer], on_epoch) -> list[TrainResult]:
         if stopped[id(t)] is False:
             t.close()
         torch.set_rng_state(t.generator.get_state())  # the final figures' noise, as the single run draws it
-        results.append(t.finish(bool(stopped[id(t)])))
+        try:
+            results.append(t.finish(bool(stopped[id(t)])))
+        except (CvaeError, RuntimeError, ValueError, ArithmeticError) as e:  # this run's end; the others finish
+            t.info["status"] = (f"trained {t.config.epochs} epochs, but its summary failed ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200] if str(e) else ''})")
+            write_json(t.run_dir / "config.json", t.info)
+            results.append(None)
     return results
 
 

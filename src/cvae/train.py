@@ -64,6 +64,15 @@ from .threads import ThreadGovernor, kept_thread_count, restart_openmp_workers
 REFRESH_STEPS = 50
 
 
+class FusedNotCovered(CvaeError):
+    """--step fused asked for a run the fused step does not cover; ``reason`` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"--step fused does not cover this run: {reason}; use --step auto (the generic path "
+                         "where the fused step does not cover the run)")
+        self.reason = reason
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -526,8 +535,7 @@ class Trainer:
                                                precision=config.precision)
                 reason = "; ".join(reasons.values())
         if step is None and config.step == "fused":
-            raise CvaeError(f"--step fused does not cover this run: {reason}; use --step auto (the generic path "
-                            "where the fused step does not cover the run)")
+            raise FusedNotCovered(reason)
         execution["step"] = "fused-mlp" if step is not None else "autograd"
         if step is None:
             execution["step_reason"] = reason
@@ -749,9 +757,13 @@ class Trainer:
         why = aggregate.why_not(self.model)
         if why is None:
             self.model.eval()
-            fit = aggregate.fit(self.model, x_rows.to(self.device), c_train.to(self.device) if c_train is not None
-                                else None, seed=self.config.seed)
-            why = aggregate.too_few(self.model) if fit is None else None
+            try:
+                fit = aggregate.fit(self.model, x_rows.to(self.device), c_train.to(self.device) if c_train is not None
+                                    else None, seed=self.config.seed)
+                why = aggregate.too_few(self.model) if fit is None else None
+            except (ValueError, RuntimeError, ArithmeticError) as e:  # codes so far out that no mixture fits them
+                why = (f"the fit failed ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+                       "samples are drawn from the prior (a run that trained well fits: see its losses)")
         if why is None:
             save_aggregate(self.run_dir, fit)
             self.model.aggregate = fit

@@ -31,6 +31,8 @@ def add_parsers(sub) -> None:
 
 
 def cmd_sweep(args) -> int:
+    import json
+    import sys
     import time
 
     from ..config import read_yaml
@@ -43,8 +45,8 @@ def cmd_sweep(args) -> int:
         raise CvaeError(f"--out {out} is a file; give a folder for the sweep's runs")
     if (out / "config.json").is_file():
         raise CvaeError(f"--out {out} is a run folder; give a folder of its own for the sweep's runs")
-    if not getattr(args, "overwrite", False):
-        held = [c for c in expand(TrainConfig(), vary, out) if (Path(c.out) / "config.json").is_file()]
+    if not getattr(args, "overwrite", False):  # (a folder whose run diverged before saving an epoch is reused, as by train)
+        held = [c for c in expand(TrainConfig(), vary, out) if (Path(c.out) / "model.safetensors").is_file()]
         if held:
             raise CvaeError(f"{held[0].out} already holds a run; pass --overwrite to replace the sweep's runs, or choose "
                             "another --out")
@@ -53,17 +55,39 @@ def cmd_sweep(args) -> int:
     base = TrainConfig.from_dict(settings)
     configs = expand(base, vary, args.out)
     t = time.perf_counter()
+    new = not out.exists()
     # the flags and YAML keys given (argparse leaves the others out), and the varied settings
-    results = fit_sweep(configs, overwrite=getattr(args, "overwrite", False), explicit=set(settings) | set(vary))
+    try:
+        results = fit_sweep(configs, overwrite=getattr(args, "overwrite", False), explicit=set(settings) | set(vary))
+    except KeyboardInterrupt:
+        print(f"interrupted; each run folder under {out} keeps its last finished epoch (continue one with "
+              f"cvae train --resume --out {configs[0].out} --epochs N, each run on its own)", file=sys.stderr)
+        return 130
+    except CvaeError:
+        if new and out.is_dir():  # a refusal leaves no empty folders behind
+            for folder in sorted(out.rglob("*"), reverse=True):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            if not any(out.iterdir()):
+                out.rmdir()
+        raise
     seconds = time.perf_counter() - t
     print(f"{len(configs)} runs in {seconds:.1f} s ({len(configs) * 3600 / seconds:.0f} models per hour) under {args.out}")
+    failed = 0
     for config, result in zip(configs, results):
         if result is None:
-            print(f"  {config.out}: diverged (its config.json says where)")
+            failed += 1
+            status = json.loads((Path(config.out) / "config.json").read_text()).get("status", "") \
+                if (Path(config.out) / "config.json").is_file() else ""
+            print(f"  {config.out}: {status or 'diverged'}")
             continue
         s = result.summary
         figures = "  ".join(f"{split} {s[split]['loss']:.3f}" for split in ("val", "test") if split in s)
         print(f"  {result.run_dir}: {s['epochs']} epochs, negative ELBO {figures}")
         if getattr(args, "pictures", True):
             run_pictures(result.model, result.data, result.run_dir, seed=result.config.seed)
+    if failed:
+        print(f"error: {failed} of the {len(configs)} runs did not finish (above; the others did): a diverged one "
+              "needs a lower --lr, --grad-clip 1.0, or data without extreme values", file=sys.stderr)
+        return 2
     return 0
