@@ -69,7 +69,11 @@ def _main(argv: list[str] | None) -> int:
     except CvaeError as e:
         if debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        # under torchrun every process meets the same bad input: process 0 says it, in one write (the lines of
+        # two processes ran into one another)
+        if os.environ.get("RANK", "0") == "0" or debug:
+            sys.stderr.write(f"error: {e}\n")
+            sys.stderr.flush()
         return 2
     except KeyboardInterrupt:
         print("interrupted; the run folder keeps the last finished epoch (continue with --resume)", file=sys.stderr)

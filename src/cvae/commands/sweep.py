@@ -17,8 +17,10 @@ def add_parsers(sub) -> None:
         argument_default=argparse.SUPPRESS,
         description="Train one run per combination of the --vary values, in one process: the runs of one shape "
                     "are trained together (one batched step for all), each written to OUT/SETTING=VALUE,... "
-                    "exactly as `cvae train` writes a run. Every other flag is a `cvae train` flag, the same for "
-                    "every run. Covered: MLP models with the ELBO (the fused step, see --step).")
+                    "as `cvae train` writes a run (the same weights, metrics and trainer state; config.json says "
+                    "step fused, and the first run of each shape holds the precision probe's rates). Every other "
+                    "flag is a `cvae train` flag, the same for every run. Covered: the models the fused step covers "
+                    "(MLPs; the ELBO and the disentanglement objectives). Resume a run with cvae train --resume.")
     p.add_argument("--vary", action="append", required=True, metavar="SETTING=V1,V2,...",
                    help="a setting and its values: seed, beta, lr, kl_warmup or latent_dim (repeatable; every "
                         "combination is a run)")

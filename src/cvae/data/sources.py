@@ -414,8 +414,9 @@ def load_array_file(path: Path) -> RawData:
     x = np.asarray(arrays.pop("x"))
     # the file's own shape and values, before the layout is changed: a bad value's position is named as
     # the file holds it, (h, w, c) in a channel-last array, as the streamed reader names it
-    check_examples_shape(x.shape, f"{path} (array 'x')")
-    x, unit = _as_float(x, f"{path} (array 'x')")
+    where = str(path) if path.suffix.lower() == ".npy" else f"{path} (array 'x')"  # a .npy is one array, unnamed
+    check_examples_shape(x.shape, where)
+    x, unit = _as_float(x, where)
     if grey_images(x.shape):
         x = x[:, None]  # (N, H, W) square images -> (N, 1, H, W)
     elif x.ndim == 3 and x.shape[2] <= 4 < x.shape[1]:  # many channels of a few steps: likely (N, L, C)
