@@ -74,3 +74,14 @@ def test_two_processes_match_one_process_of_the_same_global_batch(runs):
         assert abs(a["train_loss"] - b["train_loss"]) < 0.05 * b["train_loss"]
     assert abs(two[-1]["val_loss"] - one[-1]["val_loss"]) < 0.05 * one[-1]["val_loss"]
     assert two[-1]["train_loss"] < two[0]["train_loss"]
+
+
+def test_a_bad_flag_under_torchrun_is_said_once(tmp_path):
+    """Each process printed the same error, the two lines run into one (a QA audit)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", CVAE_OFFLINE="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m", "cvae",
+               *ARGS, "--batch-size", "63", "--out", str(tmp_path / "odd")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    said = [line for line in (done.stdout + done.stderr).splitlines() if "error: --batch-size 63" in line]
+    assert len(said) == 1 and said[0].count("error:") == 1, done.stderr
