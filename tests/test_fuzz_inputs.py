@@ -188,12 +188,12 @@ def test_array_shapes_are_checked(tmp_path):
     np.savez(tmp_path / "scalar.npz", x=np.float64(3.0))
     raises(r"scalar\.npz \(array 'x'\) has shape \(\)", load_data, str(tmp_path / "scalar.npz"))
     np.save(tmp_path / "nofeatures.npy", np.zeros((50, 0)))
-    raises(r"nofeatures\.npy \(array 'x'\) has shape \(50, 0\).*at least 1", load_data, str(tmp_path / "nofeatures.npy"))
+    raises(r"nofeatures\.npy has shape \(50, 0\).*at least 1", load_data, str(tmp_path / "nofeatures.npy"))
     raises(r"nofeatures\.npy has shape \(50, 0\)", load_npy_stream, tmp_path / "nofeatures.npy")
     np.save(tmp_path / "five.npy", np.zeros((2, 1, 1, 1, 1)))
     raises(r"five\.npy .*has shape \(2, 1, 1, 1, 1\)", load_data, str(tmp_path / "five.npy"))
     np.save(tmp_path / "emptylast.npy", np.zeros((5, 0, 8, 3), np.uint8))  # channel-last: the file's shape is named
-    raises(r"emptylast\.npy \(array 'x'\) has shape \(5, 0, 8, 3\)", load_data, str(tmp_path / "emptylast.npy"))
+    raises(r"emptylast\.npy has shape \(5, 0, 8, 3\)", load_data, str(tmp_path / "emptylast.npy"))
     raises(r"emptylast\.npy has shape \(5, 0, 8, 3\)", load_npy_stream, tmp_path / "emptylast.npy")
     np.savez(tmp_path / "complex.npz", x=np.zeros((4, 2), np.complex64))
     raises(r"complex\.npz .*complex64 values; expected real numbers", load_data, str(tmp_path / "complex.npz"))
@@ -259,7 +259,7 @@ def test_huge_and_non_finite_array_values(tmp_path):
     x = np.random.default_rng(0).normal(size=(10, 1, 6))
     x[4, 0, 2] = 1e37
     np.save(tmp_path / "signal.npy", x)
-    raises(r"signal\.npy \(array 'x'\) holds a value too large to standardise \(1e\+37 at example 4, position \(0, 2\)",
+    raises(r"signal\.npy holds a value too large to standardise \(1e\+37 at example 4, position \(0, 2\)",
            load_data, str(tmp_path / "signal.npy"))
     raises(r"signal\.npy holds a value too large .*example 4", load_npy_stream, tmp_path / "signal.npy")
     x[4, 0, 2] = 1e300  # float64: would be inf as float32
