@@ -559,7 +559,10 @@ def test_a_supervised_runs_inputs_without_a_label_take_the_condition_given_for_t
     assert main(["reconstruct", str(run), "--input", str(imgs), "--condition", "label=b", "-o", str(rec)]) == 0
     with open(rec) as f:
         assert [r["label"] for r in csv.DictReader(f)] == ["b"] * 23  # reconstruct's --condition is for all
-    assert main(["embed", str(run), "--data", str(imgs), "--condition", "label=a", "-o", str(tmp_path / "e.csv")]) == 0
+    assert main(["embed", str(run), "--data", str(imgs), "--condition", "label=b", "-o", str(tmp_path / "e.csv")]) == 0
+    with open(tmp_path / "e.csv") as f:  # the labelled keep theirs: --condition is for those without one
+        got = {r["id"]: r["label"] for r in csv.DictReader(f)}
+    assert got["a/0.png"] == "a" and got["unlabelled/u0.png"] == "b" and list(got.values()).count("b") == 13
     model = cvae.load(run)
     inputs = read_inputs(model, str(imgs))
     y = conditions_of(model, inputs, "label=b", own_first=True)

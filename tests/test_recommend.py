@@ -407,9 +407,10 @@ def test_what_the_recommendation_audit_found(tmp_path, capsys):
     # a user whose every row is below the run's --min-rating is named, not silently left out
     hist = tmp_path / "h.csv"
     hist.write_text("user,item,rating\nu0,i1,5\nu1,i3,1\n")
-    assert main(["recommend", str(run), "--user-history", str(hist), "-o", str(tmp_path / "r.csv")]) == 2
-    err = capsys.readouterr().err
-    assert "user 'u1' has no history" in err and "no row rated 4 or more (e.g. 'u1')" in err
+    assert main(["recommend", str(run), "--user-history", str(hist), "-o", str(tmp_path / "r.csv")]) == 0
+    err = capsys.readouterr().err  # the others still get theirs (a regression hunt: the whole file was refused)
+    assert "1 user(s) have no row rated 4 or more, so nothing to recommend from, and are left out: 'u1'" in err
+    assert {r["user"] for r in csv.DictReader(open(tmp_path / "r.csv"))} == {"u0"}
     # item ids given as whole numbers in Python are the run's ids; a string is not a list of items
     items = [row[1] for row in list(csv.reader(open(run / "items.csv")))[1:]]
     numbered = tmp_path / "numbered"

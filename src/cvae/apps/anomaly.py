@@ -471,7 +471,7 @@ def score_anomalies(run: str | Path | CVAE, source: str, *, data_dir=None, split
                               set(model.run_config.get("data", {}).get("features") or []))
     inputs = read_inputs(model, source, data_dir=data_dir, n=n, split=split, columns=[column] if column else [],
                          scored=True)
-    y = conditions_of(model, inputs, condition, source=source)
+    y = conditions_of(model, inputs, condition, source=source, own_first=True)  # each row scored as itself
     scores = anomaly_scores(model, inputs.x, y, method=method, k=detector.k, samples=detector.samples, seed=seed)
     bad = (~torch.isfinite(torch.as_tensor(scores))).nonzero().flatten().tolist()
     if bad:

@@ -42,7 +42,7 @@ def embed_inputs(model: CVAE, inputs: Inputs, *, condition=None, batch_size: int
     if latent not in ("all", "top"):
         raise CvaeError(f"latent must be all or top, got {latent!r}")
     start, end = model.latent_groups()[0] if latent == "top" else (0, model.config.latent_dim)
-    y = conditions_of(model, inputs, condition, source=source)
+    y = conditions_of(model, inputs, condition, source=source, own_first=True)  # --condition: for rows without one
     mus, variances = [], []
     for i in range(0, len(inputs.x), batch_size):
         qz = model.encode(inputs.x[i:i + batch_size], None if y is None else y[i:i + batch_size])

@@ -143,9 +143,10 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
             lacking = int(np.isnan(cols[-1]).sum())
             if lacking and not missing_ok and not why:
                 why = (f"{lacking} of the {len(vals)} examples of {source} have no value for the condition {a.name!r} "
-                       "(an empty cell, an image in unlabelled/) and this model cannot infer it: pass --condition "
-                       f"{a.name}=... (one of {', '.join(a.classes[:10])}{' ...' if len(a.classes) > 10 else ''}) "
-                       "for them, or give them a label")
+                       "(an empty cell, an image in unlabelled/) and this model cannot infer it: give them a label, or "
+                       f"pass --condition {a.name}=... (one of {', '.join(a.classes[:10])}"
+                       f"{' ...' if len(a.classes) > 10 else ''}; reconstruct uses it for every example, the other "
+                       "commands for those without one)")
         y = torch.tensor(np.array(cols, np.float32).T.reshape(len(x), len(cols)))
     return Inputs(torch.from_numpy(np.ascontiguousarray(x)), y, list(ids) if ids else list(range(len(x))), extra,
                   why)

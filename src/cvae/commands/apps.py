@@ -335,7 +335,7 @@ def cmd_traverse(args) -> int:
     shown = ", ".join(f"z{d} {float(kl[d]):.2f}" for d in result.dims)
     active = int((kl > 0.01).sum())
     print(f"wrote {path}")
-    print(f"  KL per dimension (nats, averaged over {len(kl_inputs.x)} examples of {kl_source}): {shown}")
+    print(f"  KL per dimension (nats, averaged over {len(kl_x)} examples of {kl_source}): {shown}")
     print(f"  {active} of {len(kl)} dimensions have KL above 0.01 nats (averaged over these inputs; `cvae evaluate`'s "
           "active units count dimensions whose posterior mean varies across the test set, Burda et al.'s test)")
     return 0

@@ -185,6 +185,12 @@ def recommend_file(run, history: str | Path | None, output: str | Path, *, top: 
     if history is not None:
         min_rating = model.run_config.get("recommend", {}).get("min_rating")
         histories, notes = read_histories(history, min_rating=min_rating)
+        emptied = [u for u, items in histories.items() if not items]
+        if emptied and not model.schema:  # nothing to start from: left out, by name (the others still get theirs)
+            histories = {u: items for u, items in histories.items() if items}
+            notes = [n for n in notes if "have no row rated" not in n]
+            notes.append(f"{len(emptied):,} user(s) have no row rated {min_rating:g} or more, so nothing to recommend "
+                         f"from, and are left out: {', '.join(map(repr, emptied[:5]))}{' ...' if len(emptied) > 5 else ''}")
         for note in notes:
             warnings.warn(f"{history}: {note}", CvaeWarning, stacklevel=2)
     attributes = None
