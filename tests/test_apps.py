@@ -585,7 +585,11 @@ def test_a_supervised_runs_inputs_without_a_label_take_the_condition_given_for_t
 def test_a_run_trained_on_a_relative_path_finds_its_data_from_elsewhere(tmp_path, monkeypatch):
     """--data folder (relative) worked only from the folder training ran in: evaluate, embed and the
     other commands that read the run's own data said there was no data set 'folder' (a QA audit)."""
+    import shutil
+
     from PIL import Image
+
+    from cvae.data.core import recorded_source
 
     rng = np.random.default_rng(0)
     for cls in "ab":
@@ -601,6 +605,24 @@ def test_a_run_trained_on_a_relative_path_finds_its_data_from_elsewhere(tmp_path
     assert main(["embed", "work/run", "-o", "e.csv"]) == 0
     assert len(_rows(tmp_path / "e.csv")) == 16
     assert main(["evaluate", "work/run", "--metrics", "elbo", "--k", "5"]) == 0
+    # another folder's file of the same name is another file: the recorded one is read (a regression hunt)
+    for cls in "ab":
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "imgs" / cls / "0.png")
+    assert main(["embed", "work/run", "-o", "e2.csv"]) == 0
+    assert len(_rows(tmp_path / "e2.csv")) == 16
+    # resume reads it too, and refuses data that changed under the same name
+    assert main(["train", "--resume", "--out", "work/run", "--epochs", "2", "--no-progress", "--no-pictures"]) == 0
+    shutil.rmtree(tmp_path / "work" / "imgs" / "a")
+    (tmp_path / "work" / "imgs" / "a").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "work" / "imgs" / "a" / "0.png")
+    with pytest.raises(cvae.CvaeError, match="now gives .* training examples, but the run in .* trained on"):
+        cvae.train(out="work/run", resume=True, epochs=3, progress=False)
+    # gone from where it was, and not here either: one line that says so
+    shutil.rmtree(tmp_path / "work" / "imgs")
+    shutil.rmtree(tmp_path / "imgs")
+    with pytest.raises(cvae.CvaeError, match="the run's data is no longer at .*work/imgs: put it back"):
+        read_inputs(cvae.load(tmp_path / "work" / "run"), recorded_source(cvae.load(tmp_path / "work" / "run").run_config))
 
 
 def test_picture_grids_label_each_row_with_its_one_condition_and_show_every_input(digits_run, model, tmp_path):

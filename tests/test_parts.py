@@ -290,3 +290,18 @@ def test_an_unknown_prior_names_the_usable_ones_and_how_to_bring_ones_own(capsys
     err = capsys.readouterr().err
     assert "unknown prior 'nosuch' (--prior); choose one of auto, " in err and "top-down" not in err
     assert "install the package whose cvae.parts entry point names it" in err and err.count("\n") == 1
+
+
+def test_part_options_as_a_mapping_or_as_text_are_one_setting_on_resume(tmp_path, capsys):
+    """A YAML mapping could not be resumed with the same options as text; --prior-components and a
+    components option that disagreed trained with one of them silently (a regression hunt)."""
+    (tmp_path / "c.yaml").write_text("prior: mog\nprior_options:\n  components: 4\n")
+    run = tmp_path / "m"
+    assert main(["train", *FAST, "--config", str(tmp_path / "c.yaml"), "--condition", "none", "--epochs", "1",
+                 "--no-pictures", "--out", str(run)]) == 0
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--prior-options", "components=4",
+                 "--no-progress", "--no-pictures"]) == 0
+    capsys.readouterr()
+    assert main(["train", *FAST, "--prior", "mog", "--prior-options", "components=5", "--prior-components", "7",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--prior-components 7 and --prior-options components=5 disagree" in capsys.readouterr().err

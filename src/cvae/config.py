@@ -146,7 +146,11 @@ class TrainConfig:
              f"unknown prior {self.prior!r} (--prior); choose one of auto, {', '.join(usable)} (or import the module "
              "that registers it: from the command line, install the package whose cvae.parts entry point names it)")
         for key in ("prior_options", "likelihood_options"):
-            part_options(getattr(self, key), "--" + key.replace("_", "-"))  # the form; the part checks the names
+            given = part_options(getattr(self, key), "--" + key.replace("_", "-"))  # the form; the part checks names
+            k = getattr(self, key.replace("options", "components"))
+            need(k is None or given.get("components", k) == k,
+                 f"--{key.replace('_options', '-components')} {k} and --{key.replace('_', '-')} components="
+                 f"{given.get('components')} disagree; give the number of components once")
         need(self.prior_components is None or (_whole(self.prior_components) and self.prior_components >= 1),
              f"--prior-components must be a positive whole number, got {self.prior_components}")
         need(self.model is None or self.model in MODELS,

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from . import aggregate
-from .config import TrainConfig, model_settings
+from .config import TrainConfig, model_settings, part_options
 from .data import EVALUATION_SEED, DataSplits, fixed_binarization, load_data, parse_image_size
 from .data.core import local_path
 from .data.stream import CHUNK_BYTES, ArrayRows, load_npy_stream, npy_float32_bytes
@@ -413,6 +413,11 @@ class Trainer:
         config = _settings(config, ranks, device, resume, explicit)
         torch.manual_seed(config.seed)
         data = _load(config)
+        if resume:  # the same data: another file of the same name gave a run trained on two data sets
+            was = _on_main(ranks, lambda: read_config(config.out).get("data", {}).get("n_train"))
+            if isinstance(was, int) and was != len(data.train):
+                raise CvaeError(f"{config.data} now gives {len(data.train):,} training examples, but the run in "
+                                f"{config.out} trained on {was:,}: resume with the data it was trained on")
         run_dir, replacing, created = _on_main(ranks, _run_folder, config, data.name, resume, overwrite)
         try:
             return cls(config.replace(out=str(run_dir)), ranks, device, data, run_dir, resume, replacing, governor,
@@ -805,6 +810,12 @@ def _settings(config: TrainConfig, ranks: Ranks, device: torch.device, resume: b
         given = config
         config = _on_main(ranks, lambda: _resumed_config(TrainConfig.from_dict(read_config(given.out)["train"]),
                                                           given, explicit))
+        if explicit is None or "data" not in explicit:  # the file it trained on, wherever this runs from
+            from .data.core import recorded_source
+
+            source = _on_main(ranks, lambda: recorded_source(read_config(given.out)))
+            if source and source != config.data:
+                config = config.replace(data=source)
     # on one CPU process, --precision auto is left for the probe to decide once the model is built
     probed = config.precision == "auto" and device.type == "cpu" and ranks.world == 1
     config = config.replace(precision=config.precision if probed else resolve_precision(config.precision, device),
@@ -976,6 +987,9 @@ def _resumed_config(saved: TrainConfig, given: TrainConfig, explicit: set[str] |
             continue
         if key == "out" or value == getattr(saved, key) or (explicit is None and value == getattr(defaults, key)):
             continue
+        if key in ("prior_options", "likelihood_options") and \
+                part_options(value, key) == part_options(getattr(saved, key), key):
+            continue  # the same options as text or as a mapping
         if key not in RESUMABLE:
             was = getattr(saved, key)
             was = (f"it was {was!r}" if was is not None else

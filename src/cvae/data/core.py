@@ -626,14 +626,20 @@ def local_path(source) -> str | None:
 
 
 def recorded_source(run_config: dict) -> str | None:
-    """A run's data source as its commands should read it: as given at training (a built-in name, a path
-    relative to where training ran), or, where that path is not found from here, the absolute path the
-    run recorded (``data.path``)."""
+    """A run's data source as its commands should read it: the file or folder it trained on, by the
+    absolute path it recorded (``data.path``; a same-named file in another folder is another file), else
+    the source as given at training (a built-in name; a run from before the path was recorded). A
+    recorded file that is gone, and not found by its given name either, is one line saying so."""
     data = run_config.get("data", {}) if isinstance(run_config.get("data"), dict) else {}
     train = run_config.get("train", {}) if isinstance(run_config.get("train"), dict) else {}
     given = data.get("source") or train.get("data")
     path = data.get("path")
-    if isinstance(given, str) and given not in NAMED_SOURCES and not Path(given).exists() \
-            and isinstance(path, str) and Path(path).exists():
+    if not isinstance(path, str) or not isinstance(given, str) or given in NAMED_SOURCES:
+        return given
+    if Path(path).exists():
         return path
-    return given
+    if Path(given).exists():  # moved with the run folder: the same relative place
+        return given
+    elsewhere = "" if Path(given).is_absolute() else f" (nor at {given} from here)"
+    raise CvaeError(f"the run's data is no longer at {path}{elsewhere}: put it back, or give the command the file "
+                    "(--data or --input FILE, where the command has one)")
