@@ -402,6 +402,9 @@ def test_cli_evaluate_says_which_flags_shaped_what_it_measured(digits_runs, caps
     out = capsys.readouterr().out
     assert "180 examples, k = 1 (one sample: the ELBO alone; --metrics nll adds" in out
     assert "(--n 100000: the split has 180 examples, all of them used)" in out
+    assert main(["evaluate", str(result.run_dir), "--metrics", "elbo", "--n", "20", "--no-progress"]) == 0
+    assert main(["evaluate", str(result.run_dir), "--metrics", "posterior", "--n", "100", "--no-progress"]) == 0
+    assert "all of them used" not in capsys.readouterr().out  # the earlier call's 20 examples are not this one's
     row = _row("I(x; z)", {"value": -0.01, "stderr": 0.02, "unit": "nats", "name": "I(x; z) under"}, 10)
     assert row.endswith("(below 0 by Monte Carlo noise: the information itself is at least 0)")
     assert "noise" not in _row("I(x; z)", {"value": 0.5, "stderr": 0.02, "unit": "nats", "name": "I(x; z)"}, 10)

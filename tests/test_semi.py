@@ -661,3 +661,6 @@ def test_evaluate_sums_the_class_out_of_the_likelihood_of_unlabelled_rows(digits
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "30 of the 30 examples have no class" in out and "-log p(x), importance-sampled, k = 20" in out
+    assert "of k = 20 samples" in out and "where the class is summed out" not in out  # 2 draws for each of 10
+    assert main(["evaluate", str(digits_run), "--metrics", "nll", "--k", "5", "--n", "10", "--no-progress"]) == 0
+    assert "of k = 5 samples (10 where the class is summed out)" in capsys.readouterr().out  # 1 for each class

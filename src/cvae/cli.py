@@ -71,7 +71,7 @@ def _main(argv: list[str] | None) -> int:
             traceback.print_exc()
         # under torchrun every process meets the same bad input: process 0 says it, in one write (the lines of
         # two processes ran into one another)
-        if os.environ.get("RANK", "0") == "0" or debug:
+        if os.environ.get("RANK", "0") == "0" or os.environ.get("WORLD_SIZE", "1") in ("", "1") or debug:
             sys.stderr.write(f"error: {e}\n")
             sys.stderr.flush()
         return 2

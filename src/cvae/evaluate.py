@@ -58,6 +58,7 @@ class PerExample:
     kl: torch.Tensor  # KL(q(z | x, c) || p(z | c)): analytic, or the k-sample estimate for priors without one
     ess: torch.Tensor  # effective sample size (sum w)^2 / sum w^2 of the k importance weights
     k: int
+    draws: int | None = None  # the most draws an example had, where that is not k (class_summed: k / classes each)
 
     @property
     def negative_elbo(self) -> torch.Tensor:
@@ -202,6 +203,7 @@ def class_summed(model: CVAE, x: torch.Tensor, c: torch.Tensor, *, k: int = 5000
         for key, v in (("ll", own.log_likelihood), ("rec", own.reconstruction), ("kl", own.kl), ("ess", own.ess)):
             out[key][~lacking] = v
     blocks = model.blocks
+    draws = k
     for pattern in torch.unique(gone[lacking], dim=0):
         rows_p = (gone == pattern).all(1) & lacking
         xp, cp = x[rows_p], c[rows_p]
@@ -209,6 +211,7 @@ def class_summed(model: CVAE, x: torch.Tensor, c: torch.Tensor, *, k: int = 5000
         sizes = [blocks[i][0].dim for i in missing]
         combos = list(itertools.product(*[range(m) for m in sizes]))
         kk = max(1, math.ceil(k / len(combos)))
+        draws = max(draws, kk * len(combos))
         log_py = -sum(math.log(m) for m in sizes)
         logits = [lg.float().log_softmax(1).double().cpu() for lg in model.class_logits(xp)]
         lls, recs, kls, log_qs, lse2s = [], [], [], [], []
@@ -235,7 +238,8 @@ def class_summed(model: CVAE, x: torch.Tensor, c: torch.Tensor, *, k: int = 5000
         out["kl"][rows_p] = (q * kl).sum(0) + (q * log_q).sum(0) - log_py  # + KL(q(y|x) || p(y))
         # (sum_m a_m S_m)^2 / sum_m a_m^2 S2_m with a_m = p(y_m) / kk: the ESS of the whole estimate, in draws
         out["ess"][rows_p] = torch.exp(2 * total - torch.logsumexp(lse2, 0))
-    return PerExample(log_likelihood=out["ll"], reconstruction=out["rec"], kl=out["kl"], ess=out["ess"], k=k)
+    return PerExample(log_likelihood=out["ll"], reconstruction=out["rec"], kl=out["kl"], ess=out["ess"], k=k,
+                      draws=draws if draws != k else None)
 
 
 # -- the likelihood report ----------------------------------------------------------------------
@@ -308,7 +312,8 @@ def likelihood(model: CVAE, x: torch.Tensor, c: torch.Tensor | None = None, *, k
         figures["elbo_gap"] = figure("negative ELBO - importance-sampled NLL", res.negative_elbo + jac - nll,
                                      note="how much tighter the importance-sampled bound is than the ELBO")
         figures["effective_sample_size"] = figure(
-            "effective sample size of the importance weights", res.ess, unit=f"of k = {k} samples",
+            "effective sample size of the importance weights", res.ess,
+            unit=f"of k = {k} samples" + (f" ({res.draws} where the class is summed out)" if res.draws else ""),
             note="(sum w)^2 / sum w^2 per example; small values mean q is a poor proposal and the NLL less reliable")
     return LikelihoodReport(protocol=dict(protocol or {}, k=k, n_examples=len(x), seed=seed), figures=figures,
                             per_example=res)

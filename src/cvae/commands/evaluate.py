@@ -114,8 +114,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result.results, indent=2))
     else:
         print(format_table(result.results))
-        used = (result.results.get("likelihood") or {}).get("protocol", {}).get("n_examples")
-        if args.n is not None and isinstance(used, int) and used < args.n:
+        from ..evaluate import parse_metrics
+
+        # the sections this call measured (eval.json keeps earlier calls' too): the examples they used
+        wanted = parse_metrics(args.metrics)[0]
+        used = max((section.get("protocol", {}).get("n_examples") or 0 for name, section in result.results.items()
+                    if name in (("likelihood",) if {"elbo", "nll"} & set(wanted) else ()) + (
+                        ("posterior",) if "posterior" in wanted else ()) and isinstance(section, dict)), default=None)
+        if args.n is not None and isinstance(used, int) and 0 < used < args.n:
             print(f"  (--n {args.n}: the split has {used} examples, all of them used)")
         print(f"wrote {result.path}" + "".join(f", {p}" for p in pictures))
     return 0
