@@ -226,3 +226,12 @@ def test_console_script_and_module(tmp_path):
     res = subprocess.run([sys.executable, "-m", "cvae", "train", "--data", "digits", "--batch-size", "0"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 2 and res.stderr.strip() == "error: --batch-size must be a positive whole number, got 0"
+
+
+def test_an_abbreviated_flag_is_not_taken_for_another(capsys):
+    """`cvae evaluate RUN --data X` (evaluate has no --data) was read as --data-dir X (a regression hunt)."""
+    from cvae.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "some-run", "--data", "digits"])
+    assert e.value.code == 2 and "unrecognized arguments: --data digits" in capsys.readouterr().err

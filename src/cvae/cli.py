@@ -14,7 +14,12 @@ from .errors import CvaeError
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse whose errors read like the tool's other errors (one line, what to do)."""
+    """argparse whose errors read like the tool's other errors (one line, what to do), and that takes no
+    abbreviated flag: `cvae evaluate RUN --data X` was read as --data-dir X, and the run's own data evaluated."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
