@@ -555,8 +555,9 @@ def load_run_data(model: CVAE, *, data_dir=None):
     cfg = {k: getattr(train, k.replace("-", "_"), v) for k, v in cfg.items()}
     from .data.core import recorded_source
 
-    if recorded_source(model.run_config):  # a relative path, found from elsewhere too
-        cfg["data"] = recorded_source(model.run_config)
+    source = recorded_source(model.run_config)  # the file it trained on, from wherever this runs
+    if source:
+        cfg["data"] = source
     if cfg.get("sequence"):
         from .data.sequences import load_sequences
 

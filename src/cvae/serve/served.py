@@ -131,7 +131,10 @@ class ServedRun:
         the sliders); None with the reason when the data cannot be read here."""
         from ..data.core import recorded_source
 
-        source = recorded_source(self.model.run_config)
+        try:  # a run whose data has moved is still served, its sliders in their own order
+            source = recorded_source(self.model.run_config)
+        except CvaeError as e:
+            return None, f"{e}; dimensions are in their own order"
         if not source:
             return None, "the run does not record its data"
         try:
