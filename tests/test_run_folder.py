@@ -209,3 +209,12 @@ def test_an_interrupted_run_says_so_in_its_config(tmp_path):
     assert status.startswith("interrupted after epoch 2 of 4"), status
     assert main(["train", *FAST, "--epochs", "4", "--out", str(run), "--resume"]) == 0
     assert json.loads((run / "config.json").read_text())["status"] == "finished"
+
+
+def test_a_loss_past_any_honest_one_is_divergence_though_finite(tmp_path, capsys):
+    """lr 0.5 gave losses of 6e26 nats that stayed finite: the run 'finished', and the fit of its codes
+    then failed with a traceback (a QA audit of sweeps). Past 1e15 nats it is a diverged run."""
+    assert main(["train", "--data", "digits", "--hidden", "32", "--latent-dim", "4", "--epochs", "3", "--lr", "0.5",
+                 "--lr-schedule", "constant", "--no-progress", "--no-pictures", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "training diverged in epoch" in err and "past 1e+15 nats" in err and err.count("\n") == 1

@@ -62,6 +62,9 @@ from .runs import (
 from .threads import ThreadGovernor, kept_thread_count, restart_openmp_workers
 
 REFRESH_STEPS = 50
+# a loss per example past this many nats is a diverged run, finite or not (a learning rate of 0.5 gave 6e26,
+# and the fit of the codes after the last epoch then failed); no data set's honest loss comes near it
+DIVERGED = 1e15
 
 
 class FusedNotCovered(CvaeError):
@@ -703,9 +706,10 @@ class Trainer:
         return self.epoch_row(epoch, sums, names, rows_seen, time.perf_counter() - t0, skipped if skips else None)
 
     def _check_finite(self, row: dict) -> None:
-        """A diverged epoch (a loss or a weight not finite) is never saved: the run keeps its last good one."""
+        """A diverged epoch (a loss or a weight not finite, or a loss past DIVERGED nats per example) is never
+        saved: the run keeps its last good one."""
         epoch = row["epoch"]
-        bad = [k for k in ("train_loss", "val_loss") if k in row and not math.isfinite(row[k])]
+        bad = [k for k in ("train_loss", "val_loss") if k in row and not abs(row[k]) <= DIVERGED]
         if not bad and not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             bad = ["the weights"]
         if not bad:
@@ -722,7 +726,8 @@ class Trainer:
             if self.ranks.main and (self.run_dir / "config.json").is_file():  # it said "running" (a README audit)
                 self.info["status"] = "diverged in epoch 1; no epoch was saved (run the command again, changed)"
                 write_json(self.run_dir / "config.json", self.info)
-        raise CvaeError(f"training diverged in epoch {epoch} ({what} is not finite); {kept}. Lower --lr, set "
+        raise CvaeError(f"training diverged in epoch {epoch} ({what} is not finite, or past {DIVERGED:.0e} nats); "
+                        f"{kept}. Lower --lr, set "
                         "--grad-clip 1.0, or check the data for extreme values")
 
     def _early_stopping(self, row: dict) -> bool:
