@@ -772,3 +772,13 @@ def test_augment_keeps_class_names_as_folder_names_where_it_can(tmp_path):
         model = cvae.load(run)
         write_augmented(tmp_path / "aug", model, augment(model, per_class=2))
     assert sorted(p.name for p in (tmp_path / "aug").iterdir()) == ["a,b", "x-y"]
+
+
+def test_a_table_with_text_given_to_an_image_run_says_what_its_csv_holds(digits_run, tmp_path, capsys):
+    """The reader's advice was training's (--condition, --factors), which classify and the other commands
+    do not have (a QA audit)."""
+    (tmp_path / "t.csv").write_text("a,b,color\n1,2,red\n3,4,blue\n")
+    assert main(["embed", str(digits_run), "--data", str(tmp_path / "t.csv"), "-o", str(tmp_path / "e.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "text 'red' where a number was expected; this run's examples are images, so a .csv for it holds one " \
+           "column per pixel (64) and the run's condition columns (label)" in err and "--factors" not in err

@@ -74,8 +74,16 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
 
         raw = load_image_folder(path, tuple(shape[1:]), shape[0] if shape[0] in (1, 3) else None, unlabelled_ok=True)
     else:  # a table's own feature columns, read by name: another column (notes, a date) is not the input
-        raw = read_source(source, data_dir=data_dir, condition=condition if table else None, data_layout=layout,
-                          features=info.get("features") if table and info.get("features") else None)
+        try:
+            raw = read_source(source, data_dir=data_dir, condition=condition if table else None, data_layout=layout,
+                              features=info.get("features") if table and info.get("features") else None)
+        except CvaeError as e:
+            if not (table and len(shape) == 3 and "where a number was expected" in str(e)):
+                raise
+            # an image run's .csv is pixels: the reader's advice (--condition, --factors) is for training
+            raise CvaeError(f"{str(e).split(' (if ', 1)[0]}; this run's examples are images, so a .csv for it holds "
+                            f"one column per pixel ({math.prod(shape)}) and the run's condition columns "
+                            f"({', '.join(schema_names(model)) or 'none'})") from None
     if len(shape) == 3 and raw.kind == "image" and not hasattr(raw.splits["train"][0], "grid"):
         from ..data.core import resized
 
