@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..data.core import NAMED_SOURCES, read_source
-from ..data.sources import IMAGE_SUFFIXES, TABLE_SUFFIXES, UNIT_SLACK
+from ..data.sources import IMAGE_SUFFIXES, TABLE_SUFFIXES, UNIT_SLACK, NotANumber
 from ..errors import CvaeError, CvaeWarning
 from ..models import CVAE
 
@@ -77,12 +77,12 @@ def read_inputs(model: CVAE, source: str, *, data_dir=None, n: int | None = None
         try:
             raw = read_source(source, data_dir=data_dir, condition=condition if table else None, data_layout=layout,
                               features=info.get("features") if table and info.get("features") else None)
-        except CvaeError as e:
-            if not (table and len(shape) == 3 and "where a number was expected" in str(e)):
+        except NotANumber as e:
+            if len(shape) != 3:
                 raise
             # an image run's .csv is pixels: the reader's advice (--condition, --factors) is for training
-            raise CvaeError(f"{str(e).split(' (if ', 1)[0]}; this run's examples are images, so a .csv for it holds "
-                            f"one column per pixel ({math.prod(shape)}) and the run's condition columns "
+            raise CvaeError(f"{e.where}; this run's examples are images, so a .csv for it holds one column per pixel "
+                            f"({math.prod(shape)}) and the run's condition columns "
                             f"({', '.join(schema_names(model)) or 'none'})") from None
     if len(shape) == 3 and raw.kind == "image" and not hasattr(raw.splits["train"][0], "grid"):
         from ..data.core import resized

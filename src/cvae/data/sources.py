@@ -665,6 +665,15 @@ def _beyond_float(text: str) -> bool:
     return whole_number_text(text) and abs(int(text)) > 2**53
 
 
+class NotANumber(CvaeError):
+    """A feature cell of a CSV that is not a number: ``where`` says which, the message adds training's
+    advice (name the column a condition or a factor), which a caller without those flags leaves out."""
+
+    def __init__(self, where: str, advice: str = ""):
+        super().__init__(where + advice)
+        self.where = where
+
+
 def load_csv(path: Path, condition_columns: list[str], *, layout: str = "table",
              feature_columns: list[str] | None = None, id_column: str | None = None) -> RawData:
     """Feature columns (numeric) plus named condition columns.
@@ -706,8 +715,8 @@ def load_csv(path: Path, condition_columns: list[str], *, layout: str = "table",
                 what = "an empty cell" if not cell else f"text {cell!r}"
                 hint = "" if feature_columns else (f" (if {features[j]!r} is a condition, pass --condition {features[j]}; "
                                                    f"a factor of variation, --factors {features[j]})")
-                raise CvaeError(f"{path}, line {rows.lines[i]}, column {features[j]!r}: {what} where a number was "
-                                f"expected{hint}") from None
+                raise NotANumber(f"{path}, line {rows.lines[i]}, column {features[j]!r}: {what} where a number was "
+                                 "expected", hint) from None
     bad = ~(np.abs(x) <= MAX_ABS)  # NaN and inf too
     if bad.any():
         i, j = (int(v) for v in np.argwhere(bad)[0])
