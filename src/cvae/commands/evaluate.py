@@ -117,11 +117,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from ..evaluate import parse_metrics
 
         # the sections this call measured (eval.json keeps earlier calls' too): the examples they used
-        wanted = parse_metrics(args.metrics)[0]
-        used = max((section.get("protocol", {}).get("n_examples") or 0 for name, section in result.results.items()
-                    if name in (("likelihood",) if {"elbo", "nll"} & set(wanted) else ()) + (
-                        ("posterior",) if "posterior" in wanted else ()) and isinstance(section, dict)), default=None)
-        if args.n is not None and isinstance(used, int) and 0 < used < args.n:
+        wanted = set(parse_metrics(args.metrics)[0])
+        measured = ["likelihood"] * bool({"elbo", "nll"} & wanted) + ["posterior"] * ("posterior" in wanted)
+        used = max((result.results[name].get("protocol", {}).get("n_examples") or 0
+                    for name in measured if isinstance(result.results.get(name), dict)), default=0)
+        if args.n is not None and 0 < used < args.n:
             print(f"  (--n {args.n}: the split has {used} examples, all of them used)")
         print(f"wrote {result.path}" + "".join(f", {p}" for p in pictures))
     return 0
