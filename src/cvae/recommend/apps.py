@@ -148,10 +148,6 @@ def read_histories(path, *, min_rating: float | None = None) -> tuple[dict[str, 
         keep = ratings >= min_rating
         if (~keep).any():
             notes.append(f"{int((~keep).sum()):,} row(s) rated below {min_rating:g} (the run's --min-rating) dropped")
-            emptied = sorted(set(users[~keep].tolist()) - set(users[keep].tolist()))
-            if emptied:
-                notes.append(f"{len(emptied):,} user(s) have no row rated {min_rating:g} or more (e.g. "
-                             f"{', '.join(map(repr, emptied[:3]))})")
         users, items = users[keep], items[keep]
     pairs = set()
     duplicates = 0
@@ -185,12 +181,16 @@ def recommend_file(run, history: str | Path | None, output: str | Path, *, top: 
     if history is not None:
         min_rating = model.run_config.get("recommend", {}).get("min_rating")
         histories, notes = read_histories(history, min_rating=min_rating)
-        emptied = [u for u, items in histories.items() if not items]
-        if emptied and not model.schema:  # nothing to start from: left out, by name (the others still get theirs)
-            histories = {u: items for u, items in histories.items() if items}
-            notes = [n for n in notes if "have no row rated" not in n]
-            notes.append(f"{len(emptied):,} user(s) have no row rated {min_rating:g} or more, so nothing to recommend "
-                         f"from, and are left out: {', '.join(map(repr, emptied[:5]))}{' ...' if len(emptied) > 5 else ''}")
+        emptied = [u for u, items in histories.items() if not items]  # every row below --min-rating
+        if emptied:
+            named = f"{', '.join(map(repr, emptied[:5]))}{' ...' if len(emptied) > 5 else ''}"
+            if model.schema:
+                notes.append(f"{len(emptied):,} user(s) have no row rated {min_rating:g} or more: recommended from "
+                             f"their attributes alone ({named})")
+            else:  # nothing to start from: left out, by name (the others still get theirs)
+                histories = {u: items for u, items in histories.items() if items}
+                notes.append(f"{len(emptied):,} user(s) have no row rated {min_rating:g} or more, so nothing to "
+                             f"recommend from, and are left out: {named}")
         for note in notes:
             warnings.warn(f"{history}: {note}", CvaeWarning, stacklevel=2)
     attributes = None
