@@ -132,6 +132,29 @@ def test_image_folder_errors_name_the_file(tmp_path):
         (root / "b" / name).unlink()
 
 
+def test_a_flat_folder_given_to_a_run_names_its_damaged_file(tmp_path):
+    """A folder of images without class subfolders, read as a trained run's inputs (this session's
+    reader path): a damaged file is one line naming it, an empty folder says it holds no images."""
+    from cvae.apps.io import read_inputs
+    from cvae.models import build_model
+    from cvae.models.config import ModelConfig
+
+    model = build_model(ModelConfig(data_shape=(1, 6, 5), hidden=[8], latent_dim=2))
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    raises(r"no images .* in .*flat", read_inputs, model, str(flat))
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        (flat / f"{i}.png").write_bytes(png_bytes(rng.integers(0, 256, (6, 5), dtype=np.uint8)))
+    assert len(read_inputs(model, str(flat)).x) == 3
+    for name, data, match in (("bomb.png", huge_png_bytes(), "too large to decode"),
+                              ("cut.png", png_bytes(np.zeros((9, 9), np.uint8))[:-25], "cannot read the image"),
+                              ("text.png", b"GIF89a but not really", "is not an image")):
+        (flat / name).write_bytes(data)
+        assert match in raises(name.replace(".", r"\."), read_inputs, model, str(flat))
+        (flat / name).unlink()
+
+
 def test_16_bit_images_are_scaled_not_clipped(tmp_path):
     root = tmp_path / "imgs"
     (root / "a").mkdir(parents=True)
