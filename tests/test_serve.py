@@ -364,6 +364,16 @@ def test_a_bad_request_gets_a_clear_4xx(client, path, request_, status, says):
     assert says in detail and "Traceback" not in detail and "/tmp" not in detail, detail
 
 
+@pytest.mark.parametrize("target,says", [("alcohol=1e300", "= 1e+300 is not finite once standardised"),
+                                          ("cultivar=barolo,alcohol=1e9", "= 1e+09 is more than 1,000 standard deviations")])
+def test_a_transfer_target_far_outside_the_training_range_is_refused(client, runs, target, says):
+    # was a 500 (float32 overflow) for 1e300 and, for 1e9, a 200 with features of -2.8e8
+    wine = (runs / "wine.csv").read_text().splitlines()
+    up = {"file": ("w.csv", ("\n".join(wine[:3]) + "\n").encode(), "text/csv")}
+    r = client.post("/v1/runs/wine/transfer", files=up, data={"targets": target})
+    assert r.status_code == 422 and says in r.json()["detail"], r.text
+
+
 def test_an_unbounded_body_is_cut_at_the_limit(client):
     def chunks():  # no content-length: the server counts what arrives
         for _ in range(40):

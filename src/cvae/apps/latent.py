@@ -62,7 +62,7 @@ def _c(model: CVAE, y) -> torch.Tensor | None:
     """Raw codes (N, A) -> encoded condition vectors on the model's device (None for a plain VAE)."""
     if not model.schema or y is None:
         return None
-    return model.schema.encode(torch.as_tensor(y, dtype=torch.float32)).to(model.device)
+    return model.condition_codes(y)
 
 
 @torch.no_grad()
@@ -432,12 +432,14 @@ def transfer(model: CVAE, x, y_source, targets: Sequence | None = None, *, ids: 
     y_source = torch.as_tensor(y_source, dtype=torch.float32)
     goals = transfer_targets(model, targets)
     schema = model.schema
-    y_t = y_source[:, None].repeat(1, len(goals), 1)  # (N, T, A)
+    y_t = y_source[:, None].repeat(1, len(goals), 1).double()  # (N, T, A); float64: a far target is refused, not overflowed
     for j, goal in enumerate(goals):
         for name, value in goal.items():
             y_t[:, j, schema.names.index(name)] = schema.attribute(name).code(value)
     z = model.encode(x, y_source).mu.cpu()  # (N, D)
-    xs = _decode(model, z[:, None].expand(-1, len(goals), -1), _c(model, y_t.reshape(-1, y_t.shape[-1])).cpu().reshape(*y_t.shape[:2], -1))
+    c_t = _c(model, y_t.reshape(-1, y_t.shape[-1])).cpu().reshape(*y_t.shape[:2], -1)
+    y_t = y_t.float()
+    xs = _decode(model, z[:, None].expand(-1, len(goals), -1), c_t)
     labels = [",".join(f"{k}={v}" for k, v in g.items()) for g in goals]
     return Transfer(xs, x.cpu(), y_source, y_t, labels, list(ids) if ids is not None else list(range(len(x))))
 

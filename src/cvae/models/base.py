@@ -265,7 +265,14 @@ class VAEModel(nn.Module):
         if not self.fills_missing and bool(torch.isnan(y).any()):
             raise CvaeError("a condition value is missing (NaN); this model needs every condition (only a "
                             "semi-supervised model, --model m2, infers a missing label)")
-        c = self.schema.encode(y).to(self.device)
+        return self.condition_codes(y)
+
+    def condition_codes(self, y) -> torch.Tensor:
+        """Raw condition codes (N, A) -> the encoded vector c (N, schema.dim) on the model's device, after
+        checking each continuous value: finite once standardised and within CONDITION_LIMIT training
+        standard deviations of its mean (one clear error otherwise, never NaN or overflowing outputs)."""
+        y = torch.as_tensor(y, dtype=torch.float64)  # a far value is named as given, not as float32 overflows it
+        c = self.schema.encode(y.float()).to(self.device)
         if not torch.isfinite(c).all():
             j, a = next((j, a) for j, a in enumerate(self.schema.attributes) if a.kind == "continuous"
                         and not torch.isfinite((y[:, j].float() - a.mean) / a.std).all())
