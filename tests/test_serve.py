@@ -622,6 +622,50 @@ def test_the_page_in_a_headless_browser(server, browser, runs, tmp_path):
     assert outside == [] and b.console_errors() == [], [e[:300] for e in b.console_errors()]
 
 
+def test_the_page_keeps_a_failure_in_view_and_shows_nothing_stale(server, browser, tmp_path):
+    # a failed generate's error was cleared by the slider and traversal requests that followed it, and the
+    # old samples stayed under the new label; a failed upload left the last file's results on the page
+    b = browser
+    b.goto(f"{server}/?run=digits")
+    _settled(b)
+    error = "document.getElementById('error').textContent"
+    (tmp_path / "three.png").write_bytes(digit_png(3, size=32))
+    (tmp_path / "broken.png").write_bytes(digit_png(3, size=32)[:60])
+    b.choose_files("#file", [tmp_path / "three.png"])
+    b.wait("!document.getElementById('reconstruction-panel').hidden && document.body.dataset.pending === '0'",
+           what="the upload's results")
+    b.choose_files("#file", [tmp_path / "broken.png"])
+    b.wait("!document.getElementById('error').hidden && document.body.dataset.pending === '0'", what="the upload's error")
+    kinds, says = b.evaluate(error).split(": ", 1)  # one line for the four requests that failed alike
+    assert set(kinds.split(", ")) == {"reconstruct", "encode", "transfer", "classify"}
+    assert says == "cannot read the upload (.png) (image file is truncated): the file is damaged; upload another"
+    for panel in ("reconstruction-panel", "transfer-panel", "encode-panel", "classify-panel"):
+        assert b.evaluate(f"document.getElementById('{panel}').hidden"), panel
+    b.evaluate("(() => { const s = document.getElementById('seed'); s.value = '-1'; "
+               "s.dispatchEvent(new Event('change')); })()")
+    b.wait("document.body.dataset.pending === '0' && document.getElementById('error').textContent.includes('generate:')",
+           what="the generate error")
+    b.focus("#gen-label")
+    b.press("ArrowDown", 2)  # the sliders' example and the traversal succeed for label 2; generate fails again
+    b.wait("document.body.dataset.pending === '0' && document.getElementById('gen-label').value === '2'",
+           what="the label change")
+    b.wait("document.querySelector('#decoded img') !== null && document.body.dataset.pending === '0'",
+           what="the sliders' example")
+    assert "generate: seed" in b.evaluate(error) and "classify: cannot read" in b.evaluate(error)
+    assert b.evaluate("document.querySelectorAll('#samples img').length") == 0
+    assert b.evaluate("document.getElementById('samples-caption').textContent") == ""
+    b.evaluate("(() => { const s = document.getElementById('seed'); s.value = '0'; "
+               "s.dispatchEvent(new Event('change')); })()")
+    b.wait("document.body.dataset.pending === '0' && document.querySelector('#samples img') !== null",
+           what="the samples")
+    assert "generate:" not in b.evaluate(error) and "label=2" in b.evaluate(
+        "document.getElementById('samples-caption').textContent")
+    b.choose_files("#file", [tmp_path / "three.png"])
+    b.wait("!document.getElementById('reconstruction-panel').hidden && document.body.dataset.pending === '0'",
+           what="the upload's results")
+    assert b.evaluate("document.getElementById('error').hidden")
+
+
 def test_a_detector_fitted_from_an_array_scores_a_labelled_csv_upload_as_the_cli_does(tmp_path):
     # the upload was read before the detector's label column was known: "(1, 17); this model expects (1, 16)"
     from fastapi.testclient import TestClient

@@ -314,6 +314,7 @@ class ServedRun:
             except CvaeError as e:
                 text = str(e).replace(str(Path(tmp) / "upload"), "the upload").replace(tmp, "the upload's folder")
                 text = re.sub(r"(--data )?the upload\.(png|jpg|npy|npz|csv|txt|smi)", r"the upload (.\2)", text)
+                text = text.replace("the image the upload", "the upload").replace("remove or replace it", "upload another")
                 raise type(e)(text) from None
 
     def read_upload(self, data: bytes, directory: str | Path, *, read: bool = True):

@@ -31,10 +31,16 @@ function svg(tag, attrs = {}) {
   return node;
 }
 
-function showError(message) {
+const errors = {};  // the last failure of each kind of request, kept until that kind succeeds
+
+function showError(kind, message) {
+  if (message) errors[kind] = message;
+  else delete errors[kind];
+  const byMessage = {};  // one line per message: an upload's damage is reported once, not by each request
+  for (const [k, m] of Object.entries(errors)) (byMessage[m] = byMessage[m] || []).push(k);
   const box = $("error");
-  box.textContent = message || "";
-  box.hidden = !message;
+  box.textContent = Object.entries(byMessage).map(([m, kinds]) => `${kinds.join(", ")}: ${m}`).join("\n");
+  box.hidden = !box.textContent;
 }
 
 async function api(kind, path, body) {
@@ -47,13 +53,13 @@ async function api(kind, path, body) {
     const data = await response.json().catch(() => ({ detail: `HTTP ${response.status}` }));
     if (ticket !== latest[kind]) return null;  // a newer request of this kind was made meanwhile
     if (!response.ok) {
-      showError(`${kind}: ${data.detail || response.statusText}`);
+      showError(kind, data.detail || response.statusText);
       return null;
     }
-    showError("");
+    showError(kind, "");
     return data;
   } catch (e) {
-    showError(`${kind}: ${e}`);
+    showError(kind, String(e));
     return null;
   } finally {
     busy(-1);
@@ -199,7 +205,11 @@ async function generate() {
   if (run.guidance && run.guidance.available) body.guidance = Number($("guidance").value);
   if (run.steer && run.steer.available) body.steer = Number($("steer").value);
   const out = await api("generate", `/v1/runs/${encodeURIComponent(run.name)}/generate`, body);
-  if (!out) return;
+  if (!out) {  // failed (or overtaken by a newer request, which will draw): no stale samples under new settings
+    put("samples", el("div"));
+    $("samples-caption").textContent = "";
+    return;
+  }
   put("samples", render(out, out.conditions, 420));
   const conds = [...new Set(out.conditions)];
   $("samples-caption").textContent = `${out.n} example(s)` + (conds.length ? ` for ${conds.length > 3 ?
@@ -212,13 +222,16 @@ const decode = debounce(async () => {
   for (const s of $("sliders").querySelectorAll("input")) values[s.dataset.dim] = Number(s.value);
   const out = await api("decode", `/v1/runs/${encodeURIComponent(run.name)}/decode`,
     { condition: oneClass(conditionOf($("conditions"))), values });
-  if (out) put("decoded", render(out, out.conditions, 160));
+  put("decoded", out ? render(out, out.conditions, 160) : el("div"));
 });
 
 async function traverse() {
   const out = await api("traverse", `/v1/runs/${encodeURIComponent(run.name)}/traverse`,
     { condition: oneClass(conditionOf($("conditions"))), top: Math.min(5, run.latent_dim), steps: 9 });
-  if (!out) return;
+  if (!out) {
+    put("traversal", el("div"));
+    return;
+  }
   if (out.kind === "signal") {
     const per = out.values.length / out.dims.length;
     const range = extent(out.values);
@@ -272,6 +285,7 @@ async function upload() {
     return f;
   };
   const base = `/v1/runs/${encodeURIComponent(run.name)}`;
+  hideUploadPanels();  // each panel shows again when its answer for this file arrives: none of the last file's stays
   const jobs = [api("reconstruct", `${base}/reconstruct`, form()).then(showReconstruction),
     api("encode", `${base}/encode`, form()).then(showCode)];
   if (run.conditions.some((c) => c.kind === "categorical")) jobs.push(api("transfer", `${base}/transfer`, form()).then(showTransfer));
@@ -282,6 +296,10 @@ async function upload() {
     jobs.push(api("classify", `${base}/classify`, f).then(showClasses));
   }
   await Promise.all(jobs);
+}
+
+function hideUploadPanels() {
+  for (const id of ["score", "reconstruction-panel", "transfer-panel", "encode-panel", "classify-panel"]) $(id).hidden = true;
 }
 
 function showReconstruction(out) {
@@ -405,6 +423,7 @@ function showFacts() {
 function selectRun(name) {
   run = runs.find((r) => r.name === name) || runs[0];
   $("run").value = run.name;
+  for (const kind of Object.keys(errors)) showError(kind, "");  // the last run's failures are not this run's
   const shape = run.data_shape.join("×");
   const conds = run.conditions.map((c) => c.kind === "categorical" ? `${c.name} (${c.classes.length} classes)` : `${c.name} (continuous)`);
   $("run-info").textContent = `${run.kind} ${shape}, ${run.latent_dim} latent dimensions, ` +
@@ -439,7 +458,7 @@ function selectRun(name) {
       (run.conditions.length ? "set its own condition above." : "")
     : `A CSV with the training data's columns (${run.features.slice(0, 4).join(", ")}${run.features.length > 4 ? ", ..." : ""}), ` +
       `one example a row (the first ${run.limits.max_rows} rows are used)` + (run.conditions.length ? "; its condition columns, or set them above." : ".");
-  for (const id of ["score", "reconstruction-panel", "transfer-panel", "encode-panel", "classify-panel"]) $(id).hidden = true;
+  hideUploadPanels();
   $("file").value = "";
   buildSliders();
   showFacts();
