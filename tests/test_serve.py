@@ -401,6 +401,22 @@ def test_the_page_is_served_with_a_policy_that_forbids_other_origins(client):
         assert client.get("/" if name == "index.html" else f"/static/{name}").text == text
 
 
+def test_the_api_reference_page_is_written_here_and_needs_nothing_from_outside(client):
+    # /docs was FastAPI's Swagger page, whose script and styles come from a CDN: the policy refused them
+    r = client.get("/docs")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    assert "<script" not in page and "http" not in page.replace('href="/', "")  # nothing to load from elsewhere
+    for path in client.get("/openapi.json").json()["paths"]:
+        assert f"{path}</code>" in page, path
+    generate = page[page.index("POST /v1/runs/{run}/generate"):page.index("POST /v1/runs/{run}/decode")]
+    assert "<code>temperature</code></td><td>number or null</td><td></td><td>&gt;= 0, &lt;= 10</td>" in generate
+    assert "object of (string or integer or number) or string or null" in generate
+    assert "<code>format</code></td><td>one of json, png</td><td>&quot;json&quot;</td>" in generate
+    transfer = page[page.index("POST /v1/runs/{run}/transfer"):]
+    assert "multipart/form-data" in transfer and "<code>file</code></td><td>file</td><td>required</td>" in transfer
+
+
 def test_cvae_serve_says_which_extra_to_install_when_the_web_stack_is_missing(runs, monkeypatch, capsys):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
@@ -636,9 +652,8 @@ def test_the_page_keeps_a_failure_in_view_and_shows_nothing_stale(server, browse
            what="the upload's results")
     b.choose_files("#file", [tmp_path / "broken.png"])
     b.wait("!document.getElementById('error').hidden && document.body.dataset.pending === '0'", what="the upload's error")
-    kinds, says = b.evaluate(error).split(": ", 1)  # one line for the four requests that failed alike
-    assert set(kinds.split(", ")) == {"reconstruct", "encode", "transfer", "classify"}
-    assert says == "cannot read the upload (.png) (image file is truncated): the file is damaged; upload another"
+    assert b.evaluate(error) == ("reconstruct, encode, transfer, classify: cannot read the upload (.png) (image file "
+                                 "is truncated): the file is damaged; upload another")  # one line for four requests
     for panel in ("reconstruction-panel", "transfer-panel", "encode-panel", "classify-panel"):
         assert b.evaluate(f"document.getElementById('{panel}').hidden"), panel
     b.evaluate("(() => { const s = document.getElementById('seed'); s.value = '-1'; "
@@ -651,7 +666,7 @@ def test_the_page_keeps_a_failure_in_view_and_shows_nothing_stale(server, browse
            what="the label change")
     b.wait("document.querySelector('#decoded img') !== null && document.body.dataset.pending === '0'",
            what="the sliders' example")
-    assert "generate: seed" in b.evaluate(error) and "classify: cannot read" in b.evaluate(error)
+    assert b.evaluate(error).startswith("generate: seed") and "classify: cannot read" in b.evaluate(error)
     assert b.evaluate("document.querySelectorAll('#samples img').length") == 0
     assert b.evaluate("document.getElementById('samples-caption').textContent") == ""
     b.evaluate("(() => { const s = document.getElementById('seed'); s.value = '0'; "
@@ -664,6 +679,12 @@ def test_the_page_keeps_a_failure_in_view_and_shows_nothing_stale(server, browse
     b.wait("!document.getElementById('reconstruction-panel').hidden && document.body.dataset.pending === '0'",
            what="the upload's results")
     assert b.evaluate("document.getElementById('error').hidden")
+    # the page's API link: a reference the browser shows under the server's policy (Swagger's came up blank)
+    b.goto(f"{server}/docs")
+    b.wait("document.readyState === 'complete'", what="the API reference")
+    assert "POST /v1/runs/{run}/generate" in b.evaluate("document.body.innerText")
+    assert b.evaluate("getComputedStyle(document.querySelector('table')).borderCollapse") == "collapse"  # its styles
+    assert not [e for e in b.console_errors() if "Content Security Policy" in e or "/docs" in e]
 
 
 def test_a_detector_fitted_from_an_array_scores_a_labelled_csv_upload_as_the_cli_does(tmp_path):

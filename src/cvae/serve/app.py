@@ -5,7 +5,7 @@ ever comes from a request); every body is read by the middleware below up to a l
 sees it (413 past it); the type of an upload is read from its bytes (415 for anything else); bad
 values get a 422 with one line that says what to change; and every model computation runs on one
 worker thread, one request at a time, behind a bounded number of waiting requests (503 past it), so
-many users cannot exhaust memory. The OpenAPI document is at ``/openapi.json`` (``/docs`` shows it).
+many users cannot exhaust memory. The OpenAPI document is at ``/openapi.json`` (``/docs`` shows it as a page).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from ..errors import CvaeError
+from .docs import api_page
 from .served import Limits, ServedRun, UploadError, run_names
 
 log = logging.getLogger("cvae.serve")
@@ -212,7 +213,7 @@ def create_app(runs: list[str | Path] | Mapping[str, str | Path], *, device: str
 
     app = FastAPI(title="cvae", version="1", description="Generate, reconstruct, transfer, score and encode with "
                   "trained conditional VAEs. Every operation is the function the `cvae` command line calls.",
-                  docs_url="/docs", redoc_url=None)
+                  docs_url=None, redoc_url=None)
     app.state.served = served
 
     async def compute(fn, *args, **kwargs):
@@ -241,6 +242,10 @@ def create_app(runs: list[str | Path] | Mapping[str, str | Path], *, device: str
     @app.get("/", include_in_schema=False)
     def page():
         return Response(static["index.html"], media_type=STATIC["index.html"])
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():  # the reference written from the OpenAPI document: Swagger's page needs a CDN, which the policy refuses
+        return Response(api_page(app.openapi()), media_type="text/html; charset=utf-8")
 
     @app.get("/static/{name}", include_in_schema=False)
     def asset(name: str):

@@ -37,7 +37,9 @@ function showError(kind, message) {
   if (message) errors[kind] = message;
   else delete errors[kind];
   const byMessage = {};  // one line per message: an upload's damage is reported once, not by each request
-  for (const [k, m] of Object.entries(errors)) (byMessage[m] = byMessage[m] || []).push(k);
+  const order = ["generate", "decode", "traverse", "reconstruct", "encode", "transfer", "score", "classify"];
+  const kinds = Object.keys(errors).sort((a, b) => order.indexOf(a) - order.indexOf(b));
+  for (const k of kinds) (byMessage[errors[k]] = byMessage[errors[k]] || []).push(k);
   const box = $("error");
   box.textContent = Object.entries(byMessage).map(([m, kinds]) => `${kinds.join(", ")}: ${m}`).join("\n");
   box.hidden = !box.textContent;
