@@ -401,6 +401,38 @@ def test_the_page_is_served_with_a_policy_that_forbids_other_origins(client):
         assert client.get("/" if name == "index.html" else f"/static/{name}").text == text
 
 
+def test_a_request_that_holds_its_place_without_sending_its_body_is_cut_off():
+    # sixteen connections that declared an upload and sent nothing held every upload place: 503 for all
+    from cvae.serve.app import Guard
+
+    async def never():
+        await asyncio.sleep(3600)
+
+    async def trickle():  # a byte a while: each arrives within the idle limit, the whole never does
+        await asyncio.sleep(0.05)
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    async def call(guard, receive):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/runs/r/reconstruct",
+                 "headers": [(b"content-type", b"multipart/form-data; boundary=x"), (b"content-length", b"100000")]}
+        await guard(scope, receive, send)
+        return sent[0]["status"], json.loads(sent[1]["body"])["detail"]
+
+    async def app(scope, receive, send):
+        raise AssertionError("the app must not be reached")
+
+    guard = Guard(app, upload_limit=2**20, max_waiting=4, max_uploads=1, idle_timeout=0.2, body_timeout=0.5)
+    status, detail = asyncio.run(call(guard, never))
+    assert status == 408 and "nothing for 0.2 s" in detail and guard.inside["upload"] == 0  # its place is free again
+    status, detail = asyncio.run(call(guard, trickle))
+    assert status == 408 and "within 0.5 s" in detail and guard.inside["upload"] == 0
+
+
 def test_the_api_reference_page_is_written_here_and_needs_nothing_from_outside(client):
     # /docs was FastAPI's Swagger page, whose script and styles come from a CDN: the policy refused them
     r = client.get("/docs")

@@ -92,6 +92,10 @@ class TraverseRequest(BaseModel):
     high: float = Field(3.0, ge=-10.0, le=10.0, allow_inf_nan=False)
 
 
+BODY_IDLE_TIMEOUT = 15.0  # seconds a request may send nothing of its body before it is answered 408
+BODY_TIMEOUT = 120.0  # seconds for the whole body (5 MB at 50 KB/s)
+
+
 def _static(name: str) -> bytes:
     return (resources.files("cvae.serve") / "static" / name).read_bytes()
 
@@ -101,8 +105,10 @@ class Guard:
     the server at once, 503 past it), the content type of each POST (415) and the size of its body,
     read here in full up to its limit (413 past it) before the app sees any of it."""
 
-    def __init__(self, app, *, upload_limit: int, max_waiting: int, max_uploads: int):
+    def __init__(self, app, *, upload_limit: int, max_waiting: int, max_uploads: int,
+                 idle_timeout: float = BODY_IDLE_TIMEOUT, body_timeout: float = BODY_TIMEOUT):
         self.app = app
+        self.idle_timeout, self.body_timeout = idle_timeout, body_timeout
         self.upload_limit = upload_limit
         self.capacity = {"json": max_waiting, "upload": max_uploads}
         self.inside = {"json": 0, "upload": 0}
@@ -135,8 +141,17 @@ class Guard:
         self.inside[kind] += 1
         try:
             chunks, size = [], 0
+            deadline = asyncio.get_running_loop().time() + self.body_timeout
             while True:
-                message = await receive()
+                # a client that holds its place without sending its body is cut off: sixteen of them held
+                # every upload place, and every other user got 503 for as long as they stayed connected
+                wait = min(self.idle_timeout, deadline - asyncio.get_running_loop().time())
+                try:
+                    message = await asyncio.wait_for(receive(), timeout=max(wait, 0.0))
+                except asyncio.TimeoutError:
+                    return await _answer(send, 408, f"the request body did not arrive in time (nothing for "
+                                         f"{self.idle_timeout:g} s, or not all of it within {self.body_timeout:g} s); "
+                                         "send it again", [(b"connection", b"close")])
                 if message["type"] == "http.disconnect":
                     return
                 chunk = message.get("body", b"")
