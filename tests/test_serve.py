@@ -304,6 +304,13 @@ BAD = [  # (path, request, status, what the answer says)
     ("/v1/runs/digits/generate", {"json": {"n": 0}}, 422, "n: Input should be greater than or equal to 1"),
     ("/v1/runs/digits/generate", {"json": {"n": True}}, 422, "n: Input should be a valid integer"),  # was 1
     ("/v1/runs/digits/generate", {"json": {"n": "5"}}, 422, "n: Input should be a valid integer"),  # was 5
+    ("/v1/runs/digits/reconstruct", {"data": {"file": "x"}, "files": {"other": ("x.png", b"a", "image/png")}}, 422,
+     "file: send a file (curl -F file=@PATH), not text"),
+    ("/v1/runs/digits/sharpen", {"json": {}}, 404, "nothing at /v1/runs/digits/sharpen; the API's operations are listed"),
+    ("/v1/runs/digits/generate", {"json": {"temperature": True}}, 422, "temperature: Input should be a valid number"),
+    ("/v1/runs/digits/generate", {"json": {"guidance": "2"}}, 422, "guidance: Input should be a valid number"),
+    ("/v1/runs/digits/traverse", {"json": {"low": "-1", "high": 1}}, 422, "low: Input should be a valid number"),
+    ("/v1/runs/digits/decode", {"json": {"values": {"0": True}}}, 422, "values.0: Input should be a valid number"),
     ("/v1/runs/digits/traverse", {"json": {"dims": []}}, 422, "dims: List should have at least 1 item"),  # blank PNG
     ("/v1/runs/digits/generate", {"json": {"temperature": -1}}, 422, "temperature"),
     ("/v1/runs/digits/generate", {"json": {"seed": 2**63}}, 422, "seed"),
@@ -330,7 +337,7 @@ BAD = [  # (path, request, status, what the answer says)
     ("/v1/runs/digits/reconstruct", {"files": {"file": ("x.png", b"\x89PNG\r\n\x1a\n" + b"0" * 100, "image/png")},
                                      "data": {"condition": "label=1"}}, 422, "the upload (.png)"),
     ("/v1/runs/digits/reconstruct", {"files": {"file": ("x.png", b"\x89PNG" + b"0" * 300_000, "image/png")}}, 413,
-     "the limit is 0.190735 MB"),
+     "the limit is 0.191 MB"),
     ("/v1/runs/digits/reconstruct", {"files": {"file": ("x.png", b"", "image/png")}}, 415, "empty"),
     ("/v1/runs/digits/reconstruct", {"files": {"other": ("x.png", b"abc", "image/png")}}, 422, "file: Field required"),
     ("/v1/runs/digits/reconstruct", {"json": {"file": "x"}}, 415, "takes multipart/form-data"),

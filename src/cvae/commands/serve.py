@@ -73,15 +73,23 @@ def cmd_serve(args) -> int:
         raise CvaeError(f"--max-n must be from 1 to 256, got {args.max_n}")
     torch.set_num_threads(args.threads)
     limits = Limits(max_n=args.max_n, max_upload_bytes=int(args.max_upload_mb * 2**20))
-    app = create_app(args.runs, device=args.device, limits=limits)
+    sock = _bind(args.host, args.port)  # a port in use is said before the runs take their time to load
+    try:
+        app = create_app(args.runs, device=args.device, limits=limits)
+    except BaseException:
+        sock.close()
+        raise
     if not _is_loopback(args.host):
         warnings.warn(f"--host {args.host} makes the page reachable from other machines: anyone who reaches it can "
                       "use these models (it has no login)", CvaeWarning, stacklevel=1)
-    sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
+    shown, where = (f"[{host}]" if ":" in host else host), ""
+    if host in ("0.0.0.0", "::"):  # every interface: a browser cannot open 0.0.0.0 from elsewhere
+        import socket
+
+        shown, where = socket.gethostname(), " on every interface"
     names = ", ".join(app.fastapi.state.served)
-    print(f"serving {names} at http://{shown}:{port}/  (API: /v1/runs, OpenAPI: /docs; Ctrl-C stops)", flush=True)
+    print(f"serving {names} at http://{shown}:{port}/{where}  (API: /v1/runs, reference: /docs; Ctrl-C stops)", flush=True)
     config = uvicorn.Config(app, log_level="warning" if args.quiet else "info", access_log=not args.quiet,
                             timeout_graceful_shutdown=2)
     try:

@@ -25,6 +25,7 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import CvaeError
 from .docs import api_page
@@ -60,15 +61,15 @@ class GenerateRequest(BaseModel):
     condition: Condition = Field(None, description=CONDITION_HELP)
     n: StrictInt = Field(16, ge=1, le=256, description="how many examples (at most the server's max_n, default 64)")
     seed: StrictInt = Field(0, ge=0, lt=2**63, description="the same seed gives the same examples, byte for byte")
-    temperature: float | None = Field(None, ge=0.0, le=10.0, allow_inf_nan=False,
+    temperature: StrictFloat | None = Field(None, ge=0.0, le=10.0, allow_inf_nan=False,
                                       description="scale of the standard deviations of the codes' distribution (1 "
                                                   "samples it exactly; default as cvae sample: 0.9 for the prior, 1 "
                                                   "for a run's fitted aggregate posterior)")
     draw: StrictBool = Field(False, description="draw x ~ p(x | z, c) instead of its mean")
-    guidance: float | None = Field(None, ge=0.0, le=20.0, allow_inf_nan=False,
+    guidance: StrictFloat | None = Field(None, ge=0.0, le=20.0, allow_inf_nan=False,
                                    description="classifier-free guidance weight (runs trained with --condition-dropout; "
                                                "default: the run's)")
-    steer: float | None = Field(None, ge=0.0, le=20.0, allow_inf_nan=False,
+    steer: StrictFloat | None = Field(None, ge=0.0, le=20.0, allow_inf_nan=False,
                                 description="sequence runs trained with --steer: the prefix predictor's steering "
                                             "weight (default: the run's)")
     format: Literal["json", "png"] = Field("json", description="png: the image grid itself (image runs)")
@@ -77,7 +78,7 @@ class GenerateRequest(BaseModel):
 class DecodeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     condition: Condition = Field(None, description=CONDITION_HELP)
-    values: dict[int, Annotated[float, Field(ge=-10.0, le=10.0, allow_inf_nan=False)]] = Field(
+    values: dict[int, Annotated[StrictFloat, Field(ge=-10.0, le=10.0, allow_inf_nan=False)]] = Field(
         default_factory=dict, description="latent dimension -> prior standard deviations from the prior's centre")
 
 
@@ -88,8 +89,8 @@ class TraverseRequest(BaseModel):
                                          description="dimensions (default: the top ones by KL)")
     top: StrictInt = Field(5, ge=1, le=16)
     steps: StrictInt = Field(9, ge=2, le=15)
-    low: float = Field(-3.0, ge=-10.0, le=10.0, allow_inf_nan=False)
-    high: float = Field(3.0, ge=-10.0, le=10.0, allow_inf_nan=False)
+    low: StrictFloat = Field(-3.0, ge=-10.0, le=10.0, allow_inf_nan=False)
+    high: StrictFloat = Field(3.0, ge=-10.0, le=10.0, allow_inf_nan=False)
 
 
 BODY_IDLE_TIMEOUT = 15.0  # seconds a request may send nothing of its body before it is answered 408
@@ -131,7 +132,7 @@ class Guard:
                 " with the file in the field 'file'" if kind == "upload" else " (a JSON object)")
                 + f", not {ctype or 'a body without a content type'}")
         limit = self.upload_limit + 64 * 1024 if kind == "upload" else JSON_BODY_LIMIT  # + multipart's headers
-        what = f"{self.upload_limit / 2**20:g} MB for an upload" if kind == "upload" else f"{JSON_BODY_LIMIT // 1024} KB for a JSON request"
+        what = f"{self.upload_limit / 2**20:.3g} MB for an upload" if kind == "upload" else f"{JSON_BODY_LIMIT // 1024} KB for a JSON request"
         declared = headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             return await _answer(send, 413, f"the request body is {declared} bytes; the limit is {what}")
@@ -206,6 +207,9 @@ def _one_line(errors) -> str:
         if e.get("type") == "json_invalid":
             return f"the request body is not valid JSON ({e.get('ctx', {}).get('error', 'cannot parse it')})"
         loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")]
+        if "Expected UploadFile" in str(e.get("msg", "")):
+            parts.append(f"{'.'.join(loc) or 'file'}: send a file (curl -F {'.'.join(loc) or 'file'}=@PATH), not text")
+            continue
         if loc and loc[0] == "condition":  # the union's every branch would be listed in pydantic's words
             name = next((p for p in loc[1:] if not p.startswith(("dict[", "str", "int", "float"))), None)
             return (f"condition{' ' + repr(name) if name else ''}: give an object of condition names and values, "
@@ -242,6 +246,15 @@ def create_app(runs: list[str | Path] | Mapping[str, str | Path], *, device: str
     @app.exception_handler(CvaeError)
     async def _cvae_error(request: Request, e: CvaeError):
         return JSONResponse({"detail": as_field_names(str(e))}, status_code=415 if isinstance(e, UploadError) else 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException):  # the router's own words, made to say what to do
+        detail = e.detail
+        if e.status_code == 404 and detail == "Not Found":
+            detail = f"nothing at {request.url.path}; the API's operations are listed at /docs"
+        elif e.status_code == 405 and detail == "Method Not Allowed":
+            detail = f"{request.url.path} does not take {request.method}; the API's operations are listed at /docs"
+        return JSONResponse({"detail": detail}, status_code=e.status_code, headers=getattr(e, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
@@ -313,7 +326,7 @@ def create_app(runs: list[str | Path] | Mapping[str, str | Path], *, device: str
     async def _read(file: UploadFile, r: ServedRun) -> bytes:
         data = await file.read(r.limits.max_upload_bytes + 1)
         if len(data) > r.limits.max_upload_bytes:
-            raise HTTPException(413, f"the uploaded file is over the limit of {r.limits.max_upload_bytes / 2**20:g} MB")
+            raise HTTPException(413, f"the uploaded file is over the limit of {r.limits.max_upload_bytes / 2**20:.3g} MB")
         return data
 
     @app.post("/v1/runs/{run}/reconstruct", summary="Encode and decode an uploaded file (cvae reconstruct)")

@@ -485,7 +485,7 @@ class ServedRun:
                "probability": _numbers(probs.max(1)), "probs": _numbers(probs), **extra}
         m = result.metrics()
         if m is not None:
-            out["error"] = m["error"]["value"]
+            out["error"] = round(float(m["error"]["value"]), 6)  # not 0.30000000000000004
             out["labelled"] = m["n_examples"]
         return out
 
