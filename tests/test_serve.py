@@ -237,6 +237,19 @@ def test_uploads_are_reconstructed_transferred_and_encoded_as_the_cli_does(clien
     assert rec["reconstruction"]["kind"] == "table" and len(rec["reconstruction"]["values"]) == 3
 
 
+def test_an_uploads_own_labels_win_over_the_condition_field_in_every_operation(client):
+    # reconstruct used the field for every row while encode and transfer kept the file's own labels: the
+    # page, which always sends its menu's value, showed panels of one upload under different conditions
+    x = np.stack([png_array(digit_png(i)) for i in (3, 5)]).astype(np.float32) / 255
+    buf = io.BytesIO()
+    np.savez(buf, x=x, y=np.array([3, -1]))  # the second row has no label: the field stands in for it
+    up = {"file": ("two.npz", buf.getvalue(), "application/octet-stream")}
+    for op in ("reconstruct", "encode", "transfer"):
+        r = client.post(f"/v1/runs/digits/{op}", files=up, data={"condition": "label=0"})
+        said = r.json()["conditions"]
+        assert r.status_code == 200 and said in (["label=3", "label=0"], {"label": ["3", "0"]}), (op, r.text)
+
+
 def test_an_upload_is_classified_as_cvae_classify_does(client, runs, tmp_path):
     # a run conditioned on one categorical condition classifies by Bayes' rule (cvae classify)
     png = digit_png(3, size=32)

@@ -87,11 +87,12 @@ def _row_length(labels, n: int) -> int:
     return min(8, n) if n < 64 else int(n**0.5 + 0.999)
 
 
-def reconstruct_inputs(model: CVAE, inputs: Inputs, *, condition=None,
-                       source: str = "the input") -> tuple[torch.Tensor, torch.Tensor | None]:
+def reconstruct_inputs(model: CVAE, inputs: Inputs, *, condition=None, source: str = "the input",
+                       own_first: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Reconstructions of ``inputs`` (data units, on the CPU), each encoded and decoded with its own
-    condition or with ``condition`` when given; returns them with the raw condition codes used."""
-    y = conditions_of(model, inputs, condition, source=source)
+    condition or with ``condition`` when given (``own_first``: only where an input has none, as the web
+    API's field is for); returns them with the raw condition codes used."""
+    y = conditions_of(model, inputs, condition, source=source, own_first=own_first)
     return model.reconstruct(inputs.x, y).cpu(), y
 
 

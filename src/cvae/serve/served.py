@@ -392,7 +392,8 @@ class ServedRun:
                     "reconstruction": self.strings([r["reconstruction"] for r in rows]),
                     "same": [bool(r["same"]) for r in rows], "ids": names, "conditions": self._describe(y)}
         with self.upload(data) as (inputs, _):
-            rec, y = reconstruct_inputs(self.model, inputs, condition=condition or None, source="the upload")
+            rec, y = reconstruct_inputs(self.model, inputs, condition=condition or None, source="the upload",
+                                        own_first=True)  # as encode and transfer: the field is for rows without one
         return {"input": self.render(inputs.x), "reconstruction": self.render(rec), "ids": _ids(inputs.ids),
                 "conditions": self._describe(y)}
 
