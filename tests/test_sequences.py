@@ -29,7 +29,7 @@ from rdkit.Chem import Crippen  # noqa: E402
 
 from cvae.cli import main  # noqa: E402
 from cvae.data.sequences import load_sequences  # noqa: E402
-from cvae.errors import CvaeError  # noqa: E402
+from cvae.errors import CvaeError, CvaeWarning  # noqa: E402
 from cvae.models import SeqVAE, SeqVAEConfig  # noqa: E402
 from cvae.tokens import EOS, PAD, SPECIALS, Tokenizer  # noqa: E402
 
@@ -100,6 +100,28 @@ def test_bad_rows_are_skipped_counted_and_located(tmp_path, capsys):
         load_sequences(str(bad), sequence="smi")
     with pytest.raises(CvaeError, match="no condition column 'color'"):
         load_sequences(str(bad), sequence="smiles", condition="color")
+
+
+def test_a_condition_of_undeclared_kind_skips_nan_cells_and_warns_of_stray_words(tmp_path, capsys):
+    rows = MOLECULES.read_text().splitlines()[:61]
+    # "nan" and "inf" stopped the run ("missing or non-finite values") where an empty cell was skipped
+    nan = tmp_path / "nan.csv"
+    nan.write_text("\n".join(rows[:3] + ["CCO,nan"] + rows[3:10] + ["CCN,inf"] + rows[10:]) + "\n")
+    data = load_sequences(str(nan), sequence="smiles", condition="logp", val_fraction=0.1, seed=0)
+    err = capsys.readouterr().err
+    assert "skipped 2 of 62 rows: 2 non-finite logp values (lines 4, 12)" in err
+    assert data.schema.attributes[0].kind == "continuous"
+    # one word among the numbers made the column categorical, each number a class, without a word said
+    words = tmp_path / "words.csv"
+    words.write_text("\n".join(rows[:3] + ["CCO,abc"] + rows[3:]) + "\n")
+    with pytest.warns(CvaeWarning, match=r"condition 'logp' is read as categorical \(each value a class\) because 1 of "
+                      r"its .* training values are not numbers \('abc'\); if it is a quantity, write logp:continuous"):
+        try:
+            load_sequences(str(words), sequence="smiles", condition="logp", val_fraction=0.1, seed=0)
+        except CvaeError:
+            pass  # numbers of the validation rows that training never saw: refused, as for any unknown class
+    data = load_sequences(str(words), sequence="smiles", condition="logp:continuous", val_fraction=0.1, seed=0)
+    assert "1 non-numeric logp values (line 4)" in capsys.readouterr().err
 
 
 def test_max_length_skips_longer_rows(capsys):

@@ -147,6 +147,23 @@ def _infer_kind(values: np.ndarray) -> str:
     return "categorical" if integral and len(uniq) <= 50 else "continuous"
 
 
+def _warn_if_mostly_numbers(name: str, values: np.ndarray, source: str) -> None:
+    """A column of numbers with a few stray words reads as categorical, every number a class of its own:
+    said in one warning, with what to write to have it continuous."""
+    text = [class_text(v) for v, gone in zip(values.tolist(), missing_mask(values)) if not gone]
+    words = []
+    for t in text:
+        try:
+            float(t)
+        except ValueError:
+            words.append(t)
+    if text and 0 < len(words) <= max(5, 0.05 * len(text)) and len(set(text) - set(words)) >= 3:
+        shown = ", ".join(repr(w) for w in list(dict.fromkeys(words))[:3])
+        warnings.warn(f"{source}: condition {name!r} is read as categorical (each value a class) because {len(words)} "
+                      f"of its {len(text):,} training values are not numbers ({shown}); if it is a quantity, write "
+                      f"{name}:continuous and rows whose value is not a number are skipped", CvaeWarning, stacklevel=3)
+
+
 def _check_condition_values(name: str, split: str, values: np.ndarray, source: str) -> None:
     """Numbers beyond ``MAX_ABS`` would wrap in the integer class codes or overflow float32: refused."""
     values = np.asarray(values)
@@ -169,6 +186,8 @@ def build_schema(raw: RawData, spec, source: str | None = None) -> tuple[Conditi
         for split, (_, cols) in raw.splits.items():
             _check_condition_values(name, split, cols[name], source or raw.name)
         train_vals = raw.splits["train"][1][name]
+        if not kind and _infer_kind(train_vals) == "categorical" and name not in raw.class_names:
+            _warn_if_mostly_numbers(name, train_vals, source or raw.name)
         kind = kind or _infer_kind(train_vals)
         if kind == "categorical" and name in raw.class_names:
             attr = Attribute(name, "categorical", list(raw.class_names[name]))

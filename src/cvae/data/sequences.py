@@ -313,6 +313,12 @@ def load_sequences(source: str, *, sequence: str, condition=None, tokenizer: str
                     break
                 row_values[n] = v
             else:
+                try:  # a kind to be inferred: "nan" or "inf" is no value, skipped as an empty cell is
+                    if not math.isfinite(float(cell)):
+                        bad = f"non-finite {n} values"
+                        break
+                except ValueError:
+                    pass
                 row_values[n] = cell
         if bad:
             skips.add(bad, line)
