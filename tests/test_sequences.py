@@ -370,7 +370,7 @@ def test_prefix_predictor_loss_and_the_steered_step_written_out():
 
 
 # -- end to end: molecules ---------------------------------------------------------------------------
-def test_molecules_train_sample_evaluate_interpolate(tmp_path):
+def test_molecules_train_sample_evaluate_interpolate(tmp_path, monkeypatch):
     run = tmp_path / "run"
     r = cli("train", "--data", MOLECULES, "--sequence", "smiles", "--condition", "logp,qed", "--epochs", "2",
             "--batch-size", "32", "--hidden", "32", "--latent-dim", "4", "--kl-warmup", "1", "--word-dropout", "0.1",
@@ -397,6 +397,16 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path):
         if m is not None:
             assert math.isclose(float(row["logp"]), Crippen.MolLogP(m), abs_tol=1e-3)
     assert sum(r["valid"] == "1" for r in table) >= 55  # SELFIES: only an empty string can be invalid
+    assert "note: only" not in r.stdout
+    # a request far out, steered hard, gave every sample empty (valid 0%) and nothing said what to do
+    import cvae.apps.sequences as sequences_apps
+
+    with monkeypatch.context() as m:
+        m.setattr(sequences_apps, "sample_to_file", lambda model, out, **_: (out, {"n": 10, "valid": 0.2, "unique": 0.2}))
+        r = cli("sample", run, "--n", "10", "-o", tmp_path / "few.csv")
+    assert r.returncode == 0 and ("note: only 20% of the samples are valid molecules (a SELFIES string of branch or "
+                                  "ring tokens alone decodes to none); ask for values nearer the training data's\n"
+                                  ) in r.stdout, r.stdout
 
     # --within: only molecules whose logP (recomputed here) lies that near the request, more rounds generated
     near = tmp_path / "near.csv"

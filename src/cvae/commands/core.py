@@ -289,6 +289,11 @@ def _sample_sequences(model, args) -> int:
     if summary.get("left_out_empty"):
         print(f"note: {summary['left_out_empty']} of them decoded to an empty sequence and are not in {path} (one "
               "sequence a line; the .csv output keeps every one)")
+    if "valid" in summary and summary["valid"] < 0.5:
+        steered = model.steer_weight(args.steer) if hasattr(model, "steer_weight") else 0
+        print(f"note: only {summary['valid']:.0%} of the samples are valid molecules (a SELFIES string of branch "
+              "or ring tokens alone decodes to none); ask for values nearer the training data's"
+              + (f", or steer less (--steer, {steered:g} now)" if steered else ""))
     if within and summary["n"] < args.n:
         print(f"note: only {summary['n']} of the {args.n} asked for came within --within {args.within} in "
               f"{summary['generated']:,} generated; widen the distances or ask for values nearer the training data's")
