@@ -496,6 +496,12 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path, monkeypatch):
     (tmp_path / "two.smi").write_text("CCO\nc1ccoc1\n")
     r = cli("embed", run, "--data", tmp_path / "two.smi", "--condition", "logp=0.1,qed=0.4", "-o", tmp_path / "l2.csv")
     assert r.returncode == 0, r.stderr
+    # a string, as the README says every --data of a sequence run takes (embed alone refused one)
+    r = cli("embed", run, "--data", "c1ccoc1", "--condition", "logp=0.1,qed=0.4", "-o", tmp_path / "l3.csv")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "l2.csv") as f, open(tmp_path / "l3.csv") as g:
+        assert math.isclose(float(next(csv.DictReader(g))["mu_0"]), float(list(csv.DictReader(f))[1]["mu_0"]),
+                            rel_tol=1e-5, abs_tol=1e-6)  # the same code (batched with another: float rounding)
     r = cli("train", "--data", MOLECULES, "--sequence", "smiles", "--resume", "--epochs", "3", "--out", run,
             "--no-progress", "--no-tensorboard")
     assert r.returncode == 0, r.stderr

@@ -622,9 +622,10 @@ def _embed_sequences(args) -> int:
     model = load(args.run, device=args.device)
     if args.data:
         path = Path(args.data)
-        if path.suffix.lower() not in (".smi", ".txt", ".csv", ".tsv") or not path.is_file():
-            raise CvaeError(f"--data {args.data}: give a .smi or .txt file, one sequence per line, or a CSV with the "
-                            "run's sequence column (or leave --data out for the run's own validation split)")
+        if path.suffix.lower() not in (".smi", ".txt", ".csv", ".tsv") and path.is_file():
+            raise CvaeError(f"--data {args.data}: give a .smi or .txt file, one sequence per line, a CSV with the "
+                            "run's sequence column, or a sequence in quotes (or leave --data out for the run's own "
+                            "validation split)")
         names, texts = read_strings(args.data, "--data", sequence_column(model))
         y = given_conditions(model, args.condition, texts, names=names, source=args.data)
     else:
