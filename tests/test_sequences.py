@@ -446,6 +446,13 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path, monkeypatch):
     assert greedy["protocol"]["decode"] == "greedy" and greedy["protocol"]["temperature"] == 1.0
     assert mol["validity"] >= 0.9 and set(greedy["property_control"]) == {"logp", "qed"}
     assert (greedy["uniqueness"], greedy["int_div"]) != (mol["uniqueness"], mol["int_div"])
+    # the FCD reference is said as used (the first 40 of the validation split, not all of it), and the
+    # table shows uniqueness below MOSES's 1,000 and every decoding setting
+    assert greedy["fcd_reference_size"] == 15 and greedy["protocol"]["fcd_reference"] == "validation split (15 molecules)"
+    r = cli("evaluate", run, "--metrics", "molecules", "--molecules", "10")
+    assert r.returncode == 0, r.stderr
+    assert "token temperature 0.5" in r.stdout and "unique (of the valid)" in r.stdout and "FCD against the validation" \
+        " split (10 molecules, the first of 15)" in r.stdout, r.stdout
     r = cli("evaluate", run, "--metrics", "molecules", "--decode", "beam", "--beam", "0")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--beam must be" in r.stderr
 

@@ -757,14 +757,18 @@ def _molecules_section(model, data, *, explicit: bool, n: int, seed: int, temper
     g = torch.Generator().manual_seed(seed)
     y = data.train.y[torch.randint(len(data.train.y), (n,), generator=g)] if model.schema else None
     strings, _ = model.sample_strings(n, y if y is not None else None, seed=seed, temperature=temperature, **decoding)
-    reference = data.meta["strings"]["val"] or data.meta["strings"]["train"][:n]
+    pool, where = ((data.meta["strings"]["val"], "validation split") if data.meta["strings"]["val"] else
+                   (data.meta["strings"]["train"], "training split"))
+    reference = pool[:max(n, 2)]  # as many as are generated, at most: FCD compares two sets of like size
+    where = f"{where} ({len(reference):,} molecules" + (f", the first of {len(pool):,})" if len(reference) < len(pool)
+                                                       else ")")
     moses = model.run_config.get("train", {}).get("data") == "moses"  # MOSES's own novelty and FCD/Test too
     out = {"protocol": {"generated": n, "conditions": "drawn from the training rows" if model.schema else "none",
                         "temperature": temperature, "decode": decode if decode != "beam" else f"beam of {beam}",
                         "token_temperature": token_temperature, "guidance": guidance, "steer": steer,
                         "novelty_against": "training split",
-                        "fcd_reference": f"validation split ({len(reference)} molecules)"},
-           **molecule_metrics(strings, set(data.meta["strings"]["train"]), reference[:max(n, 2)], moses=moses)}
+                        "fcd_reference": where},
+           **molecule_metrics(strings, set(data.meta["strings"]["train"]), reference, moses=moses)}
     if moses:
         out["protocol"]["moses"] = ("novelty_moses_train: against MOSES's whole training file; fcd_moses_test: "
                                     "to the ChemNet statistics of MOSES's test set (176,074 molecules), MOSES's FCD/Test")

@@ -295,12 +295,18 @@ def format_table(results: dict) -> str:
     mols = _measured(results.get("molecules"), "molecules", lines)
     if mols:
         p = mols["protocol"]
+        knobs = "".join(f", {name} {p[key]:g}" for key, name in (("token_temperature", "token temperature"),
+                                                                  ("guidance", "guidance"), ("steer", "steer"))
+                        if isinstance(p.get(key), (int, float)))
         lines.append(f"molecules: {p['generated']} generated (conditions {p['conditions']}; {p.get('decode', 'greedy')} "
-                     f"decoding, temperature {p.get('temperature')}), novelty against the {p['novelty_against']}, "
-                     f"FCD against the {p['fcd_reference']}")
+                     f"decoding, temperature {p.get('temperature')}{knobs}), novelty against the "
+                     f"{p['novelty_against']}, FCD against the {p['fcd_reference']}")
         if "moses" in p:
             lines.append(f"  MOSES's own references: {p['moses']}")
-        for key, label in (("validity", "validity"), ("unique@1k", "unique@1k"), ("unique@10k", "unique@10k"),
+        shown = [("validity", "validity"), ("unique@1k", "unique@1k"), ("unique@10k", "unique@10k")]
+        if mols.get("unique@1k") is None:  # MOSES's unique@k needs k generated: below 1,000, the share of all valid
+            shown.append(("uniqueness", "unique (of the valid)"))
+        for key, label in (*shown,
                            ("novelty", "novelty"), ("novelty_moses_train", "novelty against MOSES's training file"),
                            ("int_div", "internal diversity (IntDiv1)"), ("fcd", "FCD"),
                            ("fcd_moses_test", "FCD/Test (MOSES)")):
