@@ -124,6 +124,14 @@ def test_a_condition_of_undeclared_kind_skips_nan_cells_and_warns_of_stray_words
     assert "1 non-numeric logp values (line 4)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("limit", [20, 31, 45])
+def test_limit_trains_on_that_many_rows(limit):
+    # --limit 2000 on QM9 trained on 2,001 (the validation share's rounding fell the other way)
+    data = load_sequences(str(MOLECULES), sequence="smiles", condition="logp", val_fraction=0.1, seed=0, limit=limit,
+                          quiet=True)
+    assert len(data.train) == limit and len(data.val) >= 1
+
+
 def test_max_length_skips_longer_rows(capsys):
     data = load_sequences(str(MOLECULES), sequence="smiles", tokenizer="smiles", max_length=10, val_fraction=0.0)
     assert data.data_shape == (11,)

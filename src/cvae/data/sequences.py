@@ -364,6 +364,8 @@ def load_sequences(source: str, *, sequence: str, condition=None, tokenizer: str
     n_val = int(round(val_fraction * n))
     if val_fraction > 0 and n > 1:
         n_val = max(n_val, 1)
+    if limit is not None and val_fraction > 0:
+        n_val = max(n_val, n - limit)  # --limit N trains on N, not N + 1 where the rounding fell the other way
     cols = {}
     for nm, _ in wanted:
         vals = values[nm]
