@@ -406,6 +406,9 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path, monkeypatch):
             assert math.isclose(float(row["logp"]), Crippen.MolLogP(m), abs_tol=1e-3)
     assert sum(r["valid"] == "1" for r in table) >= 55  # SELFIES: only an empty string can be invalid
     assert "note: only" not in r.stdout
+    r = cli("classify", run, "--data", "CCO", "-o", tmp_path / "p.csv")  # it said "trained without labels"
+    assert r.returncode == 2 and ("this model has no categorical condition to classify (its conditions, logp, qed, are "
+                                  "continuous: classification reads classes)") in r.stderr, r.stderr
     # a request far out, steered hard, gave every sample empty (valid 0%) and nothing said what to do
     import cvae.apps.sequences as sequences_apps
 

@@ -40,7 +40,10 @@ def _attribute(model, attribute: str | None):
     """The categorical condition to classify: ``attribute``, or the first one."""
     blocks = model.schema.categorical_blocks() if model.schema else []
     if not blocks:
-        raise CvaeError("this model has no categorical condition to classify (it was trained without labels)")
+        cont = [a.name for a in model.schema.attributes] if model.schema else []
+        raise CvaeError("this model has no categorical condition to classify " + (
+            f"(its conditions, {', '.join(cont)}, are continuous: classification reads classes)" if cont
+            else "(it was trained without labels)"))
     names = [a.name for a, _, _ in blocks]
     if attribute is not None and attribute not in names:
         raise CvaeError(f"{attribute!r} is not a categorical condition of this model; choose one of {', '.join(names)}")

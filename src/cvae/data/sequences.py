@@ -79,7 +79,7 @@ def _qm9_rows() -> tuple[list[str], list[list[str]], list[int]]:
     """QM9's 133,885 molecules (SMILES column of qm9pack's three CSV parts, in order)."""
     header, rows, lines = None, [], []
     for part in (1, 2, 3):
-        path = _package_file("qm9pack", "data", f"qm9_part{part}.csv", install="python -m pip install --no-deps qm9pack")
+        path = _package_file("qm9pack", "data", f"qm9_part{part}.csv", install="python -m pip install --no-deps qm9pack==1.0.3")
         h, r, ln = _read_table(path, keep=("SMILES",))
         header = h
         rows += r
