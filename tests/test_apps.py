@@ -286,6 +286,8 @@ def test_anomaly_on_heartbeat_signals(beats, tmp_path, capsys, backbone):
     det = json.loads((run / "anomaly.json").read_text())
     assert det["label_column"] == "label" and det["normal"] == ["0"] and set(det["thresholds"]) == {"elbo", "iwae", "recon"}
     assert det["n_train"] + det["n_val"] == 500
+    assert (f"(trained on {det['n_train']} normal examples, {det['n_val']} more held out for the threshold: label in "
+            "{0})") in capsys.readouterr().out
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["data"]["kind"] == "signal" and cfg["model"]["data_shape"] == [1, 64]
     assert cfg["model"]["arch"] == ("conv" if "conv" in backbone else "mlp")

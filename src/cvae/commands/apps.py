@@ -375,8 +375,9 @@ def cmd_anomaly_fit(args) -> int:
                       data_dir=getattr(args, "data_dir", None), data_layout=getattr(args, "data_layout", "auto"),
                       overwrite=args.overwrite, pictures=args.pictures, seed=seed, **given)
     d = fit.detector
-    what = f"{d.label_column} in {{{', '.join(d.normal)}}}" if d.label_column else "every row"
-    print(f"run folder: {fit.run_dir}  (trained on {d.n_train} normal examples: {what})")
+    what = f"{d.label_column} in {{{', '.join(d.normal)}}}" if d.label_column else "every row is normal"
+    print(f"run folder: {fit.run_dir}  (trained on {d.n_train} normal examples, {d.n_val} more held out for the "
+          f"threshold: {what})")
     if "val" in fit.summary:
         v = fit.summary["val"]
         print(f"  validation negative ELBO {v['loss']:.3f} nats per example")
