@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -138,9 +139,12 @@ def test_cosine_schedule_runs_from_lr_to_zero():
     assert stages == pytest.approx(want)
 
 
-def test_existing_run_is_not_overwritten(run, capsys):
+def test_existing_run_is_not_overwritten(run, capsys, monkeypatch):
     before = (run / "model.safetensors").read_bytes()
-    assert main(["train", *FAST, "--epochs", "1", "--out", str(run)]) == 2
+    with monkeypatch.context() as m:  # refused before the data are read (8 s for a corpus, minutes for more)
+        m.setattr(importlib.import_module("cvae.train"), "_load",
+                  lambda config: pytest.fail("the data were read before the refusal"))
+        assert main(["train", *FAST, "--epochs", "1", "--out", str(run)]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (run / "model.safetensors").read_bytes() == before
     assert main(["train", "--resume", "--epochs", "2", "--out", str(run)]) == 2

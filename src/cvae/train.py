@@ -414,6 +414,8 @@ class Trainer:
         # it looks at the machine from here on (loading the data is the first window)
         governor = ThreadGovernor() if ranks.world == 1 and device.type == "cpu" else None
         config = _settings(config, ranks, device, resume, explicit)
+        if config.out and ranks.main:  # a run this would lose is refused before the data are read (minutes)
+            _check_run_folder(Path(config.out), resume, overwrite)
         torch.manual_seed(config.seed)
         data = _load(config)
         if resume:  # the same data: another file of the same name gave a run trained on two data sets
@@ -949,28 +951,37 @@ def _run_folder(config: TrainConfig, data_name: str, resume: bool, overwrite: bo
     """The run folder, locked for this process; whether an old trained run in it is to be replaced;
     whether this call created it."""
     run_dir = Path(config.out) if config.out else default_out(config, data_name)
-    if run_dir.exists() and not run_dir.is_dir():
+    if run_dir.exists() and not run_dir.is_dir():  # before the lock, which writes into the folder
         raise CvaeError(f"--out {run_dir} is a file, not a folder; choose a folder name for the run")
     created = not run_dir.exists()
     hold(run_dir)
     try:
         remove_orphans(run_dir, RUN_FILES)
-        trained = _has_epochs(run_dir)
-        if resume and not trained and (run_dir / "model.safetensors").is_file():
-            raise CvaeError(f"{run_dir} holds trained weights but no trainer_state.safetensors, which an exact --resume "
-                            "needs (the optimizer, counters and random state); restore it from a copy of the run, "
-                            "or pass --overwrite instead of --resume to train it again from the start")
-        if not resume and not trained and (run_dir / "model.safetensors").is_file() and not overwrite:
-            raise CvaeError(f"{run_dir} already holds a trained model; pass --overwrite to replace it, or choose "
-                            "another --out")
-        if not resume and trained and not overwrite:
-            raise CvaeError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace "
-                            "it, or choose another --out")
+        trained = _check_run_folder(run_dir, resume, overwrite)
         # a folder whose run never finished an epoch holds nothing to lose: train and --resume both start it
         return run_dir, bool(overwrite and trained and not resume), created
     except BaseException:
         let_go(run_dir)
         raise
+
+
+def _check_run_folder(run_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Refuse a folder whose run this call would lose or cannot continue; return whether it holds epochs.
+    Also called before the data are read (minutes for a large corpus), where --out is given."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CvaeError(f"--out {run_dir} is a file, not a folder; choose a folder name for the run")
+    trained = _has_epochs(run_dir)
+    if resume and not trained and (run_dir / "model.safetensors").is_file():
+        raise CvaeError(f"{run_dir} holds trained weights but no trainer_state.safetensors, which an exact --resume "
+                        "needs (the optimizer, counters and random state); restore it from a copy of the run, "
+                        "or pass --overwrite instead of --resume to train it again from the start")
+    if not resume and not trained and (run_dir / "model.safetensors").is_file() and not overwrite:
+        raise CvaeError(f"{run_dir} already holds a trained model; pass --overwrite to replace it, or choose "
+                        "another --out")
+    if not resume and trained and not overwrite:
+        raise CvaeError(f"{run_dir} already holds a run; pass --resume to continue it, --overwrite to replace "
+                        "it, or choose another --out")
+    return trained
 
 
 def _has_epochs(run_dir: Path) -> bool:
