@@ -53,7 +53,7 @@ async function api(kind, path, body) {
       ? { method: "POST", body } : { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) };
     const response = await fetch(path, init);
     const data = await response.json().catch(() => ({ detail: `HTTP ${response.status}` }));
-    if (ticket !== latest[kind]) return null;  // a newer request of this kind was made meanwhile
+    if (ticket !== latest[kind]) return undefined;  // a newer request of this kind was made meanwhile: it draws
     if (!response.ok) {
       showError(kind, data.detail || response.statusText);
       return null;
@@ -207,7 +207,8 @@ async function generate() {
   if (run.guidance && run.guidance.available) body.guidance = Number($("guidance").value);
   if (run.steer && run.steer.available) body.steer = Number($("steer").value);
   const out = await api("generate", `/v1/runs/${encodeURIComponent(run.name)}/generate`, body);
-  if (!out) {  // failed (or overtaken by a newer request, which will draw): no stale samples under new settings
+  if (out === undefined) return;  // overtaken by a newer request, which draws
+  if (!out) {  // failed: no stale samples under the new settings
     put("samples", el("div"));
     $("samples-caption").textContent = "";
     return;
@@ -224,12 +225,13 @@ const decode = debounce(async () => {
   for (const s of $("sliders").querySelectorAll("input")) values[s.dataset.dim] = Number(s.value);
   const out = await api("decode", `/v1/runs/${encodeURIComponent(run.name)}/decode`,
     { condition: oneClass(conditionOf($("conditions"))), values });
-  put("decoded", out ? render(out, out.conditions, 160) : el("div"));
+  if (out !== undefined) put("decoded", out ? render(out, out.conditions, 160) : el("div"));
 });
 
 async function traverse() {
   const out = await api("traverse", `/v1/runs/${encodeURIComponent(run.name)}/traverse`,
     { condition: oneClass(conditionOf($("conditions"))), top: Math.min(5, run.latent_dim), steps: 9 });
+  if (out === undefined) return;
   if (!out) {
     put("traversal", el("div"));
     return;
