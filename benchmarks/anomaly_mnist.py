@@ -27,6 +27,8 @@ import torch
 
 import cvae
 from cvae.apps import anomaly_metrics, anomaly_scores, fit_anomaly, load_detector, read_inputs
+from cvae.probe import cpu_name
+from cvae.train import native_bfloat16
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,6 +56,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    print(f"machine: {cpu_name()}, native bfloat16: {native_bfloat16(torch.device('cpu'))}, "
+          f"{torch.get_num_threads()} thread(s), torch {torch.__version__}", flush=True)
     digits = [d.strip() for d in args.digits.split(",") if d.strip()]
     scores = [s.strip() for s in args.scores.split(",") if s.strip()]
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="cvae-anomaly-"))

@@ -36,6 +36,8 @@ from torch import nn
 import cvae
 from cvae.apps import augment, read_inputs
 from cvae.data.sources import load_mnist
+from cvae.probe import cpu_name
+from cvae.train import native_bfloat16
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    print(f"machine: {cpu_name()}, native bfloat16: {native_bfloat16(torch.device('cpu'))}, "
+          f"{torch.get_num_threads()} thread(s), torch {torch.__version__}", flush=True)
     t_start = time.perf_counter()
 
     rare = [int(d) for d in args.rare.split(",")]

@@ -28,9 +28,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 import cvae
 from cvae.evaluate import evaluate_run
-from cvae.train import burda_lr, burda_stage
+from cvae.probe import cpu_name
+from cvae.train import burda_lr, burda_stage, native_bfloat16
 
 PAPER_NLL = 86.76
 
@@ -50,6 +53,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    print(f"machine: {cpu_name()}, native bfloat16: {native_bfloat16(torch.device('cpu'))}, "
+          f"{torch.get_num_threads()} thread(s), torch {torch.__version__}", flush=True)
 
     out = Path(args.out)
     settings = dict(data="mnist", data_dir=args.data_dir, condition="none", preset="burda", binarize="dynamic",

@@ -17,13 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
+
+from cvae.probe import cpu_name
+from cvae.train import native_bfloat16
 
 EXAMPLE = r'''
 import sys, time, statistics, torch
@@ -93,7 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; load average "
+    print(f"machine: {cpu_name()}, native bfloat16: {native_bfloat16(torch.device('cpu'))}, {os.cpu_count()} cores; "
+          f"load average "
           f"{os.getloadavg()[0]:.2f} before; {args.limit} images, {args.epochs} epochs per measurement")
     players = {"cvae (python -m cvae train)": cvae_epoch_seconds, "PyTorch's example": example_epoch_seconds}
     results = {}
@@ -115,7 +120,7 @@ def main(argv=None) -> int:
         print(f"{name:30s} {r['idle']:8.2f} {r['one competing process']:8.2f} "
               f"{r['one competing process'] / r['idle']:11.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": platform.processor() or platform.machine(),
+        Path(args.json).write_text(json.dumps({"machine": cpu_name(),
                                                "cores": os.cpu_count(), "limit": args.limit, "epochs": args.epochs,
                                                "seconds_per_epoch": results}, indent=2) + "\n")
     return 0

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from cvae.api import fit_aggregate, load
+from cvae.errors import CvaeError
 from cvae.evaluate import evaluate_run
 from cvae.probe import cpu_name
 
@@ -58,9 +59,13 @@ def main(argv=None) -> int:
         for codes, guidance in [(c, w) for c in ([args.only] if args.only else ["prior", "aggregate"])
                                 for w in args.guidance]:
             t0 = time.perf_counter()
-            r = evaluate_run(run, metrics=["samples"], evaluator=evaluators.get(Path(str(data)).stem), n=args.n,
-                             per_class=args.per_class, data_dir=args.data_dir, codes=codes, write=False,
-                             temperature=args.temperature if codes == "aggregate" else None, guidance=guidance)
+            try:
+                r = evaluate_run(run, metrics=["samples"], evaluator=evaluators.get(Path(str(data)).stem), n=args.n,
+                                 per_class=args.per_class, data_dir=args.data_dir, codes=codes, write=False,
+                                 temperature=args.temperature if codes == "aggregate" else None, guidance=guidance)
+            except CvaeError as e:  # e.g. no evaluator for the run's data: one line, as the CLI says it
+                raise SystemExit(f"error: {e}" + (f"; this script takes it as --evaluator {Path(str(data)).stem}=PATH"
+                                                  if "evaluator" in str(e) else "")) from None
             s = r.results["samples"]
             acc = s["conditional_accuracy"]
             per = {c: v["value"] for c, v in acc["per_class"].items()}

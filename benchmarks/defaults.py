@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ import torch
 
 import cvae
 from cvae.evaluator import conditional_accuracy, default_path, load_evaluator, train_evaluator
+from cvae.probe import cpu_name
+from cvae.train import native_bfloat16
 
 TEMPERATURES = (1.0, 0.9)  # exact draws from the model, and cvae sample's default
 CANDIDATES = {
@@ -45,7 +46,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", help="comma-separated candidate names")
     args = p.parse_args(argv)
     out = Path(args.out)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), "
+    print(f"machine: {cpu_name()}, native bfloat16: {native_bfloat16(torch.device('cpu'))}, "
+          f"{torch.get_num_threads()} thread(s), "
           f"torch {torch.__version__}; {args.data}, {args.epochs} epochs, {args.per_class} samples per class")
     path = out / "evaluator.safetensors"
     if not path.is_file():

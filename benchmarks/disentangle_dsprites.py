@@ -25,7 +25,7 @@ import torch
 from cvae.config import TrainConfig
 from cvae.evaluate import evaluate_run
 from cvae.probe import cpu_name
-from cvae.train import fit
+from cvae.train import fit, native_bfloat16
 
 OBJECTIVES = {  # name: settings (the published defaults of each paper's dSprites runs where given)
     "vae": {"objective": "elbo", "beta": 1.0},
@@ -67,6 +67,8 @@ def main() -> None:
                    help="JSON files of other calls (e.g. seeds run in parallel with another --out): their runs with "
                         "the same settings are added to --out, then the table is printed")
     args = p.parse_args()
+    print(f"machine: {cpu_name()}, native bfloat16: {native_bfloat16(torch.device('cpu'))}, "
+          f"{torch.get_num_threads()} thread(s), torch {torch.__version__}", flush=True)
     out = Path(args.out)
     # Seed-major order (every objective's seed 0 first), and the JSON rewritten after every run: an
     # interrupted benchmark keeps what it measured, and a rerun with the same --out skips those runs.

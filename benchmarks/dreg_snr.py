@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -27,6 +26,8 @@ import cvae
 from cvae.data import EVALUATION_SEED, fixed_binarization
 from cvae.evaluate import load_run_data
 from cvae.objectives import OBJECTIVES
+from cvae.probe import cpu_name
+from cvae.train import native_bfloat16
 
 
 def encoder_gradients(model, objective, x, draws: int) -> torch.Tensor:
@@ -56,7 +57,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the figures here (.json)")
     p.add_argument("--figure", help="write SNR against k here (.png)")
     args = p.parse_args(argv)
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    machine = (f"{cpu_name()}, native bfloat16: {native_bfloat16(torch.device('cpu'))}, {torch.get_num_threads()} "
+               f"threads, torch {torch.__version__}")
     print(f"machine: {machine}")
     if os.path.isfile(os.path.join(args.out, "model.safetensors")):
         model = cvae.load(args.out)

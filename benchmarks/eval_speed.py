@@ -25,6 +25,8 @@ import cvae
 from cvae.data import EVALUATION_SEED, fixed_binarization
 from cvae.evaluate import importance_sampled, load_run_data, mean_and_stderr
 from cvae.objectives import iwae_bound
+from cvae.probe import cpu_name
+from cvae.train import native_bfloat16
 
 
 def main(argv=None) -> int:
@@ -39,6 +41,8 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=4096, help="decoder rows per call")
     p.add_argument("--compare", type=int, default=8, help="examples for the comparison with objectives.iwae_bound")
     args = p.parse_args(argv)
+    print(f"machine: {cpu_name()}, native bfloat16: {native_bfloat16(torch.device('cpu'))}, "
+          f"{torch.get_num_threads()} thread(s), torch {torch.__version__}", flush=True)
 
     if args.run:
         model = cvae.load(args.run)

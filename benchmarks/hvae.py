@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -40,6 +39,8 @@ import torch
 import cvae
 from cvae.evaluate import evaluate_run
 from cvae.models.base import SAMPLING_TEMPERATURE
+from cvae.probe import cpu_name
+from cvae.train import native_bfloat16
 
 PUBLISHED_MNIST = {"LVAE (Sonderby et al. 2016)": 81.74, "IWAE, two layers, k = 50 (Burda et al. 2015)": 82.90,
                    "NVAE (Vahdat & Kautz 2020)": 78.01}
@@ -47,15 +48,8 @@ BASELINE_FASHION_ACCURACY = 0.725  # README: the one-layer CVAE, 20 epochs (cvae
 
 
 def machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
+    return (f"{cpu_name()}, native bfloat16: {native_bfloat16(torch.device('cpu'))}, {torch.get_num_threads()} "
+            f"thread(s), torch {torch.__version__}")
 
 
 def train_seconds(run: Path) -> float:
@@ -209,6 +203,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default="runs/hvae-bench")
     p.add_argument("--results", default=str(Path(__file__).parent / "results"))
     args = p.parse_args(argv)
+    print(f"machine: {machine()}", flush=True)
     t0 = time.perf_counter()
     res = {"mnist": run_mnist, "fashion": run_fashion, "sizes": run_sizes}[args.what](args)
     res = {"what": args.what, "machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "results"},

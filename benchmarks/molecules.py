@@ -16,9 +16,11 @@ Run (one thread; about 30 minutes for QM9, see the README for MOSES):
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/molecules.py --data moses --limit 14000 --epochs 8
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/molecules.py --data moses --limit 20000 --epochs 10 \
         --kl-warmup 1 --condition-dropout 0.2 --guidance 1 --settings sample:1,sample:1:g0,sample:1:g2 \
-        --out runs/bench-molecules-moses-guided --results benchmarks/results/molecules-moses-guided
+        --out runs/bench-molecules-moses-guided --results benchmarks/results/molecules-moses-guided \
+        --picture docs/images/molecules-logp-moses-guided.png
 
-Writes benchmarks/results/molecules-DATA.json and .txt and docs/images/molecules-logp[-moses].png;
+Writes benchmarks/results/molecules-DATA.json and .txt and docs/images/molecules-logp[-moses].png (with
+--out and no --picture: that picture in the --out folder, so other runs never replace the README's);
 --eval-only measures an already trained --out run again (e.g. at other --settings).
 """
 
@@ -119,12 +121,14 @@ def main() -> None:
     p.add_argument("--eval-only", action="store_true", help="measure the trained run in --out again, no training")
     p.add_argument("--out", help="the run folder (default runs/bench-molecules-DATA)")
     p.add_argument("--results", help="results path without suffix (default benchmarks/results/molecules-DATA)")
-    p.add_argument("--picture", help="the logP picture (default docs/images/molecules-logp.png, -moses for MOSES)")
+    p.add_argument("--picture", help="the logP picture (default docs/images/molecules-logp.png, -moses for MOSES, "
+                                     "or that name in --out when --out is given)")
     args = p.parse_args()
     out_dir = args.out or f"runs/bench-molecules-{args.data}"
     results = Path(args.results or HERE / "results" / f"molecules-{args.data}")
-    picture_path = Path(args.picture or ROOT / "docs" / "images"
-                        / f"molecules-logp{'' if args.data == 'qm9' else '-' + args.data}.png")
+    # the README's pictures are the default runs'; any other --out keeps its picture in its own folder
+    picture_name = f"molecules-logp{'' if args.data == 'qm9' else '-' + args.data}.png"
+    picture_path = Path(args.picture or (Path(out_dir) if args.out else ROOT / "docs" / "images") / picture_name)
     extra = dict(condition_dropout=args.condition_dropout, guidance=args.guidance) if args.condition_dropout else {}
     extra["steer"] = args.steer  # 0 unless asked: the measurements before steering stay reproducible
     settings = dict(data=args.data, sequence="smiles", condition="logp,qed", tokenizer="selfies", limit=args.limit,

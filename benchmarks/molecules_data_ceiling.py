@@ -54,12 +54,19 @@ def main() -> None:
         drawn = [every[i] for i in rng.integers(len(every), size=args.n)]
         figures.append(molecule_metrics(drawn, train, None, fcd=False))
     expected = len(every) / args.n * (1 - math.exp(-args.n / len(every)))
+    unique_n = {1000: "unique@1k", 10000: "unique@10k"}.get(args.n, f"unique@{args.n:,}")  # all n drawn are valid
     lines = [f"{args.n:,} molecules drawn with replacement from QM9's {len(every):,} distinct canonical molecules "
              f"(seeds {', '.join(map(str, args.seeds))}); novelty against the {len(train):,} training molecules of "
-             f"{args.run}", f"unique@10k expected from the birthday problem: {expected:.4f}; novelty expected: "
+             f"{args.run}", f"{unique_n} expected from the birthday problem: {expected:.4f}; novelty expected: "
              f"{1 - len(train & set(every)) / len(every):.4f}"]
-    for key in ("validity", "unique@1k", "unique@10k", "novelty", "int_div"):
+    if args.n < 10000:
+        lines.append("(unique@1k and @10k left out: they need 1,000 and 10,000 molecules)" if args.n < 1000
+                     else "(unique@10k left out: it needs 10,000 molecules)")
+    for key in ("validity", "unique@1k", "unique@10k", "uniqueness", "novelty", "int_div"):
         values = [f[key] for f in figures]
+        if None in values or key == "uniqueness" and args.n in (1000, 10000):
+            continue  # unique@k below k molecules; "uniqueness" (over all n) is one of them at n = 1k, 10k
+        key = unique_n if key == "uniqueness" else key
         lines.append(f"{key:<12} {statistics.fmean(values):.4f} ({min(values):.4f}-{max(values):.4f})")
     text = "\n".join(lines)
     print(text)

@@ -121,14 +121,23 @@ def report(out: Path) -> int:
     if not found:
         print(f"no rows under {out}: run this script without --report first", file=sys.stderr)
         return 1
-    print("| row | epochs | test -log p(x), k = 5,000 | test negative ELBO | active units | training minutes |")
+    rows = [json.loads(path.read_text()) for path in found]
+    protocols = {(s.get("eval_k"), s.get("n_test")) for s in rows}  # each row's importance samples and test images
+
+    def protocol(s):
+        k, n = s.get("eval_k"), s.get("n_test")
+        return f"k = {k:,}, n = {n:,}" if k and n else "k and n not saved"
+
+    same = len(protocols) == 1
+    print(f"| row | epochs | test -log p(x){', ' + protocol(rows[0]) if same else ''} | test negative ELBO | "
+          "active units | training minutes |")
     print("|---|---:|---:|---:|---:|---:|")
-    for path in found:
-        s = json.loads(path.read_text())
-        print(f"| `{s['row']}` | {s['epochs']} | {s['test_nll']['value']:.2f} ± {s['test_nll']['stderr']:.2f} | "
+    for s in rows:
+        print(f"| `{s['row']}` | {s['epochs']} | {s['test_nll']['value']:.2f} ± {s['test_nll']['stderr']:.2f}"
+              f"{'' if same else ' (' + protocol(s) + ')'} | "
               f"{s['test_negative_elbo']['value']:.2f} ± {s['test_negative_elbo']['stderr']:.2f} | "
               f"{s['active_units']} of 50 | {s['train_minutes']} |")
-    print(f"\nmachine: {json.loads(found[0].read_text())['machine']}")
+    print(f"\nmachine: {rows[0]['machine']}")
     return 0
 
 

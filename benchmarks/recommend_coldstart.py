@@ -110,8 +110,11 @@ def report(results: list[dict], machine: str) -> str:
 
     seeds = sorted({r["seed"] for r in results})
     n = len(pooled("plain", "full"))
+    counts = [len(r["folds"]) for r in results]  # the folds saved (a run stopped early saves fewer)
+    folds = (f"{counts[0]} folds each" if len(set(counts)) == 1 else
+             "folds " + ", ".join(f"{c} (seed {r['seed']})" for c, r in zip(counts, results)))
     lines = [f"MovieLens-100K (recbole 1.2.1's files), ratings >= 4; seeds {', '.join(map(str, seeds))}: "
-             f"{n} test figures (every user once per seed; 5 folds each); the fold-in cut to its first n items of "
+             f"{n} test figures (every user once per seed; {folds}); the fold-in cut to its first n items of "
              f"one random order per user; NDCG@100 of the held-out 20%, mean ± standard error; 'vs plain': the "
              f"paired per-user difference against the plain Mult-VAE. {machine}", "",
              "| items folded in | " + " | ".join(["0", "1", "2", "3", "5", "all (80%)"]) + " |",
@@ -152,7 +155,8 @@ def report(results: list[dict], machine: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--folds", type=int, default=5,
+                    help="folds the users are cut into, at least 3: test, validation and training (default 5)")
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0, help="shuffles the users into folds, draws the cuts, seeds training")
     ap.add_argument("--report", nargs="*", metavar="RESULTS",
@@ -160,7 +164,12 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "recommend-coldstart"))
     args = ap.parse_args()
     out = Path(args.out)
+    if args.folds < 3:
+        ap.error(f"--folds {args.folds}: at least 3 are needed (a test fold, a validation fold, training folds)")
     if args.report is not None:
+        missing = [str(Path(p).with_suffix(".json")) for p in (args.report or [out]) if not Path(p).with_suffix(".json").exists()]
+        if missing:
+            raise SystemExit(f"no saved folds under {', '.join(missing)}")
         saved = [json.loads(Path(p).with_suffix(".json").read_text()) for p in (args.report or [out])]
         text = report(saved, saved[0]["machine"])
     else:

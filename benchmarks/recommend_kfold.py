@@ -226,7 +226,8 @@ def machine_line() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--folds", type=int, default=5,
+                    help="folds the users are cut into, at least 3: test, validation and training (default 5)")
     ap.add_argument("--only-folds", type=int, nargs="*", help="folds to run (default: all)")
     ap.add_argument("--epochs", type=int, default=200)
     ap.add_argument("--networks", nargs="*", help=f"networks to train (default: all of {list(NETWORKS)})")
@@ -236,11 +237,17 @@ def main() -> None:
     ap.add_argument("--report", action="store_true", help="train nothing: write the table of the folds saved")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "recommend-kfold"))
     args = ap.parse_args()
+    if args.folds < 3:
+        ap.error(f"--folds {args.folds}: at least 3 are needed (a test fold, a validation fold, training folds)")
+    if any(not 0 <= f < args.folds for f in args.only_folds or []):
+        ap.error(f"--only-folds: folds are numbered 0 to {args.folds - 1}")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     out = Path(args.out)
     saved = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
     results = saved.get("folds", {})
+    if args.report and not results:
+        raise SystemExit(f"no saved folds under {out.with_suffix('.json')}")
     machine = saved.get("machine") or machine_line()
     todo = [] if args.report else [f for f in (args.only_folds if args.only_folds is not None else range(args.folds))]
     data = load_interactions("ml-100k")

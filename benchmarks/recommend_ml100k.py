@@ -170,7 +170,7 @@ def main() -> None:
                                ("demographic - global popularity", "popularity")):
                 new = "Mult-VAE conditional" if label.startswith("conditional") else \
                     "demographic popularity (gender x age band x occupation)"
-                if ref not in scorers:
+                if ref not in scorers or new not in scorers:  # --only: a pair needs both its sides
                     continue
                 for table, key in ((cold_name, "cold"), ("test", "full")):
                     diff = per_user[(table, new)]["ndcg@100"] - per_user[(table, ref)]["ndcg@100"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import time
 from pathlib import Path
 
@@ -31,8 +30,10 @@ import torch
 
 from cvae.models import MULTVAE_DEFAULTS, MultVAEConfig, build_model
 from cvae.objectives import build_objective
+from cvae.probe import cpu_name
 from cvae.recommend.data import HeldOut, dense_rows
 from cvae.recommend.metrics import model_scorer, per_user_scores
+from cvae.train import native_bfloat16
 
 USERS, ITEMS, INTERACTIONS, BATCH = 136_677, 20_108, 10_000_000, 500
 
@@ -59,6 +60,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "recommend-ml20m-speed.txt"))
     args = ap.parse_args()
+    print(f"machine: {cpu_name()}, native bfloat16: {native_bfloat16(torch.device('cpu'))}, "
+          f"{torch.get_num_threads()} thread(s), torch {torch.__version__}", flush=True)
     t0 = time.perf_counter()
     m = synthetic(USERS, ITEMS, INTERACTIONS)
     built = time.perf_counter() - t0
@@ -96,7 +99,7 @@ def main() -> None:
     lines = [
         f"Mult-VAE at MovieLens-20M's shape: {USERS:,} users x {ITEMS:,} items, {m.nnz:,} interactions (synthetic; "
         f"built in {built:.1f} s); batch {BATCH}; torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-        f"{platform.processor() or platform.machine()}",
+        f"{cpu_name()}, native bfloat16: {native_bfloat16(torch.device('cpu'))}",
         f"seconds per step, cvae (CSR rows made dense per batch): {cvae_step:.3f} wall, {cvae_cpu:.3f} CPU",
         f"seconds per step, floor (the batch dense beforehand):   {floor_step:.3f} wall, {floor_cpu:.3f} CPU",
         f"ratio cvae / floor: {cvae_step / floor_step:.3f} wall, {cvae_cpu / floor_cpu:.3f} CPU",

@@ -81,6 +81,10 @@ def main() -> int:
 
     import cvae
     from cvae.serve.served import ServedRun
+    from cvae.train import native_bfloat16
+
+    print(f"machine: {cpu_name()}, native bfloat16: {native_bfloat16(torch.device('cpu'))}, the server on "
+          f"{args.threads} thread(s), torch {torch.__version__}", flush=True)
 
     tmp = tempfile.TemporaryDirectory(prefix="cvae-serve-load-")
     run = Path(args.run) if args.run else Path(tmp.name) / "digits"

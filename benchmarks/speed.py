@@ -479,6 +479,22 @@ def fmt(value, spec=".2f", missing="-"):
     return missing if value is None or value != value else format(value, spec)
 
 
+def times(a, b) -> str:
+    """The ratio a / b as "1.07x", or "-" where either figure is missing (a CPU time not measured)."""
+    return "-" if a is None or b is None or a != a or b != b or not b else f"{a / b:.2f}x"
+
+
+def json_safe(value):
+    """``value`` with every NaN or infinity (a figure not measured) as None: JSON's null, not a bare NaN."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=os.environ.get("CVAE_DATA"), help="folder holding mnist/ (e.g. ../shared/data)")
@@ -554,8 +570,8 @@ def main(argv=None) -> int:
         if r.note:
             print(f"{r.name:17s} {r.note}")
             continue
-        ratio = (f"{r.seconds_per_epoch / cvae_run.seconds_per_epoch:.2f}x, "
-                 f"{r.cpu_per_epoch / cvae_run.cpu_per_epoch:.2f}x") if r is not cvae_run else ""
+        ratio = (f"{times(r.seconds_per_epoch, cvae_run.seconds_per_epoch)}, "
+                 f"{times(r.cpu_per_epoch, cvae_run.cpu_per_epoch)}") if r is not cvae_run else ""
         print(f"{r.name:17s} {r.seconds_per_epoch:8.2f} {fmt(r.cpu_per_epoch):>11s} {r.samples_per_second:10.0f} "
               f"{r.loss_after(args.epochs):10.2f} {ratio:>26s}")
     print(f"{'compute floor':17s} {epoch_flops / f32:8.2f} float32 ({f32 / 1e9:.0f} GFLOP/s), "
@@ -649,7 +665,7 @@ def main(argv=None) -> int:
             for what, cost in (("wall", lambda r: r.time_to(TARGET)[0]),
                                ("CPU", lambda r: r.time_to(TARGET)[1] * r.cpu_per_epoch)):
                 best, peer = min(cvae_best, key=cost), min(peer_best, key=cost)
-                print(f"  {what}: cvae's fastest ({best.settings}) is {cost(peer) / cost(best):.2f}x faster than "
+                print(f"  {what}: cvae's fastest ({best.settings}) is {times(cost(peer), cost(best))} faster than "
                       f"the fastest peer ({peer.name})")
         print()
 
@@ -672,7 +688,7 @@ def main(argv=None) -> int:
                      samples_per_second=r.samples_per_second, time_to_target=r.time_to(TARGET))
         report["runs"].append(d)
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2, default=float) + "\n")
+        Path(args.json).write_text(json.dumps(json_safe(report), indent=2, default=float, allow_nan=False) + "\n")
         print(f"\nwrote {args.json}")
     return 0
 

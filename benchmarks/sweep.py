@@ -33,7 +33,9 @@ import torch
 
 from cvae.api import train
 from cvae.config import TrainConfig
+from cvae.probe import cpu_name
 from cvae.sweep import expand, fit_sweep
+from cvae.train import native_bfloat16
 
 
 def main(argv=None) -> int:
@@ -58,8 +60,9 @@ def main(argv=None) -> int:
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # torch's one-time imports, outside every timing
     configs = expand(TrainConfig(**settings), vary, work / "sweep")
     k = len(configs)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    print(f"machine: {cpu}, {os.cpu_count()} cores, load average {tuple(round(v, 2) for v in os.getloadavg())}")
+    cpu = cpu_name()
+    print(f"machine: {cpu}, native bfloat16: {native_bfloat16(torch.device('cpu'))}, {os.cpu_count()} cores, "
+          f"load average {tuple(round(v, 2) for v in os.getloadavg())}")
     print(f"{k} runs: MNIST {args.limit} images, MLP 784-{args.hidden}-{args.latent_dim}, {args.epochs} epochs, "
           f"batch 128, precision {args.precision}; seeds {vary['seed']} x beta {betas}\n")
     report = {"k": k, "settings": {k2: str(v) for k2, v in settings.items()}, "machine": cpu, "ways": {}}

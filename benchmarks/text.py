@@ -148,7 +148,7 @@ def main() -> None:
                                               lr=settings["lr"], seed=0)
         lm_scores = language_model_nll(lm, model.schema, data.val)
     else:
-        lm_seconds, lm_scores = 0.0, {"nll_per_sentence": math.nan, "nll_per_token": math.nan, "perplexity": math.nan}
+        lm_seconds, lm_scores = 0.0, {"nll_per_sentence": None, "nll_per_token": None, "perplexity": None}  # "-"
 
     # the independent classifier: trained on the real training sentences, read on held-out ones (the ceiling)
     classes = model.schema.attributes[0].classes
@@ -221,6 +221,10 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str))
     n_train, n_val = len(tr_text), len(va_text)
+
+    def lm(key, spec):  # the language model's column: "-" when it was not trained (--no-language-model)
+        return f"{'-':>20}" if lm_scores[key] is None else f"{lm_scores[key]:20{spec}}"
+
     lines = [
         f"ChatterBot corpus ({args.languages}), conditioned on the {args.condition}, {len(classes)} classes "
         f"({', '.join(classes)}), utterances of <= {args.max_length} "
@@ -229,9 +233,9 @@ def main() -> None:
         f"{eval_seconds / 60:.1f} min, language model {lm_seconds / 60:.1f} min",
         f"command: {report['command']}",
         f"held-out, nats            {'VAE (IS, k=' + str(args.k) + ')':>18}{'same decoder as LM':>20}",
-        f"NLL per sentence          {vae['nll_per_sentence']:18.2f}{lm_scores['nll_per_sentence']:20.2f}",
-        f"NLL per token             {vae['nll_per_token']:18.4f}{lm_scores['nll_per_token']:20.4f}",
-        f"perplexity (bound for VAE){vae['perplexity_bound']:18.3f}{lm_scores['perplexity']:20.3f}",
+        f"NLL per sentence          {vae['nll_per_sentence']:18.2f}{lm('nll_per_sentence', '.2f')}",
+        f"NLL per token             {vae['nll_per_token']:18.4f}{lm('nll_per_token', '.4f')}",
+        f"perplexity (bound for VAE){vae['perplexity_bound']:18.3f}{lm('perplexity', '.3f')}",
         f"KL per sentence           {vae['kl']:18.3f}{'-':>20}",
         f"active units              {vae['active_units']!s:>18}{'-':>20}",
         f"negative ELBO             {vae['negative_elbo']:18.2f}{'-':>20}",
