@@ -29,6 +29,7 @@ from cvae.api import fit_aggregate, load
 from cvae.errors import CvaeError
 from cvae.evaluate import evaluate_run
 from cvae.probe import cpu_name
+from cvae.train import native_bfloat16
 
 
 def main(argv=None) -> int:
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
                    help="classifier-free guidance weights to measure, each in turn (default: the run's own)")
     args = p.parse_args(argv)
     evaluators = dict(e.split("=", 1) for e in args.evaluator)
-    lines = [f"machine: {cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
+    lines = [f"machine: {cpu_name()}, native bfloat16: {native_bfloat16(torch.device('cpu'))}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
              f"{'run':34s} {'codes':9s} {'T':>4s} {'W':>4s} {'accuracy':>8s} {'worst class':>16s} {'FD':>6s} {'prec':>6s} {'recall':>6s}"]
     print("\n".join(lines), flush=True)
     results = []

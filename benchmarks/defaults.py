@@ -60,6 +60,9 @@ def main(argv=None) -> int:
     evaluator = load_evaluator(path)
     rows = []
     chosen = args.only.split(",") if args.only else list(CANDIDATES)
+    unknown = [c for c in chosen if c not in CANDIDATES]
+    if unknown:
+        raise SystemExit(f"--only: unknown candidate(s) {', '.join(unknown)}; known: {', '.join(CANDIDATES)}")
     for name in chosen:
         run = out / name.replace(", ", "-").replace(" ", "_")
         t0 = time.perf_counter()
