@@ -289,7 +289,37 @@ def test_an_unknown_prior_names_the_usable_ones_and_how_to_bring_ones_own(capsys
     assert main(["train", *FAST, "--prior", "nosuch", "--out", "unused"]) == 2
     err = capsys.readouterr().err
     assert "unknown prior 'nosuch' (--prior); choose one of auto, " in err and "top-down" not in err
-    assert "install the package whose cvae.parts entry point names it" in err and err.count("\n") == 1
+    assert "name its file in CVAE_PARTS" in err and err.count("\n") == 1
+
+
+def test_a_part_in_a_file_of_its_own_works_from_the_command_line_through_cvae_parts(tmp_path):
+    """From the command line a part needed a package with an entry point: a newcomer's one file could not
+    be used. CVAE_PARTS names the file; a fresh process trains, samples and evaluates with it."""
+    import os
+    import subprocess
+    import sys
+
+    def cvae_cli(*args, parts=None):
+        env = {k: v for k, v in os.environ.items() if k != "CVAE_PARTS"}
+        env.update({"OMP_NUM_THREADS": "1", **({"CVAE_PARTS": parts} if parts is not None else {})})
+        return subprocess.run([sys.executable, "-m", "cvae", *map(str, args)], capture_output=True, text=True, env=env)
+
+    example = str(ROOT / "examples" / "laplace_prior.py")
+    run = tmp_path / "lap"
+    r = cvae_cli("train", *FAST, "--prior", "laplace", "--condition", "none", "--epochs", "1", "--no-pictures",
+                 "--out", run, parts=example)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "config.json").read_text())["model"]["prior"] == "laplace"
+    r = cvae_cli("sample", run, "--n", "4", "-o", tmp_path / "s.png", parts=example)
+    assert r.returncode == 0 and (tmp_path / "s.png").is_file(), r.stderr
+    r = cvae_cli("sample", run, "--n", "4", "-o", tmp_path / "t.png")  # without it: one line that says how
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "name its file in CVAE_PARTS" in r.stderr, r.stderr
+    broken = tmp_path / "broken_prior.py"
+    broken.write_text("import torch\nraise ValueError('scale must be positive')\n")
+    for parts, says in ((str(broken), "broken_prior.py'; importing it failed: ValueError: scale must be positive"),
+                        (str(tmp_path / "missing.py"), "missing.py', which is not a file")):
+        r = cvae_cli("train", *FAST, "--prior", "laplace", "--out", tmp_path / "x", parts=parts)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
 
 
 def test_part_options_as_a_mapping_or_as_text_are_one_setting_on_resume(tmp_path, capsys):

@@ -144,7 +144,8 @@ class TrainConfig:
         usable = [n for n in PRIORS.names() if not getattr(PRIORS.get(n), "model_class", None)]
         need(self.prior in (None, "auto") or self.prior in PRIORS,
              f"unknown prior {self.prior!r} (--prior); choose one of auto, {', '.join(usable)} (or import the module "
-             "that registers it: from the command line, install the package whose cvae.parts entry point names it)")
+             "that registers it: from the command line, name its file in CVAE_PARTS, e.g. CVAE_PARTS=my_prior.py, or "
+             "install the package whose cvae.parts entry point names it)")
         for key in ("prior_options", "likelihood_options"):
             given = part_options(getattr(self, key), "--" + key.replace("_", "-"))  # the form; the part checks names
             k = getattr(self, key.replace("options", "components"))

@@ -15,21 +15,29 @@ package's ``pyproject.toml``::
     [project.entry-points."cvae.parts"]
     laplace = "my_package.laplace_prior"
 
+A part in a file of its own needs no package: ``CVAE_PARTS=laplace_prior.py`` (files or module names,
+separated by ``os.pathsep``) imports it in every ``cvae`` command.
+
 Nothing above a registry tests which part it holds: it asks the part.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from .errors import CvaeError
 
 ENTRY_POINT_GROUP = "cvae.parts"
+PARTS_VARIABLE = "CVAE_PARTS"
 _plugins_loaded = False
 
 
 def load_plugins() -> None:
-    """Import every module named in the ``cvae.parts`` entry-point group (once per process)."""
+    """Import every module named in the ``cvae.parts`` entry-point group and in ``CVAE_PARTS`` (once per
+    process)."""
     global _plugins_loaded
     if _plugins_loaded:
         return
@@ -41,6 +49,41 @@ def load_plugins() -> None:
             ep.load()
         except Exception as e:  # a broken plugin must not break the tool; say which one
             raise CvaeError(f"the cvae plug-in {ep.name!r} ({ep.value}) failed to load: {e}") from None
+    for spec in filter(None, os.environ.get(PARTS_VARIABLE, "").split(os.pathsep)):
+        import_part(spec.strip())
+
+
+def import_part(spec: str):
+    """Import a file of parts (``my_prior.py``) or a module (``my_package.parts``) that registers them."""
+    import importlib
+    import importlib.util
+
+    where = f"{PARTS_VARIABLE} names {spec!r}"
+    try:
+        if spec.endswith(".py"):
+            path = Path(spec).expanduser().resolve()
+            if not path.is_file():
+                raise CvaeError(f"{where}, which is not a file; give the path of a .py file that registers parts, "
+                                "or a module name")
+            name = f"cvae_parts_{path.stem}_{abs(hash(str(path))):x}"  # one module per file, imported once
+            if name in sys.modules:
+                return sys.modules[name]
+            spec_ = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec_)
+            sys.modules[name] = module
+            try:
+                spec_.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+            return module
+        return importlib.import_module(spec)
+    except CvaeError as e:
+        if str(e).startswith(where):
+            raise
+        raise CvaeError(f"{where}; importing it failed: {e}") from None
+    except Exception as e:  # the part's own code: say which file, and what went wrong there
+        raise CvaeError(f"{where}; importing it failed: {type(e).__name__}: {e}") from None
 
 
 class UnknownPart(CvaeError):
@@ -77,7 +120,8 @@ class Registry:
         except KeyError:
             how = f" ({self.flag} NAME)" if self.flag else ""
             raise UnknownPart(f"unknown {self.kind} {name!r}{how}; choose one of {', '.join(self.names())} "
-                              f"(or install the package that registers it)", self.kind, name) from None
+                              f"(or name the file that registers it in {PARTS_VARIABLE}, or install the package that registers "
+                              "it)", self.kind, name) from None
 
     def __contains__(self, name: str) -> bool:
         if name not in self._parts:

@@ -314,8 +314,9 @@ def _model_config(d: dict, cfg_path: Path, path: Path, shapes: dict):
         return config_class.from_dict(d)
     except UnknownPart as e:  # a part of the user's own (a plugin) that this process has not imported
         raise CvaeError(f"{cfg_path.parent} was trained with the {e.kind} {e.name!r}, which nothing in this process "
-                        f"registers: import the module that defines it (or install the package whose cvae.parts entry "
-                        f"point registers it) before loading the run") from None
+                        f"registers: import the module that defines it before loading the run (from the command line: "
+                        f"name its file in CVAE_PARTS, e.g. CVAE_PARTS=my_part.py, or install the package whose "
+                        f"cvae.parts entry point registers it)") from None
     except ModelTooLarge as e:
         saved = sum(math.prod(s) for s in shapes.values())
         if saved >= e.parameters:  # the weights are that large: the run is too large for this machine
