@@ -394,6 +394,21 @@ def test_a_transfer_target_far_outside_the_training_range_is_refused(client, run
     assert r.status_code == 422 and says in r.json()["detail"], r.text
 
 
+def test_a_condition_far_outside_the_training_range_is_answered_with_a_warning(client, runs):
+    # the CLI warns past 10 standard deviations; the API said nothing up to 1,000 (features of -547)
+    out = client.post("/v1/runs/wine/generate", json={"condition": {"cultivar": "barolo", "alcohol": 500}, "n": 2}).json()
+    assert len(out["warnings"]) == 1 and out["warnings"][0].startswith("alcohol=500 is ")
+    assert "standard deviations from the training mean" in out["warnings"][0]
+    near = client.post("/v1/runs/wine/generate", json={"condition": {"cultivar": "barolo", "alcohol": 13.5}}).json()
+    assert near["warnings"] == []
+    wine = (runs / "wine.csv").read_text().splitlines()
+    up = {"file": ("w.csv", ("\n".join(wine[:3]) + "\n").encode(), "text/csv")}
+    moved = client.post("/v1/runs/wine/transfer", files=up, data={"targets": "alcohol=100"}).json()
+    assert len(moved["warnings"]) == 1 and moved["warnings"][0].startswith("alcohol=100 is ")
+    assert client.post("/v1/runs/wine/traverse", json={"condition": {"alcohol": 100}}).json()["warnings"]
+    assert client.post("/v1/runs/digits/generate", json={"n": 2}).json()["warnings"] == []
+
+
 def test_an_unbounded_body_is_cut_at_the_limit(client):
     def chunks():  # no content-length: the server counts what arrives
         for _ in range(40):

@@ -24,6 +24,7 @@ from .errors import CvaeError
 # a continuous condition this many training standard deviations from its mean is refused (cvae sample warns
 # past 10): 1e6 sent a molecule model's token probabilities to NaN
 CONDITION_LIMIT = 1000.0
+EXTRAPOLATION_SD = 10.0  # a continuous condition this far from its training mean is extrapolation: said, not refused
 
 
 @dataclass
@@ -217,6 +218,22 @@ class ConditionSchema:
                 if len(far):
                     return j, int(far[0, 0])
         return None
+
+    def extrapolated(self, y, limit: float = EXTRAPOLATION_SD) -> list[str]:
+        """One line per continuous attribute of the raw codes ``y`` (N, A) with a value more than ``limit``
+        training standard deviations from its mean: what the model has seen nothing like."""
+        y = torch.as_tensor(y, dtype=torch.float64).reshape(-1, len(self.attributes))
+        out = []
+        for j, a in enumerate(self.attributes):
+            if a.kind == "continuous" and len(y):
+                sd = ((y[:, j] - a.mean) / a.std).abs()
+                sd = torch.where(torch.isnan(sd), torch.zeros_like(sd), sd)
+                i = int(sd.argmax())
+                if float(sd[i]) > limit:
+                    out.append(f"{a.name}={float(y[i, j]):g} is {float(sd[i]):.3g} standard deviations from the training "
+                               f"mean ({a.mean:.4g}, standard deviation {a.std:.4g}): the model has seen nothing like it, "
+                               "so its outputs are extrapolation")
+        return out
 
     def categorical_blocks(self) -> list[tuple[Attribute, int, int]]:
         """(attribute, start, end) of each categorical attribute's one-hot block in ``encode``'s output."""

@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from ..conditions import CONDITION_LIMIT
+from ..conditions import CONDITION_LIMIT, EXTRAPOLATION_SD
 from ..errors import CvaeError
 from ..models.config import free_memory
 
@@ -20,7 +20,7 @@ COUNTS = {"n": "--n", "steps": "--steps", "top": "--top", "kl_examples": "--kl-e
 LIMITS = {"steps": ("--steps", 1000, "a path or traversal drawn with more steps than pixels across shows nothing more"),
           "k": ("--k", 100_000, "Burda et al.'s k = 5,000 already measures the likelihood to a small fraction of a nat")}
 SEED_LIMIT = 2**63  # torch and numpy take seeds in [0, 2**63)
-FAR = 10.0  # a continuous condition this many standard deviations from its training mean is extrapolation
+FAR = EXTRAPOLATION_SD  # a continuous condition this many standard deviations from its training mean is extrapolation
 
 
 def check_args(args) -> None:

@@ -58,7 +58,8 @@ async function api(kind, path, body) {
       showError(kind, data.detail || response.statusText);
       return null;
     }
-    showError(kind, "");
+    // an answer with a warning (a condition far outside the training range) keeps it in view, as an error is
+    showError(kind, data.warnings && data.warnings.length ? `note: ${data.warnings.join("; ")}` : "");
     return data;
   } catch (e) {
     showError(kind, String(e));
