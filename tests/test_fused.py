@@ -303,6 +303,26 @@ def test_a_probe_on_a_busy_machine_is_used_but_not_cached(tmp_path, monkeypatch)
     assert not (tmp_path / "cache" / "probe.json").exists()
 
 
+def test_a_hand_edited_or_damaged_cache_entry_is_measured_again(tmp_path, monkeypatch):
+    # an entry that was not a dict crashed the run (TypeError); one naming a step or precision that is not a
+    # candidate here was used as it stood
+    from cvae import probe
+
+    monkeypatch.setattr(probe, "BUSY", float("inf"))
+    monkeypatch.setattr(probe, "cache_dir", lambda: tmp_path / "cache")
+    model = _model()
+    x, c = _batch(model, b=8)
+    kw = dict(batch_size=8, device=torch.device("cpu"), steps=("fused", "autograd"), precisions=("float32",), threads=1)
+    first = probe.choose(model, ELBO(), x, c, **kw)
+    path = tmp_path / "cache" / "probe.json"
+    key = next(iter(json.loads(path.read_text())))
+    for entry in ("fast", {**first, "precision": "float8"}, {**first, "threads": 64}, {"step": "fused"}):
+        path.write_text(json.dumps({key: entry}))
+        again = probe.choose(model, ELBO(), x, c, **kw)
+        assert again["cached"] is False and again["precision"] == "float32" and again["threads"] == 1, entry
+    assert probe.choose(model, ELBO(), x, c, **kw)["cached"] is True  # the fresh answer was written back
+
+
 def test_a_run_held_to_other_instruction_sets_measures_its_own(tmp_path, monkeypatch):
     """A cached answer measured with every instruction set is not reused by a run whose libraries are
     held to AVX2 (oneDNN's or MKL's variable, or PyTorch's own kernels), and the other way round."""
