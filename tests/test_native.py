@@ -288,6 +288,19 @@ def test_a_failed_build_leaves_the_python_step_with_the_reason(monkeypatch):
     assert torch.isfinite(out.loss)
 
 
+def test_an_unwritable_build_folder_leaves_the_python_step_with_the_reason(monkeypatch, tmp_path):
+    # XDG_CACHE_HOME naming a file: the run ended in a NotADirectoryError traceback before its first step
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    model = _model()
+    step = FusedMLPStep([model], [ELBO()], batch_size=8, device=torch.device("cpu"))
+    assert not step.native and step.native_why.startswith("its build folder cannot be made (Not a directory")
+    assert "set TORCH_EXTENSIONS_DIR to a writable folder" in step.native_why
+    assert torch.isfinite(step(*_batch(model, 8)).loss)
+
+
 def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
     """PyTorch waits forever for the lock of a build that was killed; cvae removes one older than
     10 minutes before building, and leaves a running build's alone."""

@@ -97,7 +97,13 @@ def load() -> bool:
     from torch.utils import cpp_extension
 
     name = f"cvae_native_{_machine_key()}"
-    build = Path(cpp_extension._get_build_directory(name, verbose=False))
+    try:
+        build = Path(cpp_extension._get_build_directory(name, verbose=False))
+    except OSError as e:  # XDG_CACHE_HOME a file, a read-only home: the Python step runs instead, as on a failed build
+        _state["error"] = f"its build folder cannot be made ({e.strerror}: {e.filename}; set TORCH_EXTENSIONS_DIR " \
+                          "to a writable folder)"
+        log.warning("cvae's native training step has no build folder, the Python step runs instead: %s", _state["error"])
+        return False
     clear_stale_lock(build)
     if not (build / f"{name}.so").exists():
         log.warning("compiling cvae's native training step (once for this machine and torch version, about 30 s)")
