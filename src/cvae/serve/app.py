@@ -62,16 +62,16 @@ class GenerateRequest(BaseModel):
     n: StrictInt = Field(16, ge=1, le=256, description="how many examples (at most the server's max_n, default 64)")
     seed: StrictInt = Field(0, ge=0, lt=2**63, description="the same seed gives the same examples, byte for byte")
     temperature: StrictFloat | None = Field(None, ge=0.0, le=10.0, allow_inf_nan=False,
-                                      description="scale of the standard deviations of the codes' distribution (1 "
-                                                  "samples it exactly; default as cvae sample: 0.9 for the prior, 1 "
-                                                  "for a run's fitted aggregate posterior)")
+                                            description="scale of the standard deviations of the codes' distribution "
+                                                        "(1 samples it exactly; default as cvae sample: 0.9 for the "
+                                                        "prior, 1 for a run's fitted aggregate posterior)")
     draw: StrictBool = Field(False, description="draw x ~ p(x | z, c) instead of its mean")
     guidance: StrictFloat | None = Field(None, ge=0.0, le=20.0, allow_inf_nan=False,
-                                   description="classifier-free guidance weight (runs trained with --condition-dropout; "
-                                               "default: the run's)")
+                                         description="classifier-free guidance weight (runs trained with "
+                                                     "--condition-dropout; default: the run's)")
     steer: StrictFloat | None = Field(None, ge=0.0, le=20.0, allow_inf_nan=False,
-                                description="sequence runs trained with --steer: the prefix predictor's steering "
-                                            "weight (default: the run's)")
+                                      description="sequence runs trained with --steer: the prefix predictor's "
+                                                  "steering weight (default: the run's)")
     format: Literal["json", "png"] = Field("json", description="png: the image grid itself (image runs)")
 
 
