@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def import_part(spec: str):
             if not path.is_file():
                 raise CvaeError(f"{where}, which is not a file; give the path of a .py file that registers parts, "
                                 "or a module name")
-            name = f"cvae_parts_{path.stem}_{abs(hash(str(path))):x}"  # one module per file, imported once
+            name = f"cvae_parts_{path.stem}_{zlib.crc32(str(path).encode()):08x}"  # one module per file, imported once
             if name in sys.modules:
                 return sys.modules[name]
             spec_ = importlib.util.spec_from_file_location(name, path)
