@@ -220,6 +220,7 @@ def test_uploads_are_reconstructed_transferred_and_encoded_as_the_cli_does(clien
     files = {"file": ("mine.png", png, "image/png")}
     rec = client.post("/v1/runs/digits/reconstruct", files=files, data={"condition": "label=3"}).json()
     assert rec["input"]["kind"] == "image" and rec["conditions"] == ["label=3"]
+    assert rec["ids"] == ["mine.png"]  # the name sent, as the CLI names the file (it was the server's upload.png)
     moved = client.post("/v1/runs/digits/transfer", files=files, data={"condition": "label=3"}).json()
     assert moved["targets"] == [f"label={i}" for i in range(10)] and moved["ncol"] == 11
     assert png_array(base64.b64decode(moved["png"])).shape == (10, 100)

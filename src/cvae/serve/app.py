@@ -200,6 +200,14 @@ def as_field_names(message: str) -> str:
     return re.sub(r"(?<![\w-])--([a-z][a-z-]*)", lambda m: "'" + m.group(1).replace("-", "_") + "'", message)
 
 
+def _as_sent(out: dict, file: UploadFile) -> dict:
+    """An uploaded image's id is the name the client sent, not the server's temporary one (upload.png)."""
+    name = Path(file.filename or "").name[:200]
+    if name and isinstance(out.get("ids"), list):
+        out["ids"] = [name if i in ("upload.png", "upload.jpg") else i for i in out["ids"]]
+    return out
+
+
 def _one_line(errors) -> str:
     """Pydantic's validation errors as one line: 'n: Input should be less than or equal to 256; ...'."""
     parts = []
@@ -332,28 +340,28 @@ def create_app(runs: list[str | Path] | Mapping[str, str | Path], *, device: str
     @app.post("/v1/runs/{run}/reconstruct", summary="Encode and decode an uploaded file (cvae reconstruct)")
     async def reconstruct(run: str, file: Upload, condition: OwnCondition = ""):
         r = run_of(run)
-        return await compute(r.reconstruct, await _read(file, r), condition=condition)
+        return _as_sent(await compute(r.reconstruct, await _read(file, r), condition=condition), file)
 
     @app.post("/v1/runs/{run}/transfer", summary="Decode an uploaded file with other conditions (cvae transfer)")
     async def transfer(run: str, file: Upload, condition: OwnCondition = "", targets: Targets = ""):
         r = run_of(run)
         goals = [t.strip() for t in targets.split(";") if t.strip()] or None
-        return await compute(r.transfer, await _read(file, r), condition=condition, targets=goals)
+        return _as_sent(await compute(r.transfer, await _read(file, r), condition=condition, targets=goals), file)
 
     @app.post("/v1/runs/{run}/score", summary="Anomaly scores against the run's threshold (cvae anomaly score)")
     async def score(run: str, file: Upload, condition: OwnCondition = ""):
         r = run_of(run)
-        return await compute(r.score, await _read(file, r), condition=condition)
+        return _as_sent(await compute(r.score, await _read(file, r), condition=condition), file)
 
     @app.post("/v1/runs/{run}/encode", summary="Posterior means and variances of an uploaded file (cvae embed)")
     async def encode(run: str, file: Upload, condition: OwnCondition = ""):
         r = run_of(run)
-        return await compute(r.encode, await _read(file, r), condition=condition)
+        return _as_sent(await compute(r.encode, await _read(file, r), condition=condition), file)
 
     @app.post("/v1/runs/{run}/classify", summary="Class probabilities of an uploaded file (cvae classify)")
     async def classify(run: str, file: Upload, attribute: Attribute = ""):
         r = run_of(run)
-        return await compute(r.classify, await _read(file, r), attribute=attribute)
+        return _as_sent(await compute(r.classify, await _read(file, r), attribute=attribute), file)
 
     guarded = Guard(app, upload_limit=limits.max_upload_bytes, max_waiting=max_waiting, max_uploads=max_uploads)
     guarded.fastapi, guarded.worker = app, worker
