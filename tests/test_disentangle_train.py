@@ -259,6 +259,23 @@ def test_dsprites_without_limit_trains_on_the_images_that_fit(tmp_path, monkeypa
     assert section["protocol"]["split"] == "all" and section["protocol"]["n_examples"] == 1000
 
 
+def test_a_limit_past_the_default_subset_renders_up_to_half_the_free_memory(monkeypatch):
+    """The rendering budget was a fixed 4 GiB: --limit 663552 (all of dSprites, the README's command for a
+    full run) was refused even on a machine with 128 GiB. It is half the free memory, at least 4 GiB."""
+    from cvae.data import factors
+
+    image = 64 * 64 * 4
+    monkeypatch.setattr(factors, "MAX_RENDER_BYTES", 1000 * image)  # the default subset: 1,000 images
+    monkeypatch.setattr(factors, "free_memory", lambda: 2 * 3000 * image)  # room for 3,000
+    assert factors.render_budget() == 3000 * image
+    data = load_data("dsprites", seed=0, limit=2500)
+    assert len(data.train.x) == 2500
+    with pytest.raises(CvaeError, match=r"more than the .* GiB this machine has for them \(half its free memory\)"):
+        load_data("dsprites", seed=0, limit=5000)
+    monkeypatch.setattr(factors, "free_memory", lambda: 100 * image)  # little free: the default budget still holds
+    assert factors.render_budget() == 1000 * image
+
+
 def test_the_summary_train_figures_are_not_the_first_examples_of_an_ordered_data_set(tmp_path, monkeypatch):
     """dSprites is in factor order: its first training images are small squares. summary.json's train
     figures are taken over examples drawn at random, as many as SUMMARY_TRAIN_EXAMPLES."""

@@ -41,8 +41,8 @@ from .errors import CvaeError
 from .fused import AdamStep, fused_step_for
 from .likelihoods.base import guided_likelihoods
 from .lock import LOCK_NAME, hold, let_go, remove_orphans
+from .memory import free_memory
 from .models import CVAE, MODELS, PRESETS, ModelConfig, RunInfo, build_model
-from .models.config import free_memory
 from .objectives import build_objective, elbo
 from .probe import choose
 from .runs import (

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..conditions import CONDITION_LIMIT, EXTRAPOLATION_SD
 from ..errors import CvaeError
-from ..models.config import free_memory
+from ..memory import free_memory
 
 # Count flags of the commands (attribute -> flag): each must be a positive whole number when given.
 COUNTS = {"n": "--n", "steps": "--steps", "top": "--top", "kl_examples": "--kl-examples", "per_class": "--per-class",

@@ -52,7 +52,7 @@ def check_count(n, shape: tuple[int, ...]) -> int | None:
     if isinstance(n, (torch.Tensor, np.ndarray)) and n.ndim == 0:
         n = n.item()  # torch.tensor(4)
     n = check_positive("the number of samples", n)
-    from .config import free_memory
+    from ..memory import free_memory
 
     need, free = 4 * int(n) * math.prod(shape) * 3, free_memory()  # outputs, the last layer, its activations
     if free is not None and need > free:

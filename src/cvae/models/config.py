@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
@@ -13,6 +12,7 @@ from typing import Literal
 from ..conditions import ConditionSchema
 from ..errors import CvaeError
 from ..likelihoods import LIKELIHOODS
+from ..memory import machine_memory
 from ..nn import ACTIVATIONS, ENCODERS
 from ..priors import PRIORS
 
@@ -184,32 +184,6 @@ class ModelTooLarge(CvaeError):
     def __init__(self, message: str, *, head: str, setting: str, parameters: int):
         super().__init__(message)
         self.head, self.setting, self.parameters = head, setting, parameters
-
-
-def free_memory() -> int | None:
-    """Bytes of host memory available now (MemAvailable), else the machine's (or its container's)."""
-    try:
-        with open("/proc/meminfo") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return machine_memory()
-
-
-def machine_memory() -> int | None:
-    """Bytes of memory this process may use: the machine's, or its container's limit when lower."""
-    try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        total = None
-    try:
-        with open("/sys/fs/cgroup/memory.max") as f:
-            text = f.read().strip()
-        if text.isdigit():
-            total = min(total or int(text), int(text))
-    except OSError:
-        pass
-    return total
 
 
 def max_parameters() -> int:
