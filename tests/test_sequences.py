@@ -487,6 +487,10 @@ def test_molecules_train_sample_evaluate_interpolate(tmp_path, monkeypatch):
         assert row["valid"] == str(int(m is not None))
         if m is not None:
             assert math.isclose(float(row["logp"]), Crippen.MolLogP(m), abs_tol=1e-3)
+    r = cli("traverse", run, "--top", "1", "--steps", "3", "--input", "CCO", "-o", tmp_path / "t1.csv")
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "t1.csv") as f:  # the base is named as given, not "#the string"
+        assert next(csv.DictReader(f))["base"].startswith("the string (")
     r = cli("reconstruct", run, "--input", "C1CC(", "-o", tmp_path / "bad.csv")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not a valid SMILES" in r.stderr
     (tmp_path / "bad.smi").write_text("CCO\nC1CC(\n")  # its logp and qed are computed: the bad line is named

@@ -75,6 +75,12 @@ def _decode(model: CVAE, z: torch.Tensor, c: torch.Tensor | None) -> torch.Tenso
     return x.reshape(*lead, *x.shape[1:]).cpu()
 
 
+def _named(i) -> str:
+    """An input's label in pictures and tables: ``#7`` for a row number or a file's id, and a description
+    such as ``line 3`` or ``the string`` as it is (it read ``#the string``)."""
+    return str(i) if isinstance(i, str) and " " in i else f"#{i}"
+
+
 def _describe(model: CVAE, y_row) -> str:
     return model.schema.describe(y_row) if model.schema and y_row is not None else ""
 
@@ -131,8 +137,8 @@ def interpolate_inputs(model: CVAE, x_from, x_to, *, y_from=None, y_to=None, con
         c = lerp(c0, c1, t)  # (R, S, cd): the condition moves with the code
     ids_from = list(ids_from) if ids_from is not None else list(range(r))
     ids_to = list(ids_to) if ids_to is not None else list(range(r, 2 * r))
-    starts = [f"#{ids_from[i]}" + (f" ({_describe(model, y_from[i])})" if model.schema else "") for i in range(r)]
-    ends = [f"#{ids_to[i]}" + (f" ({_describe(model, y_to[i])})" if model.schema else "") for i in range(r)]
+    starts = [_named(ids_from[i]) + (f" ({_describe(model, y_from[i])})" if model.schema else "") for i in range(r)]
+    ends = [_named(ids_to[i]) + (f" ({_describe(model, y_to[i])})" if model.schema else "") for i in range(r)]
     methods = ["linear", "spherical"] if method == "both" else [method]
     zs, xs, labels, s_out, e_out = [], [], [], [], []
     paths = {"linear": lerp(z0, z1, t), "spherical": slerp(z0, z1, t)}
@@ -141,7 +147,7 @@ def interpolate_inputs(model: CVAE, x_from, x_to, *, y_from=None, y_to=None, con
         for m in methods:
             zs.append(paths[m][i])
             xs.append(decoded[m][i])
-            labels.append(f"#{ids_from[i]}→#{ids_to[i]}" + (f" {m[:3]}." if len(methods) > 1 else ""))
+            labels.append(f"{_named(ids_from[i])}→{_named(ids_to[i])}" + (f" {m[:3]}." if len(methods) > 1 else ""))
             s_out.append(starts[i])
             e_out.append(ends[i])
     name = "linear and spherical" if method == "both" else method
@@ -186,7 +192,7 @@ def interpolate_conditions(model: CVAE, condition_from, condition_to, *, steps: 
         z0 = model.encode(x, y).mu.cpu()  # (R, D)
         z = z0[:, None].expand(-1, len(t), -1)
         ids = list(ids) if ids is not None else list(range(len(z0)))
-        labels = [f"#{i}" for i in ids]
+        labels = [_named(i) for i in ids]
     else:
         if n < 1:
             raise CvaeError(f"--n must be at least 1, got {n}")
@@ -295,7 +301,7 @@ def traverse(model: CVAE, *, kl: torch.Tensor, dims: Sequence[int] | None = None
         base = model.encode(x, y_enc).mu.cpu()
         y_dec = model.schema.parse(condition, len(x)) if model.schema and condition not in (None, "") else y_enc
         ids = list(ids) if ids is not None else list(range(len(base)))
-        labels = [f"#{i}" for i in ids]
+        labels = [_named(i) for i in ids]
     else:
         if n < 1:
             raise CvaeError(f"--n must be at least 1, got {n}")
@@ -450,7 +456,7 @@ def write_transfer(path: str | Path, model: CVAE, result: Transfer) -> Path:
     path = Path(path)
     n, t = result.x.shape[:2]
     shape = result.x.shape[2:]
-    rows = [f"#{i} ({model.schema.describe(y)})" for i, y in zip(result.ids, result.y_source)]
+    rows = [f"{_named(i)} ({model.schema.describe(y)})" for i, y in zip(result.ids, result.y_source)]
     if path.suffix.lower() == ".png":
         if len(shape) == 3:
             grid = torch.cat([result.inputs[:, None], result.x], dim=1).reshape(n * (t + 1), *shape)
