@@ -66,6 +66,13 @@ def test_selfies_round_trip_and_any_token_string_is_a_molecule():
         assert text == "" or Chem.MolFromSmiles(text) is not None
 
 
+def test_a_char_sample_cut_at_the_length_has_no_space_at_its_ends():
+    tok = Tokenizer.fit("char", [list("ab c")])
+    ids = tok.encode(["ab c"], 5)
+    ids[0, 3:] = ids[0, 2]  # "ab " then the length runs out, no <eos>
+    assert tok.decode(ids) == ["ab"]
+
+
 def test_encode_refuses_an_unseen_token_and_a_too_long_sequence():
     tok = Tokenizer.fit("char", [list("abc")])
     ids = tok.encode(["ab"], 4)

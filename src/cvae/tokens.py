@@ -87,7 +87,9 @@ class Tokenizer:
             return " ".join(tokens)
         if self.kind == "selfies":
             return _selfies().decoder("".join(tokens)) or ""
-        return "".join(tokens)
+        text = "".join(tokens)
+        # the rows were read stripped; a sample cut at the maximum length could end in a space
+        return text.strip() if self.kind == "char" else text
 
     # -- tokens <-> ids ---------------------------------------------------------------------------
     def encode(self, texts: Sequence[str], length: int, *, where: str = "the input",
