@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -43,6 +44,7 @@ def test_train_prints_the_results(tmp_path, capsys):
     assert main(["train", *FAST, "--epochs", "1", "--no-pictures", "--preset", "textbook", "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "run folder:" in out and "val   negative ELBO" in out and "nats per example" in out
+    assert re.search(r"\n  step: (fused-mlp \(.*\)|autograd \(.*\)); (float32|bfloat16)", out), out
 
 
 def test_mnist_reports_the_test_loss(shared_data, tmp_path, capsys):
@@ -119,6 +121,8 @@ def test_train_with_the_iwae_objective(tmp_path, capsys):
                  "--no-pictures", "--out", str(run)]) == 0
     saved = json.loads((run / "config.json").read_text())
     assert saved["train"]["objective"] == "iwae" and saved["train"]["iwae_k"] == 4
+    # the fall-back to the generic step is said, not only recorded in config.json
+    assert "  step: autograd (the fused step does not cover this run: the objective is iwae" in capsys.readouterr().out
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]  # the ELBO it reports improves too
     capsys.readouterr()

@@ -222,6 +222,7 @@ def cmd_train(args) -> int:
             v = s[split]
             print(f"  {split:5s} negative ELBO {v['loss']:9.3f} nats per example"
                   f"  (reconstruction {v['reconstruction']:.3f} + KL {v['kl']:.3f})")
+    print(_step_line(result.run_dir))
     kl = s.get("val", s.get("train", {})).get("kl")
     if kl is not None and kl < COLLAPSED_KL:
         print(f"  note: the KL is {kl:.3f} nats per example: the posterior has collapsed (the decoder ignores z, "
@@ -233,6 +234,24 @@ def cmd_train(args) -> int:
 
 
 COLLAPSED_KL = 0.1  # nats per example: below it, no latent carries information worth a note
+
+
+def _step_line(run_dir) -> str:
+    """How the run trained, from its config.json: the step (and why not the fused one), the precision and
+    the threads (a fall-back to the generic path was recorded there only)."""
+    from ..runs import read_config
+
+    cfg = read_config(run_dir)
+    ex, train = cfg.get("execution") or {}, cfg.get("train") or {}
+    step = ex.get("step", "autograd")
+    if step == "fused-mlp":
+        step += " (native)" if ex.get("native") is True else " (in Python: " + str(ex.get("native", "")) + ")"
+    elif ex.get("step_reason"):
+        step += f" (the fused step does not cover this run: {ex['step_reason']})"
+    chosen = " (measured by the probe)" if ex.get("probe") else ""
+    threads = ex.get("threads")
+    return (f"  step: {step}; {train.get('precision', 'float32')}{chosen}"
+            + (f", {threads} thread{'s' if threads != 1 else ''}" if threads else ""))
 
 
 def cmd_aggregate(args) -> int:
