@@ -6,7 +6,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -28,6 +30,7 @@ from cvae.apps import (
 )
 from cvae.cli import main
 from cvae.data import load_data
+from cvae.errors import CvaeWarning
 
 QUIET = ["--no-progress", "--no-tensorboard"]
 
@@ -582,6 +585,23 @@ def test_a_supervised_runs_inputs_without_a_label_take_the_condition_given_for_t
                  "-o", str(out)]) == 0
     assert len(list((out / "unlabelled").glob("*.png"))) == 3
     assert len(list((out / "a").glob("*.png"))) == 12 and len(list((out / "b").glob("*.png"))) == 12
+
+
+def test_resuming_on_a_data_file_changed_since_says_so(tmp_path):
+    # the same rows with other values were trained on without a word (an audit of streamed .npy files)
+    x = np.random.default_rng(0).random((300, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    run = tmp_path / "run"
+    cvae.train(data=str(tmp_path / "x.npy"), condition="none", epochs=1, out=str(run), progress=False, pictures=False)
+    assert set(json.loads((run / "config.json").read_text())["data"]["stamp"]) == {"bytes", "modified_ns"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # unchanged: no warning
+        cvae.train(out=str(run), resume=True, epochs=2, progress=False, pictures=False)
+    x[:10] = 1 - x[:10]
+    np.save(tmp_path / "x.npy", x)
+    os.utime(tmp_path / "x.npy", ns=(1, 1))  # a copy kept its time, or the clock moved: the size or time differs
+    with pytest.warns(CvaeWarning, match="x.npy was changed since the run last trained"):
+        cvae.train(out=str(run), resume=True, epochs=3, progress=False, pictures=False)
 
 
 def test_a_run_trained_on_a_relative_path_finds_its_data_from_elsewhere(tmp_path, monkeypatch):

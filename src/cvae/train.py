@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -35,9 +36,9 @@ import torch.distributed as dist
 from . import aggregate
 from .config import TrainConfig, model_settings, part_options
 from .data import EVALUATION_SEED, DataSplits, fixed_binarization, load_data, parse_image_size
-from .data.core import local_path
+from .data.core import file_stamp, local_path
 from .data.stream import CHUNK_BYTES, ArrayRows, load_npy_stream, npy_float32_bytes
-from .errors import CvaeError
+from .errors import CvaeError, CvaeWarning
 from .fused import AdamStep, fused_step_for
 from .likelihoods.base import guided_likelihoods
 from .lock import LOCK_NAME, hold, let_go, remove_orphans
@@ -419,10 +420,17 @@ class Trainer:
         torch.manual_seed(config.seed)
         data = _load(config)
         if resume:  # the same data: another file of the same name gave a run trained on two data sets
-            was = _on_main(ranks, lambda: read_config(config.out).get("data", {}).get("n_train"))
+            saved = _on_main(ranks, lambda: read_config(config.out).get("data", {}))
+            saved = saved if isinstance(saved, dict) else {}
+            was = saved.get("n_train")
             if isinstance(was, int) and was != len(data.train):
                 raise CvaeError(f"{config.data} now gives {len(data.train):,} training examples, but the run in "
                                 f"{config.out} trained on {was:,}: resume with the data it was trained on")
+            stamp, now = saved.get("stamp"), file_stamp(config.data)
+            if ranks.main and isinstance(stamp, dict) and now is not None and stamp != now:
+                warnings.warn(f"{config.data} was changed since the run last trained (its size or modification time "
+                              "differ from those recorded); the run goes on with the file as it is now", CvaeWarning,
+                              stacklevel=2)
         run_dir, replacing, created = _on_main(ranks, _run_folder, config, data.name, resume, overwrite)
         try:
             return cls(config.replace(out=str(run_dir)), ranks, device, data, run_dir, resume, replacing, governor,
@@ -445,6 +453,7 @@ class Trainer:
             "data": {
                 "name": data.name, "kind": data.kind, "source": config.data, "data_shape": list(data.data_shape),
                 **({"path": local_path(config.data)} if local_path(config.data) else {}),
+                **({"stamp": file_stamp(config.data)} if file_stamp(config.data) else {}),
                 "binary": data.binary, "standardize": data.standardize, "n_train": len(data.train),
                 "n_val": len(data.val) if data.val else 0, "n_test": len(data.test) if data.test else 0,
                 **({"labelled": data.labels_seen()} if data.schema.categorical_blocks() else {}),

@@ -644,6 +644,16 @@ def local_path(source) -> str | None:
     return str(Path(source).resolve())
 
 
+def file_stamp(source) -> dict | None:
+    """Size and modification time of a data source that is one file here, recorded by a run so that a
+    resume can tell the file was changed (same rows, other values: nothing else would tell)."""
+    path = local_path(source)
+    if path is None or not Path(path).is_file():
+        return None
+    st = Path(path).stat()
+    return {"bytes": st.st_size, "modified_ns": st.st_mtime_ns}
+
+
 def recorded_source(run_config: dict) -> str | None:
     """A run's data source as its commands should read it: the file or folder it trained on, by the
     absolute path it recorded (``data.path``; a same-named file in another folder is another file), else
