@@ -316,10 +316,23 @@ def test_a_part_in_a_file_of_its_own_works_from_the_command_line_through_cvae_pa
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "name its file in CVAE_PARTS" in r.stderr, r.stderr
     broken = tmp_path / "broken_prior.py"
     broken.write_text("import torch\nraise ValueError('scale must be positive')\n")
+    clash = tmp_path / "my_mog.py"  # trained the built-in mog while its author believed it was theirs
+    clash.write_text("from cvae.priors import PRIORS, Prior\n\n@PRIORS.register('mog')\nclass Mine(Prior):\n    pass\n")
     for parts, says in ((str(broken), "broken_prior.py'; importing it failed: ValueError: scale must be positive"),
-                        (str(tmp_path / "missing.py"), "missing.py', which is not a file")):
-        r = cvae_cli("train", *FAST, "--prior", "laplace", "--out", tmp_path / "x", parts=parts)
+                        (str(tmp_path / "missing.py"), "missing.py', which is not a file"),
+                        (str(clash), "importing it failed: a prior named 'mog' is already registered")):
+        # read before the command runs, whether or not the command needs a part of its own (it was read only
+        # when a name was missing, so these passed unnoticed with the built-in priors)
+        r = cvae_cli("train", *FAST, "--prior", "mog", "--epochs", "1", "--out", tmp_path / "x", parts=parts)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and says in r.stderr, r.stderr
+        assert not (tmp_path / "x").exists()
+    # the same file imported by the user and named in CVAE_PARTS is one part, not a clash
+    r = subprocess.run([sys.executable, "-c", "import importlib.util, sys, cvae\n"
+                        f"spec = importlib.util.spec_from_file_location('laplace_prior', {example!r})\n"
+                        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+                        f"print(cvae.load({str(run)!r}).prior.name)"],
+                       capture_output=True, text=True, env={**os.environ, "CVAE_PARTS": example, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0 and r.stdout.strip() == "laplace", r.stderr
 
 
 def test_part_options_as_a_mapping_or_as_text_are_one_setting_on_resume(tmp_path, capsys):

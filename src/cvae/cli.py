@@ -11,6 +11,7 @@ import warnings
 
 from .commands.checks import check_args
 from .errors import CvaeError
+from .registry import PARTS_VARIABLE, load_plugins
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,6 +69,8 @@ def _main(argv: list[str] | None) -> int:
 
             warnings.simplefilter("always", category=CvaeWarning)
             warnings.showwarning = _show_warning(warnings.showwarning, CvaeWarning)
+            if os.environ.get(PARTS_VARIABLE, "").strip():  # its parts first: a clash or a broken file is said now
+                load_plugins()
             check_args(args)
             result = args.func(args)
         return int(result or 0)

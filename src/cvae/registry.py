@@ -87,6 +87,16 @@ def import_part(spec: str):
         raise CvaeError(f"{where}; importing it failed: {type(e).__name__}: {e}") from None
 
 
+def _same_definition(a: type, b: type) -> bool:
+    """Two class objects from the same file's same class statement (the file imported under two names)."""
+    import inspect
+
+    try:
+        return a.__qualname__ == b.__qualname__ and Path(inspect.getfile(a)).resolve() == Path(inspect.getfile(b)).resolve()
+    except (TypeError, OSError):
+        return False
+
+
 class UnknownPart(CvaeError):
     """A name no registered part answers to (``kind``: "prior", "likelihood", ...)."""
 
@@ -106,7 +116,11 @@ class Registry:
     def register(self, name: str) -> Callable[[type], type]:
         def add(cls: type) -> type:
             if name in self._parts and self._parts[name] is not cls:
-                raise CvaeError(f"a {self.kind} named {name!r} is already registered ({self._parts[name].__qualname__})")
+                if _same_definition(self._parts[name], cls):  # one file imported twice (import, and CVAE_PARTS)
+                    cls.name = name
+                    return cls
+                raise CvaeError(f"a {self.kind} named {name!r} is already registered ({self._parts[name].__qualname__}"
+                                f" of {self._parts[name].__module__}); give yours another name")
             self._parts[name] = cls
             cls.name = name
             return cls
