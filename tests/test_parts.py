@@ -312,8 +312,11 @@ def test_a_part_in_a_file_of_its_own_works_from_the_command_line_through_cvae_pa
     assert json.loads((run / "config.json").read_text())["model"]["prior"] == "laplace"
     r = cvae_cli("sample", run, "--n", "4", "-o", tmp_path / "s.png", parts=example)
     assert r.returncode == 0 and (tmp_path / "s.png").is_file(), r.stderr
-    r = cvae_cli("sample", run, "--n", "4", "-o", tmp_path / "t.png")  # without it: one line that says how
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "name its file in CVAE_PARTS" in r.stderr, r.stderr
+    for args in (("sample", run, "--n", "4", "-o", tmp_path / "t.png"), ("evaluate", run, "--metrics", "elbo"),
+                 ("train", "--resume", "--epochs", "2", "--out", run)):  # without it: one line that says how
+        r = cvae_cli(*args)  # (evaluate and resume said "config.json is damaged ... restore it from a copy")
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "was trained with the prior 'laplace', which " \
+            "nothing in this process registers" in r.stderr and "name its file in CVAE_PARTS" in r.stderr, r.stderr
     broken = tmp_path / "broken_prior.py"
     broken.write_text("import torch\nraise ValueError('scale must be positive')\n")
     clash = tmp_path / "my_mog.py"  # trained the built-in mog while its author believed it was theirs

@@ -16,6 +16,7 @@ from .models.config import ModelTooLarge
 from .nn import ACTIVATIONS, ENCODERS
 from .objectives import OBJECTIVES
 from .priors import PRIORS
+from .registry import UnknownPart
 from .tokens import TOKENIZERS
 
 
@@ -142,10 +143,11 @@ class TrainConfig:
              f"--free-bits must be zero or positive (nats per latent dimension), got {self.free_bits}")
         # (a prior of one model class's own, the hierarchy's top-down one, is named with that class's preset)
         usable = [n for n in PRIORS.names() if not getattr(PRIORS.get(n), "model_class", None)]
-        need(self.prior in (None, "auto") or self.prior in PRIORS,
-             f"unknown prior {self.prior!r} (--prior); choose one of auto, {', '.join(usable)} (or import the module "
-             "that registers it: from the command line, name its file in CVAE_PARTS, e.g. CVAE_PARTS=my_prior.py, or "
-             "install the package whose cvae.parts entry point names it)")
+        if not (self.prior in (None, "auto") or self.prior in PRIORS):  # UnknownPart: a run's loader says "plug-in"
+            raise UnknownPart(f"unknown prior {self.prior!r} (--prior); choose one of auto, {', '.join(usable)} (or "
+                              "import the module that registers it: from the command line, name its file in "
+                              "CVAE_PARTS, e.g. CVAE_PARTS=my_prior.py, or install the package whose cvae.parts entry "
+                              "point names it)", "prior", str(self.prior))
         for key in ("prior_options", "likelihood_options"):
             given = part_options(getattr(self, key), "--" + key.replace("_", "-"))  # the form; the part checks names
             k = getattr(self, key.replace("options", "components"))

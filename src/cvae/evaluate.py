@@ -44,6 +44,7 @@ from .figures import NATS, Figure, figure, mean_and_stderr  # noqa: F401  (re-ex
 from .kernels import kernel_for
 from .models import CVAE
 from .models.seqvae import GENERATE_DECODE, GENERATE_TOKEN_TEMPERATURE
+from .registry import UnknownPart
 from .threads import ThreadGovernor, kept_thread_count
 from .tokens import PAD
 
@@ -550,6 +551,10 @@ def load_run_data(model: CVAE, *, data_dir=None):
     where = f"{model.run_dir / 'config.json'}" if model.run_dir else "the run's config.json"
     try:  # a hand-edited value of the wrong type: one line, as train --resume says it; "400" read as 400
         train = TrainConfig.from_dict(cfg if isinstance(cfg, dict) else {"data": cfg}, where=where)
+    except UnknownPart as e:
+        from .runs import missing_part
+
+        raise missing_part(model.run_dir or "the run", e) from None
     except CvaeError as e:
         raise CvaeError(f"{where} is damaged: its 'train' settings: {e}; restore it from a copy of the run") from None
     cfg = {k: getattr(train, k.replace("-", "_"), v) for k, v in cfg.items()}

@@ -303,6 +303,15 @@ def check_weights(run: str | Path, cfg: dict | None = None, *, weights: str = "m
     return config, shapes
 
 
+def missing_part(run_dir, e: UnknownPart) -> CvaeError:
+    """A run trained with a part of the user's own that this process has not imported: said so, not
+    "config.json is damaged" (the run is whole; its plug-in is missing)."""
+    return CvaeError(f"{run_dir} was trained with the {e.kind} {e.name!r}, which nothing in this process registers: "
+                     "import the module that defines it before loading the run (from the command line: name its "
+                     "file in CVAE_PARTS, e.g. CVAE_PARTS=my_part.py, or install the package whose cvae.parts entry "
+                     "point registers it)")
+
+
 def _model_config(d: dict, cfg_path: Path, path: Path, shapes: dict):
     name = d.get("model_class", "cvae")
     if not isinstance(name, str):
@@ -313,10 +322,7 @@ def _model_config(d: dict, cfg_path: Path, path: Path, shapes: dict):
             return config_class.from_saved(d)
         return config_class.from_dict(d)
     except UnknownPart as e:  # a part of the user's own (a plugin) that this process has not imported
-        raise CvaeError(f"{cfg_path.parent} was trained with the {e.kind} {e.name!r}, which nothing in this process "
-                        f"registers: import the module that defines it before loading the run (from the command line: "
-                        f"name its file in CVAE_PARTS, e.g. CVAE_PARTS=my_part.py, or install the package whose "
-                        f"cvae.parts entry point registers it)") from None
+        raise missing_part(cfg_path.parent, e) from None
     except ModelTooLarge as e:
         saved = sum(math.prod(s) for s in shapes.values())
         if saved >= e.parameters:  # the weights are that large: the run is too large for this machine
@@ -464,6 +470,8 @@ def check_resumable(run: str | Path) -> None:
         raise CvaeError(f"{cfg_path} has no 'train' settings to resume with; the run folder is damaged")
     try:
         train = TrainConfig.from_dict(cfg["train"], where=str(cfg_path))
+    except UnknownPart as e:
+        raise missing_part(run, e) from None
     except CvaeError as e:
         raise CvaeError(f"{cfg_path} is damaged: its 'train' settings: {e}; restore it from a copy of the run") from None
     if (run / "model.safetensors").is_file():
