@@ -204,7 +204,20 @@ def load_model(run: str | Path, *, device: str | torch.device = "cpu", weights: 
             model.aggregate = load_aggregate(run, model)
         except CvaeError as e:  # refused where codes are drawn from it; encoding, scoring and refitting go on
             model.aggregate_problem = str(e)
+    elif weights == "model.safetensors" and model.aggregate_codes and _summary_names_aggregate(run):
+        # deleted by hand: the default samples fell back to the prior without a word
+        model.aggregate_problem = (f"{run / aggregate.FILE}, which training wrote (summary.json names it), is gone; "
+                                   f"`cvae aggregate {run}` fits it again, or --codes prior draws from the prior")
     return model.to(device).eval()
+
+
+def _summary_names_aggregate(run: Path) -> bool:
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and isinstance(summary.get("aggregate"), dict) and \
+        summary["aggregate"].get("file") == aggregate.FILE
 
 
 def save_aggregate(run: str | Path, fit: aggregate.AggregatePosterior) -> Path:
