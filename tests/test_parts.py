@@ -25,9 +25,9 @@ from cvae.priors import PRIORS
 from cvae.runs import load_tensors, save_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("laplace_prior", ROOT / "examples" / "laplace_prior.py")
-laplace_prior = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(laplace_prior)  # registers --prior laplace, as a user's own module would
+for example_file in sorted((ROOT / "examples").glob("*.py")):  # every part there, as a user's own module would
+    spec = importlib.util.spec_from_file_location(example_file.stem, example_file)  # (laplace_prior: --prior laplace)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
 from cvae.registry import load_plugins  # noqa: E402
 
 load_plugins()  # and the parts of every installed package's cvae.parts entry point run here too
