@@ -316,7 +316,8 @@ def test_a_hand_edited_or_damaged_cache_entry_is_measured_again(tmp_path, monkey
     first = probe.choose(model, ELBO(), x, c, **kw)
     path = tmp_path / "cache" / "probe.json"
     key = next(iter(json.loads(path.read_text())))
-    for entry in ("fast", {**first, "precision": "float8"}, {**first, "threads": 64}, {"step": "fused"}):
+    for entry in ("fast", {**first, "precision": "float8"}, {**first, "threads": 64}, {"step": "fused"},
+                  {**first, "threads": 1.0}, {**first, "threads": True}, {**first, "rates": "garbage"}):
         path.write_text(json.dumps({key: entry}))
         again = probe.choose(model, ELBO(), x, c, **kw)
         assert again["cached"] is False and again["precision"] == "float32" and again["threads"] == 1, entry

@@ -167,3 +167,7 @@ def test_a_npy_file_streams_by_itself_when_it_does_not_fit(digit_images, tmp_pat
     result = fit(_config(tmp_path, data=str(digit_images), condition="none", limit=None))
     assert result.config.stream is True
     assert json.loads((result.run_dir / "config.json").read_text())["train"]["stream"] is True
+    # --no-stream given keeps the data in memory, as asked (it was overridden)
+    kept = fit(_config(tmp_path, "kept", data=str(digit_images), condition="none", limit=None, stream=False),
+               explicit={"stream", "data", "condition", "limit"})
+    assert kept.config.stream is False

@@ -177,8 +177,9 @@ def choose(model, objective, x: torch.Tensor, c: torch.Tensor | None, *, batch_s
     cache = _read(path)
     known = cache.get(key)
     # a cached answer is used only as one of today's candidates: a hand-edited or damaged entry is measured again
-    if isinstance(known, dict) and os.environ.get("CVAE_PROBE") != "fresh" and any(
-            all(known.get(k) == cand[k] for k in ("step", "precision", "threads")) for cand in candidates):
+    if isinstance(known, dict) and os.environ.get("CVAE_PROBE") != "fresh" and isinstance(known.get("rates"), dict) \
+            and any(all(type(known.get(k)) is type(cand[k]) and known.get(k) == cand[k]  # 1.0 and True are not 1
+                        for k in ("step", "precision", "threads")) for cand in candidates):
         return dict(known, cached=True)
     t = time.perf_counter()
     xb = x[:batch_size].to(device)

@@ -835,7 +835,9 @@ def _settings(config: TrainConfig, ranks: Ranks, device: torch.device, resume: b
     # on one CPU process, --precision auto is left for the probe to decide once the model is built
     probed = config.precision == "auto" and device.type == "cpu" and ranks.world == 1
     config = config.replace(precision=config.precision if probed else resolve_precision(config.precision, device),
-                            stream=config.stream or _too_big_for_memory(config.data, device))
+                            # --no-stream given is kept: the data in memory, as asked, however large
+                            stream=config.stream or (not (explicit and "stream" in explicit)
+                                                     and _too_big_for_memory(config.data, device)))
     if config.batch_size % ranks.world:
         raise CvaeError(f"--batch-size {config.batch_size} is the batch of all {ranks.world} processes together; "
                         f"make it a multiple of {ranks.world}")

@@ -247,7 +247,7 @@ def _step_line(run_dir) -> str:
     if step == "fused-mlp":
         step += " (native)" if ex.get("native") is True else " (in Python: " + str(ex.get("native", "")) + ")"
     elif ex.get("step_reason"):
-        step += f" (the fused step does not cover this run: {ex['step_reason']})"
+        step += f" (not the fused step: {ex['step_reason']})"
     chosen = " (measured by the probe)" if ex.get("probe") else ""
     threads = ex.get("threads")
     return (f"  step: {step}; {train.get('precision', 'float32')}{chosen}"
