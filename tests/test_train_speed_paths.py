@@ -153,8 +153,10 @@ def test_streamed_training_matches_in_memory_training(digit_images, tmp_path, mo
 def test_stream_errors_say_what_to_do(digit_images, tmp_path):
     with pytest.raises(CvaeError, match="npy"):
         fit(_config(tmp_path, stream=True))  # digits is not a .npy file
-    with pytest.raises(CvaeError, match="binarize"):
+    with pytest.raises(CvaeError, match="binarize .* or give --no-stream to load it whole"):
         fit(_config(tmp_path, data=str(digit_images), stream=True, binarize="dynamic", condition="none"))
+    with pytest.raises(CvaeError, match="--data .*nothing.npy: no such file"):  # not "is not one (save ...)"
+        fit(_config(tmp_path, data=str(tmp_path / "nothing.npy"), stream=True, condition="none"))
     with pytest.raises(CvaeError, match="condition"):
         load_npy_stream(digit_images, condition="label")
 

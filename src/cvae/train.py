@@ -846,8 +846,10 @@ def _settings(config: TrainConfig, ranks: Ranks, device: torch.device, resume: b
 
 def _load(config: TrainConfig) -> DataSplits:
     if config.stream:
-        if config.binarize != "none":
-            raise CvaeError("--binarize needs the data in memory; binarize the .npy file beforehand or drop --stream")
+        if config.binarize != "none":  # (streamed by itself when the file is over half the free memory)
+            raise CvaeError("--binarize needs the data in memory; binarize the .npy file beforehand, or give "
+                            "--no-stream to load it whole (it streams by itself when it would take over half the "
+                            "free memory)")
         if config.labelled is not None:
             raise CvaeError("--labelled needs labels, which a streamed .npy file does not have; drop --stream")
         if config.image_size:

@@ -119,6 +119,8 @@ def load_npy_stream(path: str | Path, *, condition=None, val_fraction: float = 0
     """A ``.npy`` file of examples (N, features), (N, C, L) or (N, C, H, W) (or (N, H, W, C)), read by rows
     on demand."""
     path = Path(path).expanduser()
+    if path.suffix.lower() == ".npy" and not path.exists():
+        raise CvaeError(f"--data {path}: no such file")
     if path.suffix.lower() != ".npy" or not path.is_file():
         raise CvaeError(f"--stream reads a .npy file of examples through its memory map; {str(path)!r} is not one "
                         "(save the examples with numpy.save, or drop --stream to load the data in memory)")
