@@ -91,10 +91,10 @@ HELP = {
     "weight_decay": "Adam weight decay", "grad_clip": "clip the gradient norm to this value",
     "patience": "stop after this many epochs without validation improvement (and keep the best weights)",
     "seed": "random seed (data split, initialisation, sampling)",
-    "device": "auto | cpu | cuda | cuda:N", "precision": "auto (measured: a short probe times float32 and, where native, bfloat16 with each step "
-                 "and thread count on the model's own shapes, cached per machine, the choice in config.json; under "
-                 "torchrun or on a GPU: bfloat16 where native) | "
-                 "float32 | bfloat16 (autocast)",
+    "device": "auto | cpu | cuda | cuda:N",
+    "precision": "auto (measured: a short probe times float32 and, where native, bfloat16 with each step and thread "
+                 "count on the model's own shapes, cached per machine, the choice in config.json; under torchrun or "
+                 "on a GPU: bfloat16 where native) | float32 | bfloat16 (autocast)",
     "step": "auto (the fused MLP-VAE step where it covers the model, else autograd) | fused (or an error saying "
             "why not) | autograd",
     "compile": "use torch.compile", "stream": "read a .npy data set from its memory map in chunks (automatic when it does not fit in memory)",
