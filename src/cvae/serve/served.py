@@ -229,6 +229,11 @@ class ServedRun:
             return []
         return list(dict.fromkeys(w for y in ys if y is not None for w in self.model.schema.extrapolated(y)))
 
+    def _conditions(self, y, *more) -> dict:
+        """An answer's ``conditions`` (those of ``y``, one per example) and its ``warnings`` (of ``y`` and
+        ``more``: a transfer's targets)."""
+        return {"conditions": self._describe(y), "warnings": self._warnings(y, *more)}
+
     def render(self, x: torch.Tensor, ncol: int | None = None) -> dict:
         """Examples (N, *data_shape) as the page draws them: a PNG grid for images (``ncol`` a row),
         numbers for signals (N, C, L) and table rows (N, F) with the feature names."""
@@ -278,23 +283,21 @@ class ServedRun:
             strings, y = self.model.sample_strings(n, condition or None, seed=seed, temperature=temperature,
                                                    guidance=guidance, steer=steer,
                                                    **({"token_temperature": 1.0} if draw else {}))
-            return {**self.strings(strings), "conditions": self._describe(y), "warnings": self._warnings(y), "seed": seed,
+            return {**self.strings(strings), **self._conditions(y), "seed": seed,
                     "temperature": temperature, "guidance": guidance,
                     "steer": steer}, None
         if steer is not None:
             raise CvaeError("steer is for sequence runs trained with --steer; leave it out")
         x, y = generate(self.model, n=n, condition=condition or None, seed=seed, mean=not draw,
                         temperature=temperature, guidance=guidance)
-        return {**self.render(x), "conditions": self._describe(y), "warnings": self._warnings(y), "seed": seed,
-                "temperature": temperature,
+        return {**self.render(x), **self._conditions(y), "seed": seed, "temperature": temperature,
                 "guidance": guidance}, x
 
     def decode(self, *, values: dict[int, float], condition=None) -> dict:
         """The latent sliders: the prior's centre with the given dimensions moved (prior std units)."""
         x = decode_at(self.model, values, condition=condition or None)
         y = self.model.schema.parse(condition or None, 1) if self.model.schema else None
-        return {**self.render(x, 1), "conditions": self._describe(y), "warnings": self._warnings(y),
-                "latent_sd": {str(k): v for k, v in values.items()}}
+        return {**self.render(x, 1), **self._conditions(y), "latent_sd": {str(k): v for k, v in values.items()}}
 
     def traverse(self, *, condition=None, dims: list[int] | None = None, top: int = 5, steps: int = 9,
                  low: float = -3.0, high: float = 3.0) -> dict:
@@ -400,13 +403,12 @@ class ServedRun:
             rows = reconstruct_strings(self.model, texts, y, names=names)
             return {"input": self.strings([r["input"] for r in rows]),
                     "reconstruction": self.strings([r["reconstruction"] for r in rows]),
-                    "same": [bool(r["same"]) for r in rows], "ids": names, "conditions": self._describe(y),
-                    "warnings": self._warnings(y)}
+                    "same": [bool(r["same"]) for r in rows], "ids": names, **self._conditions(y)}
         with self.upload(data) as (inputs, _):
             rec, y = reconstruct_inputs(self.model, inputs, condition=condition or None, source="the upload",
                                         own_first=True)  # as encode and transfer: the field is for rows without one
         return {"input": self.render(inputs.x), "reconstruction": self.render(rec), "ids": _ids(inputs.ids),
-                "conditions": self._describe(y), "warnings": self._warnings(y)}
+                **self._conditions(y)}
 
     def transfer(self, data: bytes, *, condition=None, targets: list[str] | None = None) -> dict:
         """``cvae transfer``: each input decoded with every target condition (default: every class)."""
@@ -424,8 +426,8 @@ class ServedRun:
             n = len(texts)  # rows come target by target; the page reads them input by input
             out = [rows[j * n + i]["output"] for i in range(n) for j in range(len(labels))]
             return {**self.strings(out), "inputs": n, "targets": labels, "first_column_is_input": False,
-                    "ids": names, "input_strings": [r["input"] for r in rows[:n]], "conditions": self._describe(y),
-                    "warnings": self._warnings(y)}
+                    "ids": names, "input_strings": [r["input"] for r in rows[:n]],
+                    **self._conditions(y)}
         with self.upload(data) as (inputs, _):
             y = conditions_of(self.model, inputs, condition, source="the upload", own_first=True)
             result = transfer(self.model, inputs.x, y, targets or None, ids=inputs.ids)
@@ -435,8 +437,7 @@ class ServedRun:
         cols = grid.shape[1]
         out = self.render(grid.reshape(n * cols, *grid.shape[2:]), cols)
         return {**out, "inputs": n, "targets": result.target_labels, "first_column_is_input": self.kind == "image",
-                "ids": _ids(result.ids), "conditions": self._describe(result.y_source),
-                "warnings": self._warnings(result.y_source, result.y_target)}
+                "ids": _ids(result.ids), **self._conditions(result.y_source, result.y_target)}
 
     def score(self, data: bytes, *, condition=None) -> dict:
         """``cvae anomaly score``: the detector's score of each input against the run's threshold."""
