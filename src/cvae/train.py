@@ -452,8 +452,8 @@ class Trainer:
             "train": config.to_dict(),
             "data": {
                 "name": data.name, "kind": data.kind, "source": config.data, "data_shape": list(data.data_shape),
-                **({"path": local_path(config.data)} if local_path(config.data) else {}),
-                **({"stamp": file_stamp(config.data)} if file_stamp(config.data) else {}),
+                **({"path": path} if (path := local_path(config.data)) else {}),
+                **({"stamp": stamp} if (stamp := file_stamp(config.data)) else {}),
                 "binary": data.binary, "standardize": data.standardize, "n_train": len(data.train),
                 "n_val": len(data.val) if data.val else 0, "n_test": len(data.test) if data.test else 0,
                 **({"labelled": data.labels_seen()} if data.schema.categorical_blocks() else {}),
